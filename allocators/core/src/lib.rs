@@ -1,0 +1,1 @@
+//! heapkit-core (in progress).

@@ -1,0 +1,1 @@
+//! heapkit-pool (in progress).

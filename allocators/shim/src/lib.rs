@@ -1,0 +1,1 @@
+//! libheapkit.so (in progress).

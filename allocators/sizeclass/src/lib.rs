@@ -1,0 +1,1 @@
+//! heapkit-sizeclass (in progress).

@@ -1,0 +1,1 @@
+//! heapkit-bench (in progress).

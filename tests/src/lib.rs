@@ -1,0 +1,1 @@
+//! Shared test battery (in progress).
