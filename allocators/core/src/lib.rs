@@ -1,1 +1,36 @@
-//! heapkit-core (in progress).
+//! heapkit-core: the contract every heapkit allocator implements, and the
+//! pieces they share.
+//!
+//! - [`HeapAlloc`]: allocate, allocate_zeroed, deallocate (sized), free
+//!   (unsized), usable_size, reallocate, stats. [`global_alloc!`] derives
+//!   `GlobalAlloc` from it and [`capi`] derives the C malloc API.
+//! - [`os`]: every OS call (mmap, munmap, mremap, madvise, pthread keys and
+//!   atfork), counted, never allocating.
+//! - [`segment`]: 4 MiB-aligned, tagged segments, so `free(ptr)` finds its
+//!   owner by masking.
+//! - [`large`]: the shared path for blocks above the size classes.
+//! - [`size_class`]: the `const` class table.
+//! - [`stats`]: one [`Stats`] shape, counted per thread and merged on read.
+//! - [`lock`]: a spin lock for slow paths.
+//!
+//! Rules every allocator keeps: nothing inside allocates through the global
+//! allocator, nothing panics across the allocator boundary (exhaustion is a
+//! null return), and every `unsafe` block states why it is sound.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod capi;
+mod contract;
+pub mod large;
+pub mod lock;
+pub mod os;
+pub mod segment;
+pub mod size_class;
+pub mod stats;
+#[cfg(test)]
+mod testing;
+
+pub use contract::{realloc_by_copy, HeapAlloc};
+pub use stats::{GlobalStats, Stats, ThreadStats};

@@ -1,0 +1,349 @@
+//! The shared large-allocation path: one OS mapping per block.
+//!
+//! Requests above an allocator's largest size class come here. Each block is
+//! its own mapping, aligned to [`SEGMENT_ALIGN`] and tagged
+//! [`SegmentTag::LARGE`], with a small header before the user pointer, so
+//! `free`/`usable_size` need no layout. Fresh mappings are zero, so
+//! `allocate(.., zeroed = true)` never memsets them. `reallocate` resizes the
+//! mapping with `mremap`: in place when the address space after it is free,
+//! otherwise by moving the pages (no copy) to a new aligned reservation.
+//!
+//! Freed mappings are kept in a small cache (at most [`CACHE_SLOTS`] blocks
+//! and [`CACHE_BYTES`] bytes) so a program that frees and reallocates blocks
+//! of similar size skips the syscalls and page faults; entries older than
+//! [`CACHE_DELAY_NS`] are unmapped by the next large operation or by
+//! [`trim`], so resident memory falls soon after a program frees.
+//!
+//! The cache lock is only ever tried, never waited for: a busy lock sends
+//! the operation to the OS instead, so no large operation blocks and a
+//! forked child whose parent held the lock still allocates (the optional
+//! [`before_fork`] handlers let an allocator keep the cache usable there).
+//!
+//! Cost: `allocate` is an `mmap` (plus trims) or a cache hit; `free` is a
+//! cache insert or a `munmap`. The header costs one page of address space
+//! (`max(64, align)` bytes before the pointer).
+
+use core::alloc::Layout;
+use core::ptr;
+
+use crate::lock::SpinLock;
+use crate::os;
+use crate::segment::{segment_of, SegmentTag, SEGMENT_ALIGN};
+
+/// The largest alignment the large path supports (the user pointer must stay
+/// in the first segment-sized span of its mapping).
+pub const MAX_ALIGN: usize = SEGMENT_ALIGN / 2;
+/// Blocks the cache keeps.
+pub const CACHE_SLOTS: usize = 16;
+/// Bytes the cache keeps at most.
+pub const CACHE_BYTES: usize = 64 << 20;
+/// Cached blocks older than this are unmapped (nanoseconds).
+pub const CACHE_DELAY_NS: u64 = 250_000_000;
+
+/// Header at the start of every large mapping.
+#[repr(C)]
+struct LargeHeader {
+    tag: SegmentTag,
+    /// Bytes mapped, from the segment start.
+    map_size: usize,
+    /// Offset of the user pointer from the segment start.
+    offset: usize,
+}
+
+#[derive(Clone, Copy)]
+struct CachedBlock {
+    base: *mut u8,
+    map_size: usize,
+    freed_at_ns: u64,
+}
+
+struct BlockCache {
+    blocks: [CachedBlock; CACHE_SLOTS],
+    len: usize,
+    bytes: usize,
+}
+
+// SAFETY: the cached pointers are unused mappings owned by the cache.
+unsafe impl Send for BlockCache {}
+
+static CACHE: SpinLock<BlockCache> = SpinLock::new(BlockCache {
+    blocks: [CachedBlock {
+        base: ptr::null_mut(),
+        map_size: 0,
+        freed_at_ns: 0,
+    }; CACHE_SLOTS],
+    len: 0,
+    bytes: 0,
+});
+
+fn offset_for(align: usize) -> usize {
+    align.max(64)
+}
+
+/// Allocates a large block for `layout`; zeroed if `zeroed`. Returns null on
+/// exhaustion or if `layout.align() > MAX_ALIGN`.
+pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
+    if layout.align() > MAX_ALIGN {
+        return ptr::null_mut();
+    }
+    let offset = offset_for(layout.align());
+    let Some(map_size) = layout
+        .size()
+        .checked_add(offset)
+        .and_then(os::round_to_pages)
+    else {
+        return ptr::null_mut();
+    };
+    let mut base = take_cached(map_size);
+    let recycled = !base.is_null();
+    if !recycled {
+        base = os::map_aligned(map_size, SEGMENT_ALIGN);
+        if base.is_null() {
+            return base;
+        }
+    }
+    // SAFETY: base is a fresh or cached mapping of `map_size` bytes, aligned
+    // to SEGMENT_ALIGN, that nobody else uses.
+    unsafe {
+        base.cast::<LargeHeader>().write(LargeHeader {
+            tag: SegmentTag::LARGE,
+            map_size,
+            offset,
+        });
+        let user = base.add(offset);
+        if zeroed && recycled {
+            user.write_bytes(0, map_size - offset);
+        }
+        user
+    }
+}
+
+/// Frees a large block.
+///
+/// # Safety
+/// `ptr` must come from [`allocate`] or [`reallocate`] and not be freed yet.
+pub unsafe fn free(ptr: *mut u8) {
+    // SAFETY: the caller guarantees ptr is a live large block.
+    let (base, map_size) = unsafe { header(ptr) };
+    let now = os::monotonic_ns();
+    // Never wait for the cache: a busy (or, in a forked child, orphaned)
+    // lock just means this block is unmapped instead of cached.
+    let Some(mut cache) = CACHE.try_lock() else {
+        // SAFETY: the block is dead and its mapping is exactly base..+map_size.
+        unsafe { os::unmap(base, map_size) };
+        return;
+    };
+    expire(&mut cache, now);
+    if map_size <= CACHE_BYTES / 4
+        && cache.len < CACHE_SLOTS
+        && cache.bytes + map_size <= CACHE_BYTES
+    {
+        let i = cache.len;
+        cache.blocks[i] = CachedBlock {
+            base,
+            map_size,
+            freed_at_ns: now,
+        };
+        cache.len += 1;
+        cache.bytes += map_size;
+        return;
+    }
+    drop(cache);
+    // SAFETY: the block is dead and its mapping is exactly base..+map_size.
+    unsafe { os::unmap(base, map_size) };
+}
+
+/// Bytes usable at `ptr`.
+///
+/// # Safety
+/// `ptr` must be a live large block.
+pub unsafe fn usable_size(ptr: *mut u8) -> usize {
+    // SAFETY: the caller guarantees ptr is a live large block.
+    let (base, map_size) = unsafe { header(ptr) };
+    map_size - (ptr as usize - base as usize)
+}
+
+/// Resizes a large block to `new_size` bytes, keeping its contents; returns
+/// the (possibly moved) block or null (the old block is then untouched).
+///
+/// # Safety
+/// `ptr` must be a live large block.
+pub unsafe fn reallocate(ptr: *mut u8, new_size: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees ptr is a live large block.
+    let (base, map_size) = unsafe { header(ptr) };
+    let offset = ptr as usize - base as usize;
+    let Some(new_map) = new_size.checked_add(offset).and_then(os::round_to_pages) else {
+        return ptr::null_mut();
+    };
+    if new_map == map_size {
+        return ptr;
+    }
+    // SAFETY: base..+map_size is exactly this block's mapping.
+    if unsafe { os::remap_in_place(base, map_size, new_map) } {
+        // SAFETY: the header is at base and the mapping now has new_map bytes.
+        unsafe { (*base.cast::<LargeHeader>()).map_size = new_map };
+        return ptr;
+    }
+    // Move the pages (no copy) to a fresh aligned reservation.
+    let dest = os::map_aligned(new_map, SEGMENT_ALIGN);
+    if dest.is_null() {
+        return dest;
+    }
+    // SAFETY: dest is a fresh reservation of new_map bytes; the source is
+    // exactly the block's mapping, which nobody else touches.
+    if unsafe { os::remap_to(base, map_size, new_map, dest) } {
+        // SAFETY: the header moved with the pages.
+        unsafe { (*dest.cast::<LargeHeader>()).map_size = new_map };
+        // SAFETY: offset < new_map.
+        return unsafe { dest.add(offset) };
+    }
+    // SAFETY: the reservation is unused.
+    unsafe { os::unmap(dest, new_map) };
+    ptr::null_mut()
+}
+
+/// Unmaps every cached block (or, with `only_expired`, those older than
+/// [`CACHE_DELAY_NS`]). Allocators call this from their purge points.
+pub fn trim(only_expired: bool) {
+    let now = if only_expired {
+        os::monotonic_ns()
+    } else {
+        u64::MAX
+    };
+    expire(&mut CACHE.lock(), now);
+}
+
+/// Takes the lock so `fork()` finds it free; see [`after_fork_parent`].
+pub fn before_fork() {
+    CACHE.raw().lock();
+}
+
+/// Releases the lock taken by [`before_fork`] in the parent.
+pub fn after_fork_parent() {
+    // SAFETY: before_fork took the lock in this thread.
+    unsafe { CACHE.raw().unlock() };
+}
+
+/// Re-initialises the lock in the child.
+pub fn after_fork_child() {
+    // SAFETY: called in the single-threaded child after fork.
+    unsafe { CACHE.raw().reset_after_fork() };
+}
+
+fn expire(cache: &mut BlockCache, now: u64) {
+    let mut i = 0;
+    while i < cache.len {
+        let b = cache.blocks[i];
+        if now.saturating_sub(b.freed_at_ns) >= CACHE_DELAY_NS || now == u64::MAX {
+            cache.len -= 1;
+            cache.blocks[i] = cache.blocks[cache.len];
+            cache.bytes -= b.map_size;
+            // SAFETY: the cached mapping is unused and exactly base..+map_size.
+            unsafe { os::unmap(b.base, b.map_size) };
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Takes a cached mapping of `map_size` bytes exactly, or of up to twice
+/// that (trimmed to `map_size`). Null if none fits.
+fn take_cached(map_size: usize) -> *mut u8 {
+    let Some(mut cache) = CACHE.try_lock() else {
+        return ptr::null_mut();
+    };
+    let mut best = usize::MAX;
+    for i in 0..cache.len {
+        let b = cache.blocks[i];
+        if b.map_size >= map_size
+            && b.map_size <= map_size.saturating_mul(2)
+            && (best == usize::MAX || b.map_size < cache.blocks[best].map_size)
+        {
+            best = i;
+        }
+    }
+    if best == usize::MAX {
+        return ptr::null_mut();
+    }
+    let b = cache.blocks[best];
+    cache.len -= 1;
+    cache.blocks[best] = cache.blocks[cache.len];
+    cache.bytes -= b.map_size;
+    drop(cache);
+    if b.map_size > map_size {
+        // SAFETY: the tail is part of the unused cached mapping.
+        unsafe { os::unmap(b.base.add(map_size), b.map_size - map_size) };
+    }
+    b.base
+}
+
+/// # Safety
+/// `ptr` must be a live large block.
+unsafe fn header(ptr: *mut u8) -> (*mut u8, usize) {
+    let base = segment_of(ptr).cast::<u8>();
+    // SAFETY: the caller guarantees a large block, whose header is at base.
+    let h = unsafe { &*base.cast::<LargeHeader>() };
+    debug_assert_eq!(h.tag, SegmentTag::LARGE);
+    (base, h.map_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::tag_of;
+
+    #[test]
+    fn allocate_write_grow_shrink_free() {
+        let layout = Layout::from_size_align(300 << 10, 16).unwrap();
+        let p = allocate(layout, true);
+        assert!(!p.is_null());
+        // SAFETY: p is a live large block of at least 300 KiB.
+        unsafe {
+            assert_eq!(tag_of(p), SegmentTag::LARGE);
+            assert!(usable_size(p) >= 300 << 10);
+            for i in 0..(300 << 10) {
+                assert_eq!(*p.add(i), 0);
+                *p.add(i) = (i % 251) as u8;
+            }
+            let q = reallocate(p, 5 << 20);
+            assert!(!q.is_null());
+            assert_eq!(tag_of(q), SegmentTag::LARGE);
+            for i in 0..(300 << 10) {
+                assert_eq!(*q.add(i), (i % 251) as u8);
+            }
+            *q.add((5 << 20) - 1) = 1;
+            let r = reallocate(q, 100 << 10);
+            assert_eq!(*r.add(1000), (1000 % 251) as u8);
+            free(r);
+        }
+    }
+
+    #[test]
+    fn aligned_blocks_and_cache_reuse_zeroes() {
+        for shift in [12, 16, 20, 21] {
+            let layout = Layout::from_size_align(1 << 19, 1 << shift).unwrap();
+            let p = allocate(layout, false);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % (1 << shift), 0);
+            // SAFETY: p is live with at least 512 KiB.
+            unsafe {
+                p.write_bytes(0xEE, 1 << 19);
+                free(p);
+            }
+            let z = allocate(layout, true);
+            // SAFETY: z is live with at least 512 KiB.
+            unsafe {
+                assert!((0..(1 << 19)).all(|i| *z.add(i) == 0));
+                free(z);
+            }
+        }
+        assert!(allocate(Layout::from_size_align(64, SEGMENT_ALIGN).unwrap(), false).is_null());
+        trim(false);
+    }
+
+    #[test]
+    fn impossible_size_is_null() {
+        let layout = Layout::from_size_align(isize::MAX as usize - 4096, 16).unwrap();
+        assert!(allocate(layout, false).is_null());
+    }
+}

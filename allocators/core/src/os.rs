@@ -1,0 +1,420 @@
+//! Every call heapkit makes into the operating system.
+//!
+//! Nothing in this module allocates, panics or formats: it is called from
+//! inside allocators, before `main`, from the dynamic loader and from fork
+//! handlers. Failures are reported as null pointers or `false`, never as
+//! `std::io::Error` (which may allocate a message).
+//!
+//! Mapping calls are counted in process-wide `Relaxed` counters that
+//! [`os_counters`] reads; they feed the `os_*` and `mapped_bytes` fields of
+//! [`Stats`](crate::Stats).
+
+use core::ffi::{c_int, c_void, CStr};
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+static MAPS: AtomicUsize = AtomicUsize::new(0);
+static UNMAPS: AtomicUsize = AtomicUsize::new(0);
+static REMAPS: AtomicUsize = AtomicUsize::new(0);
+static PURGES: AtomicUsize = AtomicUsize::new(0);
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+static PEAK_MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// A snapshot of the process-wide OS counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OsCounters {
+    /// Successful `mmap` calls.
+    pub maps: usize,
+    /// `munmap` calls.
+    pub unmaps: usize,
+    /// Successful `mremap` calls.
+    pub remaps: usize,
+    /// `madvise(MADV_DONTNEED)` calls.
+    pub purges: usize,
+    /// Bytes currently mapped through this module.
+    pub mapped_bytes: usize,
+    /// The most bytes ever mapped at once.
+    pub peak_mapped_bytes: usize,
+}
+
+/// Reads the process-wide OS counters.
+pub fn os_counters() -> OsCounters {
+    OsCounters {
+        maps: MAPS.load(Relaxed),
+        unmaps: UNMAPS.load(Relaxed),
+        remaps: REMAPS.load(Relaxed),
+        purges: PURGES.load(Relaxed),
+        mapped_bytes: MAPPED.load(Relaxed),
+        peak_mapped_bytes: PEAK_MAPPED.load(Relaxed),
+    }
+}
+
+fn add_mapped(bytes: usize) {
+    let now = MAPPED.fetch_add(bytes, Relaxed) + bytes;
+    PEAK_MAPPED.fetch_max(now, Relaxed);
+}
+
+fn sub_mapped(bytes: usize) {
+    MAPPED.fetch_sub(bytes, Relaxed);
+}
+
+/// The size of a virtual-memory page (4096 on x86-64 Linux).
+#[inline]
+pub fn page_size() -> usize {
+    let cached = PAGE_SIZE.load(Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let queried = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let size = if queried > 0 { queried as usize } else { 4096 };
+    PAGE_SIZE.store(size, Relaxed);
+    size
+}
+
+/// Rounds `size` up to a multiple of the page size; `None` on overflow.
+#[inline]
+pub fn round_to_pages(size: usize) -> Option<usize> {
+    let page = page_size();
+    Some(size.checked_add(page - 1)? & !(page - 1))
+}
+
+/// Maps `size` bytes (a multiple of the page size) of fresh, zeroed,
+/// read-write anonymous memory. Returns null on failure.
+pub fn map(size: usize) -> *mut u8 {
+    if size == 0 || size > isize::MAX as usize {
+        return ptr::null_mut();
+    }
+    // SAFETY: an anonymous private mapping at an address the kernel chooses
+    // touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return ptr::null_mut();
+    }
+    MAPS.fetch_add(1, Relaxed);
+    add_mapped(size);
+    p.cast()
+}
+
+/// Maps `size` bytes aligned to `align` (a power of two, at least the page
+/// size; `size` a multiple of the page size). The mapping is fresh and
+/// zeroed. Returns null on failure.
+///
+/// Over-maps by `align` and trims both ends, so the result costs one `mmap`
+/// and up to two `munmap` calls.
+pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
+    debug_assert!(align.is_power_of_two() && align >= page_size());
+    if align <= page_size() {
+        return map(size);
+    }
+    let Some(total) = size.checked_add(align) else {
+        return ptr::null_mut();
+    };
+    let raw = map(total);
+    if raw.is_null() {
+        return raw;
+    }
+    let start = raw as usize;
+    let aligned = (start + align - 1) & !(align - 1);
+    let front = aligned - start;
+    let back = total - front - size;
+    // SAFETY: both ranges lie inside the mapping just created and are
+    // page-aligned (start, aligned and size are page multiples).
+    unsafe {
+        if front != 0 {
+            unmap(raw, front);
+        }
+        if back != 0 {
+            unmap((aligned + size) as *mut u8, back);
+        }
+    }
+    aligned as *mut u8
+}
+
+/// Unmaps `size` bytes at `ptr`.
+///
+/// # Safety
+/// `ptr..ptr+size` must be a page-aligned range mapped by this module that
+/// nothing will touch again.
+pub unsafe fn unmap(ptr: *mut u8, size: usize) {
+    // SAFETY: the caller guarantees the range is ours and dead.
+    let rc = unsafe { libc::munmap(ptr.cast(), size) };
+    if rc == 0 {
+        UNMAPS.fetch_add(1, Relaxed);
+        sub_mapped(size);
+    }
+}
+
+/// Grows or shrinks the mapping at `ptr` from `old_size` to `new_size`
+/// bytes without moving it. Returns `false` if the kernel cannot do it in
+/// place (the mapping is then unchanged).
+///
+/// # Safety
+/// `ptr..ptr+old_size` must be a whole mapping made by this module.
+pub unsafe fn remap_in_place(ptr: *mut u8, old_size: usize, new_size: usize) -> bool {
+    // SAFETY: the caller guarantees the mapping; without MREMAP_MAYMOVE the
+    // kernel either resizes in place or fails.
+    let p = unsafe { libc::mremap(ptr.cast(), old_size, new_size, 0) };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    REMAPS.fetch_add(1, Relaxed);
+    if new_size > old_size {
+        add_mapped(new_size - old_size);
+    } else {
+        sub_mapped(old_size - new_size);
+    }
+    true
+}
+
+/// Moves the mapping at `ptr` (of `old_size` bytes) to `dest`, resized to
+/// `new_size`, replacing whatever was mapped at `dest..dest+new_size`.
+/// Returns `false` on failure (nothing changed).
+///
+/// # Safety
+/// `ptr..ptr+old_size` must be a whole mapping made by this module and
+/// `dest..dest+new_size` a range of this module's mappings that nothing else
+/// uses (typically a fresh reservation from [`map_aligned`]).
+pub unsafe fn remap_to(ptr: *mut u8, old_size: usize, new_size: usize, dest: *mut u8) -> bool {
+    // SAFETY: the caller guarantees both ranges; MREMAP_FIXED atomically
+    // replaces the destination mapping.
+    let p = unsafe {
+        libc::mremap(
+            ptr.cast(),
+            old_size,
+            new_size,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            dest.cast::<c_void>(),
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    REMAPS.fetch_add(1, Relaxed);
+    // The destination reservation (new_size bytes) was replaced and the old
+    // range (old_size bytes) is gone.
+    sub_mapped(old_size);
+    true
+}
+
+/// Returns the physical pages behind `ptr..ptr+size` to the OS. The range
+/// stays mapped and reads as zero afterwards (private anonymous memory).
+///
+/// # Safety
+/// The range must be page-aligned, mapped by this module, and hold nothing
+/// that anyone still needs.
+pub unsafe fn purge(ptr: *mut u8, size: usize) {
+    if size == 0 {
+        return;
+    }
+    // SAFETY: the caller guarantees the range is ours and its contents dead.
+    unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) };
+    PURGES.fetch_add(1, Relaxed);
+}
+
+/// Sets the calling thread's `errno`.
+#[inline]
+pub fn set_errno(value: c_int) {
+    // SAFETY: __errno_location always returns the calling thread's errno.
+    unsafe { *libc::__errno_location() = value };
+}
+
+/// Reads the calling thread's `errno`.
+#[inline]
+pub fn errno() -> c_int {
+    // SAFETY: __errno_location always returns the calling thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Monotonic time in nanoseconds (vDSO `clock_gettime`, no syscall).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Looks up an environment variable without allocating.
+pub fn env_var(name: &CStr) -> Option<&'static CStr> {
+    // SAFETY: name is NUL-terminated; getenv returns null or a pointer into
+    // the environment, which lives as long as nobody calls setenv on it.
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    if p.is_null() {
+        None
+    } else {
+        // SAFETY: getenv returned a NUL-terminated string.
+        Some(unsafe { CStr::from_ptr(p) })
+    }
+}
+
+/// Writes all of `bytes` to standard error, ignoring failures.
+pub fn write_stderr(bytes: &[u8]) {
+    write_fd(2, bytes);
+}
+
+/// Writes all of `bytes` to file descriptor `fd`; returns `false` if the
+/// write failed.
+pub fn write_fd(fd: c_int, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        // SAFETY: bytes is a valid readable buffer of its length.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return false;
+        }
+        bytes = &bytes[n as usize..];
+    }
+    true
+}
+
+/// Gives up the rest of this thread's time slice.
+pub fn yield_now() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
+/// A POSIX thread-specific-data key whose destructor runs when a thread that
+/// set a non-null value exits. heapkit uses it to hand a dying thread's
+/// caches back: native `thread_local!` statics with `const` initialisers have
+/// no destructors of their own.
+pub struct ThreadExitKey {
+    // 0 = not created yet; otherwise key + 1.
+    key: AtomicUsize,
+}
+
+impl ThreadExitKey {
+    /// A key not yet created.
+    pub const fn new() -> Self {
+        Self {
+            key: AtomicUsize::new(0),
+        }
+    }
+
+    /// Registers the calling thread: `dtor(value)` runs when it exits.
+    /// Creates the key on first use; returns `false` if it cannot be created.
+    ///
+    /// `pthread_key_create` and `pthread_setspecific` for the first keys of a
+    /// process do not allocate in glibc. `value` is only stored, never
+    /// dereferenced here.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
+    pub fn register(&self, dtor: unsafe extern "C" fn(*mut c_void), value: *mut c_void) -> bool {
+        let mut k = self.key.load(Relaxed);
+        if k == 0 {
+            let mut key: libc::pthread_key_t = 0;
+            // SAFETY: key is a valid out-pointer; dtor is a valid function.
+            if unsafe { libc::pthread_key_create(&mut key, Some(dtor)) } != 0 {
+                return false;
+            }
+            match self
+                .key
+                .compare_exchange(0, key as usize + 1, Relaxed, Relaxed)
+            {
+                Ok(_) => k = key as usize + 1,
+                Err(existing) => {
+                    // SAFETY: key was created just above and never shared.
+                    unsafe { libc::pthread_key_delete(key) };
+                    k = existing;
+                }
+            }
+        }
+        // SAFETY: k - 1 is a key created by pthread_key_create.
+        unsafe { libc::pthread_setspecific((k - 1) as libc::pthread_key_t, value) == 0 }
+    }
+}
+
+impl Default for ThreadExitKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Registers fork handlers (`pthread_atfork`): `prepare` runs in the parent
+/// before `fork`, `parent` and `child` after it in each process. Returns
+/// `false` on failure.
+pub fn register_atfork(
+    prepare: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
+) -> bool {
+    // SAFETY: the handlers are valid functions for the life of the process.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) == 0 }
+}
+
+/// Registers `f` to run at normal process exit (`atexit`).
+pub fn register_at_exit(f: extern "C" fn()) -> bool {
+    // SAFETY: f is a valid function for the life of the process.
+    unsafe { libc::atexit(f) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_mapping_is_aligned_zeroed_and_counted() {
+        let before = os_counters();
+        let size = 3 * page_size();
+        let align = 4 << 20;
+        let p = map_aligned(size, align);
+        assert!(!p.is_null());
+        assert_eq!(p as usize % align, 0);
+        // SAFETY: p maps `size` fresh bytes.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(p, size) };
+        assert!(bytes.iter().all(|&b| b == 0));
+        bytes.fill(0xAB);
+        let mid = os_counters();
+        assert!(mid.maps > before.maps);
+        // SAFETY: p..p+size is ours and dead after this.
+        unsafe { unmap(p, size) };
+        assert!(os_counters().unmaps > mid.unmaps);
+    }
+
+    #[test]
+    fn purge_zeroes_and_remap_grows() {
+        let page = page_size();
+        let p = map(2 * page);
+        assert!(!p.is_null());
+        // SAFETY: p maps two pages.
+        unsafe {
+            p.write_bytes(7, 2 * page);
+            purge(p, page);
+            assert_eq!(*p, 0);
+            assert_eq!(*p.add(page), 7);
+            if remap_in_place(p, 2 * page, 4 * page) {
+                *p.add(3 * page) = 1;
+                unmap(p, 4 * page);
+            } else {
+                unmap(p, 2 * page);
+            }
+        }
+    }
+
+    #[test]
+    fn map_rejects_impossible_sizes() {
+        assert!(map(0).is_null());
+        assert!(map(usize::MAX & !4095).is_null());
+    }
+
+    #[test]
+    fn env_and_errno() {
+        assert!(env_var(c"HEAPKIT_SURELY_UNSET_VARIABLE").is_none());
+        set_errno(libc::ENOMEM);
+        assert_eq!(errno(), libc::ENOMEM);
+    }
+}

@@ -1,0 +1,165 @@
+//! Size classes: the `const` table every heapkit allocator rounds requests to.
+//!
+//! Classes step by 16 bytes up to 256 B (16 classes), then by eight steps
+//! per power of two up to [`MAX_SIZE`] (256 KiB), 96 classes in all. Eight
+//! steps per doubling bound internal waste: for every request of 128 B or
+//! more, the class is less than 12.5% larger than the request. Below 128 B
+//! the 16-byte step, which the x86-64 C ABI's 16-byte `malloc` alignment
+//! forces anyway, is the limit.
+//!
+//! Every class size is a multiple of 16, and every power of two from 16 B to
+//! 256 KiB is a class, so a request with alignment `a > 16` can be served by
+//! the class of `max(size, a).next_power_of_two()` from any page whose base
+//! is aligned to that power of two ([`class_for`]).
+//!
+//! ```
+//! use heapkit_core::size_class::{class_of, class_size};
+//! assert_eq!(class_size(class_of(1)), 16);
+//! assert_eq!(class_size(class_of(257)), 288);
+//! ```
+
+use core::alloc::Layout;
+
+/// The largest size served by a class; larger requests go to the large path.
+pub const MAX_SIZE: usize = 256 * 1024;
+/// Alignment of every class size (and so of every block carved from a
+/// 16-aligned base).
+pub const MIN_ALIGN: usize = 16;
+/// Classes with the 16-byte step (16..=256).
+const LINEAR_CLASSES: usize = 16;
+const LINEAR_MAX: usize = LINEAR_CLASSES * MIN_ALIGN;
+/// Number of classes.
+pub const CLASS_COUNT: usize = LINEAR_CLASSES + 8 * (MAX_SIZE.trailing_zeros() as usize - 8);
+
+/// `SIZES[c]` is the block size of class `c`.
+pub const SIZES: [u32; CLASS_COUNT] = build_sizes();
+
+const fn build_sizes() -> [u32; CLASS_COUNT] {
+    let mut sizes = [0u32; CLASS_COUNT];
+    let mut c = 0;
+    while c < LINEAR_CLASSES {
+        sizes[c] = ((c + 1) * MIN_ALIGN) as u32;
+        c += 1;
+    }
+    let mut k = 8;
+    while c < CLASS_COUNT {
+        let mut step = 1;
+        while step <= 8 {
+            sizes[c] = ((1usize << k) + (step << (k - 3))) as u32;
+            c += 1;
+            step += 1;
+        }
+        k += 1;
+    }
+    sizes
+}
+
+const _: () = assert!(CLASS_COUNT == 96);
+const _: () = assert!(SIZES[CLASS_COUNT - 1] as usize == MAX_SIZE);
+const _: () = assert!(SIZES[LINEAR_CLASSES - 1] as usize == LINEAR_MAX);
+const _: () = {
+    let mut c = 1;
+    while c < CLASS_COUNT {
+        assert!(SIZES[c] > SIZES[c - 1]);
+        assert!(SIZES[c] as usize % MIN_ALIGN == 0);
+        c += 1;
+    }
+};
+
+/// The smallest class whose size is at least `size` (`size` 0 is treated as
+/// 1). `size` must be at most [`MAX_SIZE`].
+#[inline]
+pub const fn class_of(size: usize) -> usize {
+    debug_assert!(size <= MAX_SIZE);
+    if size <= LINEAR_MAX {
+        let s = if size == 0 { 1 } else { size };
+        s.div_ceil(MIN_ALIGN) - 1
+    } else {
+        // size in (2^k, 2^(k+1)], k >= 8; eight steps of 2^(k-3).
+        let k = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize;
+        let step = (size - 1 - (1 << k)) >> (k - 3);
+        LINEAR_CLASSES + (k - 8) * 8 + step
+    }
+}
+
+/// The block size of class `class`.
+#[inline]
+pub const fn class_size(class: usize) -> usize {
+    SIZES[class] as usize
+}
+
+/// The class serving `layout`, or `None` if it needs the large path (too big,
+/// or aligned beyond [`MAX_SIZE`]). For alignments above [`MIN_ALIGN`] the
+/// class is a power of two at least as large as the alignment, so blocks
+/// carved at multiples of their size from a base aligned to that size are
+/// aligned too.
+#[inline]
+pub const fn class_for(layout: Layout) -> Option<usize> {
+    let size = layout.size();
+    if layout.align() <= MIN_ALIGN {
+        if size <= MAX_SIZE {
+            Some(class_of(size))
+        } else {
+            None
+        }
+    } else {
+        let need = if size > layout.align() {
+            size
+        } else {
+            layout.align()
+        };
+        if need > MAX_SIZE {
+            return None;
+        }
+        Some(class_of(need.next_power_of_two()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_size_maps_to_the_smallest_fitting_class() {
+        for size in 0..=MAX_SIZE {
+            let c = class_of(size);
+            let cs = class_size(c);
+            assert!(cs >= size.max(1), "size {size} -> class {c} ({cs})");
+            if c > 0 {
+                assert!(class_size(c - 1) < size, "size {size} fits a smaller class");
+            }
+            if size >= 128 {
+                // Internal waste under 12.5% of the class.
+                assert!((cs - size) * 8 < cs, "size {size} wastes too much in {cs}");
+            }
+        }
+    }
+
+    #[test]
+    fn class_size_class_round_trips() {
+        for c in 0..CLASS_COUNT {
+            assert_eq!(class_of(class_size(c)), c);
+        }
+    }
+
+    #[test]
+    fn aligned_layouts_get_power_of_two_classes() {
+        for shift in 4..=18 {
+            let align = 1usize << shift;
+            for size in [1, align / 2, align, align + 1] {
+                let Ok(layout) = Layout::from_size_align(size, align) else {
+                    continue;
+                };
+                match class_for(layout) {
+                    Some(c) => {
+                        let cs = class_size(c);
+                        assert!(cs >= size && cs % align == 0, "{size}/{align} -> {cs}");
+                    }
+                    None => assert!(size.max(align).next_power_of_two() > MAX_SIZE),
+                }
+            }
+        }
+        assert!(class_for(Layout::from_size_align(16, 1 << 20).unwrap()).is_none());
+        assert!(class_for(Layout::from_size_align(MAX_SIZE + 1, 8).unwrap()).is_none());
+    }
+}
