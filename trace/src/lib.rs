@@ -1,0 +1,1 @@
+//! heapkit-trace (in progress).
