@@ -1,0 +1,37 @@
+//! `heapkit-bench`: the command line. Each subcommand lives in its own module
+//! of the library (`run`, `compare`, `list`); this file only parses and
+//! dispatches, and turns an error into one line on stderr and exit status 2.
+
+use clap::{Parser, Subcommand};
+use heapkit_bench::{compare, list, run};
+
+/// Measure memory allocators on the same work, in one run.
+#[derive(Parser)]
+#[command(name = "heapkit-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the (allocator x workload x threads) matrix and write a report.
+    Run(run::RunArgs),
+    /// Show what got faster or slower between two results.json files.
+    Compare(compare::CompareArgs),
+    /// List the registered allocators and workloads.
+    List,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(&args),
+        Command::Compare(args) => compare::compare(&args),
+        Command::List => list::list(),
+    };
+    if let Err(err) = result {
+        eprintln!("heapkit-bench: error: {err}");
+        std::process::exit(2);
+    }
+}
