@@ -283,6 +283,33 @@ pub fn write_fd(fd: c_int, mut bytes: &[u8]) -> bool {
     true
 }
 
+/// Creates (or truncates) the file at `path` for writing, opened with
+/// `O_APPEND | O_CLOEXEC` so that each `write` lands whole at the end and
+/// the descriptor does not leak into exec'd programs. Returns the file
+/// descriptor, or -1 on failure.
+pub fn create_append(path: &CStr) -> c_int {
+    // SAFETY: path is NUL-terminated; open has no other preconditions.
+    unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND | libc::O_CLOEXEC,
+            0o644 as libc::c_uint,
+        )
+    }
+}
+
+/// Closes file descriptor `fd`, ignoring failures.
+pub fn close_fd(fd: c_int) {
+    // SAFETY: closing a descriptor has no memory-safety preconditions.
+    unsafe { libc::close(fd) };
+}
+
+/// The id of the calling process (a system call; not cached).
+pub fn process_id() -> u32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as u32 }
+}
+
 /// Gives up the rest of this thread's time slice.
 pub fn yield_now() {
     // SAFETY: sched_yield has no preconditions.
@@ -409,6 +436,20 @@ mod tests {
     fn map_rejects_impossible_sizes() {
         assert!(map(0).is_null());
         assert!(map(usize::MAX & !4095).is_null());
+    }
+
+    #[test]
+    fn create_append_writes_and_closes() {
+        let path = c"/tmp/heapkit-core-os-create-append-test";
+        let fd = create_append(path);
+        assert!(fd >= 0);
+        assert!(write_fd(fd, b"abc"));
+        assert!(write_fd(fd, b"def"));
+        close_fd(fd);
+        let text = std::fs::read("/tmp/heapkit-core-os-create-append-test").unwrap();
+        assert_eq!(text, b"abcdef");
+        assert!(process_id() > 0);
+        assert!(create_append(c"/nonexistent-dir/x") < 0);
     }
 
     #[test]
