@@ -1,1 +1,18 @@
-//! heapkit-trace (in progress).
+//! heapkit-trace: record a program's heap operations once, replay them
+//! against any allocator.
+//!
+//! - [`record`]: the recorder the LD_PRELOAD shim drives when
+//!   `HEAPKIT_TRACE=out.hkt` is set. It never allocates through `malloc`.
+//! - [`format`]: the versioned `.hkt` binary format, specified in its docs.
+//! - [`object_table`]: the recorder's address -> object id map.
+//!
+//! ```sh
+//! HEAPKIT_TRACE=out.hkt LD_PRELOAD=target/release/libheapkit.so python3 app.py
+//! ```
+
+pub mod format;
+pub mod reader;
+pub mod schedule;
+pub use reader::{Event, Object, Op, Trace, TraceError};
+pub mod object_table;
+pub mod record;

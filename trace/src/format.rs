@@ -1,0 +1,202 @@
+//! The heapkit trace format (`.hkt`), version 1.
+//!
+//! A trace is what one process did with its heap: every `malloc`, `calloc`,
+//! `realloc`, `free`, `memalign`... call the [`record`](crate::record)er saw,
+//! grouped by the thread that made it. It is written by many threads at once
+//! without a global lock on the hot path, so the file is a sequence of
+//! independent, self-describing **blocks**, each holding a run of one
+//! thread's records. It is read back by [`TraceReader`](crate::TraceReader).
+//!
+//! # Layout
+//!
+//! All fixed-width integers are **little-endian**. Offsets are in bytes.
+//!
+//! ```text
+//! file   := header block* end
+//!
+//! header (32 bytes)
+//!   0   magic        [u8; 8]  b"HKTRACE\0"
+//!   8   version      u16      1 (readers reject any other value)
+//!   10  header_len   u16      32
+//!   12  flags        u32      0 (reserved)
+//!   16  start_ns     u64      CLOCK_MONOTONIC when recording started
+//!   24  pid          u32      process id of the recorded process
+//!   28  reserved     u32      0
+//!
+//! block (40-byte block header, then payload_len bytes of records)
+//!   0   tag          u32      b"HKB1"
+//!   4   thread       u32      thread index: 0, 1, 2... in order of first use
+//!   8   records      u32      number of records in the payload
+//!   12  payload_len  u32
+//!   16  base_ns      u64      timestamp the first record's dt is relative to
+//!   24  base_id      u64      object id the first record's id delta is relative to
+//!   32  checksum     u32      FNV-1a (32-bit) of the payload bytes
+//!   36  reserved     u32      0
+//!
+//! end (a 40-byte block header with no payload, written once at exit)
+//!   0   tag          u32      b"HKE1"
+//!   4   thread       u32      number of threads that recorded anything
+//!   8   records      u32      0
+//!   12  payload_len  u32      0
+//!   16  base_ns      u64      CLOCK_MONOTONIC at the end
+//!   24  base_id      u64      total number of records in all blocks
+//!   32  checksum     u32      0
+//!   36  reserved     u32      0
+//! ```
+//!
+//! Blocks of different threads interleave in any order (each thread flushes
+//! its buffer when it fills, when the thread exits and at process exit); the
+//! blocks of one thread appear in the order that thread recorded them, so a
+//! reader gets each thread's records by concatenating its blocks in file
+//! order. Nothing may follow the end block.
+//!
+//! # Records
+//!
+//! A record is one opcode byte followed by LEB128 varints (7 bits per byte,
+//! low group first, high bit = more; at most 10 bytes for a `u64`). Signed
+//! deltas are zigzag-encoded (`(d << 1) ^ (d >> 63)`).
+//!
+//! ```text
+//! opcode byte:  bits 0-2 kind, bit 3 ZEROED (calloc), bit 4 ALIGNED, bits 5-7 zero
+//!
+//! kind 1 ALLOC            dt, zz(id - prev), size [, align_log2 if ALIGNED]
+//! kind 2 FREE             dt, zz(id - prev)
+//! kind 3 REALLOC          dt, zz(old - prev), zz(new - old), size
+//! kind 4 FREE_UNKNOWN     dt                     (free of a pointer the trace never saw allocated)
+//! kind 5 REALLOC_UNKNOWN  dt, zz(new - prev), size (realloc of such a pointer: a new object)
+//! ```
+//!
+//! - `dt` is the time in nanoseconds since the previous record of the same
+//!   block (for the first record: since the block's `base_ns`).
+//! - `prev` is the id of the object named last in the block (the new object
+//!   for REALLOC), initially the block's `base_id`.
+//! - Every allocated object gets an **object id** unique in the trace
+//!   (`thread << 40 | n`, never 0); FREE and REALLOC name the object they
+//!   end by its id, so a reader can link every free to its allocation, on
+//!   whichever thread either happened. REALLOC ends object `old` and creates
+//!   object `new` of `size` bytes (the alignment stays the default).
+//! - `size` is the size the program asked for (`nmemb * size` for calloc).
+//!   ALIGNED allocations (alignment above 16 bytes: `memalign`,
+//!   `posix_memalign`, `aligned_alloc`) carry `log2(alignment)`.
+//! - A `realloc(p, 0)` that frees is recorded as FREE; `realloc(NULL, n)`
+//!   as ALLOC.
+//!
+//! A typical record is 4 to 7 bytes.
+//!
+//! # Validation
+//!
+//! Readers check the magic, version, every block tag, the payload checksum,
+//! that every record decodes within its block with the announced count, that
+//! object ids are allocated once and ended at most once, and that the end
+//! block is present and agrees with the record total; each failure names the
+//! byte offset where it was found.
+
+/// `b"HKTRACE\0"`: the first eight bytes of every trace.
+pub const MAGIC: [u8; 8] = *b"HKTRACE\0";
+/// The format version this crate writes and reads.
+pub const VERSION: u16 = 1;
+/// Size of the file header.
+pub const HEADER_LEN: usize = 32;
+/// Size of a block header (and of the end block).
+pub const BLOCK_HEADER_LEN: usize = 40;
+/// Tag of a record block: `b"HKB1"` read as a little-endian `u32`.
+pub const BLOCK_TAG: u32 = u32::from_le_bytes(*b"HKB1");
+/// Tag of the end block.
+pub const END_TAG: u32 = u32::from_le_bytes(*b"HKE1");
+
+/// Record kind: an allocation (malloc, calloc, memalign...).
+pub const KIND_ALLOC: u8 = 1;
+/// Record kind: a free of a known object.
+pub const KIND_FREE: u8 = 2;
+/// Record kind: a realloc of a known object.
+pub const KIND_REALLOC: u8 = 3;
+/// Record kind: a free of a pointer the trace never saw allocated.
+pub const KIND_FREE_UNKNOWN: u8 = 4;
+/// Record kind: a realloc of a pointer the trace never saw allocated.
+pub const KIND_REALLOC_UNKNOWN: u8 = 5;
+/// Opcode mask of the kind.
+pub const KIND_MASK: u8 = 0b111;
+/// Opcode flag: the allocation is zeroed (calloc).
+pub const FLAG_ZEROED: u8 = 1 << 3;
+/// Opcode flag: an alignment (log2) follows the size.
+pub const FLAG_ALIGNED: u8 = 1 << 4;
+/// Alignments up to this are the default and not recorded.
+pub const DEFAULT_ALIGN: usize = 16;
+/// Object ids are `thread << ID_THREAD_SHIFT | n`.
+pub const ID_THREAD_SHIFT: u32 = 40;
+/// The longest encoded record: opcode + four 10-byte varints + align byte.
+pub const MAX_RECORD_LEN: usize = 1 + 4 * 10 + 1;
+
+/// Zigzag-encodes a signed delta.
+#[inline]
+pub const fn zigzag(delta: i64) -> u64 {
+    ((delta << 1) ^ (delta >> 63)) as u64
+}
+
+/// Inverse of [`zigzag`].
+#[inline]
+pub const fn unzigzag(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+/// Writes `value` as a LEB128 varint at `out` and returns the number of
+/// bytes written (1 to 10).
+///
+/// # Safety
+/// `out` must be valid for writing 10 bytes.
+#[inline]
+pub unsafe fn put_varint(out: *mut u8, mut value: u64) -> usize {
+    let mut n = 0;
+    while value >= 0x80 {
+        // SAFETY: n < 10 because a u64 has at most 10 groups of 7 bits.
+        unsafe { out.add(n).write(value as u8 | 0x80) };
+        value >>= 7;
+        n += 1;
+    }
+    // SAFETY: as above; this is the last group.
+    unsafe { out.add(n).write(value as u8) };
+    n + 1
+}
+
+/// FNV-1a, 32-bit: the block payload checksum.
+pub fn checksum(bytes: &[u8]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for &b in bytes {
+        hash ^= b as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zigzag_round_trips() {
+        for d in [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            i64::MAX,
+            i64::MIN,
+            1 << 40,
+            -(1 << 40),
+        ] {
+            assert_eq!(unzigzag(zigzag(d)), d);
+        }
+        assert_eq!(zigzag(-1), 1);
+        assert_eq!(zigzag(1), 2);
+    }
+
+    #[test]
+    fn varint_lengths() {
+        let mut buf = [0u8; 10];
+        for (value, len) in [(0u64, 1), (127, 1), (128, 2), (u64::MAX, 10)] {
+            // SAFETY: buf has 10 bytes.
+            assert_eq!(unsafe { put_varint(buf.as_mut_ptr(), value) }, len);
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! The recorder: writes every heap operation of the running process to a
+//! trace file, from inside `malloc`.
+//!
+//! The LD_PRELOAD shim calls [`start`] once at start-up when
+//! `HEAPKIT_TRACE=path` is set, and then, after (allocations) or before
+//! (frees) each call into its backend, one of [`on_alloc`], [`on_free`],
+//! [`on_realloc`] behind an [`enabled`] test:
+//!
+//! ```no_run
+//! use heapkit_trace::record;
+//! # let (ptr, size) = (core::ptr::null_mut::<u8>(), 8);
+//! if record::start(c"/tmp/app.hkt") { /* every thread now records */ }
+//! if record::enabled() {
+//!     record::on_alloc(ptr, size, 16, false);
+//! }
+//! ```
+//!
+//! # How it stays out of the way
+//!
+//! - Each thread appends records to its own buffer (a 128 KiB `os::map`
+//!   mapping found through a `const` thread-local pointer), so recording
+//!   takes no global lock: per operation it costs a clock read, a lock of one
+//!   shard of the [`object_table`](crate::object_table) and 4-7 encoded
+//!   bytes. A full buffer becomes one block written with one `write(2)`.
+//! - The recorder never calls `malloc`: buffers and the object table are
+//!   mapped with [`os::map`], the file is written with raw `write`. The only
+//!   libc calls that might allocate (registering the thread-exit key) run
+//!   while the thread's buffer pointer holds the `INITIALISING` sentinel, so
+//!   a re-entrant call on that thread is dropped instead of recursing.
+//! - Buffers are flushed when full, when their thread exits
+//!   ([`os::ThreadExitKey`]) and at process exit ([`finish`], registered
+//!   with `atexit` by [`start`]), which walks a lock-protected registry of
+//!   every thread buffer. A buffer is never unmapped, so a thread that keeps
+//!   allocating after its exit hook ran (other TLS destructors) still
+//!   records.
+//! - Each buffer has a `busy` flag that its owner takes around every record
+//!   (an uncontended swap) and [`finish`] takes to flush it; after `finish`
+//!   the flags stay taken, so late records are dropped, never torn.
+//! - In a forked child recording stops (its buffers hold the parent's
+//!   records, which the parent writes).
+//!
+//! Ordering: a block is removed from the object table *before* the backend
+//! frees it ([`on_free`], [`realloc_begin`]); otherwise another thread could
+//! be handed the same address and insert it before the removal.
+
+use core::cell::Cell;
+use core::ffi::{c_int, c_void, CStr};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use heapkit_core::lock::{RawSpinLock, SpinLock};
+use heapkit_core::os;
+
+use crate::format::{self, put_varint, zigzag};
+use crate::object_table;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static STARTED: AtomicBool = AtomicBool::new(false);
+static FINISHED: AtomicBool = AtomicBool::new(false);
+static FD: AtomicI32 = AtomicI32::new(-1);
+static PID: AtomicU32 = AtomicU32::new(0);
+static NEXT_THREAD: AtomicU32 = AtomicU32::new(0);
+static TOTAL_RECORDS: AtomicU64 = AtomicU64::new(0);
+/// Serialises writes to the file so that a block is never split by another.
+static WRITE_LOCK: RawSpinLock = RawSpinLock::new();
+/// Head of the singly linked list of every thread buffer (address, 0 = none).
+/// Buffers are pushed, never removed.
+static REGISTRY: SpinLock<usize> = SpinLock::new(0);
+static EXIT_KEY: os::ThreadExitKey = os::ThreadExitKey::new();
+/// Records dropped (re-entrancy, buffer busy, memory exhaustion).
+static DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of one thread buffer mapping.
+const BUF_BYTES: usize = 128 << 10;
+/// Offset of the block header inside the mapping; the payload follows it,
+/// so a flush writes header and payload with one `write`.
+const BLOCK_AT: usize = 128;
+const PAYLOAD_AT: usize = BLOCK_AT + format::BLOCK_HEADER_LEN;
+const PAYLOAD_CAP: usize = BUF_BYTES - PAYLOAD_AT;
+
+/// Thread-local pointer values that are not buffers.
+const NO_BUFFER: usize = 0;
+const INITIALISING: usize = 1;
+const UNAVAILABLE: usize = 2;
+
+/// One thread's record buffer; lives at the start of its own mapping.
+///
+/// Invariants: `len <= PAYLOAD_CAP`; `payload[..len]` holds `records`
+/// complete records, encoded relative to `base_ns` / `base_id`; `prev_ns` /
+/// `prev_id` are the timestamp and object id the next record is relative to.
+/// Every field but `busy` and `next` is touched only by the thread holding
+/// `busy`.
+#[repr(C)]
+struct ThreadBuf {
+    busy: AtomicBool,
+    next: usize,
+    thread: u32,
+    records: u32,
+    next_object: u64,
+    base_ns: u64,
+    base_id: u64,
+    prev_ns: u64,
+    prev_id: u64,
+    len: usize,
+}
+
+const _: () = assert!(core::mem::size_of::<ThreadBuf>() <= BLOCK_AT);
+
+thread_local! {
+    static BUF: Cell<usize> = const { Cell::new(NO_BUFFER) };
+}
+
+/// Whether recording is on. One `Relaxed` load: test it before calling any
+/// other function of this module.
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Starts recording into a new file at `path` (truncated): writes the
+/// header, registers [`finish`] with `atexit` and a fork handler, then
+/// turns recording on. Returns `false` (and records nothing) if the file
+/// cannot be created or recording was already started.
+///
+/// Call it once, early (the shim's initialiser). The registrations may
+/// call `malloc`; recording is still off while they run.
+pub fn start(path: &CStr) -> bool {
+    if STARTED.swap(true, Ordering::AcqRel) {
+        return false;
+    }
+    let fd = os::create_append(path);
+    if fd < 0 {
+        return false;
+    }
+    let pid = os::process_id();
+    let mut header = [0u8; format::HEADER_LEN];
+    header[0..8].copy_from_slice(&format::MAGIC);
+    header[8..10].copy_from_slice(&format::VERSION.to_le_bytes());
+    header[10..12].copy_from_slice(&(format::HEADER_LEN as u16).to_le_bytes());
+    header[16..24].copy_from_slice(&os::monotonic_ns().to_le_bytes());
+    header[24..28].copy_from_slice(&pid.to_le_bytes());
+    if !os::write_fd(fd, &header) {
+        os::close_fd(fd);
+        return false;
+    }
+    FD.store(fd, Ordering::Relaxed);
+    PID.store(pid, Ordering::Relaxed);
+    os::register_atfork(fork_prepare, fork_parent, fork_child);
+    os::register_at_exit(finish_at_exit);
+    ENABLED.store(true, Ordering::Release);
+    true
+}
+
+/// Records an allocation of `size` bytes aligned to `align` that returned
+/// `ptr` (ignored if null). Call after the backend returned.
+#[inline]
+pub fn on_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
+    if ptr.is_null() {
+        return;
+    }
+    let Some(buf) = enter() else { return };
+    let id = buf.new_object();
+    if !object_table::insert(ptr as usize, id) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut op = format::KIND_ALLOC;
+    if zeroed {
+        op |= format::FLAG_ZEROED;
+    }
+    let aligned = align > format::DEFAULT_ALIGN;
+    if aligned {
+        op |= format::FLAG_ALIGNED;
+    }
+    let mut w = buf.begin(op);
+    w.id(id);
+    w.value(size as u64);
+    if aligned {
+        w.value(align.trailing_zeros() as u64);
+    }
+    w.end();
+    leave(buf);
+}
+
+/// Records a free of `ptr` (ignored if null). Call **before** the backend
+/// frees it.
+#[inline]
+pub fn on_free(ptr: *mut u8) {
+    if ptr.is_null() {
+        return;
+    }
+    let Some(buf) = enter() else { return };
+    let id = object_table::remove(ptr as usize);
+    if id == 0 {
+        buf.begin(format::KIND_FREE_UNKNOWN).end();
+    } else {
+        let mut w = buf.begin(format::KIND_FREE);
+        w.id(id);
+        w.end();
+    }
+    leave(buf);
+}
+
+/// The part of a realloc recorded before the backend call: forgets `old`
+/// and returns its object id (0 if unknown or null) for [`on_realloc`].
+#[inline]
+pub fn realloc_begin(old: *mut u8) -> u64 {
+    if old.is_null() {
+        return 0;
+    }
+    object_table::remove(old as usize)
+}
+
+/// Records `realloc(old, size) == new`, where `old_id` came from
+/// [`realloc_begin`]`(old)` just before the backend call. Handles the C
+/// edge cases: a failed realloc (null `new`, non-zero `size`) keeps `old`
+/// alive and records nothing; `realloc(p, 0)` returning null records a free;
+/// `realloc(NULL, n)` records an allocation.
+#[inline]
+pub fn on_realloc(old: *mut u8, old_id: u64, new: *mut u8, size: usize) {
+    if new.is_null() && size != 0 {
+        if old_id != 0 {
+            object_table::insert(old as usize, old_id);
+        }
+        return;
+    }
+    if old.is_null() {
+        on_alloc(new, size, 0, false);
+        return;
+    }
+    let Some(buf) = enter() else { return };
+    if new.is_null() {
+        // realloc(p, 0) freed p.
+        if old_id == 0 {
+            buf.begin(format::KIND_FREE_UNKNOWN).end();
+        } else {
+            let mut w = buf.begin(format::KIND_FREE);
+            w.id(old_id);
+            w.end();
+        }
+    } else {
+        let id = buf.new_object();
+        if !object_table::insert(new as usize, id) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+        if old_id == 0 {
+            let mut w = buf.begin(format::KIND_REALLOC_UNKNOWN);
+            w.id(id);
+            w.value(size as u64);
+            w.end();
+        } else {
+            let mut w = buf.begin(format::KIND_REALLOC);
+            w.id(old_id);
+            w.id(id);
+            w.value(size as u64);
+            w.end();
+        }
+    }
+    leave(buf);
+}
+
+/// Number of operations the recorder had to drop (re-entrant calls during
+/// a thread's first record, a buffer busy at exit, memory exhaustion).
+pub fn dropped() -> usize {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Flushes every thread's buffer and writes the end block. Runs at process
+/// exit (registered by [`start`]); idempotent; does nothing in a forked
+/// child. Records arriving afterwards are dropped.
+pub fn finish() {
+    if !STARTED.load(Ordering::Acquire) || FINISHED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    ENABLED.store(false, Ordering::Relaxed);
+    if os::process_id() != PID.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut threads = 0u32;
+    let mut node = *REGISTRY.lock();
+    while node != 0 {
+        // SAFETY: registry entries are live thread buffers, never unmapped.
+        let buf = unsafe { &mut *(node as *mut ThreadBuf) };
+        // Take the buffer for good: its owner drops any later record.
+        while buf.busy.swap(true, Ordering::Acquire) {
+            os::yield_now();
+        }
+        flush(buf);
+        threads = threads.max(buf.thread + 1);
+        node = buf.next;
+    }
+    let mut end = [0u8; format::BLOCK_HEADER_LEN];
+    end[0..4].copy_from_slice(&format::END_TAG.to_le_bytes());
+    end[4..8].copy_from_slice(&threads.to_le_bytes());
+    end[16..24].copy_from_slice(&os::monotonic_ns().to_le_bytes());
+    end[24..32].copy_from_slice(&TOTAL_RECORDS.load(Ordering::Relaxed).to_le_bytes());
+    write_block(&end);
+}
+
+extern "C" fn finish_at_exit() {
+    finish();
+}
+
+unsafe extern "C" fn fork_prepare() {}
+unsafe extern "C" fn fork_parent() {}
+unsafe extern "C" fn fork_child() {
+    // The child's buffers are copies of the parent's; only the parent
+    // writes them. The child stops recording.
+    ENABLED.store(false, Ordering::Relaxed);
+}
+
+/// Takes the calling thread's buffer, creating it on first use; `None`
+/// drops the record (re-entrant call, buffer taken by `finish`, no memory).
+#[inline]
+fn enter() -> Option<&'static mut ThreadBuf> {
+    let p = BUF.with(Cell::get);
+    if p <= UNAVAILABLE {
+        return enter_slow(p);
+    }
+    // SAFETY: values above UNAVAILABLE are this thread's buffer, mapped for
+    // the life of the process.
+    let buf = unsafe { &mut *(p as *mut ThreadBuf) };
+    if buf.busy.swap(true, Ordering::Acquire) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    Some(buf)
+}
+
+#[inline]
+fn leave(buf: &mut ThreadBuf) {
+    buf.busy.store(false, Ordering::Release);
+}
+
+#[cold]
+#[inline(never)]
+fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
+    if state != NO_BUFFER {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    BUF.with(|b| b.set(INITIALISING));
+    let mem = os::map(BUF_BYTES);
+    if mem.is_null() {
+        BUF.with(|b| b.set(UNAVAILABLE));
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let thread = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+    let first_id = (thread as u64) << format::ID_THREAD_SHIFT;
+    let now = os::monotonic_ns();
+    let buf_ptr = mem.cast::<ThreadBuf>();
+    // SAFETY: mem is a fresh, page-aligned mapping larger than ThreadBuf.
+    unsafe {
+        buf_ptr.write(ThreadBuf {
+            busy: AtomicBool::new(false),
+            next: 0,
+            thread,
+            records: 0,
+            next_object: first_id,
+            base_ns: now,
+            base_id: first_id,
+            prev_ns: now,
+            prev_id: first_id,
+            len: 0,
+        })
+    };
+    {
+        let mut head = REGISTRY.lock();
+        // SAFETY: buf_ptr was initialised above and is not shared yet.
+        unsafe { (*buf_ptr).next = *head };
+        *head = buf_ptr as usize;
+    }
+    // May call calloc (pthread_setspecific): re-entrant records are dropped
+    // while BUF holds INITIALISING.
+    EXIT_KEY.register(thread_exit, buf_ptr.cast());
+    BUF.with(|b| b.set(buf_ptr as usize));
+    enter()
+}
+
+/// Thread-exit hook: writes out what the dying thread recorded. The buffer
+/// stays registered for records the thread makes later in its teardown.
+unsafe extern "C" fn thread_exit(value: *mut c_void) {
+    // SAFETY: value is the ThreadBuf registered for this thread, mapped for
+    // the life of the process.
+    let buf = unsafe { &mut *value.cast::<ThreadBuf>() };
+    if buf.busy.swap(true, Ordering::Acquire) {
+        return; // finish() owns it now
+    }
+    flush(buf);
+    leave(buf);
+}
+
+impl ThreadBuf {
+    #[inline]
+    fn new_object(&mut self) -> u64 {
+        self.next_object += 1;
+        self.next_object
+    }
+
+    #[inline]
+    fn payload(&mut self) -> *mut u8 {
+        // SAFETY: the payload lies inside this buffer's mapping.
+        unsafe { (self as *mut Self).cast::<u8>().add(PAYLOAD_AT) }
+    }
+
+    /// Starts a record with opcode `op` and its timestamp delta, flushing
+    /// first if a longest record might not fit.
+    #[inline]
+    fn begin(&mut self, op: u8) -> RecordWriter<'_> {
+        if self.len + format::MAX_RECORD_LEN > PAYLOAD_CAP {
+            flush(self);
+        }
+        let now = os::monotonic_ns();
+        let dt = now.saturating_sub(self.prev_ns);
+        self.prev_ns = self.prev_ns.max(now);
+        let at = self.len;
+        // SAFETY: at + MAX_RECORD_LEN <= PAYLOAD_CAP.
+        unsafe { self.payload().add(at).write(op) };
+        let mut w = RecordWriter {
+            buf: self,
+            at: at + 1,
+        };
+        w.value(dt);
+        w
+    }
+}
+
+/// Appends the fields of one record; [`RecordWriter::end`] commits it.
+struct RecordWriter<'a> {
+    buf: &'a mut ThreadBuf,
+    at: usize,
+}
+
+impl RecordWriter<'_> {
+    #[inline]
+    fn value(&mut self, v: u64) {
+        // SAFETY: begin() reserved MAX_RECORD_LEN bytes, enough for every
+        // field of any record.
+        self.at += unsafe { put_varint(self.buf.payload().add(self.at), v) };
+    }
+
+    /// An object id, as a delta from the previous one.
+    #[inline]
+    fn id(&mut self, id: u64) {
+        let delta = id.wrapping_sub(self.buf.prev_id) as i64;
+        self.buf.prev_id = id;
+        self.value(zigzag(delta));
+    }
+
+    #[inline]
+    fn end(self) {
+        self.buf.len = self.at;
+        self.buf.records += 1;
+    }
+}
+
+/// Writes the buffer's records as one block (if any) and empties it. The
+/// caller holds `busy`.
+fn flush(buf: &mut ThreadBuf) {
+    if buf.records == 0 {
+        return;
+    }
+    let len = buf.len;
+    // SAFETY: the block header and payload lie inside the buffer's mapping.
+    let block = unsafe {
+        core::slice::from_raw_parts_mut(
+            (buf as *mut ThreadBuf).cast::<u8>().add(BLOCK_AT),
+            format::BLOCK_HEADER_LEN + len,
+        )
+    };
+    let sum = format::checksum(&block[format::BLOCK_HEADER_LEN..]);
+    block[0..4].copy_from_slice(&format::BLOCK_TAG.to_le_bytes());
+    block[4..8].copy_from_slice(&buf.thread.to_le_bytes());
+    block[8..12].copy_from_slice(&buf.records.to_le_bytes());
+    block[12..16].copy_from_slice(&(len as u32).to_le_bytes());
+    block[16..24].copy_from_slice(&buf.base_ns.to_le_bytes());
+    block[24..32].copy_from_slice(&buf.base_id.to_le_bytes());
+    block[32..36].copy_from_slice(&sum.to_le_bytes());
+    block[36..40].copy_from_slice(&0u32.to_le_bytes());
+    if os::process_id() == PID.load(Ordering::Relaxed) && write_block(block) {
+        TOTAL_RECORDS.fetch_add(buf.records as u64, Ordering::Relaxed);
+    }
+    buf.len = 0;
+    buf.records = 0;
+    buf.base_ns = buf.prev_ns;
+    buf.base_id = buf.prev_id;
+}
+
+fn write_block(bytes: &[u8]) -> bool {
+    let fd: c_int = FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return false;
+    }
+    WRITE_LOCK.lock();
+    let ok = os::write_fd(fd, bytes);
+    // SAFETY: locked just above by this thread.
+    unsafe { WRITE_LOCK.unlock() };
+    ok
+}
