@@ -174,3 +174,56 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
     print!("{}", render(&rows, args.all));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Report;
+
+    fn scaled(report: &Report, allocator: &str, factor: f64) -> Report {
+        let mut r = report.clone();
+        for c in r.cells.iter_mut().filter(|c| c.allocator == allocator) {
+            for s in &mut c.samples {
+                s.wall_ns = (s.wall_ns as f64 * factor) as u64;
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn detects_slower_and_ignores_noise() {
+        let old = crate::report::tests::report();
+        let new = scaled(&old, "jemalloc", 1.5);
+        let rows = compare_reports(&old, &new).unwrap();
+        let jem = rows
+            .iter()
+            .find(|r| r.cell.starts_with("jemalloc"))
+            .unwrap();
+        assert_eq!(jem.time_change, Change::Worse);
+        let sys = rows.iter().find(|r| r.cell.starts_with("system")).unwrap();
+        assert_eq!(sys.time_change, Change::Unchanged);
+        let table = render(&rows, false);
+        assert!(table.contains("**slower**") && table.contains("1 slower"));
+        // within the ±10 % spread of the repetitions: unchanged
+        let new = scaled(&old, "jemalloc", 1.05);
+        let rows = compare_reports(&old, &new).unwrap();
+        assert!(rows.iter().all(|r| r.time_change == Change::Unchanged));
+    }
+
+    #[test]
+    fn mismatched_runs_are_errors() {
+        let old = crate::report::tests::report();
+        let mut new = old.clone();
+        new.config.scale = 2.0;
+        assert!(compare_reports(&old, &new)
+            .unwrap_err()
+            .0
+            .contains("mismatched runs"));
+        let mut new = old.clone();
+        new.cells.clear();
+        assert!(compare_reports(&old, &new)
+            .unwrap_err()
+            .0
+            .contains("no (allocator"));
+    }
+}

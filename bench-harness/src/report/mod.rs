@@ -168,3 +168,114 @@ pub fn write_all(report: &Report, dir: &std::path::Path) -> crate::error::Result
         ))
     })
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn sample(wall_ms: u64) -> Sample {
+        Sample {
+            wall_ns: wall_ms * 1_000_000,
+            ops: 1000,
+            latency: vec![OpLatency {
+                op: "malloc".into(),
+                count: 10,
+                p50_ns: 20.0,
+                p99_ns: 80.0,
+                p999_ns: 100.0,
+                max_ns: 500.0,
+            }],
+            rss_start: 1 << 20,
+            rss_end: 2 << 20,
+            peak_rss: 8 << 20,
+            minor_faults: 12,
+            checkpoints: vec![Checkpoint {
+                label: "half".into(),
+                rss: 5 << 20,
+                live: 2 << 20,
+            }],
+            clock: ClockInfo {
+                ns_per_tick: 0.4,
+                overhead_ticks: 26,
+                sample_period: 16,
+            },
+        }
+    }
+
+    pub(crate) fn report() -> Report {
+        let cell = |allocator: &str, scale: u64| Cell {
+            allocator: allocator.into(),
+            workload: "churn".into(),
+            threads: 1,
+            samples: vec![sample(100 * scale), sample(110 * scale), sample(90 * scale)],
+            errors: vec![],
+        };
+        Report {
+            schema: SCHEMA_VERSION,
+            tool: "test".into(),
+            name: "t".into(),
+            started_unix: 0,
+            duration_s: 1.0,
+            machine: Machine::detect(),
+            config: RunConfig {
+                preset: "custom".into(),
+                scale: 1.0,
+                repetitions: 3,
+                allocators: vec!["system".into(), "jemalloc".into()],
+                workloads: vec!["churn".into()],
+                threads: vec![1],
+                baseline: "system".into(),
+                seed: 1,
+            },
+            cells: vec![cell("system", 2), cell("jemalloc", 1)],
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let r = report();
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(json::parse(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn json_errors_are_one_line() {
+        for bad in ["{", "[]", r#"{"schema": 99}"#, r#"{"schema": 1}"#] {
+            let err = json::parse(bad).unwrap_err();
+            assert!(!err.0.contains('\n'), "{err}");
+        }
+        assert!(json::parse(r#"{"schema": 99}"#)
+            .unwrap_err()
+            .0
+            .contains("version 99"));
+    }
+
+    #[test]
+    fn summary_and_markdown() {
+        let r = report();
+        let s = summary::summarize(&r.cells[1]).unwrap();
+        assert_eq!(s.time_s.median, 0.1);
+        assert_eq!(s.time_s.min, 0.09);
+        // (5 MiB - 1 MiB) / 2 MiB
+        assert_eq!(s.worst_fragmentation(), Some(2.0));
+        let md = markdown::render(&r, &[]);
+        assert!(
+            md.contains("| churn ×1 | 200.0 ms (1.00) | 100.0 ms (0.50) |"),
+            "{md}"
+        );
+        assert!(md.contains("**geometric mean of ratios** | **1.00** | **0.50** |"));
+    }
+
+    #[test]
+    fn charts_are_written() {
+        let dir = std::env::temp_dir().join(format!("hk-svg-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let charts = svg::write_charts(&report(), &dir).unwrap();
+        assert!(charts.len() >= 4);
+        for (file, _) in charts {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert!(text.starts_with("<svg"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

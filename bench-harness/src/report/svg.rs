@@ -110,7 +110,7 @@ fn draw(
         }};
     }
     if log_y {
-        let lo = (min.max(1e-9) / 2.0).min(max / 10.0);
+        let lo = (min.max(1e-9) / 1.5).min(max / 4.0);
         let mut chart = builder.build_cartesian_2d(0f64..n, (lo..max * 2.0).log_scale())?;
         bars!(chart, lo);
     } else {
