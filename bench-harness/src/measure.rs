@@ -135,7 +135,7 @@ impl Recorder {
             free: new_histogram(),
             realloc: new_histogram(),
             countdown: 1,
-            gap: SplitMix64::new(seed ^ 0x5EED_0F_7A7E),
+            gap: SplitMix64::new(seed ^ 0x5EED_0F7A_7E00),
             ops: 0,
         }
     }

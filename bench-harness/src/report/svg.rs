@@ -16,6 +16,9 @@ use super::Report;
 use crate::error::{Error, Result};
 use crate::stats::geometric_mean;
 
+/// Picks one percentile out of a latency summary.
+type PercentileOf = fn(&super::summary::LatencySummary) -> f64;
+
 /// One bar series: a name (legend) and one value per group (`None` = no bar).
 pub type Series = (String, Vec<Option<f64>>);
 
@@ -193,7 +196,7 @@ pub fn write_charts(report: &Report, dir: &Path) -> Result<Vec<(String, String)>
     written.push(("peak-rss.svg".to_string(), title));
 
     // latency percentiles: geometric mean over the rows, per percentile
-    let percentiles: [(&str, &str, fn(&super::summary::LatencySummary) -> f64); 8] = [
+    let percentiles: [(&str, &str, PercentileOf); 8] = [
         ("malloc", "malloc p50", |l| l.p50),
         ("malloc", "malloc p99", |l| l.p99),
         ("malloc", "malloc p99.9", |l| l.p999),
