@@ -310,6 +310,22 @@ pub fn process_id() -> u32 {
     unsafe { libc::getpid() as u32 }
 }
 
+/// Ends the process at once with `status` (`_exit`): no `atexit` handlers,
+/// no stdio flush, no allocation. For errors found before a program may run.
+pub fn exit_immediately(status: c_int) -> ! {
+    // SAFETY: _exit has no preconditions and does not return.
+    unsafe { libc::_exit(status) }
+}
+
+/// Duplicates `fd` onto a new close-on-exec descriptor numbered `min` or
+/// above (`fcntl(F_DUPFD_CLOEXEC)`); `None` on failure. Lets a report
+/// written at exit survive a program that closes its own stderr first.
+pub fn dup_cloexec(fd: c_int, min: c_int) -> Option<c_int> {
+    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor; no memory involved.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    (new >= 0).then_some(new)
+}
+
 /// Gives up the rest of this thread's time slice.
 pub fn yield_now() {
     // SAFETY: sched_yield has no preconditions.
