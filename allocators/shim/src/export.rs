@@ -1,0 +1,145 @@
+//! The exported C malloc API: every function glibc's malloc exports that a
+//! program allocates or frees through.
+//!
+//! Each export is one dispatch ([`with_backend!`]) into the matching
+//! [`heapkit_core::capi`] function, which holds glibc's edge-case semantics
+//! (`malloc(0)`, `realloc(p, 0)`, overflow, `EINVAL`, `errno`) once for
+//! every backend, peers included. Keep each export this short: a recording
+//! hook (heapkit-trace) is meant to be one branch in front of the dispatch.
+//!
+//! ```text
+//! malloc(n) ─► with_backend! ─► match SELECTED ─► capi::malloc(&Backend, n)
+//!                                  │                 └─► Backend::allocate (inlined)
+//!                                  └─ UNRESOLVED ─► backend::resolve (cold, once)
+//! ```
+//!
+//! `malloc_trim`, `mallopt`, `mallinfo`/`mallinfo2`, `malloc_stats` and
+//! `malloc_info` are not exported: calls to them reach glibc's own (idle)
+//! arena and report on it, which is harmless.
+//!
+//! # Safety (for every export)
+//!
+//! The C contract: pointer arguments are null or blocks returned by this
+//! library's allocation functions and not yet freed. Since the backend is
+//! fixed before the first block is handed out, every such block belongs to
+//! the selected backend, which is what the `capi` functions require.
+
+use core::ffi::{c_int, c_void};
+
+use heapkit_core::capi;
+
+use crate::backend::with_backend;
+
+/// `malloc(size)`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    with_backend!(|a| capi::malloc(a, size))
+}
+
+/// `calloc(n, size)`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    with_backend!(|a| capi::calloc(a, n, size))
+}
+
+/// `free(ptr)`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    // SAFETY: ptr is null or a live block of the selected backend (C contract).
+    with_backend!(|a| unsafe { capi::free(a, ptr) })
+}
+
+/// `cfree(ptr)`: the obsolete alias of `free`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
+    // SAFETY: forwarded C contract.
+    unsafe { free(ptr) }
+}
+
+/// `realloc(ptr, size)`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: ptr is null or a live block of the selected backend (C contract).
+    with_backend!(|a| unsafe { capi::realloc(a, ptr, size) })
+}
+
+/// `reallocarray(ptr, n, size)`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    // SAFETY: ptr is null or a live block of the selected backend (C contract).
+    with_backend!(|a| unsafe { capi::reallocarray(a, ptr, n, size) })
+}
+
+/// `posix_memalign(out, align, size)`.
+///
+/// # Safety
+/// See the module docs; `out` must be valid for a pointer write.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    // SAFETY: out is writable (C contract).
+    with_backend!(|a| unsafe { capi::posix_memalign(a, out, align, size) })
+}
+
+/// `aligned_alloc(align, size)`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    with_backend!(|a| capi::aligned_alloc(a, align, size))
+}
+
+/// `memalign(align, size)`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    with_backend!(|a| capi::memalign(a, align, size))
+}
+
+/// `valloc(size)`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    with_backend!(|a| capi::valloc(a, size))
+}
+
+/// `pvalloc(size)`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    with_backend!(|a| capi::pvalloc(a, size))
+}
+
+/// `malloc_usable_size(ptr)`.
+///
+/// # Safety
+/// See the module docs.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
+    // SAFETY: ptr is null or a live block of the selected backend (C contract).
+    with_backend!(|a| unsafe { capi::malloc_usable_size(a, ptr) })
+}

@@ -1,0 +1,117 @@
+//! The `system` peer: glibc's own malloc, reached without going through our
+//! exported `malloc` (which would recurse).
+//!
+//! glibc exports its allocator twice: under the public names, which
+//! `LD_PRELOAD` lets us interpose, and as `__libc_malloc`, `__libc_free`,
+//! `__libc_calloc`, `__libc_realloc` and `__libc_memalign`, which nobody
+//! interposes. Forwarding to the latter is a direct call: no `dlsym`
+//! (which may itself call `malloc`/`calloc`) and no lazy lookup.
+//!
+//! glibc exports no un-interposable `malloc_usable_size`, so
+//! [`usable_size`](System::usable_size) reads the chunk header the way
+//! glibc's own `musable()` does (glibc 2.26 and later, no memory tagging):
+//! the word before the block holds the chunk size with three flag bits, and
+//! the usable part is the chunk minus its 8-byte header (16 bytes for an
+//! `mmap`ed chunk). The C stress test compares the two for many sizes.
+//!
+//! ```text
+//!  mem - 8: | chunk size | A | M | P |    M = IS_MMAPPED (0x2)
+//!  mem    : | user data ...            usable = size - 8 (or - 16 if M)
+//! ```
+//!
+//! Cost: one extra call per operation (the export dispatches here, glibc's
+//! code runs as usual).
+
+use core::alloc::Layout;
+use core::ffi::c_void;
+
+use heapkit_core::{realloc_by_copy, HeapAlloc, Stats};
+
+extern "C" {
+    fn __libc_malloc(size: usize) -> *mut c_void;
+    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
+    fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
+    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
+    fn __libc_free(ptr: *mut c_void);
+}
+
+/// glibc's malloc aligns every block to 16 bytes on x86-64.
+const GLIBC_ALIGN: usize = 16;
+/// `IS_MMAPPED` in the chunk's size word.
+const IS_MMAPPED: usize = 0x2;
+/// The three flag bits of the chunk's size word.
+const SIZE_FLAGS: usize = 0x7;
+
+/// glibc malloc, forwarded through `__libc_*`.
+pub struct System;
+
+// SAFETY: every method forwards to glibc's allocator, which returns null on
+// exhaustion, aligns to what is asked (memalign for > 16), serves size 0,
+// accepts any of its blocks in free from any thread, and never calls back
+// into our exports.
+unsafe impl HeapAlloc for System {
+    #[inline]
+    fn allocate(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: plain C calls with no preconditions beyond the arguments.
+        unsafe {
+            if layout.align() <= GLIBC_ALIGN {
+                __libc_malloc(layout.size()).cast()
+            } else {
+                __libc_memalign(layout.align(), layout.size()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= GLIBC_ALIGN {
+            // SAFETY: plain C call; calloc(1, n) cannot overflow.
+            return unsafe { __libc_calloc(1, layout.size()).cast() };
+        }
+        let p = self.allocate(layout);
+        if !p.is_null() {
+            // SAFETY: p is a fresh block of at least layout.size() bytes.
+            unsafe { p.write_bytes(0, layout.size()) };
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn free(&self, ptr: *mut u8) {
+        // SAFETY: the caller passes a live glibc block.
+        unsafe { __libc_free(ptr.cast()) }
+    }
+
+    #[inline]
+    unsafe fn usable_size(&self, ptr: *mut u8) -> usize {
+        // SAFETY: ptr is a live glibc block (caller), so the size word of
+        // its chunk header sits in the 8 bytes before it.
+        let word = unsafe { ptr.cast::<usize>().sub(1).read() };
+        let header = if word & IS_MMAPPED != 0 { 16 } else { 8 };
+        (word & !SIZE_FLAGS).saturating_sub(header)
+    }
+
+    #[inline]
+    unsafe fn reallocate(&self, ptr: *mut u8, old_layout: Layout, new_size: usize) -> *mut u8 {
+        if old_layout.align() <= GLIBC_ALIGN {
+            // SAFETY: ptr is a live glibc block; new_size > 0 (the C API
+            // handles realloc(p, 0) before calling us, GlobalAlloc forbids it).
+            return unsafe { __libc_realloc(ptr.cast(), new_size).cast() };
+        }
+        // SAFETY: forwarded caller guarantee.
+        unsafe { realloc_by_copy(self, ptr, old_layout, new_size) }
+    }
+
+    fn stats(&self) -> Stats {
+        // SAFETY: mallinfo2 only reads glibc's arenas (under their locks)
+        // and does not allocate.
+        let info = unsafe { libc::mallinfo2() };
+        let mapped = (info.arena + info.hblkhd) as u64;
+        Stats {
+            live_bytes: (info.uordblks + info.hblkhd) as u64,
+            mapped_bytes: mapped,
+            peak_mapped_bytes: mapped,
+            ..Stats::default()
+        }
+    }
+}
