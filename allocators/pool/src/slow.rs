@@ -1,0 +1,382 @@
+//! Slow paths: everything the thread-cache fast paths hand off.
+//!
+//! All functions here are `#[cold] #[inline(never)]`. Those that stand in
+//! for a fast path end by calling it again, so the block is always taken or
+//! returned by the one piece of code that keeps the list invariants.
+//!
+//! - `alloc`: the list of the class is empty. Set the thread up if needed,
+//!   then refill: a batch from the depot, else blocks carved from this
+//!   thread's fresh region, else an abandoned region, else a new chunk.
+//! - `alloc_zeroed`: as `alloc`, but a block straight from a fresh region
+//!   is returned without a memset (it was never used, so it is zero).
+//! - `free`: the list is at its limit. Set the limit on a first free, or hand
+//!   the oldest batch to the depot, then push.
+//! - exited threads (after their exit hook ran) go through the depots
+//!   directly, one block at a time.
+//! - `alloc_large` / `free_large`: sizes above the classes, through
+//!   `heapkit_core::large`.
+
+use core::alloc::Layout;
+use core::ffi::c_void;
+use core::ptr;
+
+use heapkit_core::{large, os};
+
+use crate::class::{batch, block_size, CHUNK_BLOCKS};
+use crate::depot::{depot, FreeBlock};
+use crate::segment::CHUNKS;
+use crate::thread_cache::{ThreadCache, ACTIVE, CACHE, EXITED, INITIALIZING, UNINIT};
+use crate::{fork, STATS};
+
+/// Runs [`on_thread_exit`] in every thread that allocated or freed.
+static EXIT_KEY: os::ThreadExitKey = os::ThreadExitKey::new();
+
+/// Sets the thread up on its first slow path: registers the exit hook (and
+/// the process's fork handlers). A re-entrant call during registration sees
+/// `INITIALIZING` and proceeds without registering again; the cache is
+/// usable in every state.
+#[inline]
+fn ensure_init(t: &ThreadCache) {
+    if t.state.get() == UNINIT {
+        init_thread(t);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn init_thread(t: &ThreadCache) {
+    t.state.set(INITIALIZING);
+    fork::register_handlers();
+    // If the key cannot be created, the thread's cached blocks are lost when
+    // it exits (a leak, not an error): nothing better can be done here.
+    let _ = EXIT_KEY.register(on_thread_exit, ptr::NonNull::<c_void>::dangling().as_ptr());
+    t.state.set(ACTIVE);
+}
+
+/// The exit hook: returns the dying thread's lists and regions to the
+/// depots; later calls from this thread use the exited paths.
+unsafe extern "C" fn on_thread_exit(_: *mut c_void) {
+    CACHE.with(|t| {
+        flush_all(t);
+        t.state.set(EXITED);
+    });
+}
+
+/// Hands every cached block and fresh region of `t` to the depots and flushes
+/// its counters. Leaves every `limit` at 0 (the next free re-arms it).
+pub fn flush_all(t: &ThreadCache) {
+    for class in 0..heapkit_core::size_class::CLASS_COUNT {
+        let cc = t.class(class);
+        let mut head = cc.head.replace(ptr::null_mut());
+        let mut len = cc.len.replace(0);
+        cc.limit.set(0);
+        let per_batch = batch(class);
+        while !head.is_null() && len > 0 {
+            let n = len.min(per_batch);
+            // SAFETY: the first n blocks of our list are ours.
+            let rest = unsafe { cut_after(head, n) };
+            // SAFETY: head..n blocks are a null-terminated list we give up.
+            unsafe { depot(class).push_batch(head, n) };
+            head = rest;
+            len -= n;
+        }
+        let fresh = t.fresh(class);
+        let cur = fresh.cur.replace(ptr::null_mut());
+        let end = fresh.end.replace(ptr::null_mut());
+        // SAFETY: cur..end is this thread's untouched region, given up.
+        unsafe { depot(class).push_region(cur, end) };
+    }
+    t.stats.flush(&STATS);
+}
+
+/// Terminates the list at `head` after `n` blocks (n >= 1) and returns the
+/// rest.
+///
+/// # Safety
+/// The list must hold at least `n` owned blocks.
+unsafe fn cut_after(head: *mut FreeBlock, n: u32) -> *mut FreeBlock {
+    let mut last = head;
+    for _ in 1..n {
+        // SAFETY: the list has at least n blocks.
+        last = unsafe { (*last).next };
+    }
+    // SAFETY: last is the n-th owned block.
+    unsafe { ptr::replace(ptr::addr_of_mut!((*last).next), ptr::null_mut()) }
+}
+
+/// Where a refill found blocks.
+enum Refill {
+    /// A batch is on the thread's list now.
+    List,
+    /// The thread's fresh region has blocks.
+    Fresh,
+    /// Out of memory.
+    Failed,
+}
+
+/// Refills class `class` of `t`, whose list is empty.
+fn refill(t: &ThreadCache, class: usize) -> Refill {
+    let d = depot(class);
+    let (head, n) = d.pop_batch();
+    if !head.is_null() {
+        let cc = t.class(class);
+        cc.head.set(head);
+        cc.len.set(n);
+        return Refill::List;
+    }
+    let fresh = t.fresh(class);
+    if fresh.cur.get() < fresh.end.get() {
+        return Refill::Fresh;
+    }
+    let (mut start, mut end) = d.pop_region();
+    if start.is_null() {
+        start = CHUNKS.lock().carve(class);
+        if start.is_null() {
+            return Refill::Failed;
+        }
+        // SAFETY: the chunk holds CHUNK_BLOCKS[class] blocks.
+        end = unsafe {
+            start.add(CHUNK_BLOCKS[class % CHUNK_BLOCKS.len()] as usize * block_size(class))
+        };
+    }
+    fresh.cur.set(start);
+    fresh.end.set(end);
+    Refill::Fresh
+}
+
+/// Takes up to a batch of blocks from the fresh region onto the list.
+fn carve_fresh(t: &ThreadCache, class: usize) {
+    let fresh = t.fresh(class);
+    let size = block_size(class);
+    let cur = fresh.cur.get();
+    let avail = (fresh.end.get() as usize - cur as usize) / size;
+    let n = avail.min(batch(class) as usize);
+    debug_assert!(n > 0);
+    let cc = t.class(class);
+    // SAFETY: cur..cur + n * size lies in our fresh region; each block gets
+    // its link to the next, the last one the current (empty) list head.
+    unsafe {
+        for i in 0..n {
+            let block = cur.add(i * size).cast::<FreeBlock>();
+            let next = if i + 1 < n {
+                cur.add((i + 1) * size).cast()
+            } else {
+                cc.head.get()
+            };
+            ptr::addr_of_mut!((*block).next).write(next);
+        }
+        cc.head.set(cur.cast());
+        fresh.cur.set(cur.add(n * size));
+    }
+    cc.len.set(cc.len.get() + n as u32);
+}
+
+/// Slow path of `alloc`: the list of `class` is empty.
+#[cold]
+#[inline(never)]
+pub fn alloc(t: &ThreadCache, class: usize) -> *mut u8 {
+    if t.state.get() == EXITED {
+        return alloc_exited(class, false);
+    }
+    ensure_init(t);
+    if !t.class(class).head.get().is_null() {
+        // A re-entrant call during set-up refilled the list.
+        return t.alloc(class);
+    }
+    match refill(t, class) {
+        Refill::List => {}
+        Refill::Fresh => carve_fresh(t, class),
+        Refill::Failed => return ptr::null_mut(),
+    }
+    t.alloc(class)
+}
+
+/// Slow path of `alloc_zeroed`: the list of `class` is empty.
+#[cold]
+#[inline(never)]
+pub fn alloc_zeroed(t: &ThreadCache, class: usize, size: usize) -> *mut u8 {
+    if t.state.get() == EXITED {
+        return alloc_exited(class, true);
+    }
+    ensure_init(t);
+    if !t.class(class).head.get().is_null() {
+        return t.alloc_zeroed(class, size);
+    }
+    match refill(t, class) {
+        Refill::List => t.alloc_zeroed(class, size),
+        Refill::Fresh => {
+            // Never used, so already zero: no memset.
+            let fresh = t.fresh(class);
+            let block = fresh.cur.get();
+            // SAFETY: the region holds at least one block.
+            fresh.cur.set(unsafe { block.add(block_size(class)) });
+            t.stats.on_alloc(&STATS, block_size(class));
+            block
+        }
+        Refill::Failed => ptr::null_mut(),
+    }
+}
+
+/// Slow path of `free`: the list of `class` is at its limit.
+///
+/// # Safety
+/// `block` must be a live pool block of `class`, not used afterwards.
+#[cold]
+#[inline(never)]
+pub unsafe fn free(t: &ThreadCache, block: *mut u8, class: usize) {
+    if t.state.get() == EXITED {
+        // SAFETY: forwarded caller guarantee.
+        return unsafe { free_exited(block, class) };
+    }
+    ensure_init(t);
+    let cc = t.class(class);
+    let per_batch = batch(class);
+    if cc.limit.get() == 0 {
+        cc.limit.set(2 * per_batch);
+    }
+    let len = cc.len.get();
+    if len >= cc.limit.get() {
+        // Keep the newest blocks (warm in cache), hand the oldest batch on.
+        let keep = len - per_batch;
+        let head = cc.head.get();
+        let old = if keep == 0 {
+            cc.head.replace(ptr::null_mut())
+        } else {
+            // SAFETY: the list holds len > keep owned blocks.
+            unsafe { cut_after(head, keep) }
+        };
+        cc.len.set(keep);
+        // SAFETY: `old` heads the remaining per_batch owned blocks.
+        unsafe { depot(class).push_batch(old, per_batch) };
+    }
+    // SAFETY: forwarded caller guarantee; len < limit now.
+    unsafe { t.free(block, class) }
+}
+
+/// `alloc` for a thread whose exit hook ran: one block from the depot.
+#[cold]
+#[inline(never)]
+fn alloc_exited(class: usize, zeroed: bool) -> *mut u8 {
+    let d = depot(class);
+    let size = block_size(class);
+    let (head, n) = d.pop_batch();
+    let block: *mut u8 = if !head.is_null() {
+        // SAFETY: we own the popped batch; its rest goes back.
+        unsafe {
+            let rest = (*head).next;
+            if n > 1 {
+                d.push_batch(rest, n - 1);
+            }
+            if zeroed {
+                head.cast::<u8>().write_bytes(0, size);
+            }
+        }
+        head.cast()
+    } else {
+        let (mut start, mut end) = d.pop_region();
+        if start.is_null() {
+            start = CHUNKS.lock().carve(class);
+            if start.is_null() {
+                return ptr::null_mut();
+            }
+            // SAFETY: the chunk holds CHUNK_BLOCKS[class] blocks.
+            end = unsafe { start.add(CHUNK_BLOCKS[class % CHUNK_BLOCKS.len()] as usize * size) };
+        }
+        // SAFETY: start..end is an owned zero region of whole blocks; its
+        // first block is ours, the rest goes back.
+        unsafe { d.push_region(start.add(size), end) };
+        start
+    };
+    STATS.add(1, 0, 0, size as i64);
+    block
+}
+
+/// `free` for a thread whose exit hook ran: a batch of one to the depot.
+///
+/// # Safety
+/// `block` must be a live pool block of `class`, not used afterwards.
+#[cold]
+#[inline(never)]
+unsafe fn free_exited(block: *mut u8, class: usize) {
+    let block = block.cast::<FreeBlock>();
+    // SAFETY: the dead block becomes a one-block batch we hand over.
+    unsafe {
+        ptr::addr_of_mut!((*block).next).write(ptr::null_mut());
+        depot(class).push_batch(block, 1);
+    }
+    STATS.add(0, 1, 0, -(block_size(class) as i64));
+}
+
+/// Counts an allocation (`freed = false`) or free of `bytes` outside the
+/// thread-cache fast paths.
+fn count(bytes: usize, freed: bool) {
+    CACHE.with(|t| {
+        if t.state.get() == EXITED {
+            let delta = bytes as i64;
+            if freed {
+                STATS.add(0, 1, 0, -delta);
+            } else {
+                STATS.add(1, 0, 0, delta);
+            }
+        } else if freed {
+            t.stats.on_free(&STATS, bytes);
+        } else {
+            t.stats.on_alloc(&STATS, bytes);
+        }
+    })
+}
+
+/// Counts a reallocation from `old` to `new` usable bytes.
+pub fn count_realloc(old: usize, new: usize) {
+    CACHE.with(|t| {
+        if t.state.get() == EXITED {
+            STATS.add(0, 0, 1, new as i64 - old as i64);
+        } else {
+            t.stats.on_realloc(&STATS, old, new);
+        }
+    })
+}
+
+/// Allocates above the classes (or beyond their alignment).
+#[cold]
+#[inline(never)]
+pub fn alloc_large(layout: Layout, zeroed: bool) -> *mut u8 {
+    let p = large::allocate(layout, zeroed);
+    if !p.is_null() {
+        // SAFETY: p is a live large block.
+        count(unsafe { large::usable_size(p) }, false);
+    }
+    p
+}
+
+/// Frees a large block.
+///
+/// # Safety
+/// `ptr` must be a live large block.
+#[cold]
+#[inline(never)]
+pub unsafe fn free_large(ptr: *mut u8) {
+    // SAFETY: caller guarantee.
+    unsafe {
+        count(large::usable_size(ptr), true);
+        large::free(ptr);
+    }
+}
+
+/// Resizes a large block in place or by `mremap`.
+///
+/// # Safety
+/// `ptr` must be a live large block.
+#[cold]
+#[inline(never)]
+pub unsafe fn realloc_large(ptr: *mut u8, new_size: usize) -> *mut u8 {
+    // SAFETY: caller guarantee.
+    unsafe {
+        let old = large::usable_size(ptr);
+        let p = large::reallocate(ptr, new_size);
+        if !p.is_null() {
+            count_realloc(old, large::usable_size(p));
+        }
+        p
+    }
+}

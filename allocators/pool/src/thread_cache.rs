@@ -1,0 +1,177 @@
+//! The thread cache: per class, a LIFO list of free blocks owned by one
+//! thread. Both fast paths live here.
+//!
+//! `alloc` pops the head, `free` pushes onto it: a load, a compare and two
+//! stores, no atomic instruction, no lock. Each thread frees into its *own*
+//! cache whichever thread allocated the block, so cross-thread frees cost
+//! the same as local ones; blocks travel back through the depot in batches.
+//!
+//! Both fast paths have one branch to the slow path:
+//!
+//! - `alloc`: the list is empty (`head` is null). That is also the state of
+//!   a thread that never allocated and of one whose exit hook already ran.
+//! - `free`: the list holds `limit` blocks. `limit` starts at 0 (so a
+//!   thread's first free of a class goes slow, which initialises the thread
+//!   and sets `limit` to twice the class's batch) and is reset to 0 when the
+//!   thread exits (so its later frees go to the depot instead of a cache
+//!   nobody will flush).
+//!
+//! The state is a `const`-initialised native `thread_local!` without `Drop`:
+//! access is one `fs`-relative address computation, no lazy registration
+//! and no destructor that could run at an awkward time. Only [`Cell`]s are
+//! used, so a re-entrant call (the slow path registering the exit hook may
+//! call `malloc` under `LD_PRELOAD`) never aliases a `&mut`.
+
+use core::cell::Cell;
+use core::ptr;
+
+use heapkit_core::size_class::CLASS_COUNT;
+use heapkit_core::ThreadStats;
+
+use crate::class::block_size;
+use crate::depot::FreeBlock;
+use crate::slow;
+use crate::STATS;
+
+/// Thread never set up; its exit hook is not registered.
+pub const UNINIT: u8 = 0;
+/// The exit hook is being registered (a re-entrant call may see this).
+pub const INITIALIZING: u8 = 1;
+/// Set up; the exit hook will flush the cache.
+pub const ACTIVE: u8 = 2;
+/// The exit hook ran; this thread allocates and frees through the depots.
+pub const EXITED: u8 = 3;
+
+/// One class of one thread.
+pub struct ClassCache {
+    /// Top of the LIFO list of free blocks; null if empty.
+    pub head: Cell<*mut FreeBlock>,
+    /// Blocks on the list (exact).
+    pub len: Cell<u32>,
+    /// A free goes to the slow path when `len >= limit`.
+    pub limit: Cell<u32>,
+}
+
+/// The never-used tail of this thread's current chunk of a class:
+/// `cur..end`, whole blocks, all zero.
+pub struct FreshRegion {
+    /// Next never-used block.
+    pub cur: Cell<*mut u8>,
+    /// End of the region.
+    pub end: Cell<*mut u8>,
+}
+
+/// All of one thread's pool state.
+pub struct ThreadCache {
+    classes: [ClassCache; CLASS_COUNT],
+    fresh: [FreshRegion; CLASS_COUNT],
+    /// Counters, flushed into [`STATS`] in batches and at exit.
+    pub stats: ThreadStats,
+    /// [`UNINIT`], [`INITIALIZING`], [`ACTIVE`] or [`EXITED`].
+    pub state: Cell<u8>,
+}
+
+thread_local! {
+    /// The calling thread's cache.
+    pub static CACHE: ThreadCache = const { ThreadCache::new() };
+}
+
+impl ThreadCache {
+    /// An empty cache of a thread not set up yet.
+    pub const fn new() -> Self {
+        Self {
+            classes: [const {
+                ClassCache {
+                    head: Cell::new(ptr::null_mut()),
+                    len: Cell::new(0),
+                    limit: Cell::new(0),
+                }
+            }; CLASS_COUNT],
+            fresh: [const {
+                FreshRegion {
+                    cur: Cell::new(ptr::null_mut()),
+                    end: Cell::new(ptr::null_mut()),
+                }
+            }; CLASS_COUNT],
+            stats: ThreadStats::new(),
+            state: Cell::new(UNINIT),
+        }
+    }
+
+    /// The cache of `class` (< CLASS_COUNT).
+    #[inline(always)]
+    pub fn class(&self, class: usize) -> &ClassCache {
+        debug_assert!(class < CLASS_COUNT);
+        // SAFETY: every class index comes from size_class and is below
+        // CLASS_COUNT.
+        unsafe { self.classes.get_unchecked(class) }
+    }
+
+    /// The fresh region of `class` (< CLASS_COUNT).
+    #[inline]
+    pub fn fresh(&self, class: usize) -> &FreshRegion {
+        debug_assert!(class < CLASS_COUNT);
+        // SAFETY: as for `class`.
+        unsafe { self.fresh.get_unchecked(class) }
+    }
+
+    /// Fast path of `malloc` for `class`.
+    #[inline]
+    pub fn alloc(&self, class: usize) -> *mut u8 {
+        let cc = self.class(class);
+        let block = cc.head.get();
+        if block.is_null() {
+            return slow::alloc(self, class);
+        }
+        // SAFETY: block heads our list, so it is a free block of ours whose
+        // first word is the next link.
+        cc.head.set(unsafe { (*block).next });
+        cc.len.set(cc.len.get() - 1);
+        self.stats.on_alloc(&STATS, block_size(class));
+        block.cast()
+    }
+
+    /// Fast path of `calloc` for `class`: `size` bytes are zeroed.
+    #[inline]
+    pub fn alloc_zeroed(&self, class: usize, size: usize) -> *mut u8 {
+        let cc = self.class(class);
+        let block = cc.head.get();
+        if block.is_null() {
+            return slow::alloc_zeroed(self, class, size);
+        }
+        // SAFETY: as in `alloc`; the block then has at least `size` bytes.
+        unsafe {
+            cc.head.set((*block).next);
+            block.cast::<u8>().write_bytes(0, size);
+        }
+        cc.len.set(cc.len.get() - 1);
+        self.stats.on_alloc(&STATS, block_size(class));
+        block.cast()
+    }
+
+    /// Fast path of `free` for a block of `class`.
+    ///
+    /// # Safety
+    /// `block` must be a live pool block of `class`, not used afterwards.
+    #[inline]
+    pub unsafe fn free(&self, block: *mut u8, class: usize) {
+        let cc = self.class(class);
+        let len = cc.len.get();
+        if len >= cc.limit.get() {
+            // SAFETY: forwarded caller guarantee.
+            return unsafe { slow::free(self, block, class) };
+        }
+        let block = block.cast::<FreeBlock>();
+        // SAFETY: the block is dead and at least 16 bytes; it joins our list.
+        unsafe { ptr::addr_of_mut!((*block).next).write(cc.head.get()) };
+        cc.head.set(block);
+        cc.len.set(len + 1);
+        self.stats.on_free(&STATS, block_size(class));
+    }
+}
+
+impl Default for ThreadCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,119 @@
+//! `Pool::trim`: give entirely free chunks back to the OS.
+//!
+//! The pool retains memory: a freed block stays on a free list for reuse,
+//! so a program that peaks at 1 GiB of small blocks keeps that memory
+//! resident after freeing them. That is the price of frees that are two
+//! stores. `trim` is the explicit way back:
+//!
+//! 1. the calling thread flushes its own cache to the depots;
+//! 2. under the chunk lock, every depot is emptied at once;
+//! 3. every block taken is walked to count the free blocks of its chunk
+//!    (in the segment header's scratch counters), plus the blocks of the
+//!    abandoned regions;
+//! 4. a second walk keeps the blocks of chunks that are not entirely free
+//!    (rebatched onto the depots) and marks the others;
+//! 5. marked chunks are purged (`MADV_DONTNEED`), their pages returned to
+//!    their segment, and segments left with no chunk are unmapped;
+//! 6. the large path's cache is emptied.
+//!
+//! Cost: two passes over every free block in the depots (a cache miss per
+//! block, more if the free blocks have been swapped out), one `madvise` per
+//! released chunk and one `munmap` per empty segment. While it runs, threads
+//! that find their depot empty wait for the chunk lock to carve a new chunk;
+//! threads with cached blocks are not disturbed. Blocks cached by *other*
+//! live threads keep their chunks, which is why a trim after all workers
+//! have exited (their caches are flushed at exit) releases everything.
+//!
+//! No chunk is released while any of its blocks is live or cached: a chunk
+//! is released only when every one of its blocks was counted among the
+//! blocks trim itself took out of the depots.
+
+use core::ptr;
+
+use heapkit_core::large;
+use heapkit_core::size_class::CLASS_COUNT;
+
+use crate::class::{batch, block_size, CHUNK_BLOCKS};
+use crate::depot::{depot, for_each_taken_block, for_each_taken_region, FreeBlock};
+use crate::segment::{chunk_of, CHUNKS};
+use crate::slow::flush_all;
+use crate::thread_cache::{CACHE, EXITED};
+
+/// Releases every entirely free chunk; returns the bytes released.
+pub fn trim() -> usize {
+    CACHE.with(|t| {
+        if t.state.get() != EXITED {
+            flush_all(t);
+        }
+    });
+    let mut chunks = CHUNKS.lock();
+    let mut batches = [ptr::null_mut::<FreeBlock>(); CLASS_COUNT];
+    let mut regions = [ptr::null_mut::<u8>(); CLASS_COUNT];
+    for class in 0..CLASS_COUNT {
+        let taken = depot(class).take_all();
+        batches[class] = taken.batches;
+        regions[class] = taken.regions;
+    }
+    // Pass 1: count the free blocks of every chunk.
+    for (class, (&b, &r)) in batches.iter().zip(regions.iter()).enumerate() {
+        let size = block_size(class);
+        // SAFETY: we own what take_all returned, and hold CHUNKS, which
+        // guards the trim counters of every segment.
+        unsafe {
+            for_each_taken_block(b, |block| {
+                let (seg, first) = chunk_of(block.cast(), class);
+                (*seg).trim_count[first] += 1;
+            });
+            for_each_taken_region(r, |start, end| {
+                let (seg, first) = chunk_of(start, class);
+                (*seg).trim_count[first] += ((end as usize - start as usize) / size) as u32;
+            });
+        }
+    }
+    // Pass 2: keep the blocks of partly used chunks, mark the others.
+    for (class, (&b, &r)) in batches.iter().zip(regions.iter()).enumerate() {
+        let full = CHUNK_BLOCKS[class];
+        let per_batch = batch(class);
+        let d = depot(class);
+        let mut head = ptr::null_mut::<FreeBlock>();
+        let mut len = 0;
+        // SAFETY: as in pass 1. The walk reads a block's links before the
+        // closure relinks it, and a kept batch is pushed only once all of
+        // its blocks have been visited.
+        unsafe {
+            for_each_taken_block(b, |block| {
+                let (seg, first) = chunk_of(block.cast(), class);
+                if (*seg).trim_count[first] == full {
+                    (*seg).release |= 1 << first;
+                    return;
+                }
+                (*block).next = head;
+                head = block;
+                len += 1;
+                if len == per_batch {
+                    d.push_batch(head, len);
+                    head = ptr::null_mut();
+                    len = 0;
+                }
+            });
+            if len > 0 {
+                d.push_batch(head, len);
+            }
+            for_each_taken_region(r, |start, end| {
+                let (seg, first) = chunk_of(start, class);
+                if (*seg).trim_count[first] == full {
+                    (*seg).release |= 1 << first;
+                } else {
+                    // Restore the zero contents the depot promises, then
+                    // hand the region back (push_region rewrites its node).
+                    start.write_bytes(0, 16);
+                    d.push_region(start, end);
+                }
+            });
+        }
+    }
+    let released = chunks.release_marked();
+    drop(chunks);
+    large::trim(false);
+    released
+}
