@@ -1,0 +1,335 @@
+//! The slab layer of one cache: partial, full and empty slabs of one object
+//! size under one lock.
+//!
+//! Magazines sit in front of this layer, so it is entered only to refill an
+//! empty magazine ([`Cache::fill`], a batch of objects per lock), to drain a
+//! magazine the depot does not want ([`Cache::give_back`]), or by threads
+//! that have no magazines (being set up, or already exited).
+//!
+//! Allocation prefers the partial slab at the head of its list, then an
+//! empty slab, then a new slab from [`crate::segment`]. A slab whose last
+//! object comes back moves to the empty list; the empty list keeps at most
+//! one slab in eight of the cache's working slabs (the hysteresis that stops
+//! a program oscillating around a slab boundary from purging and faulting
+//! the same memory over and over), and the rest are purged and their chunks
+//! returned to their segment.
+//!
+//! Lock order: this lock, then the segment lock. No two cache locks are
+//! ever held together.
+
+use core::ptr;
+
+use heapkit_core::lock::SpinLock;
+
+use crate::segment::{self, slab_of};
+use crate::slab::{layout, SlabList, SlabMeta};
+
+/// An intrusive doubly linked list of slabs.
+struct List {
+    head: *mut SlabMeta,
+    len: usize,
+}
+
+impl List {
+    const fn new() -> Self {
+        Self {
+            head: ptr::null_mut(),
+            len: 0,
+        }
+    }
+
+    /// # Safety
+    /// `s` is a live slab on no list.
+    unsafe fn push(&mut self, s: *mut SlabMeta, which: SlabList) {
+        // SAFETY: s and the head are live slabs guarded by the cache lock.
+        unsafe {
+            (*s).prev = ptr::null_mut();
+            (*s).next = self.head;
+            (*s).list = which;
+            if !self.head.is_null() {
+                (*self.head).prev = s;
+            }
+        }
+        self.head = s;
+        self.len += 1;
+    }
+
+    /// # Safety
+    /// `s` is a live slab on this list.
+    unsafe fn remove(&mut self, s: *mut SlabMeta) {
+        // SAFETY: s and its neighbours are live slabs guarded by the lock.
+        unsafe {
+            let (prev, next) = ((*s).prev, (*s).next);
+            if prev.is_null() {
+                self.head = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*s).prev = ptr::null_mut();
+            (*s).next = ptr::null_mut();
+            (*s).list = SlabList::None;
+        }
+        self.len -= 1;
+    }
+}
+
+struct Slabs {
+    partial: List,
+    full: List,
+    empty: List,
+}
+
+// SAFETY: the lists link slabs owned by this cache; the lock serialises
+// every access to them.
+unsafe impl Send for Slabs {}
+
+/// The slab layer of one cache.
+pub struct Cache {
+    slabs: SpinLock<Slabs>,
+}
+
+/// Slabs released at once after the lock is dropped (more wait for the next
+/// give-back).
+const RELEASE_BATCH: usize = 8;
+
+/// What [`Cache::census`] counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheCensus {
+    /// Slabs on each list.
+    pub partial: usize,
+    pub full: usize,
+    pub empty: usize,
+    /// Objects handed out by the slab layer (live or in magazines).
+    pub in_use: usize,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cache {
+    /// A cache with no slabs. Its index (which selects its layout) is
+    /// passed to every method: caches live in one array.
+    pub const fn new() -> Self {
+        Self {
+            slabs: SpinLock::new(Slabs {
+                partial: List::new(),
+                full: List::new(),
+                empty: List::new(),
+            }),
+        }
+    }
+
+    /// Takes up to `want` objects into `out[..]`; returns how many (0 only
+    /// on exhaustion). If `zero` is given, it is set to whether the first
+    /// object is known to be zero.
+    ///
+    /// # Safety
+    /// `out` must be valid for `want` pointer writes.
+    pub unsafe fn fill(
+        &self,
+        index: usize,
+        out: *mut *mut u8,
+        want: usize,
+        zero: Option<&mut bool>,
+    ) -> usize {
+        let l = layout(index);
+        let mut st = self.slabs.lock();
+        let mut n = 0;
+        let mut first_zero = false;
+        while n < want {
+            let mut s = st.partial.head;
+            if s.is_null() {
+                s = st.empty.head;
+                if !s.is_null() {
+                    // SAFETY: s is on the empty list.
+                    unsafe {
+                        st.empty.remove(s);
+                        st.partial.push(s, SlabList::Partial);
+                    }
+                } else {
+                    s = segment::alloc_run(l.chunks, l.align_chunks, index as u8);
+                    if s.is_null() {
+                        break;
+                    }
+                    // SAFETY: a fresh slab on no list.
+                    unsafe { st.partial.push(s, SlabList::Partial) };
+                }
+            }
+            // SAFETY: s is a live partial slab of this cache, under the lock.
+            let slab = unsafe { &mut *s };
+            while n < want {
+                let (p, z) = slab.take(l);
+                if p.is_null() {
+                    break;
+                }
+                if n == 0 {
+                    first_zero = z;
+                }
+                // SAFETY: n < want (caller: out has room for want).
+                unsafe { out.add(n).write(p) };
+                n += 1;
+            }
+            if slab.in_use == l.capacity {
+                // SAFETY: s is on the partial list.
+                unsafe {
+                    st.partial.remove(s);
+                    st.full.push(s, SlabList::Full);
+                }
+            }
+        }
+        if let Some(z) = zero {
+            *z = first_zero;
+        }
+        n
+    }
+
+    /// Gives `n` objects of this cache back to their slabs.
+    ///
+    /// # Safety
+    /// `objs[..n]` must be distinct in-use objects of this cache that
+    /// nobody uses any more.
+    pub unsafe fn give_back(&self, index: usize, objs: *const *mut u8, n: usize) {
+        let l = layout(index);
+        let mut release = [ptr::null_mut::<SlabMeta>(); RELEASE_BATCH];
+        let mut n_release = 0;
+        {
+            let mut st = self.slabs.lock();
+            for i in 0..n {
+                // SAFETY: i < n (caller); the object is ours and dead, so its
+                // slab is live and guarded by this lock.
+                unsafe {
+                    let p = *objs.add(i);
+                    let s = slab_of(p);
+                    debug_assert_eq!((*s).cache as usize, index);
+                    let was_full = (*s).in_use == l.capacity;
+                    (*s).give(p);
+                    if was_full {
+                        st.full.remove(s);
+                        st.partial.push(s, SlabList::Partial);
+                    }
+                    if (*s).in_use == 0 {
+                        st.partial.remove(s);
+                        st.empty.push(s, SlabList::Empty);
+                    }
+                }
+            }
+            let keep = (st.partial.len + st.full.len) / 8;
+            while st.empty.len > keep && n_release < RELEASE_BATCH {
+                let s = st.empty.head;
+                // SAFETY: the empty list is non-empty.
+                unsafe { st.empty.remove(s) };
+                if let Some(slot) = release.get_mut(n_release) {
+                    *slot = s;
+                }
+                n_release += 1;
+            }
+        }
+        for &s in release.iter().take(n_release) {
+            // SAFETY: s is off every list, with no object in use.
+            unsafe { segment::release_run(s) };
+        }
+    }
+
+    /// Counts slabs and in-use objects, verifying every slab on the way:
+    /// its in-use count against its free objects, its list against its
+    /// count, and every free object's position.
+    pub fn census(&self, index: usize) -> Result<CacheCensus, &'static str> {
+        let l = layout(index);
+        let st = self.slabs.lock();
+        let mut c = CacheCensus::default();
+        for (list, which) in [
+            (&st.partial, SlabList::Partial),
+            (&st.full, SlabList::Full),
+            (&st.empty, SlabList::Empty),
+        ] {
+            let mut s = list.head;
+            let mut len = 0;
+            let mut prev = ptr::null_mut();
+            while !s.is_null() {
+                // SAFETY: slabs on the lists are live; the lock is held.
+                let slab = unsafe { &*s };
+                if slab.list != which || slab.prev != prev || slab.cache as usize != index {
+                    return Err("slab on the wrong list or badly linked");
+                }
+                // SAFETY: the slab's start is a live object address.
+                if unsafe { slab_of(slab.start) } != s {
+                    return Err("segment header does not map the slab to its metadata");
+                }
+                let mut free = 0u32;
+                let mut f = slab.free;
+                while !f.is_null() {
+                    let off = (f as usize).wrapping_sub(slab.start as usize);
+                    if off % l.size != 0 || off / l.size >= slab.carved as usize {
+                        return Err("free object outside the carved part of its slab");
+                    }
+                    free += 1;
+                    if free > l.capacity {
+                        return Err("free list longer than the slab (cycle?)");
+                    }
+                    // SAFETY: f is a free object of this slab.
+                    f = unsafe { (*f).next };
+                }
+                if slab.in_use + free != slab.carved || slab.carved > l.capacity {
+                    return Err("in-use count does not match the free objects");
+                }
+                let expect = if slab.in_use == l.capacity {
+                    SlabList::Full
+                } else if slab.in_use == 0 {
+                    SlabList::Empty
+                } else {
+                    SlabList::Partial
+                };
+                if expect != which {
+                    return Err("slab on a list that does not match its count");
+                }
+                // The never-carved tail must still be zero.
+                let tail = slab.carved as usize * l.size;
+                let end = l.capacity as usize * l.size;
+                let mut off = tail;
+                while off < end {
+                    // SAFETY: off < slab size; the slab is mapped.
+                    if unsafe { *slab.start.add(off) } != 0 {
+                        return Err("never-carved object is not zero");
+                    }
+                    off += 4096;
+                }
+                c.in_use += slab.in_use as usize;
+                len += 1;
+                prev = s;
+                s = slab.next;
+            }
+            if len != list.len {
+                return Err("list length mismatch");
+            }
+            match which {
+                SlabList::Partial => c.partial = len,
+                SlabList::Full => c.full = len,
+                _ => c.empty = len,
+            }
+        }
+        Ok(c)
+    }
+
+    /// Fork support.
+    pub fn lock_for_fork(&self) {
+        self.slabs.raw().lock();
+    }
+
+    /// Fork support: release in the parent.
+    pub fn unlock_after_fork(&self) {
+        // SAFETY: lock_for_fork took it in this thread.
+        unsafe { self.slabs.raw().unlock() };
+    }
+
+    /// Fork support: reset in the child.
+    pub fn reset_after_fork(&self) {
+        // SAFETY: only called in the single-threaded child.
+        unsafe { self.slabs.raw().reset_after_fork() };
+    }
+}

@@ -1,0 +1,315 @@
+//! Magazines and the depot (Bonwick & Adams 2001).
+//!
+//! A [`Magazine`] is a fixed-capacity LIFO array of free object pointers of
+//! one cache. Each thread holds two per size class (the *loaded* one it pops
+//! and pushes, and the *previous* one, always full or empty), so a thread
+//! that alternates allocations and frees touches no lock and no shared line.
+//! When both are exhausted the thread trades with its cache's [`Depot`]: a
+//! full magazine for an empty one (allocation), or the other way round
+//! (free). One depot visit moves a whole magazine, so the lock is taken at
+//! most once per `capacity` operations.
+//!
+//! Magazines are objects of the internal magazine cache, carved from the
+//! allocator's own slabs, never from the global allocator.
+//!
+//! The depot keeps full magazines only as long as someone allocates from
+//! them: `demand` counts allocation-side visits and halves on every refused
+//! push, and a push is refused once the depot holds `demand` magazines. A
+//! program that stops allocating and frees everything therefore sends every
+//! object back to its slab within a few magazine's worth of frees, and the
+//! slabs (now empty) go back to the OS. The depot is lock-based; its lock is
+//! a leaf (nothing else is locked while it is held).
+
+use core::ptr;
+
+use heapkit_core::lock::SpinLock;
+
+use crate::slab::layout;
+
+/// Slots in every magazine (the largest capacity).
+pub const MAGAZINE_SLOTS: usize = 64;
+/// A magazine holds at most this many bytes of objects.
+const MAGAZINE_BYTES: usize = 8 << 10;
+/// Empty magazines a depot keeps (more go back to the magazine cache).
+const DEPOT_EMPTY_MAX: usize = 16;
+/// Full magazines a depot may keep, by bytes of objects.
+const DEPOT_FULL_BYTES: usize = 256 << 10;
+
+/// A LIFO of free objects of one cache.
+///
+/// Invariant: `rounds <= capacity(cache) <= MAGAZINE_SLOTS` and
+/// `objs[..rounds]` are free objects of the cache. While a magazine is a
+/// thread's loaded magazine, the thread keeps the count in its own `top`
+/// pointer and `rounds` is stale.
+#[repr(C)]
+pub struct Magazine {
+    /// Link in a depot list.
+    pub next: *mut Magazine,
+    /// Objects held.
+    pub rounds: usize,
+    /// The objects.
+    pub objs: [*mut u8; MAGAZINE_SLOTS],
+}
+
+/// Rounds a magazine of cache `c` holds: by bytes, between 1 and
+/// [`MAGAZINE_SLOTS`].
+#[inline]
+pub const fn capacity(size: usize) -> usize {
+    let n = MAGAZINE_BYTES / size;
+    if n < 1 {
+        1
+    } else if n > MAGAZINE_SLOTS {
+        MAGAZINE_SLOTS
+    } else {
+        n
+    }
+}
+
+/// Capacity of magazines of cache `c`.
+#[inline]
+pub fn capacity_of(c: usize) -> usize {
+    capacity(layout(c).size)
+}
+
+/// Full magazines the depot of cache `c` may hold at most.
+fn full_max(c: usize) -> usize {
+    let bytes = capacity_of(c) * layout(c).size;
+    (DEPOT_FULL_BYTES / bytes).clamp(1, 64)
+}
+
+struct DepotLists {
+    full: *mut Magazine,
+    n_full: usize,
+    empty: *mut Magazine,
+    n_empty: usize,
+    /// Recent allocation-side visits (see the module docs).
+    demand: usize,
+}
+
+// SAFETY: the lists own the magazines they link; the lock serialises access.
+unsafe impl Send for DepotLists {}
+
+/// A cache's depot of full and empty magazines.
+pub struct Depot {
+    lists: SpinLock<DepotLists>,
+}
+
+/// Magazines a depot hands back to be emptied into slabs or freed.
+pub struct Surplus {
+    /// Full magazines to drain into slabs (linked by `next`).
+    pub full: *mut Magazine,
+    /// Empty magazines to free (linked by `next`).
+    pub empty: *mut Magazine,
+}
+
+impl Depot {
+    /// An empty depot.
+    pub const fn new() -> Self {
+        Self {
+            lists: SpinLock::new(DepotLists {
+                full: ptr::null_mut(),
+                n_full: 0,
+                empty: ptr::null_mut(),
+                n_empty: 0,
+                demand: 1,
+            }),
+        }
+    }
+
+    /// Allocation side: trades `empty` (an empty magazine, or null) for a
+    /// full one. Returns the full magazine, or null (then `empty` is not
+    /// taken). Counts as demand either way.
+    pub fn take_full(&self, c: usize, empty: *mut Magazine) -> (*mut Magazine, Surplus) {
+        let mut d = self.lists.lock();
+        d.demand = (d.demand + 1).min(full_max(c));
+        let full = d.full;
+        let mut surplus = Surplus {
+            full: ptr::null_mut(),
+            empty: ptr::null_mut(),
+        };
+        if full.is_null() {
+            return (full, surplus);
+        }
+        // SAFETY: magazines on the list are owned by the depot.
+        d.full = unsafe { (*full).next };
+        d.n_full -= 1;
+        if !empty.is_null() {
+            surplus.empty = push_empty(&mut d, empty);
+        }
+        (full, surplus)
+    }
+
+    /// Free side: offers the full magazine `full`. Returns `true` if the
+    /// depot kept it; otherwise the caller drains it. Also returns any full
+    /// magazines beyond the (lowered) demand, to be drained too.
+    pub fn put_full(&self, full: *mut Magazine) -> (bool, Surplus) {
+        let mut d = self.lists.lock();
+        let mut surplus = Surplus {
+            full: ptr::null_mut(),
+            empty: ptr::null_mut(),
+        };
+        if d.n_full < d.demand {
+            // SAFETY: the caller hands the magazine over.
+            unsafe { (*full).next = d.full };
+            d.full = full;
+            d.n_full += 1;
+            return (true, surplus);
+        }
+        d.demand /= 2;
+        while d.n_full > d.demand {
+            let m = d.full;
+            // SAFETY: n_full > 0, so m is a magazine owned by the depot.
+            unsafe {
+                d.full = (*m).next;
+                (*m).next = surplus.full;
+            }
+            surplus.full = m;
+            d.n_full -= 1;
+        }
+        (false, surplus)
+    }
+
+    /// Takes an empty magazine, or null.
+    pub fn take_empty(&self) -> *mut Magazine {
+        let mut d = self.lists.lock();
+        let m = d.empty;
+        if !m.is_null() {
+            // SAFETY: magazines on the list are owned by the depot.
+            d.empty = unsafe { (*m).next };
+            d.n_empty -= 1;
+        }
+        m
+    }
+
+    /// Keeps an empty magazine; returns it back (to be freed) if the depot
+    /// has enough.
+    pub fn put_empty(&self, m: *mut Magazine) -> *mut Magazine {
+        push_empty(&mut self.lists.lock(), m)
+    }
+
+    /// Takes every magazine (for tests that account for all objects).
+    pub fn take_all(&self) -> Surplus {
+        let mut d = self.lists.lock();
+        let s = Surplus {
+            full: d.full,
+            empty: d.empty,
+        };
+        d.full = ptr::null_mut();
+        d.empty = ptr::null_mut();
+        d.n_full = 0;
+        d.n_empty = 0;
+        s
+    }
+
+    /// Objects held in full magazines.
+    pub fn full_count(&self) -> usize {
+        self.lists.lock().n_full
+    }
+
+    /// Fork support.
+    pub fn lock_for_fork(&self) {
+        self.lists.raw().lock();
+    }
+
+    /// Fork support: release in the parent.
+    pub fn unlock_after_fork(&self) {
+        // SAFETY: lock_for_fork took it in this thread.
+        unsafe { self.lists.raw().unlock() };
+    }
+
+    /// Fork support: reset in the child.
+    pub fn reset_after_fork(&self) {
+        // SAFETY: only called in the single-threaded child.
+        unsafe { self.lists.raw().reset_after_fork() };
+    }
+}
+
+impl Default for Depot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn push_empty(d: &mut DepotLists, m: *mut Magazine) -> *mut Magazine {
+    if d.n_empty >= DEPOT_EMPTY_MAX {
+        // SAFETY: m is handed back to the caller as a one-element list.
+        unsafe { (*m).next = ptr::null_mut() };
+        return m;
+    }
+    // SAFETY: the caller hands the magazine over.
+    unsafe {
+        (*m).rounds = 0;
+        (*m).next = d.empty;
+    }
+    d.empty = m;
+    d.n_empty += 1;
+    ptr::null_mut()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::boxed::Box;
+
+    fn mag() -> *mut Magazine {
+        Box::into_raw(Box::new(Magazine {
+            next: ptr::null_mut(),
+            rounds: 0,
+            objs: [ptr::null_mut(); MAGAZINE_SLOTS],
+        }))
+    }
+
+    fn count(mut m: *mut Magazine) -> usize {
+        let mut n = 0;
+        while !m.is_null() {
+            n += 1;
+            // SAFETY: test magazines are live boxes.
+            m = unsafe { (*m).next };
+        }
+        n
+    }
+
+    #[test]
+    fn capacities_are_bounded_by_bytes() {
+        assert_eq!(capacity(16), MAGAZINE_SLOTS);
+        assert_eq!(capacity(1024), 8);
+        assert_eq!(capacity(256 << 10), 1);
+    }
+
+    #[test]
+    fn depot_keeps_full_magazines_only_while_there_is_demand() {
+        let d = Depot::new();
+        // Initial demand 1: one full magazine is kept, the next refused.
+        let (kept, s) = d.put_full(mag());
+        assert!(kept && s.full.is_null());
+        let second = mag();
+        let (kept, s) = d.put_full(second);
+        assert!(!kept);
+        // Demand fell to 0: the kept magazine is handed back to drain.
+        assert_eq!(count(s.full), 1);
+        assert_eq!(d.full_count(), 0);
+        // Allocation-side visits raise demand.
+        let e = mag();
+        let (f, _) = d.take_full(0, e);
+        assert!(f.is_null());
+        let (f, _) = d.take_full(0, e);
+        assert!(f.is_null());
+        assert!(d.put_full(second).0);
+        assert!(d.put_full(mag()).0);
+        let (f, s) = d.take_full(0, e);
+        assert!(!f.is_null() && s.empty.is_null());
+        assert_eq!(d.take_empty(), e);
+        assert!(d.take_empty().is_null());
+    }
+
+    #[test]
+    fn empty_list_is_bounded() {
+        let d = Depot::new();
+        for _ in 0..DEPOT_EMPTY_MAX {
+            assert!(d.put_empty(mag()).is_null());
+        }
+        assert!(!d.put_empty(mag()).is_null());
+        let s = d.take_all();
+        assert_eq!(count(s.empty), DEPOT_EMPTY_MAX);
+    }
+}

@@ -1,0 +1,162 @@
+//! The slow paths: what happens when the loaded magazine is empty (on
+//! allocation) or full (on free). Each ends by retrying the fast path.
+//!
+//! Allocation, loaded magazine empty (Bonwick & Adams, section 3.3):
+//! 1. previous magazine full → swap loaded and previous;
+//! 2. else the depot has a full magazine → it takes the (empty) previous,
+//!    the empty loaded one becomes previous, the full one is loaded;
+//! 3. else refill an empty magazine with a batch from the slabs.
+//!
+//! Free, loaded magazine full:
+//! 1. previous magazine empty → swap;
+//! 2. else (previous full) offer it to the depot; if refused, drain it into
+//!    the slabs; then the full loaded magazine becomes previous and an
+//!    empty one (the drained one, or one from the depot or magazine cache)
+//!    is loaded.
+//!
+//! A thread without magazines ([`thread::INIT`], [`thread::DONE`]) or
+//! without memory for one uses the slabs directly, one object per lock.
+
+use core::ptr;
+
+use crate::heap::{self, depot, STATS};
+use crate::magazine::capacity_of;
+use crate::thread::{self, ThreadCache};
+use crate::Slab;
+
+/// Allocates from class `c` with the loaded magazine empty.
+#[cold]
+#[inline(never)]
+pub fn allocate(t: &ThreadCache, c: usize) -> *mut u8 {
+    if !ready(t) {
+        return allocate_direct(c);
+    }
+    let slot = t.slot(c);
+    let cap = capacity_of(c);
+    let prev = slot.prev.get();
+    let loaded = slot.unload();
+    // SAFETY: loaded and prev are this thread's magazines of class c with
+    // accurate rounds; loaded is empty or null, prev full, empty or null
+    // (slot invariant).
+    unsafe {
+        if !prev.is_null() && (*prev).rounds == cap {
+            slot.prev.set(loaded);
+            slot.load(prev, cap);
+            return Slab::allocate_small(c);
+        }
+        let (full, surplus) = depot(c).take_full(c, prev);
+        heap::settle(c, surplus);
+        if !full.is_null() {
+            slot.prev.set(loaded);
+            slot.load(full, cap);
+            return Slab::allocate_small(c);
+        }
+        // Refill: reuse the loaded or previous (empty) magazine, or get one.
+        let m = if !loaded.is_null() {
+            loaded
+        } else if !prev.is_null() {
+            slot.prev.set(ptr::null_mut());
+            prev
+        } else {
+            heap::empty_magazine(c)
+        };
+        if m.is_null() {
+            return allocate_direct(c);
+        }
+        let n = heap::cache(c).fill(c, ptr::addr_of_mut!((*m).objs).cast(), cap, None);
+        (*m).rounds = n;
+        slot.load(m, cap);
+        if n == 0 {
+            return ptr::null_mut();
+        }
+    }
+    Slab::allocate_small(c)
+}
+
+/// Frees `p` of class `c` with the loaded magazine full.
+///
+/// # Safety
+/// `p` must be a live object of class `c`.
+#[cold]
+#[inline(never)]
+pub unsafe fn free(t: &ThreadCache, c: usize, p: *mut u8) {
+    if !ready(t) {
+        // SAFETY: forwarded caller guarantee.
+        return unsafe { free_direct(c, p) };
+    }
+    let slot = t.slot(c);
+    let cap = capacity_of(c);
+    let mut prev = slot.prev.get();
+    let loaded = slot.unload();
+    // SAFETY: as in `allocate`; loaded is full or null; p is a live object
+    // of class c (caller).
+    unsafe {
+        if !prev.is_null() && (*prev).rounds == 0 {
+            slot.prev.set(loaded);
+            slot.load(prev, cap);
+            return Slab::free_small(c, p);
+        }
+        if loaded.is_null() {
+            let m = heap::empty_magazine(c);
+            if m.is_null() {
+                return free_direct(c, p);
+            }
+            slot.load(m, cap);
+            return Slab::free_small(c, p);
+        }
+        // loaded is full; prev is full or null.
+        if !prev.is_null() {
+            let (kept, surplus) = depot(c).put_full(prev);
+            heap::settle(c, surplus);
+            if kept {
+                prev = ptr::null_mut();
+            } else {
+                heap::drain(c, prev);
+            }
+        }
+        let empty = if prev.is_null() {
+            heap::empty_magazine(c)
+        } else {
+            prev
+        };
+        if empty.is_null() {
+            // No memory for a magazine: empty the loaded one instead.
+            heap::drain(c, loaded);
+            slot.prev.set(ptr::null_mut());
+            slot.load(loaded, cap);
+        } else {
+            slot.prev.set(loaded);
+            slot.load(empty, cap);
+        }
+        Slab::free_small(c, p)
+    }
+}
+
+/// Whether the thread may use magazines (setting it up on first use).
+#[inline]
+fn ready(t: &ThreadCache) -> bool {
+    match t.state.get() {
+        thread::ACTIVE => true,
+        thread::NEW => thread::init(t) == thread::ACTIVE,
+        _ => false,
+    }
+}
+
+/// One object straight from the slabs, counted globally.
+pub fn allocate_direct(c: usize) -> *mut u8 {
+    let (p, _) = heap::take_direct(c);
+    if !p.is_null() {
+        STATS.add(1, 0, 0, crate::slab::layout(c).size as i64);
+    }
+    p
+}
+
+/// Frees one object straight to its slab, counted globally.
+///
+/// # Safety
+/// `p` must be a live object of class `c`.
+pub unsafe fn free_direct(c: usize, p: *mut u8) {
+    STATS.add(0, 1, 0, -(crate::slab::layout(c).size as i64));
+    // SAFETY: forwarded caller guarantee.
+    unsafe { heap::give_direct(c, p) };
+}

@@ -1,0 +1,547 @@
+//! Unit tests of the whole heap, driven through `HeapAlloc` (the test
+//! binary's own global allocator is the system one). The heap is
+//! process-wide, so tests that account for every object hold `SERIAL`.
+
+use core::alloc::Layout;
+use std::sync::{mpsc, Mutex, MutexGuard};
+use std::vec::Vec;
+
+use heapkit_core::os;
+
+use super::*;
+use crate::magazine::{Depot, Magazine};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// SplitMix64.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Block {
+    ptr: *mut u8,
+    layout: Layout,
+    fill: u8,
+}
+
+// SAFETY: blocks are plain heap memory handed between test threads.
+unsafe impl Send for Block {}
+
+fn fill(b: &Block) {
+    // SAFETY: b.ptr is live with b.layout.size() bytes.
+    unsafe { b.ptr.write_bytes(b.fill, b.layout.size()) };
+}
+
+fn verify(b: &Block) {
+    // SAFETY: b.ptr is live with b.layout.size() bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(b.ptr, b.layout.size()) };
+    assert!(
+        bytes.iter().all(|&x| x == b.fill),
+        "block {:p} ({:?}) corrupted",
+        b.ptr,
+        b.layout
+    );
+}
+
+fn random_layout(rng: &mut Rng) -> Layout {
+    let size = match rng.below(20) {
+        0 => rng.below(300 << 10) as usize,
+        1..=3 => rng.below(16 << 10) as usize,
+        _ => rng.below(1024) as usize,
+    };
+    let align = match rng.below(10) {
+        0 => 1usize << rng.below(21),
+        _ => 8,
+    };
+    Layout::from_size_align(size, align).unwrap()
+}
+
+fn allocate(a: &Slab, rng: &mut Rng, zeroed: bool) -> Block {
+    let layout = random_layout(rng);
+    let ptr = if zeroed {
+        a.allocate_zeroed(layout)
+    } else {
+        a.allocate(layout)
+    };
+    assert!(!ptr.is_null());
+    assert_eq!(ptr as usize % layout.align(), 0, "{layout:?}");
+    // SAFETY: ptr is live.
+    assert!(unsafe { a.usable_size(ptr) } >= layout.size());
+    if zeroed {
+        // SAFETY: ptr is live with layout.size() bytes.
+        let bytes = unsafe { core::slice::from_raw_parts(ptr, layout.size()) };
+        assert!(bytes.iter().all(|&x| x == 0), "zeroed block not zero");
+    }
+    let b = Block {
+        ptr,
+        layout,
+        fill: rng.next() as u8,
+    };
+    fill(&b);
+    b
+}
+
+/// Flushes the calling thread's magazines and the depots, so the slab
+/// layer's in-use count equals the live objects.
+fn settle(a: &Slab) -> Census {
+    a.flush_thread_cache();
+    a.trim();
+    a.check_invariants().expect("invariants")
+}
+
+fn is_slab_block(b: &Block) -> bool {
+    // SAFETY: the block is live.
+    unsafe { Slab::class_of_block(b.ptr) }.is_some()
+}
+
+#[test]
+fn random_ops_keep_every_slab_count_exact() {
+    let _g = serial();
+    let a = Slab::new();
+    let base = settle(&a).in_use;
+    let mut rng = Rng(42);
+    let mut live: Vec<Block> = Vec::new();
+    for step in 0..30_000 {
+        match rng.below(10) {
+            0..=3 => live.push(allocate(&a, &mut rng, false)),
+            4 => live.push(allocate(&a, &mut rng, true)),
+            5..=7 if !live.is_empty() => {
+                let b = live.swap_remove(rng.below(live.len() as u64) as usize);
+                verify(&b);
+                // SAFETY: b is live with its layout.
+                unsafe { a.deallocate(b.ptr, b.layout) };
+            }
+            8 if !live.is_empty() => {
+                let i = rng.below(live.len() as u64) as usize;
+                let b = live[i];
+                verify(&b);
+                let new_size = random_layout(&mut rng).size();
+                // SAFETY: b is live with its layout.
+                let q = unsafe { a.reallocate(b.ptr, b.layout, new_size) };
+                assert!(!q.is_null());
+                assert_eq!(q as usize % b.layout.align(), 0);
+                let kept = b.layout.size().min(new_size);
+                // SAFETY: q is live with at least new_size bytes.
+                let bytes = unsafe { core::slice::from_raw_parts(q, kept) };
+                assert!(bytes.iter().all(|&x| x == b.fill), "realloc lost contents");
+                let nb = Block {
+                    ptr: q,
+                    layout: Layout::from_size_align(new_size, b.layout.align()).unwrap(),
+                    fill: b.fill.wrapping_add(1),
+                };
+                fill(&nb);
+                live[i] = nb;
+            }
+            _ => {
+                // SAFETY: every block is live.
+                let c = a.check_invariants().expect("invariants");
+                assert!(c.in_use >= live.iter().filter(|b| is_slab_block(b)).count());
+            }
+        }
+        if step % 5_000 == 0 {
+            let c = settle(&a);
+            let slab_blocks = live.iter().filter(|b| is_slab_block(b)).count();
+            assert_eq!(c.in_use, base + slab_blocks, "in-use count drifted");
+            assert_eq!(c.in_depots, 0);
+        }
+    }
+    for b in live.drain(..) {
+        verify(&b);
+        // SAFETY: b is live.
+        unsafe { a.free(b.ptr) };
+    }
+    let c = settle(&a);
+    assert_eq!(c.in_use, base);
+}
+
+#[test]
+fn every_alignment_up_to_a_mebibyte() {
+    let _g = serial();
+    let a = Slab::new();
+    for shift in 0..=21 {
+        let align = 1usize << shift;
+        for size in [0, 1, align / 2, align, align + 1, 3 * align] {
+            let layout = Layout::from_size_align(size, align).unwrap();
+            let p = a.allocate(layout);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align, 0, "{size}/{align}");
+            // SAFETY: p is live with layout.
+            unsafe {
+                assert!(a.usable_size(p) >= size);
+                p.write_bytes(0x5A, size);
+                a.deallocate(p, layout);
+            }
+        }
+    }
+    settle(&a);
+}
+
+#[test]
+fn zeroed_blocks_are_zero_after_reuse() {
+    let _g = serial();
+    let a = Slab::new();
+    for size in [24, 4096, 12_000, 100_000] {
+        let layout = Layout::from_size_align(size, 16).unwrap();
+        let mut ps = Vec::new();
+        for _ in 0..40 {
+            let p = a.allocate(layout);
+            // SAFETY: p is live with size bytes.
+            unsafe { p.write_bytes(0xFF, size) };
+            ps.push(p);
+        }
+        for p in ps.drain(..) {
+            // SAFETY: p is live.
+            unsafe { a.free(p) };
+        }
+        for _ in 0..40 {
+            let p = a.allocate_zeroed(layout);
+            // SAFETY: p is live with size bytes.
+            let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+            assert!(bytes.iter().all(|&x| x == 0));
+            ps.push(p);
+        }
+        for p in ps.drain(..) {
+            // SAFETY: p is live.
+            unsafe { a.free(p) };
+        }
+    }
+    settle(&a);
+}
+
+#[test]
+fn realloc_stays_in_place_within_the_class() {
+    let _g = serial();
+    let a = Slab::new();
+    let layout = Layout::from_size_align(1000, 8).unwrap();
+    let p = a.allocate(layout);
+    // SAFETY: p is live; each realloc result is live with its new size.
+    unsafe {
+        let cs = a.usable_size(p);
+        assert_eq!(cs, 1024);
+        assert_eq!(a.reallocate(p, layout, 1024), p);
+        let q = a.reallocate(p, Layout::from_size_align(1024, 8).unwrap(), 2000);
+        assert_ne!(q, p);
+        let r = a.reallocate(q, Layout::from_size_align(2000, 8).unwrap(), 1 << 20);
+        let s = a.reallocate(r, Layout::from_size_align(1 << 20, 8).unwrap(), 3 << 20);
+        assert!(a.usable_size(s) >= 3 << 20);
+        let t = a.reallocate(s, Layout::from_size_align(3 << 20, 8).unwrap(), 100);
+        assert_eq!(a.usable_size(t), 112);
+        a.free(t);
+    }
+    settle(&a);
+}
+
+/// Threads allocate, fill, and send every block to the next thread, which
+/// verifies and frees it: every free is remote.
+#[test]
+fn cross_thread_frees_under_stress() {
+    let _g = serial();
+    let a = Slab::new();
+    let base = settle(&a).in_use;
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 40_000;
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..THREADS).map(|_| mpsc::channel::<Block>()).unzip();
+    let handles: Vec<_> = rxs
+        .into_iter()
+        .enumerate()
+        .map(|(i, rx)| {
+            let tx = txs[(i + 1) % THREADS].clone();
+            std::thread::spawn(move || {
+                let a = Slab::new();
+                let mut rng = Rng(i as u64 + 7);
+                let mut received = 0;
+                for n in 0..PER_THREAD {
+                    let size = 1 + rng.below(if n % 64 == 0 { 20_000 } else { 512 }) as usize;
+                    let layout = Layout::from_size_align(size, 8).unwrap();
+                    let b = Block {
+                        ptr: a.allocate(layout),
+                        layout,
+                        fill: (i * 31 + n) as u8,
+                    };
+                    assert!(!b.ptr.is_null());
+                    fill(&b);
+                    tx.send(b).unwrap();
+                    while let Ok(b) = rx.try_recv() {
+                        verify(&b);
+                        // SAFETY: the sender gave up the live block.
+                        unsafe { a.deallocate(b.ptr, b.layout) };
+                        received += 1;
+                    }
+                }
+                drop(tx);
+                for b in rx {
+                    verify(&b);
+                    // SAFETY: as above.
+                    unsafe { a.deallocate(b.ptr, b.layout) };
+                    received += 1;
+                }
+                received
+            })
+        })
+        .collect();
+    drop(txs);
+    let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(total, THREADS * PER_THREAD);
+    // The workers exited: their magazines went to the depots.
+    let c = settle(&a);
+    assert_eq!(c.in_use, base, "objects lost or double-counted");
+}
+
+/// Short-lived threads leave their magazines behind; the memory must be
+/// reused, so mapped bytes stay bounded over many rounds.
+#[test]
+fn memory_of_exited_threads_is_reused() {
+    let _g = serial();
+    let a = Slab::new();
+    let round = || {
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let a = Slab::new();
+                    let mut keep = Vec::with_capacity(3000);
+                    for n in 0..3000usize {
+                        let layout = Layout::from_size_align(16 + (n * 37 + t) % 2000, 8).unwrap();
+                        let p = a.allocate(layout);
+                        // SAFETY: p is live.
+                        unsafe { p.write_bytes(1, layout.size()) };
+                        keep.push((p, layout));
+                    }
+                    // Free all but a few; the survivors are freed by the
+                    // main thread after this one is gone.
+                    let survivors = keep.split_off(2990);
+                    for (p, l) in keep {
+                        // SAFETY: p is live with l.
+                        unsafe { a.deallocate(p, l) };
+                    }
+                    survivors
+                        .into_iter()
+                        .map(|(p, l)| (p as usize, l))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in hs {
+            for (p, l) in h.join().unwrap() {
+                // SAFETY: the exited thread left these live blocks.
+                unsafe { a.deallocate(p as *mut u8, l) };
+            }
+        }
+    };
+    for _ in 0..5 {
+        round();
+    }
+    let warm = os::os_counters().mapped_bytes;
+    for _ in 0..60 {
+        round();
+    }
+    let after = os::os_counters().mapped_bytes;
+    assert!(
+        after <= warm + (8 << 20),
+        "mapped bytes grew from {warm} to {after} over 60 rounds of threads"
+    );
+    let c = settle(&a);
+    assert!(
+        c.in_use < 64,
+        "objects of exited threads not returned: {c:?}"
+    );
+}
+
+/// The depot is lock-based; hammer its protocol from several threads with
+/// tagged magazines and check that none is lost or duplicated.
+#[test]
+fn depot_protocol_conserves_magazines_under_contention() {
+    const THREADS: usize = 4;
+    const MAGS: usize = 32;
+    static DEPOT: Depot = Depot::new();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut mine: Vec<*mut Magazine> = (0..MAGS)
+                    .map(|_| {
+                        std::boxed::Box::into_raw(std::boxed::Box::new(Magazine {
+                            next: core::ptr::null_mut(),
+                            rounds: 0,
+                            objs: [core::ptr::null_mut(); MAGAZINE_SLOTS],
+                        }))
+                    })
+                    .collect();
+                let mut drained = Vec::new();
+                let mut rng = Rng(t as u64);
+                for _ in 0..20_000 {
+                    match rng.below(4) {
+                        0 => {
+                            if let Some(m) = mine.pop() {
+                                // SAFETY: m is a live test magazine we own.
+                                unsafe { (*m).rounds = 1 };
+                                let (kept, s) = DEPOT.put_full(m);
+                                if !kept {
+                                    drained.push(m);
+                                }
+                                collect(s, &mut drained);
+                            }
+                        }
+                        1 => {
+                            let e = mine.pop().unwrap_or(core::ptr::null_mut());
+                            let (f, s) = DEPOT.take_full(0, e);
+                            if f.is_null() {
+                                if !e.is_null() {
+                                    mine.push(e);
+                                }
+                            } else {
+                                mine.push(f);
+                            }
+                            collect(s, &mut drained);
+                        }
+                        2 => {
+                            let m = DEPOT.take_empty();
+                            if !m.is_null() {
+                                mine.push(m);
+                            }
+                        }
+                        _ => {
+                            if let Some(m) = mine.pop() {
+                                let back = DEPOT.put_empty(m);
+                                if !back.is_null() {
+                                    drained.push(back);
+                                }
+                            }
+                        }
+                    }
+                    mine.append(&mut drained);
+                }
+                mine.into_iter().map(|m| m as usize).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<usize> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let mut rest = Vec::new();
+    collect(DEPOT.take_all(), &mut rest);
+    all.extend(rest.into_iter().map(|m| m as usize));
+    all.sort_unstable();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "a magazine is in two places");
+    assert_eq!(n, THREADS * MAGS, "a magazine was lost");
+}
+
+fn collect(s: magazine::Surplus, out: &mut Vec<*mut Magazine>) {
+    for mut m in [s.full, s.empty] {
+        while !m.is_null() {
+            out.push(m);
+            // SAFETY: surplus magazines are live and ours.
+            m = unsafe { (*m).next };
+        }
+    }
+}
+
+/// A child forked while other threads allocate must be able to allocate
+/// and free, including blocks other (now absent) threads allocated.
+#[test]
+fn fork_child_allocates_and_frees_foreign_blocks() {
+    let _g = serial();
+    let a = Slab::new();
+    let stop = std::sync::Arc::new(core::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<usize>();
+    let workers: Vec<_> = (0..2)
+        .map(|t| {
+            let stop = stop.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let a = Slab::new();
+                let layout = Layout::from_size_align(48 + t * 200, 8).unwrap();
+                let keep = a.allocate(layout);
+                // SAFETY: keep is live.
+                unsafe { keep.write_bytes(0x77, layout.size()) };
+                tx.send(keep as usize).unwrap();
+                let mut n = 0usize;
+                while !stop.load(core::sync::atomic::Ordering::Relaxed) {
+                    let p = a.allocate(Layout::from_size_align(16 + n % 3000, 8).unwrap());
+                    // SAFETY: p is live.
+                    unsafe { a.free(p) };
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let foreign: Vec<usize> = (0..2).map(|_| rx.recv().unwrap()).collect();
+    for _ in 0..5 {
+        // SAFETY: fork in a test; the child only calls async-signal-safe
+        // code plus our allocator (which is fork-safe), then _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let mut ok = true;
+            let mut held = [core::ptr::null_mut::<u8>(); 512];
+            for (i, h) in held.iter_mut().enumerate() {
+                *h = a.allocate(Layout::from_size_align(8 + i * 40, 8).unwrap());
+                ok &= !h.is_null();
+            }
+            for h in held {
+                // SAFETY: h is live.
+                unsafe { a.free(h) };
+            }
+            for &p in &foreign {
+                // SAFETY: blocks allocated by threads absent in the child.
+                unsafe {
+                    ok &= *(p as *const u8) == 0x77;
+                    a.free(p as *mut u8);
+                }
+            }
+            ok &= a.check_invariants().is_ok();
+            // SAFETY: leave the child without running the parent's exit code.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: pid is our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+    stop.store(true, core::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    for p in foreign {
+        // SAFETY: the blocks are still live in the parent.
+        unsafe { a.free(p as *mut u8) };
+    }
+    settle(&a);
+}
+
+#[test]
+fn stats_count_operations() {
+    let _g = serial();
+    let a = Slab::new();
+    let before = a.stats();
+    let layout = Layout::from_size_align(100, 8).unwrap();
+    let p = a.allocate(layout);
+    let big = a.allocate(Layout::from_size_align(1 << 20, 8).unwrap());
+    let mid = a.stats();
+    assert_eq!(mid.allocs - before.allocs, 2);
+    assert!(mid.live_bytes >= before.live_bytes + 112 + (1 << 20));
+    // SAFETY: both are live.
+    unsafe {
+        a.free(p);
+        a.free(big);
+    }
+    let after = a.stats();
+    assert_eq!(after.frees - before.frees, 2);
+    assert_eq!(after.live_bytes, before.live_bytes);
+}

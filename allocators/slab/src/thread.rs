@@ -1,0 +1,175 @@
+//! Per-thread state: two magazines per size class and the thread's
+//! statistics, in a `const`-initialised native thread-local with no
+//! destructor.
+//!
+//! The loaded magazine of each class is kept as three pointers into its
+//! object array (`base <= top <= limit`), so the fast paths are one compare
+//! and one load or store:
+//!
+//! - allocate: `top != base` → `top -= 1; return *top`;
+//! - free: `top != limit` → `*top = p; top += 1`.
+//!
+//! A thread that has no magazine yet holds three null pointers, which send
+//! both paths to the slow path (the sentinel: no null test on the fast
+//! path). The thread is registered with an [`os::ThreadExitKey`] on its
+//! first slow path; when it exits, its magazines go to the depots (or their
+//! objects back to the slabs), and anything it allocates or frees after that
+//! takes the locked path straight to the slabs.
+
+use core::cell::Cell;
+use core::ffi::c_void;
+use core::mem::offset_of;
+use core::ptr;
+
+use heapkit_core::os;
+use heapkit_core::size_class::CLASS_COUNT;
+use heapkit_core::ThreadStats;
+
+use crate::heap::{self, STATS};
+use crate::magazine::{capacity_of, Magazine};
+
+/// Thread life cycle.
+pub const NEW: u8 = 0;
+/// Being set up (a re-entrant call takes the direct path).
+pub const INIT: u8 = 1;
+/// Magazines in use.
+pub const ACTIVE: u8 = 2;
+/// The exit hook ran, or set-up failed: direct path only.
+pub const DONE: u8 = 3;
+
+/// The loaded and previous magazines of one class.
+///
+/// Invariants: `base`, `top`, `limit` are all null, or `base` is
+/// `&mag.objs[0]` of the loaded magazine, `limit = base + capacity` and
+/// `base <= top <= limit` (`top - base` is the rounds held). `prev` is null
+/// or a magazine that is full or empty (never partly filled), its `rounds`
+/// accurate.
+pub struct ClassSlot {
+    pub top: Cell<*mut *mut u8>,
+    pub base: Cell<*mut *mut u8>,
+    pub limit: Cell<*mut *mut u8>,
+    pub prev: Cell<*mut Magazine>,
+}
+
+impl ClassSlot {
+    // A const (not a static) on purpose: it is the repeat element of the
+    // thread-local's initialiser; each thread gets its own copies.
+    #[allow(clippy::declare_interior_mutable_const)]
+    const NEW: ClassSlot = ClassSlot {
+        top: Cell::new(ptr::null_mut()),
+        base: Cell::new(ptr::null_mut()),
+        limit: Cell::new(ptr::null_mut()),
+        prev: Cell::new(ptr::null_mut()),
+    };
+
+    /// Detaches the loaded magazine (null if none), writing back its rounds.
+    pub fn unload(&self) -> *mut Magazine {
+        let base = self.base.get();
+        if base.is_null() {
+            return ptr::null_mut();
+        }
+        let m = base
+            .cast::<u8>()
+            .wrapping_sub(offset_of!(Magazine, objs))
+            .cast::<Magazine>();
+        // SAFETY: base and top point into the same magazine's array (slot
+        // invariant), so the magazine is live and owned by this thread.
+        unsafe { (*m).rounds = self.top.get().offset_from(base) as usize };
+        self.top.set(ptr::null_mut());
+        self.base.set(ptr::null_mut());
+        self.limit.set(ptr::null_mut());
+        m
+    }
+
+    /// Makes `m` (rounds accurate) the loaded magazine for a class whose
+    /// magazines hold `capacity` rounds; null unloads.
+    ///
+    /// # Safety
+    /// Nothing may be loaded; `m` is null or a magazine owned by this thread.
+    pub unsafe fn load(&self, m: *mut Magazine, capacity: usize) {
+        if m.is_null() {
+            return;
+        }
+        // SAFETY: m is a live magazine; rounds <= capacity <= MAGAZINE_SLOTS.
+        unsafe {
+            let base = ptr::addr_of_mut!((*m).objs).cast::<*mut u8>();
+            self.base.set(base);
+            self.top.set(base.add((*m).rounds));
+            self.limit.set(base.add(capacity));
+        }
+    }
+}
+
+/// One thread's caches.
+pub struct ThreadCache {
+    slots: [ClassSlot; CLASS_COUNT],
+    /// Unflushed counters.
+    pub stats: ThreadStats,
+    /// [`NEW`], [`INIT`], [`ACTIVE`] or [`DONE`].
+    pub state: Cell<u8>,
+}
+
+impl ThreadCache {
+    const fn new() -> Self {
+        Self {
+            slots: [ClassSlot::NEW; CLASS_COUNT],
+            stats: ThreadStats::new(),
+            state: Cell::new(NEW),
+        }
+    }
+
+    /// The slot of class `c`.
+    #[inline]
+    pub fn slot(&self, c: usize) -> &ClassSlot {
+        debug_assert!(c < CLASS_COUNT);
+        // SAFETY: every class index is < CLASS_COUNT (class_for, or a byte of
+        // chunk_class written from one).
+        unsafe { self.slots.get_unchecked(c) }
+    }
+
+    /// Hands every magazine to the depots (or its objects to the slabs).
+    pub fn flush_magazines(&self) {
+        for c in 0..CLASS_COUNT {
+            let slot = self.slot(c);
+            let cap = capacity_of(c);
+            for m in [slot.unload(), slot.prev.replace(ptr::null_mut())] {
+                if !m.is_null() {
+                    // SAFETY: the magazine was this thread's, rounds accurate.
+                    unsafe { heap::retire(c, m, cap) };
+                }
+            }
+        }
+    }
+}
+
+std::thread_local! {
+    /// This thread's caches: native TLS, no destructor, no lazy registration.
+    pub static THREAD: ThreadCache = const { ThreadCache::new() };
+}
+
+static THREAD_EXIT: os::ThreadExitKey = os::ThreadExitKey::new();
+
+/// Sets the calling thread up: fork handlers (once per process), then the
+/// exit key. Returns the new state.
+#[cold]
+pub fn init(t: &ThreadCache) -> u8 {
+    t.state.set(INIT);
+    crate::fork::ensure_registered();
+    // Any non-null value: the destructor reads the thread-local itself.
+    let state = if THREAD_EXIT.register(on_thread_exit, 1 as *mut c_void) {
+        ACTIVE
+    } else {
+        DONE
+    };
+    t.state.set(state);
+    state
+}
+
+/// The exit hook: magazines to the depots, counters to the global stats.
+unsafe extern "C" fn on_thread_exit(_: *mut c_void) {
+    let _ = THREAD.try_with(|t| {
+        t.state.set(DONE);
+        t.flush_magazines();
+        t.stats.flush(&STATS);
+    });
+}
