@@ -1,1 +1,60 @@
-//! heapkit-bump (in progress).
+//! heapkit-bump: allocation by pointer bumping, in two shapes.
+//!
+//! Bump allocation is the cheapest allocation there is: a block is "the next
+//! `size` bytes", found by adding to a pointer and comparing with the end of
+//! the current chunk. What it gives up is reuse: a bump allocator cannot
+//! free one block in the middle of others. This crate offers the two
+//! designs that make that trade pay:
+//!
+//! | | [`Bump`] | [`Arena`] |
+//! |---|---|---|
+//! | what | a `#[global_allocator]` | a value you create and pass around |
+//! | scope | the whole program, every thread | one unit of work, one thread at a time |
+//! | memory comes back | never (except a thread's last block) | all at once: `reset`, `rewind`, drop |
+//! | `Drop` of values | runs as usual (it is the global allocator) | **not run** by the arena |
+//! | use it for | short-lived batch programs: compilers, code generators, CLI tools that allocate, compute and exit | per-request / per-frame / per-pass scratch data in long-running programs |
+//! | do not use it for | servers, long loops: memory only grows | values owning resources that need `Drop` |
+//!
+//! # `Bump`: the whole program bump-allocates
+//!
+//! ```
+//! #[global_allocator]
+//! static GLOBAL: heapkit_bump::Bump = heapkit_bump::Bump::new();
+//!
+//! fn main() {
+//!     let v: Vec<u32> = (0..100).collect();
+//!     assert_eq!(v.iter().sum::<u32>(), 4950);
+//! }
+//! ```
+//!
+//! Each thread bumps through its own chunks (no locks, no atomics on the
+//! fast path); a thread's most recent block can be freed or resized in
+//! place, so a growing `Vec` or `String` that nobody allocated after is
+//! extended without a copy. See [`bump`](crate::bump) for the costs.
+//!
+//! # `Arena`: scratch memory with one free
+//!
+//! ```
+//! use heapkit_bump::Arena;
+//!
+//! fn handle(arena: &Arena, line: &str) -> usize {
+//!     let words: Vec<&str> = line.split_whitespace().map(|w| &*arena.alloc_str(w)).collect();
+//!     words.len()
+//! }
+//!
+//! let mut arena = Arena::new();
+//! for line in ["a b c", "d e"] {
+//!     let n = handle(&arena, line);
+//!     assert!(n >= 2);
+//!     arena.reset(); // everything from this line is gone; the chunk stays
+//! }
+//! ```
+//!
+//! Collections can live in the arena through `allocator_api2`:
+//! `allocator_api2::vec::Vec::new_in(&arena)`; see [`arena`](crate::arena).
+
+pub mod arena;
+pub mod bump;
+
+pub use arena::{Arena, Checkpoint};
+pub use bump::Bump;
