@@ -73,6 +73,13 @@ pub fn run_job(args: &[String]) -> Result<String> {
             let sample = run_workload(workload, &params);
             serde_json::to_string(&sample).map_err(|e| Error::new(e.to_string()))
         }
+        Some("replay") => {
+            let path = arg(args, "path").ok_or_else(|| Error::new("missing path=<trace>"))?;
+            let ordered = parse_arg(args, "ordered", 0u8)? != 0;
+            let sample =
+                crate::replay_cell::run_job(path, ordered, parse_arg(args, "seed", 1u64)?)?;
+            serde_json::to_string(&sample).map_err(|e| Error::new(e.to_string()))
+        }
         Some(other) => Err(Error::new(format!("unknown job '{other}'"))),
         None => Err(Error::new(
             "usage: hk-cell-<allocator> workload name=<w> [threads=N] [scale=F] [seed=S]",
@@ -108,6 +115,60 @@ pub fn run_workload(workload: &Workload, params: &Params) -> Sample {
         minor_faults,
         checkpoints,
         clock: clock.info(),
+    }
+}
+
+/// When `heapkit-bench` was started by `cargo run`, builds the cell binaries
+/// of the same profile first.
+///
+/// `cargo run` builds only the binary it runs, so without this the cell
+/// binaries would be missing on a fresh clone, or stale after an edit. Cargo
+/// sets `CARGO` and `CARGO_MANIFEST_DIR` for the program it runs; we call
+/// `$CARGO build --bins -p heapkit-bench` with the profile and target
+/// directory of our own executable (a no-op when up to date). Without those
+/// variables (binary started directly) nothing happens.
+pub fn build_cell_binaries_if_under_cargo() -> Result<()> {
+    let (Some(cargo), Some(manifest_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) else {
+        return Ok(());
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::new(format!("cannot locate own executable: {e}")))?;
+    let (Some(profile_dir), Some(target_dir)) =
+        (exe.parent(), exe.parent().and_then(|p| p.parent()))
+    else {
+        return Ok(());
+    };
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_string(),
+        Some(name) => name.to_string(),
+        None => return Ok(()),
+    };
+    let manifest = PathBuf::from(manifest_dir).join("Cargo.toml");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "heapkit-bench",
+            "--profile",
+            &profile,
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .map_err(|e| Error::new(format!("cannot run cargo to build the cell binaries: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::new(format!(
+            "building the cell binaries failed ({status})"
+        )))
     }
 }
 

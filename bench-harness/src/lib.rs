@@ -45,10 +45,13 @@ pub mod error;
 pub mod list;
 pub mod measure;
 pub mod registry;
+pub mod replay;
+pub mod replay_cell;
 pub mod report;
 pub mod rng;
 pub mod run;
 pub mod stats;
+pub mod trace_info;
 pub mod workloads;
 
 /// The allocator registry: one line per allocator.

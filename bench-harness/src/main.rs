@@ -3,7 +3,7 @@
 //! dispatches, and turns an error into one line on stderr and exit status 2.
 
 use clap::{Parser, Subcommand};
-use heapkit_bench::{compare, list, run};
+use heapkit_bench::{compare, list, replay, run, trace_info};
 
 /// Measure memory allocators on the same work, in one run.
 #[derive(Parser)]
@@ -21,6 +21,10 @@ enum Command {
     Compare(compare::CompareArgs),
     /// List the registered allocators and workloads.
     List,
+    /// Replay a recorded trace (HEAPKIT_TRACE=out.hkt) under every allocator.
+    Replay(replay::ReplayArgs),
+    /// Inspect a recorded trace: `trace info out.hkt`.
+    Trace(trace_info::TraceArgs),
 }
 
 fn main() {
@@ -29,6 +33,8 @@ fn main() {
         Command::Run(args) => run::run(&args),
         Command::Compare(args) => compare::compare(&args),
         Command::List => list::list(),
+        Command::Replay(args) => replay::replay(&args),
+        Command::Trace(args) => trace_info::trace(&args),
     };
     if let Err(err) = result {
         eprintln!("heapkit-bench: error: {err}");

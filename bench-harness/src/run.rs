@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cell::{cell_binary, spawn_cell, workload_job};
+use crate::cell::{build_cell_binaries_if_under_cargo, cell_binary, spawn_cell, workload_job};
 use crate::error::{Error, Result};
 use crate::registry::{find_allocator, ALLOCATORS};
 use crate::report::{self, Cell, Machine, Report, RunConfig, Sample, SCHEMA_VERSION};
@@ -169,6 +169,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .iter()
         .map(|name| find_allocator(name))
         .collect::<Result<Vec<_>>>()?;
+    build_cell_binaries_if_under_cargo()?;
     for entry in &entries {
         cell_binary(entry)?;
     }

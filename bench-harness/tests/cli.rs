@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn bench() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_heapkit-bench"))
+    // Without CARGO in the environment the binary does not call cargo itself
+    // (see `cell::build_cell_binaries_if_under_cargo`); the test build has
+    // already built every bin.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_heapkit-bench"));
+    command.env_remove("CARGO");
+    command
 }
 
 fn tmp(name: &str) -> PathBuf {
