@@ -1,1 +1,81 @@
-//! heapkit-sizeclass (in progress).
+//! heapkit-sizeclass: the flagship thread-caching size-class allocator.
+//!
+//! [`SizeClass`] is the allocator heapkit recommends by default. Install it
+//! with one line:
+//!
+//! ```
+//! #[global_allocator]
+//! static GLOBAL: heapkit_sizeclass::SizeClass = heapkit_sizeclass::SizeClass::new();
+//!
+//! let v: Vec<u64> = (0..1000).collect();
+//! assert_eq!(v.iter().sum::<u64>(), 499_500);
+//! ```
+//!
+//! # Design (free-list sharding, after mimalloc)
+//!
+//! - Requests up to 256 KiB are rounded to one of core's 96 size classes
+//!   (at most 12.5% internal waste from 128 B up). Larger ones, and
+//!   alignments above 256 KiB, take core's large path (one mapping each,
+//!   `mremap` on realloc).
+//! - Memory comes from the OS in 4 MiB segments tagged
+//!   `SIZECLASS`, split into pages (64 KiB, 512 KiB or the whole segment by
+//!   class size). Page metadata is in the segment header, so any pointer
+//!   finds its page by masking, with no per-block header.
+//! - Each thread owns a heap: one queue of pages per class, and
+//!   `current[class]`, the page the next allocation pops from. Every page
+//!   keeps three free lists: `free` (allocation pops), `local_free`
+//!   (the owner's frees push) and `thread_free` (other threads push with one
+//!   CAS; the owner takes the lot with one swap, see `remote.rs`).
+//! - Pages are carved lazily, one OS page of blocks at a time, so fresh
+//!   memory is not touched before it is used, and blocks carved from fresh
+//!   or purged memory are known to be zero (`allocate_zeroed` skips the
+//!   memset).
+//! - Empty pages return to their segment; after 20 ms free their memory is
+//!   purged (`MADV_DONTNEED`) by the owner's next slow path; empty segments
+//!   go to a small purged reserve or back to the OS.
+//! - A dying thread collects its pages and abandons its segments; live
+//!   threads adopt them on their slow path, so nothing is stranded.
+//!
+//! Costs: allocation is a class computation, two loads, a pop and a counter
+//! bump; a free by the owner is a mask, a compare, a push and a counter
+//! bump; a free by another thread is one CAS (plus one `fetch_or` when the
+//! page's remote list was empty).
+//!
+//! # Call tree
+//!
+//! ```text
+//! allocate(layout) ─ align<=16 && size<=256K ─ heap::alloc(class)        [fast: pop page.free]
+//!   │                                              └─ slow::alloc        [cold]
+//!   │                                                   ├─ init (id, exit key, atfork)
+//!   │                                                   ├─ find_page: queue walk (Page::collect),
+//!   │                                                   │   take_pending, adopt_one, take_free_page
+//!   │                                                   │   (segment::acquire), sweep (purge/decay)
+//!   │                                                   └─ heap::alloc (retry fast path)
+//!   ├─ align > 16 ─ class_for(layout) ─ heap::alloc    (power-of-two class, aligned carving)
+//!   └─ otherwise ─ large::allocate
+//! free(ptr) ─ heap::free: tag? ── LARGE ─ large::free
+//!              └─ owner? ─ yes ─ push local_free; used==0 or FULL ─ slow::page_freed [cold]
+//!                         └ no ── free_remote: ThreadFree::push (+ PendingPages::notify)
+//! reallocate ─ same class: in place │ large→large: large::reallocate (mremap) │ else copy
+//! thread exit (pthread key) ─ slow::thread_exit ─ abandon_all
+//! fork ─ slow::before_fork / after_fork_parent / after_fork_child (orphans abandoned)
+//! ```
+
+#[cfg(not(loom))]
+mod alloc_impl;
+#[cfg(not(loom))]
+mod heap;
+#[cfg(all(not(loom), any(test, feature = "debug-invariants")))]
+mod invariants;
+#[cfg(not(loom))]
+mod page;
+mod remote;
+#[cfg(not(loom))]
+mod segment;
+#[cfg(not(loom))]
+mod slow;
+
+#[cfg(not(loom))]
+pub use alloc_impl::SizeClass;
+#[cfg(all(not(loom), any(test, feature = "debug-invariants")))]
+pub use invariants::check_invariants;

@@ -1,0 +1,203 @@
+//! The thread heap and the two fast paths.
+//!
+//! Each thread has one [`Heap`] in a `const`-initialised `thread_local!`
+//! without a destructor. `current[class]` points at the page the next
+//! allocation of that class pops from; before the heap is set up (and after
+//! a page runs dry) it points at the static `EMPTY_PAGE`, whose free list is
+//! always empty, so the fast path needs no null or "initialised?" test: an
+//! empty list sends it to [`crate::slow`].
+//!
+//! `allocate`: class lookup, load page, pop `free`, count. `free`: mask to
+//! the segment, shift to the page, and either push on the page's
+//! `local_free` (owner) or on its `thread_free` (anyone else).
+
+use core::cell::UnsafeCell;
+use core::ptr;
+use core::sync::atomic::Ordering::Relaxed;
+
+use heapkit_core::large;
+use heapkit_core::segment::{segment_of, SegmentTag};
+use heapkit_core::size_class::CLASS_COUNT;
+use heapkit_core::{GlobalStats, ThreadStats};
+
+use crate::page::{Page, PageList, FULL};
+use crate::remote::Block;
+use crate::segment::{Segment, SegmentList, KINDS};
+use crate::slow;
+
+/// Heap not yet set up (or torn down at thread exit).
+pub(crate) const UNINIT: u8 = 0;
+/// Heap in use.
+pub(crate) const ACTIVE: u8 = 1;
+
+/// One thread's heap. Owner-thread only.
+pub(crate) struct Heap {
+    /// Page each class allocates from (or `EMPTY_PAGE`); always the first
+    /// page of `queues[class]` when not `EMPTY_PAGE`.
+    pub current: [*mut Page; CLASS_COUNT],
+    /// Unique id (never 0 once active); segments name their owner by it.
+    pub id: u64,
+    /// [`UNINIT`] or [`ACTIVE`].
+    pub state: u8,
+    /// Pages of each class that may have free blocks.
+    pub queues: [PageList; CLASS_COUNT],
+    /// Pages of each class that had none when last looked at.
+    pub full: [PageList; CLASS_COUNT],
+    /// Segments owned, per kind.
+    pub segments: [SegmentList; KINDS],
+    /// Counters, flushed into [`STATS`].
+    pub stats: ThreadStats,
+    /// Free pages of owned segments whose memory is not purged yet.
+    pub dirty_free: usize,
+    /// Next time (monotonic ns) the slow path runs the decay sweep.
+    pub next_sweep_ns: u64,
+    /// Slow-path calls, to read the clock only now and then.
+    pub slow_calls: u32,
+}
+
+impl Heap {
+    /// A heap with no pages.
+    pub(crate) const fn new() -> Heap {
+        Heap {
+            current: [EMPTY; CLASS_COUNT],
+            id: 0,
+            state: UNINIT,
+            queues: [PageList::EMPTY; CLASS_COUNT],
+            full: [PageList::EMPTY; CLASS_COUNT],
+            segments: [SegmentList::EMPTY; KINDS],
+            stats: ThreadStats::new(),
+            dirty_free: 0,
+            next_sweep_ns: 0,
+            slow_calls: 0,
+        }
+    }
+}
+
+/// The sentinel page: never written, its `free` list always empty.
+pub(crate) struct EmptyPage(Page);
+// SAFETY: nothing ever writes the sentinel (every writer first finds a block
+// on its empty free list, which never happens).
+unsafe impl Sync for EmptyPage {}
+static EMPTY_PAGE: EmptyPage = EmptyPage(Page::new());
+/// Pointer to the sentinel.
+pub(crate) const EMPTY: *mut Page = ptr::addr_of!(EMPTY_PAGE.0).cast_mut();
+
+/// The thread-local cell.
+pub(crate) struct HeapCell(UnsafeCell<Heap>);
+
+thread_local! {
+    pub(crate) static HEAP: HeapCell = const { HeapCell(UnsafeCell::new(Heap::new())) };
+}
+
+/// Counters of every thread.
+pub(crate) static STATS: GlobalStats = GlobalStats::new();
+
+/// The calling thread's heap.
+#[inline(always)]
+pub(crate) fn heap() -> *mut Heap {
+    HEAP.with(|c| c.0.get())
+}
+
+/// Allocates a block of `class`; null on exhaustion.
+#[inline(always)]
+pub(crate) fn alloc(class: usize) -> *mut u8 {
+    let h = heap();
+    // SAFETY: h is this thread's heap, used by no one else and not
+    // re-entered here; class < CLASS_COUNT (callers get it from class_of or
+    // class_for); current[class] is a page of h or the never-written
+    // sentinel, whose list is empty.
+    unsafe {
+        let page = *(*h).current.get_unchecked(class);
+        let block = (*page).free;
+        if block.is_null() {
+            return slow::alloc(h, class);
+        }
+        (*page).free = Block::next(block);
+        (*page).used += 1;
+        (*h).stats.on_alloc(&STATS, (*page).block_size as usize);
+        block.cast()
+    }
+}
+
+/// Frees any block of ours (large ones included).
+///
+/// # Safety
+/// `ptr` must be a live block of this allocator.
+#[inline(always)]
+pub(crate) unsafe fn free(ptr: *mut u8) {
+    let seg = segment_of(ptr).cast::<Segment>();
+    // SAFETY: every block of ours lies in a tagged segment (ours, or the
+    // large path's).
+    unsafe {
+        if (*seg).tag != SegmentTag::SIZECLASS {
+            return large::free(ptr);
+        }
+    }
+    let h = heap();
+    // SAFETY: the block is live, so its segment and page are mapped and in
+    // use. Only the owner thread compares equal to `owner`, so the plain
+    // writes below are owner-only.
+    unsafe {
+        let page = Segment::page_of(seg, ptr);
+        if (*seg).owner.load(Relaxed) == (*h).id {
+            let b = ptr.cast::<Block>();
+            Block::set_next(b, (*page).local_free);
+            (*page).local_free = b;
+            (*page).used -= 1;
+            (*h).stats.on_free(&STATS, (*page).block_size as usize);
+            if (*page).used == 0 || (*page).state == FULL {
+                slow::page_freed(h, page);
+            }
+        } else {
+            free_remote(h, seg, page, ptr);
+        }
+    }
+}
+
+/// A free from a thread that does not own the page.
+///
+/// # Safety
+/// As for [`free`], with `seg`/`page` the block's.
+#[inline]
+unsafe fn free_remote(h: *mut Heap, seg: *mut Segment, page: *mut Page, ptr: *mut u8) {
+    // SAFETY: the block is live: page and segment stay mapped until the push
+    // publishes it, after which we touch neither (remote.rs invariant 2).
+    unsafe {
+        let size = (*page).block_size as usize;
+        let index = (*page).index as usize;
+        (*page)
+            .thread_free
+            .push(ptr.cast(), || (*seg).pending.notify(index));
+        if (*h).state == crate::heap::ACTIVE {
+            (*h).stats.on_free(&STATS, size);
+        } else {
+            STATS.add(0, 1, 0, -(size as i64));
+        }
+    }
+}
+
+/// Usable size of any block of ours.
+///
+/// # Safety
+/// `ptr` must be a live block of this allocator.
+#[inline]
+pub(crate) unsafe fn usable_size(ptr: *mut u8) -> usize {
+    let seg = segment_of(ptr).cast::<Segment>();
+    // SAFETY: live block: its segment is mapped and tagged.
+    unsafe {
+        if (*seg).tag != SegmentTag::SIZECLASS {
+            return large::usable_size(ptr);
+        }
+        (*Segment::page_of(seg, ptr)).block_size as usize
+    }
+}
+
+/// The page holding a block of ours that is not large.
+///
+/// # Safety
+/// `ptr` must be a live small block.
+#[inline]
+pub(crate) unsafe fn page_of(ptr: *mut u8) -> *mut Page {
+    // SAFETY: caller guarantee.
+    unsafe { Segment::page_of(segment_of(ptr).cast(), ptr) }
+}

@@ -1,0 +1,127 @@
+//! `check_invariants`: an expensive walk of the calling thread's heap
+//! (tests and the `debug-invariants` feature).
+
+use heapkit_core::size_class::{class_size, CLASS_COUNT};
+
+use crate::heap::{self, EMPTY};
+use crate::page::{Page, FREE, FULL, QUEUED};
+use crate::remote::Block;
+use crate::segment::{self, Segment};
+
+/// Walks every page of the calling thread's heap and checks:
+///
+/// - every block on `free` / `local_free` / `thread_free` lies inside its
+///   page at a block boundary below `capacity`, and none is listed twice;
+/// - `|free| + |local_free| + used == capacity` once remote frees are
+///   collected (collecting them is what the owner does anyway);
+/// - every queued page is on its class's queue and every full page on its
+///   full list, `current[class]` is the queue's first page or the sentinel,
+///   and each segment's `used_pages` and the heap's dirty-page count match
+///   the page states.
+///
+/// Returns the first violation found.
+pub fn check_invariants() -> Result<(), &'static str> {
+    let h = heap::heap();
+    // SAFETY: the calling thread's heap and its own segments/pages; remote
+    // threads only push onto thread_free, which we take with the owner's
+    // swap.
+    unsafe {
+        let h = &mut *h;
+        let mut listed = 0usize;
+        for class in 0..CLASS_COUNT {
+            let cur = h.current[class];
+            if cur != EMPTY && cur != h.queues[class].first {
+                return Err("current page is not the queue's first");
+            }
+            for (list, state) in [(h.queues[class], QUEUED), (h.full[class], FULL)] {
+                let mut p = list.first;
+                let mut last = core::ptr::null_mut();
+                while !p.is_null() {
+                    if (*p).state != state || (*p).class as usize != class {
+                        return Err("page on the wrong list");
+                    }
+                    if (*p).block_size as usize != class_size(class) {
+                        return Err("block size does not match class");
+                    }
+                    check_page(p)?;
+                    listed += 1;
+                    last = p;
+                    p = (*p).next;
+                }
+                if last != list.last {
+                    return Err("list tail mismatch");
+                }
+            }
+        }
+        let mut in_use = 0usize;
+        let mut dirty = 0usize;
+        for kind in 0..segment::KINDS {
+            let mut seg = h.segments[kind].first;
+            while !seg.is_null() {
+                if (*seg).owner.load(core::sync::atomic::Ordering::Relaxed) != h.id {
+                    return Err("owned segment names another owner");
+                }
+                let mut used = 0;
+                for i in 0..(*seg).page_count as usize {
+                    let p = Segment::page(seg, i);
+                    if (*p).state == FREE {
+                        dirty += usize::from((*p).dirty);
+                    } else {
+                        used += 1;
+                    }
+                }
+                if used != (*seg).used_pages {
+                    return Err("segment used_pages mismatch");
+                }
+                in_use += used as usize;
+                seg = (*seg).next;
+            }
+        }
+        if in_use != listed {
+            return Err("pages in use are not all on a list");
+        }
+        if dirty != h.dirty_free {
+            return Err("dirty free page count mismatch");
+        }
+    }
+    Ok(())
+}
+
+/// Checks one in-use page.
+///
+/// # Safety
+/// `p` must be a page of the calling thread's heap.
+unsafe fn check_page(p: *mut Page) -> Result<(), &'static str> {
+    // SAFETY: caller guarantee.
+    unsafe {
+        Page::collect_remote(p);
+        let mut seen = [0u64; 64];
+        let size = (*p).block_size as usize;
+        let start = (*p).start as usize;
+        let cap = (*p).capacity as usize;
+        if cap > (*p).reserved as usize || (*p).reserved as usize > 64 * 64 {
+            return Err("capacity out of range");
+        }
+        let mut count = 0usize;
+        for head in [(*p).free, (*p).local_free] {
+            let mut b: *mut Block = head;
+            while !b.is_null() {
+                let a = b as usize;
+                if a < start || (a - start) % size != 0 || (a - start) / size >= cap {
+                    return Err("listed block outside the page");
+                }
+                let i = (a - start) / size;
+                if seen[i / 64] & (1 << (i % 64)) != 0 {
+                    return Err("block listed twice");
+                }
+                seen[i / 64] |= 1 << (i % 64);
+                count += 1;
+                b = Block::next(b);
+            }
+        }
+        if count + (*p).used as usize != cap {
+            return Err("free + local_free + used != capacity");
+        }
+    }
+    Ok(())
+}

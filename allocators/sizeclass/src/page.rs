@@ -1,0 +1,338 @@
+//! A page: blocks of one size class carved from one span of a segment.
+//!
+//! Each page keeps three free lists (free-list sharding, after mimalloc):
+//!
+//! - `free`: what the allocation fast path pops; owner only.
+//! - `local_free`: where the owner's frees push; owner only. Kept apart from
+//!   `free` so the fast path's list is never refilled behind its back and the
+//!   owner notices, on its slow path, when a page has become empty.
+//! - `thread_free`: an atomic stack other threads push to ([`crate::remote`]).
+//!
+//! Blocks are carved lazily: `capacity` blocks exist (are on a list or
+//! handed out) out of `reserved`, and [`Page::extend`] carves one OS page
+//! worth more when the lists run dry, so a fresh page costs no memory it
+//! does not use.
+//!
+//! Invariant (checked by `check_invariants`): `|free| + |local_free| +
+//! |thread_free| + (blocks live in the program) == capacity`, `used` counts
+//! blocks not on `free`/`local_free` (live or on `thread_free`), and every
+//! listed block lies in `start..start + reserved * block_size` at a block
+//! boundary.
+
+use core::ptr;
+
+use crate::remote::{Block, ThreadFree};
+
+/// The page is not in use (its span belongs to the segment's free pool).
+pub(crate) const FREE: u8 = 0;
+/// The page is in its heap's queue for its class.
+pub(crate) const QUEUED: u8 = 1;
+/// The page had no free block when last looked at; it sits on the heap's
+/// full list until a free returns a block.
+pub(crate) const FULL: u8 = 2;
+
+/// How many bytes of blocks [`Page::extend`] carves at once.
+const EXTEND_BYTES: usize = 4096;
+
+/// Page metadata; lives in its segment's header.
+#[repr(C)]
+pub(crate) struct Page {
+    /// Blocks the fast path pops (owner only).
+    pub free: *mut Block,
+    /// Blocks not on `free` or `local_free`: live, or on `thread_free`.
+    pub used: u32,
+    /// The class's block size (also the usable size of every block).
+    pub block_size: u32,
+    /// Blocks the owner freed since the last collection.
+    pub local_free: *mut Block,
+    /// One of [`FREE`], [`QUEUED`], [`FULL`].
+    pub state: u8,
+    /// The size class.
+    pub class: u8,
+    /// Every block on `free` is zero except its first word (it came from
+    /// never-written or purged memory).
+    pub is_zero: bool,
+    /// The page's span holds written memory that was not purged.
+    pub dirty: bool,
+    /// Blocks carved so far.
+    pub capacity: u32,
+    /// Blocks that fit in the span.
+    pub reserved: u32,
+    /// Index of this page in its segment.
+    pub index: u32,
+    /// Address of block 0.
+    pub start: *mut u8,
+    /// Links in the heap's queue or full list for the class (owner only).
+    pub next: *mut Page,
+    /// See `next`.
+    pub prev: *mut Page,
+    /// When the page became free (monotonic ns), for decay.
+    pub freed_at_ns: u64,
+    /// Blocks freed by other threads.
+    pub thread_free: ThreadFree,
+}
+
+impl Page {
+    /// A free page with no span yet (segments fill in `index`).
+    pub(crate) const fn new() -> Page {
+        Page {
+            free: ptr::null_mut(),
+            used: 0,
+            block_size: 0,
+            local_free: ptr::null_mut(),
+            state: FREE,
+            class: 0,
+            is_zero: true,
+            dirty: false,
+            capacity: 0,
+            reserved: 0,
+            index: 0,
+            start: ptr::null_mut(),
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+            freed_at_ns: 0,
+            thread_free: ThreadFree::new(),
+        }
+    }
+
+    /// Takes over a free page for `class` with blocks of `block_size` bytes
+    /// in `start..start + span`.
+    ///
+    /// # Safety
+    /// `page` must be a free page of a segment the caller owns, and the span
+    /// must be unused memory of that page.
+    pub(crate) unsafe fn init(
+        page: *mut Page,
+        class: usize,
+        block_size: usize,
+        start: *mut u8,
+        span: usize,
+    ) {
+        // SAFETY: the caller owns the page's metadata.
+        unsafe {
+            (*page).free = ptr::null_mut();
+            (*page).local_free = ptr::null_mut();
+            (*page).used = 0;
+            (*page).block_size = block_size as u32;
+            (*page).class = class as u8;
+            (*page).state = QUEUED;
+            (*page).is_zero = !(*page).dirty;
+            (*page).dirty = true;
+            (*page).capacity = 0;
+            (*page).reserved = (span / block_size) as u32;
+            (*page).start = start;
+            (*page).next = ptr::null_mut();
+            (*page).prev = ptr::null_mut();
+        }
+    }
+
+    /// Moves remote frees to `local_free`, and `local_free` to `free` when
+    /// `free` is empty; carves more blocks if both are empty. Afterwards
+    /// `free` is non-empty unless every block of the page is in use.
+    ///
+    /// # Safety
+    /// The caller must own `page` (it is in use by the caller's heap).
+    pub(crate) unsafe fn collect(page: *mut Page) {
+        // SAFETY: the caller owns the page; blocks taken from thread_free
+        // are ours after the swap.
+        unsafe {
+            Self::collect_remote(page);
+            if (*page).free.is_null() {
+                if !(*page).local_free.is_null() {
+                    (*page).free = (*page).local_free;
+                    (*page).local_free = ptr::null_mut();
+                    (*page).is_zero = false;
+                } else if (*page).capacity < (*page).reserved {
+                    Self::extend(page);
+                }
+            }
+        }
+    }
+
+    /// Moves remote frees onto `local_free` and un-counts them.
+    ///
+    /// # Safety
+    /// As for [`Page::collect`].
+    pub(crate) unsafe fn collect_remote(page: *mut Page) {
+        // SAFETY: as for collect.
+        unsafe {
+            let list = (*page).thread_free.take_all();
+            if list.is_null() {
+                return;
+            }
+            let mut tail = list;
+            let mut n = 1u32;
+            loop {
+                let next = Block::next(tail);
+                if next.is_null() {
+                    break;
+                }
+                tail = next;
+                n += 1;
+            }
+            Block::set_next(tail, (*page).local_free);
+            (*page).local_free = list;
+            (*page).used -= n;
+        }
+    }
+
+    /// Carves up to one OS page of fresh blocks onto the empty `free` list.
+    ///
+    /// # Safety
+    /// The caller must own `page`, with `free` empty and
+    /// `capacity < reserved`.
+    unsafe fn extend(page: *mut Page) {
+        // SAFETY: blocks capacity..capacity+n lie inside the page's span
+        // (n <= reserved - capacity) and were never handed out.
+        unsafe {
+            let size = (*page).block_size as usize;
+            let room = ((*page).reserved - (*page).capacity) as usize;
+            let n = (EXTEND_BYTES / size).clamp(1, room);
+            let first = (*page).start.add((*page).capacity as usize * size);
+            let mut b = first;
+            for _ in 1..n {
+                let next = b.add(size);
+                Block::set_next(b.cast(), next.cast());
+                b = next;
+            }
+            Block::set_next(b.cast(), ptr::null_mut());
+            (*page).free = first.cast();
+            (*page).capacity += n as u32;
+        }
+    }
+
+    /// The page has pending remote frees (a hint).
+    ///
+    /// # Safety
+    /// `page` must be metadata of a mapped segment.
+    #[inline]
+    pub(crate) unsafe fn has_remote(page: *mut Page) -> bool {
+        // SAFETY: caller guarantee.
+        unsafe { (*page).thread_free.is_pending() }
+    }
+}
+
+/// A doubly linked list of pages (a class queue or full list).
+#[derive(Clone, Copy)]
+pub(crate) struct PageList {
+    pub first: *mut Page,
+    pub last: *mut Page,
+}
+
+impl PageList {
+    /// An empty list.
+    pub(crate) const EMPTY: PageList = PageList {
+        first: ptr::null_mut(),
+        last: ptr::null_mut(),
+    };
+
+    /// Links `page` in front.
+    ///
+    /// # Safety
+    /// `page` must be owned by the caller and on no list.
+    pub(crate) unsafe fn push_front(&mut self, page: *mut Page) {
+        // SAFETY: caller owns page and every page on the list.
+        unsafe {
+            (*page).prev = ptr::null_mut();
+            (*page).next = self.first;
+            if self.first.is_null() {
+                self.last = page;
+            } else {
+                (*self.first).prev = page;
+            }
+        }
+        self.first = page;
+    }
+
+    /// Links `page` at the back.
+    ///
+    /// # Safety
+    /// As for [`PageList::push_front`].
+    pub(crate) unsafe fn push_back(&mut self, page: *mut Page) {
+        // SAFETY: caller owns page and every page on the list.
+        unsafe {
+            (*page).next = ptr::null_mut();
+            (*page).prev = self.last;
+            if self.last.is_null() {
+                self.first = page;
+            } else {
+                (*self.last).next = page;
+            }
+        }
+        self.last = page;
+    }
+
+    /// Unlinks `page`.
+    ///
+    /// # Safety
+    /// `page` must be on this list.
+    pub(crate) unsafe fn remove(&mut self, page: *mut Page) {
+        // SAFETY: page and its neighbours are on this list, owned by caller.
+        unsafe {
+            let (prev, next) = ((*page).prev, (*page).next);
+            if prev.is_null() {
+                self.first = next;
+            } else {
+                (*prev).next = next;
+            }
+            if next.is_null() {
+                self.last = prev;
+            } else {
+                (*next).prev = prev;
+            }
+            (*page).next = ptr::null_mut();
+            (*page).prev = ptr::null_mut();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    #[test]
+    fn lazy_extension_local_and_remote_lists_account_every_block() {
+        let mut span = vec![0u128; 4096]; // 64 KiB, 16-aligned
+        let mut page = Page::new();
+        let p: *mut Page = &mut page;
+        // SAFETY: p is a page we own over `span`.
+        unsafe {
+            Page::init(p, 3, 64, span.as_mut_ptr().cast(), 65536);
+            assert_eq!((*p).reserved, 1024);
+            Page::collect(p);
+            assert_eq!((*p).capacity, 64, "one OS page carved");
+            let mut got = Vec::new();
+            while !(*p).free.is_null() {
+                let b = (*p).free;
+                (*p).free = Block::next(b);
+                (*p).used += 1;
+                got.push(b);
+            }
+            assert_eq!(got.len(), 64);
+            // Half freed locally, half remotely.
+            for (i, &b) in got.iter().enumerate() {
+                if i % 2 == 0 {
+                    Block::set_next(b, (*p).local_free);
+                    (*p).local_free = b;
+                    (*p).used -= 1;
+                } else {
+                    (*p).thread_free.push(b, || {});
+                }
+            }
+            assert_eq!((*p).used, 32);
+            assert!(Page::has_remote(p));
+            Page::collect(p);
+            assert_eq!((*p).used, 0);
+            let mut n = 0;
+            let mut b = (*p).free;
+            while !b.is_null() {
+                n += 1;
+                b = Block::next(b);
+            }
+            assert_eq!(n, 64);
+            assert!(!(*p).is_zero);
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! Segments: 4 MiB aligned mappings split into pages of one kind.
+//!
+//! A segment starts with its header ([`Segment`]): the [`SegmentTag`], the
+//! owning heap's id, and the metadata of every page. So `free(p)` is a mask
+//! (`segment_of(p)`) and a shift (`(p - segment) >> page_shift`) away from
+//! the page that holds `p`, whatever thread frees it.
+//!
+//! Three kinds, chosen by block size so every page holds at least eight
+//! blocks:
+//!
+//! | kind | page size | pages | classes |
+//! |---|---|---|---|
+//! | small | 64 KiB | 64 | up to 8 KiB |
+//! | medium | 512 KiB | 8 | up to 64 KiB |
+//! | big | 4 MiB | 1 | up to 256 KiB |
+//!
+//! Page 0 begins after the header, rounded up to the largest power of two
+//! dividing the block size; every other page begins at a page-size boundary.
+//! Blocks of a power-of-two class are therefore aligned to their size, which
+//! is how aligned requests are served.
+//!
+//! Globals (all behind [`SpinLock`]s, touched only on slow paths): every
+//! live segment is on `ALL` (for fork and invariant checks), abandoned
+//! segments wait on `ABANDONED` for a live heap to adopt them, and a few
+//! empty, purged segments wait in `RESERVE` to spare the next mapping.
+
+use core::mem::size_of;
+use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use heapkit_core::lock::SpinLock;
+use heapkit_core::os;
+use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
+use heapkit_core::size_class::{class_size, CLASS_COUNT};
+
+use crate::page::{Page, FREE};
+use crate::remote::PendingPages;
+
+/// Number of segment kinds.
+pub(crate) const KINDS: usize = 3;
+/// Most pages in a segment (the small kind).
+pub(crate) const MAX_PAGES: usize = 64;
+/// `page_shift` of each kind.
+const PAGE_SHIFT: [u32; KINDS] = [16, 19, 22];
+/// Owner id of an abandoned segment (no heap has it).
+pub(crate) const ABANDONED: u64 = u64::MAX;
+/// Empty segments kept mapped (purged) for reuse.
+const RESERVE_MAX: usize = 2;
+
+/// The kind serving class `c`.
+pub(crate) const KIND_OF: [u8; CLASS_COUNT] = {
+    let mut k = [0u8; CLASS_COUNT];
+    let mut c = 0;
+    while c < CLASS_COUNT {
+        let s = class_size(c);
+        k[c] = if s <= 8 << 10 {
+            0
+        } else if s <= 64 << 10 {
+            1
+        } else {
+            2
+        };
+        c += 1;
+    }
+    k
+};
+
+/// Segment header.
+#[repr(C)]
+pub(crate) struct Segment {
+    /// Always [`SegmentTag::SIZECLASS`].
+    pub tag: SegmentTag,
+    /// Id of the owning heap, or [`ABANDONED`]. Written only by the owner
+    /// (when abandoning) or by the adopter holding the segment exclusively.
+    pub owner: AtomicU64,
+    /// `log2` of the page size.
+    pub page_shift: u32,
+    /// Pages in this segment.
+    pub page_count: u32,
+    /// Kind index.
+    pub kind: u32,
+    /// Pages not [`FREE`] (owner only).
+    pub used_pages: u32,
+    /// Pages that may have remote frees.
+    pub pending: PendingPages,
+    /// Links in the owner's segment list, or the abandoned list.
+    pub next: *mut Segment,
+    /// See `next`.
+    pub prev: *mut Segment,
+    /// Links in the global list of every segment (under `ALL`).
+    pub all_next: *mut Segment,
+    /// See `all_next`.
+    pub all_prev: *mut Segment,
+    /// Page metadata.
+    pub pages: [Page; MAX_PAGES],
+}
+
+/// Bytes reserved for the header at the start of every segment.
+pub(crate) const HEADER_BYTES: usize = (size_of::<Segment>() + 4095) & !4095;
+const _: () = assert!(HEADER_BYTES <= 8192);
+
+impl Segment {
+    /// The page holding `ptr`.
+    ///
+    /// # Safety
+    /// `seg` must be a mapped segment and `ptr` inside its first
+    /// `SEGMENT_ALIGN` bytes.
+    #[inline]
+    pub(crate) unsafe fn page_of(seg: *mut Segment, ptr: *mut u8) -> *mut Page {
+        // SAFETY: caller guarantee; the index is below page_count because
+        // pages tile the segment.
+        unsafe {
+            let index = (ptr as usize - seg as usize) >> (*seg).page_shift;
+            ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(index)
+        }
+    }
+
+    /// Page `i`.
+    ///
+    /// # Safety
+    /// `seg` mapped, `i < page_count`.
+    #[inline]
+    pub(crate) unsafe fn page(seg: *mut Segment, i: usize) -> *mut Page {
+        // SAFETY: caller guarantee.
+        unsafe { ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(i) }
+    }
+
+    /// The span of page `i` usable for blocks of `block_size`: (start, len).
+    ///
+    /// # Safety
+    /// `seg` mapped, `i < page_count`.
+    pub(crate) unsafe fn span(seg: *mut Segment, i: usize, block_size: usize) -> (*mut u8, usize) {
+        // SAFETY: caller guarantee.
+        let shift = unsafe { (*seg).page_shift };
+        let begin = i << shift;
+        let end = begin + (1 << shift);
+        let begin = if i == 0 {
+            let pow2 = block_size & block_size.wrapping_neg();
+            (HEADER_BYTES + pow2 - 1) & !(pow2 - 1)
+        } else {
+            begin
+        };
+        // SAFETY: begin < SEGMENT_ALIGN, inside the mapping.
+        (unsafe { seg.cast::<u8>().add(begin) }, end - begin)
+    }
+
+    /// The OS-page-aligned part of page `i` that may be purged.
+    ///
+    /// # Safety
+    /// `seg` mapped, `i < page_count`.
+    pub(crate) unsafe fn purgeable(seg: *mut Segment, i: usize) -> (*mut u8, usize) {
+        // SAFETY: caller guarantee.
+        let shift = unsafe { (*seg).page_shift };
+        let begin = if i == 0 { HEADER_BYTES } else { i << shift };
+        let end = (i + 1) << shift;
+        // SAFETY: begin < SEGMENT_ALIGN.
+        (unsafe { seg.cast::<u8>().add(begin) }, end - begin)
+    }
+
+    /// A free page index, or `None`.
+    ///
+    /// # Safety
+    /// The caller must own `seg`.
+    pub(crate) unsafe fn find_free_page(seg: *mut Segment) -> Option<usize> {
+        // SAFETY: owner access to page metadata.
+        unsafe {
+            if (*seg).used_pages == (*seg).page_count {
+                return None;
+            }
+            (0..(*seg).page_count as usize).find(|&i| (*Segment::page(seg, i)).state == FREE)
+        }
+    }
+}
+
+/// A list of segments linked through `next`/`prev`.
+#[derive(Clone, Copy)]
+pub(crate) struct SegmentList {
+    pub first: *mut Segment,
+}
+
+// SAFETY: the segments on a list are owned by whoever holds the list (a
+// lock, or the heap owning them).
+unsafe impl Send for SegmentList {}
+
+impl SegmentList {
+    /// Empty.
+    pub(crate) const EMPTY: SegmentList = SegmentList {
+        first: ptr::null_mut(),
+    };
+
+    /// Links `seg` in front.
+    ///
+    /// # Safety
+    /// `seg` owned by the caller and on no `next`/`prev` list.
+    pub(crate) unsafe fn push(&mut self, seg: *mut Segment) {
+        // SAFETY: caller owns seg and the list.
+        unsafe {
+            (*seg).prev = ptr::null_mut();
+            (*seg).next = self.first;
+            if !self.first.is_null() {
+                (*self.first).prev = seg;
+            }
+        }
+        self.first = seg;
+    }
+
+    /// Unlinks `seg`.
+    ///
+    /// # Safety
+    /// `seg` must be on this list.
+    pub(crate) unsafe fn remove(&mut self, seg: *mut Segment) {
+        // SAFETY: seg and neighbours are on this list.
+        unsafe {
+            let (prev, next) = ((*seg).prev, (*seg).next);
+            if prev.is_null() {
+                self.first = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*seg).next = ptr::null_mut();
+            (*seg).prev = ptr::null_mut();
+        }
+    }
+
+    /// Unlinks and returns the first segment (null if empty).
+    ///
+    /// # Safety
+    /// As for `remove`.
+    pub(crate) unsafe fn pop(&mut self) -> *mut Segment {
+        let s = self.first;
+        if !s.is_null() {
+            // SAFETY: s is on this list.
+            unsafe { self.remove(s) };
+        }
+        s
+    }
+}
+
+struct AllSegments {
+    first: *mut Segment,
+}
+// SAFETY: only accessed under its lock.
+unsafe impl Send for AllSegments {}
+
+/// Every live segment.
+static ALL: SpinLock<AllSegments> = SpinLock::new(AllSegments {
+    first: ptr::null_mut(),
+});
+/// Segments whose owner exited.
+pub(crate) static ABANDONED_LIST: SpinLock<SegmentList> = SpinLock::new(SegmentList::EMPTY);
+/// Cheap "is anything abandoned" hint.
+pub(crate) static ABANDONED_COUNT: AtomicU64 = AtomicU64::new(0);
+struct Reserve {
+    list: SegmentList,
+    len: usize,
+}
+/// Empty purged segments.
+static RESERVE: SpinLock<Reserve> = SpinLock::new(Reserve {
+    list: SegmentList::EMPTY,
+    len: 0,
+});
+
+/// A fresh segment of `kind` owned by `owner`: from the reserve or the OS.
+/// Null on exhaustion.
+pub(crate) fn acquire(kind: usize, owner: u64) -> *mut Segment {
+    let mut seg = {
+        let mut r = RESERVE.lock();
+        // SAFETY: reserve segments are owned by the reserve (locked).
+        let s = unsafe { r.list.pop() };
+        if !s.is_null() {
+            r.len -= 1;
+        }
+        s
+    };
+    if seg.is_null() {
+        seg = os::map_aligned(SEGMENT_ALIGN, SEGMENT_ALIGN).cast();
+        if seg.is_null() {
+            return seg;
+        }
+        // SAFETY: fresh zeroed mapping; the header fits in it.
+        unsafe {
+            ptr::addr_of_mut!((*seg).tag).write(SegmentTag::SIZECLASS);
+            ptr::addr_of_mut!((*seg).pending).write(PendingPages::new());
+            for i in 0..MAX_PAGES {
+                Segment::page(seg, i).write(Page::new());
+            }
+        }
+        let mut all = ALL.lock();
+        // SAFETY: seg is ours; the ALL list is locked.
+        unsafe {
+            (*seg).all_prev = ptr::null_mut();
+            (*seg).all_next = all.first;
+            if !all.first.is_null() {
+                (*all.first).all_prev = seg;
+            }
+        }
+        all.first = seg;
+    }
+    // SAFETY: seg is exclusively ours (fresh, or taken from the reserve with
+    // every page free and purged).
+    unsafe {
+        (*seg).page_shift = PAGE_SHIFT[kind];
+        (*seg).page_count = (SEGMENT_ALIGN >> PAGE_SHIFT[kind]) as u32;
+        (*seg).kind = kind as u32;
+        (*seg).used_pages = 0;
+        (*seg).next = ptr::null_mut();
+        (*seg).prev = ptr::null_mut();
+        for i in 0..MAX_PAGES {
+            let p = Segment::page(seg, i);
+            (*p).index = i as u32;
+            (*p).state = FREE;
+        }
+        (*seg).owner.store(owner, Relaxed);
+    }
+    seg
+}
+
+/// Returns an empty segment: purged into the reserve, or unmapped.
+///
+/// # Safety
+/// The caller owns `seg`, every page of it is free, and nothing refers to
+/// it any more.
+pub(crate) unsafe fn release(seg: *mut Segment) {
+    // SAFETY: caller guarantee.
+    unsafe {
+        let dirty = (0..MAX_PAGES).any(|i| (*Segment::page(seg, i)).dirty);
+        let mut r = RESERVE.lock();
+        if r.len < RESERVE_MAX {
+            (*seg).owner.store(ABANDONED, Relaxed);
+            if dirty {
+                os::purge(
+                    seg.cast::<u8>().add(HEADER_BYTES),
+                    SEGMENT_ALIGN - HEADER_BYTES,
+                );
+                for i in 0..MAX_PAGES {
+                    (*Segment::page(seg, i)).dirty = false;
+                }
+            }
+            r.list.push(seg);
+            r.len += 1;
+            return;
+        }
+        drop(r);
+        let mut all = ALL.lock();
+        let (prev, next) = ((*seg).all_prev, (*seg).all_next);
+        if prev.is_null() {
+            all.first = next;
+        } else {
+            (*prev).all_next = next;
+        }
+        if !next.is_null() {
+            (*next).all_prev = prev;
+        }
+        drop(all);
+        os::unmap(seg.cast(), SEGMENT_ALIGN);
+    }
+}
+
+/// Calls `f` on every live segment (reserve included) with `ALL` held.
+pub(crate) fn for_each(mut f: impl FnMut(*mut Segment)) {
+    let all = ALL.lock();
+    let mut s = all.first;
+    while !s.is_null() {
+        f(s);
+        // SAFETY: segments on ALL are mapped while the lock is held.
+        s = unsafe { (*s).all_next };
+    }
+}
+
+/// Pushes `seg` onto the abandoned list.
+///
+/// # Safety
+/// The caller owns `seg` and gives it up.
+pub(crate) unsafe fn abandon(seg: *mut Segment) {
+    let mut list = ABANDONED_LIST.lock();
+    // SAFETY: caller gives up seg; the list is locked.
+    unsafe {
+        (*seg).owner.store(ABANDONED, Relaxed);
+        list.push(seg);
+    }
+    ABANDONED_COUNT.fetch_add(1, Relaxed);
+}
+
+/// Pops an abandoned segment for `owner` (null if none).
+pub(crate) fn adopt(owner: u64) -> *mut Segment {
+    if ABANDONED_COUNT.load(Relaxed) == 0 {
+        return ptr::null_mut();
+    }
+    let mut list = ABANDONED_LIST.lock();
+    // SAFETY: the list is locked; popped segments become ours.
+    let seg = unsafe { list.pop() };
+    if !seg.is_null() {
+        ABANDONED_COUNT.fetch_sub(1, Relaxed);
+        // SAFETY: seg is ours now.
+        unsafe { (*seg).owner.store(owner, Relaxed) };
+    }
+    seg
+}
+
+/// Fork: take every global lock (in a fixed order).
+pub(crate) fn lock_all() {
+    ALL.raw().lock();
+    ABANDONED_LIST.raw().lock();
+    RESERVE.raw().lock();
+}
+
+/// Fork, parent: release what [`lock_all`] took.
+pub(crate) fn unlock_all() {
+    // SAFETY: lock_all took these in this thread.
+    unsafe {
+        RESERVE.raw().unlock();
+        ABANDONED_LIST.raw().unlock();
+        ALL.raw().unlock();
+    }
+}
+
+/// Fork, child: the locks are free again; segments owned by heaps other than
+/// `survivor` (threads that do not exist in the child) are abandoned so the
+/// child's thread adopts them.
+pub(crate) fn after_fork_child(survivor: u64) {
+    // SAFETY: the child is single-threaded.
+    unsafe {
+        RESERVE.raw().reset_after_fork();
+        ABANDONED_LIST.raw().reset_after_fork();
+        ALL.raw().reset_after_fork();
+    }
+    let mut orphans = SegmentList::EMPTY;
+    let mut n = 0;
+    // Reserve segments are marked ABANDONED too, so they are skipped.
+    for_each(|s| {
+        // SAFETY: s is mapped; the child is single-threaded.
+        let owner = unsafe { (*s).owner.load(Relaxed) };
+        if owner != survivor && owner != ABANDONED {
+            // SAFETY: its owner thread does not exist in the child; its
+            // links into that heap's list are dead and overwritten.
+            unsafe {
+                (*s).owner.store(ABANDONED, Relaxed);
+                orphans.push(s);
+            }
+            n += 1;
+        }
+    });
+    let mut list = ABANDONED_LIST.lock();
+    loop {
+        // SAFETY: orphans are ours.
+        let s = unsafe { orphans.pop() };
+        if s.is_null() {
+            break;
+        }
+        // SAFETY: s is ours; the list is locked.
+        unsafe { list.push(s) };
+    }
+    ABANDONED_COUNT.fetch_add(n, Relaxed);
+}

@@ -1,0 +1,459 @@
+//! The slow paths: everything the fast paths in [`crate::heap`] hand off.
+//!
+//! - [`alloc`]: set the heap up on first use, then find a page with a free
+//!   block for the class (walk the class queue collecting each page, park
+//!   pages with nothing free on the full list, take pending remote frees,
+//!   adopt an abandoned segment, or start a fresh page), then retry the fast
+//!   path.
+//! - [`page_freed`]: a local free emptied a page (retire it, unless it is the
+//!   class's only page) or returned a block to a full page (re-queue it).
+//! - Decay: free pages are purged (`MADV_DONTNEED`) once they have been free
+//!   for [`PURGE_DELAY_NS`]; segments with no page in use go to the global
+//!   reserve (purged) or back to the OS, except a heap's last one of a kind.
+//! - Thread exit ([`thread_exit`]): collect, purge, release empty segments
+//!   and abandon the rest for live threads to adopt.
+//! - Fork: every global lock is taken around `fork()`; in the child,
+//!   segments of threads that do not exist there are abandoned.
+
+use core::ffi::c_void;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use heapkit_core::large;
+use heapkit_core::os::{self, ThreadExitKey};
+use heapkit_core::segment::segment_of;
+use heapkit_core::size_class::class_size;
+
+use crate::heap::{self, Heap, ACTIVE, EMPTY, STATS, UNINIT};
+use crate::page::{Page, FREE, FULL, QUEUED};
+use crate::segment::{self, Segment, KIND_OF};
+
+/// A free page's memory is returned to the OS after this long.
+pub(crate) const PURGE_DELAY_NS: u64 = 20_000_000;
+/// The clock is read on every this many slow-path calls.
+const CLOCK_EVERY: u32 = 16;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
+static ATFORK: AtomicBool = AtomicBool::new(false);
+
+/// Allocation slow path for `class`.
+///
+/// # Safety
+/// `h` must be the calling thread's heap and `class < CLASS_COUNT`.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn alloc(h: *mut Heap, class: usize) -> *mut u8 {
+    // SAFETY: h is ours (caller).
+    unsafe {
+        if (*h).state != ACTIVE {
+            init(h);
+        }
+        if !find_page(&mut *h, class) {
+            return ptr::null_mut();
+        }
+    }
+    heap::alloc(class)
+}
+
+/// Sets the heap up. Re-entrant allocations (from key registration or
+/// atfork under the shim) see an active heap already.
+///
+/// # Safety
+/// `h` must be the calling thread's heap.
+unsafe fn init(h: *mut Heap) {
+    // SAFETY: h is ours; no reference is held across the calls below.
+    unsafe {
+        (*h).id = NEXT_ID.fetch_add(1, Relaxed);
+        (*h).state = ACTIVE;
+    }
+    if !ATFORK.swap(true, Relaxed) {
+        os::register_atfork(before_fork, after_fork_parent, after_fork_child);
+    }
+    EXIT_KEY.register(thread_exit, 1 as *mut c_void);
+}
+
+/// Makes `current[class]` a page with a free block; false on exhaustion.
+fn find_page(h: &mut Heap, class: usize) -> bool {
+    h.slow_calls = h.slow_calls.wrapping_add(1);
+    if h.slow_calls % CLOCK_EVERY == 0 {
+        sweep(h, false);
+    }
+    for attempt in 0..3 {
+        let mut page = h.queues[class].first;
+        while !page.is_null() {
+            // SAFETY: pages on our queues are ours.
+            unsafe {
+                Page::collect(page);
+                if !(*page).free.is_null() {
+                    h.current[class] = page;
+                    return true;
+                }
+                let next = (*page).next;
+                h.queues[class].remove(page);
+                (*page).state = FULL;
+                h.full[class].push_back(page);
+                page = next;
+            }
+        }
+        h.current[class] = EMPTY;
+        let progress = match attempt {
+            0 => take_pending(h),
+            1 => adopt_one(h),
+            _ => false,
+        };
+        if !progress && attempt == 1 {
+            break;
+        }
+    }
+    let kind = KIND_OF[class] as usize;
+    let Some(page) = take_free_page(h, kind) else {
+        return false;
+    };
+    let size = class_size(class);
+    // SAFETY: page is a free page of a segment we own.
+    unsafe {
+        let seg = segment_of(page).cast::<Segment>();
+        let (start, span) = Segment::span(seg, (*page).index as usize, size);
+        Page::init(page, class, size, start, span);
+        h.queues[class].push_front(page);
+        Page::collect(page);
+    }
+    h.current[class] = page;
+    true
+}
+
+/// Takes pending remote frees of every owned segment; pages that were full
+/// go back on their queue. True if any did.
+fn take_pending(h: &mut Heap) -> bool {
+    let mut requeued = false;
+    for kind in 0..segment::KINDS {
+        let mut seg = h.segments[kind].first;
+        while !seg.is_null() {
+            // SAFETY: our segments; pages flagged pending are ours.
+            unsafe {
+                let mut bits = (*seg).pending.take();
+                while bits != 0 {
+                    let i = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    requeued |= requeue_if_full(h, Segment::page(seg, i));
+                }
+                seg = (*seg).next;
+            }
+        }
+    }
+    requeued
+}
+
+/// Collects `page`'s remote frees; if it was full, puts it back on its
+/// queue (remote.rs invariant 3). True if it was re-queued.
+///
+/// # Safety
+/// `page` must be a page of a segment `h` owns.
+unsafe fn requeue_if_full(h: &mut Heap, page: *mut Page) -> bool {
+    // SAFETY: caller guarantee.
+    unsafe {
+        if (*page).state == FREE {
+            return false;
+        }
+        Page::collect_remote(page);
+        if (*page).state != FULL {
+            return false;
+        }
+        let class = (*page).class as usize;
+        h.full[class].remove(page);
+        (*page).state = QUEUED;
+        h.queues[class].push_back(page);
+        true
+    }
+}
+
+/// Adopts one abandoned segment: its pages join our queues, empty ones are
+/// freed. True if a segment was adopted.
+fn adopt_one(h: &mut Heap) -> bool {
+    let seg = segment::adopt(h.id);
+    if seg.is_null() {
+        return false;
+    }
+    let now = os::monotonic_ns();
+    // SAFETY: the segment is ours now; nobody else touches its owner-only
+    // metadata (the previous owner gave it up under the abandoned lock).
+    unsafe {
+        (*seg).pending.take();
+        for i in 0..(*seg).page_count as usize {
+            let page = Segment::page(seg, i);
+            if (*page).state == FREE {
+                if (*page).dirty {
+                    h.dirty_free += 1;
+                }
+                continue;
+            }
+            Page::collect_remote(page);
+            if (*page).used == 0 {
+                (*page).state = FREE;
+                (*page).free = ptr::null_mut();
+                (*page).local_free = ptr::null_mut();
+                (*page).freed_at_ns = now;
+                (*seg).used_pages -= 1;
+                h.dirty_free += 1;
+            } else {
+                (*page).state = QUEUED;
+                h.queues[(*page).class as usize].push_back(page);
+            }
+        }
+        h.segments[(*seg).kind as usize].push(seg);
+        if (*seg).used_pages == 0 {
+            release_segment(h, seg);
+        }
+    }
+    true
+}
+
+/// A free page of `kind` from our segments, a reserved or a new segment.
+fn take_free_page(h: &mut Heap, kind: usize) -> Option<*mut Page> {
+    let mut seg = h.segments[kind].first;
+    while !seg.is_null() {
+        // SAFETY: our segment.
+        unsafe {
+            if let Some(i) = Segment::find_free_page(seg) {
+                return Some(claim(h, seg, i));
+            }
+            seg = (*seg).next;
+        }
+    }
+    let seg = segment::acquire(kind, h.id);
+    if seg.is_null() {
+        return None;
+    }
+    // SAFETY: a fresh segment, ours.
+    unsafe {
+        h.segments[kind].push(seg);
+        Some(claim(h, seg, 0))
+    }
+}
+
+/// Marks page `i` of `seg` in use.
+///
+/// # Safety
+/// `seg` ours, page `i` free.
+unsafe fn claim(h: &mut Heap, seg: *mut Segment, i: usize) -> *mut Page {
+    // SAFETY: caller guarantee.
+    unsafe {
+        let page = Segment::page(seg, i);
+        if (*page).dirty {
+            h.dirty_free -= 1;
+        }
+        (*seg).used_pages += 1;
+        (*page).state = QUEUED;
+        page
+    }
+}
+
+/// A local free left `page` empty or un-full.
+///
+/// # Safety
+/// `h` must be the calling thread's heap and own `page`.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn page_freed(h: *mut Heap, page: *mut Page) {
+    // SAFETY: caller guarantee; no re-entrancy here.
+    let h = unsafe { &mut *h };
+    // SAFETY: page is ours.
+    unsafe {
+        let class = (*page).class as usize;
+        if (*page).state == FULL {
+            h.full[class].remove(page);
+            (*page).state = QUEUED;
+            h.queues[class].push_back(page);
+        }
+        if (*page).used != 0 {
+            return;
+        }
+        let q = &mut h.queues[class];
+        if q.first == page && (*page).next.is_null() {
+            // The class's only page: keep it, so alloc/free loops do not
+            // thrash; the decay sweep does not purge pages in use.
+            return;
+        }
+        q.remove(page);
+        if h.current[class] == page {
+            h.current[class] = EMPTY;
+        }
+        free_page(h, page, os::monotonic_ns());
+    }
+}
+
+/// Returns an empty page to its segment; an emptied segment is released
+/// unless it is the heap's last of its kind.
+///
+/// # Safety
+/// `page` is ours, empty and on no list.
+unsafe fn free_page(h: &mut Heap, page: *mut Page, now: u64) {
+    // SAFETY: caller guarantee.
+    unsafe {
+        let seg = segment_of(page).cast::<Segment>();
+        (*page).state = FREE;
+        (*page).free = ptr::null_mut();
+        (*page).local_free = ptr::null_mut();
+        (*page).freed_at_ns = now;
+        (*seg).used_pages -= 1;
+        h.dirty_free += 1;
+        let kind = (*seg).kind as usize;
+        if (*seg).used_pages == 0 && !(h.segments[kind].first == seg && (*seg).next.is_null()) {
+            release_segment(h, seg);
+        } else if h.segments[kind].first != seg {
+            // Free pages are found from the front.
+            h.segments[kind].remove(seg);
+            h.segments[kind].push(seg);
+        }
+    }
+    if now >= h.next_sweep_ns {
+        sweep(h, false);
+    }
+}
+
+/// Releases an owned segment with no page in use.
+///
+/// # Safety
+/// `seg` ours, on our list, all pages free.
+unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
+    // SAFETY: caller guarantee.
+    unsafe {
+        for i in 0..(*seg).page_count as usize {
+            if (*Segment::page(seg, i)).dirty {
+                h.dirty_free -= 1;
+            }
+        }
+        h.segments[(*seg).kind as usize].remove(seg);
+        segment::release(seg);
+    }
+}
+
+/// Decay: purges free pages older than [`PURGE_DELAY_NS`] (all of them if
+/// `all`) and re-queues full pages with remote frees a lost notification
+/// left behind. Runs at most every half delay unless `all`.
+fn sweep(h: &mut Heap, all: bool) {
+    let now = os::monotonic_ns();
+    if !all && now < h.next_sweep_ns {
+        return;
+    }
+    h.next_sweep_ns = now + PURGE_DELAY_NS / 2;
+    for kind in 0..segment::KINDS {
+        let mut seg = h.segments[kind].first;
+        while !seg.is_null() {
+            // SAFETY: our segments and pages.
+            unsafe {
+                for i in 0..(*seg).page_count as usize {
+                    let page = Segment::page(seg, i);
+                    match (*page).state {
+                        FREE if (*page).dirty
+                            && (all
+                                || now.saturating_sub((*page).freed_at_ns) >= PURGE_DELAY_NS) =>
+                        {
+                            let (p, len) = Segment::purgeable(seg, i);
+                            os::purge(p, len);
+                            (*page).dirty = false;
+                            h.dirty_free -= 1;
+                        }
+                        FULL if Page::has_remote(page) => {
+                            requeue_if_full(h, page);
+                        }
+                        _ => {}
+                    }
+                }
+                seg = (*seg).next;
+            }
+        }
+    }
+    large::trim(true);
+}
+
+/// Thread-exit hook (pthread key destructor): hand everything back.
+unsafe extern "C" fn thread_exit(_value: *mut c_void) {
+    let h = heap::heap();
+    // SAFETY: runs on the exiting thread; its heap is not in use.
+    unsafe {
+        if (*h).state != ACTIVE {
+            return;
+        }
+        abandon_all(&mut *h);
+        (*h).stats.flush(&STATS);
+        h.write(Heap::new());
+        debug_assert!((*h).state == UNINIT);
+    }
+}
+
+/// Collects every page, frees the empty ones, purges, releases empty
+/// segments and abandons the others.
+fn abandon_all(h: &mut Heap) {
+    let now = os::monotonic_ns();
+    for kind in 0..segment::KINDS {
+        loop {
+            // SAFETY: our segments; after the loop body each is released or
+            // abandoned and never touched by us again.
+            unsafe {
+                let seg = h.segments[kind].pop();
+                if seg.is_null() {
+                    break;
+                }
+                (*seg).pending.take();
+                for i in 0..(*seg).page_count as usize {
+                    let page = Segment::page(seg, i);
+                    if (*page).state != FREE {
+                        Page::collect_remote(page);
+                        if (*page).used == 0 {
+                            (*page).state = FREE;
+                            (*page).free = ptr::null_mut();
+                            (*page).local_free = ptr::null_mut();
+                            (*page).freed_at_ns = now;
+                            (*seg).used_pages -= 1;
+                        }
+                    }
+                    if (*page).state == FREE && (*page).dirty {
+                        let (p, len) = Segment::purgeable(seg, i);
+                        os::purge(p, len);
+                        (*page).dirty = false;
+                    }
+                }
+                if (*seg).used_pages == 0 {
+                    segment::release(seg);
+                } else {
+                    segment::abandon(seg);
+                }
+            }
+        }
+    }
+    large::trim(true);
+}
+
+/// Purges every free page of the calling thread's heap and releases what it
+/// can (for `SizeClass::collect`).
+pub(crate) fn collect_now() {
+    let h = heap::heap();
+    // SAFETY: our heap, not re-entered.
+    unsafe {
+        if (*h).state == ACTIVE {
+            take_pending(&mut *h);
+            sweep(&mut *h, true);
+        }
+    }
+    large::trim(false);
+}
+
+unsafe extern "C" fn before_fork() {
+    segment::lock_all();
+    large::before_fork();
+}
+
+unsafe extern "C" fn after_fork_parent() {
+    large::after_fork_parent();
+    segment::unlock_all();
+}
+
+unsafe extern "C" fn after_fork_child() {
+    large::after_fork_child();
+    let h = heap::heap();
+    // SAFETY: our heap; the child is single-threaded.
+    let id = unsafe { (*h).id };
+    segment::after_fork_child(id);
+}
