@@ -1,0 +1,127 @@
+//! Impossible allocations: the allocator must return null (and std must turn
+//! that into `Err` for `try_reserve`), leave live blocks intact, and keep
+//! working afterwards, on this thread and others.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::thread;
+
+use crate::{Block, Volume};
+
+/// Sizes no machine can serve (more than half the address space).
+fn impossible_layouts() -> Vec<Layout> {
+    // The largest multiple of `align` (minus a page) that Layout accepts.
+    let huge = |align: usize| (isize::MAX as usize + 1) - 4096 - align;
+    vec![
+        Layout::from_size_align(isize::MAX as usize - 4096, 1).expect("valid"),
+        Layout::from_size_align(huge(16), 16).expect("valid"),
+        Layout::from_size_align(huge(4096), 4096).expect("valid"),
+        Layout::from_size_align(huge(1 << 20), 1 << 20).expect("valid"),
+        Layout::from_size_align(1 << 62, 8).expect("valid"),
+        Layout::from_size_align((1 << 62) + 12345, 64).expect("valid"),
+    ]
+}
+
+/// `alloc`, `alloc_zeroed` and `realloc` of impossible sizes return null,
+/// `Vec::try_reserve(usize::MAX / 2)` returns `Err`, a block being realloc'd
+/// keeps its contents, and allocation still works afterwards.
+pub fn impossible_allocation<A: GlobalAlloc + Sync>(a: &A, v: Volume) {
+    let keep: Vec<Block> = (1..50u64)
+        .map(|i| {
+            Block::new(
+                a,
+                i as usize * 97,
+                16,
+                i,
+                false,
+                "block held across failures",
+            )
+        })
+        .collect();
+    for round in 0..v.pick(3, 1) {
+        for layout in impossible_layouts() {
+            // SAFETY: non-zero size.
+            let p = unsafe { a.alloc(layout) };
+            assert!(
+                p.is_null(),
+                "alloc({layout:?}) returned {p:p}, not null (round {round})"
+            );
+            // SAFETY: non-zero size.
+            let p = unsafe { a.alloc_zeroed(layout) };
+            assert!(
+                p.is_null(),
+                "alloc_zeroed({layout:?}) returned {p:p}, not null"
+            );
+        }
+        for b in &keep {
+            // Any size that fits isize once rounded to the block's alignment.
+            for new_size in [isize::MAX as usize - 4096, 1 << 62] {
+                // SAFETY: b is live with its layout; new_size rounded up to
+                // 16 does not overflow isize.
+                let p = unsafe { a.realloc(b.ptr(), b.layout(), new_size) };
+                assert!(
+                    p.is_null(),
+                    "realloc({:p}, {}, {new_size}) returned {p:p}",
+                    b.ptr(),
+                    b.size
+                );
+                b.verify("block after a failed realloc");
+            }
+        }
+        let mut v8: Vec<u8> = Vec::new();
+        assert!(
+            v8.try_reserve(usize::MAX / 2).is_err(),
+            "Vec::<u8>::try_reserve(usize::MAX / 2) succeeded"
+        );
+        assert!(
+            v8.try_reserve_exact(isize::MAX as usize - 4096).is_err(),
+            "try_reserve_exact succeeded"
+        );
+        let mut v64: Vec<u64> = vec![1, 2, 3];
+        assert!(
+            v64.try_reserve(usize::MAX / 16).is_err(),
+            "Vec::<u64>::try_reserve succeeded"
+        );
+        assert_eq!(
+            v64,
+            [1, 2, 3],
+            "Vec kept its contents after a failed reserve"
+        );
+        let mut s = String::from("still here");
+        assert!(
+            s.try_reserve(usize::MAX / 2).is_err(),
+            "String::try_reserve succeeded"
+        );
+        assert_eq!(s, "still here");
+    }
+    // The allocator still works, here and on another thread, at every range.
+    let check_works = || {
+        let blocks: Vec<Block> = [1usize, 24, 500, 5000, 70_000, 300_000, 3 << 20]
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                Block::new(
+                    a,
+                    size,
+                    8,
+                    i as u64,
+                    i % 2 == 0,
+                    "allocation after failures",
+                )
+            })
+            .collect();
+        for b in blocks {
+            // SAFETY: allocated from a above.
+            unsafe { b.free(a, "allocation after failures") };
+        }
+        let v: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+        assert!(v.iter().enumerate().all(|(i, s)| *s == i.to_string()));
+    };
+    check_works();
+    thread::scope(|s| {
+        s.spawn(check_works);
+    });
+    for b in keep {
+        // SAFETY: allocated from a above, freed once.
+        unsafe { b.free(a, "block held across failures") };
+    }
+}
