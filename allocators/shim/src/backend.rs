@@ -27,22 +27,44 @@ use crate::stack_text::StackText;
 
 /// Not chosen yet.
 pub const UNRESOLVED: u8 = 0;
+/// heapkit's thread-caching size-class allocator (`sizeclass`).
+pub const SIZECLASS: u8 = 1;
+/// heapkit's slab allocator (`slab`).
+pub const SLAB: u8 = 2;
+/// heapkit's segregated free-list pools (`pool`).
+pub const POOL: u8 = 3;
+/// heapkit's bump allocator (`bump`; never reuses memory).
+pub const BUMP: u8 = 4;
 /// glibc malloc (`system`).
-pub const SYSTEM: u8 = 1;
+pub const SYSTEM: u8 = 5;
 /// jemalloc (`jemalloc`).
-pub const JEMALLOC: u8 = 2;
+pub const JEMALLOC: u8 = 6;
 /// mimalloc (`mimalloc`).
-pub const MIMALLOC: u8 = 3;
+pub const MIMALLOC: u8 = 7;
 
 /// Every accepted `HEAPKIT_ALLOC` value and its id, heapkit's own first.
 pub const BACKENDS: &[(&str, u8)] = &[
+    ("sizeclass", SIZECLASS),
+    ("slab", SLAB),
+    ("pool", POOL),
+    ("bump", BUMP),
     ("system", SYSTEM),
     ("jemalloc", JEMALLOC),
     ("mimalloc", MIMALLOC),
 ];
 
 /// The backend used when `HEAPKIT_ALLOC` is unset or empty.
-pub const DEFAULT: u8 = SYSTEM;
+pub const DEFAULT: u8 = SIZECLASS;
+
+/// The heapkit allocators, as `const`-initialised statics (peers are unit
+/// structs and need none).
+pub static SIZECLASS_HEAP: heapkit_sizeclass::SizeClass = heapkit_sizeclass::SizeClass::new();
+/// See [`SIZECLASS_HEAP`].
+pub static SLAB_HEAP: heapkit_slab::Slab = heapkit_slab::Slab::new();
+/// See [`SIZECLASS_HEAP`].
+pub static POOL_HEAP: heapkit_pool::Pool = heapkit_pool::Pool::new();
+/// See [`SIZECLASS_HEAP`].
+pub static BUMP_HEAP: heapkit_bump::Bump = heapkit_bump::Bump::new();
 
 /// The selected backend's id. Relaxed is enough: the id publishes no data
 /// (every backend is a `const`-initialised static).
@@ -63,6 +85,22 @@ macro_rules! with_backend {
         let mut id = $crate::backend::SELECTED.load(::core::sync::atomic::Ordering::Relaxed);
         loop {
             match id {
+                $crate::backend::SIZECLASS => {
+                    let $a = &$crate::backend::SIZECLASS_HEAP;
+                    break $body;
+                }
+                $crate::backend::SLAB => {
+                    let $a = &$crate::backend::SLAB_HEAP;
+                    break $body;
+                }
+                $crate::backend::POOL => {
+                    let $a = &$crate::backend::POOL_HEAP;
+                    break $body;
+                }
+                $crate::backend::BUMP => {
+                    let $a = &$crate::backend::BUMP_HEAP;
+                    break $body;
+                }
                 $crate::backend::SYSTEM => {
                     let $a = &$crate::system::System;
                     break $body;
