@@ -5,14 +5,20 @@
 //!   `HEAPKIT_TRACE=out.hkt` is set. It never allocates through `malloc`.
 //! - [`format`]: the versioned `.hkt` binary format, specified in its docs.
 //! - [`object_table`]: the recorder's address -> object id map.
+//! - [`Trace`] ([`reader`]): maps, decodes and validates a trace; errors
+//!   name the byte offset.
+//! - [`schedule`]: one global order of a trace's threads, which defines its
+//!   peak live bytes; [`summary`]: what `heapkit-bench trace info` prints.
 //!
 //! ```sh
 //! HEAPKIT_TRACE=out.hkt LD_PRELOAD=target/release/libheapkit.so python3 app.py
 //! ```
 
 pub mod format;
-pub mod reader;
-pub mod schedule;
-pub use reader::{Event, Object, Op, Trace, TraceError};
 pub mod object_table;
+pub mod reader;
 pub mod record;
+pub mod schedule;
+pub mod summary;
+
+pub use reader::{Event, Object, Op, Trace, TraceError};
