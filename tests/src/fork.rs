@@ -2,8 +2,10 @@
 //! allocating and freeing, the main thread forks; the child allocates and
 //! frees (including blocks that the parent's threads allocated, though those
 //! threads do not exist in the child) and `_exit`s with a status the parent
-//! checks. The child runs under `alarm`, so a child deadlocked on a lock held
-//! by a vanished thread is killed by SIGALRM and the test fails instead of
+//! checks. The child also creates threads (`pthread_create`) that free and
+//! allocate concurrently, and forks a grandchild that allocates. Child and
+//! grandchild run under `alarm`, so one deadlocked on a lock held by a
+//! vanished thread is killed by SIGALRM and the test fails instead of
 //! hanging.
 //!
 //! The child does only allocation work and libc calls: no panics, no std
@@ -32,6 +34,8 @@ mod code {
     pub const REALLOC_LOST: i32 = 31;
     pub const BAD_LAYOUT: i32 = 40;
     pub const STD_VEC: i32 = 50;
+    pub const THREAD_CREATE: i32 = 60;
+    pub const GRANDCHILD: i32 = 70;
 }
 
 fn describe(code: i32) -> &'static str {
@@ -45,13 +49,17 @@ fn describe(code: i32) -> &'static str {
         code::REALLOC_LOST => "realloc lost the block's contents",
         code::BAD_LAYOUT => "internal: bad layout",
         code::STD_VEC => "a Vec built in the child had wrong contents",
+        code::THREAD_CREATE => "pthread_create failed in the child",
+        code::GRANDCHILD => "the child's own fork failed, or its child failed or hung",
         _ => "unknown exit code",
     }
 }
 
-/// Everything the child does. Returns its exit code. Must not panic: no
+/// Allocation work in the child (on any of its threads): check and free the
+/// `inherited` blocks, then `rounds` rounds of allocating, growing and
+/// freeing patterned blocks. Returns 0 or an error code. Must not panic: no
 /// indexing, no unwrap, no formatting.
-fn child_work<A: GlobalAlloc>(a: &A, inherited: &[Block], seed: u64) -> i32 {
+fn work<A: GlobalAlloc>(a: &A, inherited: &[Block], seed: u64, rounds: usize) -> i32 {
     // Free blocks allocated by the parent's threads (which do not exist
     // here), after checking them.
     for b in inherited {
@@ -69,7 +77,7 @@ fn child_work<A: GlobalAlloc>(a: &A, inherited: &[Block], seed: u64) -> i32 {
     let mut rng = XorShift::new(seed);
     const SLOTS: usize = 64;
     let mut slots = [(core::ptr::null_mut::<u8>(), 0usize, 1usize, 0u64); SLOTS];
-    for round in 0..40 {
+    for round in 0..rounds {
         for slot in slots.iter_mut() {
             let size = mixed_size(&mut rng, round % 8 == 0);
             let align = if rng.chance(10) {
@@ -135,6 +143,106 @@ fn child_work<A: GlobalAlloc>(a: &A, inherited: &[Block], seed: u64) -> i32 {
             // SAFETY: p is live with layout; freed once.
             unsafe { a.dealloc(p, layout) };
         }
+    }
+    0
+}
+
+/// What a thread created in the child works on, and where it reports.
+struct ThreadTask<'a, A> {
+    a: &'a A,
+    inherited: &'a [Block],
+    seed: u64,
+    result: i32,
+}
+
+extern "C" fn child_thread<A: GlobalAlloc>(arg: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: arg is the &mut ThreadTask that child_work passed to
+    // pthread_create; child_work joins this thread before the task goes away
+    // and does not touch it meanwhile.
+    let task = unsafe { &mut *arg.cast::<ThreadTask<'_, A>>() };
+    task.result = work(task.a, task.inherited, task.seed, 20);
+    core::ptr::null_mut()
+}
+
+/// Everything the child does: two threads created with `pthread_create`
+/// and the child's main thread free the inherited blocks (a third each) and
+/// allocate concurrently; then the child forks a grandchild that allocates
+/// too; then a std `Vec`. Returns the exit code. Must not panic.
+fn child_work<A: GlobalAlloc + Sync>(
+    a: &A,
+    inherited: &[Block],
+    seed: u64,
+    timeout_secs: u32,
+) -> i32 {
+    let third = inherited.len() / 3 + 1;
+    let mut parts = inherited.chunks(third);
+    let mine = parts.next().unwrap_or(&[]);
+    let mut tasks = [
+        ThreadTask {
+            a,
+            inherited: parts.next().unwrap_or(&[]),
+            seed: seed + 1,
+            result: -1,
+        },
+        ThreadTask {
+            a,
+            inherited: parts.next().unwrap_or(&[]),
+            seed: seed + 2,
+            result: -1,
+        },
+    ];
+    let mut threads: [libc::pthread_t; 2] = [0; 2];
+    let mut started = 0;
+    for (task, thread) in tasks.iter_mut().zip(threads.iter_mut()) {
+        // SAFETY: thread is a valid out pointer; the task outlives the
+        // thread (joined below, before tasks is dropped).
+        let r = unsafe {
+            libc::pthread_create(
+                thread,
+                core::ptr::null(),
+                child_thread::<A>,
+                (task as *mut ThreadTask<'_, A>).cast(),
+            )
+        };
+        if r != 0 {
+            break;
+        }
+        started += 1;
+    }
+    let main_result = work(a, mine, seed, 40);
+    for thread in threads.iter().take(started) {
+        // SAFETY: a thread we created and have not joined.
+        unsafe { libc::pthread_join(*thread, core::ptr::null_mut()) };
+    }
+    if started < 2 {
+        return code::THREAD_CREATE;
+    }
+    if main_result != 0 {
+        return main_result;
+    }
+    for task in &tasks {
+        if task.result != 0 {
+            return task.result;
+        }
+    }
+    // A fork from the (now multi-threaded-born) child.
+    // SAFETY: the grandchild only runs work (allocation and libc) and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: alarm is async-signal-safe (and not inherited over fork).
+        unsafe { libc::alarm(timeout_secs) };
+        let c = work(a, &[], seed + 3, 10);
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(c) };
+    }
+    if pid < 0 {
+        return code::GRANDCHILD;
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; status is a valid out pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return code::GRANDCHILD;
     }
     // std collections in the child (allocation failure here aborts, which
     // the parent sees as a signal).
@@ -236,7 +344,7 @@ pub fn with_child_timeout<A: GlobalAlloc + Sync>(a: &A, v: Volume, timeout_secs:
                 // SAFETY: alarm and _exit are async-signal-safe libc calls.
                 unsafe {
                     libc::alarm(timeout_secs);
-                    let code = child_work(a, &inherited, f as u64);
+                    let code = child_work(a, &inherited, f as u64, timeout_secs);
                     libc::_exit(code);
                 }
             }

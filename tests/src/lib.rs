@@ -44,6 +44,7 @@ pub mod large;
 pub mod pattern;
 pub mod random;
 pub mod realloc;
+pub mod routes;
 pub mod threads;
 pub mod zeroed;
 
@@ -188,6 +189,7 @@ impl Block {
 /// quick end-to-end run; the per-allocator binaries use [`battery!`], which
 /// reports each test separately.
 pub fn run_all<A: GlobalAlloc + Sync>(a: &A, v: Volume) {
+    routes::std_and_global_alloc_agree(a, v);
     collections::vec_and_string(v);
     collections::maps(v);
     collections::deque_and_boxed_slices(v);
@@ -235,6 +237,10 @@ macro_rules! battery {
 
         const VOLUME: $crate::Volume = $volume;
 
+        #[test]
+        fn std_and_global_alloc_are_one_allocator() {
+            $crate::routes::std_and_global_alloc_agree(&$name, VOLUME)
+        }
         #[test]
         fn collections_vec_and_string() {
             $crate::collections::vec_and_string(VOLUME)

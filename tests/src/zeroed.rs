@@ -21,14 +21,14 @@ fn sizes(v: Volume) -> Vec<usize> {
     s
 }
 
-/// For each size (and alignments 1, 64, 4096): allocate a batch, dirty it
+/// For each size (and alignments 1, 64, 4096, 64 KiB): allocate a batch, dirty it
 /// with 0xAA, free it, then `alloc_zeroed` a batch and require every byte to
 /// be zero; repeated so zeroed blocks are also reused ones.
 pub fn after_dirty_frees<A: GlobalAlloc>(a: &A, v: Volume) {
     let reps = v.pick(3, 1);
     for size in sizes(v) {
         let batch = if size > 128 * 1024 { 3 } else { v.pick(24, 6) };
-        for align in [1usize, 64, 4096] {
+        for align in [1usize, 64, 4096, 65536] {
             let layout = Layout::from_size_align(size, align).expect("valid layout");
             for rep in 0..reps {
                 let dirty: Vec<*mut u8> = (0..batch)
