@@ -70,6 +70,12 @@ macro_rules! with_allocators {
                 "jemalloc 5 (tikv-jemallocator)";
             mimalloc: ::mimalloc::MiMalloc = ::mimalloc::MiMalloc,
                 "mimalloc 2 (mimalloc crate)";
+            bump: ::heapkit_bump::Bump = ::heapkit_bump::Bump::new(),
+                "heapkit bump allocator (per-thread chunks, frees only the last block)";
+            slab: ::heapkit_slab::Slab = ::heapkit_slab::Slab::new(),
+                "heapkit slab allocator (per-thread magazines, depot)";
+            pool: ::heapkit_pool::Pool = ::heapkit_pool::Pool::new(),
+                "heapkit pool allocator (segregated free lists, thread caches)";
         }
     };
 }
