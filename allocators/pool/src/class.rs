@@ -11,9 +11,9 @@
 //!   least, 1 MiB at most), so every power-of-two class, which serves
 //!   alignments above 16, is aligned by construction.
 //! - A *batch* is what moves between a thread and the global depot in one
-//!   locked operation: about 64 KiB worth of blocks, between 2 and 64.
-//! - A thread keeps at most `2 * batch` free blocks per class; a free that
-//!   would exceed it hands the oldest `batch` to the depot.
+//!   locked operation: about 64 KiB worth of blocks, between 2 and 128.
+//! - A thread keeps at most `2 * batch` free blocks per class: its list of
+//!   up to `batch` blocks and one full spare batch.
 
 use heapkit_core::size_class::{CLASS_COUNT, SIZES};
 
@@ -29,7 +29,7 @@ const BLOCKS_PER_CHUNK_TARGET: usize = 16;
 const BATCH_BYTES: usize = 64 << 10;
 /// Bounds of a batch, in blocks.
 const MIN_BATCH: usize = 2;
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 128;
 
 /// Pages of a chunk of each class (a power of two, 1..=16).
 pub const CHUNK_PAGES: [u8; CLASS_COUNT] = {
@@ -130,7 +130,7 @@ mod tests {
         for c in 0..CLASS_COUNT {
             assert!(CHUNK_PAGES[c].is_power_of_two());
             assert!(CHUNK_BLOCKS[c] as usize * block_size(c) <= chunk_bytes(c));
-            assert!(batch(c) >= 2 && batch(c) <= 64);
+            assert!(batch(c) >= 2 && batch(c) <= 128);
         }
         assert_eq!(chunk_bytes(0), PAGE);
         assert_eq!(chunk_bytes(CLASS_COUNT - 1), 1 << 20);

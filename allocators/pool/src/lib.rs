@@ -37,11 +37,11 @@
 //! Each thread has its own list per class ([`thread_cache`]): `malloc` pops,
 //! `free` pushes onto the *freeing* thread's list, whichever thread
 //! allocated the block. Neither touches an atomic. When a list of a class
-//! passes its high-water mark (two batches of about 64 KiB, 2 to 64
-//! blocks) the oldest batch goes to that class's global [`depot`]; when it is
-//! empty a batch comes back from there, or blocks are carved from the
-//! thread's current chunk, or a new chunk is cut from a segment. A thread
-//! that exits hands all of its lists to the depots.
+//! reaches a batch (about 64 KiB, 2 to 128 blocks) it becomes the thread's
+//! spare batch, and a spare already there goes to that class's global
+//! [`depot`]; when the list is empty it takes the spare, or a batch from the
+//! depot, or blocks carved from the thread's current chunk, or a new chunk
+//! cut from a segment. A thread that exits hands all of it to the depots.
 //!
 //! # Costs and trade-offs
 //!
@@ -67,7 +67,7 @@
 //!     '-- list empty --> slow::alloc
 //!            exited thread -> slow::alloc_exited (depot, one block)
 //!            ensure_init (exit key, fork handlers)
-//!            refill: Depot::pop_batch | own fresh region
+//!            refill: spare batch | Depot::pop_batch | own fresh region
 //!                    | Depot::pop_region | SegmentList::carve (CHUNKS lock)
 //!            carve_fresh -> ThreadCache::alloc (retry)
 //! Pool::allocate_zeroed(layout)
@@ -79,7 +79,8 @@
 //!   ThreadCache::free(ptr, class)            [fast: push]
 //!     '-- len >= limit --> slow::free
 //!            exited thread -> slow::free_exited (one-block batch)
-//!            first free: set limit | else Depot::push_batch(oldest batch)
+//!            first free: set limit | list -> spare, old spare ->
+//!            Depot::push_batch
 //!            -> ThreadCache::free (retry)
 //! Pool::reallocate: same class and at least half used -> in place;
 //!   large -> large stays: slow::realloc_large (mremap); else move

@@ -5,12 +5,14 @@
 //! returned by the one piece of code that keeps the list invariants.
 //!
 //! - `alloc`: the list of the class is empty. Set the thread up if needed,
-//!   then refill: a batch from the depot, else blocks carved from this
-//!   thread's fresh region, else an abandoned region, else a new chunk.
+//!   then refill: the thread's spare batch, else a batch from the depot,
+//!   else blocks carved from this thread's fresh region, else an abandoned
+//!   region, else a new chunk.
 //! - `alloc_zeroed`: as `alloc`, but a block straight from a fresh region
 //!   is returned without a memset (it was never used, so it is zero).
-//! - `free`: the list is at its limit. Set the limit on a first free, or hand
-//!   the oldest batch to the depot, then push.
+//! - `free`: the list is at its limit. Set the limit on a first free, or
+//!   make the list the spare batch (handing an older spare to the depot),
+//!   then push.
 //! - exited threads (after their exit hook ran) go through the depots
 //!   directly, one block at a time.
 //! - `alloc_large` / `free_large`: sizes above the classes, through
@@ -66,42 +68,30 @@ unsafe extern "C" fn on_thread_exit(_: *mut c_void) {
 /// its counters. Leaves every `limit` at 0 (the next free re-arms it).
 pub fn flush_all(t: &ThreadCache) {
     for class in 0..heapkit_core::size_class::CLASS_COUNT {
+        let d = depot(class);
         let cc = t.class(class);
-        let mut head = cc.head.replace(ptr::null_mut());
-        let mut len = cc.len.replace(0);
+        let head = cc.head.replace(ptr::null_mut());
+        let len = cc.len.replace(0);
         cc.limit.set(0);
-        let per_batch = batch(class);
-        while !head.is_null() && len > 0 {
-            let n = len.min(per_batch);
-            // SAFETY: the first n blocks of our list are ours.
-            let rest = unsafe { cut_after(head, n) };
-            // SAFETY: head..n blocks are a null-terminated list we give up.
-            unsafe { depot(class).push_batch(head, n) };
-            head = rest;
-            len -= n;
+        if !head.is_null() {
+            // SAFETY: our list (len <= batch blocks, null-terminated) is
+            // given up as one batch.
+            unsafe { d.push_batch(head, len) };
+        }
+        let spare = t.spare(class);
+        let head = spare.head.replace(ptr::null_mut());
+        let len = spare.len.replace(0);
+        if !head.is_null() {
+            // SAFETY: as above, for the spare batch.
+            unsafe { d.push_batch(head, len) };
         }
         let fresh = t.fresh(class);
         let cur = fresh.cur.replace(ptr::null_mut());
         let end = fresh.end.replace(ptr::null_mut());
         // SAFETY: cur..end is this thread's untouched region, given up.
-        unsafe { depot(class).push_region(cur, end) };
+        unsafe { d.push_region(cur, end) };
     }
     t.stats.flush(&STATS);
-}
-
-/// Terminates the list at `head` after `n` blocks (n >= 1) and returns the
-/// rest.
-///
-/// # Safety
-/// The list must hold at least `n` owned blocks.
-unsafe fn cut_after(head: *mut FreeBlock, n: u32) -> *mut FreeBlock {
-    let mut last = head;
-    for _ in 1..n {
-        // SAFETY: the list has at least n blocks.
-        last = unsafe { (*last).next };
-    }
-    // SAFETY: last is the n-th owned block.
-    unsafe { ptr::replace(ptr::addr_of_mut!((*last).next), ptr::null_mut()) }
 }
 
 /// Where a refill found blocks.
@@ -116,10 +106,16 @@ enum Refill {
 
 /// Refills class `class` of `t`, whose list is empty.
 fn refill(t: &ThreadCache, class: usize) -> Refill {
+    let cc = t.class(class);
+    let spare = t.spare(class);
+    if !spare.head.get().is_null() {
+        cc.head.set(spare.head.replace(ptr::null_mut()));
+        cc.len.set(spare.len.replace(0));
+        return Refill::List;
+    }
     let d = depot(class);
     let (head, n) = d.pop_batch();
     if !head.is_null() {
-        let cc = t.class(class);
         cc.head.set(head);
         cc.len.set(n);
         return Refill::List;
@@ -230,24 +226,19 @@ pub unsafe fn free(t: &ThreadCache, block: *mut u8, class: usize) {
     }
     ensure_init(t);
     let cc = t.class(class);
-    let per_batch = batch(class);
     if cc.limit.get() == 0 {
-        cc.limit.set(2 * per_batch);
+        cc.limit.set(batch(class));
     }
-    let len = cc.len.get();
-    if len >= cc.limit.get() {
-        // Keep the newest blocks (warm in cache), hand the oldest batch on.
-        let keep = len - per_batch;
-        let head = cc.head.get();
-        let old = if keep == 0 {
-            cc.head.replace(ptr::null_mut())
-        } else {
-            // SAFETY: the list holds len > keep owned blocks.
-            unsafe { cut_after(head, keep) }
-        };
-        cc.len.set(keep);
-        // SAFETY: `old` heads the remaining per_batch owned blocks.
-        unsafe { depot(class).push_batch(old, per_batch) };
+    if cc.len.get() >= cc.limit.get() {
+        // The full list becomes the spare; a spare already there goes to
+        // the depot. No list is walked.
+        let spare = t.spare(class);
+        let old = spare.head.replace(cc.head.replace(ptr::null_mut()));
+        let old_len = spare.len.replace(cc.len.replace(0));
+        if !old.is_null() {
+            // SAFETY: the old spare is a null-terminated batch of ours.
+            unsafe { depot(class).push_batch(old, old_len) };
+        }
     }
     // SAFETY: forwarded caller guarantee; len < limit now.
     unsafe { t.free(block, class) }

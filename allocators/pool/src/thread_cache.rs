@@ -52,6 +52,20 @@ pub struct ClassCache {
     pub limit: Cell<u32>,
 }
 
+/// A full batch a thread keeps beside its list (cold: slow paths only).
+///
+/// A list that reaches `limit` on a free becomes the spare (one move, no
+/// walk); an empty list on an alloc takes the spare back. Only when a second
+/// batch overflows (or the spare is missing) does a batch go to (or come
+/// from) the depot, so a thread that hovers around a batch boundary never
+/// bounces blocks through the depot, and no list is ever walked to be cut.
+pub struct SpareBatch {
+    /// First block of a null-terminated list, or null.
+    pub head: Cell<*mut FreeBlock>,
+    /// Blocks in it.
+    pub len: Cell<u32>,
+}
+
 /// The never-used tail of this thread's current chunk of a class:
 /// `cur..end`, whole blocks, all zero.
 pub struct FreshRegion {
@@ -65,6 +79,7 @@ pub struct FreshRegion {
 pub struct ThreadCache {
     classes: [ClassCache; CLASS_COUNT],
     fresh: [FreshRegion; CLASS_COUNT],
+    spare: [SpareBatch; CLASS_COUNT],
     /// Counters, flushed into [`STATS`] in batches and at exit.
     pub stats: ThreadStats,
     /// [`UNINIT`], [`INITIALIZING`], [`ACTIVE`] or [`EXITED`].
@@ -93,6 +108,12 @@ impl ThreadCache {
                     end: Cell::new(ptr::null_mut()),
                 }
             }; CLASS_COUNT],
+            spare: [const {
+                SpareBatch {
+                    head: Cell::new(ptr::null_mut()),
+                    len: Cell::new(0),
+                }
+            }; CLASS_COUNT],
             stats: ThreadStats::new(),
             state: Cell::new(UNINIT),
         }
@@ -113,6 +134,14 @@ impl ThreadCache {
         debug_assert!(class < CLASS_COUNT);
         // SAFETY: as for `class`.
         unsafe { self.fresh.get_unchecked(class) }
+    }
+
+    /// The spare batch of `class` (< CLASS_COUNT).
+    #[inline]
+    pub fn spare(&self, class: usize) -> &SpareBatch {
+        debug_assert!(class < CLASS_COUNT);
+        // SAFETY: as for `class`.
+        unsafe { self.spare.get_unchecked(class) }
     }
 
     /// Fast path of `malloc` for `class`.
