@@ -76,6 +76,8 @@ macro_rules! with_allocators {
                 "heapkit slab allocator (per-thread magazines, depot)";
             pool: ::heapkit_pool::Pool = ::heapkit_pool::Pool::new(),
                 "heapkit pool allocator (segregated free lists, thread caches)";
+            sizeclass: ::heapkit_sizeclass::SizeClass = ::heapkit_sizeclass::SizeClass::new(),
+                "heapkit size-class allocator (mimalloc-style free-list sharding, the flagship)";
         }
     };
 }

@@ -1,0 +1,2 @@
+//! Cell binary: see `heapkit_bench::cell_main!`.
+heapkit_bench::cell_main!(heapkit_sizeclass::SizeClass = heapkit_sizeclass::SizeClass::new());
