@@ -57,7 +57,7 @@ fn small_alloc_size<const WORDS: usize>(c: &mut Criterion) {
                     // SAFETY: a non-zero-size layout.
                     let p = unsafe { bump.alloc(layout) }.cast::<[u64; WORDS]>();
                     // SAFETY: p is a fresh block for the value.
-                    unsafe { p.write(black_box([i as u64; WORDS])) };
+                    unsafe { p.write([black_box(i as u64); WORDS]) };
                     p
                 },
                 |ptrs| {
@@ -76,7 +76,7 @@ fn small_alloc_size<const WORDS: usize>(c: &mut Criterion) {
             for _ in 0..iters {
                 let start = Instant::now();
                 for i in 0..BATCH {
-                    black_box(arena.alloc(black_box([i as u64; WORDS])));
+                    black_box(arena.alloc([black_box(i as u64); WORDS]));
                 }
                 total += start.elapsed();
                 arena.reset();
@@ -91,7 +91,7 @@ fn small_alloc_size<const WORDS: usize>(c: &mut Criterion) {
             for _ in 0..iters {
                 let start = Instant::now();
                 for i in 0..BATCH {
-                    black_box(bump.alloc(black_box([i as u64; WORDS])));
+                    black_box(bump.alloc([black_box(i as u64); WORDS]));
                 }
                 total += start.elapsed();
                 bump.reset();
@@ -107,7 +107,7 @@ fn small_alloc_size<const WORDS: usize>(c: &mut Criterion) {
                     // SAFETY: a non-zero-size layout.
                     let p = unsafe { System.alloc(layout) }.cast::<[u64; WORDS]>();
                     // SAFETY: p is a fresh block for the value.
-                    unsafe { p.write(black_box([i as u64; WORDS])) };
+                    unsafe { p.write([black_box(i as u64); WORDS]) };
                     p
                 },
                 |ptrs| {
@@ -188,7 +188,7 @@ fn reset_cycle(c: &mut Criterion) {
         let mut arena = Arena::new();
         b.iter(|| {
             for i in 0..N {
-                black_box(arena.alloc(black_box([i as u64; 4])));
+                black_box(arena.alloc([black_box(i as u64); 4]));
             }
             arena.reset();
         })
@@ -197,7 +197,7 @@ fn reset_cycle(c: &mut Criterion) {
         let mut bump = bumpalo::Bump::new();
         b.iter(|| {
             for i in 0..N {
-                black_box(bump.alloc(black_box([i as u64; 4])));
+                black_box(bump.alloc([black_box(i as u64); 4]));
             }
             bump.reset();
         })
@@ -210,7 +210,7 @@ fn reset_cycle(c: &mut Criterion) {
                 // SAFETY: a non-zero-size layout.
                 let p = unsafe { System.alloc(layout) }.cast::<[u64; 4]>();
                 // SAFETY: p is a fresh block for the value.
-                unsafe { p.write(black_box([i as u64; 4])) };
+                unsafe { p.write([black_box(i as u64); 4]) };
                 ptrs.push(p);
             }
             for p in ptrs.drain(..) {

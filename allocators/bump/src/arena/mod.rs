@@ -185,7 +185,23 @@ impl Arena {
     /// `std::alloc::handle_alloc_error` if the OS refuses.
     #[inline(always)]
     pub fn alloc_layout(&self, layout: Layout) -> NonNull<u8> {
-        match self.try_alloc_layout(layout) {
+        // The fast path of try_alloc_layout again, so that no Option (and no
+        // null test) survives on it.
+        let align = layout.align();
+        let p = self.cur.get().wrapping_add(align - 1) & !(align - 1);
+        let new_cur = p.wrapping_add(layout.size());
+        if new_cur > self.end.get() {
+            return self.alloc_layout_slow(layout);
+        }
+        self.cur.set(new_cur);
+        // SAFETY: p >= cur >= start of a mapped chunk, so it is not null.
+        unsafe { NonNull::new_unchecked(p as *mut u8) }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_layout_slow(&self, layout: Layout) -> NonNull<u8> {
+        match self.alloc_slow(layout) {
             Some(p) => p,
             None => std::alloc::handle_alloc_error(layout),
         }

@@ -18,11 +18,24 @@ use super::{
 
 static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
 
+/// Folds the fast-path counters of `t` into the global stats.
+#[cold]
+#[inline(never)]
+pub(super) fn flush_fast_counts(t: &ThreadHeap) {
+    GLOBAL_STATS.add(
+        t.fast_allocs.replace(0),
+        t.fast_frees.replace(0),
+        0,
+        t.fast_live.replace(0),
+    );
+}
+
 /// Serves what the current chunk cannot: a large block, or a new chunk and
 /// then the fast path again.
 #[cold]
 #[inline(never)]
 pub(super) fn allocate(t: &ThreadHeap, layout: Layout, zeroed: bool) -> *mut u8 {
+    flush_fast_counts(t);
     if !chunk_sized(layout.size(), layout.align()) {
         return allocate_large(t, layout, zeroed);
     }
@@ -111,6 +124,7 @@ fn register_thread(t: &ThreadHeap) {
 /// allocation from a later TLS destructor maps a fresh small chunk.
 unsafe extern "C" fn on_thread_exit(_value: *mut c_void) {
     THREAD.with(|t| {
+        flush_fast_counts(t);
         t.stats.flush(&GLOBAL_STATS);
         let cur = t.cur.get();
         if cur != 0 {

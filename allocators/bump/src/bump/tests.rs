@@ -337,3 +337,37 @@ fn random_operations_keep_every_block_intact() {
         }
     }
 }
+
+#[test]
+fn c_api_realloc_and_usable_size_without_layouts() {
+    use heapkit_core::capi;
+    // SAFETY: every pointer passed to capi below is null or live.
+    unsafe {
+        // An over-aligned small block lives on the large path; C's realloc
+        // passes (usable size, 16) as its layout, which looks chunk-sized.
+        let p = capi::memalign(&B, 128 << 10, 16).cast::<u8>();
+        assert_eq!(tag_of(p), SegmentTag::LARGE);
+        fill(p, 16, 7);
+        let q = capi::realloc(&B, p.cast(), 100).cast::<u8>();
+        assert!(check(q, 16, 7));
+        assert!(capi::malloc_usable_size(&B, q.cast()) >= 100);
+        capi::free(&B, q.cast());
+
+        let mut r = capi::malloc(&B, 1).cast::<u8>();
+        fill(r, 1, 3);
+        let mut filled = 1;
+        for size in [10, 100, 1000, 100_000, 1 << 20, 50, 3] {
+            r = capi::realloc(&B, r.cast(), size).cast::<u8>();
+            assert!(!r.is_null());
+            assert_eq!(r as usize % 16, 0);
+            assert!(check(r, filled.min(size), 3), "size {size}");
+            assert!(capi::malloc_usable_size(&B, r.cast()) >= size);
+            filled = size.min(5000);
+            fill(r, filled, 3);
+        }
+        let z = capi::calloc(&B, 100, 10).cast::<u8>();
+        assert!((0..1000).all(|i| *z.add(i) == 0));
+        capi::free(&B, z.cast());
+        capi::free(&B, r.cast());
+    }
+}
