@@ -9,7 +9,7 @@
 //! Allocation prefers the partial slab at the head of its list, then an
 //! empty slab, then a new slab from [`crate::segment`]. A slab whose last
 //! object comes back moves to the empty list; the empty list keeps at most
-//! one slab in eight of the cache's working slabs (the hysteresis that stops
+//! one slab in four of the cache's working slabs (the hysteresis that stops
 //! a program oscillating around a slab boundary from purging and faulting
 //! the same memory over and over), and the rest are purged and their chunks
 //! returned to their segment.
@@ -219,7 +219,7 @@ impl Cache {
                     }
                 }
             }
-            let keep = (st.partial.len + st.full.len) / 8;
+            let keep = (st.partial.len + st.full.len) / 4;
             while st.empty.len > keep && n_release < RELEASE_BATCH {
                 let s = st.empty.head;
                 // SAFETY: the empty list is non-empty.

@@ -23,10 +23,13 @@
 //!   one magazine per 64 small objects under one uncontended lock).
 //! - **Returning memory.** The depot keeps full magazines only while some
 //!   thread allocates from them, so a program that frees everything sends the
-//!   objects back to their slabs; empty slabs beyond one in eight of a
+//!   objects back to their slabs; empty slabs beyond one in four of a
 //!   cache's working set are purged (`MADV_DONTNEED`) and their chunks
 //!   returned to the segment, and segments with no slab left are unmapped
 //!   (one spare kept). Exited threads hand their magazines back.
+//!
+//! Large blocks are purged when freed (core's block cache then only saves
+//! the `mmap`/`munmap` calls, not the page faults).
 //!
 //! Costs: a thread pins up to two magazines per size class it uses (at most
 //! 64 objects or 8 KiB each), and an object sitting in a magazine keeps its
@@ -88,7 +91,7 @@ use core::ptr;
 
 use heapkit_core::segment::{segment_of, SegmentTag};
 use heapkit_core::size_class::class_for;
-use heapkit_core::{large, HeapAlloc, Stats};
+use heapkit_core::{large, os, HeapAlloc, Stats};
 
 pub use cache::CacheCensus;
 pub use magazine::MAGAZINE_SLOTS;
@@ -251,6 +254,29 @@ impl Slab {
         });
     }
 
+    /// Frees a large block. Its pages are purged first: core's block cache
+    /// still saves the `mmap`/`munmap` pair when a similar block is
+    /// allocated again, but a freed large block never stays resident.
+    ///
+    /// # Safety
+    /// `ptr` must be a live large block.
+    unsafe fn free_large(ptr: *mut u8) {
+        // SAFETY: a live large block (caller).
+        let usable = unsafe { large::usable_size(ptr) };
+        Self::count_large(false, usable);
+        let page = os::page_size();
+        let start = (ptr as usize).next_multiple_of(page);
+        let end = ptr as usize + usable;
+        if end > start {
+            // SAFETY: start..end are whole pages of the block's own mapping
+            // (its end is page-aligned), whose contents are dead; the header
+            // before ptr is untouched.
+            unsafe { os::purge(start as *mut u8, end - start) };
+        }
+        // SAFETY: a live large block (caller).
+        unsafe { large::free(ptr) };
+    }
+
     fn allocate_large(layout: Layout, zeroed: bool) -> *mut u8 {
         let p = large::allocate(layout, zeroed);
         if !p.is_null() {
@@ -311,10 +337,7 @@ unsafe impl HeapAlloc for Slab {
             Some(c) => unsafe { Self::free_small(c, ptr) },
             None => {
                 // SAFETY: a live large block.
-                unsafe {
-                    Self::count_large(false, large::usable_size(ptr));
-                    large::free(ptr);
-                }
+                unsafe { Self::free_large(ptr) }
             }
         }
     }

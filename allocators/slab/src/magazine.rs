@@ -32,8 +32,10 @@ pub const MAGAZINE_SLOTS: usize = 64;
 const MAGAZINE_BYTES: usize = 8 << 10;
 /// Empty magazines a depot keeps (more go back to the magazine cache).
 const DEPOT_EMPTY_MAX: usize = 16;
-/// Full magazines a depot may keep, by bytes of objects.
-const DEPOT_FULL_BYTES: usize = 256 << 10;
+/// Full magazines a depot may keep, by bytes of objects (at least 1, at
+/// most 8 magazines): enough to buffer a producer/consumer exchange, small
+/// enough that a program that stops allocating gets its memory back.
+const DEPOT_FULL_BYTES: usize = 16 << 10;
 
 /// A LIFO of free objects of one cache.
 ///
@@ -74,7 +76,7 @@ pub fn capacity_of(c: usize) -> usize {
 /// Full magazines the depot of cache `c` may hold at most.
 fn full_max(c: usize) -> usize {
     let bytes = capacity_of(c) * layout(c).size;
-    (DEPOT_FULL_BYTES / bytes).clamp(1, 64)
+    (DEPOT_FULL_BYTES / bytes).clamp(1, 8)
 }
 
 struct DepotLists {

@@ -9,10 +9,11 @@
 //!
 //! Free, loaded magazine full:
 //! 1. previous magazine empty → swap;
-//! 2. else (previous full) offer it to the depot; if refused, drain it into
-//!    the slabs; then the full loaded magazine becomes previous and an
-//!    empty one (the drained one, or one from the depot or magazine cache)
-//!    is loaded.
+//! 2. else (previous full) offer it to the depot; if the depot refuses
+//!    (nobody has been allocating this class: a freeing phase), drain both
+//!    magazines into the slabs so that their slabs can empty; otherwise the
+//!    full loaded magazine becomes previous and an empty one (from the
+//!    depot or the magazine cache) is loaded.
 //!
 //! A thread without magazines ([`thread::INIT`], [`thread::DONE`]) or
 //! without memory for one uses the slabs directly, one object per lock.
@@ -111,7 +112,13 @@ pub unsafe fn free(t: &ThreadCache, c: usize, p: *mut u8) {
             if kept {
                 prev = ptr::null_mut();
             } else {
+                // Nobody is allocating this class: a freeing phase. Send
+                // both magazines' objects home so their slabs can empty.
                 heap::drain(c, prev);
+                heap::drain(c, loaded);
+                slot.prev.set(prev);
+                slot.load(loaded, cap);
+                return Slab::free_small(c, p);
             }
         }
         let empty = if prev.is_null() {
