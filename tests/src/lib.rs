@@ -198,6 +198,7 @@ pub fn run_all<A: GlobalAlloc + Sync>(a: &A, v: Volume) {
     zeroed::after_dirty_frees(a, v);
     zeroed::after_dirty_frees(&Std, v);
     zeroed::vec_macro(v);
+    zeroed::across_purges(a, v);
     realloc::grow_and_shrink(a, v);
     realloc::grow_and_shrink(&Std, v);
     realloc::jumps_across_boundaries(a, v);
@@ -272,6 +273,10 @@ macro_rules! battery {
         #[test]
         fn zeroed_vec_macro() {
             $crate::zeroed::vec_macro(VOLUME)
+        }
+        #[test]
+        fn zeroed_across_decay_purges() {
+            $crate::zeroed::across_purges(&$name, VOLUME)
         }
         #[test]
         fn realloc_grow_and_shrink_global_alloc() {

@@ -13,6 +13,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
+use std::time::Duration;
 
 use crate::pattern::{assert_aligned, check_range, fill_range, first_nonzero, XorShift};
 use crate::{Block, Volume};
@@ -88,6 +89,10 @@ fn walk<A: GlobalAlloc>(
     let cap = v.pick(1500, 400);
     let mut live: Vec<Block> = Vec::new();
     for op in 0..ops {
+        if op % 8192 == 8191 {
+            // Let time-based decay purge free pages while blocks stay live.
+            thread::sleep(Duration::from_millis(25));
+        }
         let roll = rng.below(100);
         let must_free = live.len() >= cap;
         if !must_free && (live.is_empty() || roll < 40) {
@@ -186,15 +191,15 @@ pub fn single_thread<A: GlobalAlloc>(a: &A, v: Volume) {
     }
 }
 
-/// Four threads walking at once, sharing the interval map and passing blocks
+/// Six threads walking at once, sharing the interval map and passing blocks
 /// to each other through an exchange; what is left in the exchange is freed
 /// by the main thread.
 pub fn multi_thread<A: GlobalAlloc + Sync>(a: &A, v: Volume) {
     let ranges = Mutex::new(Ranges::default());
     let exchange: Mutex<Vec<Block>> = Mutex::new(Vec::new());
-    let ops = v.pick(50_000, 8_000);
+    let ops = v.pick(35_000, 6_000);
     thread::scope(|s| {
-        let walkers: Vec<_> = (0..4u64)
+        let walkers: Vec<_> = (0..6u64)
             .map(|t| {
                 let (ranges, exchange) = (&ranges, &exchange);
                 s.spawn(move || walk(a, v, 1000 + t, ops, ranges, Some(exchange)))

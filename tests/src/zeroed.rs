@@ -4,8 +4,13 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 
+use std::thread;
+use std::time::Duration;
+
 use crate::pattern::first_nonzero;
-use crate::Volume;
+use crate::pattern::XorShift;
+use crate::threads::mixed_size;
+use crate::{Block, Volume};
 
 fn sizes(v: Volume) -> Vec<usize> {
     let mut s: Vec<usize> = (1..=64).collect();
@@ -100,5 +105,89 @@ pub fn vec_macro(v: Volume) {
                 size / 8 + 1
             );
         }
+    }
+}
+
+/// Long enough for time-based decay (pages free for some tens of
+/// milliseconds purged with `MADV_DONTNEED`) to run between phases.
+const DECAY_PAUSE: Duration = Duration::from_millis(45);
+
+/// Zeroing and purging across pauses: a set of patterned blocks stays live
+/// throughout (a purge that touched a page in use would wipe them); in each
+/// cycle, a batch is dirtied and freed, the test pauses so free pages decay,
+/// the same sizes are allocated again (plain) and dirtied and freed, it
+/// pauses again, and finally `alloc_zeroed` of those sizes must be all zero.
+/// Catches an allocator that marks a purged page as zero and keeps believing
+/// it after the page was reused and written.
+pub fn across_purges<A: GlobalAlloc>(a: &A, v: Volume) {
+    let mut rng = XorShift::new(0x9A9A);
+    let keep: Vec<Block> = (0..300)
+        .map(|_| {
+            let size = mixed_size(&mut rng, false);
+            Block::new(
+                a,
+                size,
+                8,
+                rng.next(),
+                false,
+                "block kept live across purges",
+            )
+        })
+        .collect();
+    for cycle in 0..v.pick(5, 2) {
+        let sizes: Vec<usize> = (0..v.pick(400, 150))
+            .map(|_| mixed_size(&mut rng, true))
+            .collect();
+        let dirty_round = |fill: u8| {
+            let blocks: Vec<(*mut u8, Layout)> = sizes
+                .iter()
+                .map(|&size| {
+                    let layout = Layout::from_size_align(size, 16).expect("valid");
+                    // SAFETY: non-zero size.
+                    let p = unsafe { a.alloc(layout) };
+                    assert!(!p.is_null(), "alloc({layout:?}) returned null");
+                    // SAFETY: p is live for size bytes.
+                    unsafe { p.write_bytes(fill, size) };
+                    (p, layout)
+                })
+                .collect();
+            for (p, layout) in blocks {
+                // SAFETY: live with layout.
+                unsafe { a.dealloc(p, layout) };
+            }
+        };
+        dirty_round(0xAA);
+        thread::sleep(DECAY_PAUSE);
+        dirty_round(0xBB);
+        thread::sleep(DECAY_PAUSE);
+        let zeroed: Vec<(*mut u8, Layout)> = sizes
+            .iter()
+            .map(|&size| {
+                let layout = Layout::from_size_align(size, 16).expect("valid");
+                // SAFETY: non-zero size.
+                let p = unsafe { a.alloc_zeroed(layout) };
+                assert!(!p.is_null(), "alloc_zeroed({layout:?}) returned null");
+                // SAFETY: p is live for size bytes.
+                if let Some(at) = unsafe { first_nonzero(p, size) } {
+                    panic!(
+                        "cycle {cycle}: alloc_zeroed({layout:?}) = {p:p} has a non-zero byte {at} = {:#x} after dirty frees and a decay pause",
+                        // SAFETY: at < size.
+                        unsafe { p.add(at).read() }
+                    );
+                }
+                (p, layout)
+            })
+            .collect();
+        for (p, layout) in zeroed {
+            // SAFETY: live with layout.
+            unsafe { a.dealloc(p, layout) };
+        }
+        for b in &keep {
+            b.verify("block kept live across purges");
+        }
+    }
+    for b in keep {
+        // SAFETY: allocated from a above; freed once.
+        unsafe { b.free(a, "block kept live across purges") };
     }
 }

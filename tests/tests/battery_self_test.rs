@@ -93,6 +93,9 @@ fn zeroed_test_catches_dirty_zeroed_memory() {
     must_fail("non-zero", || {
         heapkit_tests::zeroed::after_dirty_frees(&NotZeroing, Volume::Light)
     });
+    must_fail("non-zero", || {
+        heapkit_tests::zeroed::across_purges(&NotZeroing, Volume::Light)
+    });
 }
 
 /// realloc that drops the last byte when it moves a block.
