@@ -1,5 +1,31 @@
 //! heapkit-bench: measure allocators on the same work, in one run.
 //!
+//! # Commands
+//!
+//! ```sh
+//! cargo run --release -p heapkit-bench -- run --quick   # whole matrix, < 5 min on 2 cores
+//! cargo run --release -p heapkit-bench -- run --full    # threads 1,2,4,8, 2x work, 5 repetitions
+//! heapkit-bench run --allocators system,sizeclass --workloads larson,churn --threads 1,8
+//! heapkit-bench compare reports/A/results.json reports/B   # what moved beyond the noise
+//! heapkit-bench list                                       # allocators and workloads
+//! cargo bench -p heapkit-bench                             # criterion micro-benchmarks
+//! ```
+//!
+//! `run` writes `reports/<name>/` (default name `<preset>-<UTC date-time>`, or
+//! `--name`, under `--out`): `results.json` (every raw sample, the machine, the
+//! configuration), `REPORT.md` (tables with ratios to `--baseline`, default
+//! `system`) and SVG charts. Presets:
+//!
+//! | preset | threads (multi-threaded workloads) | work scale | repetitions |
+//! |---|---|---|---|
+//! | `--quick` (default) | 1, 4 | 1.0 (each cell about 0.1–0.3 s) | 3 |
+//! | `--full` | 1, 2, 4, 8 | 2.0 | 5 |
+//!
+//! `--threads`, `--scale`, `--repetitions` override a preset (the report then
+//! says `custom`). Workloads: [`workloads`]; latency and memory measurement:
+//! [`measure`]; derived numbers: [`report::summary`]; noise rule of `compare`:
+//! [`stats::classify_change`].
+//!
 //! # How the pieces fit
 //!
 //! ```text

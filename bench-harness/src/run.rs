@@ -49,7 +49,7 @@ pub struct RunArgs {
     /// Allocator the ratios are relative to.
     #[arg(long, default_value = "system")]
     pub baseline: String,
-    /// Report directory name under --out (default: <preset>-<UTC date-time>).
+    /// Report directory name under --out (default: `<preset>-<UTC date-time>`).
     #[arg(long)]
     pub name: Option<String>,
     /// Parent directory of report directories.

@@ -114,10 +114,10 @@ fn draw(
     }
     if log_y {
         let lo = (min.max(1e-9) / 1.5).min(max / 4.0);
-        let mut chart = builder.build_cartesian_2d(0f64..n, (lo..max * 2.0).log_scale())?;
+        let mut chart = builder.build_cartesian_2d(0f64..n, (lo..max * 6.0).log_scale())?;
         bars!(chart, lo);
     } else {
-        let mut chart = builder.build_cartesian_2d(0f64..n, 0f64..max * 1.15)?;
+        let mut chart = builder.build_cartesian_2d(0f64..n, 0f64..max * 1.4)?;
         bars!(chart, 0.0);
     }
     root.present()?;
