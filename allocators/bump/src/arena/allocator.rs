@@ -11,11 +11,12 @@ use core::ptr::{self, NonNull};
 
 use allocator_api2::alloc::{AllocError, Allocator};
 
-use super::Arena;
+use super::{round_to_word, Arena};
 
 impl Arena {
-    /// Moves the bump pointer to `new_end` if `ptr..ptr+old_size` is the
-    /// most recent allocation, `ptr` suits `align` and `new_end` fits.
+    /// Moves the bump pointer to the end of `ptr..ptr+new_size` if
+    /// `ptr..ptr+old_size` is the most recent allocation, `ptr` suits
+    /// `align` and the new end fits the chunk.
     #[inline]
     fn resize_last(
         &self,
@@ -24,6 +25,8 @@ impl Arena {
         new_size: usize,
         align: usize,
     ) -> bool {
+        // Blocks occupy whole words (see Arena::bump_target).
+        let (old_size, new_size) = (round_to_word(old_size), round_to_word(new_size));
         let p = ptr.as_ptr() as usize;
         let cur = self.cur.get();
         if p.wrapping_add(old_size) != cur || p & (align - 1) != 0 || new_size > self.end.get() - p
@@ -63,7 +66,7 @@ unsafe impl Allocator for &Arena {
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         let p = ptr.as_ptr() as usize;
         let cur = self.cur.get();
-        if p.wrapping_add(layout.size()) == cur {
+        if p.wrapping_add(round_to_word(layout.size())) == cur {
             self.cur.set(p);
             if cur > self.dirty_until.get() {
                 self.dirty_until.set(cur);

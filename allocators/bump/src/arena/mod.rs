@@ -90,6 +90,17 @@ use core::ptr::{self, NonNull};
 
 use chunk::Chunk;
 
+/// Blocks occupy whole words of this size, so the bump pointer stays
+/// aligned to it.
+const WORD: usize = 8;
+
+/// `size` rounded up to a multiple of [`WORD`]. No overflow: sizes from a
+/// Layout are at most isize::MAX.
+#[inline(always)]
+const fn round_to_word(size: usize) -> usize {
+    size.wrapping_add(WORD - 1) & !(WORD - 1)
+}
+
 /// Usable bytes of an arena's first chunk (about; rounded to pages).
 pub const FIRST_CHUNK: usize = 16 << 10;
 /// Chunks stop doubling at this size (bigger requests still get a chunk of
@@ -122,7 +133,8 @@ pub struct Arena {
 }
 // Invariants: with no chunk, cur == 1 and end == 0 (the sentinel: every
 // request fails the fit test, no null check needed); otherwise
-// start(chunk) <= cur <= end == chunk::end(chunk). Every address handed out
+// start(chunk) <= cur <= end == chunk::end(chunk) and cur is WORD-aligned
+// (chunk starts are 16-aligned and every block is a whole number of words). Every address handed out
 // is below cur or in an older chunk.
 
 // SAFETY: the arena exclusively owns its chunks; values in it are never
@@ -168,11 +180,7 @@ impl Arena {
     /// Allocates memory for `layout`, or `None` if the OS refuses.
     #[inline(always)]
     pub fn try_alloc_layout(&self, layout: Layout) -> Option<NonNull<u8>> {
-        let align = layout.align();
-        // No overflow: cur is a user-space address (< 2^47) or 1, and a
-        // Layout keeps size + align - 1 <= isize::MAX.
-        let p = self.cur.get().wrapping_add(align - 1) & !(align - 1);
-        let new_cur = p.wrapping_add(layout.size());
+        let (p, new_cur) = self.bump_target(layout);
         if new_cur > self.end.get() {
             return self.alloc_slow(layout);
         }
@@ -187,15 +195,29 @@ impl Arena {
     pub fn alloc_layout(&self, layout: Layout) -> NonNull<u8> {
         // The fast path of try_alloc_layout again, so that no Option (and no
         // null test) survives on it.
-        let align = layout.align();
-        let p = self.cur.get().wrapping_add(align - 1) & !(align - 1);
-        let new_cur = p.wrapping_add(layout.size());
+        let (p, new_cur) = self.bump_target(layout);
         if new_cur > self.end.get() {
             return self.alloc_layout_slow(layout);
         }
         self.cur.set(new_cur);
         // SAFETY: p >= cur >= start of a mapped chunk, so it is not null.
         unsafe { NonNull::new_unchecked(p as *mut u8) }
+    }
+
+    /// Where a block for `layout` would start and where the bump pointer
+    /// would move. No overflow: cur is a user-space address (< 2^47) or 1,
+    /// and a Layout keeps size + align - 1 <= isize::MAX. cur is 8-aligned
+    /// (sizes round up to words), so alignments up to 8 cost nothing.
+    #[inline(always)]
+    fn bump_target(&self, layout: Layout) -> (usize, usize) {
+        let cur = self.cur.get();
+        let align = layout.align();
+        let p = if align <= WORD {
+            cur
+        } else {
+            cur.wrapping_add(align - 1) & !(align - 1)
+        };
+        (p, p.wrapping_add(round_to_word(layout.size())))
     }
 
     #[cold]
@@ -419,7 +441,7 @@ impl Arena {
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self, layout: Layout) -> Option<NonNull<u8>> {
-        let wanted = layout.size().checked_add(layout.align())?;
+        let wanted = round_to_word(layout.size()).checked_add(layout.align())?;
         let usable = self.next_chunk.get().max(wanted);
         let old = self.chunk.get();
         let new = chunk::map(usable, old);

@@ -49,7 +49,9 @@
 //! - Every block carries an 8-byte header holding its size, so that C's
 //!   `free`/`realloc`/`malloc_usable_size` work without a layout; blocks are
 //!   at least 8-aligned. A 16-byte C allocation thus takes 32 bytes, a Rust
-//!   `Box<u64>` 16. This is the price of a layout-free `usable_size`.
+//!   `Box<u64>` 16, a 1-byte one 16 (sizes round up to words, which keeps
+//!   the bump pointer aligned and the common alignments free). This is the
+//!   price of a layout-free `usable_size`.
 //! - Zeroed allocations from memory that no allocation has touched yet (fresh
 //!   OS pages) are not memset; only the part below the thread's
 //!   `dirty_until` mark (bytes handed out before and then freed or shrunk
@@ -146,8 +148,9 @@ struct ChunkHeader {
 ///   `end`) masks to that chunk's segment.
 /// - Every byte in `[max(cur, dirty_until), end)` is zero (never handed out
 ///   since the chunk was mapped).
-/// - Every block `p` handed out from a chunk has its size at `p - HEADER`,
-///   and `p` is 8-aligned.
+/// - `cur` is 8-aligned; every block `p` handed out from a chunk is
+///   8-aligned, occupies a whole number of words and has that size (its
+///   usable size) at `p - HEADER`.
 /// - A block `p` of size `s` is this thread's last block iff
 ///   `p + s == cur`; moving `cur` back to `p - HEADER` frees it.
 pub(crate) struct ThreadHeap {
@@ -223,15 +226,16 @@ impl Bump {
     /// The fast path: bump within the current chunk or go slow.
     #[inline(always)]
     fn allocate_in(t: &ThreadHeap, layout: Layout, zeroed: bool) -> *mut u8 {
-        let align = if layout.align() < HEADER {
-            HEADER
-        } else {
-            layout.align()
-        };
-        let size = layout.size();
+        let size = round_to_word(layout.size());
+        let cur = t.cur.get();
         // No overflow: cur and end are user-space addresses (< 2^47) or 0,
-        // and a Layout keeps size + align - 1 <= isize::MAX.
-        let p = t.cur.get().wrapping_add(HEADER + align - 1) & !(align - 1);
+        // and a Layout keeps size + align - 1 <= isize::MAX. cur is always
+        // 8-aligned, so the usual alignments cost no rounding at all.
+        let p = if layout.align() <= HEADER {
+            cur.wrapping_add(HEADER)
+        } else {
+            cur.wrapping_add(HEADER + layout.align() - 1) & !(layout.align() - 1)
+        };
         let new_cur = p.wrapping_add(size);
         if new_cur > t.end.get() {
             return slow::allocate(t, layout, zeroed);
@@ -259,6 +263,7 @@ impl Bump {
     /// if it is this thread's last block.
     #[inline(always)]
     fn free_in(t: &ThreadHeap, ptr: *mut u8, size: usize) {
+        let size = round_to_word(size);
         let p = ptr as usize;
         let cur = t.cur.get();
         if p.wrapping_add(size) == cur {
@@ -285,7 +290,16 @@ impl Bump {
     }
 }
 
-/// The size header of chunk block `ptr`.
+/// `size` rounded up to a multiple of 8: chunk blocks occupy whole words,
+/// which keeps the bump pointer 8-aligned. No overflow: sizes from a Layout
+/// are at most isize::MAX.
+#[inline(always)]
+const fn round_to_word(size: usize) -> usize {
+    size.wrapping_add(HEADER - 1) & !(HEADER - 1)
+}
+
+/// The size header of chunk block `ptr` (its size rounded to words: the
+/// usable size).
 ///
 /// # Safety
 /// `ptr` must be a live chunk block.
@@ -363,22 +377,23 @@ unsafe impl HeapAlloc for Bump {
                 // SAFETY: a live chunk block.
                 let old = unsafe { header_size(ptr) };
                 let cur = t.cur.get();
-                if p.wrapping_add(old) == cur && new_size <= t.end.get().wrapping_sub(p) {
+                let new_words = round_to_word(new_size);
+                if p.wrapping_add(old) == cur && new_words <= t.end.get().wrapping_sub(p) {
                     // The last block: move the bump pointer with it.
-                    let new_cur = p + new_size;
+                    let new_cur = p + new_words;
                     t.cur.set(new_cur);
                     if new_cur < cur && cur > t.dirty_until.get() {
                         t.dirty_until.set(cur);
                     }
-                } else if new_size > old {
+                } else if new_words > old {
                     return false;
                 }
                 // Shrinking a block that is not last keeps it where it is;
                 // the header shrinks so C's realloc copies no more than
                 // requested, and usable_size stays truthful.
                 // SAFETY: a live chunk block; its header is ours to update.
-                unsafe { ptr.sub(HEADER).cast::<usize>().write(new_size) };
-                t.stats.on_realloc(&GLOBAL_STATS, old, new_size);
+                unsafe { ptr.sub(HEADER).cast::<usize>().write(new_words) };
+                t.stats.on_realloc(&GLOBAL_STATS, old, new_words);
                 true
             });
             if in_place {

@@ -179,7 +179,7 @@ fn large_blocks_realloc_and_move_back_to_chunks() {
         let r = B.reallocate(q, layout(4 << 20, 16), 100);
         assert_eq!(tag_of(r), SegmentTag::BUMP);
         assert!(check(r, 100, 9));
-        assert_eq!(B.usable_size(r), 100);
+        assert_eq!(B.usable_size(r), 104);
         B.deallocate(r, layout(100, 16));
     }
 }
@@ -369,5 +369,39 @@ fn c_api_realloc_and_usable_size_without_layouts() {
         assert!((0..1000).all(|i| *z.add(i) == 0));
         capi::free(&B, z.cast());
         capi::free(&B, r.cast());
+    }
+}
+
+#[test]
+fn header_costs_one_word_per_block() {
+    // Consecutive blocks of one thread: size + 8-byte header, rounded to the
+    // alignment (at least 8).
+    for (size, align, stride) in [
+        (8, 8, 16),
+        (24, 8, 32),
+        (16, 16, 32),
+        (1, 1, 16),
+        (64, 16, 80),
+    ] {
+        let l = layout(size, align);
+        let a = B.allocate(l);
+        let b = B.allocate(l);
+        let c = B.allocate(l);
+        // (`a` may have ended a chunk; `b` and `c` share one: each refill
+        // makes room for at least the block it serves.)
+        if b as usize - a as usize != stride {
+            let d = B.allocate(l);
+            assert_eq!(d as usize - c as usize, stride, "size {size} align {align}");
+            // SAFETY: d is live.
+            unsafe { B.deallocate(d, l) };
+        } else {
+            assert_eq!(c as usize - b as usize, stride, "size {size} align {align}");
+        }
+        // SAFETY: live blocks, freed newest first.
+        unsafe {
+            B.deallocate(c, l);
+            B.deallocate(b, l);
+            B.deallocate(a, l);
+        }
     }
 }
