@@ -61,6 +61,9 @@
 //! fork ─ slow::before_fork / after_fork_parent / after_fork_child (orphans abandoned)
 //! ```
 
+// Under loom only the remote-free protocol is compiled (and modelled).
+#![cfg_attr(loom, allow(dead_code))]
+
 #[cfg(not(loom))]
 mod alloc_impl;
 #[cfg(not(loom))]

@@ -228,12 +228,16 @@ mod loom_tests {
     /// neither a bit nor a pending owner pass").
     #[test]
     fn loom_remote_free_push_and_collect() {
-        loom::model(|| {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
             let shared = Arc::new(Shared {
                 stack: ThreadFree::new(),
                 pending: PendingPages::new(),
             });
             let blocks: Vec<usize> = (0..3).map(|_| block()).collect();
+            // Freer 0 pushes two blocks (the second onto a non-empty or a
+            // just-taken stack), freer 1 one.
             let mut handles = Vec::new();
             for chunk in [&blocks[0..2], &blocks[2..3]] {
                 let s = shared.clone();
@@ -245,14 +249,19 @@ mod loom_tests {
                     }
                 }));
             }
-            // The owner: one pass of "take the mask, then the stack".
-            let mut seen = Vec::new();
-            let bits = shared.pending.take();
-            drain(shared.stack.take_all(), &mut seen);
-            let owner_pass_saw_bit = bits != 0;
+            // The owner, on its own thread: one pass of "take the mask, then
+            // the stack".
+            let s = shared.clone();
+            let owner = thread::spawn(move || {
+                let mut seen = Vec::new();
+                let bits = s.pending.take();
+                drain(s.stack.take_all(), &mut seen);
+                (seen, bits != 0)
+            });
             for h in handles {
                 h.join().unwrap();
             }
+            let (mut seen, owner_pass_saw_bit) = owner.join().unwrap();
             // After every freer finished: whatever is left is announced.
             let left = shared.stack.is_pending();
             let bits_after = shared.pending.take();

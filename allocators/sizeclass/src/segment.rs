@@ -455,3 +455,65 @@ pub(crate) fn after_fork_child(survivor: u64) {
     }
     ABANDONED_COUNT.fetch_add(n, Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heapkit_core::size_class::{class_of, SIZES};
+
+    #[test]
+    fn every_class_fits_at_least_eight_blocks_in_a_page_of_its_kind() {
+        for c in 0..CLASS_COUNT {
+            let page = 1usize << PAGE_SHIFT[KIND_OF[c] as usize];
+            let size = SIZES[c] as usize;
+            // Page 0 loses the header (rounded to the block's power of two).
+            let pow2 = size & size.wrapping_neg();
+            let first = page.min(SEGMENT_ALIGN) - ((HEADER_BYTES + pow2 - 1) & !(pow2 - 1));
+            assert!(page / size >= 8, "class {c} ({size})");
+            assert!(first / size >= 6, "class {c} ({size}) in page 0");
+            assert!(size <= u32::MAX as usize);
+        }
+        assert_eq!(KIND_OF[class_of(8 << 10)], 0);
+        assert_eq!(KIND_OF[class_of((8 << 10) + 1)], 1);
+        assert_eq!(KIND_OF[class_of(64 << 10)], 1);
+        assert_eq!(KIND_OF[class_of(256 << 10)], 2);
+    }
+
+    #[test]
+    fn spans_tile_the_segment_and_align_power_of_two_blocks() {
+        for kind in 0..KINDS {
+            let seg = acquire(kind, 42);
+            assert!(!seg.is_null());
+            // SAFETY: seg is ours until released below.
+            unsafe {
+                assert_eq!((*seg).tag, SegmentTag::SIZECLASS);
+                let count = (*seg).page_count as usize;
+                assert_eq!(count << (*seg).page_shift, SEGMENT_ALIGN);
+                for shift in 4..=18 {
+                    let size = 1usize << shift;
+                    if KIND_OF[class_of(size)] as usize != kind {
+                        continue;
+                    }
+                    for i in 0..count {
+                        let (start, len) = Segment::span(seg, i, size);
+                        assert_eq!(start as usize % size, 0, "kind {kind} page {i} size {size}");
+                        assert!(start as usize >= seg as usize + HEADER_BYTES);
+                        let end = start as usize + len;
+                        assert_eq!(end, seg as usize + ((i + 1) << (*seg).page_shift));
+                        // Every byte of the span maps back to page i.
+                        assert_eq!(Segment::page_of(seg, start), Segment::page(seg, i));
+                        assert_eq!(
+                            Segment::page_of(seg, (end - 1) as *mut u8),
+                            Segment::page(seg, i)
+                        );
+                    }
+                }
+                assert_eq!(Segment::find_free_page(seg), Some(0));
+                (*seg).used_pages = (*seg).page_count;
+                assert_eq!(Segment::find_free_page(seg), None);
+                (*seg).used_pages = 0;
+                release(seg);
+            }
+        }
+    }
+}
