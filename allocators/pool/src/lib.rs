@@ -235,7 +235,12 @@ unsafe impl HeapAlloc for Pool {
     }
 
     fn stats(&self) -> Stats {
-        CACHE.with(|t| STATS.snapshot(Some(&t.stats)))
+        CACHE.with(|t| {
+            if t.state.get() != thread_cache::EXITED {
+                t.flush_counts();
+            }
+            STATS.snapshot(None)
+        })
     }
 }
 

@@ -77,6 +77,7 @@ pub fn flush_all(t: &ThreadCache) {
             // SAFETY: our list (len <= batch blocks, null-terminated) is
             // given up as one batch.
             unsafe { d.push_batch(head, len) };
+            t.moved_out(class, len);
         }
         let spare = t.spare(class);
         let head = spare.head.replace(ptr::null_mut());
@@ -84,6 +85,7 @@ pub fn flush_all(t: &ThreadCache) {
         if !head.is_null() {
             // SAFETY: as above, for the spare batch.
             unsafe { d.push_batch(head, len) };
+            t.moved_out(class, len);
         }
         let fresh = t.fresh(class);
         let cur = fresh.cur.replace(ptr::null_mut());
@@ -91,7 +93,7 @@ pub fn flush_all(t: &ThreadCache) {
         // SAFETY: cur..end is this thread's untouched region, given up.
         unsafe { d.push_region(cur, end) };
     }
-    t.stats.flush(&STATS);
+    t.flush_counts();
 }
 
 /// Where a refill found blocks.
@@ -118,6 +120,7 @@ fn refill(t: &ThreadCache, class: usize) -> Refill {
     if !head.is_null() {
         cc.head.set(head);
         cc.len.set(n);
+        t.moved_in(class, n);
         return Refill::List;
     }
     let fresh = t.fresh(class);
@@ -165,6 +168,7 @@ fn carve_fresh(t: &ThreadCache, class: usize) {
         fresh.cur.set(cur.add(n * size));
     }
     cc.len.set(cc.len.get() + n as u32);
+    t.moved_in(class, n as u32);
 }
 
 /// Slow path of `alloc`: the list of `class` is empty.
@@ -184,6 +188,7 @@ pub fn alloc(t: &ThreadCache, class: usize) -> *mut u8 {
         Refill::Fresh => carve_fresh(t, class),
         Refill::Failed => return ptr::null_mut(),
     }
+    t.maybe_flush_counts();
     t.alloc(class)
 }
 
@@ -206,7 +211,9 @@ pub fn alloc_zeroed(t: &ThreadCache, class: usize, size: usize) -> *mut u8 {
             let block = fresh.cur.get();
             // SAFETY: the region holds at least one block.
             fresh.cur.set(unsafe { block.add(block_size(class)) });
-            t.stats.on_alloc(&STATS, block_size(class));
+            t.moved_in(class, 1);
+            t.count_alloc();
+            t.maybe_flush_counts();
             block
         }
         Refill::Failed => ptr::null_mut(),
@@ -238,7 +245,9 @@ pub unsafe fn free(t: &ThreadCache, block: *mut u8, class: usize) {
         if !old.is_null() {
             // SAFETY: the old spare is a null-terminated batch of ours.
             unsafe { depot(class).push_batch(old, old_len) };
+            t.moved_out(class, old_len);
         }
+        t.maybe_flush_counts();
     }
     // SAFETY: forwarded caller guarantee; len < limit now.
     unsafe { t.free(block, class) }

@@ -59,11 +59,17 @@ pub struct ClassCache {
 /// batch overflows (or the spare is missing) does a batch go to (or come
 /// from) the depot, so a thread that hovers around a batch boundary never
 /// bounces blocks through the depot, and no list is ever walked to be cut.
+///
+/// It also carries the class's block accounting (see [`ThreadCache`]).
 pub struct SpareBatch {
     /// First block of a null-terminated list, or null.
     pub head: Cell<*mut FreeBlock>,
     /// Blocks in it.
     pub len: Cell<u32>,
+    /// Blocks that entered this thread's holdings (list + spare) from
+    /// outside, minus blocks that left other than by `alloc`, since the
+    /// last count flush, plus the holdings at that flush.
+    moved: Cell<i64>,
 }
 
 /// The never-used tail of this thread's current chunk of a class:
@@ -76,12 +82,28 @@ pub struct FreshRegion {
 }
 
 /// All of one thread's pool state.
+///
+/// # Counting without touching counters on `free`
+///
+/// The fast paths count only allocations (`pool_allocs`, one increment).
+/// Frees and live bytes are derived: for each class, the blocks this
+/// thread allocated minus the blocks it freed equal the blocks that
+/// entered its holdings (depot batches, carved blocks) minus those that
+/// left other than by `alloc` (batches pushed to the depot) minus the growth
+/// of its holdings. Slow paths keep that difference in `moved`, and
+/// [`ThreadCache::flush_counts`] turns it into frees and a live-byte delta
+/// for [`STATS`]. Large blocks and reallocations count through `stats`.
 pub struct ThreadCache {
     classes: [ClassCache; CLASS_COUNT],
     fresh: [FreshRegion; CLASS_COUNT],
     spare: [SpareBatch; CLASS_COUNT],
-    /// Counters, flushed into [`STATS`] in batches and at exit.
+    /// Counters of the large path and of reallocations, flushed into
+    /// [`STATS`] in batches and at exit.
     pub stats: ThreadStats,
+    /// Class allocations since the last [`ThreadCache::flush_counts`].
+    pool_allocs: Cell<u64>,
+    /// Blocks moved in or out by slow paths since the last flush.
+    moves: Cell<u64>,
     /// [`UNINIT`], [`INITIALIZING`], [`ACTIVE`] or [`EXITED`].
     pub state: Cell<u8>,
 }
@@ -112,9 +134,12 @@ impl ThreadCache {
                 SpareBatch {
                     head: Cell::new(ptr::null_mut()),
                     len: Cell::new(0),
+                    moved: Cell::new(0),
                 }
             }; CLASS_COUNT],
             stats: ThreadStats::new(),
+            pool_allocs: Cell::new(0),
+            moves: Cell::new(0),
             state: Cell::new(UNINIT),
         }
     }
@@ -144,6 +169,58 @@ impl ThreadCache {
         unsafe { self.spare.get_unchecked(class) }
     }
 
+    /// Notes `n` blocks of `class` entering this thread's holdings.
+    #[inline]
+    pub fn moved_in(&self, class: usize, n: u32) {
+        let s = self.spare(class);
+        s.moved.set(s.moved.get() + i64::from(n));
+        self.moves.set(self.moves.get() + u64::from(n));
+    }
+
+    /// Notes `n` blocks of `class` leaving this thread's holdings to a depot.
+    #[inline]
+    pub fn moved_out(&self, class: usize, n: u32) {
+        let s = self.spare(class);
+        s.moved.set(s.moved.get() - i64::from(n));
+        self.moves.set(self.moves.get() + u64::from(n));
+    }
+
+    /// Counts one class allocation made outside the fast paths.
+    #[inline]
+    pub fn count_alloc(&self) {
+        self.pool_allocs.set(self.pool_allocs.get() + 1);
+    }
+
+    /// Flushes the counts if enough happened since the last flush (called
+    /// from slow paths, so the lag of a busy thread is bounded).
+    #[inline]
+    pub fn maybe_flush_counts(&self) {
+        const EVERY: u64 = 4096;
+        if self.pool_allocs.get() >= EVERY || self.moves.get() >= EVERY {
+            self.flush_counts();
+        }
+    }
+
+    /// Folds this thread's class allocations, derived frees and live-byte
+    /// delta (and its `stats`) into [`STATS`].
+    pub fn flush_counts(&self) {
+        let mut net_blocks = 0i64;
+        let mut live_delta = 0i64;
+        for class in 0..CLASS_COUNT {
+            let s = self.spare(class);
+            let held = i64::from(self.class(class).len.get()) + i64::from(s.len.get());
+            let net = s.moved.get() - held;
+            s.moved.set(held);
+            net_blocks += net;
+            live_delta += net * block_size(class) as i64;
+        }
+        let allocs = self.pool_allocs.replace(0);
+        self.moves.set(0);
+        let frees = (allocs as i64 - net_blocks).max(0) as u64;
+        STATS.add(allocs, frees, 0, live_delta);
+        self.stats.flush(&STATS);
+    }
+
     /// Fast path of `malloc` for `class`.
     #[inline]
     pub fn alloc(&self, class: usize) -> *mut u8 {
@@ -156,7 +233,7 @@ impl ThreadCache {
         // first word is the next link.
         cc.head.set(unsafe { (*block).next });
         cc.len.set(cc.len.get() - 1);
-        self.stats.on_alloc(&STATS, block_size(class));
+        self.pool_allocs.set(self.pool_allocs.get() + 1);
         block.cast()
     }
 
@@ -174,7 +251,7 @@ impl ThreadCache {
             block.cast::<u8>().write_bytes(0, size);
         }
         cc.len.set(cc.len.get() - 1);
-        self.stats.on_alloc(&STATS, block_size(class));
+        self.pool_allocs.set(self.pool_allocs.get() + 1);
         block.cast()
     }
 
@@ -195,7 +272,6 @@ impl ThreadCache {
         unsafe { ptr::addr_of_mut!((*block).next).write(cc.head.get()) };
         cc.head.set(block);
         cc.len.set(len + 1);
-        self.stats.on_free(&STATS, block_size(class));
     }
 }
 
