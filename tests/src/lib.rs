@@ -171,6 +171,49 @@ impl Block {
         unsafe { pattern::verify(self.ptr(), self.size, self.seed, what) }
     }
 
+    /// Checks the pattern, reallocates the block through `a` to `new_size`,
+    /// checks the kept prefix and alignment, and fills the grown tail.
+    ///
+    /// # Safety
+    /// The block must be live and allocated by `a` (or by the allocator `a`
+    /// forwards to); it is consumed.
+    #[track_caller]
+    pub unsafe fn realloc<A: GlobalAlloc + ?Sized>(
+        self,
+        a: &A,
+        new_size: usize,
+        what: &str,
+    ) -> Block {
+        self.verify(what);
+        // SAFETY: live block of a with this layout (caller); new_size is
+        // non-zero and far from isize::MAX in the battery.
+        let p = unsafe { a.realloc(self.ptr(), self.layout(), new_size) };
+        assert!(
+            !p.is_null(),
+            "{what}: realloc {} -> {new_size} returned null",
+            self.size
+        );
+        pattern::assert_aligned(p, self.align, what);
+        let kept = self.size.min(new_size);
+        // SAFETY: p is live for new_size >= kept bytes.
+        if let Err(m) = unsafe { pattern::check_range(p, 0, kept, self.seed) } {
+            panic!(
+                "{what}: realloc {} -> {new_size} ({:p} -> {p:p}) lost contents: {m}",
+                self.size,
+                self.ptr()
+            );
+        }
+        if new_size > self.size {
+            // SAFETY: p is live for new_size bytes.
+            unsafe { pattern::fill_range(p, self.size, new_size, self.seed) };
+        }
+        Block {
+            addr: p as usize,
+            size: new_size,
+            ..self
+        }
+    }
+
     /// Checks the pattern and frees the block through `a`.
     ///
     /// # Safety

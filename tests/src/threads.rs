@@ -119,8 +119,8 @@ thread_local! {
 /// Hundreds of threads, a few at a time: each allocates a mix of blocks
 /// (through `a` and through std), frees two thirds in random order, parks
 /// some in a TLS value whose destructor frees them and allocates more at
-/// thread exit, and returns the rest to the main thread, which frees them
-/// while the next wave runs.
+/// thread exit, and returns the rest to the main thread, which resizes a
+/// third of them and frees them all while the next wave runs.
 pub fn many_short_lived<A: GlobalAlloc + Sync>(a: &A, v: Volume) {
     let waves = v.pick(60, 20);
     let per_wave = 6;
@@ -170,8 +170,21 @@ pub fn many_short_lived<A: GlobalAlloc + Sync>(a: &A, v: Volume) {
                     })
                 })
                 .collect();
-            // Free the previous wave's leftovers while this wave runs.
-            for b in leftovers.drain(..) {
+            // Free the previous wave's leftovers while this wave runs,
+            // resizing every third first (realloc of a block whose
+            // allocating thread has exited).
+            for (i, b) in leftovers.drain(..).enumerate() {
+                let b = if i % 3 == 0 {
+                    let new_size = if i % 2 == 0 {
+                        b.size * 2 + 1
+                    } else {
+                        b.size / 2 + 1
+                    };
+                    // SAFETY: returned by a finished thread; allocated from a.
+                    unsafe { b.realloc(a, new_size, "realloc of a block left by an exited thread") }
+                } else {
+                    b
+                };
                 // SAFETY: returned by a finished thread; allocated from a.
                 unsafe { b.free(a, "block left by an exited thread") };
             }
