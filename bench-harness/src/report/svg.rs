@@ -51,10 +51,11 @@ fn draw(
         .collect();
     let max = values.iter().copied().fold(f64::MIN, f64::max).max(1e-9);
     let min = values.iter().copied().fold(f64::MAX, f64::min);
-    let width = (160 + groups.len() as u32 * (18 * series.len() as u32 + 24)).max(640);
+    let width = (160 + (groups.len() as u32 + 1) * (18 * series.len() as u32 + 24)).max(640);
     let root = SVGBackend::new(path, (width, 520)).into_drawing_area();
     root.fill(&WHITE)?;
-    let n = groups.len().max(1) as f64;
+    // one empty group slot on the right holds the legend
+    let n = groups.len().max(1) as f64 + 1.0;
     let label_style = TextStyle::from(
         ("sans-serif", 13)
             .into_font()
@@ -98,7 +99,7 @@ fn draw(
             }
             $chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .draw()?;
@@ -114,10 +115,10 @@ fn draw(
     }
     if log_y {
         let lo = (min.max(1e-9) / 1.5).min(max / 4.0);
-        let mut chart = builder.build_cartesian_2d(0f64..n, (lo..max * 6.0).log_scale())?;
+        let mut chart = builder.build_cartesian_2d(0f64..n, (lo..max * 2.0).log_scale())?;
         bars!(chart, lo);
     } else {
-        let mut chart = builder.build_cartesian_2d(0f64..n, 0f64..max * 1.4)?;
+        let mut chart = builder.build_cartesian_2d(0f64..n, 0f64..max * 1.15)?;
         bars!(chart, 0.0);
     }
     root.present()?;
