@@ -6,9 +6,13 @@
 //! magazine the depot does not want ([`Cache::give_back`]), or by threads
 //! that have no magazines (being set up, or already exited).
 //!
-//! Allocation prefers the partial slab at the head of its list, then an
-//! empty slab, then a new slab from [`crate::segment`]. A slab whose last
-//! object comes back moves to the empty list; the empty list keeps at most
+//! Slabs with free objects sit on one of two lists: *partial* (more than a
+//! quarter in use) or *sparse* (a quarter or less). Allocation prefers a
+//! partial slab, then a sparse one, then an empty slab, then a new slab
+//! from [`crate::segment`]: concentrating allocations in the fullest slabs
+//! lets sparse ones drain under churn, which is what keeps a long-running
+//! program's slab count near its live data. A slab whose last object comes
+//! back moves to the empty list; the empty list keeps at most
 //! one slab in four of the cache's working slabs (the hysteresis that stops
 //! a program oscillating around a slab boundary from purging and faulting
 //! the same memory over and over), and the rest are purged and their chunks
@@ -78,8 +82,42 @@ impl List {
 
 struct Slabs {
     partial: List,
+    sparse: List,
     full: List,
     empty: List,
+}
+
+impl Slabs {
+    fn list(&mut self, which: SlabList) -> Option<&mut List> {
+        match which {
+            SlabList::None => None,
+            SlabList::Partial => Some(&mut self.partial),
+            SlabList::Sparse => Some(&mut self.sparse),
+            SlabList::Full => Some(&mut self.full),
+            SlabList::Empty => Some(&mut self.empty),
+        }
+    }
+
+    /// Moves `s` to the list its count calls for.
+    ///
+    /// # Safety
+    /// `s` is a live slab of this cache, on the list its `list` names.
+    #[inline]
+    unsafe fn place(&mut self, s: *mut SlabMeta, capacity: u32) {
+        // SAFETY: s is live and guarded by the cache lock (caller).
+        let (now, want) = unsafe { ((*s).list, SlabList::for_count((*s).in_use, capacity)) };
+        if now == want {
+            return;
+        }
+        if let Some(l) = self.list(now) {
+            // SAFETY: s is on the list it names (caller).
+            unsafe { l.remove(s) };
+        }
+        if let Some(l) = self.list(want) {
+            // SAFETY: s is now on no list.
+            unsafe { l.push(s, want) };
+        }
+    }
 }
 
 // SAFETY: the lists link slabs owned by this cache; the lock serialises
@@ -100,6 +138,7 @@ const RELEASE_BATCH: usize = 8;
 pub struct CacheCensus {
     /// Slabs on each list.
     pub partial: usize,
+    pub sparse: usize,
     pub full: usize,
     pub empty: usize,
     /// Objects handed out by the slab layer (live or in magazines).
@@ -119,6 +158,7 @@ impl Cache {
         Self {
             slabs: SpinLock::new(Slabs {
                 partial: List::new(),
+                sparse: List::new(),
                 full: List::new(),
                 empty: List::new(),
             }),
@@ -145,23 +185,19 @@ impl Cache {
         while n < want {
             let mut s = st.partial.head;
             if s.is_null() {
+                s = st.sparse.head;
+            }
+            if s.is_null() {
                 s = st.empty.head;
-                if !s.is_null() {
-                    // SAFETY: s is on the empty list.
-                    unsafe {
-                        st.empty.remove(s);
-                        st.partial.push(s, SlabList::Partial);
-                    }
-                } else {
-                    s = segment::alloc_run(l.chunks, l.align_chunks, index as u8);
-                    if s.is_null() {
-                        break;
-                    }
-                    // SAFETY: a fresh slab on no list.
-                    unsafe { st.partial.push(s, SlabList::Partial) };
+            }
+            if s.is_null() {
+                s = segment::alloc_run(l.chunks, l.align_chunks, index as u8);
+                if s.is_null() {
+                    break;
                 }
             }
-            // SAFETY: s is a live partial slab of this cache, under the lock.
+            // SAFETY: s is a live slab of this cache with free objects (or
+            // fresh, on no list), under the lock.
             let slab = unsafe { &mut *s };
             while n < want {
                 let (p, z) = slab.take(l);
@@ -175,13 +211,8 @@ impl Cache {
                 unsafe { out.add(n).write(p) };
                 n += 1;
             }
-            if slab.in_use == l.capacity {
-                // SAFETY: s is on the partial list.
-                unsafe {
-                    st.partial.remove(s);
-                    st.full.push(s, SlabList::Full);
-                }
-            }
+            // SAFETY: s is on the list it names.
+            unsafe { st.place(s, l.capacity) };
         }
         if let Some(z) = zero {
             *z = first_zero;
@@ -207,19 +238,11 @@ impl Cache {
                     let p = *objs.add(i);
                     let s = slab_of(p);
                     debug_assert_eq!((*s).cache as usize, index);
-                    let was_full = (*s).in_use == l.capacity;
                     (*s).give(p);
-                    if was_full {
-                        st.full.remove(s);
-                        st.partial.push(s, SlabList::Partial);
-                    }
-                    if (*s).in_use == 0 {
-                        st.partial.remove(s);
-                        st.empty.push(s, SlabList::Empty);
-                    }
+                    st.place(s, l.capacity);
                 }
             }
-            let keep = (st.partial.len + st.full.len) / 4;
+            let keep = (st.partial.len + st.sparse.len + st.full.len) / 4;
             while st.empty.len > keep && n_release < RELEASE_BATCH {
                 let s = st.empty.head;
                 // SAFETY: the empty list is non-empty.
@@ -245,6 +268,7 @@ impl Cache {
         let mut c = CacheCensus::default();
         for (list, which) in [
             (&st.partial, SlabList::Partial),
+            (&st.sparse, SlabList::Sparse),
             (&st.full, SlabList::Full),
             (&st.empty, SlabList::Empty),
         ] {
@@ -278,13 +302,7 @@ impl Cache {
                 if slab.in_use + free != slab.carved || slab.carved > l.capacity {
                     return Err("in-use count does not match the free objects");
                 }
-                let expect = if slab.in_use == l.capacity {
-                    SlabList::Full
-                } else if slab.in_use == 0 {
-                    SlabList::Empty
-                } else {
-                    SlabList::Partial
-                };
+                let expect = SlabList::for_count(slab.in_use, l.capacity);
                 if expect != which {
                     return Err("slab on a list that does not match its count");
                 }
@@ -309,6 +327,7 @@ impl Cache {
             }
             match which {
                 SlabList::Partial => c.partial = len,
+                SlabList::Sparse => c.sparse = len,
                 SlabList::Full => c.full = len,
                 _ => c.empty = len,
             }

@@ -153,8 +153,9 @@ pub unsafe fn settle(c: usize, s: Surplus) {
     }
 }
 
-/// Offers a magazine of cache `c` with `capacity` rounds to the depot: a
-/// full one is kept if the depot wants it; otherwise it is drained into the
+/// Offers a magazine of cache `c` with `capacity` rounds to the depot (as
+/// an exiting thread: id 0, never an allocating thread's): a full one is
+/// kept if the depot wants it; otherwise it is drained into the
 /// slabs and kept as an empty one or freed.
 ///
 /// # Safety
@@ -164,7 +165,7 @@ pub unsafe fn retire(c: usize, m: *mut Magazine, capacity: usize) {
     // SAFETY: the caller owns m.
     unsafe {
         if (*m).rounds == capacity {
-            let (kept, surplus) = depot(c).put_full(m);
+            let (kept, surplus) = depot(c).put_full(m, 0);
             settle(c, surplus);
             if kept {
                 return;

@@ -32,7 +32,7 @@
 //! the `mmap`/`munmap` calls, not the page faults).
 //!
 //! Costs: a thread pins up to two magazines per size class it uses (at most
-//! 64 objects or 8 KiB each), and an object sitting in a magazine keeps its
+//! 64 objects or 4 KiB each), and an object sitting in a magazine keeps its
 //! whole slab resident. Sizes above 256 KiB (and alignments above 256 KiB)
 //! take core's large path: one `mmap` per block. Objects of one class never
 //! serve another, so a program that frees many objects of one size and then
@@ -116,7 +116,7 @@ pub struct Slab {
 /// What [`Slab::check_invariants`] counts over every cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Census {
-    /// Slabs on partial, full and empty lists.
+    /// Slabs on partial, sparse, full and empty lists.
     pub slabs: usize,
     /// Empty slabs kept for reuse.
     pub empty_slabs: usize,
@@ -224,7 +224,7 @@ impl Slab {
         let mut census = Census::default();
         for c in 0..CACHE_COUNT {
             let k = heap::cache(c).census(c)?;
-            census.slabs += k.partial + k.full + k.empty;
+            census.slabs += k.partial + k.sparse + k.full + k.empty;
             census.empty_slabs += k.empty;
             if c == slab::MAGAZINE_CACHE {
                 census.magazines = k.in_use;

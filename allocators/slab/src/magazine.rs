@@ -14,7 +14,11 @@
 //!
 //! The depot keeps full magazines only as long as someone allocates from
 //! them: `demand` counts allocation-side visits and halves on every refused
-//! push, and a push is refused once the depot holds `demand` magazines. A
+//! push, and a push is refused once the depot holds `demand` magazines.
+//! Demand is capped at eight magazines when the allocating thread is not
+//! the one that filled them (the producer/consumer flow the depot exists
+//! for), and at one when it is (a single thread's random walk, which would
+//! otherwise park memory in the depot). A
 //! program that stops allocating and frees everything therefore sends every
 //! object back to its slab within a few magazine's worth of frees, and the
 //! slabs (now empty) go back to the OS. The depot is lock-based; its lock is
@@ -29,13 +33,14 @@ use crate::slab::layout;
 /// Slots in every magazine (the largest capacity).
 pub const MAGAZINE_SLOTS: usize = 64;
 /// A magazine holds at most this many bytes of objects.
-const MAGAZINE_BYTES: usize = 8 << 10;
+const MAGAZINE_BYTES: usize = 4 << 10;
 /// Empty magazines a depot keeps (more go back to the magazine cache).
 const DEPOT_EMPTY_MAX: usize = 16;
-/// Full magazines a depot may keep, by bytes of objects (at least 1, at
-/// most 8 magazines): enough to buffer a producer/consumer exchange, small
-/// enough that a program that stops allocating gets its memory back.
-const DEPOT_FULL_BYTES: usize = 16 << 10;
+/// Full magazines a depot keeps at most while other threads consume them.
+const FULL_MAX: usize = 8;
+/// Full magazines a depot keeps at most while the thread that fills them
+/// is also the one that empties them (a single thread's private overflow).
+const FULL_MAX_SAME_THREAD: usize = 1;
 
 /// A LIFO of free objects of one cache.
 ///
@@ -73,12 +78,6 @@ pub fn capacity_of(c: usize) -> usize {
     capacity(layout(c).size)
 }
 
-/// Full magazines the depot of cache `c` may hold at most.
-fn full_max(c: usize) -> usize {
-    let bytes = capacity_of(c) * layout(c).size;
-    (DEPOT_FULL_BYTES / bytes).clamp(1, 8)
-}
-
 struct DepotLists {
     full: *mut Magazine,
     n_full: usize,
@@ -86,6 +85,8 @@ struct DepotLists {
     n_empty: usize,
     /// Recent allocation-side visits (see the module docs).
     demand: usize,
+    /// The thread that last pushed a full magazine (an opaque id).
+    last_putter: usize,
 }
 
 // SAFETY: the lists own the magazines they link; the lock serialises access.
@@ -114,16 +115,24 @@ impl Depot {
                 empty: ptr::null_mut(),
                 n_empty: 0,
                 demand: 1,
+                last_putter: 0,
             }),
         }
     }
 
     /// Allocation side: trades `empty` (an empty magazine, or null) for a
     /// full one. Returns the full magazine, or null (then `empty` is not
-    /// taken). Counts as demand either way.
-    pub fn take_full(&self, c: usize, empty: *mut Magazine) -> (*mut Magazine, Surplus) {
+    /// taken). Counts as demand either way: up to [`FULL_MAX`] magazines
+    /// when `thread` (an opaque id) is not the one that fills them, one
+    /// otherwise.
+    pub fn take_full(&self, empty: *mut Magazine, thread: usize) -> (*mut Magazine, Surplus) {
         let mut d = self.lists.lock();
-        d.demand = (d.demand + 1).min(full_max(c));
+        let limit = if thread == d.last_putter {
+            FULL_MAX_SAME_THREAD
+        } else {
+            FULL_MAX
+        };
+        d.demand = (d.demand + 1).min(limit);
         let full = d.full;
         let mut surplus = Surplus {
             full: ptr::null_mut(),
@@ -144,8 +153,9 @@ impl Depot {
     /// Free side: offers the full magazine `full`. Returns `true` if the
     /// depot kept it; otherwise the caller drains it. Also returns any full
     /// magazines beyond the (lowered) demand, to be drained too.
-    pub fn put_full(&self, full: *mut Magazine) -> (bool, Surplus) {
+    pub fn put_full(&self, full: *mut Magazine, thread: usize) -> (bool, Surplus) {
         let mut d = self.lists.lock();
+        d.last_putter = thread;
         let mut surplus = Surplus {
             full: ptr::null_mut(),
             empty: ptr::null_mut(),
@@ -274,7 +284,7 @@ mod tests {
     #[test]
     fn capacities_are_bounded_by_bytes() {
         assert_eq!(capacity(16), MAGAZINE_SLOTS);
-        assert_eq!(capacity(1024), 8);
+        assert_eq!(capacity(1024), 4);
         assert_eq!(capacity(256 << 10), 1);
     }
 
@@ -282,23 +292,28 @@ mod tests {
     fn depot_keeps_full_magazines_only_while_there_is_demand() {
         let d = Depot::new();
         // Initial demand 1: one full magazine is kept, the next refused.
-        let (kept, s) = d.put_full(mag());
+        let (kept, s) = d.put_full(mag(), 1);
         assert!(kept && s.full.is_null());
         let second = mag();
-        let (kept, s) = d.put_full(second);
+        let (kept, s) = d.put_full(second, 1);
         assert!(!kept);
         // Demand fell to 0: the kept magazine is handed back to drain.
         assert_eq!(count(s.full), 1);
         assert_eq!(d.full_count(), 0);
-        // Allocation-side visits raise demand.
+        // Allocation-side visits by the filling thread raise demand to one.
         let e = mag();
-        let (f, _) = d.take_full(0, e);
-        assert!(f.is_null());
-        let (f, _) = d.take_full(0, e);
-        assert!(f.is_null());
-        assert!(d.put_full(second).0);
-        assert!(d.put_full(mag()).0);
-        let (f, s) = d.take_full(0, e);
+        for _ in 0..3 {
+            assert!(d.take_full(e, 1).0.is_null());
+        }
+        assert!(d.put_full(second, 1).0);
+        let (kept, s) = d.put_full(mag(), 1);
+        assert!(!kept && count(s.full) == 1 && d.full_count() == 0);
+        // Visits by another thread raise it further.
+        assert!(d.take_full(e, 2).0.is_null());
+        assert!(d.take_full(e, 2).0.is_null());
+        assert!(d.put_full(second, 1).0);
+        assert!(d.put_full(mag(), 1).0);
+        let (f, s) = d.take_full(e, 2);
         assert!(!f.is_null() && s.empty.is_null());
         assert_eq!(d.take_empty(), e);
         assert!(d.take_empty().is_null());

@@ -29,12 +29,31 @@ pub const CACHE_COUNT: usize = CLASS_COUNT + 1;
 pub enum SlabList {
     /// On no list (being created or released).
     None,
-    /// Some objects in use, some free.
+    /// Some objects free, more than a quarter in use.
     Partial,
+    /// At most a quarter of the objects in use (allocation avoids these so
+    /// they can drain and be released).
+    Sparse,
     /// Every object in use.
     Full,
     /// No object in use.
     Empty,
+}
+
+impl SlabList {
+    /// The list a slab with `in_use` of `capacity` objects belongs on.
+    #[inline]
+    pub fn for_count(in_use: u32, capacity: u32) -> SlabList {
+        if in_use == capacity {
+            SlabList::Full
+        } else if in_use == 0 {
+            SlabList::Empty
+        } else if in_use * 4 <= capacity {
+            SlabList::Sparse
+        } else {
+            SlabList::Partial
+        }
+    }
 }
 
 /// A free object's link.
@@ -48,8 +67,7 @@ pub struct FreeObject {
 /// Invariants (checked by `Slab::check_invariants`):
 /// - `in_use + free_list_len + (capacity - carved) == capacity`;
 /// - objects with index `>= carved` read as zero;
-/// - `list` is `Full` iff `in_use == capacity`, `Empty` iff `in_use == 0`
-///   (for slabs on a list), `Partial` otherwise.
+/// - for a slab on a list, `list` is [`SlabList::for_count`] of `in_use`.
 #[repr(C)]
 pub struct SlabMeta {
     /// Free objects given back, linked through their first word.

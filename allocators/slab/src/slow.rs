@@ -45,7 +45,7 @@ pub fn allocate(t: &ThreadCache, c: usize) -> *mut u8 {
             slot.load(prev, cap);
             return Slab::allocate_small(c);
         }
-        let (full, surplus) = depot(c).take_full(c, prev);
+        let (full, surplus) = depot(c).take_full(prev, t.id());
         heap::settle(c, surplus);
         if !full.is_null() {
             slot.prev.set(loaded);
@@ -107,7 +107,7 @@ pub unsafe fn free(t: &ThreadCache, c: usize, p: *mut u8) {
         }
         // loaded is full; prev is full or null.
         if !prev.is_null() {
-            let (kept, surplus) = depot(c).put_full(prev);
+            let (kept, surplus) = depot(c).put_full(prev, t.id());
             heap::settle(c, surplus);
             if kept {
                 prev = ptr::null_mut();

@@ -388,7 +388,7 @@ fn depot_protocol_conserves_magazines_under_contention() {
                             if let Some(m) = mine.pop() {
                                 // SAFETY: m is a live test magazine we own.
                                 unsafe { (*m).rounds = 1 };
-                                let (kept, s) = DEPOT.put_full(m);
+                                let (kept, s) = DEPOT.put_full(m, t + 1);
                                 if !kept {
                                     drained.push(m);
                                 }
@@ -397,7 +397,7 @@ fn depot_protocol_conserves_magazines_under_contention() {
                         }
                         1 => {
                             let e = mine.pop().unwrap_or(core::ptr::null_mut());
-                            let (f, s) = DEPOT.take_full(0, e);
+                            let (f, s) = DEPOT.take_full(e, (t + 1) % THREADS + 1);
                             if f.is_null() {
                                 if !e.is_null() {
                                     mine.push(e);

@@ -118,6 +118,12 @@ impl ThreadCache {
         }
     }
 
+    /// An opaque id of the owning thread (never 0).
+    #[inline]
+    pub fn id(&self) -> usize {
+        self as *const ThreadCache as usize
+    }
+
     /// The slot of class `c`.
     #[inline]
     pub fn slot(&self, c: usize) -> &ClassSlot {
