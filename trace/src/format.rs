@@ -10,6 +10,9 @@
 //! # Layout
 //!
 //! All fixed-width integers are **little-endian**. Offsets are in bytes.
+//! Times are **ticks** of the recorder's clock (the TSC on x86-64, else
+//! nanoseconds); the header and the end block each hold a (ticks,
+//! nanoseconds) pair, from which a reader converts ticks to nanoseconds.
 //!
 //! ```text
 //! file   := header block* end
@@ -18,18 +21,17 @@
 //!   0   magic        [u8; 8]  b"HKTRACE\0"
 //!   8   version      u16      1 (readers reject any other value)
 //!   10  header_len   u16      32
-//!   12  flags        u32      0 (reserved)
+//!   12  pid          u32      process id of the recorded process
 //!   16  start_ns     u64      CLOCK_MONOTONIC when recording started
-//!   24  pid          u32      process id of the recorded process
-//!   28  reserved     u32      0
+//!   24  start_ticks  u64      the recorder's clock at the same moment
 //!
 //! block (40-byte block header, then payload_len bytes of records)
 //!   0   tag          u32      b"HKB1"
 //!   4   thread       u32      thread index: 0, 1, 2... in order of first use
 //!   8   records      u32      number of records in the payload
 //!   12  payload_len  u32
-//!   16  base_ns      u64      timestamp the first record's dt is relative to
-//!   24  base_id      u64      object id the first record's id delta is relative to
+//!   16  base_ticks   u64      time the first record's dt is relative to
+//!   24  base_addr    u64      address the first record's address delta is relative to
 //!   32  checksum     u32      FNV-1a (32-bit) of the payload bytes
 //!   36  reserved     u32      0
 //!
@@ -38,10 +40,9 @@
 //!   4   thread       u32      number of threads that recorded anything
 //!   8   records      u32      0
 //!   12  payload_len  u32      0
-//!   16  base_ns      u64      CLOCK_MONOTONIC at the end
-//!   24  base_id      u64      total number of records in all blocks
-//!   32  checksum     u32      0
-//!   36  reserved     u32      0
+//!   16  end_ticks    u64      the recorder's clock at the end
+//!   24  total        u64      number of records in all blocks
+//!   32  end_ns       u64      CLOCK_MONOTONIC at the same moment
 //! ```
 //!
 //! Blocks of different threads interleave in any order (each thread flushes
@@ -59,37 +60,41 @@
 //! ```text
 //! opcode byte:  bits 0-2 kind, bit 3 ZEROED (calloc), bit 4 ALIGNED, bits 5-7 zero
 //!
-//! kind 1 ALLOC            dt, zz(id - prev), size [, align_log2 if ALIGNED]
-//! kind 2 FREE             dt, zz(id - prev)
-//! kind 3 REALLOC          dt, zz(old - prev), zz(new - old), size
-//! kind 4 FREE_UNKNOWN     dt                     (free of a pointer the trace never saw allocated)
-//! kind 5 REALLOC_UNKNOWN  dt, zz(new - prev), size (realloc of such a pointer: a new object)
+//! kind 1 ALLOC    dt, zz(addr - prev), size [, align_log2 if ALIGNED]
+//! kind 2 FREE     dt, zz(addr - prev)
+//! kind 3 REALLOC  dt, zz(old - prev), zz(new - old), size
 //! ```
 //!
-//! - `dt` is the time in nanoseconds since the previous record of the same
-//!   block (for the first record: since the block's `base_ns`).
-//! - `prev` is the id of the object named last in the block (the new object
-//!   for REALLOC), initially the block's `base_id`.
-//! - Every allocated object gets an **object id** unique in the trace
-//!   (`thread << 40 | n`, never 0); FREE and REALLOC name the object they
-//!   end by its id, so a reader can link every free to its allocation, on
-//!   whichever thread either happened. REALLOC ends object `old` and creates
-//!   object `new` of `size` bytes (the alignment stays the default).
+//! - `dt` is the time in ticks since the previous record of the same block
+//!   (for the first record: since the block's `base_ticks`).
+//! - `prev` is the address named last in the block (`new` for REALLOC),
+//!   initially the block's `base_addr`.
+//! - Blocks are named by **address**. An allocation is stamped after the
+//!   allocator returned, a free before it released the block, with a clock
+//!   consistent across cores; so when an address is freed and handed out
+//!   again, on any threads, the free is stamped earlier. A reader links each
+//!   FREE / REALLOC to the allocation it ends by replaying the records in
+//!   time order with a map of live addresses; an allocation at an address
+//!   still live waits for that address's free (a realloc is stamped once,
+//!   after the call, though its old block was released inside it). A FREE or
+//!   REALLOC of an address not live at that point names a block allocated
+//!   before recording started (e.g. by the dynamic loader).
 //! - `size` is the size the program asked for (`nmemb * size` for calloc).
 //!   ALIGNED allocations (alignment above 16 bytes: `memalign`,
-//!   `posix_memalign`, `aligned_alloc`) carry `log2(alignment)`.
-//! - A `realloc(p, 0)` that frees is recorded as FREE; `realloc(NULL, n)`
-//!   as ALLOC.
+//!   `posix_memalign`, `aligned_alloc`, `valloc`) carry `log2(alignment)`.
+//!   A REALLOC keeps its block's alignment.
+//! - `realloc(p, 0)` that frees is recorded as FREE, `realloc(NULL, n)` as
+//!   ALLOC; a failed call (null result) is not recorded.
 //!
 //! A typical record is 4 to 7 bytes.
 //!
 //! # Validation
 //!
 //! Readers check the magic, version, every block tag, the payload checksum,
-//! that every record decodes within its block with the announced count, that
-//! object ids are allocated once and ended at most once, and that the end
-//! block is present and agrees with the record total; each failure names the
-//! byte offset where it was found.
+//! that every record decodes within its block with the announced count,
+//! that the end block is present and agrees with the record total, and that
+//! the threads can be ordered (no allocation waits forever for its address
+//! to be freed); each failure names the byte offset where it was found.
 
 /// `b"HKTRACE\0"`: the first eight bytes of every trace.
 pub const MAGIC: [u8; 8] = *b"HKTRACE\0";
@@ -106,14 +111,10 @@ pub const END_TAG: u32 = u32::from_le_bytes(*b"HKE1");
 
 /// Record kind: an allocation (malloc, calloc, memalign...).
 pub const KIND_ALLOC: u8 = 1;
-/// Record kind: a free of a known object.
+/// Record kind: a free.
 pub const KIND_FREE: u8 = 2;
-/// Record kind: a realloc of a known object.
+/// Record kind: a realloc.
 pub const KIND_REALLOC: u8 = 3;
-/// Record kind: a free of a pointer the trace never saw allocated.
-pub const KIND_FREE_UNKNOWN: u8 = 4;
-/// Record kind: a realloc of a pointer the trace never saw allocated.
-pub const KIND_REALLOC_UNKNOWN: u8 = 5;
 /// Opcode mask of the kind.
 pub const KIND_MASK: u8 = 0b111;
 /// Opcode flag: the allocation is zeroed (calloc).
@@ -122,10 +123,10 @@ pub const FLAG_ZEROED: u8 = 1 << 3;
 pub const FLAG_ALIGNED: u8 = 1 << 4;
 /// Alignments up to this are the default and not recorded.
 pub const DEFAULT_ALIGN: usize = 16;
-/// Object ids are `thread << ID_THREAD_SHIFT | n`.
-pub const ID_THREAD_SHIFT: u32 = 40;
 /// The longest encoded record: opcode + four 10-byte varints + align byte.
 pub const MAX_RECORD_LEN: usize = 1 + 4 * 10 + 1;
+/// Thread indices above this are rejected as corrupt.
+pub const MAX_THREADS: u32 = 1 << 20;
 
 /// Zigzag-encodes a signed delta.
 #[inline]

@@ -4,7 +4,6 @@
 //! - [`record`]: the recorder the LD_PRELOAD shim drives when
 //!   `HEAPKIT_TRACE=out.hkt` is set. It never allocates through `malloc`.
 //! - [`format`]: the versioned `.hkt` binary format, specified in its docs.
-//! - [`object_table`]: the recorder's address -> object id map.
 //! - [`Trace`] ([`reader`]): maps, decodes and validates a trace; errors
 //!   name the byte offset.
 //! - [`schedule`]: one global order of a trace's threads, which defines its
@@ -15,7 +14,6 @@
 //! ```
 
 pub mod format;
-pub mod object_table;
 pub mod reader;
 pub mod record;
 pub mod schedule;

@@ -3,9 +3,14 @@
 //! [`Trace::open`] maps the file with `memmap2` (a trace of a long run is
 //! hundreds of megabytes; nothing is copied before decoding) and
 //! [`Trace::parse`] decodes and checks every byte against the
-//! [format](crate::format). The result is one [`Event`] list per recorded
-//! thread, with object ids renumbered densely (`0..objects.len()`) so a
-//! replay can keep per-object state in a plain array.
+//! [format](crate::format). Then it links every free and realloc to the
+//! allocation it ends: the records of all threads are taken in time order
+//! with a map of live addresses (an allocation at a still-live address
+//! waits for that address's free, as the format explains). The result is
+//! one [`Event`] list per recorded thread naming **objects** by dense
+//! index (`0..objects.len()`), so a replay keeps per-object state in a
+//! plain array. Cost: O(n log t) time for n records over t threads, and a
+//! hash map entry per live block.
 //!
 //! A bad trace never panics the reader: it yields a [`TraceError`] that names
 //! the byte offset where decoding stopped and why.
@@ -21,7 +26,8 @@
 //! assert_eq!(err.offset, 8);
 //! ```
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::path::Path;
 
@@ -141,7 +147,8 @@ pub struct Object {
 pub struct Trace {
     /// Process id of the recorded process.
     pub pid: u32,
-    /// When recording started (CLOCK_MONOTONIC ns).
+    /// When recording started (CLOCK_MONOTONIC ns; event times use the
+    /// same clock).
     pub start_ns: u64,
     /// When recording ended.
     pub end_ns: u64,
@@ -151,14 +158,16 @@ pub struct Trace {
     pub objects: Vec<Object>,
 }
 
-/// An event before object ids are resolved.
+/// A record before addresses are resolved to objects.
 struct RawEvent {
     offset: usize,
-    ts: u64,
+    ticks: u64,
     kind: u8,
     zeroed: bool,
     align_log2: u8,
+    /// ALLOC / FREE: the address; REALLOC: the old address.
     a: u64,
+    /// REALLOC: the new address.
     b: u64,
     size: u64,
 }
@@ -256,18 +265,20 @@ impl Trace {
             return err(10, "header length is not 32");
         }
         let mut trace = Trace {
-            pid: le_u32(bytes, 24),
+            pid: le_u32(bytes, 12),
             start_ns: le_u64(bytes, 16),
             ..Trace::default()
         };
+        let start_ticks = le_u64(bytes, 24);
         let mut raw: Vec<Vec<RawEvent>> = Vec::new();
         let mut pos = format::HEADER_LEN;
         let mut total: u64 = 0;
-        loop {
+        let end_ticks = loop {
             if pos == bytes.len() {
                 return err(
                     pos,
-                    "truncated: the end block is missing (did the process exit through exit()?)",
+                    "truncated: the end block is missing (the process may have died \
+                     or left through _exit)",
                 );
             }
             if bytes.len() - pos < format::BLOCK_HEADER_LEN {
@@ -277,28 +288,31 @@ impl Trace {
             let thread = le_u32(bytes, pos + 4);
             let records = le_u32(bytes, pos + 8);
             let len = le_u32(bytes, pos + 12) as usize;
-            let base_ns = le_u64(bytes, pos + 16);
-            let base_id = le_u64(bytes, pos + 24);
+            let base_ticks = le_u64(bytes, pos + 16);
+            let base_addr = le_u64(bytes, pos + 24);
             if tag == format::END_TAG {
                 if records != 0 || len != 0 {
                     return err(pos, "end block with a payload");
                 }
-                if base_id != total {
+                if base_addr != total {
                     return err(
-                        pos,
-                        format!("end block counts {base_id} records, the blocks hold {total}"),
+                        pos + 24,
+                        format!("end block counts {base_addr} records, the blocks hold {total}"),
                     );
                 }
                 if pos + format::BLOCK_HEADER_LEN != bytes.len() {
                     return err(pos + format::BLOCK_HEADER_LEN, "data after the end block");
                 }
-                trace.end_ns = base_ns;
-                break;
+                trace.end_ns = le_u64(bytes, pos + 32);
+                if trace.end_ns < trace.start_ns || base_ticks < start_ticks {
+                    return err(pos + 16, "the trace ends before it starts");
+                }
+                break base_ticks;
             }
             if tag != format::BLOCK_TAG {
                 return err(pos, format!("bad block tag {tag:#010x}"));
             }
-            if thread > 1 << 20 {
+            if thread > format::MAX_THREADS {
                 return err(pos + 4, format!("implausible thread index {thread}"));
             }
             let payload = pos + format::BLOCK_HEADER_LEN;
@@ -309,23 +323,31 @@ impl Trace {
             if sum != le_u32(bytes, pos + 32) {
                 return err(pos + 32, "block checksum mismatch (corrupt payload)");
             }
-            let list = {
-                let t = thread as usize;
-                if raw.len() <= t {
-                    raw.resize_with(t + 1, Vec::new);
-                }
-                &mut raw[t]
-            };
-            if let Some(last) = list.last() {
-                if base_ns < last.ts {
-                    return err(pos + 16, "block starts before the thread's previous record");
-                }
+            let t = thread as usize;
+            if raw.len() <= t {
+                raw.resize_with(t + 1, Vec::new);
             }
-            decode_block(bytes, payload, len, records, base_ns, base_id, list)?;
+            let list = &mut raw[t];
+            if list.last().is_some_and(|last| base_ticks < last.ticks) {
+                return err(pos + 16, "block starts before the thread's previous record");
+            }
+            decode_block(bytes, payload, len, records, base_ticks, base_addr, list)?;
             total += records as u64;
             pos = payload + len;
-        }
-        resolve(&mut trace, raw)?;
+        };
+        // Ticks -> ns, from the (ticks, ns) pairs at both ends.
+        let span_ticks = end_ticks - start_ticks;
+        let span_ns = trace.end_ns - trace.start_ns;
+        let ns_per_tick = if span_ticks == 0 {
+            1.0
+        } else {
+            span_ns as f64 / span_ticks as f64
+        };
+        let start_ns = trace.start_ns;
+        let to_ns = |ticks: u64| {
+            start_ns.saturating_add((ticks.saturating_sub(start_ticks) as f64 * ns_per_tick) as u64)
+        };
+        resolve(&mut trace, raw, to_ns)?;
         Ok(trace)
     }
 
@@ -340,8 +362,8 @@ fn decode_block(
     payload: usize,
     len: usize,
     records: u32,
-    base_ns: u64,
-    base_id: u64,
+    base_ticks: u64,
+    base_addr: u64,
     out: &mut Vec<RawEvent>,
 ) -> Result<(), TraceError> {
     let mut c = Cursor {
@@ -349,13 +371,13 @@ fn decode_block(
         pos: payload,
         end: payload + len,
     };
-    let mut ts = base_ns;
-    let mut prev = base_id;
-    let mut id = |c: &mut Cursor<'_>| -> Result<u64, TraceError> {
+    let mut ticks = base_ticks;
+    let mut prev = base_addr;
+    let mut addr = |c: &mut Cursor<'_>| -> Result<u64, TraceError> {
         let at = c.pos;
         let v = prev.wrapping_add(unzigzag(c.varint()?) as u64);
         if v == 0 {
-            return err(at, "object id 0");
+            return err(at, "null block address");
         }
         prev = v;
         Ok(v)
@@ -376,13 +398,13 @@ fn decode_block(
             );
         }
         let dt = c.varint()?;
-        ts = ts
-            .checked_add(dt)
-            .ok_or(())
-            .or_else(|_| err(offset, "timestamp overflows"))?;
+        ticks = match ticks.checked_add(dt) {
+            Some(t) => t,
+            None => return err(offset, "timestamp overflows"),
+        };
         let mut e = RawEvent {
             offset,
-            ts,
+            ticks,
             kind,
             zeroed,
             align_log2: 0,
@@ -392,7 +414,7 @@ fn decode_block(
         };
         match kind {
             format::KIND_ALLOC => {
-                e.a = id(&mut c)?;
+                e.a = addr(&mut c)?;
                 e.size = c.varint()?;
                 if aligned {
                     let at = c.pos;
@@ -403,15 +425,10 @@ fn decode_block(
                     e.align_log2 = log as u8;
                 }
             }
-            format::KIND_FREE => e.a = id(&mut c)?,
+            format::KIND_FREE => e.a = addr(&mut c)?,
             format::KIND_REALLOC => {
-                e.a = id(&mut c)?;
-                e.b = id(&mut c)?;
-                e.size = c.varint()?;
-            }
-            format::KIND_FREE_UNKNOWN => {}
-            format::KIND_REALLOC_UNKNOWN => {
-                e.b = id(&mut c)?;
+                e.a = addr(&mut c)?;
+                e.b = addr(&mut c)?;
                 e.size = c.varint()?;
             }
             _ => return err(offset, format!("bad record kind {kind}")),
@@ -424,74 +441,122 @@ fn decode_block(
     Ok(())
 }
 
-/// Renumbers object ids densely and checks every free names an object
-/// allocated once and ended at most once.
-fn resolve(trace: &mut Trace, raw: Vec<Vec<RawEvent>>) -> Result<(), TraceError> {
-    let mut index: HashMap<u64, u32> = HashMap::new();
-    for e in raw.iter().flatten() {
-        let created = match e.kind {
-            format::KIND_ALLOC => e.a,
-            format::KIND_REALLOC | format::KIND_REALLOC_UNKNOWN => e.b,
-            _ => continue,
-        };
-        let next = trace.objects.len();
-        if next >= u32::MAX as usize {
+/// Links frees and reallocs to the objects they end by taking every
+/// thread's records in time order over a map of live addresses, and
+/// numbers the objects densely.
+///
+/// An allocation (or a realloc's new address) at an address that is still
+/// live waits until that address is freed: the free is then on another
+/// thread with a nearly equal time (the realloc case of the format docs).
+/// A free or realloc of an address not live is of a block from before the
+/// recording.
+fn resolve(
+    trace: &mut Trace,
+    raw: Vec<Vec<RawEvent>>,
+    to_ns: impl Fn(u64) -> u64,
+) -> Result<(), TraceError> {
+    let threads = raw.len();
+    let mut live: HashMap<u64, u32> = HashMap::new();
+    let mut next = vec![0usize; threads];
+    let mut ready: BinaryHeap<Reverse<(u64, u32)>> = BinaryHeap::new();
+    trace.threads = raw.iter().map(|l| Vec::with_capacity(l.len())).collect();
+    for (t, list) in raw.iter().enumerate() {
+        if let Some(e) = list.first() {
+            ready.push(Reverse((e.ticks, t as u32)));
+        }
+    }
+    let new_object = |objects: &mut Vec<Object>, size: u64, align_log2: u8| -> u32 {
+        objects.push(Object { size, align_log2 });
+        (objects.len() - 1) as u32
+    };
+    // Threads whose next record allocates an address still live.
+    let mut blocked: HashMap<u64, Vec<u32>> = HashMap::new();
+    while let Some(Reverse((_, t))) = ready.pop() {
+        let ti = t as usize;
+        let e = &raw[ti][next[ti]];
+        if trace.objects.len() >= u32::MAX as usize - 1 {
             return err(e.offset, "more than 2^32 objects");
         }
-        if index.insert(created, next as u32).is_some() {
-            return err(e.offset, format!("object id {created:#x} allocated twice"));
-        }
-        let align_log2 = if e.kind == format::KIND_ALLOC {
-            e.align_log2
-        } else {
-            0
-        };
-        trace.objects.push(Object {
-            size: e.size,
-            align_log2,
-        });
-    }
-    let mut ended = vec![false; trace.objects.len()];
-    let mut end = |raw_id: u64, offset: usize| -> Result<u32, TraceError> {
-        let Some(&obj) = index.get(&raw_id) else {
-            return err(
-                offset,
-                format!("free of object id {raw_id:#x} that was never allocated"),
-            );
-        };
-        if std::mem::replace(&mut ended[obj as usize], true) {
-            return err(offset, format!("object id {raw_id:#x} freed twice"));
-        }
-        Ok(obj)
-    };
-    trace.threads = Vec::with_capacity(raw.len());
-    for list in raw {
-        let mut events = Vec::with_capacity(list.len());
-        for e in list {
-            let op = match e.kind {
-                format::KIND_ALLOC => Op::Alloc {
-                    obj: index[&e.a],
+        let op = match e.kind {
+            format::KIND_ALLOC => {
+                if live.contains_key(&e.a) {
+                    blocked.entry(e.a).or_default().push(t);
+                    continue;
+                }
+                let obj = new_object(&mut trace.objects, e.size, e.align_log2);
+                live.insert(e.a, obj);
+                Op::Alloc {
+                    obj,
                     size: e.size,
                     align_log2: e.align_log2,
                     zeroed: e.zeroed,
-                },
-                format::KIND_FREE => Op::Free {
-                    obj: end(e.a, e.offset)?,
-                },
-                format::KIND_REALLOC => Op::Realloc {
-                    old: end(e.a, e.offset)?,
-                    new: index[&e.b],
-                    size: e.size,
-                },
-                format::KIND_FREE_UNKNOWN => Op::FreeUnknown,
-                _ => Op::ReallocUnknown {
-                    new: index[&e.b],
-                    size: e.size,
-                },
-            };
-            events.push(Event { ts: e.ts, op });
+                }
+            }
+            format::KIND_FREE => match live.remove(&e.a) {
+                Some(obj) => {
+                    wake(&mut blocked, e.a, &raw, &next, &mut ready);
+                    Op::Free { obj }
+                }
+                None => Op::FreeUnknown,
+            },
+            _ => {
+                if e.b != e.a && live.contains_key(&e.b) {
+                    blocked.entry(e.b).or_default().push(t);
+                    continue;
+                }
+                let old = live.remove(&e.a);
+                let new = new_object(&mut trace.objects, e.size, 0);
+                live.insert(e.b, new);
+                if e.b != e.a {
+                    wake(&mut blocked, e.a, &raw, &next, &mut ready);
+                }
+                match old {
+                    Some(old) => Op::Realloc {
+                        old,
+                        new,
+                        size: e.size,
+                    },
+                    None => Op::ReallocUnknown { new, size: e.size },
+                }
+            }
+        };
+        trace.threads[ti].push(Event {
+            ts: to_ns(e.ticks),
+            op,
+        });
+        next[ti] += 1;
+        if let Some(n) = raw[ti].get(next[ti]) {
+            ready.push(Reverse((n.ticks, t)));
         }
-        trace.threads.push(events);
+    }
+    if let Some((t, _)) = next.iter().enumerate().find(|&(t, &i)| i < raw[t].len()) {
+        let e = &raw[t][next[t]];
+        return err(
+            e.offset,
+            format!(
+                "thread {t} allocates address {:#x}, which is never freed before (corrupt trace)",
+                if e.kind == format::KIND_ALLOC {
+                    e.a
+                } else {
+                    e.b
+                }
+            ),
+        );
     }
     Ok(())
+}
+
+/// Makes the threads blocked on `addr` ready again.
+fn wake(
+    blocked: &mut HashMap<u64, Vec<u32>>,
+    addr: u64,
+    raw: &[Vec<RawEvent>],
+    next: &[usize],
+    ready: &mut BinaryHeap<Reverse<(u64, u32)>>,
+) {
+    if let Some(list) = blocked.remove(&addr) {
+        for w in list {
+            ready.push(Reverse((raw[w as usize][next[w as usize]].ticks, w)));
+        }
+    }
 }

@@ -19,11 +19,13 @@
 //!
 //! - Each thread appends records to its own buffer (a 128 KiB `os::map`
 //!   mapping found through a `const` thread-local pointer), so recording
-//!   takes no global lock: per operation it costs a clock read, a lock of one
-//!   shard of the [`object_table`](crate::object_table) and 4-7 encoded
-//!   bytes. A full buffer becomes one block written with one `write(2)`.
-//! - The recorder never calls `malloc`: buffers and the object table are
-//!   mapped with [`os::map`], the file is written with raw `write`. The only
+//!   takes no lock and shares no cache line: per operation it costs an
+//!   uncontended swap, one `rdtscp` and 4-8 encoded bytes. Blocks are named
+//!   by address; linking each free to its allocation (even across threads)
+//!   is left to the [reader](crate::reader), offline. A full buffer becomes
+//!   one block written with one `write(2)`.
+//! - The recorder never calls `malloc`: buffers are mapped with
+//!   [`os::map`], the file is written with raw `write`. The only
 //!   libc calls that might allocate (registering the thread-exit key) run
 //!   while the thread's buffer pointer holds the `INITIALISING` sentinel, so
 //!   a re-entrant call on that thread is dropped instead of recursing.
@@ -39,9 +41,12 @@
 //! - In a forked child recording stops (its buffers hold the parent's
 //!   records, which the parent writes).
 //!
-//! Ordering: a block is removed from the object table *before* the backend
-//! frees it ([`on_free`], [`realloc_begin`]); otherwise another thread could
-//! be handed the same address and insert it before the removal.
+//! Ordering: a free is stamped *before* the backend releases the block
+//! ([`on_free`]) and an allocation *after* the backend returned it, with a
+//! clock that is consistent across cores (the invariant TSC, read with
+//! `rdtscp`, which waits for earlier instructions). So when an address is
+//! reused, its free carries an earlier time than its next allocation, which
+//! is what lets the reader tell the two objects apart.
 
 use core::cell::Cell;
 use core::ffi::{c_int, c_void, CStr};
@@ -51,7 +56,6 @@ use heapkit_core::lock::{RawSpinLock, SpinLock};
 use heapkit_core::os;
 
 use crate::format::{self, put_varint, zigzag};
-use crate::object_table;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static STARTED: AtomicBool = AtomicBool::new(false);
@@ -85,8 +89,9 @@ const UNAVAILABLE: usize = 2;
 /// One thread's record buffer; lives at the start of its own mapping.
 ///
 /// Invariants: `len <= PAYLOAD_CAP`; `payload[..len]` holds `records`
-/// complete records, encoded relative to `base_ns` / `base_id`; `prev_ns` /
-/// `prev_id` are the timestamp and object id the next record is relative to.
+/// complete records, encoded relative to `base_ticks` / `base_addr`;
+/// `prev_ticks` / `prev_addr` are the timestamp and address the next record
+/// is relative to.
 /// Every field but `busy` and `next` is touched only by the thread holding
 /// `busy`.
 #[repr(C)]
@@ -95,11 +100,10 @@ struct ThreadBuf {
     next: usize,
     thread: u32,
     records: u32,
-    next_object: u64,
-    base_ns: u64,
-    base_id: u64,
-    prev_ns: u64,
-    prev_id: u64,
+    base_ticks: u64,
+    base_addr: u64,
+    prev_ticks: u64,
+    prev_addr: u64,
     len: usize,
 }
 
@@ -136,8 +140,9 @@ pub fn start(path: &CStr) -> bool {
     header[0..8].copy_from_slice(&format::MAGIC);
     header[8..10].copy_from_slice(&format::VERSION.to_le_bytes());
     header[10..12].copy_from_slice(&(format::HEADER_LEN as u16).to_le_bytes());
+    header[12..16].copy_from_slice(&pid.to_le_bytes());
     header[16..24].copy_from_slice(&os::monotonic_ns().to_le_bytes());
-    header[24..28].copy_from_slice(&pid.to_le_bytes());
+    header[24..32].copy_from_slice(&now_ticks().to_le_bytes());
     if !os::write_fd(fd, &header) {
         os::close_fd(fd);
         return false;
@@ -158,10 +163,6 @@ pub fn on_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
         return;
     }
     let Some(buf) = enter() else { return };
-    let id = buf.new_object();
-    if !object_table::insert(ptr as usize, id) {
-        DROPPED.fetch_add(1, Ordering::Relaxed);
-    }
     let mut op = format::KIND_ALLOC;
     if zeroed {
         op |= format::FLAG_ZEROED;
@@ -171,7 +172,7 @@ pub fn on_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
         op |= format::FLAG_ALIGNED;
     }
     let mut w = buf.begin(op);
-    w.id(id);
+    w.addr(ptr);
     w.value(size as u64);
     if aligned {
         w.value(align.trailing_zeros() as u64);
@@ -188,77 +189,41 @@ pub fn on_free(ptr: *mut u8) {
         return;
     }
     let Some(buf) = enter() else { return };
-    let id = object_table::remove(ptr as usize);
-    if id == 0 {
-        buf.begin(format::KIND_FREE_UNKNOWN).end();
-    } else {
-        let mut w = buf.begin(format::KIND_FREE);
-        w.id(id);
-        w.end();
-    }
+    let mut w = buf.begin(format::KIND_FREE);
+    w.addr(ptr);
+    w.end();
     leave(buf);
 }
 
-/// The part of a realloc recorded before the backend call: forgets `old`
-/// and returns its object id (0 if unknown or null) for [`on_realloc`].
+/// Records `realloc(old, size) == new`; call after the backend returned.
+/// Handles the C edge cases: a failed realloc (null `new`, non-zero
+/// `size`) keeps `old` alive and records nothing; `realloc(p, 0)` returning
+/// null records a free; `realloc(NULL, n)` records an allocation.
 #[inline]
-pub fn realloc_begin(old: *mut u8) -> u64 {
-    if old.is_null() {
-        return 0;
-    }
-    object_table::remove(old as usize)
-}
-
-/// Records `realloc(old, size) == new`, where `old_id` came from
-/// [`realloc_begin`]`(old)` just before the backend call. Handles the C
-/// edge cases: a failed realloc (null `new`, non-zero `size`) keeps `old`
-/// alive and records nothing; `realloc(p, 0)` returning null records a free;
-/// `realloc(NULL, n)` records an allocation.
-#[inline]
-pub fn on_realloc(old: *mut u8, old_id: u64, new: *mut u8, size: usize) {
+pub fn on_realloc(old: *mut u8, new: *mut u8, size: usize) {
     if new.is_null() && size != 0 {
-        if old_id != 0 {
-            object_table::insert(old as usize, old_id);
-        }
         return;
     }
     if old.is_null() {
         on_alloc(new, size, 0, false);
         return;
     }
-    let Some(buf) = enter() else { return };
     if new.is_null() {
-        // realloc(p, 0) freed p.
-        if old_id == 0 {
-            buf.begin(format::KIND_FREE_UNKNOWN).end();
-        } else {
-            let mut w = buf.begin(format::KIND_FREE);
-            w.id(old_id);
-            w.end();
-        }
-    } else {
-        let id = buf.new_object();
-        if !object_table::insert(new as usize, id) {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-        }
-        if old_id == 0 {
-            let mut w = buf.begin(format::KIND_REALLOC_UNKNOWN);
-            w.id(id);
-            w.value(size as u64);
-            w.end();
-        } else {
-            let mut w = buf.begin(format::KIND_REALLOC);
-            w.id(old_id);
-            w.id(id);
-            w.value(size as u64);
-            w.end();
-        }
+        on_free(old);
+        return;
     }
+    let Some(buf) = enter() else { return };
+    let mut w = buf.begin(format::KIND_REALLOC);
+    w.addr(old);
+    w.addr(new);
+    w.value(size as u64);
+    w.end();
     leave(buf);
 }
 
 /// Number of operations the recorder had to drop (re-entrant calls during
-/// a thread's first record, a buffer busy at exit, memory exhaustion).
+/// a thread's first record, records racing with [`finish`], no memory for
+/// a thread buffer).
 pub fn dropped() -> usize {
     DROPPED.load(Ordering::Relaxed)
 }
@@ -290,8 +255,9 @@ pub fn finish() {
     let mut end = [0u8; format::BLOCK_HEADER_LEN];
     end[0..4].copy_from_slice(&format::END_TAG.to_le_bytes());
     end[4..8].copy_from_slice(&threads.to_le_bytes());
-    end[16..24].copy_from_slice(&os::monotonic_ns().to_le_bytes());
+    end[16..24].copy_from_slice(&now_ticks().to_le_bytes());
     end[24..32].copy_from_slice(&TOTAL_RECORDS.load(Ordering::Relaxed).to_le_bytes());
+    end[32..40].copy_from_slice(&os::monotonic_ns().to_le_bytes());
     write_block(&end);
 }
 
@@ -345,8 +311,7 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
         return None;
     }
     let thread = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
-    let first_id = (thread as u64) << format::ID_THREAD_SHIFT;
-    let now = os::monotonic_ns();
+    let now = now_ticks();
     let buf_ptr = mem.cast::<ThreadBuf>();
     // SAFETY: mem is a fresh, page-aligned mapping larger than ThreadBuf.
     unsafe {
@@ -355,11 +320,10 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
             next: 0,
             thread,
             records: 0,
-            next_object: first_id,
-            base_ns: now,
-            base_id: first_id,
-            prev_ns: now,
-            prev_id: first_id,
+            base_ticks: now,
+            base_addr: 0,
+            prev_ticks: now,
+            prev_addr: 0,
             len: 0,
         })
     };
@@ -391,12 +355,6 @@ unsafe extern "C" fn thread_exit(value: *mut c_void) {
 
 impl ThreadBuf {
     #[inline]
-    fn new_object(&mut self) -> u64 {
-        self.next_object += 1;
-        self.next_object
-    }
-
-    #[inline]
     fn payload(&mut self) -> *mut u8 {
         // SAFETY: the payload lies inside this buffer's mapping.
         unsafe { (self as *mut Self).cast::<u8>().add(PAYLOAD_AT) }
@@ -409,9 +367,9 @@ impl ThreadBuf {
         if self.len + format::MAX_RECORD_LEN > PAYLOAD_CAP {
             flush(self);
         }
-        let now = os::monotonic_ns();
-        let dt = now.saturating_sub(self.prev_ns);
-        self.prev_ns = self.prev_ns.max(now);
+        let now = now_ticks();
+        let dt = now.saturating_sub(self.prev_ticks);
+        self.prev_ticks = self.prev_ticks.max(now);
         let at = self.len;
         // SAFETY: at + MAX_RECORD_LEN <= PAYLOAD_CAP.
         unsafe { self.payload().add(at).write(op) };
@@ -438,11 +396,12 @@ impl RecordWriter<'_> {
         self.at += unsafe { put_varint(self.buf.payload().add(self.at), v) };
     }
 
-    /// An object id, as a delta from the previous one.
+    /// A block address, as a delta from the previous one.
     #[inline]
-    fn id(&mut self, id: u64) {
-        let delta = id.wrapping_sub(self.buf.prev_id) as i64;
-        self.buf.prev_id = id;
+    fn addr(&mut self, p: *mut u8) {
+        let a = p as u64;
+        let delta = a.wrapping_sub(self.buf.prev_addr) as i64;
+        self.buf.prev_addr = a;
         self.value(zigzag(delta));
     }
 
@@ -472,8 +431,8 @@ fn flush(buf: &mut ThreadBuf) {
     block[4..8].copy_from_slice(&buf.thread.to_le_bytes());
     block[8..12].copy_from_slice(&buf.records.to_le_bytes());
     block[12..16].copy_from_slice(&(len as u32).to_le_bytes());
-    block[16..24].copy_from_slice(&buf.base_ns.to_le_bytes());
-    block[24..32].copy_from_slice(&buf.base_id.to_le_bytes());
+    block[16..24].copy_from_slice(&buf.base_ticks.to_le_bytes());
+    block[24..32].copy_from_slice(&buf.base_addr.to_le_bytes());
     block[32..36].copy_from_slice(&sum.to_le_bytes());
     block[36..40].copy_from_slice(&0u32.to_le_bytes());
     if os::process_id() == PID.load(Ordering::Relaxed) && write_block(block) {
@@ -481,8 +440,8 @@ fn flush(buf: &mut ThreadBuf) {
     }
     buf.len = 0;
     buf.records = 0;
-    buf.base_ns = buf.prev_ns;
-    buf.base_id = buf.prev_id;
+    buf.base_ticks = buf.prev_ticks;
+    buf.base_addr = buf.prev_addr;
 }
 
 fn write_block(bytes: &[u8]) -> bool {
@@ -495,4 +454,25 @@ fn write_block(bytes: &[u8]) -> bool {
     // SAFETY: locked just above by this thread.
     unsafe { WRITE_LOCK.unlock() };
     ok
+}
+
+/// The recorder's clock: the time-stamp counter on x86-64 (constant rate and
+/// synchronised across cores on every x86-64 CPU of the last decade), read
+/// with `rdtscp`, which waits until every earlier instruction has executed,
+/// so a timestamp is never taken before the call it stamps. The reader
+/// converts ticks to nanoseconds with the start and end times of the trace.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn now_ticks() -> u64 {
+    let mut aux = 0u32;
+    // SAFETY: rdtscp has no memory-safety preconditions; aux is a valid
+    // out-pointer. (Every x86-64 CPU since 2006 has it.)
+    unsafe { core::arch::x86_64::__rdtscp(&mut aux) }
+}
+
+/// The recorder's clock elsewhere: CLOCK_MONOTONIC nanoseconds.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn now_ticks() -> u64 {
+    os::monotonic_ns()
 }

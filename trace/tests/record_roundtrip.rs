@@ -47,9 +47,7 @@ fn recorder_round_trip_and_corrupt_traces() {
                     let mut cur = p;
                     if i % 10 == 0 {
                         let q = fake_ptr(t + 8, i);
-                        let id = record::realloc_begin(cur);
-                        assert_ne!(id, 0);
-                        record::on_realloc(cur, id, q, 4000 + i);
+                        record::on_realloc(cur, q, 4000 + i);
                         cur = q;
                     }
                     if i % 2 == 0 {
@@ -65,6 +63,10 @@ fn recorder_round_trip_and_corrupt_traces() {
                 let mut freed = 0;
                 while let Ok(p) = rx.recv() {
                     record::on_free(p as *mut u8);
+                    // The address is handed out again, on this thread: a
+                    // new object the reader must tell from the old one.
+                    record::on_alloc(p as *mut u8, 777_777, 16, false);
+                    record::on_free(p as *mut u8);
                     freed += 1;
                 }
                 freed
@@ -75,14 +77,14 @@ fn recorder_round_trip_and_corrupt_traces() {
     // Main thread: an unknown free and a failed realloc (records nothing).
     record::on_free(0xdead_0000 as *mut u8);
     record::on_alloc(0xbeef_0000 as *mut u8, 10, 0, false);
-    let id = record::realloc_begin(0xbeef_0000 as *mut u8);
-    record::on_realloc(0xbeef_0000 as *mut u8, id, std::ptr::null_mut(), 1 << 40);
-    record::on_free(0xbeef_0000 as *mut u8); // still known: the failed realloc kept it
+    record::on_realloc(0xbeef_0000 as *mut u8, std::ptr::null_mut(), 1 << 40); // failed
+    record::on_free(0xbeef_0000 as *mut u8); // still live: the failed realloc kept it
     expected_ops += 3;
     for h in handles {
         assert_eq!(h.join().unwrap(), PER_THREAD / 2);
     }
-    expected_ops += THREADS * (PER_THREAD + PER_THREAD / 10 + PER_THREAD);
+    // Per thread: allocs, reallocs, frees, and 2 ops per re-used address.
+    expected_ops += THREADS * (PER_THREAD + PER_THREAD / 10 + PER_THREAD + PER_THREAD);
     record::finish();
     assert!(!record::enabled());
     assert_eq!(record::dropped(), 0);
@@ -122,6 +124,15 @@ fn recorder_round_trip_and_corrupt_traces() {
     assert_eq!(ends, trace.objects.len());
     // Sizes survive: some thread-2 block of 2*100+49+1 bytes.
     assert!(trace.objects.iter().any(|o| o.size == 250));
+    // Re-used addresses became objects of their own.
+    assert_eq!(
+        trace.objects.iter().filter(|o| o.size == 777_777).count(),
+        THREADS * PER_THREAD / 2
+    );
+    let cross = heapkit_trace::summary::Summary::of(&trace)
+        .unwrap()
+        .cross_thread_frees;
+    assert_eq!(cross, THREADS * PER_THREAD / 2);
     let order = schedule::schedule(&trace).unwrap();
     assert_eq!(order.len(), expected_ops);
     assert!(schedule::peak_live_bytes(&trace, &order) > 0);
@@ -137,7 +148,7 @@ fn corrupt_traces_are_rejected(good: &[u8]) {
     // as good as the whole file for truncation, but check the whole file
     // at a stride and the header exhaustively.
     for len in 0..good.len() {
-        if len > 4096 && len % 97 != 0 {
+        if len > 4096 && len % (good.len() / 300 + 1) != 0 && len + 64 < good.len() {
             continue;
         }
         let e = Trace::parse(&good[..len]).expect_err("a truncated trace must be rejected");
@@ -157,7 +168,7 @@ fn corrupt_traces_are_rejected(good: &[u8]) {
     // (checksum), and the error names an offset inside the file.
     let mut rejected = 0;
     let mut tried = 0;
-    for at in (0..good.len()).step_by(good.len() / 3000 + 1) {
+    for at in (0..good.len()).step_by(good.len() / 1000 + 1) {
         for mask in [0x01u8, 0x80, 0xff] {
             let mut v = good.to_vec();
             v[at] ^= mask;
