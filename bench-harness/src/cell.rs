@@ -74,7 +74,7 @@ pub fn run_job(args: &[String]) -> Result<String> {
             serde_json::to_string(&sample).map_err(|e| Error::new(e.to_string()))
         }
         Some("replay") => {
-            let path = arg(args, "path").ok_or_else(|| Error::new("missing path=<trace>"))?;
+            let path = arg(args, "plan").ok_or_else(|| Error::new("missing plan=<file>"))?;
             let ordered = parse_arg(args, "ordered", 0u8)? != 0;
             let sample =
                 crate::replay_cell::run_job(path, ordered, parse_arg(args, "seed", 1u64)?)?;

@@ -73,6 +73,7 @@ pub mod measure;
 pub mod registry;
 pub mod replay;
 pub mod replay_cell;
+pub mod replay_plan;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -7,8 +7,9 @@
 //! heapkit-bench replay app.hkt --allocators system,jemalloc,mimalloc
 //! ```
 //!
-//! The trace is validated here first (a bad trace is one clear error, with
-//! its byte offset); then each repetition of each allocator is a fresh
+//! The trace is validated and decoded here, once, into a
+//! [replay plan](crate::replay_plan) file (a bad trace is one clear error,
+//! with its byte offset); then each repetition of each allocator is a fresh
 //! process of that allocator's cell binary running the `replay` job
 //! ([`crate::replay_cell`]), exactly like `run` does for workloads, with the
 //! allocators alternating between repetitions. Every sample is checked: the
@@ -31,6 +32,7 @@ use crate::cell::{cell_binary, spawn_cell};
 use crate::error::{Error, Result};
 use crate::registry::{find_allocator, ALLOCATORS};
 use crate::replay_cell::ReplaySample;
+use crate::replay_plan;
 use crate::report::{self, Cell, Machine, Report, RunConfig, SCHEMA_VERSION};
 use crate::run::utc_stamp;
 use crate::trace_info;
@@ -70,13 +72,30 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
         .trace
         .canonicalize()
         .map_err(|e| Error::new(format!("cannot open trace {}: {e}", args.trace.display())))?;
-    let trace = Trace::open(&trace_path).map_err(|e| Error::new(e.to_string()))?;
-    let summary = Summary::of(&trace).map_err(Error::new)?;
-    let expected_ops = summary.replayable_ops() as u64;
-    drop(trace);
     let trace_name = trace_path
         .file_stem()
         .map_or("trace".into(), |s| s.to_string_lossy().into_owned());
+    let trace = Trace::open(&trace_path).map_err(|e| Error::new(e.to_string()))?;
+    let plan_path = std::env::temp_dir().join(format!(
+        "heapkit-replay-{}-{trace_name}.plan",
+        std::process::id()
+    ));
+    let written = replay_plan::write(&trace, &plan_path);
+    drop(trace);
+    let summary = written?.summary;
+    let result = replay_plan_file(args, &trace_path, &trace_name, &plan_path, &summary);
+    let _ = std::fs::remove_file(&plan_path);
+    result
+}
+
+fn replay_plan_file(
+    args: &ReplayArgs,
+    trace_path: &std::path::Path,
+    trace_name: &str,
+    plan_path: &std::path::Path,
+    summary: &Summary,
+) -> Result<()> {
+    let expected_ops = summary.replayable_ops() as u64;
 
     let allocators: Vec<String> = if args.allocators.is_empty() {
         ALLOCATORS.iter().map(|a| a.name.to_string()).collect()
@@ -110,7 +129,7 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
         .iter()
         .map(|e| Cell {
             allocator: e.name.to_string(),
-            workload: trace_name.clone(),
+            workload: trace_name.to_string(),
             threads: summary.threads,
             samples: Vec::new(),
             errors: Vec::new(),
@@ -118,7 +137,7 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
         .collect();
     let job = vec![
         "replay".to_string(),
-        format!("path={}", trace_path.display()),
+        format!("plan={}", plan_path.display()),
         format!("ordered={}", u8::from(args.ordered)),
     ];
     let start = Instant::now();
@@ -165,7 +184,7 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
             scale: 1.0,
             repetitions: args.repetitions,
             allocators,
-            workloads: vec![trace_name.clone()],
+            workloads: vec![trace_name.to_string()],
             threads: vec![summary.threads],
             baseline,
             seed: 0,
@@ -173,7 +192,7 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
         cells,
     };
     report::write_all(&report, &dir)?;
-    prepend_trace_section(&dir, &trace_path, &summary, args.ordered)?;
+    prepend_trace_section(&dir, trace_path, summary, args.ordered)?;
     let failed = report.cells.iter().filter(|c| !c.errors.is_empty()).count();
     println!("{}", dir.join("REPORT.md").display());
     if failed > 0 {

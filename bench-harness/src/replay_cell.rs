@@ -3,17 +3,18 @@
 //! in that binary and prints one [`ReplaySample`] JSON line.
 //!
 //! ```text
-//! hk-cell-<allocator> replay path=<trace.hkt> [ordered=1] [seed=S]
+//! hk-cell-<allocator> replay plan=<file> [ordered=1] [seed=S]
 //! ```
 //!
 //! # What a replay does
 //!
-//! Before the clock starts (all of this allocates, none of it is measured):
-//! the trace is decoded, validated and scheduled ([`heapkit_trace`]); every
-//! object gets a slot in a preallocated, pre-touched table and its
-//! effective layout (a realloc keeps its object's alignment); one replay
-//! thread per recorded thread is spawned with its latency histograms, and
-//! all wait on a barrier.
+//! Before the clock starts: the [plan](crate::replay_plan) the parent
+//! decoded from the trace is mapped and every page of it read; the object
+//! table (one pointer per object) is an anonymous mapping, written through
+//! once; one replay thread per recorded thread is spawned with its latency
+//! histograms, and all wait on a barrier. The heap of the allocator under
+//! test is nearly empty at that point: nothing decoded through it and freed
+//! is left for it to recycle during the replay.
 //!
 //! Timed: each thread executes its recorded operations in order through the
 //! global allocator (`alloc`/`alloc_zeroed`/`realloc`/`dealloc` with the
@@ -21,11 +22,11 @@
 //! block it gets (so resident memory is real), and publishes the pointer in
 //! the object's slot. An operation that ends an object allocated on another
 //! thread waits (spin, then yield) until that object's slot is published.
-//! Frees of pointers allocated before recording started are skipped.
+//! Frees of blocks allocated before recording started are skipped.
 //!
 //! With `ordered=1` the threads also take turns in the trace's
 //! [schedule](heapkit_trace::schedule), so the process executes exactly
-//! the recorded global order and can count the live bytes as it goes: that
+//! the recorded global order and counts the live bytes as it goes: that
 //! count's peak must equal the trace's peak live bytes. This is the
 //! verification mode (slower: every operation is a hand-off); the default
 //! lets threads run freely, bound only by the object dependencies.
@@ -40,13 +41,13 @@ use std::sync::Barrier;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use heapkit_trace::{schedule, summary::Summary, Event, Op, Trace};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::measure::{
     minor_faults, peak_rss_bytes, reset_peak_rss, rss_bytes, ticks, TickClock, SAMPLE_PERIOD,
 };
+use crate::replay_plan::{kind, Plan, PlanOp};
 use crate::report::{Checkpoint, OpLatency, Sample};
 use crate::rng::SplitMix64;
 
@@ -60,7 +61,7 @@ pub struct ReplaySample {
     pub sample: Sample,
     /// Replay threads (= recorded threads).
     pub threads: usize,
-    /// Frees of unknown pointers skipped.
+    /// Frees of unknown blocks skipped.
     pub skipped: u64,
     /// Peak live bytes counted while executing (ordered mode only).
     pub measured_peak_live: Option<u64>,
@@ -73,75 +74,60 @@ const NOT_READY: usize = 1;
 
 /// State shared by the replay threads. Built before timing.
 struct Shared<'a> {
-    trace: &'a Trace,
-    /// Per object: its block once allocated (NOT_READY before).
-    slots: Vec<AtomicUsize>,
-    /// Per object: effective alignment.
-    align: Vec<usize>,
+    /// Per object: its block once allocated (NOT_READY before). Lives in
+    /// `_slots_map`, not on the measured heap.
+    slots: &'a [AtomicUsize],
     /// Ordered mode: the step whose turn it is.
     turn: AtomicU64,
     /// Ordered mode: live bytes and their peak (updated only by the thread
     /// whose turn it is, so plain loads and stores suffice).
     live: AtomicU64,
     peak: AtomicU64,
+    ordered: bool,
 }
 
-/// Runs the `replay` job described by `args` (`path=`, `ordered=`, `seed=`).
+/// Runs the `replay` job on the plan at `path`.
 pub fn run_job(path: &str, ordered: bool, seed: u64) -> Result<ReplaySample> {
-    let trace = Trace::open(Path::new(path)).map_err(|e| Error::new(e.to_string()))?;
-    let summary = Summary::of(&trace).map_err(Error::new)?;
-    let order = schedule::schedule(&trace).map_err(Error::new)?;
-    // Sequence number of each event in the global order (ordered mode).
-    let seqs: Vec<Vec<u64>> = if ordered {
-        let mut seqs: Vec<Vec<u64>> = trace.threads.iter().map(|t| vec![0; t.len()]).collect();
-        for (n, &(t, i)) in order.iter().enumerate() {
-            seqs[t as usize][i as usize] = n as u64;
-        }
-        seqs
-    } else {
-        trace.threads.iter().map(|_| Vec::new()).collect()
-    };
-    // A realloc keeps its block's alignment (Rust's realloc keeps the
-    // layout's); the schedule visits `old` before `new`.
-    let mut align: Vec<usize> = trace
-        .objects
-        .iter()
-        .map(|o| 16usize.max(1 << o.align_log2))
-        .collect();
-    for &(t, i) in &order {
-        if let Op::Realloc { old, new, .. } = trace.threads[t as usize][i as usize].op {
-            align[new as usize] = align[old as usize];
-        }
+    let plan = Plan::open(Path::new(path))?;
+    plan.prefault();
+    let ops = plan.ops();
+    let slot_bytes = (plan.objects.max(1) * 8).next_multiple_of(4096);
+    let mut slots_map = memmap2::MmapMut::map_anon(slot_bytes)
+        .map_err(|e| Error::new(format!("cannot map the object table: {e}")))?;
+    // SAFETY: the anonymous mapping is page-aligned, slot_bytes / 8 words
+    // long, and AtomicUsize has the layout of usize; the slice borrows the
+    // mapping, which outlives every use below.
+    let slots: &[AtomicUsize] =
+        unsafe { std::slice::from_raw_parts(slots_map.as_mut_ptr().cast(), slot_bytes / 8) };
+    for s in slots {
+        s.store(NOT_READY, Ordering::Relaxed); // writes every page now
     }
-    drop(order);
     let shared = Shared {
-        trace: &trace,
-        // Written (not just reserved) here, so touching it during the replay
-        // adds no resident memory.
-        slots: (0..trace.objects.len())
-            .map(|_| AtomicUsize::new(NOT_READY))
-            .collect(),
-        align,
+        slots,
         turn: AtomicU64::new(0),
         live: AtomicU64::new(0),
         peak: AtomicU64::new(0),
+        ordered,
     };
     let clock = TickClock::calibrate();
-    let threads = trace.threads.len();
+    let threads = plan.threads.len();
     let barrier = Barrier::new(threads + 1);
     reset_peak_rss();
     let rss_start = rss_bytes();
     let faults_start = minor_faults();
     let (wall_ns, results) = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
+        let handles: Vec<_> = plan
+            .threads
+            .iter()
+            .enumerate()
+            .map(|(t, &(first, n))| {
                 let shared = &shared;
                 let barrier = &barrier;
-                let seqs = &seqs[t];
+                let mine = &ops[first..first + n];
                 let mut timer = OpTimer::new(clock, seed ^ (t as u64).wrapping_mul(0x9E37_79B9));
                 scope.spawn(move || {
                     barrier.wait();
-                    let done = replay_thread(&shared.trace.threads[t], seqs, shared, &mut timer);
+                    let done = replay_thread(mine, shared, &mut timer);
                     (done, timer)
                 })
             })
@@ -175,7 +161,7 @@ pub fn run_job(path: &str, ordered: bool, seed: u64) -> Result<ReplaySample> {
             checkpoints: vec![Checkpoint {
                 label: "peak".into(),
                 rss: peak_rss,
-                live: measured_peak_live.unwrap_or(summary.peak_live_bytes),
+                live: measured_peak_live.unwrap_or(plan.peak_live),
             }],
             clock: clock.info(),
         },
@@ -187,25 +173,19 @@ pub fn run_job(path: &str, ordered: bool, seed: u64) -> Result<ReplaySample> {
 }
 
 /// Executes one recorded thread; returns (operations executed, skipped).
-fn replay_thread(
-    events: &[Event],
-    seqs: &[u64],
-    shared: &Shared<'_>,
-    timer: &mut OpTimer,
-) -> (u64, u64) {
-    let ordered = !seqs.is_empty();
+fn replay_thread(ops: &[PlanOp], shared: &Shared<'_>, timer: &mut OpTimer) -> (u64, u64) {
     let (mut done, mut skipped) = (0u64, 0u64);
-    for (i, e) in events.iter().enumerate() {
-        if ordered {
-            wait_for(|| shared.turn.load(Ordering::Acquire) == seqs[i]);
+    for op in ops {
+        if shared.ordered {
+            wait_for(|| shared.turn.load(Ordering::Acquire) == op.seq);
         }
-        let delta = execute(&e.op, shared, timer);
-        if matches!(e.op, Op::FreeUnknown) {
+        let delta = execute(op, shared, timer);
+        if op.kind == kind::SKIP {
             skipped += 1;
         } else {
             done += 1;
         }
-        if ordered {
+        if shared.ordered {
             let live = shared
                 .live
                 .load(Ordering::Relaxed)
@@ -214,7 +194,7 @@ fn replay_thread(
             if live > shared.peak.load(Ordering::Relaxed) {
                 shared.peak.store(live, Ordering::Relaxed);
             }
-            shared.turn.store(seqs[i] + 1, Ordering::Release);
+            shared.turn.store(op.seq + 1, Ordering::Release);
         }
     }
     (done, skipped)
@@ -249,8 +229,8 @@ fn block_of(shared: &Shared<'_>, obj: u32) -> *mut u8 {
     p as *mut u8
 }
 
-fn layout(size: u64, align: usize) -> Layout {
-    match Layout::from_size_align((size as usize).max(1), align) {
+fn layout(size: u64, align_log2: u8) -> Layout {
+    match Layout::from_size_align((size as usize).max(1), 1usize << align_log2) {
         Ok(l) => l,
         Err(_) => handle_alloc_error(Layout::new::<u8>()),
     }
@@ -271,64 +251,54 @@ fn touch(p: *mut u8, size: usize) {
 
 /// Executes one operation; returns the change in live requested bytes.
 #[inline]
-fn execute(op: &Op, shared: &Shared<'_>, timer: &mut OpTimer) -> i64 {
-    let objects = &shared.trace.objects;
-    match *op {
-        Op::Alloc {
-            obj, size, zeroed, ..
-        } => allocate(shared, timer, obj, size, zeroed),
-        Op::ReallocUnknown { new, size } => allocate(shared, timer, new, size, false),
-        Op::Free { obj } => {
-            let p = block_of(shared, obj);
-            let size = objects[obj as usize].size;
-            let l = layout(size, shared.align[obj as usize]);
+fn execute(op: &PlanOp, shared: &Shared<'_>, timer: &mut OpTimer) -> i64 {
+    match op.kind {
+        kind::ALLOC => {
+            let l = layout(op.size, op.align_log2);
+            let t = timer.start();
+            // SAFETY: l has a non-zero size.
+            let p = unsafe {
+                if op.zeroed != 0 {
+                    std::alloc::alloc_zeroed(l)
+                } else {
+                    std::alloc::alloc(l)
+                }
+            };
+            timer.stop(t, Kind::Malloc);
+            if p.is_null() {
+                handle_alloc_error(l);
+            }
+            touch(p, l.size());
+            shared.slots[op.obj as usize].store(p as usize, Ordering::Release);
+            op.size as i64
+        }
+        kind::FREE => {
+            let p = block_of(shared, op.obj);
+            let l = layout(op.size, op.align_log2);
             let t = timer.start();
             // SAFETY: p was allocated with layout l by this replay and is
             // freed once (the trace ends each object once).
             unsafe { std::alloc::dealloc(p, l) };
             timer.stop(t, Kind::Free);
-            -(size as i64)
+            -(op.size as i64)
         }
-        Op::Realloc { old, new, size } => {
-            let p = block_of(shared, old);
-            let old_size = objects[old as usize].size;
-            let l = layout(old_size, shared.align[old as usize]);
-            let new_size = (size as usize).max(1);
+        kind::REALLOC => {
+            let p = block_of(shared, op.obj);
+            let l = layout(op.size, op.align_log2);
+            let new_size = (op.new_size as usize).max(1);
             let t = timer.start();
             // SAFETY: p is live with layout l; new_size is non-zero.
             let q = unsafe { std::alloc::realloc(p, l, new_size) };
             timer.stop(t, Kind::Realloc);
             if q.is_null() {
-                handle_alloc_error(layout(size, l.align()));
+                handle_alloc_error(layout(op.new_size, op.align_log2));
             }
             touch(q, new_size);
-            shared.slots[new as usize].store(q as usize, Ordering::Release);
-            size as i64 - old_size as i64
+            shared.slots[op.new_obj as usize].store(q as usize, Ordering::Release);
+            op.new_size as i64 - op.size as i64
         }
-        Op::FreeUnknown => 0,
+        _ => 0,
     }
-}
-
-/// Allocates object `obj` (`size` bytes, its effective alignment).
-#[inline]
-fn allocate(shared: &Shared<'_>, timer: &mut OpTimer, obj: u32, size: u64, zeroed: bool) -> i64 {
-    let l = layout(size, shared.align[obj as usize]);
-    let t = timer.start();
-    // SAFETY: l has a non-zero size.
-    let p = unsafe {
-        if zeroed {
-            std::alloc::alloc_zeroed(l)
-        } else {
-            std::alloc::alloc(l)
-        }
-    };
-    timer.stop(t, Kind::Malloc);
-    if p.is_null() {
-        handle_alloc_error(l);
-    }
-    touch(p, l.size());
-    shared.slots[obj as usize].store(p as usize, Ordering::Release);
-    size as i64
 }
 
 #[derive(Clone, Copy)]
