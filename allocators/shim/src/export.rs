@@ -27,6 +27,7 @@
 use core::ffi::{c_int, c_void};
 
 use heapkit_core::capi;
+use heapkit_trace::record;
 
 use crate::backend::with_backend;
 
@@ -36,7 +37,11 @@ use crate::backend::with_backend;
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    with_backend!(|a| capi::malloc(a, size))
+    let p = with_backend!(|a| capi::malloc(a, size));
+    if record::enabled() {
+        record::on_alloc(p.cast(), size, 0, false);
+    }
+    p
 }
 
 /// `calloc(n, size)`.
@@ -45,7 +50,11 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    with_backend!(|a| capi::calloc(a, n, size))
+    let p = with_backend!(|a| capi::calloc(a, n, size));
+    if record::enabled() {
+        record::on_alloc(p.cast(), n.wrapping_mul(size), 0, true);
+    }
+    p
 }
 
 /// `free(ptr)`.
@@ -54,6 +63,10 @@ pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    // Recorded before the block is released (another thread may get it).
+    if record::enabled() {
+        record::on_free(ptr.cast());
+    }
     // SAFETY: ptr is null or a live block of the selected backend (C contract).
     with_backend!(|a| unsafe { capi::free(a, ptr) })
 }
@@ -75,7 +88,11 @@ pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: ptr is null or a live block of the selected backend (C contract).
-    with_backend!(|a| unsafe { capi::realloc(a, ptr, size) })
+    let p = with_backend!(|a| unsafe { capi::realloc(a, ptr, size) });
+    if record::enabled() {
+        record::on_realloc(ptr.cast(), p.cast(), size);
+    }
+    p
 }
 
 /// `reallocarray(ptr, n, size)`.
@@ -85,7 +102,12 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -> *mut c_void {
     // SAFETY: ptr is null or a live block of the selected backend (C contract).
-    with_backend!(|a| unsafe { capi::reallocarray(a, ptr, n, size) })
+    let p = with_backend!(|a| unsafe { capi::reallocarray(a, ptr, n, size) });
+    if record::enabled() {
+        // An overflowing n * size fails (null result), which records nothing.
+        record::on_realloc(ptr.cast(), p.cast(), n.saturating_mul(size));
+    }
+    p
 }
 
 /// `posix_memalign(out, align, size)`.
@@ -95,7 +117,12 @@ pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -
 #[no_mangle]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
     // SAFETY: out is writable (C contract).
-    with_backend!(|a| unsafe { capi::posix_memalign(a, out, align, size) })
+    let rc = with_backend!(|a| unsafe { capi::posix_memalign(a, out, align, size) });
+    if rc == 0 && record::enabled() {
+        // SAFETY: on success the backend wrote a pointer to *out.
+        record::on_alloc(unsafe { *out }.cast(), size, align, false);
+    }
+    rc
 }
 
 /// `aligned_alloc(align, size)`.
@@ -104,7 +131,11 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    with_backend!(|a| capi::aligned_alloc(a, align, size))
+    let p = with_backend!(|a| capi::aligned_alloc(a, align, size));
+    if record::enabled() {
+        record::on_alloc(p.cast(), size, align, false);
+    }
+    p
 }
 
 /// `memalign(align, size)`.
@@ -113,7 +144,11 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    with_backend!(|a| capi::memalign(a, align, size))
+    let p = with_backend!(|a| capi::memalign(a, align, size));
+    if record::enabled() {
+        record::on_alloc(p.cast(), size, align, false);
+    }
+    p
 }
 
 /// `valloc(size)`.
@@ -122,7 +157,11 @@ pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
-    with_backend!(|a| capi::valloc(a, size))
+    let p = with_backend!(|a| capi::valloc(a, size));
+    if record::enabled() {
+        record::on_alloc(p.cast(), size, heapkit_core::os::page_size(), false);
+    }
+    p
 }
 
 /// `pvalloc(size)`.
@@ -131,7 +170,12 @@ pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
-    with_backend!(|a| capi::pvalloc(a, size))
+    let p = with_backend!(|a| capi::pvalloc(a, size));
+    if record::enabled() {
+        let page = heapkit_core::os::page_size();
+        record::on_alloc(p.cast(), size.div_ceil(page).max(1) * page, page, false);
+    }
+    p
 }
 
 /// `malloc_usable_size(ptr)`.

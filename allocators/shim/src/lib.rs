@@ -54,6 +54,13 @@ mod system;
 extern "C" fn on_load() {
     backend::resolve();
     exit_report::register_if_requested();
+    // HEAPKIT_TRACE=path records every malloc-family call (heapkit-trace);
+    // the recorder flushes at exit through its own atexit handler.
+    if let Some(path) = heapkit_core::os::env_var(c"HEAPKIT_TRACE") {
+        if !path.is_empty() && !heapkit_trace::record::start(path) {
+            heapkit_core::os::write_stderr(b"heapkit: cannot create the HEAPKIT_TRACE file\n");
+        }
+    }
 }
 
 /// The library's constructor, in `.init_array` like a C
