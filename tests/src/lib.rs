@@ -12,11 +12,12 @@
 //! Each allocator gets its own integration-test file (a global allocator is
 //! per process, so per test binary), holding one [`battery!`] invocation:
 //!
-//! ```ignore
+//! ```
 //! // tests/tests/global_system.rs
 //! heapkit_tests::battery! {
 //!     static GLOBAL: std::alloc::System = std::alloc::System;
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! which declares the `#[global_allocator]` and expands into one `#[test]`
@@ -29,6 +30,25 @@
 //!
 //! The peers (system, jemalloc, mimalloc) run the same battery as controls:
 //! a test the peers fail says nothing about ours.
+//!
+//! Running it:
+//!
+//! ```text
+//! cargo test -p heapkit-tests                       # every allocator, plus the self-test
+//! cargo test -p heapkit-tests --test global_slab    # one allocator
+//! cargo test -p heapkit-tests --test global_slab fork   # one test kind
+//! ```
+//!
+//! Adding an allocator: a new `tests/tests/global_<name>.rs` with one
+//! [`battery!`] and a dev-dependency. `tests/tests/battery_self_test.rs`
+//! runs every function against deliberately broken allocators and requires
+//! each to fail, so a check that has gone blind shows up there.
+//!
+//! Reading a failure: messages name the operation, the layout, the block's
+//! address and the first wrong byte ("realloc 300 -> 70000 (align 64, ...)
+//! lost contents: byte 256 is 0x00, expected 0x3c"); the fork test reports
+//! the child's exit code and what it means, or the signal (SIGALRM means the
+//! child deadlocked).
 //!
 //! Cost: the full battery takes a few seconds per allocator in the `test`
 //! profile. [`Volume::Light`] cuts the volume (not the kinds of test) for
@@ -257,15 +277,28 @@ pub fn run_all<A: GlobalAlloc + Sync>(a: &A, v: Volume) {
 /// Expands into a test binary's `#[global_allocator]` and one `#[test]` per
 /// battery function.
 ///
-/// ```ignore
+/// ```
 /// heapkit_tests::battery! {
 ///     static GLOBAL: heapkit_slab::Slab = heapkit_slab::Slab::new();
 /// }
-/// // or, for an allocator that never reuses memory:
+/// # fn main() {}
+/// ```
+///
+/// or, for an allocator that never reuses memory:
+///
+/// ```
 /// heapkit_tests::battery! {
 ///     static GLOBAL: heapkit_bump::Bump = heapkit_bump::Bump::new();
 ///     volume = heapkit_tests::Volume::Light;
 /// }
+/// # fn main() {}
+/// ```
+///
+/// A function of the battery can also be called on its own, with any
+/// `GlobalAlloc` (here the system allocator, not installed globally):
+///
+/// ```
+/// heapkit_tests::alignment::every_power_of_two(&std::alloc::System, heapkit_tests::Volume::Light);
 /// ```
 #[macro_export]
 macro_rules! battery {
