@@ -1,0 +1,676 @@
+//! Real programs under `libheapkit.so`, on every backend the library
+//! accepts (discovered from its own error message, so a new backend is
+//! tested without touching this file).
+//!
+//! Each test runs one program under all backends at once (one child process
+//! per backend) and checks its *result*, not just its exit status: CPython's
+//! own test modules, sqlite3 on a generated database (integrity check and
+//! query results equal to a run without the shim), git (tree and commit ids
+//! equal to a run without the shim, `fsck --strict`), sort of a generated
+//! file (checksum computed here in Rust), the C stress program
+//! (`tests/preload/stress.c`, every entry point and edge case, threads,
+//! fork, dlopen of a TLS library) and a C++ new/delete check.
+//!
+//! The library must be built first (the tests never run cargo themselves):
+//!
+//! ```sh
+//! cargo build --release -p heapkit-shim && cargo test --release -p heapkit-shim --test preload
+//! ```
+//!
+//! A program that is not installed prints a `SKIP` line and the test passes;
+//! the Debian packages are `python3` (any CPython with its `test` package;
+//! here pyenv's), `sqlite3`, `git`, `coreutils`, `gcc`, `g++`.
+//!
+//! `bump` never reuses memory, so it gets lighter workloads.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Write as _;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where `tests/preload` (the C sources and Python script) lives.
+fn sources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/preload")
+}
+
+/// The newest modification time of any file under `dir`.
+fn newest(dir: &Path) -> SystemTime {
+    let mut best = SystemTime::UNIX_EPOCH;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let t = if p.is_dir() {
+                newest(&p)
+            } else {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            };
+            best = best.max(t);
+        }
+    }
+    best
+}
+
+/// `target/release/libheapkit.so` (respecting `CARGO_TARGET_DIR`); panics
+/// with the build command if it is missing or older than the shim's
+/// sources.
+fn library() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => root.join(dir),
+            None => root.join("target"),
+        };
+        let lib = target.join("release/libheapkit.so");
+        let built = fs::metadata(&lib).and_then(|m| m.modified());
+        let Ok(built) = built else {
+            panic!(
+                "{} is missing: run `cargo build --release -p heapkit-shim` first",
+                lib.display()
+            );
+        };
+        assert!(
+            built >= newest(&root.join("allocators/shim/src")),
+            "{} is older than the shim's sources: run `cargo build --release -p heapkit-shim`",
+            lib.display()
+        );
+        if built < newest(&root.join("allocators")) {
+            println!(
+                "NOTE: {} is older than some allocator source; rebuild to test the latest",
+                lib.display()
+            );
+        }
+        lib.canonicalize().unwrap()
+    })
+}
+
+/// The accepted `HEAPKIT_ALLOC` values, parsed from the library's one-line
+/// error for an unknown value.
+fn backends() -> &'static [String] {
+    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let out = Command::new("/bin/echo")
+            .arg("RAN")
+            .env("LD_PRELOAD", library())
+            .env("HEAPKIT_ALLOC", "no-such-backend")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let list = err
+            .split("accepted: ")
+            .nth(1)
+            .and_then(|rest| rest.split(" (default").next())
+            .unwrap_or_else(|| panic!("unexpected error line: {err:?}"));
+        list.split(", ").map(str::to_owned).collect()
+    })
+}
+
+/// A scratch directory for this test process.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("heapkit-preload-{}", std::process::id()))
+        .join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `prog` on `PATH`, or a `SKIP` line and `None`.
+fn find(test: &str, prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        println!("SKIP {test}: `{prog}` is not installed");
+    }
+    found
+}
+
+/// What a finished child produced.
+struct Run {
+    ok: bool,
+    status: String,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        let tail = |s: &str| {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
+        format!(
+            "{}\n--- stdout (tail)\n{}\n--- stderr (tail)\n{}",
+            self.status,
+            tail(&self.stdout),
+            tail(&self.stderr)
+        )
+    }
+}
+
+/// Runs `cmd` to completion with output captured to files (so a chatty
+/// child never blocks on a pipe), killing it after `limit`. Its stdin is
+/// whatever `cmd` set (nothing is read from the test's own stdin: `under`
+/// sets null).
+fn run(mut cmd: Command, out_dir: &Path, tag: &str, limit: Duration) -> Run {
+    let out_path = out_dir.join(format!("{tag}.stdout"));
+    let err_path = out_dir.join(format!("{tag}.stderr"));
+    cmd.stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap());
+    let start = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
+    Run {
+        ok: status.is_some_and(|s| s.success()),
+        status: match status {
+            Some(s) => format!("{s} after {:.1?}", start.elapsed()),
+            None => format!("killed after {limit:?}"),
+        },
+        stdout: read(&out_path),
+        stderr: read(&err_path),
+    }
+}
+
+/// `cmd` set up to run under the shim with `backend`.
+fn under(backend: &str, program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null())
+        .env("LD_PRELOAD", library())
+        .env("HEAPKIT_ALLOC", backend)
+        .env_remove("HEAPKIT_STATS");
+    cmd
+}
+
+/// Runs `check` for every backend at once (one thread, and so one child
+/// process, each) and fails with every backend's error.
+fn each_backend(check: impl Fn(&str) -> Result<(), String> + Sync) {
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = backends()
+            .iter()
+            .map(|b| (b, s.spawn(|| check(b))))
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|(b, h)| match h.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("[{b}] {e}")),
+                Err(_) => Some(format!("[{b}] check panicked")),
+            })
+            .collect()
+    });
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[test]
+fn unknown_backend_stops_the_program_before_it_runs() {
+    let out = Command::new("/bin/echo")
+        .arg("RAN")
+        .env("LD_PRELOAD", library())
+        .env("HEAPKIT_ALLOC", "no-such-backend")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "the program ran");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for b in ["sizeclass", "system", "jemalloc", "mimalloc"] {
+        assert!(backends().iter().any(|n| n == b), "{b} missing from {err}");
+    }
+}
+
+#[test]
+fn stats_report_at_exit_even_when_stderr_is_closed() {
+    let Some(ls) = find("stats_report", "ls") else {
+        return;
+    };
+    let dir = scratch("stats");
+    each_backend(|b| {
+        let mut cmd = under(b, &ls);
+        cmd.arg("-la").arg("/").env("HEAPKIT_STATS", "1");
+        let r = run(cmd, &dir, b, MINUTE);
+        let want = format!("heapkit: backend={b} live_bytes=");
+        if r.ok && r.stderr.lines().any(|l| l.starts_with(&want)) {
+            Ok(())
+        } else {
+            Err(format!("no stats line\n{}", r.describe()))
+        }
+    });
+}
+
+/// Compiles the C stress program, the TLS library it dlopens and the C++
+/// check (if g++ is present) once.
+fn c_programs() -> Option<&'static (PathBuf, PathBuf, Option<PathBuf>)> {
+    static BUILT: OnceLock<Option<(PathBuf, PathBuf, Option<PathBuf>)>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cc = find("c_stress", "cc")?;
+            let dir = scratch("c");
+            let src = sources();
+            let stress = dir.join("stress");
+            let tls = dir.join("libhk_tls.so");
+            let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+            assert!(ok(Command::new(&cc)
+                .args(["-O2", "-Wall", "-pthread", "-o"])
+                .arg(&stress)
+                .arg(src.join("stress.c"))
+                .arg("-ldl")));
+            assert!(ok(Command::new(&cc)
+                .args(["-O2", "-shared", "-fPIC", "-o"])
+                .arg(&tls)
+                .arg(src.join("tls_lib.c"))));
+            let cxx = find("cxx_new_delete", "g++").map(|gxx| {
+                let bin = dir.join("cxx");
+                assert!(ok(Command::new(gxx)
+                    .args(["-O2", "-pthread", "-o"])
+                    .arg(&bin)
+                    .arg(src.join("cxx.cc"))));
+                bin
+            });
+            Some((stress, tls, cxx))
+        })
+        .as_ref()
+}
+
+#[test]
+fn c_stress_every_entry_point_threads_fork_dlopen() {
+    let Some((stress, tls, _)) = c_programs() else {
+        return;
+    };
+    let dir = scratch("stress");
+    each_backend(|b| {
+        let scale = if b == "bump" { "0.2" } else { "1" };
+        let mut cmd = under(b, stress);
+        cmd.arg("all").arg(scale).arg(tls);
+        let r = run(cmd, &dir, b, 3 * MINUTE);
+        let sections = [
+            "ok edge",
+            "ok threads",
+            "ok fork",
+            "ok dlopen",
+            "ok exhaust",
+        ];
+        if r.ok && sections.iter().all(|s| r.stdout.lines().any(|l| l == *s)) {
+            Ok(())
+        } else {
+            Err(r.describe())
+        }
+    });
+}
+
+#[test]
+fn cxx_new_delete() {
+    let Some((_, _, Some(cxx))) = c_programs() else {
+        println!("SKIP cxx_new_delete: no C++ compiler");
+        return;
+    };
+    let dir = scratch("cxx");
+    each_backend(|b| {
+        let r = run(under(b, cxx), &dir, b, MINUTE);
+        if r.ok && r.stdout.contains("ok cxx") {
+            Ok(())
+        } else {
+            Err(r.describe())
+        }
+    });
+}
+
+/// The real CPython binary (pyenv's `python3` is a bash script; the shell
+/// would run under the shim too, harmlessly, but we measure Python).
+fn python() -> Option<&'static PathBuf> {
+    static PY: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PY.get_or_init(|| {
+        let py = find("python", "python3")?;
+        let out = Command::new(py)
+            .args(["-c", "import sys, test.libregrtest; print(sys.executable)"])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            println!("SKIP python: python3 has no `test` package");
+            return None;
+        }
+        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    })
+    .as_ref()
+}
+
+/// Allocation-heavy modules, with threads (test_thread,
+/// test_threading_local), fork and subprocess (test_os, test_fork1).
+const PY_MODULES: &[&str] = &[
+    "test_list",
+    "test_dict",
+    "test_set",
+    "test_unicode",
+    "test_json",
+    "test_re",
+    "test_collections",
+    "test_deque",
+    "test_thread",
+    "test_threading_local",
+    "test_os",
+    "test_fork1",
+];
+/// `bump` never reuses memory: a lighter set.
+const PY_MODULES_BUMP: &[&str] = &["test_list", "test_dict", "test_json", "test_thread"];
+
+#[test]
+fn cpython_test_modules() {
+    let Some(py) = python() else {
+        return;
+    };
+    let dir = scratch("cpython");
+    each_backend(|b| {
+        let modules = if b == "bump" {
+            PY_MODULES_BUMP
+        } else {
+            PY_MODULES
+        };
+        let cwd = dir.join(b);
+        fs::create_dir_all(&cwd).unwrap();
+        // Default signal dispositions (a test harness may ignore some) and
+        // every Python object through malloc.
+        let mut cmd = under(b, Path::new("/usr/bin/env"));
+        cmd.args(["--default-signal=INT,QUIT,HUP"])
+            .arg(py)
+            .args(["-m", "test"])
+            .args(modules)
+            .env("PYTHONMALLOC", "malloc")
+            .current_dir(&cwd);
+        let r = run(cmd, &dir, b, 5 * MINUTE);
+        if r.ok && r.stdout.contains("Result: SUCCESS") {
+            Ok(())
+        } else {
+            Err(r.describe())
+        }
+    });
+}
+
+#[test]
+fn python_alloc_heavy_script_matches_native() {
+    let Some(py) = python() else {
+        return;
+    };
+    let dir = scratch("alloc_heavy");
+    let script = sources().join("alloc_heavy.py");
+    let mut native = Command::new(py);
+    native
+        .arg(&script)
+        .env("PYTHONMALLOC", "malloc")
+        .stdin(Stdio::null());
+    let want = run(native, &dir, "native", MINUTE);
+    assert!(want.ok, "{}", want.describe());
+    each_backend(|b| {
+        let mut cmd = under(b, py);
+        cmd.arg(&script).env("PYTHONMALLOC", "malloc");
+        let r = run(cmd, &dir, b, 2 * MINUTE);
+        if r.ok && r.stdout == want.stdout {
+            Ok(())
+        } else {
+            Err(format!("want {:?}\n{}", want.stdout, r.describe()))
+        }
+    });
+}
+
+/// A generated workload: inserts, two indexes, updates, deletes, VACUUM,
+/// aggregates with known values, and the integrity check.
+fn sqlite_script(rows: u64) -> String {
+    format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, n INTEGER, pad TEXT);
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<{rows})
+INSERT INTO t SELECT x, printf('key%08d', (x*7919)%{rows}), x%97, printf('%.*c', x%300, 'p') FROM c;
+CREATE INDEX t_k ON t(k);
+CREATE INDEX t_n ON t(n, id);
+UPDATE t SET pad = pad || 'q' WHERE n % 3 = 0;
+DELETE FROM t WHERE id % 10 = 0;
+SELECT 'count', count(*), sum(id) FROM t;
+SELECT 'pad', sum(length(pad)) FROM t;
+SELECT n, count(*), max(k) FROM t GROUP BY n ORDER BY n LIMIT 5;
+SELECT group_concat(k, ',') FROM (SELECT k FROM t ORDER BY k DESC LIMIT 20);
+VACUUM;
+PRAGMA integrity_check;
+SELECT 'like', count(*) FROM t WHERE k LIKE 'key0001%';
+"
+    )
+}
+
+#[test]
+fn sqlite3_generated_database() {
+    let Some(sqlite) = find("sqlite3", "sqlite3") else {
+        return;
+    };
+    let dir = scratch("sqlite");
+    let (full, light) = (100_000u64, 20_000u64);
+    // Written once, before any backend reads them.
+    let script = |rows: u64| dir.join(format!("workload-{rows}.sql"));
+    for rows in [full, light] {
+        fs::write(script(rows), sqlite_script(rows)).unwrap();
+    }
+    // Expected output: the same script without the shim.
+    let native = |rows: u64| {
+        let db = dir.join(format!("native-{rows}.db"));
+        let mut cmd = Command::new(&sqlite);
+        cmd.arg(&db).stdin(fs::File::open(script(rows)).unwrap());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let want_full = native(full);
+    let want_light = native(light);
+    // Values known without running anything: ids 1..=rows minus multiples of 10.
+    let sum = full * (full + 1) / 2 - 10 * (full / 10) * (full / 10 + 1) / 2;
+    assert!(want_full.contains(&format!("count|{}|{sum}\n", full - full / 10)));
+    assert!(want_full.contains("\nok\n"));
+    each_backend(|b| {
+        let (rows, want) = if b == "bump" {
+            (light, &want_light)
+        } else {
+            (full, &want_full)
+        };
+        let db = dir.join(format!("{b}.db"));
+        let mut cmd = under(b, &sqlite);
+        cmd.arg(&db);
+        let mut c = run_with_stdin(cmd, &script(rows), &dir, b);
+        if c.ok && c.stdout == *want {
+            Ok(())
+        } else {
+            c.stdout = first_difference(want, &c.stdout);
+            Err(c.describe())
+        }
+    });
+}
+
+fn run_with_stdin(mut cmd: Command, input: &Path, dir: &Path, tag: &str) -> Run {
+    cmd.stdin(fs::File::open(input).unwrap());
+    run(cmd, dir, tag, 3 * MINUTE)
+}
+
+fn first_difference(want: &str, got: &str) -> String {
+    for (i, (w, g)) in want.lines().zip(got.lines()).enumerate() {
+        if w != g {
+            return format!("line {i}: want {w:?}, got {g:?}");
+        }
+    }
+    format!(
+        "{} lines wanted, {} got; tail: {:?}",
+        want.lines().count(),
+        got.lines().count(),
+        got.lines().last()
+    )
+}
+
+/// Writes `count` deterministic files in nested directories.
+fn write_tree(root: &Path, count: usize, generation: u64) {
+    for i in 0..count {
+        let sub = root.join(format!("d{:02}/e{}", i % 37, i % 5));
+        fs::create_dir_all(&sub).unwrap();
+        let mut text = String::new();
+        let lines = 5 + (i * 7919) % 200;
+        for l in 0..lines {
+            let _ = writeln!(
+                text,
+                "file {i} line {l} generation {} {}",
+                generation * (i as u64 % 3),
+                "x".repeat((i + l) % 60)
+            );
+        }
+        fs::write(sub.join(format!("f{i}.txt")), text).unwrap();
+    }
+}
+
+/// init, add, commit, change, commit, gc, fsck; prints the ids to compare.
+fn git_session(
+    git: &Path,
+    repo: &Path,
+    shim: Option<&str>,
+    dir: &Path,
+    files: usize,
+) -> Result<String, String> {
+    let _ = fs::remove_dir_all(repo);
+    fs::create_dir_all(repo).unwrap();
+    write_tree(repo, files, 1);
+    let step = |args: &[&str]| -> Result<String, String> {
+        let mut cmd = match shim {
+            Some(b) => under(b, git),
+            None => {
+                let mut c = Command::new(git);
+                c.stdin(Stdio::null());
+                c
+            }
+        };
+        cmd.args(args)
+            .current_dir(repo)
+            .env("HOME", repo)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "heapkit")
+            .env("GIT_AUTHOR_EMAIL", "heapkit@example.invalid")
+            .env("GIT_COMMITTER_NAME", "heapkit")
+            .env("GIT_COMMITTER_EMAIL", "heapkit@example.invalid")
+            .env("GIT_AUTHOR_DATE", "2024-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2024-01-01T00:00:00Z");
+        let tag = format!("{}-{}", shim.unwrap_or("native"), args[0]);
+        let r = run(cmd, dir, &tag, 3 * MINUTE);
+        if r.ok {
+            Ok(r.stdout)
+        } else {
+            Err(format!("git {args:?}: {}", r.describe()))
+        }
+    };
+    step(&["init", "-q", "-b", "main"])?;
+    step(&["add", "-A"])?;
+    step(&["commit", "-q", "-m", "first"])?;
+    write_tree(repo, files / 3, 2);
+    for i in (0..files).step_by(11) {
+        let _ = fs::remove_file(repo.join(format!("d{:02}/e{}/f{i}.txt", i % 37, i % 5)));
+    }
+    step(&["add", "-A"])?;
+    step(&["commit", "-q", "-m", "second"])?;
+    step(&["gc", "-q"])?;
+    step(&["fsck", "--strict", "--full", "--no-progress"])?;
+    let mut ids = step(&["rev-parse", "HEAD", "HEAD^{tree}", "HEAD~1"])?;
+    ids += &step(&["diff", "--shortstat", "HEAD~1", "HEAD"])?;
+    ids += &step(&["count-objects", "-v"])?
+        .lines()
+        .filter(|l| l.starts_with("in-pack"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(ids)
+}
+
+#[test]
+fn git_init_add_commit_gc_fsck() {
+    let Some(git) = find("git", "git") else {
+        return;
+    };
+    let dir = scratch("git");
+    let (full, light) = (1500, 300);
+    let want_full = git_session(&git, &dir.join("native-full"), None, &dir, full).unwrap();
+    let want_light = git_session(&git, &dir.join("native-light"), None, &dir, light).unwrap();
+    each_backend(|b| {
+        let (files, want) = if b == "bump" {
+            (light, &want_light)
+        } else {
+            (full, &want_full)
+        };
+        let got = git_session(&git, &dir.join(b), Some(b), &dir, files)?;
+        if got == *want {
+            Ok(())
+        } else {
+            Err(format!("want {want:?}\ngot {got:?}"))
+        }
+    });
+}
+
+#[test]
+fn sort_large_file_matches_checksum() {
+    let Some(sort) = find("sort", "sort") else {
+        return;
+    };
+    let dir = scratch("sort");
+    // ~300k pseudo-random lines (~9 MB); the expected output is sorted here.
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut input = String::new();
+    for i in 0..300_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let _ = writeln!(
+            input,
+            "{:x} {} {}",
+            x % 1_000_003,
+            "w".repeat((x >> 50) as usize % 20),
+            i % 977
+        );
+    }
+    let path = dir.join("input.txt");
+    fs::write(&path, &input).unwrap();
+    let mut lines: Vec<&str> = input.lines().collect();
+    lines.sort_unstable();
+    let mut sorted = lines.join("\n");
+    sorted.push('\n');
+    let want = checksum(sorted.as_bytes());
+    drop(lines);
+    each_backend(|b| {
+        let out = dir.join(format!("{b}.sorted"));
+        let mut cmd = under(b, &sort);
+        cmd.args(["--parallel=2", "-S", "4M", "-T"])
+            .arg(&dir)
+            .arg("-o")
+            .arg(&out)
+            .arg(&path)
+            .env("LC_ALL", "C");
+        let r = run(cmd, &dir, b, 3 * MINUTE);
+        let got = checksum(&fs::read(&out).unwrap_or_default());
+        if r.ok && got == want {
+            Ok(())
+        } else {
+            Err(format!("checksum {got:x}, want {want:x}\n{}", r.describe()))
+        }
+    });
+}
