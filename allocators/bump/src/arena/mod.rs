@@ -400,6 +400,14 @@ impl Arena {
         if current.is_null() {
             return;
         }
+        // SAFETY: current is live.
+        if unsafe { (*current).prev }.is_null() {
+            // One chunk (the steady state of a request loop): rewind it.
+            self.dirty_until
+                .set(self.cur.get().max(self.dirty_until.get()));
+            self.cur.set(chunk::start(current));
+            return;
+        }
         // SAFETY: current is live; record its high-water mark like an older
         // chunk's.
         unsafe { (*current).high_water = self.cur.get().max(self.dirty_until.get()) };
