@@ -11,6 +11,9 @@
 //!   depots, so a single lost block would leave `chunk_bytes() > 0`. The
 //!   counters must also balance.
 //!
+//! Workers also call `trim` now and then while the others run, so a chunk
+//! released with a live or cached block would show up as corruption.
+//!
 //! This binary holds only this test so nothing else touches the pool.
 
 mod common;
@@ -110,6 +113,11 @@ fn worker(shared: &Shared, id: usize) {
     let mut mine: Vec<Block> = Vec::new();
     for i in 0..OPS {
         let tag = ((id as u64) << 40) | i as u64;
+        if i % 10_000 == 5_000 {
+            // Trim while the other threads allocate and free: it must only
+            // release chunks none of whose blocks is live or cached.
+            POOL.trim();
+        }
         match rng.next() % 16 {
             // Allocate more than we free, so the heap grows and shrinks.
             0..=6 => mine.push(alloc(shared, &mut rng, tag)),
