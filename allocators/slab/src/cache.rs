@@ -227,35 +227,56 @@ impl Cache {
     /// nobody uses any more.
     pub unsafe fn give_back(&self, index: usize, objs: *const *mut u8, n: usize) {
         let l = layout(index);
-        let mut release = [ptr::null_mut::<SlabMeta>(); RELEASE_BATCH];
-        let mut n_release = 0;
-        {
-            let mut st = self.slabs.lock();
-            for i in 0..n {
-                // SAFETY: i < n (caller); the object is ours and dead, so its
-                // slab is live and guarded by this lock.
-                unsafe {
-                    let p = *objs.add(i);
-                    let s = slab_of(p);
-                    debug_assert_eq!((*s).cache as usize, index);
-                    (*s).give(p);
-                    st.place(s, l.capacity);
-                }
-            }
-            let keep = (st.partial.len + st.sparse.len + st.full.len) / 4;
-            while st.empty.len > keep && n_release < RELEASE_BATCH {
-                let s = st.empty.head;
-                // SAFETY: the empty list is non-empty.
-                unsafe { st.empty.remove(s) };
-                if let Some(slot) = release.get_mut(n_release) {
-                    *slot = s;
-                }
-                n_release += 1;
+        let mut st = self.slabs.lock();
+        for i in 0..n {
+            // SAFETY: i < n (caller); the object is ours and dead, so its
+            // slab is live and guarded by this lock.
+            unsafe {
+                let p = *objs.add(i);
+                let s = slab_of(p);
+                debug_assert_eq!((*s).cache as usize, index);
+                (*s).give(p);
+                st.place(s, l.capacity);
             }
         }
-        for &s in release.iter().take(n_release) {
-            // SAFETY: s is off every list, with no object in use.
-            unsafe { segment::release_run(s) };
+        let excess = st.empty.len > (st.partial.len + st.sparse.len + st.full.len) / 4;
+        drop(st);
+        if excess {
+            self.release_empty(false);
+        }
+    }
+
+    /// Purges empty slabs and returns their chunks to the segments: those
+    /// beyond a quarter of the working slabs, or (`all`) every one. The
+    /// purges run outside the lock, a batch at a time.
+    pub fn release_empty(&self, all: bool) {
+        loop {
+            let mut batch = [ptr::null_mut::<SlabMeta>(); RELEASE_BATCH];
+            let mut n = 0;
+            {
+                let mut st = self.slabs.lock();
+                let keep = if all {
+                    0
+                } else {
+                    (st.partial.len + st.sparse.len + st.full.len) / 4
+                };
+                while st.empty.len > keep && n < RELEASE_BATCH {
+                    let s = st.empty.head;
+                    // SAFETY: the empty list is non-empty.
+                    unsafe { st.empty.remove(s) };
+                    if let Some(slot) = batch.get_mut(n) {
+                        *slot = s;
+                    }
+                    n += 1;
+                }
+            }
+            for &s in batch.iter().take(n) {
+                // SAFETY: s is off every list, with no object in use.
+                unsafe { segment::release_run(s) };
+            }
+            if n < RELEASE_BATCH {
+                return;
+            }
         }
     }
 

@@ -204,14 +204,18 @@ impl Slab {
         let _ = THREAD.try_with(|t| t.flush_magazines());
     }
 
-    /// Returns every object sitting in a depot to its slab (purging slabs
-    /// that become empty) and unmaps core's cached large blocks: the
-    /// allocator's `malloc_trim`. Magazines of live threads are untouched.
+    /// Returns every object sitting in a depot to its slab, purges every
+    /// empty slab (returning chunks to segments and unmapping empty
+    /// segments) and unmaps core's cached large blocks: the allocator's
+    /// `malloc_trim`. Magazines of live threads are untouched.
     pub fn trim(&self) {
         for c in 0..heapkit_core::size_class::CLASS_COUNT {
             let s = heap::depot(c).take_all();
             // SAFETY: the surplus comes from depot(c).
             unsafe { heap::settle(c, s) };
+        }
+        for c in 0..CACHE_COUNT {
+            heap::cache(c).release_empty(true);
         }
         large::trim(false);
     }

@@ -167,6 +167,7 @@ fn random_ops_keep_every_slab_count_exact() {
     }
     let c = settle(&a);
     assert_eq!(c.in_use, base);
+    assert_eq!(c.empty_slabs, 0, "trim left empty slabs resident");
 }
 
 #[test]
