@@ -37,7 +37,17 @@ impl SizeClass {
                 }
                 p
             }
-            None => large::allocate(layout, zeroed),
+            None => {
+                let p = large::allocate(layout, zeroed);
+                if !p.is_null() {
+                    // SAFETY: p is a live large block.
+                    let size = unsafe { large::usable_size(p) };
+                    let h = heap::heap();
+                    // SAFETY: the calling thread's own counters.
+                    unsafe { (*h).stats.on_alloc(&STATS, size) };
+                }
+                p
+            }
         }
     }
 }

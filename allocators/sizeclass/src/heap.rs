@@ -130,7 +130,7 @@ pub(crate) unsafe fn free(ptr: *mut u8) {
     // large path's).
     unsafe {
         if (*seg).tag != SegmentTag::SIZECLASS {
-            return large::free(ptr);
+            return free_large(ptr);
         }
     }
     let h = heap();
@@ -151,6 +151,21 @@ pub(crate) unsafe fn free(ptr: *mut u8) {
         } else {
             free_remote(h, seg, page, ptr);
         }
+    }
+}
+
+/// Frees (and counts) a large block.
+///
+/// # Safety
+/// `ptr` must be a live large block.
+#[inline(never)]
+unsafe fn free_large(ptr: *mut u8) {
+    // SAFETY: caller guarantee.
+    unsafe {
+        let size = large::usable_size(ptr);
+        let h = heap();
+        (*h).stats.on_free(&STATS, size);
+        large::free(ptr);
     }
 }
 

@@ -8,8 +8,10 @@
 //! - [`page_freed`]: a local free emptied a page (retire it, unless it is the
 //!   class's only page) or returned a block to a full page (re-queue it).
 //! - Decay: free pages are purged (`MADV_DONTNEED`) once they have been free
-//!   for [`PURGE_DELAY_NS`]; segments with no page in use go to the global
-//!   reserve (purged) or back to the OS, except a heap's last one of a kind.
+//!   for [`PURGE_DELAY_NS`]; a segment whose pages are all free and purged
+//!   goes to the global reserve or back to the OS on the next sweep, except
+//!   a heap's last one of a kind. Nothing is released at the moment it
+//!   empties, so free-all / reallocate cycles do not refault.
 //! - Thread exit ([`thread_exit`]): collect, purge, release empty segments
 //!   and abandon the rest for live threads to adopt.
 //! - Fork: every global lock is taken around `fork()`; in the child,
@@ -299,9 +301,10 @@ unsafe fn free_page(h: &mut Heap, page: *mut Page, now: u64) {
         (*seg).used_pages -= 1;
         h.dirty_free += 1;
         let kind = (*seg).kind as usize;
-        if (*seg).used_pages == 0 && !(h.segments[kind].first == seg && (*seg).next.is_null()) {
-            release_segment(h, seg);
-        } else if h.segments[kind].first != seg {
+        // An emptied segment stays (its pages decay like any free page) so
+        // that a program freeing and reallocating does not refault it; the
+        // sweep releases it once all its pages are purged.
+        if h.segments[kind].first != seg {
             // Free pages are found from the front.
             h.segments[kind].remove(seg);
             h.segments[kind].push(seg);
@@ -343,6 +346,17 @@ fn sweep(h: &mut Heap, all: bool) {
         while !seg.is_null() {
             // SAFETY: our segments and pages.
             unsafe {
+                let next = (*seg).next;
+                if (*seg).used_pages == 0
+                    && !(h.segments[kind].first == seg && next.is_null())
+                    && (0..(*seg).page_count as usize).all(|i| !(*Segment::page(seg, i)).dirty)
+                {
+                    // Empty for a whole delay (every page purged): release
+                    // it, keeping one segment per kind.
+                    release_segment(h, seg);
+                    seg = next;
+                    continue;
+                }
                 for i in 0..(*seg).page_count as usize {
                     let page = Segment::page(seg, i);
                     match (*page).state {
