@@ -192,7 +192,8 @@ fn replay_plan_file(
         cells,
     };
     report::write_all(&report, &dir)?;
-    prepend_trace_section(&dir, trace_path, summary, args.ordered)?;
+    let plan_bytes = std::fs::metadata(plan_path).map_or(0, |m| m.len());
+    prepend_trace_section(&dir, trace_path, summary, args.ordered, plan_bytes)?;
     let failed = report.cells.iter().filter(|c| !c.errors.is_empty()).count();
     println!("{}", dir.join("REPORT.md").display());
     if failed > 0 {
@@ -226,6 +227,7 @@ fn prepend_trace_section(
     trace: &std::path::Path,
     summary: &Summary,
     ordered: bool,
+    plan_bytes: u64,
 ) -> Result<()> {
     let path = dir.join("REPORT.md");
     let body = std::fs::read_to_string(&path)
@@ -236,12 +238,16 @@ fn prepend_trace_section(
         head,
         "Each allocator re-executed the recorded heap operations in a fresh process, \
          one thread per recorded thread{}; every block was touched (first and last byte). \
-         Fragmentation = peak RSS growth / peak live requested bytes.\n",
+         Fragmentation = peak RSS growth / peak live requested bytes. \
+         Peak and end RSS include the replay plan every cell maps and reads \
+         before it starts ({}, the same for every allocator); fragmentation \
+         excludes it.\n",
         if ordered {
             ", in the recorded global order"
         } else {
             ", cross-thread frees waiting for their allocation"
-        }
+        },
+        crate::report::markdown::fmt_mib(plan_bytes as f64)
     );
     head.push_str("```text\n");
     head.push_str(&trace_info::render(summary));
