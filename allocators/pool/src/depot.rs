@@ -15,9 +15,9 @@
 //! only benign on real hardware. A spin lock makes the exchange trivially
 //! ABA-free and loss-free: a batch is reachable from exactly one place at a
 //! time, and every read or write of a link happens under the lock. The cost
-//! is one uncontended `compare_exchange` plus one store per *batch* (2..=64
+//! is one uncontended `compare_exchange` plus one store per *batch* (2..=128
 //! blocks, about 64 KiB), never per allocation: the thread-local fast paths
-//! in [`crate::thread_cache`] touch no depot. Critical sections are a handful
+//! in the `thread_cache` module touch no depot. Critical sections are a handful
 //! of loads and stores with no call that can block or allocate. The
 //! `top`/`regions` heads are also published as atomics so an empty depot is
 //! recognised without taking the lock.

@@ -34,7 +34,7 @@
 //!
 //! # How blocks move
 //!
-//! Each thread has its own list per class ([`thread_cache`]): `malloc` pops,
+//! Each thread has its own list per class (module `thread_cache`): `malloc` pops,
 //! `free` pushes onto the *freeing* thread's list, whichever thread
 //! allocated the block. Neither touches an atomic. When a list of a class
 //! reaches a batch (about 64 KiB, 2 to 128 blocks) it becomes the thread's
@@ -89,9 +89,9 @@
 pub mod class;
 pub mod depot;
 mod fork;
-pub mod segment;
+mod segment;
 mod slow;
-pub mod thread_cache;
+mod thread_cache;
 pub mod trim;
 
 use core::alloc::Layout;

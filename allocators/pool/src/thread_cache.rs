@@ -12,7 +12,7 @@
 //!   a thread that never allocated and of one whose exit hook already ran.
 //! - `free`: the list holds `limit` blocks. `limit` starts at 0 (so a
 //!   thread's first free of a class goes slow, which initialises the thread
-//!   and sets `limit` to twice the class's batch) and is reset to 0 when the
+//!   and sets `limit` to the class's batch) and is reset to 0 when the
 //!   thread exits (so its later frees go to the depot instead of a cache
 //!   nobody will flush).
 //!
@@ -92,13 +92,13 @@ pub struct FreshRegion {
 /// left other than by `alloc` (batches pushed to the depot) minus the growth
 /// of its holdings. Slow paths keep that difference in `moved`, and
 /// [`ThreadCache::flush_counts`] turns it into frees and a live-byte delta
-/// for [`STATS`]. Large blocks and reallocations count through `stats`.
+/// for `STATS`. Large blocks and reallocations count through `stats`.
 pub struct ThreadCache {
     classes: [ClassCache; CLASS_COUNT],
     fresh: [FreshRegion; CLASS_COUNT],
     spare: [SpareBatch; CLASS_COUNT],
     /// Counters of the large path and of reallocations, flushed into
-    /// [`STATS`] in batches and at exit.
+    /// `STATS` in batches and at exit.
     pub stats: ThreadStats,
     /// Class allocations since the last [`ThreadCache::flush_counts`].
     pool_allocs: Cell<u64>,
@@ -202,7 +202,7 @@ impl ThreadCache {
     }
 
     /// Folds this thread's class allocations, derived frees and live-byte
-    /// delta (and its `stats`) into [`STATS`].
+    /// delta (and its `stats`) into `STATS`.
     pub fn flush_counts(&self) {
         let mut net_blocks = 0i64;
         let mut live_delta = 0i64;
