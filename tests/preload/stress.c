@@ -31,6 +31,11 @@
     } while (0)
 
 static double scale = 1.0;
+/* 16 (the x86-64 ABI, which libheapkit.so guarantees); bench mode lowers it
+ * to 8 and skips posix_memalign so the same run can measure Debian's real
+ * libmimalloc 2.0.9, which aligns blocks under 16 bytes to 8 only and whose
+ * posix_memalign fails some of the checks here. */
+static uintptr_t min_align = 16;
 static int under_shim; /* malloc is not glibc's: checks of heapkit-defined behaviour apply */
 /* volatile so the compiler neither warns about nor folds the impossible sizes */
 static volatile size_t huge = SIZE_MAX, half = SIZE_MAX / 2;
@@ -260,12 +265,12 @@ static void *churn(void *arg) {
             if (how == 0) {
                 slot[j] = calloc(1, n);
                 CHECK(slot[j] && slot[j][0] == 0 && slot[j][n - 1] == 0);
-            } else if (how == 1) {
+            } else if (how == 1 && min_align == 16) { /* not in bench mode (see min_align) */
                 size_t a = (size_t)16 << (rnd(&s) % 9);
                 CHECK(posix_memalign((void **)&slot[j], a, n) == 0 && (uintptr_t)slot[j] % a == 0);
             } else {
                 slot[j] = malloc(n);
-                CHECK(slot[j] && (uintptr_t)slot[j] % 16 == 0);
+                CHECK(slot[j] && (uintptr_t)slot[j] % min_align == 0);
             }
             len[j] = n;
             fill(slot[j], n, (unsigned char)j);
@@ -499,6 +504,9 @@ int main(int argc, char **argv) {
     if (all || !strcmp(what, "fork")) forks();
     if (all || !strcmp(what, "dlopen")) dlopens();
     if (all || !strcmp(what, "exhaust")) exhaust();
-    if (!strcmp(what, "bench")) bench();
+    if (!strcmp(what, "bench")) {
+        min_align = 8;
+        bench();
+    }
     return 0;
 }

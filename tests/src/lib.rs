@@ -50,8 +50,9 @@
 //! the child's exit code and what it means, or the signal (SIGALRM means the
 //! child deadlocked).
 //!
-//! Cost: the full battery takes a few seconds per allocator in the `test`
-//! profile. [`Volume::Light`] cuts the volume (not the kinds of test) for
+//! Cost: the full battery takes 5-20 s per allocator in the `test` profile
+//! (opt-level 1) on a 2-core machine; the random walks, short-lived threads
+//! and fork test are the longest. [`Volume::Light`] cuts the volume (not the kinds of test) for
 //! allocators that never reuse memory, such as `heapkit_bump::Bump`.
 
 use std::alloc::{GlobalAlloc, Layout};
