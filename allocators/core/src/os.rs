@@ -298,6 +298,36 @@ pub fn create_append(path: &CStr) -> c_int {
     }
 }
 
+/// Like [`create_append`], but first takes an exclusive `flock` on the
+/// file, held until the process ends (forked children share it), and only
+/// then truncates it. Returns the descriptor, -1 on failure, or -2 if
+/// another process holds the lock: a program exec'd by a process that is
+/// writing the file must not truncate it under its parent.
+pub fn create_append_locked(path: &CStr) -> c_int {
+    // SAFETY: path is NUL-terminated; open has no other preconditions.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
+            0o644 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return -1;
+    }
+    // SAFETY: fd is a descriptor opened just above.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        close_fd(fd);
+        return -2;
+    }
+    // SAFETY: as above; truncating a file we hold open for writing.
+    if unsafe { libc::ftruncate(fd, 0) } != 0 {
+        close_fd(fd);
+        return -1;
+    }
+    fd
+}
+
 /// Closes file descriptor `fd`, ignoring failures.
 pub fn close_fd(fd: c_int) {
     // SAFETY: closing a descriptor has no memory-safety preconditions.
@@ -466,6 +496,15 @@ mod tests {
         assert_eq!(text, b"abcdef");
         assert!(process_id() > 0);
         assert!(create_append(c"/nonexistent-dir/x") < 0);
+        // The lock keeps a second opener (another process, or here another
+        // open file description) from truncating the file.
+        let locked = create_append_locked(path);
+        assert!(locked >= 0);
+        assert!(write_fd(locked, b"xy"));
+        assert_eq!(create_append_locked(path), -2);
+        close_fd(locked);
+        let text = std::fs::read("/tmp/heapkit-core-os-create-append-test").unwrap();
+        assert_eq!(text, b"xy");
     }
 
     #[test]
