@@ -122,8 +122,12 @@ pub fn enabled() -> bool {
 
 /// Starts recording into a new file at `path` (truncated): writes the
 /// header, registers [`finish`] with `atexit` and a fork handler, then
-/// turns recording on. Returns `false` (and records nothing) if the file
-/// cannot be created or recording was already started.
+/// turns recording on. `%p` in `path` is replaced by the process id, so
+/// every process of a program that runs others gets its own trace. Returns
+/// `false` (and records nothing) if the file cannot be created, another
+/// live process is recording into it (it is `flock`ed: a program exec'd
+/// by a recording process must not truncate its parent's trace), or
+/// recording was already started.
 ///
 /// Call it once, early (the shim's initialiser). The registrations may
 /// call `malloc`; recording is still off while they run.
@@ -131,11 +135,25 @@ pub fn start(path: &CStr) -> bool {
     if STARTED.swap(true, Ordering::AcqRel) {
         return false;
     }
-    let fd = os::create_append(path);
-    if fd < 0 {
+    let pid = os::process_id();
+    let mut expanded = [0u8; 4096];
+    let Some(path) = expand_pid(path, pid, &mut expanded) else {
+        os::write_stderr(b"heapkit-trace: HEAPKIT_TRACE path too long\n");
+        return false;
+    };
+    let fd = os::create_append_locked(path);
+    if fd == -2 {
+        os::write_stderr(
+            b"heapkit-trace: the HEAPKIT_TRACE file is being written by another process \
+              (the parent?); not recording this one. Put %p in the path to record every \
+              process into its own file.\n",
+        );
         return false;
     }
-    let pid = os::process_id();
+    if fd < 0 {
+        os::write_stderr(b"heapkit-trace: cannot create the HEAPKIT_TRACE file\n");
+        return false;
+    }
     let mut header = [0u8; format::HEADER_LEN];
     header[0..8].copy_from_slice(&format::MAGIC);
     header[8..10].copy_from_slice(&format::VERSION.to_le_bytes());
@@ -259,6 +277,42 @@ pub fn finish() {
     end[24..32].copy_from_slice(&TOTAL_RECORDS.load(Ordering::Relaxed).to_le_bytes());
     end[32..40].copy_from_slice(&os::monotonic_ns().to_le_bytes());
     write_block(&end);
+}
+
+/// `path` with every `%p` replaced by `pid`, in `buf`; `None` if too long.
+fn expand_pid<'a>(path: &'a CStr, pid: u32, buf: &'a mut [u8; 4096]) -> Option<&'a CStr> {
+    let bytes = path.to_bytes();
+    if !bytes.windows(2).any(|w| w == b"%p") {
+        return Some(path);
+    }
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    let mut v = pid;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && bytes.get(i + 1) == Some(&b'p') {
+            for k in (0..n).rev() {
+                *buf.get_mut(len)? = digits[k];
+                len += 1;
+            }
+            i += 2;
+        } else {
+            *buf.get_mut(len)? = bytes[i];
+            len += 1;
+            i += 1;
+        }
+    }
+    *buf.get_mut(len)? = 0;
+    CStr::from_bytes_with_nul(&buf[..=len]).ok()
 }
 
 extern "C" fn finish_at_exit() {
@@ -475,4 +529,31 @@ fn now_ticks() -> u64 {
 #[inline(always)]
 fn now_ticks() -> u64 {
     os::monotonic_ns()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_pid;
+
+    #[test]
+    fn pid_expansion() {
+        let mut buf = [0u8; 4096];
+        assert_eq!(
+            expand_pid(c"/tmp/a.hkt", 7, &mut buf).unwrap(),
+            c"/tmp/a.hkt"
+        );
+        let mut buf = [0u8; 4096];
+        assert_eq!(
+            expand_pid(c"/tmp/a-%p.hkt", 40213, &mut buf).unwrap(),
+            c"/tmp/a-40213.hkt"
+        );
+        let mut buf = [0u8; 4096];
+        assert_eq!(expand_pid(c"%p%p", 0, &mut buf).unwrap(), c"00");
+        let long = std::ffi::CString::new(vec![b'x'; 4094]).unwrap();
+        let mut with_p = long.as_bytes().to_vec();
+        with_p.extend_from_slice(b"%p");
+        let with_p = std::ffi::CString::new(with_p).unwrap();
+        let mut buf = [0u8; 4096];
+        assert!(expand_pid(&with_p, 123, &mut buf).is_none());
+    }
 }
