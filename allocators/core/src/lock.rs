@@ -131,7 +131,13 @@ impl<T> SpinLock<T> {
     /// Locks if free.
     #[inline]
     pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
-        self.raw.try_lock().then_some(SpinGuard { lock: self })
+        // Not `then_some(SpinGuard { .. })`: that builds (and, on failure,
+        // drops) a guard eagerly, unlocking a lock another thread holds.
+        if self.raw.try_lock() {
+            Some(SpinGuard { lock: self })
+        } else {
+            None
+        }
     }
 
     /// The raw lock, for fork handlers that must hold it across `fork()`
@@ -202,5 +208,18 @@ mod tests {
         }
         assert_eq!(*LOCK.lock(), 80_000);
         assert!(LOCK.try_lock().is_some());
+    }
+
+    #[test]
+    fn failed_try_lock_leaves_the_holder_alone() {
+        let lock = SpinLock::new(0u32);
+        let held = lock.lock();
+        assert!(lock.try_lock().is_none());
+        // The failed attempt must not have released the holder's lock.
+        assert!(lock.raw().is_locked());
+        assert!(lock.try_lock().is_none());
+        drop(held);
+        assert!(!lock.raw().is_locked());
+        assert!(lock.try_lock().is_some());
     }
 }
