@@ -57,6 +57,36 @@
 //! - Internal waste is that of the classes: under 12.5% from 128 B up.
 //! - All `Pool` values share one process-wide pool (the state is static),
 //!   as a global allocator must.
+//! - Chunks are address space first: a thread that uses a class gets a
+//!   chunk of its own (up to 1 MiB for the biggest classes), but only the
+//!   pages it touches become resident.
+//!
+//! In the committed quick report (`reports/pool-issue5-quick`) the pool ends
+//! the `realloc` workload at 90 MiB RSS and `fragmentation` at 160 MiB,
+//! against 4.6 MiB and 86 MiB for glibc: that is the retention, and the
+//! price of frees that are three stores.
+//!
+//! # Threads, exit and fork
+//!
+//! - The exchange between threads is a spin-locked stack of batches per
+//!   class ([`depot`]), taken once per batch, never per allocation; it is
+//!   ABA-free by construction.
+//! - A `pthread` key destructor hands an exiting thread's lists, spare
+//!   batches and unused chunk tails to the depots. Allocations and frees the
+//!   thread makes after that (from later TLS destructors) go straight
+//!   through the depots.
+//! - `fork` handlers hold every lock of the pool across `fork`, so a child
+//!   of a busy parent allocates and frees at once.
+//!
+//! # Statistics
+//!
+//! `stats()` is exact for exited threads and the calling thread. The fast
+//! paths count allocations only; frees and live bytes are derived from the
+//! blocks each thread moves in and out of its cache, folded into the totals
+//! by the first slow path after 4096 allocations or moved blocks have
+//! accumulated, at exit, and by `stats()` itself. Another live thread's
+//! operation counts can therefore lag until its next slow path; its live
+//! bytes lag by at most what it caches.
 //!
 //! # Call tree
 //!
