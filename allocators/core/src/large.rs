@@ -34,7 +34,7 @@ use crate::segment::{segment_of, SegmentTag, SEGMENT_ALIGN};
 /// in the first segment-sized span of its mapping).
 pub const MAX_ALIGN: usize = SEGMENT_ALIGN / 2;
 /// Blocks the cache keeps.
-pub const CACHE_SLOTS: usize = 16;
+pub const CACHE_SLOTS: usize = 32;
 /// Bytes the cache keeps at most.
 pub const CACHE_BYTES: usize = 64 << 20;
 /// Cached blocks older than this are unmapped (nanoseconds).
@@ -94,8 +94,9 @@ pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
     else {
         return ptr::null_mut();
     };
-    let mut base = take_cached(map_size);
+    let (mut base, cached_size) = take_cached(map_size);
     let recycled = !base.is_null();
+    let map_size = if recycled { cached_size } else { map_size };
     if !recycled {
         base = os::map_aligned(map_size, SEGMENT_ALIGN);
         if base.is_null() {
@@ -112,7 +113,8 @@ pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
         });
         let user = base.add(offset);
         if zeroed && recycled {
-            user.write_bytes(0, map_size - offset);
+            // Only the requested bytes must read as zero (C's calloc).
+            user.write_bytes(0, layout.size());
         }
         user
     }
@@ -246,35 +248,39 @@ fn expire(cache: &mut BlockCache, now: u64) {
     }
 }
 
-/// Takes a cached mapping of `map_size` bytes exactly, or of up to twice
-/// that (trimmed to `map_size`). Null if none fits.
-fn take_cached(map_size: usize) -> *mut u8 {
+/// Takes the smallest cached mapping of at least `map_size` bytes; returns
+/// its base and its size, or null if none fits. A mapping more than a
+/// quarter larger than asked is trimmed (its tail unmapped) so a small
+/// request does not pin a big block's memory; a closer fit is kept whole,
+/// which saves the `munmap`.
+fn take_cached(map_size: usize) -> (*mut u8, usize) {
     let Some(mut cache) = CACHE.try_lock() else {
-        return ptr::null_mut();
+        return (ptr::null_mut(), 0);
     };
     let mut best = usize::MAX;
     for i in 0..cache.len {
         let b = cache.blocks[i];
         if b.map_size >= map_size
-            && b.map_size <= map_size.saturating_mul(2)
             && (best == usize::MAX || b.map_size < cache.blocks[best].map_size)
         {
             best = i;
         }
     }
     if best == usize::MAX {
-        return ptr::null_mut();
+        return (ptr::null_mut(), 0);
     }
     let b = cache.blocks[best];
     cache.len -= 1;
     cache.blocks[best] = cache.blocks[cache.len];
     cache.bytes -= b.map_size;
     drop(cache);
-    if b.map_size > map_size {
+    if b.map_size - map_size > map_size / 4 {
         // SAFETY: the tail is part of the unused cached mapping.
         unsafe { os::unmap(b.base.add(map_size), b.map_size - map_size) };
+        (b.base, map_size)
+    } else {
+        (b.base, b.map_size)
     }
-    b.base
 }
 
 /// # Safety
@@ -339,6 +345,28 @@ mod tests {
         }
         assert!(allocate(Layout::from_size_align(64, SEGMENT_ALIGN).unwrap(), false).is_null());
         trim(false);
+    }
+
+    #[test]
+    fn near_fit_reuse_is_zeroed_where_asked() {
+        let big = Layout::from_size_align(1 << 20, 16).unwrap();
+        let p = allocate(big, false);
+        assert!(!p.is_null());
+        // SAFETY: p is live with 1 MiB; freed once.
+        unsafe {
+            p.write_bytes(0x5A, 1 << 20);
+            free(p);
+        }
+        // Likely served by the block just cached (kept whole: within 25%).
+        let smaller = Layout::from_size_align(900 << 10, 16).unwrap();
+        let q = allocate(smaller, true);
+        assert!(!q.is_null());
+        // SAFETY: q is live with at least 900 KiB.
+        unsafe {
+            assert!(usable_size(q) >= 900 << 10);
+            assert!((0..(900 << 10)).all(|i| *q.add(i) == 0));
+            free(q);
+        }
     }
 
     #[test]
