@@ -70,6 +70,7 @@ pub mod compare;
 pub mod error;
 pub mod list;
 pub mod measure;
+pub mod preload;
 pub mod registry;
 pub mod replay;
 pub mod replay_cell;

@@ -3,7 +3,7 @@
 //! dispatches, and turns an error into one line on stderr and exit status 2.
 
 use clap::{Parser, Subcommand};
-use heapkit_bench::{compare, list, replay, run, trace_info};
+use heapkit_bench::{compare, list, preload, replay, run, trace_info};
 
 /// Measure memory allocators on the same work, in one run.
 #[derive(Parser)]
@@ -25,6 +25,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Inspect a recorded trace: `trace info out.hkt`.
     Trace(trace_info::TraceArgs),
+    /// Run a command under every backend of libheapkit.so: `preload -- CMD ARGS...`.
+    Preload(preload::PreloadArgs),
 }
 
 fn main() {
@@ -35,6 +37,7 @@ fn main() {
         Command::List => list::list(),
         Command::Replay(args) => replay::replay(&args),
         Command::Trace(args) => trace_info::trace(&args),
+        Command::Preload(args) => preload::preload(&args),
     };
     if let Err(err) = result {
         eprintln!("heapkit-bench: error: {err}");
