@@ -30,7 +30,17 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // clap's own usage errors are several lines; keep the first (the cause).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) => {
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            eprintln!("heapkit-bench: {first} (see --help)");
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Compare(args) => compare::compare(&args),

@@ -132,6 +132,8 @@ fn unknown_names_are_one_line_errors() {
         .output()
         .unwrap();
     assert_one_line_error(&out, "unknown workload 'nosuch'");
+    let out = bench().args(["run", "--threads", "abc"]).output().unwrap();
+    assert_one_line_error(&out, "invalid value 'abc'");
 }
 
 #[test]
