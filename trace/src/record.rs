@@ -143,11 +143,9 @@ pub fn start(path: &CStr) -> bool {
     };
     let fd = os::create_append_locked(path);
     if fd == -2 {
-        os::write_stderr(
-            b"heapkit-trace: the HEAPKIT_TRACE file is being written by another process \
-              (the parent?); not recording this one. Put %p in the path to record every \
-              process into its own file.\n",
-        );
+        // Another live process (typically the parent that ran this one) is
+        // writing this file: leave it alone, silently (a shell script may
+        // start hundreds of such children). `%p` records each process.
         return false;
     }
     if fd < 0 {

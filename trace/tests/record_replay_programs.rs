@@ -118,6 +118,16 @@ fn replay_and_check(bench: &Path, trace: &Path, dir: &Path, ordered: bool, s: &S
     assert!(md.contains("# Trace replay"));
 }
 
+/// The real interpreter behind `python3` (which may be a wrapper script,
+/// e.g. a pyenv shim that runs a dozen shell processes first).
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 fn python_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/preload/alloc_heavy.py")
 }
@@ -132,10 +142,10 @@ fn python_trace_replays_exactly_under_every_allocator() {
     }
     let dir = scratch("python");
     let trace = dir.join("py.hkt");
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(python());
     cmd.arg(python_script()).env("PYTHONMALLOC", "malloc");
     let traced = record(&shim, &trace, cmd);
-    let plain = Command::new("python3")
+    let plain = Command::new(python())
         .arg(python_script())
         .env("PYTHONMALLOC", "malloc")
         .output()
@@ -217,7 +227,7 @@ fn recorder_overhead_on_python_is_modest() {
     let run = |traced: bool| -> f64 {
         let mut best = f64::MAX;
         for _ in 0..3 {
-            let mut cmd = Command::new("python3");
+            let mut cmd = Command::new(python());
             cmd.arg(python_script())
                 .env("PYTHONMALLOC", "malloc")
                 .env("HEAPKIT_ALLOC", "system")
