@@ -560,3 +560,120 @@ fn wake(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{put_varint, zigzag};
+
+    /// (kind, ticks, addr, new addr, size) records of one thread.
+    type Rec = (u8, u64, u64, u64, u64);
+
+    /// Encodes a trace by hand: one block per thread.
+    fn encode(threads: &[&[Rec]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&format::MAGIC);
+        out.extend_from_slice(&format::VERSION.to_le_bytes());
+        out.extend_from_slice(&(format::HEADER_LEN as u16).to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes()); // pid
+        out.extend_from_slice(&0u64.to_le_bytes()); // start_ns
+        out.extend_from_slice(&0u64.to_le_bytes()); // start_ticks
+        let mut total = 0u64;
+        for (t, recs) in threads.iter().enumerate() {
+            let mut payload = Vec::new();
+            let (mut prev_ticks, mut prev) = (0u64, 0u64);
+            let mut put = |payload: &mut Vec<u8>, v: u64| {
+                let mut b = [0u8; 10];
+                // SAFETY: b has 10 bytes.
+                let n = unsafe { put_varint(b.as_mut_ptr(), v) };
+                payload.extend_from_slice(&b[..n]);
+            };
+            for &(kind, ticks, a, b, size) in recs.iter() {
+                payload.push(kind);
+                put(&mut payload, ticks - prev_ticks);
+                prev_ticks = ticks;
+                put(&mut payload, zigzag(a.wrapping_sub(prev) as i64));
+                prev = a;
+                if kind == format::KIND_REALLOC {
+                    put(&mut payload, zigzag(b.wrapping_sub(a) as i64));
+                    prev = b;
+                }
+                if kind != format::KIND_FREE {
+                    put(&mut payload, size);
+                }
+            }
+            out.extend_from_slice(&format::BLOCK_TAG.to_le_bytes());
+            out.extend_from_slice(&(t as u32).to_le_bytes());
+            out.extend_from_slice(&(recs.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(&0u64.to_le_bytes());
+            out.extend_from_slice(&0u64.to_le_bytes());
+            out.extend_from_slice(&format::checksum(&payload).to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&payload);
+            total += recs.len() as u64;
+        }
+        out.extend_from_slice(&format::END_TAG.to_le_bytes());
+        out.extend_from_slice(&(threads.len() as u32).to_le_bytes());
+        out.extend_from_slice(&[0u8; 8]);
+        out.extend_from_slice(&1000u64.to_le_bytes()); // end ticks
+        out.extend_from_slice(&total.to_le_bytes());
+        out.extend_from_slice(&1000u64.to_le_bytes()); // end ns
+        out
+    }
+
+    const A: u8 = format::KIND_ALLOC;
+    const F: u8 = format::KIND_FREE;
+    const R: u8 = format::KIND_REALLOC;
+
+    #[test]
+    fn reused_address_waits_for_the_realloc_that_released_it() {
+        // Thread 0 reallocates 0x1000 away to 0x2000 (stamped after the
+        // call, t=30); inside that call the allocator handed 0x1000 to
+        // thread 1 (stamped t=20, earlier). The reader must not treat the
+        // realloc as ending thread 1's block.
+        let t0: &[Rec] = &[
+            (A, 10, 0x1000, 0, 8),
+            (R, 30, 0x1000, 0x2000, 64),
+            (F, 50, 0x2000, 0, 0),
+        ];
+        let t1: &[Rec] = &[
+            (A, 20, 0x1000, 0, 24),
+            (F, 40, 0x1000, 0, 0),
+            (F, 45, 0x9000, 0, 0),
+        ];
+        let t = Trace::parse(&encode(&[t0, t1])).unwrap();
+        assert_eq!(t.objects.len(), 3);
+        assert_eq!(
+            t.threads[0][1].op,
+            Op::Realloc {
+                old: 0,
+                new: 1,
+                size: 64
+            }
+        );
+        assert_eq!(t.threads[0][2].op, Op::Free { obj: 1 });
+        let Op::Alloc { obj, size: 24, .. } = t.threads[1][0].op else {
+            panic!("{:?}", t.threads[1][0]);
+        };
+        assert_eq!(t.threads[1][1].op, Op::Free { obj });
+        assert_eq!(t.threads[1][2].op, Op::FreeUnknown);
+        let s = crate::summary::Summary::of(&t).unwrap();
+        assert_eq!(
+            (s.allocs, s.reallocs, s.frees, s.unknown_frees),
+            (2, 1, 2, 1)
+        );
+        assert_eq!(s.peak_live_bytes, 64 + 24);
+    }
+
+    #[test]
+    fn an_address_allocated_twice_without_a_free_is_corrupt() {
+        let t0: &[Rec] = &[(A, 10, 0x1000, 0, 8), (A, 20, 0x1000, 0, 8)];
+        let bytes = encode(&[t0]);
+        let e = Trace::parse(&bytes).unwrap_err();
+        assert!(e.message.contains("never freed"), "{e}");
+        // The offset is that of the second record, inside the block.
+        assert!(e.offset as usize > format::HEADER_LEN + format::BLOCK_HEADER_LEN);
+        assert!((e.offset as usize) < bytes.len() - format::BLOCK_HEADER_LEN);
+    }
+}
