@@ -582,7 +582,7 @@ mod tests {
         for (t, recs) in threads.iter().enumerate() {
             let mut payload = Vec::new();
             let (mut prev_ticks, mut prev) = (0u64, 0u64);
-            let mut put = |payload: &mut Vec<u8>, v: u64| {
+            let put = |payload: &mut Vec<u8>, v: u64| {
                 let mut b = [0u8; 10];
                 // SAFETY: b has 10 bytes.
                 let n = unsafe { put_varint(b.as_mut_ptr(), v) };
