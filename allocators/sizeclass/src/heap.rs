@@ -178,7 +178,7 @@ unsafe fn free_remote(h: *mut Heap, seg: *mut Segment, page: *mut Page, ptr: *mu
     // SAFETY: the block is live: page and segment stay mapped until the push
     // publishes it, after which we touch neither (remote.rs invariant 2).
     unsafe {
-        let size = (*page).block_size as usize;
+        let size = (*page).shared_size as usize;
         let index = (*page).index as usize;
         (*page)
             .thread_free

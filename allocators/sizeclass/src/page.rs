@@ -35,7 +35,12 @@ pub(crate) const FULL: u8 = 2;
 const EXTEND_BYTES: usize = 4096;
 
 /// Page metadata; lives in its segment's header.
-#[repr(C)]
+///
+/// Two cache lines: the first is the owner's (written on every allocation
+/// and local free), the second holds what other threads touch on a remote
+/// free (`thread_free`, and copies of the block size and index they read),
+/// so remote frees do not pull the owner's line away from it.
+#[repr(C, align(64))]
 pub(crate) struct Page {
     /// Blocks the fast path pops (owner only).
     pub free: *mut Block,
@@ -58,19 +63,24 @@ pub(crate) struct Page {
     pub capacity: u32,
     /// Blocks that fit in the span.
     pub reserved: u32,
-    /// Index of this page in its segment.
-    pub index: u32,
     /// Address of block 0.
     pub start: *mut u8,
     /// Links in the heap's queue or full list for the class (owner only).
     pub next: *mut Page,
     /// See `next`.
     pub prev: *mut Page,
+    /// Blocks freed by other threads (second cache line).
+    pub thread_free: ThreadFree,
+    /// `block_size`, for remote freers (written only when the page starts).
+    pub shared_size: u32,
+    /// Index of this page in its segment.
+    pub index: u32,
     /// When the page became free (monotonic ns), for decay.
     pub freed_at_ns: u64,
-    /// Blocks freed by other threads.
-    pub thread_free: ThreadFree,
 }
+
+const _: () = assert!(core::mem::offset_of!(Page, thread_free) == 64);
+const _: () = assert!(core::mem::size_of::<Page>() == 128);
 
 impl Page {
     /// A free page with no span yet (segments fill in `index`).
@@ -92,6 +102,7 @@ impl Page {
             prev: ptr::null_mut(),
             freed_at_ns: 0,
             thread_free: ThreadFree::new(),
+            shared_size: 0,
         }
     }
 
@@ -114,6 +125,7 @@ impl Page {
             (*page).local_free = ptr::null_mut();
             (*page).used = 0;
             (*page).block_size = block_size as u32;
+            (*page).shared_size = block_size as u32;
             (*page).class = class as u8;
             (*page).state = QUEUED;
             (*page).is_zero = !(*page).dirty;

@@ -153,6 +153,9 @@ impl ThreadFree {
 }
 
 /// One bit per page of a segment: "this page may have remote frees".
+/// On its own cache line: remote freers write it, every free reads the
+/// segment's owner next to which it would otherwise sit.
+#[repr(align(64))]
 pub(crate) struct PendingPages {
     bits: AtomicU64,
 }

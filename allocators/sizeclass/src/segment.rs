@@ -97,7 +97,7 @@ pub(crate) struct Segment {
 
 /// Bytes reserved for the header at the start of every segment.
 pub(crate) const HEADER_BYTES: usize = (size_of::<Segment>() + 4095) & !4095;
-const _: () = assert!(HEADER_BYTES <= 8192);
+const _: () = assert!(HEADER_BYTES <= 12288);
 
 impl Segment {
     /// The page holding `ptr`.
