@@ -3,9 +3,12 @@
 //! Cells are matched by (allocator, workload, threads). For wall time and peak
 //! RSS, a cell counts as faster/slower (smaller/larger) only if the two sets of
 //! repetitions do not overlap *and* the change of the medians exceeds the larger
-//! relative spread `(max-min)/median` of the two runs and a 2 % floor (3 % ... for
-//! RSS: 5 %); see [`crate::stats::classify_change`]. Runs made with different
-//! work sizes (`scale`) are refused: their times are not comparable.
+//! relative spread `(max-min)/median` of the two runs and a floor (2 % for
+//! time, 5 % for peak RSS); see [`crate::stats::classify_change`]. Runs made
+//! with different work sizes (`scale`) are refused: their times are not
+//! comparable. Runs from different machines or under different load do compare,
+//! but then the table measures the machine, not the code: compare runs made
+//! back to back on a quiet machine.
 
 use std::path::PathBuf;
 
@@ -152,6 +155,9 @@ pub fn render(rows: &[Row], all: bool) -> String {
         );
     }
     let count = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count();
+    out += "\nspread: ±half of the larger (max - min) / median of the two runs' repetitions; \
+             a change counts only if the repetitions do not overlap and it exceeds the spread \
+             (and 2 % for time, 5 % for peak RSS).\n";
     out += &format!(
         "\n{} cells compared: {} faster, {} slower, {} larger peak RSS, {} smaller; {} unchanged{}.\n",
         rows.len(),
