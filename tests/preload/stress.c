@@ -154,6 +154,23 @@ static void edge(void) {
         CHECK(p && (uintptr_t)p % a == 0);
         free(p);
     }
+    /* every alignment with sizes below, at and above it (power-of-two
+     * classes must be carved at addresses aligned to the alignment) */
+    for (size_t a = 16; a <= (2 << 20); a <<= 1) {
+        size_t sizes[] = {1, a / 2, a - 1, a, a + 1, 2 * a - 8, 3 * a + 5, 1000, 5000, 70000, 300000};
+        for (unsigned i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+            void *p = NULL, *q = memalign(a, sizes[i]);
+            CHECK(posix_memalign(&p, a, sizes[i]) == 0);
+            if ((uintptr_t)p % a || (uintptr_t)q % a)
+                fprintf(stderr, "align %zu size %zu: %p %p\n", a, sizes[i], p, q);
+            CHECK(p && (uintptr_t)p % a == 0 && malloc_usable_size(p) >= sizes[i]);
+            CHECK(q && (uintptr_t)q % a == 0 && malloc_usable_size(q) >= sizes[i]);
+            memset(p, 3, sizes[i]);
+            memset(q, 4, sizes[i]);
+            free(p);
+            free(q);
+        }
+    }
     void *m3 = memalign(3000, 10); /* rounded up to 4096 like glibc */
     CHECK(m3 && (uintptr_t)m3 % 4096 == 0);
     free(m3);
