@@ -8,6 +8,7 @@ use heapkit_core::{global_alloc, large, realloc_by_copy, HeapAlloc, Stats};
 
 use crate::heap::{self, STATS};
 use crate::page::Page;
+use crate::segment::aligned_twin;
 
 /// The thread-caching size-class allocator (see the crate docs).
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,6 +31,11 @@ impl SizeClass {
     fn allocate_unusual(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         match class_for(layout) {
             Some(class) => {
+                let class = if layout.align() > MIN_ALIGN {
+                    aligned_twin(class)
+                } else {
+                    class
+                };
                 let p = heap::alloc(class);
                 if zeroed && !p.is_null() {
                     // SAFETY: p is a fresh block of its class.

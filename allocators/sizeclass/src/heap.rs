@@ -17,12 +17,11 @@ use core::sync::atomic::Ordering::Relaxed;
 
 use heapkit_core::large;
 use heapkit_core::segment::{segment_of, SegmentTag};
-use heapkit_core::size_class::CLASS_COUNT;
 use heapkit_core::{GlobalStats, ThreadStats};
 
 use crate::page::{Page, PageList, FULL};
 use crate::remote::Block;
-use crate::segment::{Segment, SegmentList, KINDS};
+use crate::segment::{Segment, SegmentList, HEAP_CLASSES, KINDS};
 use crate::slow;
 
 /// Heap not yet set up (or torn down at thread exit).
@@ -34,15 +33,15 @@ pub(crate) const ACTIVE: u8 = 1;
 pub(crate) struct Heap {
     /// Page each class allocates from (or `EMPTY_PAGE`); always the first
     /// page of `queues[class]` when not `EMPTY_PAGE`.
-    pub current: [*mut Page; CLASS_COUNT],
+    pub current: [*mut Page; HEAP_CLASSES],
     /// Unique id (never 0 once active); segments name their owner by it.
     pub id: u64,
     /// [`UNINIT`] or [`ACTIVE`].
     pub state: u8,
     /// Pages of each class that may have free blocks.
-    pub queues: [PageList; CLASS_COUNT],
+    pub queues: [PageList; HEAP_CLASSES],
     /// Pages of each class that had none when last looked at.
-    pub full: [PageList; CLASS_COUNT],
+    pub full: [PageList; HEAP_CLASSES],
     /// Segments owned, per kind.
     pub segments: [SegmentList; KINDS],
     /// Counters, flushed into [`STATS`].
@@ -59,11 +58,11 @@ impl Heap {
     /// A heap with no pages.
     pub(crate) const fn new() -> Heap {
         Heap {
-            current: [EMPTY; CLASS_COUNT],
+            current: [EMPTY; HEAP_CLASSES],
             id: 0,
             state: UNINIT,
-            queues: [PageList::EMPTY; CLASS_COUNT],
-            full: [PageList::EMPTY; CLASS_COUNT],
+            queues: [PageList::EMPTY; HEAP_CLASSES],
+            full: [PageList::EMPTY; HEAP_CLASSES],
             segments: [SegmentList::EMPTY; KINDS],
             stats: ThreadStats::new(),
             dirty_free: 0,
@@ -103,8 +102,8 @@ pub(crate) fn heap() -> *mut Heap {
 pub(crate) fn alloc(class: usize) -> *mut u8 {
     let h = heap();
     // SAFETY: h is this thread's heap, used by no one else and not
-    // re-entered here; class < CLASS_COUNT (callers get it from class_of or
-    // class_for); current[class] is a page of h or the never-written
+    // re-entered here; class < HEAP_CLASSES (callers get it from class_of or
+    // aligned_twin); current[class] is a page of h or the never-written
     // sentinel, whose list is empty.
     unsafe {
         let page = *(*h).current.get_unchecked(class);

@@ -1,7 +1,7 @@
 //! `check_invariants`: an expensive walk of the calling thread's heap
 //! (tests and the `debug-invariants` feature).
 
-use heapkit_core::size_class::{class_size, CLASS_COUNT};
+use crate::segment::{heap_class_size, HEAP_CLASSES};
 
 use crate::heap::{self, EMPTY};
 use crate::page::{Page, FREE, FULL, QUEUED};
@@ -28,7 +28,7 @@ pub fn check_invariants() -> Result<(), &'static str> {
     unsafe {
         let h = &mut *h;
         let mut listed = 0usize;
-        for class in 0..CLASS_COUNT {
+        for class in 0..HEAP_CLASSES {
             let cur = h.current[class];
             if cur != EMPTY && cur != h.queues[class].first {
                 return Err("current page is not the queue's first");
@@ -40,7 +40,7 @@ pub fn check_invariants() -> Result<(), &'static str> {
                     if (*p).state != state || (*p).class as usize != class {
                         return Err("page on the wrong list");
                     }
-                    if (*p).block_size as usize != class_size(class) {
+                    if (*p).block_size as usize != heap_class_size(class) {
                         return Err("block size does not match class");
                     }
                     check_page(p)?;
@@ -96,7 +96,7 @@ unsafe fn check_page(p: *mut Page) -> Result<(), &'static str> {
     unsafe {
         Page::collect_remote(p);
         let mut seen = [0u64; 64];
-        let size = (*p).block_size as usize;
+        let size = (*p).stride as usize;
         let start = (*p).start as usize;
         let cap = (*p).capacity as usize;
         if cap > (*p).reserved as usize || (*p).reserved as usize > 64 * 64 {

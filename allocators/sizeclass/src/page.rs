@@ -16,8 +16,9 @@
 //! Invariant (checked by `check_invariants`): `|free| + |local_free| +
 //! |thread_free| + (blocks live in the program) == capacity`, `used` counts
 //! blocks not on `free`/`local_free` (live or on `thread_free`), and every
-//! listed block lies in `start..start + reserved * block_size` at a block
-//! boundary.
+//! listed block lies in `start..start + reserved * stride` at a block
+//! boundary (`stride` is `block_size`, plus one cache line for coloured
+//! classes).
 
 use core::ptr;
 
@@ -63,6 +64,8 @@ pub(crate) struct Page {
     pub capacity: u32,
     /// Blocks that fit in the span.
     pub reserved: u32,
+    /// Distance between blocks (`block_size`, or more for colouring).
+    pub stride: u32,
     /// Address of block 0.
     pub start: *mut u8,
     /// Links in the heap's queue or full list for the class (owner only).
@@ -97,6 +100,7 @@ impl Page {
             capacity: 0,
             reserved: 0,
             index: 0,
+            stride: 0,
             start: ptr::null_mut(),
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
@@ -116,6 +120,7 @@ impl Page {
         page: *mut Page,
         class: usize,
         block_size: usize,
+        stride: usize,
         start: *mut u8,
         span: usize,
     ) {
@@ -131,7 +136,8 @@ impl Page {
             (*page).is_zero = !(*page).dirty;
             (*page).dirty = true;
             (*page).capacity = 0;
-            (*page).reserved = (span / block_size) as u32;
+            (*page).reserved = (span / stride) as u32;
+            (*page).stride = stride as u32;
             (*page).start = start;
             (*page).next = ptr::null_mut();
             (*page).prev = ptr::null_mut();
@@ -197,7 +203,7 @@ impl Page {
         // SAFETY: blocks capacity..capacity+n lie inside the page's span
         // (n <= reserved - capacity) and were never handed out.
         unsafe {
-            let size = (*page).block_size as usize;
+            let size = (*page).stride as usize;
             let room = ((*page).reserved - (*page).capacity) as usize;
             let n = (EXTEND_BYTES / size).clamp(1, room);
             let first = (*page).start.add((*page).capacity as usize * size);
@@ -311,7 +317,7 @@ mod tests {
         let p: *mut Page = &mut page;
         // SAFETY: p is a page we own over `span`.
         unsafe {
-            Page::init(p, 3, 64, span.as_mut_ptr().cast(), 65536);
+            Page::init(p, 3, 64, 64, span.as_mut_ptr().cast(), 65536);
             assert_eq!((*p).reserved, 1024);
             Page::collect(p);
             assert_eq!((*p).capacity, 64, "one OS page carved");

@@ -24,11 +24,10 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use heapkit_core::large;
 use heapkit_core::os::{self, ThreadExitKey};
 use heapkit_core::segment::segment_of;
-use heapkit_core::size_class::class_size;
 
 use crate::heap::{self, Heap, ACTIVE, EMPTY, STATS, UNINIT};
 use crate::page::{Page, FREE, FULL, QUEUED};
-use crate::segment::{self, Segment, KIND_OF};
+use crate::segment::{self, heap_class_size, heap_class_stride, Segment, KIND_OF};
 
 /// A free page's memory is returned to the OS after this long.
 pub(crate) const PURGE_DELAY_NS: u64 = 20_000_000;
@@ -42,7 +41,7 @@ static ATFORK: AtomicBool = AtomicBool::new(false);
 /// Allocation slow path for `class`.
 ///
 /// # Safety
-/// `h` must be the calling thread's heap and `class < CLASS_COUNT`.
+/// `h` must be the calling thread's heap and `class < HEAP_CLASSES`.
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn alloc(h: *mut Heap, class: usize) -> *mut u8 {
@@ -112,12 +111,12 @@ fn find_page(h: &mut Heap, class: usize) -> bool {
     let Some(page) = take_free_page(h, kind) else {
         return false;
     };
-    let size = class_size(class);
+    let size = heap_class_size(class);
     // SAFETY: page is a free page of a segment we own.
     unsafe {
         let seg = segment_of(page).cast::<Segment>();
         let (start, span) = Segment::span(seg, (*page).index as usize, size);
-        Page::init(page, class, size, start, span);
+        Page::init(page, class, size, heap_class_stride(class), start, span);
         h.queues[class].push_front(page);
         Page::collect(page);
     }
