@@ -129,7 +129,7 @@ fn impossible_layouts_return_null() {
 
 #[test]
 fn zeroed_memory_after_dirty_frees_is_zero() {
-    for size in [8, 100, 4096, 70_000] {
+    for size in [8, 100, 4096, 60_000] {
         let l = layout(size, 16);
         let p = B.allocate(l);
         // SAFETY: p is live with l.
