@@ -133,7 +133,7 @@ pub struct Cache {
 /// give-back).
 const RELEASE_BATCH: usize = 8;
 
-/// What [`Cache::census`] counts.
+/// What `Cache::census` counts for one cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheCensus {
     /// Slabs on each list.
