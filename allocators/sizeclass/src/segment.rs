@@ -565,7 +565,7 @@ mod tests {
             let align = 1usize << shift;
             let layout = Layout::from_size_align(align / 2 + 1, align).unwrap();
             let twin = aligned_twin(class_for(layout).unwrap());
-            assert!(twin >= CLASS_COUNT && twin < HEAP_CLASSES);
+            assert!((CLASS_COUNT..HEAP_CLASSES).contains(&twin));
             assert_eq!(heap_class_size(twin), align);
             assert_eq!(heap_class_stride(twin), align, "twins are never coloured");
             assert_eq!(KIND_OF[twin], KIND_OF[class_of(align)]);
