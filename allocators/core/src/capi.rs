@@ -75,10 +75,13 @@ pub unsafe fn free<A: HeapAlloc + ?Sized>(a: &A, ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
-    let saved = os::errno();
-    // SAFETY: caller guarantee.
-    unsafe { a.free(ptr.cast()) };
-    os::set_errno(saved);
+    let slot = os::errno_slot();
+    // SAFETY: slot is this thread's errno; ptr is live (caller guarantee).
+    unsafe {
+        let saved = slot.read();
+        a.free(ptr.cast());
+        slot.write(saved);
+    }
 }
 
 /// `realloc(ptr, size)`.

@@ -230,6 +230,15 @@ pub fn set_errno(value: c_int) {
     unsafe { *libc::__errno_location() = value };
 }
 
+/// The address of the calling thread's `errno` (valid for the thread's
+/// life). Lets a caller save and restore `errno` around a call with one
+/// `__errno_location` call instead of two.
+#[inline]
+pub fn errno_slot() -> *mut c_int {
+    // SAFETY: __errno_location has no preconditions.
+    unsafe { libc::__errno_location() }
+}
+
 /// Reads the calling thread's `errno`.
 #[inline]
 pub fn errno() -> c_int {
