@@ -58,6 +58,17 @@
 //!   `dirty_until` mark (bytes handed out before and then freed or shrunk
 //!   back) is cleared.
 //!
+//! # What the harness shows
+//!
+//! `heapkit-bench run --quick --allocators bump,system --threads 1` on a
+//! shared 2-core VM, glibc = 1.00 (peak RSS / wall time): churn 264x /
+//! 3.9x, trees 31x / 1.75x, realloc 4.5x / 1.5x, large 3.4x / 3.1x,
+//! fragmentation 1.6x / 0.29x; larson at 4 threads peaked at 3 GiB. The
+//! time lost is page faults: a program that frees and reallocates touches a
+//! fresh page for every 4 KiB it ever allocates. Where the working set is
+//! built once and dropped at exit (the fragmentation workload, a compiler),
+//! Bump is the fastest allocator in the matrix.
+//!
 //! # Threads and fork
 //!
 //! No lock and no shared mutable state except the stats counters (flushed
