@@ -58,7 +58,7 @@
 //!                         └ no ── free_remote: ThreadFree::push (+ PendingPages::notify)
 //! reallocate ─ same class: in place │ large→large: large::reallocate (mremap) │ else copy
 //! thread exit (pthread key) ─ slow::thread_exit ─ abandon_all
-//! fork ─ slow::before_fork / after_fork_parent / after_fork_child (orphans abandoned)
+//! fork ─ slow::before_fork / after_fork_parent / after_fork_child (orphans left unadopted)
 //! ```
 
 // Under loom only the remote-free protocol is compiled (and modelled).

@@ -19,8 +19,7 @@
 //! Blocks of a power-of-two class are therefore aligned to their size, which
 //! is how aligned requests are served.
 //!
-//! Globals (all behind [`SpinLock`]s, touched only on slow paths): every
-//! live segment is on `ALL` (for fork and invariant checks), abandoned
+//! Globals (all behind [`SpinLock`]s, touched only on slow paths): abandoned
 //! segments wait on `ABANDONED` for a live heap to adopt them, and a few
 //! empty, purged segments wait in `RESERVE` to spare the next mapping.
 
@@ -127,10 +126,6 @@ pub(crate) struct Segment {
     pub next: *mut Segment,
     /// See `next`.
     pub prev: *mut Segment,
-    /// Links in the global list of every segment (under `ALL`).
-    pub all_next: *mut Segment,
-    /// See `all_next`.
-    pub all_prev: *mut Segment,
     /// Page metadata.
     pub pages: [Page; MAX_PAGES],
 }
@@ -279,16 +274,6 @@ impl SegmentList {
     }
 }
 
-struct AllSegments {
-    first: *mut Segment,
-}
-// SAFETY: only accessed under its lock.
-unsafe impl Send for AllSegments {}
-
-/// Every live segment.
-static ALL: SpinLock<AllSegments> = SpinLock::new(AllSegments {
-    first: ptr::null_mut(),
-});
 /// Segments whose owner exited.
 pub(crate) static ABANDONED_LIST: SpinLock<SegmentList> = SpinLock::new(SegmentList::EMPTY);
 /// Cheap "is anything abandoned" hint.
@@ -328,16 +313,6 @@ pub(crate) fn acquire(kind: usize, owner: u64) -> *mut Segment {
                 Segment::page(seg, i).write(Page::new());
             }
         }
-        let mut all = ALL.lock();
-        // SAFETY: seg is ours; the ALL list is locked.
-        unsafe {
-            (*seg).all_prev = ptr::null_mut();
-            (*seg).all_next = all.first;
-            if !all.first.is_null() {
-                (*all.first).all_prev = seg;
-            }
-        }
-        all.first = seg;
     }
     // SAFETY: seg is exclusively ours (fresh, or taken from the reserve with
     // every page free and purged).
@@ -384,29 +359,7 @@ pub(crate) unsafe fn release(seg: *mut Segment) {
             return;
         }
         drop(r);
-        let mut all = ALL.lock();
-        let (prev, next) = ((*seg).all_prev, (*seg).all_next);
-        if prev.is_null() {
-            all.first = next;
-        } else {
-            (*prev).all_next = next;
-        }
-        if !next.is_null() {
-            (*next).all_prev = prev;
-        }
-        drop(all);
         os::unmap(seg.cast(), SEGMENT_ALIGN);
-    }
-}
-
-/// Calls `f` on every live segment (reserve included) with `ALL` held.
-pub(crate) fn for_each(mut f: impl FnMut(*mut Segment)) {
-    let all = ALL.lock();
-    let mut s = all.first;
-    while !s.is_null() {
-        f(s);
-        // SAFETY: segments on ALL are mapped while the lock is held.
-        s = unsafe { (*s).all_next };
     }
 }
 
@@ -442,7 +395,6 @@ pub(crate) fn adopt(owner: u64) -> *mut Segment {
 
 /// Fork: take every global lock (in a fixed order).
 pub(crate) fn lock_all() {
-    ALL.raw().lock();
     ABANDONED_LIST.raw().lock();
     RESERVE.raw().lock();
 }
@@ -453,47 +405,24 @@ pub(crate) fn unlock_all() {
     unsafe {
         RESERVE.raw().unlock();
         ABANDONED_LIST.raw().unlock();
-        ALL.raw().unlock();
     }
 }
 
-/// Fork, child: the locks are free again; segments owned by heaps other than
-/// `survivor` (threads that do not exist in the child) are abandoned so the
-/// child's thread adopts them.
-pub(crate) fn after_fork_child(survivor: u64) {
+/// Re-initialises the global locks in a forked child.
+///
+/// Segments of threads that do not exist in the child keep their dead
+/// owners' ids, so no heap ever adopts them: a thread caught mid-allocation
+/// by `fork()` may have left a page half-updated, and reusing it could hand
+/// out a block twice. Frees into those segments stay correct (they are
+/// remote frees: one atomic push onto the page's `thread_free`); the child
+/// just never reuses that memory, as in mimalloc. Most forked children
+/// `exec` soon anyway.
+pub(crate) fn after_fork_child() {
     // SAFETY: the child is single-threaded.
     unsafe {
         RESERVE.raw().reset_after_fork();
         ABANDONED_LIST.raw().reset_after_fork();
-        ALL.raw().reset_after_fork();
     }
-    let mut orphans = SegmentList::EMPTY;
-    let mut n = 0;
-    // Reserve segments are marked ABANDONED too, so they are skipped.
-    for_each(|s| {
-        // SAFETY: s is mapped; the child is single-threaded.
-        let owner = unsafe { (*s).owner.load(Relaxed) };
-        if owner != survivor && owner != ABANDONED {
-            // SAFETY: its owner thread does not exist in the child; its
-            // links into that heap's list are dead and overwritten.
-            unsafe {
-                (*s).owner.store(ABANDONED, Relaxed);
-                orphans.push(s);
-            }
-            n += 1;
-        }
-    });
-    let mut list = ABANDONED_LIST.lock();
-    loop {
-        // SAFETY: orphans are ours.
-        let s = unsafe { orphans.pop() };
-        if s.is_null() {
-            break;
-        }
-        // SAFETY: s is ours; the list is locked.
-        unsafe { list.push(s) };
-    }
-    ABANDONED_COUNT.fetch_add(n, Relaxed);
 }
 
 #[cfg(test)]

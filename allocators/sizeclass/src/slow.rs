@@ -15,7 +15,9 @@
 //! - Thread exit ([`thread_exit`]): collect, purge, release empty segments
 //!   and abandon the rest for live threads to adopt.
 //! - Fork: every global lock is taken around `fork()`; in the child,
-//!   segments of threads that do not exist there are abandoned.
+//!   segments of threads that do not exist there are left to their dead
+//!   owners (never adopted: a page may be half-updated), so frees into them
+//!   are safe remote frees and their memory is not reused by the child.
 
 use core::ffi::c_void;
 use core::ptr;
@@ -467,8 +469,5 @@ unsafe extern "C" fn after_fork_parent() {
 
 unsafe extern "C" fn after_fork_child() {
     large::after_fork_child();
-    let h = heap::heap();
-    // SAFETY: our heap; the child is single-threaded.
-    let id = unsafe { (*h).id };
-    segment::after_fork_child(id);
+    segment::after_fork_child();
 }
