@@ -26,7 +26,11 @@
 //!   objects back to their slabs; empty slabs beyond one in four of a
 //!   cache's working set are purged (`MADV_DONTNEED`) and their chunks
 //!   returned to the segment, and segments with no slab left are unmapped
-//!   (one spare kept). Exited threads hand their magazines back.
+//!   (one spare kept). Exited threads hand their magazines back. A thread
+//!   that allocates a class and then frees it away lowers that class's
+//!   magazine limit as the class's live count falls (`slow::wind_down`), so
+//!   even the objects its own magazines would hold go home: a program that
+//!   frees everything keeps at most one object per class in its magazines.
 //!
 //! Large blocks of 8 MiB or more are purged when freed (core's block cache
 //! then only saves the `mmap`/`munmap` calls, not the page faults); smaller

@@ -33,6 +33,7 @@ pub fn allocate(t: &ThreadCache, c: usize) -> *mut u8 {
         return allocate_direct(c);
     }
     let slot = t.slot(c);
+    slot.allocates.set(true);
     let cap = capacity_of(c);
     let prev = slot.prev.get();
     let loaded = slot.unload();
@@ -89,9 +90,24 @@ pub unsafe fn free(t: &ThreadCache, c: usize, p: *mut u8) {
     let cap = capacity_of(c);
     let mut prev = slot.prev.get();
     let loaded = slot.unload();
-    // SAFETY: as in `allocate`; loaded is full or null; p is a live object
-    // of class c (caller).
+    // SAFETY: as in `allocate`; loaded is full (at its possibly lowered
+    // limit) or null; p is a live object of class c (caller).
     unsafe {
+        let loaded_rounds = if loaded.is_null() {
+            0
+        } else {
+            (*loaded).rounds
+        };
+        let prev_rounds = if prev.is_null() { 0 } else { (*prev).rounds };
+        // Objects of the class outside this thread's magazines (a hint:
+        // other threads' magazines and the depot count as live).
+        let live = heap::cache(c)
+            .in_use()
+            .saturating_sub(loaded_rounds + prev_rounds);
+        let limit = live / WIND_DOWN;
+        if !loaded.is_null() && ((limit < cap && slot.allocates.get()) || loaded_rounds < cap) {
+            return wind_down(t, c, p, loaded, prev, limit);
+        }
         if !prev.is_null() && (*prev).rounds == 0 {
             slot.prev.set(loaded);
             slot.load(prev, cap);
@@ -135,6 +151,53 @@ pub unsafe fn free(t: &ThreadCache, c: usize, p: *mut u8) {
             slot.prev.set(loaded);
             slot.load(empty, cap);
         }
+        Slab::free_small(c, p)
+    }
+}
+
+/// A free of class `c` lowers the loaded magazine's limit to the class's
+/// live objects (outside this thread's magazines) divided by this.
+const WIND_DOWN: usize = 4;
+
+/// The decay of the free path. When a thread that allocates class `c`
+/// finds few objects of it live beyond the ones its magazines hold (the program is freeing
+/// the class away), the loaded magazine's free limit drops to a quarter of
+/// them and both magazines (and the depot's full ones) are drained into the
+/// slabs, so their slabs can empty and go back to the OS. Each such visit
+/// re-measures, so the limit shrinks geometrically with the class and a
+/// program that frees everything leaves at most one object per class in
+/// its magazines, at the cost of O(log n) extra slow paths. The next
+/// allocation slow path loads full capacity again, and a class that grows
+/// again gets its full limit back here.
+///
+/// # Safety
+/// `loaded` (non-null, unloaded, rounds accurate) and `prev` (null, full or
+/// empty) are this thread's magazines of class `c`; `p` is a live object
+/// of class `c`.
+#[cold]
+#[inline(never)]
+unsafe fn wind_down(
+    t: &ThreadCache,
+    c: usize,
+    p: *mut u8,
+    loaded: *mut crate::magazine::Magazine,
+    prev: *mut crate::magazine::Magazine,
+    limit: usize,
+) {
+    let slot = t.slot(c);
+    let cap = capacity_of(c);
+    // SAFETY: the magazines are this thread's (caller), their rounds
+    // accurate; draining leaves them empty, which keeps the slot invariant
+    // (prev full or empty; loaded rounds 0 <= limit).
+    unsafe {
+        heap::drain(c, loaded);
+        if !prev.is_null() {
+            heap::drain(c, prev);
+        }
+        if limit < cap && depot(c).full_count() > 0 {
+            heap::settle(c, depot(c).take_all());
+        }
+        slot.load(loaded, limit.clamp(1, cap));
         Slab::free_small(c, p)
     }
 }

@@ -40,7 +40,8 @@ pub const DONE: u8 = 3;
 /// The loaded and previous magazines of one class.
 ///
 /// Invariants: `base`, `top`, `limit` are all null, or `base` is
-/// `&mag.objs[0]` of the loaded magazine, `limit = base + capacity` and
+/// `&mag.objs[0]` of the loaded magazine, `limit = base + capacity` (or a
+/// lower limit of at least 1 set by `slow::wind_down`) and
 /// `base <= top <= limit` (`top - base` is the rounds held). `prev` is null
 /// or a magazine that is full or empty (never partly filled), its `rounds`
 /// accurate.
@@ -49,6 +50,10 @@ pub struct ClassSlot {
     pub base: Cell<*mut *mut u8>,
     pub limit: Cell<*mut *mut u8>,
     pub prev: Cell<*mut Magazine>,
+    /// Whether this thread has taken the allocation slow path of the class
+    /// (a pure freer, like a consumer thread, never winds down: its
+    /// magazines feed the depot).
+    pub allocates: Cell<bool>,
 }
 
 impl ClassSlot {
@@ -60,6 +65,7 @@ impl ClassSlot {
         base: Cell::new(ptr::null_mut()),
         limit: Cell::new(ptr::null_mut()),
         prev: Cell::new(ptr::null_mut()),
+        allocates: Cell::new(false),
     };
 
     /// Detaches the loaded magazine (null if none), writing back its rounds.
