@@ -48,6 +48,17 @@ pub(crate) struct Heap {
     pub stats: ThreadStats,
     /// Free pages of owned segments whose memory is not purged yet.
     pub dirty_free: usize,
+    /// Bytes of dirty free pages plus empty pages kept as their class's
+    /// only page, counted since the last eager purge (may over-count).
+    pub idle_bytes: usize,
+    /// `idle_bytes` above this purges at once (see `slow::purge_idle`);
+    /// doubles when a page purged early is needed again, halves back
+    /// towards its minimum when that has not happened for a while.
+    pub purge_budget: usize,
+    /// Bytes of the pages this heap has in use (claimed, not free).
+    pub claimed_bytes: usize,
+    /// When a page purged early was last needed again (monotonic ns).
+    pub last_refault_ns: u64,
     /// Next time (monotonic ns) the slow path runs the decay sweep.
     pub next_sweep_ns: u64,
     /// Slow-path calls, to read the clock only now and then.
@@ -66,6 +77,10 @@ impl Heap {
             segments: [SegmentList::EMPTY; KINDS],
             stats: ThreadStats::new(),
             dirty_free: 0,
+            idle_bytes: 0,
+            purge_budget: crate::slow::PURGE_BUDGET_MIN,
+            last_refault_ns: 0,
+            claimed_bytes: 0,
             next_sweep_ns: 0,
             slow_calls: 0,
         }

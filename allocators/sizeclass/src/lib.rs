@@ -32,7 +32,13 @@
 //!   memset).
 //! - Empty pages return to their segment; after 20 ms free their memory is
 //!   purged (`MADV_DONTNEED`) by the owner's next slow path; empty segments
-//!   go to a small purged reserve or back to the OS.
+//!   go to a small purged reserve or back to the OS. Without waiting for the
+//!   delay, a free that leaves the heap more idle bytes (dirty free pages
+//!   and empty pages kept for their class) than an adaptive budget (256 KiB
+//!   up, doubled whenever a page purged early is needed again) or than the
+//!   bytes still in use purges them all at once and trims core's large
+//!   cache, so a program that frees everything and stops gets its memory
+//!   back.
 //! - A dying thread collects its pages and abandons its segments; live
 //!   threads adopt them on their slow path, so nothing is stranded.
 //!
@@ -50,11 +56,14 @@
 //!   │                                                   ├─ find_page: queue walk (Page::collect),
 //!   │                                                   │   take_pending, adopt_one, take_free_page
 //!   │                                                   │   (segment::acquire), sweep (purge/decay)
+//!   │                                                   │   [claim of a page purged early: budget x2]
 //!   │                                                   └─ heap::alloc (retry fast path)
 //!   ├─ align > 16 ─ class_for(layout) ─ heap::alloc    (power-of-two class, aligned carving)
 //!   └─ otherwise ─ large::allocate
 //! free(ptr) ─ heap::free: tag? ── LARGE ─ large::free
 //!              └─ owner? ─ yes ─ push local_free; used==0 or FULL ─ slow::page_freed [cold]
+//!                         │      page_freed ─ free_page/keep ─ idle > budget ─ purge_idle
+//!                         │                    (free empty pages, purge all, large::trim)
 //!                         └ no ── free_remote: ThreadFree::push (+ PendingPages::notify)
 //! reallocate ─ same class: in place │ large→large: large::reallocate (mremap) │ else copy
 //! thread exit (pthread key) ─ slow::thread_exit ─ abandon_all

@@ -80,6 +80,10 @@ pub(crate) struct Page {
     pub index: u32,
     /// When the page became free (monotonic ns), for decay.
     pub freed_at_ns: u64,
+    /// The page was kept empty as its class's only page and its bytes are
+    /// counted in the heap's `idle_bytes` (owner only; cleared when the
+    /// page is freed or the heap purges).
+    pub retained: bool,
 }
 
 const _: () = assert!(core::mem::offset_of!(Page, thread_free) == 64);
@@ -105,6 +109,7 @@ impl Page {
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             freed_at_ns: 0,
+            retained: false,
             thread_free: ThreadFree::new(),
             shared_size: 0,
         }

@@ -12,6 +12,9 @@
 //!   goes to the global reserve or back to the OS on the next sweep, except
 //!   a heap's last one of a kind; a segment that empties on a free is
 //!   released at once (same exception).
+//! - Eager purge ([`purge_idle`]): when a free leaves more idle bytes than
+//!   the budget (see [`over_budget`]), every empty page is freed, every free
+//!   page purged and core's large cache trimmed at once.
 //! - Thread exit ([`thread_exit`]): collect, purge, release empty segments
 //!   and abandon the rest for live threads to adopt.
 //! - Fork: every global lock is taken around `fork()`; in the child,
@@ -33,6 +36,13 @@ use crate::segment::{self, heap_class_size, heap_class_stride, Segment, KIND_OF}
 
 /// A free page's memory is returned to the OS after this long.
 pub(crate) const PURGE_DELAY_NS: u64 = 20_000_000;
+/// Smallest eager-purge budget (see [`purge_idle`]).
+pub(crate) const PURGE_BUDGET_MIN: usize = 256 << 10;
+/// Largest eager-purge budget.
+const PURGE_BUDGET_MAX: usize = 64 << 20;
+/// The budget halves on a sweep once no early-purged page was needed again
+/// for this long.
+const BUDGET_RELAX_NS: u64 = 1_000_000_000;
 /// The clock is read on every this many slow-path calls.
 const CLOCK_EVERY: u32 = 16;
 
@@ -202,6 +212,7 @@ fn adopt_one(h: &mut Heap) -> bool {
             } else {
                 (*page).state = QUEUED;
                 h.queues[(*page).class as usize].push_back(page);
+                h.claimed_bytes += 1 << (*seg).page_shift;
             }
         }
         h.segments[(*seg).kind as usize].push(seg);
@@ -245,8 +256,18 @@ unsafe fn claim(h: &mut Heap, seg: *mut Segment, i: usize) -> *mut Page {
         let page = Segment::page(seg, i);
         if (*page).dirty {
             h.dirty_free -= 1;
+            h.idle_bytes = h.idle_bytes.saturating_sub(1 << (*seg).page_shift);
+        } else if (*page).freed_at_ns != 0 {
+            // Purged before its delay ran out and needed again: the eager
+            // purge thrashes this program, so give it more room.
+            let now = os::monotonic_ns();
+            if now.saturating_sub((*page).freed_at_ns) < PURGE_DELAY_NS {
+                h.purge_budget = (h.purge_budget * 2).min(PURGE_BUDGET_MAX);
+                h.last_refault_ns = now;
+            }
         }
         (*seg).used_pages += 1;
+        h.claimed_bytes += 1 << (*seg).page_shift;
         (*page).state = QUEUED;
         page
     }
@@ -275,7 +296,14 @@ pub(crate) unsafe fn page_freed(h: *mut Heap, page: *mut Page) {
         let q = &mut h.queues[class];
         if q.first == page && (*page).next.is_null() {
             // The class's only page: keep it, so alloc/free loops do not
-            // thrash; the decay sweep does not purge pages in use.
+            // thrash; its bytes count as idle until the next eager purge.
+            if !(*page).retained {
+                (*page).retained = true;
+                h.idle_bytes += 1 << (*segment_of(page).cast::<Segment>()).page_shift;
+                if over_budget(h) {
+                    purge_idle(h);
+                }
+            }
             return;
         }
         q.remove(page);
@@ -286,12 +314,27 @@ pub(crate) unsafe fn page_freed(h: *mut Heap, page: *mut Page) {
     }
 }
 
+/// [`retire_page`], then an eager purge if the idle bytes passed the
+/// budget, or the decay sweep if it is due.
+///
+/// # Safety
+/// As for [`retire_page`].
+unsafe fn free_page(h: &mut Heap, page: *mut Page, now: u64) {
+    // SAFETY: caller guarantee.
+    unsafe { retire_page(h, page, now) };
+    if over_budget(h) {
+        purge_idle(h);
+    } else if now >= h.next_sweep_ns {
+        sweep(h, false);
+    }
+}
+
 /// Returns an empty page to its segment; an emptied segment is released
 /// unless it is the heap's last of its kind.
 ///
 /// # Safety
 /// `page` is ours, empty and on no list.
-unsafe fn free_page(h: &mut Heap, page: *mut Page, now: u64) {
+unsafe fn retire_page(h: &mut Heap, page: *mut Page, now: u64) {
     // SAFETY: caller guarantee.
     unsafe {
         let seg = segment_of(page).cast::<Segment>();
@@ -299,8 +342,11 @@ unsafe fn free_page(h: &mut Heap, page: *mut Page, now: u64) {
         (*page).free = ptr::null_mut();
         (*page).local_free = ptr::null_mut();
         (*page).freed_at_ns = now;
+        (*page).retained = false;
         (*seg).used_pages -= 1;
         h.dirty_free += 1;
+        h.idle_bytes += 1 << (*seg).page_shift;
+        h.claimed_bytes = h.claimed_bytes.saturating_sub(1 << (*seg).page_shift);
         let kind = (*seg).kind as usize;
         // An emptied segment goes back at once (purged into the reserve or
         // unmapped), except the heap's last of its kind: measured, keeping
@@ -313,9 +359,54 @@ unsafe fn free_page(h: &mut Heap, page: *mut Page, now: u64) {
             h.segments[kind].push(seg);
         }
     }
-    if now >= h.next_sweep_ns {
-        sweep(h, false);
+}
+
+/// True when the heap's idle bytes call for an eager purge: above the
+/// adaptive budget, or above the bytes of pages still in use (so a program
+/// that frees nearly everything gets its memory back at once, whatever
+/// the budget grew to).
+#[inline]
+fn over_budget(h: &Heap) -> bool {
+    h.idle_bytes > h.purge_budget.min(h.claimed_bytes.max(PURGE_BUDGET_MIN))
+}
+
+/// Eager purge, run when `idle_bytes` passes the budget: frees every empty
+/// page still queued (including a class's only page), purges every free
+/// page and trims core's large cache, so a program that frees everything
+/// and then stops calling the allocator still gets its memory back. The
+/// budget adapts (see `claim`) so a program that frees and reallocates
+/// the same memory soon stops paying for purges and faults.
+fn purge_idle(h: &mut Heap) {
+    let now = os::monotonic_ns();
+    for class in 0..h.queues.len() {
+        let mut page = h.queues[class].first;
+        while !page.is_null() {
+            // SAFETY: pages on our queues are ours; `used == 0` means no
+            // block is live or on `thread_free`.
+            unsafe {
+                let next = (*page).next;
+                (*page).retained = false;
+                if (*page).used == 0 {
+                    h.queues[class].remove(page);
+                    if h.current[class] == page {
+                        h.current[class] = EMPTY;
+                    }
+                    retire_page(h, page, now);
+                }
+                page = next;
+            }
+        }
+        let mut page = h.full[class].first;
+        while !page.is_null() {
+            // SAFETY: pages on our full lists are ours.
+            unsafe {
+                (*page).retained = false;
+                page = (*page).next;
+            }
+        }
     }
+    sweep(h, true);
+    h.idle_bytes = 0;
 }
 
 /// Releases an owned segment with no page in use.
@@ -328,6 +419,7 @@ unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
         for i in 0..(*seg).page_count as usize {
             if (*Segment::page(seg, i)).dirty {
                 h.dirty_free -= 1;
+                h.idle_bytes = h.idle_bytes.saturating_sub(1 << (*seg).page_shift);
             }
         }
         h.segments[(*seg).kind as usize].remove(seg);
@@ -344,6 +436,9 @@ fn sweep(h: &mut Heap, all: bool) {
         return;
     }
     h.next_sweep_ns = now + PURGE_DELAY_NS / 2;
+    if !all && now.saturating_sub(h.last_refault_ns) >= BUDGET_RELAX_NS {
+        h.purge_budget = (h.purge_budget / 2).max(PURGE_BUDGET_MIN);
+    }
     for kind in 0..segment::KINDS {
         let mut seg = h.segments[kind].first;
         while !seg.is_null() {
@@ -371,6 +466,7 @@ fn sweep(h: &mut Heap, all: bool) {
                             os::purge(p, len);
                             (*page).dirty = false;
                             h.dirty_free -= 1;
+                            h.idle_bytes = h.idle_bytes.saturating_sub(len);
                         }
                         FULL if Page::has_remote(page) => {
                             requeue_if_full(h, page);
@@ -470,4 +566,66 @@ unsafe extern "C" fn after_fork_parent() {
 unsafe extern "C" fn after_fork_child() {
     large::after_fork_child();
     segment::after_fork_child();
+}
+
+#[cfg(test)]
+mod tests {
+    use core::alloc::Layout;
+
+    use heapkit_core::HeapAlloc;
+
+    use super::*;
+    use crate::SizeClass;
+
+    /// Allocates `n` blocks of 64 B through `a` on this thread, then frees
+    /// them all.
+    fn fill_and_free(a: &SizeClass, n: usize) {
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        let blocks: std::vec::Vec<*mut u8> = (0..n).map(|_| a.allocate(layout)).collect();
+        for &p in &blocks {
+            assert!(!p.is_null());
+            // SAFETY: live blocks of `a`, written inside their 64 bytes.
+            unsafe {
+                p.write_bytes(0xa5, 64);
+                a.free(p);
+            }
+        }
+    }
+
+    /// Idle bytes the calling thread's heap still holds unpurged.
+    fn unpurged_idle_bytes() -> usize {
+        let h = heap::heap();
+        // SAFETY: our heap, not in use by the allocator during this read.
+        unsafe { (*h).dirty_free << 16 }
+    }
+
+    #[test]
+    fn a_thread_that_frees_everything_gets_its_memory_back_without_more_calls() {
+        std::thread::spawn(|| {
+            let a = SizeClass::new();
+            fill_and_free(&a, 50_000); // 3.2 MiB: 49 pages of one segment
+                                       // No collect(), no further allocation: the frees themselves
+                                       // purged all but a budget's worth.
+            assert!(unpurged_idle_bytes() <= PURGE_BUDGET_MIN + (64 << 10));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_program_that_frees_and_reallocates_soon_stops_purging() {
+        std::thread::spawn(|| {
+            let a = SizeClass::new();
+            for _ in 0..6 {
+                fill_and_free(&a, 50_000); // 3.2 MiB per round
+            }
+            let h = heap::heap();
+            // SAFETY: our heap, idle.
+            let budget = unsafe { (*h).purge_budget };
+            // Rounds reused pages purged moments before: the budget grew.
+            assert!(budget > PURGE_BUDGET_MIN, "budget {budget}");
+        })
+        .join()
+        .unwrap();
+    }
 }
