@@ -18,7 +18,10 @@
 //! Demand is capped at eight magazines when the allocating thread is not
 //! the one that filled them (the producer/consumer flow the depot exists
 //! for), and at one when it is (a single thread's random walk, which would
-//! otherwise park memory in the depot). A
+//! otherwise park memory in the depot), a limit that doubles each time that
+//! thread's objects make a round trip through the slabs the depot could
+//! have saved (a refused push, then an allocation that finds the depot
+//! empty: a program tearing down and rebuilding a structure). A
 //! program that stops allocating and frees everything therefore sends every
 //! object back to its slab within a few magazine's worth of frees, and the
 //! slabs (now empty) go back to the OS. The depot is lock-based; its lock is
@@ -39,8 +42,17 @@ const DEPOT_EMPTY_MAX: usize = 16;
 /// Full magazines a depot keeps at most while other threads consume them.
 const FULL_MAX: usize = 8;
 /// Full magazines a depot keeps at most while the thread that fills them
-/// is also the one that empties them (a single thread's private overflow).
+/// is also the one that empties them (a single thread's private overflow),
+/// to begin with: the limit doubles, up to [`FULL_MAX_SAME_THREAD_GROWN`],
+/// each time that thread comes back for a full magazine, finds none, and
+/// the depot had refused one of its pushes since (a round trip through the
+/// slabs the depot could have saved: a program that frees and rebuilds a
+/// big structure, like a tree).
 const FULL_MAX_SAME_THREAD: usize = 1;
+/// The most a single thread's limit grows to (4096 magazines of at most
+/// 4 KiB). What the depot holds stays bounded by recent demand, and the
+/// free path's wind-down empties it when the class is freed away.
+const FULL_MAX_SAME_THREAD_GROWN: usize = 4096;
 
 /// A LIFO of free objects of one cache.
 ///
@@ -87,6 +99,10 @@ struct DepotLists {
     demand: usize,
     /// The thread that last pushed a full magazine (an opaque id).
     last_putter: usize,
+    /// The current limit for that thread (see [`FULL_MAX_SAME_THREAD`]).
+    same_thread_limit: usize,
+    /// A push was refused since the last allocation-side visit.
+    refused: bool,
 }
 
 // SAFETY: the lists own the magazines they link; the lock serialises access.
@@ -116,6 +132,8 @@ impl Depot {
                 n_empty: 0,
                 demand: 1,
                 last_putter: 0,
+                same_thread_limit: FULL_MAX_SAME_THREAD,
+                refused: false,
             }),
         }
     }
@@ -128,10 +146,14 @@ impl Depot {
     pub fn take_full(&self, empty: *mut Magazine, thread: usize) -> (*mut Magazine, Surplus) {
         let mut d = self.lists.lock();
         let limit = if thread == d.last_putter {
-            FULL_MAX_SAME_THREAD
+            if d.full.is_null() && d.refused {
+                d.same_thread_limit = (d.same_thread_limit * 2).min(FULL_MAX_SAME_THREAD_GROWN);
+            }
+            d.same_thread_limit
         } else {
             FULL_MAX
         };
+        d.refused = false;
         d.demand = (d.demand + 1).min(limit);
         let full = d.full;
         let mut surplus = Surplus {
@@ -168,6 +190,7 @@ impl Depot {
             return (true, surplus);
         }
         d.demand /= 2;
+        d.refused = true;
         while d.n_full > d.demand {
             let m = d.full;
             // SAFETY: n_full > 0, so m is a magazine owned by the depot.
@@ -300,14 +323,25 @@ mod tests {
         // Demand fell to 0: the kept magazine is handed back to drain.
         assert_eq!(count(s.full), 1);
         assert_eq!(d.full_count(), 0);
-        // Allocation-side visits by the filling thread raise demand to one.
+        // Allocation-side visits by the filling thread: the first finds the
+        // depot empty after a refused push (a round trip), so its limit
+        // doubles to two.
         let e = mag();
         for _ in 0..3 {
             assert!(d.take_full(e, 1).0.is_null());
         }
         assert!(d.put_full(second, 1).0);
+        assert!(d.put_full(mag(), 1).0);
         let (kept, s) = d.put_full(mag(), 1);
-        assert!(!kept && count(s.full) == 1 && d.full_count() == 0);
+        assert!(!kept && count(s.full) == 1 && d.full_count() == 1);
+        // Without a further round trip the limit stays at two.
+        let (f, _) = d.take_full(ptr::null_mut(), 1);
+        assert!(!f.is_null());
+        assert!(d.put_full(f, 1).0);
+        assert!(d.put_full(mag(), 1).0);
+        let (kept, s) = d.put_full(mag(), 1);
+        assert!(!kept && count(s.full) == 1 && d.full_count() == 1);
+        assert_eq!(count(d.take_all().full), 1);
         // Visits by another thread raise it further.
         assert!(d.take_full(e, 2).0.is_null());
         assert!(d.take_full(e, 2).0.is_null());
