@@ -40,6 +40,9 @@ pub(crate) const PURGE_DELAY_NS: u64 = 20_000_000;
 pub(crate) const PURGE_BUDGET_MIN: usize = 256 << 10;
 /// Largest eager-purge budget.
 const PURGE_BUDGET_MAX: usize = 64 << 20;
+/// Idle bytes allowed per byte of pages in use, whatever the budget (a
+/// lower ratio purged more and re-faulted trees/realloc for no RSS gain).
+const IDLE_PER_CLAIMED: usize = 4;
 /// The budget halves on a sweep once no early-purged page was needed again
 /// for this long.
 const BUDGET_RELAX_NS: u64 = 1_000_000_000;
@@ -362,12 +365,13 @@ unsafe fn retire_page(h: &mut Heap, page: *mut Page, now: u64) {
 }
 
 /// True when the heap's idle bytes call for an eager purge: above the
-/// adaptive budget, or above the bytes of pages still in use (so a program
-/// that frees nearly everything gets its memory back at once, whatever
-/// the budget grew to).
+/// adaptive budget, or above [`IDLE_PER_CLAIMED`] times the bytes of pages
+/// still in use (so a program that frees nearly everything gets its memory
+/// back at once, whatever the budget grew to).
 #[inline]
 fn over_budget(h: &Heap) -> bool {
-    h.idle_bytes > h.purge_budget.min(h.claimed_bytes.max(PURGE_BUDGET_MIN))
+    let cap = (h.claimed_bytes * IDLE_PER_CLAIMED).max(PURGE_BUDGET_MIN);
+    h.idle_bytes > h.purge_budget.min(cap)
 }
 
 /// Eager purge, run when `idle_bytes` passes the budget: frees every empty
