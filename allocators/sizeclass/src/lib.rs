@@ -34,11 +34,11 @@
 //!   purged (`MADV_DONTNEED`) by the owner's next slow path; empty segments
 //!   go to a small purged reserve or back to the OS. Without waiting for the
 //!   delay, a free that leaves the heap more idle bytes (dirty free pages
-//!   and empty pages kept for their class) than an adaptive budget (256 KiB
-//!   up, doubled whenever a page purged early is needed again) or than the
-//!   bytes still in use purges them all at once and trims core's large
-//!   cache, so a program that frees everything and stops gets its memory
-//!   back.
+//!   and empty small pages kept for their class) than an adaptive budget
+//!   (256 KiB up, doubled whenever a page purged early is needed again) or
+//!   than 4x the bytes still in use purges them all at once and trims
+//!   core's large cache, so a program that frees everything and stops gets
+//!   its memory back.
 //! - A dying thread collects its pages and abandons its segments; live
 //!   threads adopt them on their slow path, so nothing is stranded.
 //!
