@@ -37,7 +37,14 @@ fn verify(p: *mut u8, n: usize, tag: u8) {
 /// keeps its contents until freed.
 #[test]
 fn remote_frees_and_thread_churn_reuse_memory() {
-    let mut peak_after_warmup = 0u64;
+    // How many abandoned segments still await adoption when a round ends
+    // depends on timing, so mapped bytes swing by tens of MiB from round to
+    // round (seen: 20-64 MiB) with no trend. Compare against the peak of the
+    // first ten rounds, not one sample: without reuse, every round would add
+    // its ~12 MiB of blocks, over 200 MiB above that peak by the last round.
+    const WARMUP_ROUNDS: u64 = 10;
+    const SLACK: u64 = 32 << 20;
+    let mut warmup_peak = 0u64;
     for round in 0..30 {
         let (tx, rx) = mpsc::channel::<Vec<(usize, usize, u8)>>();
         let producers: Vec<_> = (0..4)
@@ -79,12 +86,13 @@ fn remote_frees_and_thread_churn_reuse_memory() {
             h.join().unwrap();
         }
         let mapped = GLOBAL.stats().mapped_bytes;
-        if round == 5 {
-            peak_after_warmup = mapped;
-        } else if round > 5 {
+        if round < WARMUP_ROUNDS {
+            warmup_peak = warmup_peak.max(mapped);
+        } else {
             assert!(
-                mapped <= peak_after_warmup + (24 << 20),
-                "mapped bytes grow across rounds: {mapped} after {peak_after_warmup}"
+                mapped <= warmup_peak + SLACK,
+                "mapped bytes grow across rounds: {mapped} in round {round}, \
+                 peak of the first {WARMUP_ROUNDS} rounds {warmup_peak}"
             );
         }
     }
