@@ -247,15 +247,20 @@ impl Recorder {
         ]
         .into_iter()
         .filter(|(_, h)| !h.is_empty())
-        .map(|(op, h)| OpLatency {
-            op: op.to_string(),
-            count: h.len(),
-            p50_ns: h.value_at_quantile(0.50) as f64 * ns,
-            p99_ns: h.value_at_quantile(0.99) as f64 * ns,
-            p999_ns: h.value_at_quantile(0.999) as f64 * ns,
-            max_ns: h.max() as f64 * ns,
-        })
+        .map(|(op, h)| op_latency(op, h, ns))
         .collect()
+    }
+}
+
+/// Percentiles of one operation kind's tick histogram, in nanoseconds.
+pub fn op_latency(op: &str, ticks: &Histogram<u64>, ns_per_tick: f64) -> OpLatency {
+    OpLatency {
+        op: op.to_string(),
+        count: ticks.len(),
+        p50_ns: ticks.value_at_quantile(0.50) as f64 * ns_per_tick,
+        p99_ns: ticks.value_at_quantile(0.99) as f64 * ns_per_tick,
+        p999_ns: ticks.value_at_quantile(0.999) as f64 * ns_per_tick,
+        max_ns: ticks.max() as f64 * ns_per_tick,
     }
 }
 

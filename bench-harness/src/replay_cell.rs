@@ -365,14 +365,7 @@ impl OpTimer {
             .into_iter()
             .zip(&self.hist)
             .filter(|(_, h)| !h.is_empty())
-            .map(|(op, h)| OpLatency {
-                op: op.to_string(),
-                count: h.len(),
-                p50_ns: h.value_at_quantile(0.50) as f64 * ns,
-                p99_ns: h.value_at_quantile(0.99) as f64 * ns,
-                p999_ns: h.value_at_quantile(0.999) as f64 * ns,
-                max_ns: h.max() as f64 * ns,
-            })
+            .map(|(op, h)| crate::measure::op_latency(op, h, ns))
             .collect()
     }
 }
