@@ -30,14 +30,16 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use clap::Args;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::report::markdown::{fmt_mib, fmt_seconds};
-use crate::report::{self, Cell, ClockInfo, Machine, Report, RunConfig, Sample, SCHEMA_VERSION};
+use crate::report::{
+    self, Cell, ClockInfo, Machine, Report, ReportDir, RunConfig, Sample, SCHEMA_VERSION,
+};
 use crate::run::utc_stamp;
 use crate::stats::{geometric_mean, median};
 
@@ -307,16 +309,11 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
             args.baseline
         )));
     }
-    let started_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("preload-{}", utc_stamp(started_unix)));
-    let dir = args.out.join(&name);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
+    let ReportDir {
+        dir,
+        name,
+        started_unix,
+    } = ReportDir::create(&args.out, args.name.as_deref(), "preload")?;
 
     let start = Instant::now();
     let mut cells: Vec<Cell> = Vec::new();

@@ -23,7 +23,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use clap::Args;
 use heapkit_trace::{summary::Summary, Trace};
@@ -33,8 +33,7 @@ use crate::error::{Error, Result};
 use crate::registry::{find_allocator, ALLOCATORS};
 use crate::replay_cell::ReplaySample;
 use crate::replay_plan;
-use crate::report::{self, Cell, Machine, Report, RunConfig, SCHEMA_VERSION};
-use crate::run::utc_stamp;
+use crate::report::{self, Cell, Machine, Report, ReportDir, RunConfig, SCHEMA_VERSION};
 use crate::trace_info;
 
 /// Options of `replay`.
@@ -114,16 +113,15 @@ fn replay_plan_file(
     } else {
         allocators[0].clone()
     };
-    let started_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("replay-{trace_name}-{}", utc_stamp(started_unix)));
-    let dir = args.out.join(&name);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
+    let ReportDir {
+        dir,
+        name,
+        started_unix,
+    } = ReportDir::create(
+        &args.out,
+        args.name.as_deref(),
+        &format!("replay-{trace_name}"),
+    )?;
 
     let mut cells: Vec<Cell> = entries
         .iter()

@@ -11,7 +11,7 @@
 //! `errors` and the run goes on; the report marks the cell.
 
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::cell::{build_cell_binaries_if_under_cargo, cell_binary, spawn_cell, workload_job};
 use crate::error::{Error, Result};
 use crate::registry::{find_allocator, ALLOCATORS};
-use crate::report::{self, Cell, Machine, Report, RunConfig, Sample, SCHEMA_VERSION};
+use crate::report::{self, Cell, Machine, Report, ReportDir, RunConfig, Sample, SCHEMA_VERSION};
 use crate::workloads::{self, WORKLOADS};
 
 /// Options of `run`.
@@ -173,16 +173,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     for entry in &entries {
         cell_binary(entry)?;
     }
-    let started_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", config.preset, utc_stamp(started_unix)));
-    let dir = args.out.join(&name);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
+    let ReportDir {
+        dir,
+        name,
+        started_unix,
+    } = ReportDir::create(&args.out, args.name.as_deref(), &config.preset)?;
 
     let machine = Machine::detect();
     let mut cells: Vec<Cell> = Vec::new();

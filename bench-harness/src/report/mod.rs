@@ -169,6 +169,44 @@ pub fn write_all(report: &Report, dir: &std::path::Path) -> crate::error::Result
     })
 }
 
+/// Where a new report is written: `out/<name>`, the name defaulting to
+/// `<default_prefix>-<UTC date-time>`. Shared by `run`, `replay` and
+/// `preload`.
+pub struct ReportDir {
+    /// The directory, created.
+    pub dir: std::path::PathBuf,
+    /// Its name under `out`.
+    pub name: String,
+    /// When the report was started (seconds since the Unix epoch).
+    pub started_unix: u64,
+}
+
+impl ReportDir {
+    /// Stamps the start time, picks the name and creates the directory.
+    pub fn create(
+        out: &std::path::Path,
+        name: Option<&str>,
+        default_prefix: &str,
+    ) -> crate::error::Result<ReportDir> {
+        let started_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = name.map_or_else(
+            || format!("{default_prefix}-{}", crate::run::utc_stamp(started_unix)),
+            str::to_string,
+        );
+        let dir = out.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            crate::error::Error::new(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        Ok(ReportDir {
+            dir,
+            name,
+            started_unix,
+        })
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
