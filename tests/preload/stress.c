@@ -89,6 +89,25 @@ static void edge(void) {
     errno = 4321;
     free(k);
     CHECK(errno == 4321);
+    /* heapkit's allocators keep errno through the system calls of their slow
+     * paths too (munmap/madvise of large blocks and emptied pages), since
+     * free no longer saves it: free many large and small blocks. */
+    int heapkit_backend = under_shim && (!backend || !*backend ||
+                          (strcmp(backend, "system") && strcmp(backend, "jemalloc") &&
+                           strcmp(backend, "mimalloc")));
+    if (heapkit_backend) {
+        void *bigs[40];
+        for (int i = 0; i < 40; i++) bigs[i] = malloc((size_t)(i + 1) << 20);
+        void *smalls[20000];
+        for (int i = 0; i < 20000; i++) smalls[i] = malloc(64 + (size_t)(i % 7) * 500);
+        errno = 5555;
+        for (int i = 0; i < 40; i++) free(bigs[i]);
+        for (int i = 0; i < 20000; i++) free(smalls[i]);
+        CHECK(errno == 5555);
+        void *again = malloc(100);
+        CHECK(again && errno == 5555);
+        free(again);
+    }
     /* realloc(NULL, n) = malloc(n); realloc(p, 0) frees and returns NULL */
     char *r = realloc(NULL, 40);
     CHECK(r);

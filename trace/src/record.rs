@@ -48,7 +48,6 @@
 //! reused, its free carries an earlier time than its next allocation, which
 //! is what lets the reader tell the two objects apart.
 
-use core::cell::Cell;
 use core::ffi::{c_int, c_void, CStr};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -109,8 +108,10 @@ struct ThreadBuf {
 
 const _: () = assert!(core::mem::size_of::<ThreadBuf>() <= BLOCK_AT);
 
-thread_local! {
-    static BUF: Cell<usize> = const { Cell::new(NO_BUFFER) };
+heapkit_core::thread_pointer! {
+    /// This thread's buffer, or one of the values above (initial-exec TLS:
+    /// no `__tls_get_addr` call per record inside `libheapkit.so`).
+    static BUF: *mut ThreadBuf = null, symbol = "heapkit_trace_thread_buf";
 }
 
 /// Whether recording is on. One `Relaxed` load: test it before calling any
@@ -329,7 +330,7 @@ unsafe extern "C" fn fork_child() {
 /// drops the record (re-entrant call, buffer taken by `finish`, no memory).
 #[inline]
 fn enter() -> Option<&'static mut ThreadBuf> {
-    let p = BUF.with(Cell::get);
+    let p = BUF::get() as usize;
     if p <= UNAVAILABLE {
         return enter_slow(p);
     }
@@ -355,10 +356,10 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return None;
     }
-    BUF.with(|b| b.set(INITIALISING));
+    BUF::set(INITIALISING as *mut ThreadBuf);
     let mem = os::map(BUF_BYTES);
     if mem.is_null() {
-        BUF.with(|b| b.set(UNAVAILABLE));
+        BUF::set(UNAVAILABLE as *mut ThreadBuf);
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return None;
     }
@@ -388,7 +389,7 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
     // May call calloc (pthread_setspecific): re-entrant records are dropped
     // while BUF holds INITIALISING.
     EXIT_KEY.register(thread_exit, buf_ptr.cast());
-    BUF.with(|b| b.set(buf_ptr as usize));
+    BUF::set(buf_ptr);
     enter()
 }
 

@@ -28,26 +28,50 @@ use crate::HeapAlloc;
 /// Minimum alignment of every C allocation.
 pub const MIN_ALIGN: usize = 16;
 
-#[inline]
+/// Sets `ENOMEM` and returns null: out of line, so that the exports' fast
+/// paths hold no `errno` access at all.
+#[cold]
+#[inline(never)]
 fn enomem() -> *mut c_void {
     os::set_errno(libc::ENOMEM);
+    ptr::null_mut()
+}
+
+/// Sets `EINVAL` and returns null (out of line, as [`enomem`]).
+#[cold]
+#[inline(never)]
+fn einval() -> *mut c_void {
+    os::set_errno(libc::EINVAL);
     ptr::null_mut()
 }
 
 /// Allocates with `align >= MIN_ALIGN`; sets ENOMEM on failure.
 #[inline]
 fn allocate<A: HeapAlloc + ?Sized>(a: &A, size: usize, align: usize, zeroed: bool) -> *mut c_void {
-    let Ok(layout) = Layout::from_size_align(size, align) else {
+    let p = allocate_keeping_errno(a, size, align, zeroed);
+    if p.is_null() {
         return enomem();
+    }
+    p
+}
+
+/// Allocates with `align >= MIN_ALIGN`; null on failure, `errno` untouched
+/// (heapkit's allocators never change it; see [`HeapAlloc::free`]).
+#[inline]
+fn allocate_keeping_errno<A: HeapAlloc + ?Sized>(
+    a: &A,
+    size: usize,
+    align: usize,
+    zeroed: bool,
+) -> *mut c_void {
+    let Ok(layout) = Layout::from_size_align(size, align) else {
+        return ptr::null_mut();
     };
     let p = if zeroed {
         a.allocate_zeroed(layout)
     } else {
         a.allocate(layout)
     };
-    if p.is_null() {
-        return enomem();
-    }
     p.cast()
 }
 
@@ -66,7 +90,9 @@ pub fn calloc<A: HeapAlloc + ?Sized>(a: &A, n: usize, size: usize) -> *mut c_voi
     }
 }
 
-/// `free(ptr)`; keeps `errno`.
+/// `free(ptr)`; keeps `errno` by the contract of [`HeapAlloc::free`]
+/// (heapkit's allocators restore it around the system calls of their slow
+/// paths, so the free-list push itself never touches it).
 ///
 /// # Safety
 /// `ptr` must be null or a live block of `a`.
@@ -75,13 +101,8 @@ pub unsafe fn free<A: HeapAlloc + ?Sized>(a: &A, ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
-    let slot = os::errno_slot();
-    // SAFETY: slot is this thread's errno; ptr is live (caller guarantee).
-    unsafe {
-        let saved = slot.read();
-        a.free(ptr.cast());
-        slot.write(saved);
-    }
+    // SAFETY: ptr is live (caller guarantee).
+    unsafe { a.free(ptr.cast()) }
 }
 
 /// `realloc(ptr, size)`.
@@ -147,9 +168,7 @@ pub unsafe fn posix_memalign<A: HeapAlloc + ?Sized>(
     if !align.is_power_of_two() || align % core::mem::size_of::<usize>() != 0 {
         return libc::EINVAL;
     }
-    let saved = os::errno();
-    let p = allocate(a, size, align.max(MIN_ALIGN), false);
-    os::set_errno(saved);
+    let p = allocate_keeping_errno(a, size, align.max(MIN_ALIGN), false);
     if p.is_null() {
         return libc::ENOMEM;
     }
@@ -162,8 +181,7 @@ pub unsafe fn posix_memalign<A: HeapAlloc + ?Sized>(
 #[inline]
 pub fn aligned_alloc<A: HeapAlloc + ?Sized>(a: &A, align: usize, size: usize) -> *mut c_void {
     if !align.is_power_of_two() {
-        os::set_errno(libc::EINVAL);
-        return ptr::null_mut();
+        return einval();
     }
     allocate(a, size, align.max(MIN_ALIGN), false)
 }

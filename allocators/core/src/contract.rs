@@ -61,6 +61,11 @@ use crate::Stats;
 /// - Any live block, whatever its layout, can be released by
 ///   [`free`](HeapAlloc::free) and measured by
 ///   [`usable_size`](HeapAlloc::usable_size), from any thread.
+/// - No operation changes the calling thread's `errno` (C's `free` must not,
+///   and [`crate::capi`] relies on it instead of saving `errno` on every
+///   call): make system calls through [`crate::os`], which restores it. The
+///   peers under the shim keep their own behaviour, as their own libraries
+///   would.
 /// - Nothing here allocates through the global allocator.
 pub unsafe trait HeapAlloc: Sync {
     /// Allocates a block for `layout`; null on exhaustion.

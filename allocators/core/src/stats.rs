@@ -166,19 +166,36 @@ impl Default for GlobalStats {
 
 /// One thread's unflushed counts. Lives inside an allocator's thread-local
 /// state (const-initialised, no destructor); only its owner touches it.
+///
+/// The fast paths pay as little as counting can: [`on_alloc`] is two adds
+/// and one compare (the flush is keyed on the allocation count alone),
+/// [`on_free`] two adds and no branch. Everything else is the slow paths'
+/// job: they call [`maybe_flush`] (which also flushes a large live-byte
+/// delta, so the peak stays close), and the allocator calls [`flush`] at
+/// thread exit, so that totals are exact once a thread is gone.
+///
+/// Invariant: every count is "since the last flush"; `allocs <
+/// FLUSH_OPS` after any `on_alloc` returns.
+///
+/// [`on_alloc`]: ThreadStats::on_alloc
+/// [`on_free`]: ThreadStats::on_free
+/// [`maybe_flush`]: ThreadStats::maybe_flush
+/// [`flush`]: ThreadStats::flush
 pub struct ThreadStats {
+    /// Allocations since the last flush.
     allocs: Cell<u64>,
+    /// Frees since the last flush.
     frees: Cell<u64>,
+    /// Reallocations since the last flush.
     reallocs: Cell<u64>,
-    /// Operations since the last flush.
-    ops: Cell<u32>,
+    /// Live-byte change since the last flush (either sign).
     live: Cell<i64>,
 }
 
 impl ThreadStats {
-    /// Flush after this many operations.
-    pub const FLUSH_OPS: u32 = 4096;
-    /// Flush once the live-byte delta passes this, either way.
+    /// `on_alloc` flushes after this many allocations.
+    pub const FLUSH_OPS: u64 = 4096;
+    /// `maybe_flush` flushes once the live-byte delta passes this, either way.
     pub const FLUSH_BYTES: i64 = 1 << 20;
 
     /// All zero.
@@ -187,42 +204,49 @@ impl ThreadStats {
             allocs: Cell::new(0),
             frees: Cell::new(0),
             reallocs: Cell::new(0),
-            ops: Cell::new(0),
             live: Cell::new(0),
         }
     }
 
-    /// Counts one allocation of `bytes` usable bytes.
-    #[inline]
+    /// Counts one allocation of `bytes` usable bytes; flushes every
+    /// [`Self::FLUSH_OPS`] allocations.
+    #[inline(always)]
     pub fn on_alloc(&self, global: &GlobalStats, bytes: usize) {
-        self.allocs.set(self.allocs.get() + 1);
-        self.bump(global, bytes as i64);
+        let allocs = self.allocs.get() + 1;
+        self.allocs.set(allocs);
+        self.live.set(self.live.get().wrapping_add(bytes as i64));
+        if allocs >= Self::FLUSH_OPS {
+            self.flush(global);
+        }
     }
 
-    /// Counts one free of `bytes` usable bytes.
-    #[inline]
-    pub fn on_free(&self, global: &GlobalStats, bytes: usize) {
+    /// Counts one free of `bytes` usable bytes (no flush: a thread that only
+    /// frees is flushed by its slow paths and at exit).
+    #[inline(always)]
+    pub fn on_free(&self, bytes: usize) {
         self.frees.set(self.frees.get() + 1);
-        self.bump(global, -(bytes as i64));
+        self.live.set(self.live.get().wrapping_sub(bytes as i64));
     }
 
     /// Counts one reallocation that changed the usable size from `old` to
     /// `new` bytes (count the alloc/free of a moving realloc separately, or
-    /// not at all: say which in the allocator).
+    /// not at all: say which in the allocator), and flushes if due.
     #[inline]
     pub fn on_realloc(&self, global: &GlobalStats, old: usize, new: usize) {
         self.reallocs.set(self.reallocs.get() + 1);
-        self.bump(global, new as i64 - old as i64);
+        self.live
+            .set(self.live.get().wrapping_add(new as i64 - old as i64));
+        self.maybe_flush(global);
     }
 
+    /// Flushes if many operations or many bytes are pending. Slow paths
+    /// call it, which bounds how far a busy thread's counts lag.
     #[inline]
-    fn bump(&self, global: &GlobalStats, delta: i64) {
-        let live = self.live.get() + delta;
-        self.live.set(live);
-        let ops = self.ops.get() + 1;
-        self.ops.set(ops);
+    pub fn maybe_flush(&self, global: &GlobalStats) {
+        let live = self.live.get();
         // One unsigned compare catches |live| > FLUSH_BYTES either way.
-        if ops >= Self::FLUSH_OPS
+        if self.allocs.get() >= Self::FLUSH_OPS
+            || self.frees.get() >= Self::FLUSH_OPS
             || (live as u64).wrapping_add(Self::FLUSH_BYTES as u64) > 2 * Self::FLUSH_BYTES as u64
         {
             self.flush(global);
@@ -239,7 +263,6 @@ impl ThreadStats {
             self.reallocs.replace(0),
             self.live.replace(0),
         );
-        self.ops.set(0);
     }
 }
 
@@ -261,7 +284,7 @@ mod tests {
         for _ in 0..10 {
             t.on_alloc(&g, 100);
         }
-        t.on_free(&g, 100);
+        t.on_free(100);
         t.on_realloc(&g, 100, 300);
         // Nothing flushed yet, but the snapshot with pending counts is exact.
         assert_eq!(g.snapshot(None).allocs, 0);
@@ -276,12 +299,16 @@ mod tests {
     }
 
     #[test]
-    fn large_delta_flushes_and_tracks_peak() {
+    fn large_delta_flushes_on_a_slow_path_and_tracks_peak() {
         let g = GlobalStats::new();
         let t = ThreadStats::new();
         t.on_alloc(&g, 3 << 20);
+        // The fast path does not look at bytes; the slow path does.
+        assert_eq!(g.snapshot(None).live_bytes, 0);
+        t.maybe_flush(&g);
         assert_eq!(g.snapshot(None).live_bytes, 3 << 20);
-        t.on_free(&g, 3 << 20);
+        t.on_free(3 << 20);
+        t.maybe_flush(&g);
         let s = g.snapshot(None);
         assert_eq!(s.live_bytes, 0);
         assert_eq!(s.peak_live_bytes, 3 << 20);
@@ -293,9 +320,19 @@ mod tests {
         let t = ThreadStats::new();
         for _ in 0..ThreadStats::FLUSH_OPS {
             t.on_alloc(&g, 16);
-            t.on_free(&g, 16);
+            t.on_free(16);
         }
-        assert!(g.snapshot(None).allocs >= u64::from(ThreadStats::FLUSH_OPS) / 2);
+        // Flushed exactly when the allocation count reached FLUSH_OPS.
+        let s = g.snapshot(None);
+        assert_eq!(s.allocs, ThreadStats::FLUSH_OPS);
+        assert_eq!(s.frees, ThreadStats::FLUSH_OPS - 1);
+        // A thread that only frees flushes on its slow path.
+        for _ in 0..ThreadStats::FLUSH_OPS {
+            t.on_free(0);
+        }
+        assert_eq!(g.snapshot(None).frees, ThreadStats::FLUSH_OPS - 1);
+        t.maybe_flush(&g);
+        assert_eq!(g.snapshot(None).frees, 2 * ThreadStats::FLUSH_OPS);
     }
 
     #[test]

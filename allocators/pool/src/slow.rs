@@ -27,7 +27,7 @@ use heapkit_core::{large, os};
 use crate::class::{batch, block_size, CHUNK_BLOCKS};
 use crate::depot::{depot, FreeBlock};
 use crate::segment::CHUNKS;
-use crate::thread_cache::{ThreadCache, ACTIVE, CACHE, EXITED, INITIALIZING, UNINIT};
+use crate::thread_cache::{self, ThreadCache, ACTIVE, EXITED, INITIALIZING, UNINIT};
 use crate::{fork, STATS};
 
 /// Runs [`on_thread_exit`] in every thread that allocated or freed.
@@ -58,10 +58,9 @@ fn init_thread(t: &ThreadCache) {
 /// The exit hook: returns the dying thread's lists and regions to the
 /// depots; later calls from this thread use the exited paths.
 unsafe extern "C" fn on_thread_exit(_: *mut c_void) {
-    CACHE.with(|t| {
-        flush_all(t);
-        t.state.set(EXITED);
-    });
+    let t = thread_cache::bound();
+    flush_all(t);
+    t.state.set(EXITED);
 }
 
 /// Hands every cached block and fresh region of `t` to the depots and flushes
@@ -77,7 +76,6 @@ pub fn flush_all(t: &ThreadCache) {
             // SAFETY: our list (len <= batch blocks, null-terminated) is
             // given up as one batch.
             unsafe { d.push_batch(head, len) };
-            t.moved_out(class, len);
         }
         let spare = t.spare(class);
         let head = spare.head.replace(ptr::null_mut());
@@ -85,7 +83,6 @@ pub fn flush_all(t: &ThreadCache) {
         if !head.is_null() {
             // SAFETY: as above, for the spare batch.
             unsafe { d.push_batch(head, len) };
-            t.moved_out(class, len);
         }
         let fresh = t.fresh(class);
         let cur = fresh.cur.replace(ptr::null_mut());
@@ -93,7 +90,7 @@ pub fn flush_all(t: &ThreadCache) {
         // SAFETY: cur..end is this thread's untouched region, given up.
         unsafe { d.push_region(cur, end) };
     }
-    t.flush_counts();
+    t.stats.flush(&STATS);
 }
 
 /// Where a refill found blocks.
@@ -120,7 +117,6 @@ fn refill(t: &ThreadCache, class: usize) -> Refill {
     if !head.is_null() {
         cc.head.set(head);
         cc.len.set(n);
-        t.moved_in(class, n);
         return Refill::List;
     }
     let fresh = t.fresh(class);
@@ -168,13 +164,13 @@ fn carve_fresh(t: &ThreadCache, class: usize) {
         fresh.cur.set(cur.add(n * size));
     }
     cc.len.set(cc.len.get() + n as u32);
-    t.moved_in(class, n as u32);
 }
 
 /// Slow path of `alloc`: the list of `class` is empty.
 #[cold]
 #[inline(never)]
-pub fn alloc(t: &ThreadCache, class: usize) -> *mut u8 {
+pub fn alloc(class: usize) -> *mut u8 {
+    let t = thread_cache::bound();
     if t.state.get() == EXITED {
         return alloc_exited(class, false);
     }
@@ -188,14 +184,15 @@ pub fn alloc(t: &ThreadCache, class: usize) -> *mut u8 {
         Refill::Fresh => carve_fresh(t, class),
         Refill::Failed => return ptr::null_mut(),
     }
-    t.maybe_flush_counts();
+    t.stats.maybe_flush(&STATS);
     t.alloc(class)
 }
 
 /// Slow path of `alloc_zeroed`: the list of `class` is empty.
 #[cold]
 #[inline(never)]
-pub fn alloc_zeroed(t: &ThreadCache, class: usize, size: usize) -> *mut u8 {
+pub fn alloc_zeroed(class: usize, size: usize) -> *mut u8 {
+    let t = thread_cache::bound();
     if t.state.get() == EXITED {
         return alloc_exited(class, true);
     }
@@ -211,9 +208,8 @@ pub fn alloc_zeroed(t: &ThreadCache, class: usize, size: usize) -> *mut u8 {
             let block = fresh.cur.get();
             // SAFETY: the region holds at least one block.
             fresh.cur.set(unsafe { block.add(block_size(class)) });
-            t.moved_in(class, 1);
-            t.count_alloc();
-            t.maybe_flush_counts();
+            t.stats.on_alloc(&STATS, block_size(class));
+            t.stats.maybe_flush(&STATS);
             block
         }
         Refill::Failed => ptr::null_mut(),
@@ -226,7 +222,8 @@ pub fn alloc_zeroed(t: &ThreadCache, class: usize, size: usize) -> *mut u8 {
 /// `block` must be a live pool block of `class`, not used afterwards.
 #[cold]
 #[inline(never)]
-pub unsafe fn free(t: &ThreadCache, block: *mut u8, class: usize) {
+pub unsafe fn free(block: *mut u8, class: usize) {
+    let t = thread_cache::bound();
     if t.state.get() == EXITED {
         // SAFETY: forwarded caller guarantee.
         return unsafe { free_exited(block, class) };
@@ -245,9 +242,8 @@ pub unsafe fn free(t: &ThreadCache, block: *mut u8, class: usize) {
         if !old.is_null() {
             // SAFETY: the old spare is a null-terminated batch of ours.
             unsafe { depot(class).push_batch(old, old_len) };
-            t.moved_out(class, old_len);
         }
-        t.maybe_flush_counts();
+        t.stats.maybe_flush(&STATS);
     }
     // SAFETY: forwarded caller guarantee; len < limit now.
     unsafe { t.free(block, class) }
@@ -310,31 +306,32 @@ unsafe fn free_exited(block: *mut u8, class: usize) {
 /// Counts an allocation (`freed = false`) or free of `bytes` outside the
 /// thread-cache fast paths.
 fn count(bytes: usize, freed: bool) {
-    CACHE.with(|t| {
-        if t.state.get() == EXITED {
-            let delta = bytes as i64;
-            if freed {
-                STATS.add(0, 1, 0, -delta);
-            } else {
-                STATS.add(1, 0, 0, delta);
-            }
-        } else if freed {
-            t.stats.on_free(&STATS, bytes);
+    let t = thread_cache::bound();
+    if t.state.get() == EXITED {
+        let delta = bytes as i64;
+        if freed {
+            STATS.add(0, 1, 0, -delta);
         } else {
-            t.stats.on_alloc(&STATS, bytes);
+            STATS.add(1, 0, 0, delta);
         }
-    })
+        return;
+    }
+    if freed {
+        t.stats.on_free(bytes);
+    } else {
+        t.stats.on_alloc(&STATS, bytes);
+    }
+    t.stats.maybe_flush(&STATS);
 }
 
 /// Counts a reallocation from `old` to `new` usable bytes.
 pub fn count_realloc(old: usize, new: usize) {
-    CACHE.with(|t| {
-        if t.state.get() == EXITED {
-            STATS.add(0, 0, 1, new as i64 - old as i64);
-        } else {
-            t.stats.on_realloc(&STATS, old, new);
-        }
-    })
+    let t = thread_cache::bound();
+    if t.state.get() == EXITED {
+        STATS.add(0, 0, 1, new as i64 - old as i64);
+    } else {
+        t.stats.on_realloc(&STATS, old, new);
+    }
 }
 
 /// Allocates above the classes (or beyond their alignment).

@@ -16,9 +16,10 @@
 //!   thread exits (so its later frees go to the depot instead of a cache
 //!   nobody will flush).
 //!
-//! The state is a `const`-initialised native `thread_local!` without `Drop`:
-//! access is one `fs`-relative address computation, no lazy registration
-//! and no destructor that could run at an awkward time. Only [`Cell`]s are
+//! The state is a `const`-initialised native `thread_local!` without `Drop`
+//! (no lazy registration and no destructor that could run at an awkward
+//! time), found through [`current`], an initial-exec thread pointer: two
+//! instructions, no `__tls_get_addr` call even in `libheapkit.so`. Only [`Cell`]s are
 //! used, so a re-entrant call (the slow path registering the exit hook may
 //! call `malloc` under `LD_PRELOAD`) never aliases a `&mut`.
 
@@ -66,10 +67,6 @@ pub struct SpareBatch {
     pub head: Cell<*mut FreeBlock>,
     /// Blocks in it.
     pub len: Cell<u32>,
-    /// Blocks that entered this thread's holdings (list + spare) from
-    /// outside, minus blocks that left other than by `alloc`, since the
-    /// last count flush, plus the holdings at that flush.
-    moved: Cell<i64>,
 }
 
 /// The never-used tail of this thread's current chunk of a class:
@@ -82,35 +79,64 @@ pub struct FreshRegion {
 }
 
 /// All of one thread's pool state.
-///
-/// # Counting without touching counters on `free`
-///
-/// The fast paths count only allocations (`pool_allocs`, one increment).
-/// Frees and live bytes are derived: for each class, the blocks this
-/// thread allocated minus the blocks it freed equal the blocks that
-/// entered its holdings (depot batches, carved blocks) minus those that
-/// left other than by `alloc` (batches pushed to the depot) minus the growth
-/// of its holdings. Slow paths keep that difference in `moved`, and
-/// [`ThreadCache::flush_counts`] turns it into frees and a live-byte delta
-/// for `STATS`. Large blocks and reallocations count through `stats`.
 pub struct ThreadCache {
     classes: [ClassCache; CLASS_COUNT],
     fresh: [FreshRegion; CLASS_COUNT],
     spare: [SpareBatch; CLASS_COUNT],
-    /// Counters of the large path and of reallocations, flushed into
-    /// `STATS` in batches and at exit.
+    /// This thread's counters (heapkit-core's one mechanism: two adds per
+    /// operation, flushed into `STATS` by slow paths and at exit).
     pub stats: ThreadStats,
-    /// Class allocations since the last [`ThreadCache::flush_counts`].
-    pool_allocs: Cell<u64>,
-    /// Blocks moved in or out by slow paths since the last flush.
-    moves: Cell<u64>,
     /// [`UNINIT`], [`INITIALIZING`], [`ACTIVE`] or [`EXITED`].
     pub state: Cell<u8>,
 }
 
 thread_local! {
-    /// The calling thread's cache.
-    pub static CACHE: ThreadCache = const { ThreadCache::new() };
+    /// The calling thread's cache (storage; reached through [`current`]).
+    static CACHE: ThreadCache = const { ThreadCache::new() };
+}
+
+/// The cache every thread's [`CURRENT`] names until [`bound`] binds it:
+/// never written (its empty lists and zero limits send both fast paths to
+/// the slow paths, which bind first).
+#[repr(transparent)]
+struct IdleCache(ThreadCache);
+// SAFETY: nothing ever writes IDLE (see above); any thread may read it.
+unsafe impl Sync for IdleCache {}
+static IDLE: IdleCache = IdleCache(ThreadCache::new());
+
+heapkit_core::thread_pointer! {
+    /// The calling thread's cache, or `IDLE` until bound.
+    static CURRENT: *mut ThreadCache = &IDLE, symbol = "heapkit_pool_thread_cache";
+}
+
+/// The calling thread's cache for the fast paths: an initial-exec thread
+/// pointer (no `__tls_get_addr` call even in `libheapkit.so`), naming
+/// `IDLE` (read only) until a slow path binds it.
+#[inline(always)]
+pub fn current() -> &'static ThreadCache {
+    // SAFETY: CURRENT holds IDLE (a static) or this thread's own cache,
+    // which lives as long as the thread; only this thread uses the latter.
+    unsafe { &*CURRENT::get() }
+}
+
+/// The calling thread's own cache, bound on first use: what every path
+/// that writes thread state or counters uses.
+#[inline]
+pub fn bound() -> &'static ThreadCache {
+    let t = current();
+    if ptr::eq(t, &IDLE.0) {
+        return bind();
+    }
+    t
+}
+
+#[cold]
+#[inline(never)]
+fn bind() -> &'static ThreadCache {
+    let t = CACHE.with(|t| t as *const ThreadCache);
+    CURRENT::set(t.cast_mut());
+    // SAFETY: the thread's own cache, alive as long as the thread.
+    unsafe { &*t }
 }
 
 impl ThreadCache {
@@ -134,12 +160,9 @@ impl ThreadCache {
                 SpareBatch {
                     head: Cell::new(ptr::null_mut()),
                     len: Cell::new(0),
-                    moved: Cell::new(0),
                 }
             }; CLASS_COUNT],
             stats: ThreadStats::new(),
-            pool_allocs: Cell::new(0),
-            moves: Cell::new(0),
             state: Cell::new(UNINIT),
         }
     }
@@ -169,71 +192,19 @@ impl ThreadCache {
         unsafe { self.spare.get_unchecked(class) }
     }
 
-    /// Notes `n` blocks of `class` entering this thread's holdings.
-    #[inline]
-    pub fn moved_in(&self, class: usize, n: u32) {
-        let s = self.spare(class);
-        s.moved.set(s.moved.get() + i64::from(n));
-        self.moves.set(self.moves.get() + u64::from(n));
-    }
-
-    /// Notes `n` blocks of `class` leaving this thread's holdings to a depot.
-    #[inline]
-    pub fn moved_out(&self, class: usize, n: u32) {
-        let s = self.spare(class);
-        s.moved.set(s.moved.get() - i64::from(n));
-        self.moves.set(self.moves.get() + u64::from(n));
-    }
-
-    /// Counts one class allocation made outside the fast paths.
-    #[inline]
-    pub fn count_alloc(&self) {
-        self.pool_allocs.set(self.pool_allocs.get() + 1);
-    }
-
-    /// Flushes the counts if enough happened since the last flush (called
-    /// from slow paths, so the lag of a busy thread is bounded).
-    #[inline]
-    pub fn maybe_flush_counts(&self) {
-        const EVERY: u64 = 4096;
-        if self.pool_allocs.get() >= EVERY || self.moves.get() >= EVERY {
-            self.flush_counts();
-        }
-    }
-
-    /// Folds this thread's class allocations, derived frees and live-byte
-    /// delta (and its `stats`) into `STATS`.
-    pub fn flush_counts(&self) {
-        let mut net_blocks = 0i64;
-        let mut live_delta = 0i64;
-        for class in 0..CLASS_COUNT {
-            let s = self.spare(class);
-            let held = i64::from(self.class(class).len.get()) + i64::from(s.len.get());
-            let net = s.moved.get() - held;
-            s.moved.set(held);
-            net_blocks += net;
-            live_delta += net * block_size(class) as i64;
-        }
-        let allocs = self.pool_allocs.replace(0);
-        self.moves.set(0);
-        let frees = (allocs as i64 - net_blocks).max(0) as u64;
-        STATS.add(allocs, frees, 0, live_delta);
-        self.stats.flush(&STATS);
-    }
-
     /// Fast path of `malloc` for `class`.
     #[inline]
     pub fn alloc(&self, class: usize) -> *mut u8 {
         let cc = self.class(class);
         let block = cc.head.get();
         if block.is_null() {
-            return slow::alloc(self, class);
+            return slow::alloc(class);
         }
         // SAFETY: block heads our list, so it is a free block of ours whose
         // first word is the next link.
         cc.head.set(unsafe { (*block).next });
         cc.len.set(cc.len.get() - 1);
-        self.pool_allocs.set(self.pool_allocs.get() + 1);
+        self.stats.on_alloc(&STATS, block_size(class));
         block.cast()
     }
 
@@ -243,7 +214,7 @@ impl ThreadCache {
         let cc = self.class(class);
         let block = cc.head.get();
         if block.is_null() {
-            return slow::alloc_zeroed(self, class, size);
+            return slow::alloc_zeroed(class, size);
         }
         // SAFETY: as in `alloc`; the block then has at least `size` bytes.
         unsafe {
@@ -251,7 +222,7 @@ impl ThreadCache {
             block.cast::<u8>().write_bytes(0, size);
         }
         cc.len.set(cc.len.get() - 1);
-        self.pool_allocs.set(self.pool_allocs.get() + 1);
+        self.stats.on_alloc(&STATS, block_size(class));
         block.cast()
     }
 
@@ -265,13 +236,14 @@ impl ThreadCache {
         let len = cc.len.get();
         if len >= cc.limit.get() {
             // SAFETY: forwarded caller guarantee.
-            return unsafe { slow::free(self, block, class) };
+            return unsafe { slow::free(block, class) };
         }
         let block = block.cast::<FreeBlock>();
         // SAFETY: the block is dead and at least 16 bytes; it joins our list.
         unsafe { ptr::addr_of_mut!((*block).next).write(cc.head.get()) };
         cc.head.set(block);
         cc.len.set(len + 1);
+        self.stats.on_free(block_size(class));
     }
 }
 

@@ -37,15 +37,14 @@ use crate::class::{batch, block_size, CHUNK_BLOCKS};
 use crate::depot::{depot, for_each_taken_block, for_each_taken_region, FreeBlock};
 use crate::segment::{chunk_of, CHUNKS};
 use crate::slow::flush_all;
-use crate::thread_cache::{CACHE, EXITED};
+use crate::thread_cache::{self, EXITED};
 
 /// Releases every entirely free chunk; returns the bytes released.
 pub fn trim() -> usize {
-    CACHE.with(|t| {
-        if t.state.get() != EXITED {
-            flush_all(t);
-        }
-    });
+    let t = thread_cache::bound();
+    if t.state.get() != EXITED {
+        flush_all(t);
+    }
     let mut chunks = CHUNKS.lock();
     let mut batches = [ptr::null_mut::<FreeBlock>(); CLASS_COUNT];
     let mut regions = [ptr::null_mut::<u8>(); CLASS_COUNT];

@@ -4,7 +4,9 @@
 //! reads and `match`es through [`with_backend!`]. Each arm names a `static`
 //! of a concrete type, so the backend's code is inlined into the export (no
 //! indirect call) and every backend pays the same price: one relaxed load
-//! and one jump-table branch, peers included.
+//! and one jump-table branch, peers included. The same byte carries the
+//! recorder's on/off bit ([`TRACED`]), so recording costs an untraced
+//! program nothing.
 //!
 //! The byte starts as [`UNRESOLVED`]. Whoever runs first resolves it: the
 //! first `malloc` (which may come from the dynamic loader, before any
@@ -16,7 +18,7 @@
 //! can run.
 //!
 //! Adding a backend: a constant below, a line in [`BACKENDS`] and an arm in
-//! [`with_backend!`].
+//! [`dispatch!`].
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
@@ -66,62 +68,117 @@ pub static POOL_HEAP: heapkit_pool::Pool = heapkit_pool::Pool::new();
 /// See [`SIZECLASS_HEAP`].
 pub static BUMP_HEAP: heapkit_bump::Bump = heapkit_bump::Bump::new();
 
-/// The selected backend's id. Relaxed is enough: the id publishes no data
-/// (every backend is a `const`-initialised static).
+/// Set in [`SELECTED`] beside the backend id while `HEAPKIT_TRACE` records:
+/// every export then takes its cold path, which records. Folding the
+/// recorder's on/off flag into the byte the dispatch reads anyway costs the
+/// untraced fast path nothing: no second load, no second cache line.
+pub const TRACED: u8 = 0x80;
+/// The backend id part of [`SELECTED`].
+pub const ID_MASK: u8 = !TRACED;
+
+/// The selected backend's id, plus [`TRACED`] while recording. Relaxed is
+/// enough: the id publishes no data (every backend is a `const`-initialised
+/// static), and the recorder publishes its own state before the bit is set.
 pub static SELECTED: AtomicU8 = AtomicU8::new(UNRESOLVED);
 
 /// The name of backend `id` (`"?"` for an unknown id).
 pub fn name(id: u8) -> &'static str {
     BACKENDS
         .iter()
-        .find(|(_, b)| *b == id)
+        .find(|(_, b)| *b == id & ID_MASK)
         .map_or("?", |(n, _)| n)
 }
 
-/// Runs `$body` with `$a` bound to the selected backend (a `&'static` of
-/// its concrete type), resolving the choice first if nobody has yet.
-macro_rules! with_backend {
-    (|$a:ident| $body:expr) => {{
-        let mut id = $crate::backend::SELECTED.load(::core::sync::atomic::Ordering::Relaxed);
-        loop {
-            match id {
-                $crate::backend::SIZECLASS => {
-                    let $a = &$crate::backend::SIZECLASS_HEAP;
-                    break $body;
-                }
-                $crate::backend::SLAB => {
-                    let $a = &$crate::backend::SLAB_HEAP;
-                    break $body;
-                }
-                $crate::backend::POOL => {
-                    let $a = &$crate::backend::POOL_HEAP;
-                    break $body;
-                }
-                $crate::backend::BUMP => {
-                    let $a = &$crate::backend::BUMP_HEAP;
-                    break $body;
-                }
-                $crate::backend::SYSTEM => {
-                    let $a = &$crate::system::System;
-                    break $body;
-                }
-                $crate::backend::JEMALLOC => {
-                    let $a = &$crate::jemalloc::Jemalloc;
-                    break $body;
-                }
-                $crate::backend::MIMALLOC => {
-                    let $a = &$crate::mimalloc::Mimalloc;
-                    break $body;
-                }
-                _ => id = $crate::backend::resolve(),
+/// Runs `$body` with `$a` bound to the backend whose id is `$id` (a
+/// `&'static` of its concrete type), or evaluates `$other` for any other
+/// value. Each arm names a static of a concrete type, so the backend's
+/// code is inlined into the caller.
+macro_rules! dispatch {
+    ($id:expr, |$a:ident| $body:expr, $other:expr) => {
+        match $id {
+            $crate::backend::SIZECLASS => {
+                let $a = &$crate::backend::SIZECLASS_HEAP;
+                $body
             }
+            $crate::backend::SLAB => {
+                let $a = &$crate::backend::SLAB_HEAP;
+                $body
+            }
+            $crate::backend::POOL => {
+                let $a = &$crate::backend::POOL_HEAP;
+                $body
+            }
+            $crate::backend::BUMP => {
+                let $a = &$crate::backend::BUMP_HEAP;
+                $body
+            }
+            $crate::backend::SYSTEM => {
+                let $a = &$crate::system::System;
+                $body
+            }
+            $crate::backend::JEMALLOC => {
+                let $a = &$crate::jemalloc::Jemalloc;
+                $body
+            }
+            $crate::backend::MIMALLOC => {
+                let $a = &$crate::mimalloc::Mimalloc;
+                $body
+            }
+            _ => $other,
         }
-    }};
+    };
+}
+pub(crate) use dispatch;
+
+/// Runs `$body` with `$a` bound to the selected backend.
+///
+/// - `with_backend!(|a| body, else cold)`: the exports' fast path. One
+///   relaxed load of [`SELECTED`] and one jump; any value that is not a
+///   plain backend id (not resolved yet, or [`TRACED`]) evaluates `cold`
+///   instead, an out-of-line function that resolves, dispatches with the
+///   second form and records.
+/// - `with_backend!(|a| body)`: resolves the choice first if nobody has,
+///   and ignores [`TRACED`].
+macro_rules! with_backend {
+    (|$a:ident| $body:expr, else $cold:expr) => {
+        $crate::backend::dispatch!(
+            $crate::backend::SELECTED.load(::core::sync::atomic::Ordering::Relaxed),
+            |$a| $body,
+            $cold
+        )
+    };
+    (|$a:ident| $body:expr) => {
+        $crate::backend::dispatch!(
+            $crate::backend::resolve() & $crate::backend::ID_MASK,
+            |$a| $body,
+            $crate::backend::unknown_id()
+        )
+    };
 }
 pub(crate) use with_backend;
 
+/// Unreachable: [`resolve`] returns only ids of [`BACKENDS`]. Says so and
+/// aborts rather than panic inside `malloc`.
+#[cold]
+#[inline(never)]
+pub fn unknown_id() -> ! {
+    os::write_stderr(b"heapkit: internal error: no backend selected\n");
+    os::exit_immediately(127)
+}
+
+/// Marks the process as recording (see [`TRACED`]); call after [`resolve`]
+/// and after the recorder started.
+pub fn set_traced(on: bool) {
+    if on {
+        SELECTED.fetch_or(TRACED, Relaxed);
+    } else {
+        SELECTED.fetch_and(ID_MASK, Relaxed);
+    }
+}
+
 /// Chooses the backend from `HEAPKIT_ALLOC` (if no call has yet) and
-/// returns its id. Never allocates; exits the process on an unknown name.
+/// returns [`SELECTED`] (the id, with [`TRACED`] while recording). Never
+/// allocates; exits the process on an unknown name.
 #[cold]
 #[inline(never)]
 pub fn resolve() -> u8 {
@@ -140,8 +197,11 @@ pub fn resolve() -> u8 {
             None => reject(value.to_bytes()),
         },
     };
-    SELECTED.store(id, Relaxed);
-    id
+    // A racing resolver computed the same id; keep whatever bits it set.
+    match SELECTED.compare_exchange(UNRESOLVED, id, Relaxed, Relaxed) {
+        Ok(_) => id,
+        Err(current) => current,
+    }
 }
 
 /// Prints the one-line error for an unknown `HEAPKIT_ALLOC` and exits with

@@ -4,14 +4,19 @@
 //! Each export is one dispatch ([`with_backend!`]) into the matching
 //! [`heapkit_core::capi`] function, which holds glibc's edge-case semantics
 //! (`malloc(0)`, `realloc(p, 0)`, overflow, `EINVAL`, `errno`) once for
-//! every backend, peers included. Keep each export this short: a recording
-//! hook (heapkit-trace) is meant to be one branch in front of the dispatch.
+//! every backend, peers included. Anything unusual (the first call, before
+//! the backend is chosen; a recorded process) takes the export's twin in
+//! [`cold`], out of line:
 //!
 //! ```text
-//! malloc(n) ─► with_backend! ─► match SELECTED ─► capi::malloc(&Backend, n)
-//!                                  │                 └─► Backend::allocate (inlined)
-//!                                  └─ UNRESOLVED ─► backend::resolve (cold, once)
+//! malloc(n) ─► match SELECTED ─ id ─► capi::malloc(&Backend, n) ─► Backend::allocate (inlined)
+//!                 └─ UNRESOLVED or TRACED ─► cold::malloc ─► resolve, dispatch, record
 //! ```
+//!
+//! Per call that is one relaxed byte load and one jump: no thread-local
+//! access of the shim's own, no atomic read-modify-write and no `errno`
+//! traffic (heapkit's allocators keep `errno` in the system calls of their
+//! slow paths, see `heapkit_core::os`).
 //!
 //! `malloc_trim`, `mallopt`, `mallinfo`/`mallinfo2`, `malloc_stats` and
 //! `malloc_info` are not exported: calls to them reach glibc's own (idle)
@@ -27,7 +32,6 @@
 use core::ffi::{c_int, c_void};
 
 use heapkit_core::capi;
-use heapkit_trace::record;
 
 use crate::backend::with_backend;
 
@@ -37,11 +41,7 @@ use crate::backend::with_backend;
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    let p = with_backend!(|a| capi::malloc(a, size));
-    if record::enabled() {
-        record::on_alloc(p.cast(), size, 0, false);
-    }
-    p
+    with_backend!(|a| capi::malloc(a, size), else cold::malloc(size))
 }
 
 /// `calloc(n, size)`.
@@ -50,11 +50,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    let p = with_backend!(|a| capi::calloc(a, n, size));
-    if record::enabled() {
-        record::on_alloc(p.cast(), n.wrapping_mul(size), 0, true);
-    }
-    p
+    with_backend!(|a| capi::calloc(a, n, size), else cold::calloc(n, size))
 }
 
 /// `free(ptr)`.
@@ -63,12 +59,8 @@ pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
-    // Recorded before the block is released (another thread may get it).
-    if record::enabled() {
-        record::on_free(ptr.cast());
-    }
     // SAFETY: ptr is null or a live block of the selected backend (C contract).
-    with_backend!(|a| unsafe { capi::free(a, ptr) })
+    unsafe { with_backend!(|a| capi::free(a, ptr), else cold::free(ptr)) }
 }
 
 /// `cfree(ptr)`: the obsolete alias of `free`.
@@ -88,11 +80,7 @@ pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: ptr is null or a live block of the selected backend (C contract).
-    let p = with_backend!(|a| unsafe { capi::realloc(a, ptr, size) });
-    if record::enabled() {
-        record::on_realloc(ptr.cast(), p.cast(), size);
-    }
-    p
+    unsafe { with_backend!(|a| capi::realloc(a, ptr, size), else cold::realloc(ptr, size)) }
 }
 
 /// `reallocarray(ptr, n, size)`.
@@ -102,12 +90,9 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -> *mut c_void {
     // SAFETY: ptr is null or a live block of the selected backend (C contract).
-    let p = with_backend!(|a| unsafe { capi::reallocarray(a, ptr, n, size) });
-    if record::enabled() {
-        // An overflowing n * size fails (null result), which records nothing.
-        record::on_realloc(ptr.cast(), p.cast(), n.saturating_mul(size));
+    unsafe {
+        with_backend!(|a| capi::reallocarray(a, ptr, n, size), else cold::reallocarray(ptr, n, size))
     }
-    p
 }
 
 /// `posix_memalign(out, align, size)`.
@@ -117,12 +102,9 @@ pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -
 #[no_mangle]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
     // SAFETY: out is writable (C contract).
-    let rc = with_backend!(|a| unsafe { capi::posix_memalign(a, out, align, size) });
-    if rc == 0 && record::enabled() {
-        // SAFETY: on success the backend wrote a pointer to *out.
-        record::on_alloc(unsafe { *out }.cast(), size, align, false);
+    unsafe {
+        with_backend!(|a| capi::posix_memalign(a, out, align, size), else cold::posix_memalign(out, align, size))
     }
-    rc
 }
 
 /// `aligned_alloc(align, size)`.
@@ -131,11 +113,7 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    let p = with_backend!(|a| capi::aligned_alloc(a, align, size));
-    if record::enabled() {
-        record::on_alloc(p.cast(), size, align, false);
-    }
-    p
+    with_backend!(|a| capi::aligned_alloc(a, align, size), else cold::aligned_alloc(align, size))
 }
 
 /// `memalign(align, size)`.
@@ -144,11 +122,7 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    let p = with_backend!(|a| capi::memalign(a, align, size));
-    if record::enabled() {
-        record::on_alloc(p.cast(), size, align, false);
-    }
-    p
+    with_backend!(|a| capi::memalign(a, align, size), else cold::memalign(align, size))
 }
 
 /// `valloc(size)`.
@@ -157,11 +131,7 @@ pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
-    let p = with_backend!(|a| capi::valloc(a, size));
-    if record::enabled() {
-        record::on_alloc(p.cast(), size, heapkit_core::os::page_size(), false);
-    }
-    p
+    with_backend!(|a| capi::valloc(a, size), else cold::valloc(size))
 }
 
 /// `pvalloc(size)`.
@@ -170,12 +140,7 @@ pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
-    let p = with_backend!(|a| capi::pvalloc(a, size));
-    if record::enabled() {
-        let page = heapkit_core::os::page_size();
-        record::on_alloc(p.cast(), size.div_ceil(page).max(1) * page, page, false);
-    }
-    p
+    with_backend!(|a| capi::pvalloc(a, size), else cold::pvalloc(size))
 }
 
 /// `malloc_usable_size(ptr)`.
@@ -185,5 +150,146 @@ pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
     // SAFETY: ptr is null or a live block of the selected backend (C contract).
-    with_backend!(|a| unsafe { capi::malloc_usable_size(a, ptr) })
+    unsafe {
+        with_backend!(|a| capi::malloc_usable_size(a, ptr), else cold::malloc_usable_size(ptr))
+    }
+}
+
+/// The exports' out-of-line twins, for every call that finds [`SELECTED`]
+/// not a plain backend id: the first calls (from the dynamic loader, before
+/// the constructor chose a backend) and every call of a process that
+/// records (`HEAPKIT_TRACE`), which they record around the dispatch.
+///
+/// [`SELECTED`]: crate::backend::SELECTED
+mod cold {
+    use core::ffi::{c_int, c_void};
+
+    use heapkit_core::capi;
+    use heapkit_trace::record;
+
+    use crate::backend::with_backend;
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn malloc(size: usize) -> *mut c_void {
+        let p = with_backend!(|a| capi::malloc(a, size));
+        if record::enabled() {
+            record::on_alloc(p.cast(), size, 0, false);
+        }
+        p
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn calloc(n: usize, size: usize) -> *mut c_void {
+        let p = with_backend!(|a| capi::calloc(a, n, size));
+        if record::enabled() {
+            record::on_alloc(p.cast(), n.wrapping_mul(size), 0, true);
+        }
+        p
+    }
+
+    /// # Safety
+    /// As for `free`.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn free(ptr: *mut c_void) {
+        // Recorded before the block is released (another thread may get it).
+        if record::enabled() {
+            record::on_free(ptr.cast());
+        }
+        // SAFETY: ptr is null or a live block of the selected backend.
+        with_backend!(|a| unsafe { capi::free(a, ptr) })
+    }
+
+    /// # Safety
+    /// As for `realloc`.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+        // SAFETY: ptr is null or a live block of the selected backend.
+        let p = with_backend!(|a| unsafe { capi::realloc(a, ptr, size) });
+        if record::enabled() {
+            record::on_realloc(ptr.cast(), p.cast(), size);
+        }
+        p
+    }
+
+    /// # Safety
+    /// As for `reallocarray`.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -> *mut c_void {
+        // SAFETY: ptr is null or a live block of the selected backend.
+        let p = with_backend!(|a| unsafe { capi::reallocarray(a, ptr, n, size) });
+        if record::enabled() {
+            // An overflowing n * size fails (null result), which records nothing.
+            record::on_realloc(ptr.cast(), p.cast(), n.saturating_mul(size));
+        }
+        p
+    }
+
+    /// # Safety
+    /// As for `posix_memalign`.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+        // SAFETY: out is writable (C contract).
+        let rc = with_backend!(|a| unsafe { capi::posix_memalign(a, out, align, size) });
+        if rc == 0 && record::enabled() {
+            // SAFETY: on success the backend wrote a pointer to *out.
+            record::on_alloc(unsafe { *out }.cast(), size, align, false);
+        }
+        rc
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+        let p = with_backend!(|a| capi::aligned_alloc(a, align, size));
+        if record::enabled() {
+            record::on_alloc(p.cast(), size, align, false);
+        }
+        p
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn memalign(align: usize, size: usize) -> *mut c_void {
+        let p = with_backend!(|a| capi::memalign(a, align, size));
+        if record::enabled() {
+            record::on_alloc(p.cast(), size, align, false);
+        }
+        p
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn valloc(size: usize) -> *mut c_void {
+        let p = with_backend!(|a| capi::valloc(a, size));
+        if record::enabled() {
+            record::on_alloc(p.cast(), size, heapkit_core::os::page_size(), false);
+        }
+        p
+    }
+
+    /// # Safety
+    /// As for `malloc_usable_size`.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn malloc_usable_size(ptr: *mut c_void) -> usize {
+        // SAFETY: ptr is null or a live block of the selected backend.
+        with_backend!(|a| unsafe { capi::malloc_usable_size(a, ptr) })
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn pvalloc(size: usize) -> *mut c_void {
+        let p = with_backend!(|a| capi::pvalloc(a, size));
+        if record::enabled() {
+            let page = heapkit_core::os::page_size();
+            record::on_alloc(p.cast(), size.div_ceil(page).max(1) * page, page, false);
+        }
+        p
+    }
 }

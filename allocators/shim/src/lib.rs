@@ -40,6 +40,19 @@
 //!
 //! Per call: one relaxed load of a byte and one jump-table branch, then the
 //! backend's code inlined (heapkit allocators) or one direct call (peers).
+//! No `errno` save (heapkit's allocators keep `errno` around the system
+//! calls of their slow paths) and no recorder test (the recorder's bit
+//! lives in the same byte as the backend id). Every heapkit allocator finds
+//! its thread state through an initial-exec TLS slot
+//! (`heapkit_core::thread_pointer!`), so no `__tls_get_addr` call either.
+//!
+//! # TLS model
+//!
+//! The default build uses initial-exec TLS: right for `LD_PRELOAD` and for
+//! linking, and for `dlopen` while glibc's static TLS surplus has room for
+//! heapkit's five 8-byte slots. Build with `--features dlopen-tls` for a
+//! library that must be `dlopen`ed where it has not (every slot is then an
+//! ordinary `thread_local!`, one `__tls_get_addr` call per operation).
 
 mod backend;
 mod exit_report;
@@ -58,9 +71,20 @@ extern "C" fn on_load() {
     // the recorder flushes at exit through its own atexit handler and says
     // on stderr why when it cannot start.
     if let Some(path) = heapkit_core::os::env_var(c"HEAPKIT_TRACE") {
-        if !path.is_empty() {
-            heapkit_trace::record::start(path);
+        if !path.is_empty() && heapkit_trace::record::start(path) {
+            // Runs after the recorder's own child handler, which stops
+            // recording in a forked child: the child's calls go fast again.
+            heapkit_core::os::register_atfork(no_op, no_op, stop_tracing_in_child);
+            backend::set_traced(true);
         }
+    }
+}
+
+unsafe extern "C" fn no_op() {}
+
+unsafe extern "C" fn stop_tracing_in_child() {
+    if !heapkit_trace::record::enabled() {
+        backend::set_traced(false);
     }
 }
 

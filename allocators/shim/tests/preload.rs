@@ -674,3 +674,43 @@ fn sort_large_file_matches_checksum() {
         }
     });
 }
+
+/// The disassembly of `symbol` in `lib` (`objdump -d`), or `None` without
+/// objdump.
+fn disassemble(lib: &Path, symbol: &str) -> Option<String> {
+    let out = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(format!("--disassemble={symbol}"))
+        .arg(lib)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The exports reach every allocator's thread state through initial-exec
+/// TLS and keep `errno` without touching it: no `__tls_get_addr` and no
+/// `__errno_location` call in `malloc`, `free`, `calloc` or `realloc`
+/// themselves, where every backend's fast path is inlined (their cold
+/// twins and the allocators' slow paths are separate functions).
+#[test]
+fn exports_make_no_tls_or_errno_calls() {
+    let lib = library();
+    for symbol in ["malloc", "free", "calloc", "realloc"] {
+        let Some(text) = disassemble(lib, symbol) else {
+            println!("SKIP: objdump is not installed (binutils)");
+            return;
+        };
+        let body: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.contains(&format!("<{symbol}>:")))
+            .take_while(|l| !l.trim().is_empty())
+            .collect();
+        assert!(body.len() > 10, "{symbol} not found in the disassembly");
+        for bad in ["__tls_get_addr", "__errno_location"] {
+            let hits: Vec<&&str> = body.iter().filter(|l| l.contains(bad)).collect();
+            assert!(hits.is_empty(), "{symbol} calls {bad}: {hits:?}");
+        }
+    }
+}

@@ -48,9 +48,12 @@ impl SizeClass {
                 if !p.is_null() {
                     // SAFETY: p is a live large block.
                     let size = unsafe { large::usable_size(p) };
-                    let h = heap::heap();
+                    let h = heap::bound_heap();
                     // SAFETY: the calling thread's own counters.
-                    unsafe { (*h).stats.on_alloc(&STATS, size) };
+                    unsafe {
+                        (*h).stats.on_alloc(&STATS, size);
+                        (*h).stats.maybe_flush(&STATS);
+                    }
                 }
                 p
             }
@@ -135,6 +138,7 @@ unsafe impl HeapAlloc for SizeClass {
                 return q;
             }
         } else if new_size <= MAX_SIZE && class_of(new_size) == class_of(usable) {
+            heap_stats_realloc(usable, usable);
             return ptr;
         }
         let Ok(layout) = Layout::from_size_align(new_size, MIN_ALIGN) else {
@@ -147,6 +151,8 @@ unsafe impl HeapAlloc for SizeClass {
                 ptr::copy_nonoverlapping(ptr, q, usable.min(new_size));
                 heap::free(ptr);
             }
+            // The allocation and the free counted the bytes; count the call.
+            heap_stats_realloc(0, 0);
         }
         q
     }
@@ -162,7 +168,7 @@ unsafe impl HeapAlloc for SizeClass {
 
 /// Counts an in-place large realloc.
 fn heap_stats_realloc(old: usize, new: usize) {
-    let h = heap::heap();
+    let h = heap::bound_heap();
     // SAFETY: the calling thread's own counters.
     unsafe { (*h).stats.on_realloc(&STATS, old, new) };
 }

@@ -1,11 +1,16 @@
 //! The thread heap and the two fast paths.
 //!
 //! Each thread has one [`Heap`] in a `const`-initialised `thread_local!`
-//! without a destructor. `current[class]` points at the page the next
-//! allocation of that class pops from; before the heap is set up (and after
-//! a page runs dry) it points at the static `EMPTY_PAGE`, whose free list is
-//! always empty, so the fast path needs no null or "initialised?" test: an
-//! empty list sends it to [`crate::slow`].
+//! without a destructor, found on the fast paths through [`HEAP_PTR`], an
+//! initial-exec thread pointer (`heapkit_core::thread_pointer!`: two
+//! instructions and no `__tls_get_addr` call, even in `libheapkit.so`).
+//! Until a thread's first slow path binds it, `HEAP_PTR` points at the
+//! static, never-written `EMPTY_HEAP`, whose `current[class]` are all the
+//! static `EMPTY_PAGE`. `current[class]` points at the page the next
+//! allocation of that class pops from, or at `EMPTY_PAGE` (whose free list
+//! is always empty) before the heap is set up and after a page runs dry, so
+//! the fast path needs no null or "initialised?" test: an empty list sends
+//! it to [`crate::slow`], which binds the heap first.
 //!
 //! `allocate`: class lookup, load page, pop `free`, count. `free`: mask to
 //! the segment, shift to the page, and either push on the page's
@@ -96,20 +101,57 @@ static EMPTY_PAGE: EmptyPage = EmptyPage(Page::new());
 /// Pointer to the sentinel.
 pub(crate) const EMPTY: *mut Page = ptr::addr_of!(EMPTY_PAGE.0).cast_mut();
 
-/// The thread-local cell.
+/// The sentinel heap: never written. Its `id` (0) names no segment with
+/// live blocks and its `current[class]` are all [`EMPTY`], so each fast path
+/// goes slow on it, and every slow path calls [`bound_heap`] first.
+#[repr(transparent)]
+pub(crate) struct EmptyHeap(Heap);
+// SAFETY: nothing ever writes the sentinel heap (see above); it is read from
+// any thread.
+unsafe impl Sync for EmptyHeap {}
+static EMPTY_HEAP: EmptyHeap = EmptyHeap(Heap::new());
+
+heapkit_core::thread_pointer! {
+    /// The calling thread's heap, or `EMPTY_HEAP` until it is bound.
+    static HEAP_PTR: *mut Heap = &EMPTY_HEAP, symbol = "heapkit_sizeclass_heap";
+}
+
+/// The thread-local cell that holds each thread's heap.
 pub(crate) struct HeapCell(UnsafeCell<Heap>);
 
 thread_local! {
-    pub(crate) static HEAP: HeapCell = const { HeapCell(UnsafeCell::new(Heap::new())) };
+    static HEAP: HeapCell = const { HeapCell(UnsafeCell::new(Heap::new())) };
 }
 
 /// Counters of every thread.
 pub(crate) static STATS: GlobalStats = GlobalStats::new();
 
-/// The calling thread's heap.
+/// The calling thread's heap for the fast paths: possibly the never-written
+/// sentinel, which only reads (and slow paths, after [`bound_heap`]) may use.
 #[inline(always)]
 pub(crate) fn heap() -> *mut Heap {
-    HEAP.with(|c| c.0.get())
+    HEAP_PTR::get()
+}
+
+/// The calling thread's own heap (bound on first use): what every path that
+/// writes heap state or counters uses.
+#[inline]
+pub(crate) fn bound_heap() -> *mut Heap {
+    let h = heap();
+    if h == ptr::addr_of!(EMPTY_HEAP.0).cast_mut() {
+        return bind();
+    }
+    h
+}
+
+/// Points [`HEAP_PTR`] at this thread's heap (the one `__tls_get_addr` call
+/// a thread makes in a shared library).
+#[cold]
+#[inline(never)]
+fn bind() -> *mut Heap {
+    let h = HEAP.with(|c| c.0.get());
+    HEAP_PTR::set(h);
+    h
 }
 
 /// Allocates a block of `class`; null on exhaustion.
@@ -124,10 +166,11 @@ pub(crate) fn alloc(class: usize) -> *mut u8 {
         let page = *(*h).current.get_unchecked(class);
         let block = (*page).free;
         if block.is_null() {
-            return slow::alloc(h, class);
+            return slow::alloc(class);
         }
         (*page).free = Block::next(block);
         (*page).used += 1;
+        debug_assert!((*page).used <= (*page).capacity);
         (*h).stats.on_alloc(&STATS, (*page).block_size as usize);
         block.cast()
     }
@@ -157,8 +200,12 @@ pub(crate) unsafe fn free(ptr: *mut u8) {
             let b = ptr.cast::<Block>();
             Block::set_next(b, (*page).local_free);
             (*page).local_free = b;
+            debug_assert!(
+                (*page).used > 0,
+                "owner free into a page with no block in use"
+            );
             (*page).used -= 1;
-            (*h).stats.on_free(&STATS, (*page).block_size as usize);
+            (*h).stats.on_free((*page).block_size as usize);
             if (*page).used == 0 || (*page).state == FULL {
                 slow::page_freed(h, page);
             }
@@ -177,13 +224,16 @@ unsafe fn free_large(ptr: *mut u8) {
     // SAFETY: caller guarantee.
     unsafe {
         let size = large::usable_size(ptr);
-        let h = heap();
-        (*h).stats.on_free(&STATS, size);
+        let h = bound_heap();
+        (*h).stats.on_free(size);
+        (*h).stats.maybe_flush(&STATS);
         large::free(ptr);
     }
 }
 
-/// A free from a thread that does not own the page.
+/// A free from a thread that does not own the page (or whose heap is not
+/// bound yet). Counts into the freeing thread's own counters: a thread that
+/// only frees binds its heap here once and never touches a shared counter.
 ///
 /// # Safety
 /// As for [`free`], with `seg`/`page` the block's.
@@ -197,10 +247,10 @@ unsafe fn free_remote(h: *mut Heap, seg: *mut Segment, page: *mut Page, ptr: *mu
         (*page)
             .thread_free
             .push(ptr.cast(), || (*seg).pending.notify(index));
-        if (*h).state == crate::heap::ACTIVE {
-            (*h).stats.on_free(&STATS, size);
+        if (*h).state == ACTIVE {
+            (*h).stats.on_free(size);
         } else {
-            STATS.add(0, 1, 0, -(size as i64));
+            slow::free_remote_unbound(size);
         }
     }
 }

@@ -53,23 +53,41 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
 static ATFORK: AtomicBool = AtomicBool::new(false);
 
-/// Allocation slow path for `class`.
+/// Allocation slow path for `class` (binds the thread's heap first).
 ///
 /// # Safety
-/// `h` must be the calling thread's heap and `class < HEAP_CLASSES`.
+/// `class < HEAP_CLASSES`.
 #[cold]
 #[inline(never)]
-pub(crate) unsafe fn alloc(h: *mut Heap, class: usize) -> *mut u8 {
-    // SAFETY: h is ours (caller).
+pub(crate) unsafe fn alloc(class: usize) -> *mut u8 {
+    let h = heap::bound_heap();
+    // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
         if (*h).state != ACTIVE {
             init(h);
         }
+        (*h).stats.maybe_flush(&STATS);
         if !find_page(&mut *h, class) {
             return ptr::null_mut();
         }
     }
     heap::alloc(class)
+}
+
+/// Counts a remote free by a thread whose heap is not set up (a thread
+/// that only frees): sets it up, so the count goes to the thread's own
+/// counters (flushed at its exit), not to a shared cache line.
+#[cold]
+#[inline(never)]
+pub(crate) fn free_remote_unbound(size: usize) {
+    let h = heap::bound_heap();
+    // SAFETY: h is this thread's own heap, not re-entered here.
+    unsafe {
+        if (*h).state != ACTIVE {
+            init(h);
+        }
+        (*h).stats.on_free(size);
+    }
 }
 
 /// Sets the heap up. Re-entrant allocations (from key registration or
@@ -285,6 +303,7 @@ unsafe fn claim(h: &mut Heap, seg: *mut Segment, i: usize) -> *mut Page {
 pub(crate) unsafe fn page_freed(h: *mut Heap, page: *mut Page) {
     // SAFETY: caller guarantee; no re-entrancy here.
     let h = unsafe { &mut *h };
+    h.stats.maybe_flush(&STATS);
     // SAFETY: page is ours.
     unsafe {
         let class = (*page).class as usize;
@@ -492,7 +511,7 @@ fn sweep(h: &mut Heap, all: bool) {
 
 /// Thread-exit hook (pthread key destructor): hand everything back.
 unsafe extern "C" fn thread_exit(_value: *mut c_void) {
-    let h = heap::heap();
+    let h = heap::bound_heap();
     // SAFETY: runs on the exiting thread; its heap is not in use.
     unsafe {
         if (*h).state != ACTIVE {
@@ -551,7 +570,7 @@ fn abandon_all(h: &mut Heap) {
 /// Purges every free page of the calling thread's heap and releases what it
 /// can (for `SizeClass::collect`).
 pub(crate) fn collect_now() {
-    let h = heap::heap();
+    let h = heap::bound_heap();
     // SAFETY: our heap, not re-entered.
     unsafe {
         if (*h).state == ACTIVE {

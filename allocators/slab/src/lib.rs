@@ -105,7 +105,6 @@ pub use segment::CHUNK;
 use heap::STATS;
 use segment::SegmentHeader;
 use slab::{layout, CACHE_COUNT};
-use thread::THREAD;
 
 /// Zeroed allocations of classes at least this big skip the magazines, so
 /// that an object carved from never-used slab memory needs no memset.
@@ -149,23 +148,23 @@ impl Slab {
     /// Pops the calling thread's loaded magazine of class `c`.
     #[inline]
     fn allocate_small(c: usize) -> *mut u8 {
-        THREAD.with(|t| {
-            let slot = t.slot(c);
-            let top = slot.top.get();
-            if top != slot.base.get() {
-                // SAFETY: base < top <= limit inside the loaded magazine, whose
-                // objects below top are free objects of class c.
-                let (top, p) = unsafe {
-                    let top = top.sub(1);
-                    (top, *top)
-                };
-                slot.top.set(top);
-                t.stats.on_alloc(&STATS, layout(c).size);
-                p
-            } else {
-                slow::allocate(t, c)
-            }
-        })
+        let t = thread::current();
+        let slot = t.slot(c);
+        let top = slot.top.get();
+        if top != slot.base.get() {
+            // SAFETY: base < top <= limit inside the loaded magazine, whose
+            // objects below top are free objects of class c (IDLE's are
+            // null, so it never gets here).
+            let (top, p) = unsafe {
+                let top = top.sub(1);
+                (top, *top)
+            };
+            slot.top.set(top);
+            t.stats.on_alloc(&STATS, layout(c).size);
+            p
+        } else {
+            slow::allocate(c)
+        }
     }
 
     /// Pushes `p` onto the calling thread's loaded magazine of class `c`.
@@ -174,21 +173,21 @@ impl Slab {
     /// `p` must be a live object of class `c`.
     #[inline]
     unsafe fn free_small(c: usize, p: *mut u8) {
-        THREAD.with(|t| {
-            let slot = t.slot(c);
-            let top = slot.top.get();
-            if top != slot.limit.get() {
-                // SAFETY: base <= top < limit inside the loaded magazine.
-                unsafe {
-                    top.write(p);
-                    slot.top.set(top.add(1));
-                }
-                t.stats.on_free(&STATS, layout(c).size);
-            } else {
-                // SAFETY: forwarded caller guarantee.
-                unsafe { slow::free(t, c, p) }
+        let t = thread::current();
+        let slot = t.slot(c);
+        let top = slot.top.get();
+        if top != slot.limit.get() {
+            // SAFETY: base <= top < limit inside the loaded magazine (IDLE's
+            // are null, so it never gets here).
+            unsafe {
+                top.write(p);
+                slot.top.set(top.add(1));
             }
-        })
+            t.stats.on_free(layout(c).size);
+        } else {
+            // SAFETY: forwarded caller guarantee.
+            unsafe { slow::free(c, p) }
+        }
     }
 
     /// The cache class of a slab block, or `None` for a large block.
@@ -210,7 +209,7 @@ impl Slab {
     /// Hands the calling thread's magazines to the depots (as its exit
     /// would). The thread gets new ones on its next allocation.
     pub fn flush_thread_cache(&self) {
-        let _ = THREAD.try_with(|t| t.flush_magazines());
+        thread::bound().flush_magazines();
     }
 
     /// Returns every object sitting in a depot to its slab, purges every
@@ -251,20 +250,22 @@ impl Slab {
     }
 
     fn count_large(alloc: bool, bytes: usize) {
-        let _ = THREAD.try_with(|t| {
-            if t.state.get() == thread::DONE {
-                let b = bytes as i64;
-                if alloc {
-                    STATS.add(1, 0, 0, b)
-                } else {
-                    STATS.add(0, 1, 0, -b)
-                }
-            } else if alloc {
+        let t = thread::bound();
+        if t.state.get() == thread::DONE {
+            let b = bytes as i64;
+            if alloc {
+                STATS.add(1, 0, 0, b)
+            } else {
+                STATS.add(0, 1, 0, -b)
+            }
+        } else {
+            if alloc {
                 t.stats.on_alloc(&STATS, bytes);
             } else {
-                t.stats.on_free(&STATS, bytes);
+                t.stats.on_free(bytes);
             }
-        });
+            t.stats.maybe_flush(&STATS);
+        }
     }
 
     /// Frees a large block. Blocks of at least [`PURGE_LARGE`] bytes are
@@ -331,13 +332,12 @@ unsafe impl HeapAlloc for Slab {
         let (p, zero) = if size >= ZERO_DIRECT {
             let (p, zero) = heap::take_direct(c);
             if !p.is_null() {
-                THREAD.with(|t| {
-                    if t.state.get() == thread::ACTIVE {
-                        t.stats.on_alloc(&STATS, size)
-                    } else {
-                        STATS.add(1, 0, 0, size as i64)
-                    }
-                });
+                let t = thread::bound();
+                if t.state.get() == thread::ACTIVE {
+                    t.stats.on_alloc(&STATS, size)
+                } else {
+                    STATS.add(1, 0, 0, size as i64)
+                }
             }
             (p, zero)
         } else {
@@ -386,7 +386,7 @@ unsafe impl HeapAlloc for Slab {
                 // In place while the class still fits and is not more than
                 // twice what is asked (the alignment is the block's own).
                 if new_size <= size && new_size >= size / 2 {
-                    let _ = THREAD.try_with(|t| t.stats.on_realloc(&STATS, size, size));
+                    thread::bound().stats.on_realloc(&STATS, size, size);
                     return ptr;
                 }
             }
@@ -399,13 +399,14 @@ unsafe impl HeapAlloc for Slab {
                 if !q.is_null() {
                     // SAFETY: q is the live resized block.
                     let new = unsafe { large::usable_size(q) };
-                    let _ = THREAD.try_with(|t| t.stats.on_realloc(&STATS, old, new));
+                    thread::bound().stats.on_realloc(&STATS, old, new);
                 }
                 return q;
             }
             None => {}
         }
-        // Move: allocate, copy, free (counted as an alloc and a free).
+        // Move: allocate, copy, free (the bytes counted as an alloc and a
+        // free, the call as a realloc).
         let q = self.allocate(new_layout);
         if !q.is_null() {
             // SAFETY: both blocks are live and distinct; the copy stays within
@@ -414,14 +415,13 @@ unsafe impl HeapAlloc for Slab {
                 ptr::copy_nonoverlapping(ptr, q, old_layout.size().min(new_size));
                 self.free(ptr);
             }
+            thread::bound().stats.on_realloc(&STATS, 0, 0);
         }
         q
     }
 
     fn stats(&self) -> Stats {
-        THREAD
-            .try_with(|t| STATS.snapshot(Some(&t.stats)))
-            .unwrap_or_else(|_| STATS.snapshot(None))
+        STATS.snapshot(Some(&thread::current().stats))
     }
 }
 

@@ -28,7 +28,9 @@ use crate::Slab;
 /// Allocates from class `c` with the loaded magazine empty.
 #[cold]
 #[inline(never)]
-pub fn allocate(t: &ThreadCache, c: usize) -> *mut u8 {
+pub fn allocate(c: usize) -> *mut u8 {
+    let t = thread::bound();
+    t.stats.maybe_flush(&STATS);
     if !ready(t) {
         return allocate_direct(c);
     }
@@ -81,7 +83,9 @@ pub fn allocate(t: &ThreadCache, c: usize) -> *mut u8 {
 /// `p` must be a live object of class `c`.
 #[cold]
 #[inline(never)]
-pub unsafe fn free(t: &ThreadCache, c: usize, p: *mut u8) {
+pub unsafe fn free(c: usize, p: *mut u8) {
+    let t = thread::bound();
+    t.stats.maybe_flush(&STATS);
     if !ready(t) {
         // SAFETY: forwarded caller guarantee.
         return unsafe { free_direct(c, p) };

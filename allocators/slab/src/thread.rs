@@ -1,6 +1,10 @@
 //! Per-thread state: two magazines per size class and the thread's
 //! statistics, in a `const`-initialised native thread-local with no
-//! destructor.
+//! destructor, reached on the fast paths through [`current`], an
+//! initial-exec thread pointer (`heapkit_core::thread_pointer!`: no
+//! `__tls_get_addr` call even in `libheapkit.so`). Until a thread's first
+//! slow path binds it ([`bound`]), the pointer names the static `IDLE`
+//! cache, never written, whose null magazines send both fast paths slow.
 //!
 //! The loaded magazine of each class is kept as three pointers into its
 //! object array (`base <= top <= limit`), so the fast paths are one compare
@@ -156,7 +160,50 @@ impl ThreadCache {
 
 std::thread_local! {
     /// This thread's caches: native TLS, no destructor, no lazy registration.
-    pub static THREAD: ThreadCache = const { ThreadCache::new() };
+    static THREAD: ThreadCache = const { ThreadCache::new() };
+}
+
+/// The cache every thread's [`CURRENT`] names until [`bound`] binds it:
+/// never written (its null magazines send both fast paths to the slow
+/// paths, which bind first).
+#[repr(transparent)]
+struct IdleCache(ThreadCache);
+// SAFETY: nothing ever writes IDLE (see above); any thread may read it.
+unsafe impl Sync for IdleCache {}
+static IDLE: IdleCache = IdleCache(ThreadCache::new());
+
+heapkit_core::thread_pointer! {
+    /// The calling thread's cache, or `IDLE` until bound.
+    static CURRENT: *mut ThreadCache = &IDLE, symbol = "heapkit_slab_thread_cache";
+}
+
+/// The calling thread's cache for the fast paths: `IDLE` (read only) until
+/// a slow path binds it.
+#[inline(always)]
+pub fn current() -> &'static ThreadCache {
+    // SAFETY: CURRENT holds IDLE (a static) or this thread's own cache,
+    // which lives as long as the thread; only this thread uses the latter.
+    unsafe { &*CURRENT::get() }
+}
+
+/// The calling thread's own cache, bound on first use: what every path
+/// that writes thread state or counters uses.
+#[inline]
+pub fn bound() -> &'static ThreadCache {
+    let t = current();
+    if ptr::eq(t, &IDLE.0) {
+        return bind();
+    }
+    t
+}
+
+#[cold]
+#[inline(never)]
+fn bind() -> &'static ThreadCache {
+    let t = THREAD.with(|t| t as *const ThreadCache);
+    CURRENT::set(t.cast_mut());
+    // SAFETY: the thread's own cache, alive as long as the thread.
+    unsafe { &*t }
 }
 
 static THREAD_EXIT: os::ThreadExitKey = os::ThreadExitKey::new();
@@ -179,9 +226,8 @@ pub fn init(t: &ThreadCache) -> u8 {
 
 /// The exit hook: magazines to the depots, counters to the global stats.
 unsafe extern "C" fn on_thread_exit(_: *mut c_void) {
-    let _ = THREAD.try_with(|t| {
-        t.state.set(DONE);
-        t.flush_magazines();
-        t.stats.flush(&STATS);
-    });
+    let t = bound();
+    t.state.set(DONE);
+    t.flush_magazines();
+    t.stats.flush(&STATS);
 }

@@ -175,21 +175,25 @@ pub(crate) struct ThreadHeap {
     next_chunk: Cell<usize>,
     /// [`ThreadState`] as a byte.
     state: Cell<u8>,
-    /// Fast-path counts not yet folded into [`GLOBAL_STATS`]: two plain
-    /// adds per operation and no branch on the allocation path (a
-    /// `ThreadStats::on_alloc` there cost about 1 ns of the 2 ns budget).
-    /// Folded in by `flush_fast_counts` at every chunk refill and large
-    /// allocation, every [`FAST_FLUSH_FREES`] frees, at thread exit and
-    /// when this thread asks for a snapshot.
-    fast_allocs: Cell<u64>,
-    fast_frees: Cell<u64>,
-    fast_live: Cell<i64>,
-    /// Slow-path counts (large blocks, reallocations).
+    /// This thread's counters (heapkit-core's one mechanism: two adds per
+    /// operation; flushed every 4096 allocations, by the slow paths and at
+    /// thread exit).
     stats: ThreadStats,
 }
 
-/// The free path folds its counts into the global stats this often.
-const FAST_FLUSH_FREES: u64 = 4096;
+impl ThreadHeap {
+    /// A heap with no chunk.
+    const fn new() -> ThreadHeap {
+        ThreadHeap {
+            cur: Cell::new(0),
+            end: Cell::new(0),
+            dirty_until: Cell::new(0),
+            next_chunk: Cell::new(MIN_CHUNK),
+            state: Cell::new(ThreadState::Fresh as u8),
+            stats: ThreadStats::new(),
+        }
+    }
+}
 
 /// Registration state of a thread.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -204,19 +208,43 @@ enum ThreadState {
 }
 
 std::thread_local! {
-    static THREAD: ThreadHeap = const {
-        ThreadHeap {
-            cur: Cell::new(0),
-            end: Cell::new(0),
-            dirty_until: Cell::new(0),
-            next_chunk: Cell::new(MIN_CHUNK),
-            state: Cell::new(ThreadState::Fresh as u8),
-            fast_allocs: Cell::new(0),
-            fast_frees: Cell::new(0),
-            fast_live: Cell::new(0),
-            stats: ThreadStats::new(),
-        }
-    };
+    static THREAD: ThreadHeap = const { ThreadHeap::new() };
+}
+
+/// The heap every thread's [`CURRENT`] names until [`bound`] binds it: never
+/// written. Its empty range (`cur == end == 0`) sends every allocation to
+/// the slow path, which binds first; frees and reallocations bind before
+/// they write.
+#[repr(transparent)]
+struct IdleHeap(ThreadHeap);
+// SAFETY: nothing ever writes IDLE (see above); any thread may read it.
+unsafe impl Sync for IdleHeap {}
+static IDLE: IdleHeap = IdleHeap(ThreadHeap::new());
+
+heapkit_core::thread_pointer! {
+    /// The calling thread's heap, or `IDLE` until bound.
+    static CURRENT: *mut ThreadHeap = &IDLE, symbol = "heapkit_bump_thread_heap";
+}
+
+/// The calling thread's heap for the allocation fast path: an initial-exec
+/// thread pointer (no `__tls_get_addr` call even in `libheapkit.so`),
+/// naming `IDLE` (read only) until bound.
+#[inline(always)]
+fn current() -> &'static ThreadHeap {
+    // SAFETY: CURRENT holds IDLE (a static) or this thread's own heap, which
+    // lives as long as the thread; only this thread uses the latter.
+    unsafe { &*CURRENT::get() }
+}
+
+/// The calling thread's own heap, bound (and its exit hook registered) on
+/// first use: what every path that writes uses.
+#[inline(always)]
+fn bound() -> &'static ThreadHeap {
+    let t = current();
+    if core::ptr::eq(t, &IDLE.0) {
+        return slow::bind();
+    }
+    t
 }
 
 static GLOBAL_STATS: GlobalStats = GlobalStats::new();
@@ -242,7 +270,7 @@ impl Bump {
     fn allocate_in(t: &ThreadHeap, layout: Layout, zeroed: bool) -> *mut u8 {
         // Constant-folded away for the usual constant layouts.
         if !chunk_sized(layout.size(), layout.align()) {
-            return slow::allocate(t, layout, zeroed);
+            return slow::allocate(layout, zeroed);
         }
         let size = round_to_word(layout.size());
         let cur = t.cur.get();
@@ -256,7 +284,7 @@ impl Bump {
         };
         let new_cur = p.wrapping_add(size);
         if new_cur > t.end.get() {
-            return slow::allocate(t, layout, zeroed);
+            return slow::allocate(layout, zeroed);
         }
         t.cur.set(new_cur);
         let block = p as *mut u8;
@@ -272,8 +300,7 @@ impl Bump {
                 unsafe { block.write_bytes(0, n) };
             }
         }
-        t.fast_allocs.set(t.fast_allocs.get().wrapping_add(1));
-        t.fast_live.set(t.fast_live.get().wrapping_add(size as i64));
+        t.stats.on_alloc(&GLOBAL_STATS, size);
         block
     }
 
@@ -290,21 +317,13 @@ impl Bump {
                 t.dirty_until.set(cur);
             }
         }
-        let frees = t.fast_frees.get().wrapping_add(1);
-        t.fast_frees.set(frees);
-        t.fast_live.set(t.fast_live.get().wrapping_sub(size as i64));
-        if frees % FAST_FLUSH_FREES == 0 {
-            slow::flush_fast_counts(t);
-        }
+        t.stats.on_free(size);
     }
 
     /// The statistics of the calling thread (pending) and everyone else
     /// (flushed); see `heapkit_core::stats`.
     pub fn thread_stats_snapshot() -> Stats {
-        THREAD.with(|t| {
-            slow::flush_fast_counts(t);
-            GLOBAL_STATS.snapshot(Some(&t.stats))
-        })
+        GLOBAL_STATS.snapshot(Some(&current().stats))
     }
 }
 
@@ -336,12 +355,12 @@ unsafe fn header_size(ptr: *mut u8) -> usize {
 unsafe impl HeapAlloc for Bump {
     #[inline]
     fn allocate(&self, layout: Layout) -> *mut u8 {
-        THREAD.with(|t| Self::allocate_in(t, layout, false))
+        Self::allocate_in(current(), layout, false)
     }
 
     #[inline]
     fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
-        THREAD.with(|t| Self::allocate_in(t, layout, true))
+        Self::allocate_in(current(), layout, true)
     }
 
     #[inline]
@@ -352,7 +371,7 @@ unsafe impl HeapAlloc for Bump {
         }
         // A live block whose layout is chunk-sized is a chunk block (see
         // chunk_sized), and its header holds layout.size().
-        THREAD.with(|t| Self::free_in(t, ptr, layout.size()))
+        Self::free_in(bound(), ptr, layout.size())
     }
 
     #[inline]
@@ -364,7 +383,7 @@ unsafe impl HeapAlloc for Bump {
         }
         // SAFETY: a live chunk block.
         let size = unsafe { header_size(ptr) };
-        THREAD.with(|t| Self::free_in(t, ptr, size))
+        Self::free_in(bound(), ptr, size)
     }
 
     #[inline]
@@ -387,7 +406,8 @@ unsafe impl HeapAlloc for Bump {
         // bytes, then mremap), so every block above the threshold is freed
         // for real.
         if chunk_sized(new_size, align) {
-            let in_place = THREAD.with(|t| {
+            let in_place = (|| {
+                let t = bound();
                 let p = ptr as usize;
                 // The tag, not the layout, decides: C's realloc passes the
                 // usable size and 16 as the old layout, which for an
@@ -417,7 +437,7 @@ unsafe impl HeapAlloc for Bump {
                 unsafe { ptr.sub(HEADER).cast::<usize>().write(new_words) };
                 t.stats.on_realloc(&GLOBAL_STATS, old, new_words);
                 true
-            });
+            })();
             if in_place {
                 return ptr;
             }

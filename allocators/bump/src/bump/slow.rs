@@ -12,30 +12,32 @@ use heapkit_core::segment::{tag_of, SegmentTag, SEGMENT_ALIGN};
 use heapkit_core::{large, HeapAlloc};
 
 use super::{
-    chunk_sized, header_size, Bump, ChunkHeader, ThreadHeap, ThreadState, GLOBAL_STATS, HEADER,
-    MAX_CHUNK, THREAD,
+    bound, chunk_sized, header_size, Bump, ChunkHeader, ThreadHeap, ThreadState, CURRENT,
+    GLOBAL_STATS, HEADER, MAX_CHUNK, THREAD,
 };
 
 static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
 
-/// Folds the fast-path counters of `t` into the global stats.
+/// Points the thread pointer at this thread's heap and registers its exit
+/// hook (so that the counts of a thread that only frees are flushed too).
 #[cold]
 #[inline(never)]
-pub(super) fn flush_fast_counts(t: &ThreadHeap) {
-    GLOBAL_STATS.add(
-        t.fast_allocs.replace(0),
-        t.fast_frees.replace(0),
-        0,
-        t.fast_live.replace(0),
-    );
+pub(super) fn bind() -> &'static ThreadHeap {
+    let t = THREAD.with(|t| t as *const ThreadHeap);
+    CURRENT::set(t.cast_mut());
+    // SAFETY: the thread's own heap, alive as long as the thread.
+    let t = unsafe { &*t };
+    register_thread(t);
+    t
 }
 
 /// Serves what the current chunk cannot: a large block, or a new chunk and
 /// then the fast path again.
 #[cold]
 #[inline(never)]
-pub(super) fn allocate(t: &ThreadHeap, layout: Layout, zeroed: bool) -> *mut u8 {
-    flush_fast_counts(t);
+pub(super) fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
+    let t = bound();
+    t.stats.maybe_flush(&GLOBAL_STATS);
     if !chunk_sized(layout.size(), layout.align()) {
         return allocate_large(t, layout, zeroed);
     }
@@ -67,7 +69,9 @@ pub(super) unsafe fn free_large(ptr: *mut u8) {
     let size = unsafe { large::usable_size(ptr) };
     // SAFETY: caller guarantee.
     unsafe { large::free(ptr) };
-    THREAD.with(|t| t.stats.on_free(&GLOBAL_STATS, size));
+    let t = bound();
+    t.stats.on_free(size);
+    t.stats.maybe_flush(&GLOBAL_STATS);
 }
 
 /// Maps a new chunk big enough for `layout` and makes it current. The rest
@@ -123,8 +127,8 @@ fn register_thread(t: &ThreadHeap) {
 /// thread stay valid. The thread returns to the sentinel state, so an
 /// allocation from a later TLS destructor maps a fresh small chunk.
 unsafe extern "C" fn on_thread_exit(_value: *mut c_void) {
-    THREAD.with(|t| {
-        flush_fast_counts(t);
+    let t = bound();
+    {
         t.stats.flush(&GLOBAL_STATS);
         let cur = t.cur.get();
         if cur != 0 {
@@ -147,7 +151,7 @@ unsafe extern "C" fn on_thread_exit(_value: *mut c_void) {
         t.dirty_until.set(0);
         t.next_chunk.set(super::MIN_CHUNK);
         t.state.set(ThreadState::Exited as u8);
-    });
+    }
 }
 
 /// Reallocations that cannot stay in place: large blocks (by `mremap`), and
@@ -176,7 +180,7 @@ pub(super) unsafe fn reallocate(
         if !q.is_null() {
             // SAFETY: q is the live, resized large block.
             let new = unsafe { large::usable_size(q) };
-            THREAD.with(|t| t.stats.on_realloc(&GLOBAL_STATS, old, new));
+            bound().stats.on_realloc(&GLOBAL_STATS, old, new);
         }
         return q;
     }

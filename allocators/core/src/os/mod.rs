@@ -13,6 +13,8 @@ use core::ffi::{c_int, c_void, CStr};
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+pub mod thread_pointer;
+
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 static MAPS: AtomicUsize = AtomicUsize::new(0);
@@ -89,7 +91,7 @@ pub fn map(size: usize) -> *mut u8 {
     }
     // SAFETY: an anonymous private mapping at an address the kernel chooses
     // touches no existing memory.
-    let p = unsafe {
+    let p = keeping_errno(|| unsafe {
         libc::mmap(
             ptr::null_mut(),
             size,
@@ -98,7 +100,7 @@ pub fn map(size: usize) -> *mut u8 {
             -1,
             0,
         )
-    };
+    });
     if p == libc::MAP_FAILED {
         return ptr::null_mut();
     }
@@ -149,7 +151,7 @@ pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
 /// nothing will touch again.
 pub unsafe fn unmap(ptr: *mut u8, size: usize) {
     // SAFETY: the caller guarantees the range is ours and dead.
-    let rc = unsafe { libc::munmap(ptr.cast(), size) };
+    let rc = keeping_errno(|| unsafe { libc::munmap(ptr.cast(), size) });
     if rc == 0 {
         UNMAPS.fetch_add(1, Relaxed);
         sub_mapped(size);
@@ -165,7 +167,7 @@ pub unsafe fn unmap(ptr: *mut u8, size: usize) {
 pub unsafe fn remap_in_place(ptr: *mut u8, old_size: usize, new_size: usize) -> bool {
     // SAFETY: the caller guarantees the mapping; without MREMAP_MAYMOVE the
     // kernel either resizes in place or fails.
-    let p = unsafe { libc::mremap(ptr.cast(), old_size, new_size, 0) };
+    let p = keeping_errno(|| unsafe { libc::mremap(ptr.cast(), old_size, new_size, 0) });
     if p == libc::MAP_FAILED {
         return false;
     }
@@ -189,7 +191,7 @@ pub unsafe fn remap_in_place(ptr: *mut u8, old_size: usize, new_size: usize) -> 
 pub unsafe fn remap_to(ptr: *mut u8, old_size: usize, new_size: usize, dest: *mut u8) -> bool {
     // SAFETY: the caller guarantees both ranges; MREMAP_FIXED atomically
     // replaces the destination mapping.
-    let p = unsafe {
+    let p = keeping_errno(|| unsafe {
         libc::mremap(
             ptr.cast(),
             old_size,
@@ -197,7 +199,7 @@ pub unsafe fn remap_to(ptr: *mut u8, old_size: usize, new_size: usize, dest: *mu
             libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
             dest.cast::<c_void>(),
         )
-    };
+    });
     if p == libc::MAP_FAILED {
         return false;
     }
@@ -219,8 +221,23 @@ pub unsafe fn purge(ptr: *mut u8, size: usize) {
         return;
     }
     // SAFETY: the caller guarantees the range is ours and its contents dead.
-    unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) };
+    keeping_errno(|| unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) });
     PURGES.fetch_add(1, Relaxed);
+}
+
+/// Runs `call` (a system call) and puts `errno` back as it was: heapkit's
+/// own operations never change `errno` (C's `free` must not, and a
+/// `malloc` that succeeds should not), so the fast paths, which make no
+/// system call, need not save it at all.
+#[inline]
+fn keeping_errno<R>(call: impl FnOnce() -> R) -> R {
+    let slot = errno_slot();
+    // SAFETY: slot is the calling thread's errno, valid for its life.
+    let saved = unsafe { slot.read() };
+    let result = call();
+    // SAFETY: as above.
+    unsafe { slot.write(saved) };
+    result
 }
 
 /// Sets the calling thread's `errno`.

@@ -1,0 +1,244 @@
+//! Per-thread pointers reached without a function call.
+//!
+//! Every heapkit allocator finds its thread's state through one pointer.
+//! With Rust's `thread_local!` that pointer costs nothing in an executable
+//! (the local-exec TLS model: one `%fs`-relative load), but in a shared
+//! library such as `libheapkit.so` rustc uses the general-dynamic model: a
+//! call to `__tls_get_addr` on every `malloc` and `free`, which measured
+//! about 6% of a tight multi-threaded malloc loop. Stable Rust cannot choose
+//! the TLS model, so [`thread_pointer!`](crate::thread_pointer) defines the
+//! slot itself, in assembly, in the `.tdata` section, and reads it with the
+//! **initial-exec** sequence that libmimalloc and libjemalloc use:
+//!
+//! ```text
+//! mov  slot@GOTTPOFF(%rip), %rax   ; the slot's offset from the thread pointer
+//! mov  %fs:(%rax), %rax            ; this thread's value
+//! ```
+//!
+//! (In an executable the linker relaxes the first load to a constant.)
+//!
+//! # The cost of initial-exec
+//!
+//! An initial-exec slot lives in the static TLS block that glibc sets up
+//! for every thread. A library loaded at start-up (`LD_PRELOAD`, or linked)
+//! is always served. A library loaded later with `dlopen` is served from a
+//! small surplus glibc keeps for this purpose (about 1.6 KiB, shared by
+//! every such library); heapkit uses one 8-byte slot per allocator. Where
+//! even that is unavailable, build with the `dlopen-tls` feature of
+//! `heapkit-core` (the shim forwards it): every slot is then an ordinary
+//! `thread_local!`, at the cost of the `__tls_get_addr` call in a shared
+//! library. Targets other than x86-64 Linux always use that variant. This
+//! is the same trade as the `mimalloc` crate's `local_dynamic_tls` feature.
+//!
+//! # Example
+//!
+//! ```
+//! struct State { hits: core::cell::Cell<u64> }
+//! // SAFETY: the sentinel is never written (the example only reads it).
+//! unsafe impl Sync for State {}
+//! static IDLE: State = State { hits: core::cell::Cell::new(0) };
+//!
+//! heapkit_core::thread_pointer! {
+//!     /// This thread's state (or `IDLE` until it has one).
+//!     static CURRENT: *mut State = &IDLE, symbol = "heapkit_doc_example_current";
+//! }
+//!
+//! # fn main() {
+//! assert_eq!(CURRENT::get(), core::ptr::addr_of!(IDLE).cast_mut());
+//! let mine = Box::leak(Box::new(State { hits: core::cell::Cell::new(1) }));
+//! CURRENT::set(mine);
+//! // SAFETY: the slot holds `mine`, leaked and so alive for ever.
+//! assert_eq!(unsafe { (*CURRENT::get()).hits.get() }, 1);
+//! // Another thread starts at the sentinel again.
+//! let idle = core::ptr::addr_of!(IDLE) as usize;
+//! std::thread::spawn(move || assert_eq!(CURRENT::get() as usize, idle))
+//!     .join()
+//!     .unwrap();
+//! # }
+//! ```
+
+/// Declares a per-thread pointer slot, read and written without a function
+/// call (see the [module docs](crate::os::thread_pointer)).
+///
+/// ```text
+/// thread_pointer! {
+///     /// docs
+///     pub(crate) static NAME: *mut Type = &SENTINEL, symbol = "unique_symbol_name";
+/// }
+/// ```
+///
+/// `NAME` becomes a unit type with `NAME::get() -> *mut Type` and
+/// `NAME::set(*mut Type)`. Every thread's slot starts as the address of
+/// `SENTINEL`, a `static` of type `Type` or of a `#[repr(transparent)]`
+/// wrapper of it (or null, with `= null`), so a fast path can
+/// treat "no state yet" like any other state that sends it to a slow path,
+/// without a test of its own. `symbol` names the slot in the object file: it
+/// must be unique in the program (a crate name in it is enough).
+#[macro_export]
+macro_rules! thread_pointer {
+    ($(#[$attr:meta])* $vis:vis static $name:ident: *mut $ty:ty = null, symbol = $sym:literal;) => {
+        $(#[$attr])*
+        #[allow(non_camel_case_types)]
+        $vis struct $name;
+        $crate::__thread_pointer_slot!($vis $name, $ty, $sym, [".quad 0"], []);
+    };
+    ($(#[$attr:meta])* $vis:vis static $name:ident: *mut $ty:ty = &$init:path, symbol = $sym:literal;) => {
+        $(#[$attr])*
+        #[allow(non_camel_case_types)]
+        $vis struct $name;
+        $crate::__thread_pointer_slot!($vis $name, $ty, $sym, [".quad {init}"], [init = sym $init]);
+    };
+}
+
+/// The initial-exec slot (x86-64 Linux without `dlopen-tls`).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(feature = "dlopen-tls")
+))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __thread_pointer_slot {
+    ($vis:vis $name:ident, $ty:ty, $sym:literal, [$init_line:literal], [$($operand:tt)*]) => {
+        // One 8-byte slot in .tdata: glibc copies the initial value (a
+        // relocated address) into every thread's static TLS block.
+        ::core::arch::global_asm!(
+            concat!(".pushsection .tdata.", $sym, ",\"awT\",@progbits"),
+            ".p2align 3",
+            concat!(".globl ", $sym),
+            concat!(".hidden ", $sym),
+            concat!(".type ", $sym, ",@object"),
+            concat!(".size ", $sym, ", 8"),
+            concat!($sym, ":"),
+            $init_line,
+            ".popsection",
+            $($operand)*
+        );
+
+        impl $name {
+            /// This thread's value.
+            #[inline(always)]
+            $vis fn get() -> *mut $ty {
+                let value: *mut $ty;
+                // SAFETY: the slot is an 8-byte, 8-aligned .tdata object
+                // defined just above; GOTTPOFF gives its offset from this
+                // thread's thread pointer (%fs), where glibc placed this
+                // thread's copy. Reading it has no other effect.
+                unsafe {
+                    ::core::arch::asm!(
+                        concat!("mov {offset}, qword ptr [rip + ", $sym, "@GOTTPOFF]"),
+                        "mov {value}, qword ptr fs:[{offset}]",
+                        offset = out(reg) _,
+                        value = lateout(reg) value,
+                        options(nostack, preserves_flags, readonly, pure),
+                    );
+                }
+                value
+            }
+
+            /// Sets this thread's value.
+            #[inline(always)]
+            #[allow(dead_code)]
+            $vis fn set(value: *mut $ty) {
+                // SAFETY: as for `get`; the slot is this thread's alone.
+                unsafe {
+                    ::core::arch::asm!(
+                        concat!("mov {offset}, qword ptr [rip + ", $sym, "@GOTTPOFF]"),
+                        "mov qword ptr fs:[{offset}], {value}",
+                        offset = out(reg) _,
+                        value = in(reg) value,
+                        options(nostack, preserves_flags),
+                    );
+                }
+            }
+        }
+    };
+}
+
+/// The portable slot: an ordinary `thread_local!` (`dlopen-tls`, or a
+/// target other than x86-64 Linux). The caller's crate must link `std`.
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(feature = "dlopen-tls")
+)))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __thread_pointer_slot {
+    ($vis:vis $name:ident, $ty:ty, $sym:literal, [$init_line:literal], []) => {
+        $crate::__thread_pointer_slot!(@key $vis $name, $ty, ::core::ptr::null_mut());
+    };
+    ($vis:vis $name:ident, $ty:ty, $sym:literal, [$init_line:literal], [init = sym $init:path]) => {
+        $crate::__thread_pointer_slot!(@key $vis $name, $ty, ::core::ptr::addr_of!($init).cast_mut().cast::<$ty>());
+    };
+    (@key $vis:vis $name:ident, $ty:ty, $init:expr) => {
+        impl $name {
+            #[inline(always)]
+            fn key() -> &'static ::std::thread::LocalKey<::core::cell::Cell<*mut $ty>> {
+                ::std::thread_local! {
+                    static SLOT: ::core::cell::Cell<*mut $ty> = const { ::core::cell::Cell::new($init) };
+                }
+                &SLOT
+            }
+
+            /// This thread's value.
+            #[inline(always)]
+            $vis fn get() -> *mut $ty {
+                Self::key().with(|slot| slot.get())
+            }
+
+            /// Sets this thread's value.
+            #[inline(always)]
+            #[allow(dead_code)]
+            $vis fn set(value: *mut $ty) {
+                Self::key().with(|slot| slot.set(value))
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use core::cell::Cell;
+    use core::ptr;
+
+    struct Counter(Cell<u64>);
+    // SAFETY: the sentinel is only read by these tests.
+    unsafe impl Sync for Counter {}
+    static SENTINEL: Counter = Counter(Cell::new(7));
+
+    crate::thread_pointer! {
+        static WITH_SENTINEL: *mut Counter = &SENTINEL, symbol = "heapkit_core_test_with_sentinel";
+    }
+    crate::thread_pointer! {
+        static WITH_NULL: *mut u64 = null, symbol = "heapkit_core_test_with_null";
+    }
+
+    #[test]
+    fn starts_at_the_sentinel_in_every_thread_and_is_per_thread() {
+        let sentinel = ptr::addr_of!(SENTINEL).cast_mut();
+        let sentinel_addr = sentinel as usize;
+        assert_eq!(WITH_SENTINEL::get(), sentinel);
+        assert!(WITH_NULL::get().is_null());
+        let mut mine = Counter(Cell::new(1));
+        let mut value = 5u64;
+        WITH_SENTINEL::set(&mut mine);
+        WITH_NULL::set(&mut value);
+        // SAFETY: the slot holds the address of `mine`, alive here.
+        assert_eq!(unsafe { (*WITH_SENTINEL::get()).0.get() }, 1);
+        std::thread::spawn(move || {
+            assert_eq!(WITH_SENTINEL::get() as usize, sentinel_addr);
+            assert!(WITH_NULL::get().is_null());
+            let mut other = 9u64;
+            WITH_NULL::set(&mut other);
+            // SAFETY: `other` is alive.
+            assert_eq!(unsafe { *WITH_NULL::get() }, 9);
+        })
+        .join()
+        .unwrap();
+        // SAFETY: `value` is alive.
+        assert_eq!(unsafe { *WITH_NULL::get() }, 5);
+        WITH_SENTINEL::set(sentinel);
+        WITH_NULL::set(ptr::null_mut());
+    }
+}
