@@ -71,6 +71,7 @@ pub mod error;
 pub mod list;
 pub mod measure;
 pub mod preload;
+pub mod programs;
 pub mod registry;
 pub mod replay;
 pub mod replay_cell;

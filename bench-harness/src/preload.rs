@@ -65,6 +65,14 @@ pub struct PreloadArgs {
     /// row.
     #[arg(long = "sh")]
     pub shell: Vec<String>,
+    /// Add the standard allocator benchmark programs (`bench-harness/
+    /// programs/`: cfrac, larson, xmalloc, glibc-simple/-thread,
+    /// cache-scratch/-thrash, mstress, rptest, alloc-test, malloc-large),
+    /// built with `cc` beside this executable, as rows. Without
+    /// `--backends`, leaves `bump` out (it never reuses memory: these
+    /// programs would exhaust it).
+    #[arg(long)]
+    pub standard: bool,
     /// Report directory name under --out (default: preload-<UTC date-time>).
     #[arg(long)]
     pub name: Option<String>,
@@ -194,7 +202,11 @@ fn columns(args: &PreloadArgs, lib: &Path) -> Result<Vec<Column>> {
         }
     };
     if args.backends.is_empty() {
-        let mut cols: Vec<Column> = accepted.into_iter().map(Column::Backend).collect();
+        let mut cols: Vec<Column> = accepted
+            .into_iter()
+            .filter(|b| !(args.standard && b == "bump"))
+            .map(Column::Backend)
+            .collect();
         cols.push(Column::Native);
         for (name, path) in [("jemalloc-so", JEMALLOC_SO), ("mimalloc-so", MIMALLOC_SO)] {
             if Path::new(path).exists() {
@@ -291,6 +303,13 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
             argv: vec!["/bin/sh".into(), "-c".into(), s.clone()],
         })
         .collect();
+    if args.standard {
+        let exe = std::env::current_exe().map_err(|e| Error::new(e.to_string()))?;
+        let dir = exe.with_file_name("heapkit-programs");
+        for (label, argv) in crate::programs::standard_rows(&dir)? {
+            rows.push(Row { label, argv });
+        }
+    }
     if !args.command.is_empty() {
         rows.push(Row {
             label: args.command.join(" "),
@@ -299,7 +318,7 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
     }
     if rows.is_empty() {
         return Err(Error::new(
-            "nothing to run: give `-- CMD ARGS...` or --sh 'CMD'",
+            "nothing to run: give `-- CMD ARGS...`, --sh 'CMD' or --standard",
         ));
     }
     let cols = columns(args, &lib)?;
