@@ -64,6 +64,11 @@ pub(crate) struct Heap {
     pub claimed_bytes: usize,
     /// When a page purged early was last needed again (monotonic ns).
     pub last_refault_ns: u64,
+    /// A page purged early was needed again within the last
+    /// `BUDGET_RELAX_NS`: this program frees and rebuilds, so the eager
+    /// purge keeps up to `purge_budget` even when (nearly) nothing is in
+    /// use. Cleared by the sweep that relaxes the budget.
+    pub refaulting: bool,
     /// Next time (monotonic ns) the slow path runs the decay sweep.
     pub next_sweep_ns: u64,
     /// Slow-path calls, to read the clock only now and then.
@@ -85,6 +90,7 @@ impl Heap {
             idle_bytes: 0,
             purge_budget: crate::slow::PURGE_BUDGET_MIN,
             last_refault_ns: 0,
+            refaulting: false,
             claimed_bytes: 0,
             next_sweep_ns: 0,
             slow_calls: 0,

@@ -26,8 +26,9 @@
 //!   keeps three free lists: `free` (allocation pops), `local_free`
 //!   (the owner's frees push) and `thread_free` (other threads push with one
 //!   CAS; the owner takes the lot with one swap, see `remote.rs`).
-//! - Pages are carved lazily, one OS page of blocks at a time, so fresh
-//!   memory is not touched before it is used, and blocks carved from fresh
+//! - Pages are carved lazily, one OS page of blocks at a time (at least
+//!   four blocks), so fresh memory is not touched long before it is used,
+//!   and blocks carved from fresh
 //!   or purged memory are known to be zero (`allocate_zeroed` skips the
 //!   memset).
 //! - Empty pages return to their segment; after 20 ms free their memory is
@@ -38,7 +39,10 @@
 //!   (256 KiB up, doubled whenever a page purged early is needed again) or
 //!   than 4x the bytes still in use purges them all at once and trims
 //!   core's large cache, so a program that frees everything and stops gets
-//!   its memory back.
+//!   its memory back. Once a program has been seen rebuilding what it freed
+//!   (a page purged early is needed again), only the budget counts, until a
+//!   second passes without that: freeing a structure and building it again
+//!   does not refault it.
 //! - A dying thread collects its pages and abandons its segments; live
 //!   threads adopt them on their slow path, so nothing is stranded.
 //!

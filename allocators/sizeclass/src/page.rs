@@ -32,8 +32,12 @@ pub(crate) const QUEUED: u8 = 1;
 /// full list until a free returns a block.
 pub(crate) const FULL: u8 = 2;
 
-/// How many bytes of blocks [`Page::extend`] carves at once.
+/// How many bytes of blocks [`Page::extend`] carves at once...
 const EXTEND_BYTES: usize = 4096;
+/// ...but never fewer blocks than this (while the page has room): with one
+/// block per OS page (classes of 4 KiB and up), carving one at a time sent
+/// every fresh block through the allocation slow path.
+const EXTEND_MIN_BLOCKS: usize = 4;
 
 /// Page metadata; lives in its segment's header.
 ///
@@ -199,7 +203,8 @@ impl Page {
         }
     }
 
-    /// Carves up to one OS page of fresh blocks onto the empty `free` list.
+    /// Carves one OS page of fresh blocks (at least [`EXTEND_MIN_BLOCKS`])
+    /// onto the empty `free` list.
     ///
     /// # Safety
     /// The caller must own `page`, with `free` empty and
@@ -210,7 +215,8 @@ impl Page {
         unsafe {
             let size = (*page).stride as usize;
             let room = ((*page).reserved - (*page).capacity) as usize;
-            let n = (EXTEND_BYTES / size).clamp(1, room);
+            let n = (EXTEND_BYTES / size).max(EXTEND_MIN_BLOCKS).min(room);
+            debug_assert!(n >= 1);
             let first = (*page).start.add((*page).capacity as usize * size);
             let mut b = first;
             for _ in 1..n {

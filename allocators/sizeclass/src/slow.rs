@@ -285,6 +285,7 @@ unsafe fn claim(h: &mut Heap, seg: *mut Segment, i: usize) -> *mut Page {
             if now.saturating_sub((*page).freed_at_ns) < PURGE_DELAY_NS {
                 h.purge_budget = (h.purge_budget * 2).min(PURGE_BUDGET_MAX);
                 h.last_refault_ns = now;
+                h.refaulting = true;
             }
         }
         (*seg).used_pages += 1;
@@ -389,11 +390,18 @@ unsafe fn retire_page(h: &mut Heap, page: *mut Page, now: u64) {
 }
 
 /// True when the heap's idle bytes call for an eager purge: above the
-/// adaptive budget, or above [`IDLE_PER_CLAIMED`] times the bytes of pages
-/// still in use (so a program that frees nearly everything gets its memory
-/// back at once, whatever the budget grew to).
+/// adaptive budget, or, unless the program was seen rebuilding what it
+/// freed (`refaulting`), above [`IDLE_PER_CLAIMED`] times the bytes of pages
+/// still in use, so a program that frees nearly everything gets its memory
+/// back at once. A program that frees everything and builds it again (a
+/// benchmark round, a request, a parse) refaults the pages the first purge
+/// took; from then on it keeps up to the budget, which has grown to its
+/// working set, until a second passes without a refault.
 #[inline]
 fn over_budget(h: &Heap) -> bool {
+    if h.refaulting {
+        return h.idle_bytes > h.purge_budget;
+    }
     let cap = (h.claimed_bytes * IDLE_PER_CLAIMED).max(PURGE_BUDGET_MIN);
     h.idle_bytes > h.purge_budget.min(cap)
 }
@@ -466,6 +474,7 @@ fn sweep(h: &mut Heap, all: bool) {
     h.next_sweep_ns = now + PURGE_DELAY_NS / 2;
     if !all && now.saturating_sub(h.last_refault_ns) >= BUDGET_RELAX_NS {
         h.purge_budget = (h.purge_budget / 2).max(PURGE_BUDGET_MIN);
+        h.refaulting = false;
     }
     for kind in 0..segment::KINDS {
         let mut seg = h.segments[kind].first;

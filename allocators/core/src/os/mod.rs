@@ -113,12 +113,18 @@ pub fn map(size: usize) -> *mut u8 {
 /// size; `size` a multiple of the page size). The mapping is fresh and
 /// zeroed. Returns null on failure.
 ///
-/// Over-maps by `align` and trims both ends, so the result costs one `mmap`
-/// and up to two `munmap` calls.
+/// Usually one `mmap`: the request names an aligned address just past the
+/// previous aligned mapping (`ALIGNED_HINT`, as mimalloc does), which the
+/// kernel grants when that address space is free. Otherwise it over-maps by
+/// `align` and trims both ends (one `mmap`, up to two `munmap`), and the
+/// hint moves past the result.
 pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
     debug_assert!(align.is_power_of_two() && align >= page_size());
     if align <= page_size() {
         return map(size);
+    }
+    if let Some(p) = map_at_hint(size, align) {
+        return p;
     }
     let Some(total) = size.checked_add(align) else {
         return ptr::null_mut();
@@ -141,7 +147,54 @@ pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
             unmap((aligned + size) as *mut u8, back);
         }
     }
+    ALIGNED_HINT.store(aligned + size, Relaxed);
     aligned as *mut u8
+}
+
+/// Where the next aligned mapping is asked for (0: no hint yet). Starts at
+/// the first aligned mapping the fallback made, so the hints stay in the
+/// part of the address space the kernel chose (and randomised).
+static ALIGNED_HINT: AtomicUsize = AtomicUsize::new(0);
+
+/// One `mmap` at the aligned hint address; `None` (nothing left mapped) if
+/// there is no hint or the kernel put the mapping elsewhere.
+fn map_at_hint(size: usize, align: usize) -> Option<*mut u8> {
+    let hint = ALIGNED_HINT.load(Relaxed);
+    if hint == 0 {
+        return None;
+    }
+    let want = hint.checked_add(align - 1)? & !(align - 1);
+    let end = want.checked_add(size)?;
+    // Claim the range first, so two threads never ask for the same one.
+    if ALIGNED_HINT
+        .compare_exchange(hint, end, Relaxed, Relaxed)
+        .is_err()
+    {
+        return None;
+    }
+    // SAFETY: a hint, not MAP_FIXED: the kernel never replaces an existing
+    // mapping, it places the new one elsewhere if `want` is taken.
+    let p = keeping_errno(|| unsafe {
+        libc::mmap(
+            want as *mut c_void,
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    });
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    if p as usize != want {
+        // SAFETY: the mapping was just made, exactly this size, and unused.
+        keeping_errno(|| unsafe { libc::munmap(p, size) });
+        return None;
+    }
+    MAPS.fetch_add(1, Relaxed);
+    add_mapped(size);
+    Some(p.cast())
 }
 
 /// Unmaps `size` bytes at `ptr`.
@@ -482,6 +535,32 @@ mod tests {
         // SAFETY: p..p+size is ours and dead after this.
         unsafe { unmap(p, size) };
         assert!(os_counters().unmaps > mid.unmaps);
+    }
+
+    #[test]
+    fn aligned_mappings_usually_take_one_mmap() {
+        let align = 4 << 20;
+        let first = map_aligned(align, align);
+        assert!(!first.is_null() && first as usize % align == 0);
+        let mut got = [ptr::null_mut(); 8];
+        for g in got.iter_mut() {
+            *g = map_aligned(align, align);
+            assert!(!g.is_null() && *g as usize % align == 0);
+        }
+        // Hinted mappings follow each other (other tests may take a hint
+        // in between, so look for one adjacent pair, not all).
+        assert!(
+            got.windows(2)
+                .any(|w| w[1] as usize == w[0] as usize + align),
+            "no two aligned mappings were adjacent: {got:?}"
+        );
+        // SAFETY: every mapping is ours, unused, exactly `align` bytes.
+        unsafe {
+            for g in got {
+                unmap(g, align);
+            }
+            unmap(first, align);
+        }
     }
 
     #[test]
