@@ -384,6 +384,10 @@ macro_rules! battery {
             $crate::exhaustion::impossible_allocation(&$name, VOLUME)
         }
         #[test]
+        fn exhaustion_fill_free_refill() {
+            $crate::exhaustion::fill_free_refill(&$name)
+        }
+        #[test]
         fn fork_from_multithreaded_parent() {
             $crate::fork::from_multithreaded_parent(&$name, VOLUME)
         }

@@ -27,6 +27,7 @@ use core::alloc::Layout;
 use core::ptr;
 
 use crate::lock::SpinLock;
+use crate::misuse::{self, Misuse};
 use crate::os;
 use crate::segment::{segment_of, SegmentTag, SEGMENT_ALIGN};
 
@@ -43,11 +44,27 @@ pub const CACHE_DELAY_NS: u64 = 250_000_000;
 /// Header at the start of every large mapping.
 #[repr(C)]
 struct LargeHeader {
+    /// [`SegmentTag::LARGE`].
     tag: SegmentTag,
     /// Bytes mapped, from the segment start.
     map_size: usize,
     /// Offset of the user pointer from the segment start.
     offset: usize,
+    /// A [`BlockState`] as its `u64` (read as a plain word: after a misuse
+    /// this memory may hold anything): whether the block is handed out or
+    /// sits in the cache, so a second free of a cached block is reported,
+    /// not cached twice.
+    state: u64,
+}
+
+/// Where a large mapping is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+enum BlockState {
+    /// Handed out to the program.
+    Live = 0x6c69_7665,
+    /// Freed into the cache.
+    Cached = 0x6361_6368,
 }
 
 #[derive(Clone, Copy)]
@@ -95,10 +112,24 @@ pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
         return ptr::null_mut();
     };
     let (mut base, cached_size) = take_cached(map_size);
-    let recycled = !base.is_null();
-    let map_size = if recycled { cached_size } else { map_size };
+    let mut recycled = !base.is_null();
+    let mut map_size = map_size;
+    if recycled && cached_size < map_size {
+        // The closest cached block is smaller: grow it (its resident pages
+        // move with it, no fault and no copy) rather than map a new one.
+        // SAFETY: base..+cached_size is a whole cached mapping, now ours.
+        let grown = unsafe { resize_mapping(base, cached_size, map_size) };
+        if grown.is_null() {
+            // SAFETY: as above; nobody else uses it.
+            unsafe { os::unmap(base, cached_size) };
+            recycled = false;
+        }
+        base = grown;
+    } else if recycled {
+        map_size = cached_size;
+    }
     if !recycled {
-        base = os::map_aligned(map_size, SEGMENT_ALIGN);
+        base = map_segments(map_size);
         if base.is_null() {
             return base;
         }
@@ -110,6 +141,7 @@ pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
             tag: SegmentTag::LARGE,
             map_size,
             offset,
+            state: BlockState::Live as u64,
         });
         let user = base.add(offset);
         if zeroed && recycled {
@@ -125,8 +157,8 @@ pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
 /// # Safety
 /// `ptr` must come from [`allocate`] or [`reallocate`] and not be freed yet.
 pub unsafe fn free(ptr: *mut u8) {
-    // SAFETY: the caller guarantees ptr is a live large block.
-    let (base, map_size) = unsafe { header(ptr) };
+    // SAFETY: the caller guarantees ptr is a live large block (checked).
+    let (base, map_size) = unsafe { checked_header(ptr, "free") };
     let now = os::monotonic_ns();
     // Never wait for the cache: a busy (or, in a forked child, orphaned)
     // lock just means this block is unmapped instead of cached.
@@ -140,6 +172,8 @@ pub unsafe fn free(ptr: *mut u8) {
         && cache.len < CACHE_SLOTS
         && cache.bytes + map_size <= CACHE_BYTES
     {
+        // SAFETY: the header of the block, checked live above.
+        unsafe { (*base.cast::<LargeHeader>()).state = BlockState::Cached as u64 };
         let i = cache.len;
         cache.blocks[i] = CachedBlock {
             base,
@@ -160,8 +194,20 @@ pub unsafe fn free(ptr: *mut u8) {
 /// # Safety
 /// `ptr` must be a live large block.
 pub unsafe fn usable_size(ptr: *mut u8) -> usize {
-    // SAFETY: the caller guarantees ptr is a live large block.
-    let (base, map_size) = unsafe { header(ptr) };
+    // SAFETY: the caller guarantees ptr is a live large block (checked).
+    let (base, map_size) = unsafe { checked_header(ptr, "malloc_usable_size") };
+    map_size - (ptr as usize - base as usize)
+}
+
+/// Bytes usable at `ptr`, a block the caller is about to [`free`]: checked
+/// as `free` checks it, so that misuse is reported as `free`'s (allocators
+/// read the size first to count it).
+///
+/// # Safety
+/// `ptr` must be a live large block.
+pub unsafe fn size_to_free(ptr: *mut u8) -> usize {
+    // SAFETY: the caller guarantees ptr is a live large block (checked).
+    let (base, map_size) = unsafe { checked_header(ptr, "free") };
     map_size - (ptr as usize - base as usize)
 }
 
@@ -171,8 +217,8 @@ pub unsafe fn usable_size(ptr: *mut u8) -> usize {
 /// # Safety
 /// `ptr` must be a live large block.
 pub unsafe fn reallocate(ptr: *mut u8, new_size: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees ptr is a live large block.
-    let (base, map_size) = unsafe { header(ptr) };
+    // SAFETY: the caller guarantees ptr is a live large block (checked).
+    let (base, map_size) = unsafe { checked_header(ptr, "realloc") };
     let offset = ptr as usize - base as usize;
     let Some(new_map) = new_size.checked_add(offset).and_then(os::round_to_pages) else {
         return ptr::null_mut();
@@ -180,27 +226,43 @@ pub unsafe fn reallocate(ptr: *mut u8, new_size: usize) -> *mut u8 {
     if new_map == map_size {
         return ptr;
     }
-    // SAFETY: base..+map_size is exactly this block's mapping.
-    if unsafe { os::remap_in_place(base, map_size, new_map) } {
-        // SAFETY: the header is at base and the mapping now has new_map bytes.
-        unsafe { (*base.cast::<LargeHeader>()).map_size = new_map };
-        return ptr;
+    // SAFETY: base..+map_size is exactly this block's mapping, in use by
+    // the caller only.
+    let moved = unsafe { resize_mapping(base, map_size, new_map) };
+    if moved.is_null() {
+        return moved;
     }
-    // Move the pages (no copy) to a fresh aligned reservation.
-    let dest = os::map_aligned(new_map, SEGMENT_ALIGN);
+    // SAFETY: the header moved with the pages; offset < new_map.
+    unsafe {
+        (*moved.cast::<LargeHeader>()).map_size = new_map;
+        moved.add(offset)
+    }
+}
+
+/// Resizes the segment-aligned mapping `base..+old` to `new` bytes: in
+/// place when the address space after it allows, otherwise by moving its
+/// pages (no copy; resident pages stay resident) to a fresh aligned
+/// reservation. Returns the new base, or null with the mapping untouched.
+///
+/// # Safety
+/// `base..+old` must be a whole mapping of this module's that only the
+/// caller uses.
+unsafe fn resize_mapping(base: *mut u8, old: usize, new: usize) -> *mut u8 {
+    // SAFETY: caller guarantee.
+    if unsafe { os::remap_in_place(base, old, new) } {
+        return base;
+    }
+    let dest = map_segments(new);
     if dest.is_null() {
         return dest;
     }
-    // SAFETY: dest is a fresh reservation of new_map bytes; the source is
-    // exactly the block's mapping, which nobody else touches.
-    if unsafe { os::remap_to(base, map_size, new_map, dest) } {
-        // SAFETY: the header moved with the pages.
-        unsafe { (*dest.cast::<LargeHeader>()).map_size = new_map };
-        // SAFETY: offset < new_map.
-        return unsafe { dest.add(offset) };
+    // SAFETY: dest is a fresh reservation of `new` bytes; the source is the
+    // caller's whole mapping.
+    if unsafe { os::remap_to(base, old, new, dest) } {
+        return dest;
     }
     // SAFETY: the reservation is unused.
-    unsafe { os::unmap(dest, new_map) };
+    unsafe { os::unmap(dest, new) };
     ptr::null_mut()
 }
 
@@ -248,11 +310,12 @@ fn expire(cache: &mut BlockCache, now: u64) {
     }
 }
 
-/// Takes the smallest cached mapping of at least `map_size` bytes; returns
-/// its base and its size, or null if none fits. A mapping more than a
-/// quarter larger than asked is trimmed (its tail unmapped) so a small
-/// request does not pin a big block's memory; a closer fit is kept whole,
-/// which saves the `munmap`.
+/// Takes the smallest cached mapping of at least `map_size` bytes, or else
+/// the largest of at least a quarter of it (smaller than asked: the caller
+/// grows it); returns its base and its size, or null if none qualifies. A
+/// mapping more than a quarter larger than asked is trimmed (its tail
+/// unmapped) so a small request does not pin a big block's memory; a
+/// closer fit is kept whole, which saves the `munmap`.
 fn take_cached(map_size: usize) -> (*mut u8, usize) {
     let Some(mut cache) = CACHE.try_lock() else {
         return (ptr::null_mut(), 0);
@@ -267,14 +330,24 @@ fn take_cached(map_size: usize) -> (*mut u8, usize) {
         }
     }
     if best == usize::MAX {
-        return (ptr::null_mut(), 0);
+        // Nothing big enough: the largest block of at least a quarter of
+        // the size, for the caller to grow.
+        for i in 0..cache.len {
+            let size = cache.blocks[i].map_size;
+            if size >= map_size / 4 && (best == usize::MAX || size > cache.blocks[best].map_size) {
+                best = i;
+            }
+        }
+        if best == usize::MAX {
+            return (ptr::null_mut(), 0);
+        }
     }
     let b = cache.blocks[best];
     cache.len -= 1;
     cache.blocks[best] = cache.blocks[cache.len];
     cache.bytes -= b.map_size;
     drop(cache);
-    if b.map_size - map_size > map_size / 4 {
+    if b.map_size > map_size && b.map_size - map_size > map_size / 4 {
         // SAFETY: the tail is part of the unused cached mapping.
         unsafe { os::unmap(b.base.add(map_size), b.map_size - map_size) };
         (b.base, map_size)
@@ -283,14 +356,55 @@ fn take_cached(map_size: usize) -> (*mut u8, usize) {
     }
 }
 
+/// Maps `size` bytes aligned to [`SEGMENT_ALIGN`] for a segment, chunk or
+/// large block. At exhaustion it empties the block cache (whose mappings
+/// may be what uses up the address space) and tries once more, so a
+/// program that freed memory gets it back before it sees NULL.
+pub fn map_segments(size: usize) -> *mut u8 {
+    let p = os::map_aligned(size, SEGMENT_ALIGN);
+    if !p.is_null() {
+        return p;
+    }
+    reclaim_cache();
+    os::map_aligned(size, SEGMENT_ALIGN)
+}
+
+#[cold]
+#[inline(never)]
+fn reclaim_cache() {
+    trim(false);
+}
+
+/// The block's mapping (base, size), after checking that `ptr` is the start
+/// of a live large block: a foreign segment, an interior pointer or a block
+/// already freed is reported (and the process aborted) instead of being
+/// unmapped or cached.
+///
 /// # Safety
-/// `ptr` must be a live large block.
-unsafe fn header(ptr: *mut u8) -> (*mut u8, usize) {
+/// `ptr`'s segment start must be mapped (true of any pointer into a heapkit
+/// segment, the only kind the allocators pass here).
+unsafe fn checked_header(ptr: *mut u8, call: &str) -> (*mut u8, usize) {
     let base = segment_of(ptr).cast::<u8>();
-    // SAFETY: the caller guarantees a large block, whose header is at base.
-    let h = unsafe { &*base.cast::<LargeHeader>() };
-    debug_assert_eq!(h.tag, SegmentTag::LARGE);
-    (base, h.map_size)
+    // SAFETY: the segment start is mapped (caller); a large header is read
+    // only after its tag says it is one.
+    unsafe {
+        if (*base.cast::<SegmentTag>()) != SegmentTag::LARGE {
+            misuse::report(
+                call,
+                Misuse::InvalidPointer,
+                ptr,
+                "not allocated by heapkit",
+            );
+        }
+        let h = &*base.cast::<LargeHeader>();
+        if base.add(h.offset) != ptr {
+            misuse::report(call, Misuse::InteriorPointer, ptr, "inside a large block");
+        }
+        if h.state != BlockState::Live as u64 {
+            misuse::report(call, Misuse::DoubleFree, ptr, "large block");
+        }
+        (base, h.map_size)
+    }
 }
 
 #[cfg(test)]

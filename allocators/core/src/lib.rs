@@ -12,6 +12,7 @@
 //! - [`size_class`]: the `const` class table.
 //! - [`stats`]: one [`Stats`] shape, counted per thread and merged on read.
 //! - [`lock`]: a spin lock for slow paths.
+//! - [`misuse`]: one-line reports of detected heap misuse, then abort.
 //!
 //! Rules every allocator keeps: nothing inside allocates through the global
 //! allocator, nothing panics across the allocator boundary (exhaustion is a
@@ -25,6 +26,7 @@ pub mod capi;
 mod contract;
 pub mod large;
 pub mod lock;
+pub mod misuse;
 pub mod os;
 pub mod segment;
 pub mod size_class;

@@ -243,7 +243,7 @@ unsafe fn take_run(seg: *mut SegmentHeader, first: usize, pages: usize, class: u
 
 /// Maps and initialises a segment; null on failure.
 fn new_segment() -> *mut SegmentHeader {
-    let base = os::map_aligned(SEGMENT_ALIGN, SEGMENT_ALIGN);
+    let base = heapkit_core::large::map_segments(SEGMENT_ALIGN);
     if base.is_null() {
         return ptr::null_mut();
     }

@@ -355,7 +355,7 @@ pub fn alloc_large(layout: Layout, zeroed: bool) -> *mut u8 {
 pub unsafe fn free_large(ptr: *mut u8) {
     // SAFETY: caller guarantee.
     unsafe {
-        count(large::usable_size(ptr), true);
+        count(large::size_to_free(ptr), true);
         large::free(ptr);
     }
 }

@@ -714,3 +714,86 @@ fn exports_make_no_tls_or_errno_calls() {
         }
     }
 }
+
+/// What one misuse case must end in under one backend.
+#[derive(Debug)]
+enum Outcome {
+    /// Stopped by `SIGABRT` after a `heapkit:` line containing this text.
+    Detected(&'static str),
+    /// Ran to a clean exit printing this line.
+    Succeeds(&'static str),
+    /// Ends within the time limit, however (no promise beyond: never hang).
+    Ends,
+}
+
+/// The promises of default mode (issue 13), per case and backend. The
+/// peers keep their own behaviour (glibc's checks stop most of these).
+fn misuse_outcome(case: &str, backend: &str) -> Outcome {
+    let heapkit = matches!(backend, "sizeclass" | "slab" | "pool" | "bump");
+    match (case, heapkit) {
+        ("foreign", true) => Outcome::Detected("free(): invalid pointer"),
+        ("large-double", true) => Outcome::Detected("free(): double free of"),
+        ("large-interior", true) => Outcome::Detected("middle of a block"),
+        ("remote-double", _) if backend == "sizeclass" => Outcome::Detected("corrupted free list"),
+        // bump never reuses memory, so refilling after a free is not promised.
+        ("exhaust-recover", _) if matches!(backend, "sizeclass" | "slab" | "pool" | "system") => {
+            Outcome::Succeeds("ok exhaust-recover")
+        }
+        _ => Outcome::Ends,
+    }
+}
+
+/// Each misuse case of `tests/preload/misuse.c` under every backend, with
+/// the outcome [`misuse_outcome`] promises: detected with a one-line
+/// message, recovered, or at least ended (never hung).
+#[test]
+fn misuse_default_mode() {
+    let Some(cc) = find("misuse_default_mode", "cc") else {
+        return;
+    };
+    let dir = scratch("misuse");
+    let bin = dir.join("misuse");
+    assert!(Command::new(cc)
+        .args(["-O1", "-g", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(sources().join("misuse.c"))
+        .status()
+        .is_ok_and(|s| s.success()));
+    let cases = [
+        "foreign",
+        "large-double",
+        "large-interior",
+        "remote-double",
+        "exhaust-recover",
+    ];
+    each_backend(|b| {
+        let mut errors = Vec::new();
+        for case in cases {
+            let mut cmd = under(b, &bin);
+            cmd.arg(case);
+            let r = run(cmd, &dir, &format!("{b}-{case}"), MINUTE);
+            let expected = misuse_outcome(case, b);
+            let fine = match expected {
+                Outcome::Detected(text) => {
+                    r.status.contains("SIGABRT")
+                        && r.stderr
+                            .lines()
+                            .any(|l| l.starts_with("heapkit: ") && l.contains(text))
+                }
+                Outcome::Succeeds(line) => r.ok && r.stdout.lines().any(|l| l == line),
+                Outcome::Ends => !r.status.starts_with("killed"),
+            };
+            if !fine {
+                errors.push(format!(
+                    "{case}: expected {expected:?}, got {}",
+                    r.describe()
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
+    });
+}

@@ -24,7 +24,7 @@ use heapkit_core::large;
 use heapkit_core::segment::{segment_of, SegmentTag};
 use heapkit_core::{GlobalStats, ThreadStats};
 
-use crate::page::{Page, PageList, FULL};
+use crate::page::{Page, PageList, FULL_FLAG};
 use crate::remote::Block;
 use crate::segment::{Segment, SegmentList, HEAP_CLASSES, KINDS};
 use crate::slow;
@@ -206,13 +206,16 @@ pub(crate) unsafe fn free(ptr: *mut u8) {
             let b = ptr.cast::<Block>();
             Block::set_next(b, (*page).local_free);
             (*page).local_free = b;
+            (*h).stats.on_free((*page).block_size as usize);
             debug_assert!(
-                (*page).used > 0,
+                Page::in_use(page) > 0,
                 "owner free into a page with no block in use"
             );
-            (*page).used -= 1;
-            (*h).stats.on_free((*page).block_size as usize);
-            if (*page).used == 0 || (*page).state == FULL {
+            let used = (*page).used - 1;
+            (*page).used = used;
+            // One compare: the page is now empty (used == 0 wraps to the
+            // top) or it is on the full list (FULL_FLAG set).
+            if used.wrapping_sub(1) >= FULL_FLAG - 1 {
                 slow::page_freed(h, page);
             }
         } else {
@@ -229,7 +232,7 @@ pub(crate) unsafe fn free(ptr: *mut u8) {
 unsafe fn free_large(ptr: *mut u8) {
     // SAFETY: caller guarantee.
     unsafe {
-        let size = large::usable_size(ptr);
+        let size = large::size_to_free(ptr);
         let h = bound_heap();
         (*h).stats.on_free(size);
         (*h).stats.maybe_flush(&STATS);

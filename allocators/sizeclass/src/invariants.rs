@@ -4,7 +4,7 @@
 use crate::segment::{heap_class_size, HEAP_CLASSES};
 
 use crate::heap::{self, EMPTY};
-use crate::page::{Page, FREE, FULL, QUEUED};
+use crate::page::{Page, PageState};
 use crate::remote::Block;
 use crate::segment::{self, Segment};
 
@@ -33,7 +33,10 @@ pub fn check_invariants() -> Result<(), &'static str> {
             if cur != EMPTY && cur != h.queues[class].first {
                 return Err("current page is not the queue's first");
             }
-            for (list, state) in [(h.queues[class], QUEUED), (h.full[class], FULL)] {
+            for (list, state) in [
+                (h.queues[class], PageState::Queued),
+                (h.full[class], PageState::Full),
+            ] {
                 let mut p = list.first;
                 let mut last = core::ptr::null_mut();
                 while !p.is_null() {
@@ -64,7 +67,7 @@ pub fn check_invariants() -> Result<(), &'static str> {
                 let mut used = 0;
                 for i in 0..(*seg).page_count as usize {
                     let p = Segment::page(seg, i);
-                    if (*p).state == FREE {
+                    if (*p).state == PageState::Free {
                         dirty += usize::from((*p).dirty);
                     } else {
                         used += 1;
@@ -119,8 +122,11 @@ unsafe fn check_page(p: *mut Page) -> Result<(), &'static str> {
                 b = Block::next(b);
             }
         }
-        if count + (*p).used as usize != cap {
+        if count + Page::in_use(p) as usize != cap {
             return Err("free + local_free + used != capacity");
+        }
+        if ((*p).state == PageState::Full) != ((*p).used & crate::page::FULL_FLAG != 0) {
+            return Err("FULL_FLAG out of step with the page state");
         }
     }
     Ok(())

@@ -22,15 +22,27 @@
 
 use core::ptr;
 
+use heapkit_core::misuse::{self, Misuse};
+
 use crate::remote::{Block, ThreadFree};
 
-/// The page is not in use (its span belongs to the segment's free pool).
-pub(crate) const FREE: u8 = 0;
-/// The page is in its heap's queue for its class.
-pub(crate) const QUEUED: u8 = 1;
-/// The page had no free block when last looked at; it sits on the heap's
-/// full list until a free returns a block.
-pub(crate) const FULL: u8 = 2;
+/// Where a page is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum PageState {
+    /// Not in use (its span belongs to the segment's free pool).
+    Free,
+    /// In its heap's queue for its class.
+    Queued,
+    /// Had no free block when last looked at; on the heap's full list until
+    /// a free returns a block. `used` carries [`FULL_FLAG`] meanwhile.
+    Full,
+}
+
+/// Set in `Page::used` while the page is [`PageState::Full`], so the owner's
+/// free tests "the page is now empty, or was full" with one compare of the
+/// count it just decremented (mimalloc folds its page flags the same way).
+pub(crate) const FULL_FLAG: u32 = 1 << 31;
 
 /// How many bytes of blocks [`Page::extend`] carves at once...
 const EXTEND_BYTES: usize = 4096;
@@ -49,14 +61,17 @@ const EXTEND_MIN_BLOCKS: usize = 4;
 pub(crate) struct Page {
     /// Blocks the fast path pops (owner only).
     pub free: *mut Block,
-    /// Blocks not on `free` or `local_free`: live, or on `thread_free`.
+    /// Blocks not on `free` or `local_free` (live, or on `thread_free`),
+    /// plus [`FULL_FLAG`] while the page is [`PageState::Full`]; read the
+    /// count with [`Page::in_use`].
     pub used: u32,
     /// The class's block size (also the usable size of every block).
     pub block_size: u32,
     /// Blocks the owner freed since the last collection.
     pub local_free: *mut Block,
-    /// One of [`FREE`], [`QUEUED`], [`FULL`].
-    pub state: u8,
+    /// Where the page is; change it with [`Page::set_state`] (which keeps
+    /// [`FULL_FLAG`] in step).
+    pub state: PageState,
     /// The size class.
     pub class: u8,
     /// Every block on `free` is zero except its first word (it came from
@@ -101,7 +116,7 @@ impl Page {
             used: 0,
             block_size: 0,
             local_free: ptr::null_mut(),
-            state: FREE,
+            state: PageState::Free,
             class: 0,
             is_zero: true,
             dirty: false,
@@ -141,7 +156,7 @@ impl Page {
             (*page).block_size = block_size as u32;
             (*page).shared_size = block_size as u32;
             (*page).class = class as u8;
-            (*page).state = QUEUED;
+            (*page).state = PageState::Queued;
             (*page).is_zero = !(*page).dirty;
             (*page).dirty = true;
             (*page).capacity = 0;
@@ -150,6 +165,35 @@ impl Page {
             (*page).start = start;
             (*page).next = ptr::null_mut();
             (*page).prev = ptr::null_mut();
+        }
+    }
+
+    /// Blocks of the page not on `free` or `local_free` (live, or on
+    /// `thread_free`).
+    ///
+    /// # Safety
+    /// `page` must be metadata of a mapped segment.
+    #[inline]
+    pub(crate) unsafe fn in_use(page: *const Page) -> u32 {
+        // SAFETY: caller guarantee.
+        unsafe { (*page).used & !FULL_FLAG }
+    }
+
+    /// Moves the page to `state`, setting or clearing [`FULL_FLAG`].
+    ///
+    /// # Safety
+    /// The caller must own `page`.
+    #[inline]
+    pub(crate) unsafe fn set_state(page: *mut Page, state: PageState) {
+        // SAFETY: caller guarantee.
+        unsafe {
+            (*page).state = state;
+            if state == PageState::Full {
+                (*page).used |= FULL_FLAG;
+            } else {
+                (*page).used &= !FULL_FLAG;
+            }
+            debug_assert!(Self::in_use(page) <= (*page).capacity);
         }
     }
 
@@ -196,6 +240,17 @@ impl Page {
                 }
                 tail = next;
                 n += 1;
+                // More blocks than the page has carved: the list loops (a
+                // block freed twice by other threads). Report it rather
+                // than spin here for ever.
+                if n > Self::in_use(page) {
+                    misuse::report(
+                        "free",
+                        Misuse::CorruptedFreeList,
+                        list.cast(),
+                        "sizeclass: remote frees of one page",
+                    );
+                }
             }
             Block::set_next(tail, (*page).local_free);
             (*page).local_free = list;

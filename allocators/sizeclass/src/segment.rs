@@ -32,7 +32,7 @@ use heapkit_core::os;
 use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
 use heapkit_core::size_class::{class_size, CLASS_COUNT};
 
-use crate::page::{Page, FREE};
+use crate::page::{Page, PageState};
 use crate::remote::PendingPages;
 
 /// Number of segment kinds.
@@ -118,7 +118,7 @@ pub(crate) struct Segment {
     pub page_count: u32,
     /// Kind index.
     pub kind: u32,
-    /// Pages not [`FREE`] (owner only).
+    /// Pages not [`PageState::Free`] (owner only).
     pub used_pages: u32,
     /// Pages that may have remote frees.
     pub pending: PendingPages,
@@ -202,7 +202,8 @@ impl Segment {
             if (*seg).used_pages == (*seg).page_count {
                 return None;
             }
-            (0..(*seg).page_count as usize).find(|&i| (*Segment::page(seg, i)).state == FREE)
+            (0..(*seg).page_count as usize)
+                .find(|&i| (*Segment::page(seg, i)).state == PageState::Free)
         }
     }
 }
@@ -301,7 +302,7 @@ pub(crate) fn acquire(kind: usize, owner: u64) -> *mut Segment {
         s
     };
     if seg.is_null() {
-        seg = os::map_aligned(SEGMENT_ALIGN, SEGMENT_ALIGN).cast();
+        seg = heapkit_core::large::map_segments(SEGMENT_ALIGN).cast();
         if seg.is_null() {
             return seg;
         }
@@ -326,7 +327,7 @@ pub(crate) fn acquire(kind: usize, owner: u64) -> *mut Segment {
         for i in 0..MAX_PAGES {
             let p = Segment::page(seg, i);
             (*p).index = i as u32;
-            (*p).state = FREE;
+            Page::set_state(p, PageState::Free);
         }
         (*seg).owner.store(owner, Relaxed);
     }

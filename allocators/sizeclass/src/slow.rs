@@ -31,7 +31,7 @@ use heapkit_core::os::{self, ThreadExitKey};
 use heapkit_core::segment::segment_of;
 
 use crate::heap::{self, Heap, ACTIVE, EMPTY, STATS, UNINIT};
-use crate::page::{Page, FREE, FULL, QUEUED};
+use crate::page::{Page, PageState};
 use crate::segment::{self, heap_class_size, heap_class_stride, Segment, KIND_OF};
 
 /// A free page's memory is returned to the OS after this long.
@@ -125,7 +125,7 @@ fn find_page(h: &mut Heap, class: usize) -> bool {
                 }
                 let next = (*page).next;
                 h.queues[class].remove(page);
-                (*page).state = FULL;
+                Page::set_state(page, PageState::Full);
                 h.full[class].push_back(page);
                 page = next;
             }
@@ -187,16 +187,16 @@ fn take_pending(h: &mut Heap) -> bool {
 unsafe fn requeue_if_full(h: &mut Heap, page: *mut Page) -> bool {
     // SAFETY: caller guarantee.
     unsafe {
-        if (*page).state == FREE {
+        if (*page).state == PageState::Free {
             return false;
         }
         Page::collect_remote(page);
-        if (*page).state != FULL {
+        if (*page).state != PageState::Full {
             return false;
         }
         let class = (*page).class as usize;
         h.full[class].remove(page);
-        (*page).state = QUEUED;
+        Page::set_state(page, PageState::Queued);
         h.queues[class].push_back(page);
         true
     }
@@ -216,22 +216,22 @@ fn adopt_one(h: &mut Heap) -> bool {
         (*seg).pending.take();
         for i in 0..(*seg).page_count as usize {
             let page = Segment::page(seg, i);
-            if (*page).state == FREE {
+            if (*page).state == PageState::Free {
                 if (*page).dirty {
                     h.dirty_free += 1;
                 }
                 continue;
             }
             Page::collect_remote(page);
-            if (*page).used == 0 {
-                (*page).state = FREE;
+            if Page::in_use(page) == 0 {
+                Page::set_state(page, PageState::Free);
                 (*page).free = ptr::null_mut();
                 (*page).local_free = ptr::null_mut();
                 (*page).freed_at_ns = now;
                 (*seg).used_pages -= 1;
                 h.dirty_free += 1;
             } else {
-                (*page).state = QUEUED;
+                Page::set_state(page, PageState::Queued);
                 h.queues[(*page).class as usize].push_back(page);
                 h.claimed_bytes += 1 << (*seg).page_shift;
             }
@@ -290,7 +290,7 @@ unsafe fn claim(h: &mut Heap, seg: *mut Segment, i: usize) -> *mut Page {
         }
         (*seg).used_pages += 1;
         h.claimed_bytes += 1 << (*seg).page_shift;
-        (*page).state = QUEUED;
+        Page::set_state(page, PageState::Queued);
         page
     }
 }
@@ -308,12 +308,12 @@ pub(crate) unsafe fn page_freed(h: *mut Heap, page: *mut Page) {
     // SAFETY: page is ours.
     unsafe {
         let class = (*page).class as usize;
-        if (*page).state == FULL {
+        if (*page).state == PageState::Full {
             h.full[class].remove(page);
-            (*page).state = QUEUED;
+            Page::set_state(page, PageState::Queued);
             h.queues[class].push_back(page);
         }
-        if (*page).used != 0 {
+        if Page::in_use(page) != 0 {
             return;
         }
         let q = &mut h.queues[class];
@@ -366,7 +366,7 @@ unsafe fn retire_page(h: &mut Heap, page: *mut Page, now: u64) {
     // SAFETY: caller guarantee.
     unsafe {
         let seg = segment_of(page).cast::<Segment>();
-        (*page).state = FREE;
+        Page::set_state(page, PageState::Free);
         (*page).free = ptr::null_mut();
         (*page).local_free = ptr::null_mut();
         (*page).freed_at_ns = now;
@@ -422,7 +422,7 @@ fn purge_idle(h: &mut Heap) {
             unsafe {
                 let next = (*page).next;
                 (*page).retained = false;
-                if (*page).used == 0 {
+                if Page::in_use(page) == 0 {
                     h.queues[class].remove(page);
                     if h.current[class] == page {
                         h.current[class] = EMPTY;
@@ -495,9 +495,11 @@ fn sweep(h: &mut Heap, all: bool) {
                 for i in 0..(*seg).page_count as usize {
                     let page = Segment::page(seg, i);
                     match (*page).state {
-                        FREE if (*page).dirty
-                            && (all
-                                || now.saturating_sub((*page).freed_at_ns) >= PURGE_DELAY_NS) =>
+                        PageState::Free
+                            if (*page).dirty
+                                && (all
+                                    || now.saturating_sub((*page).freed_at_ns)
+                                        >= PURGE_DELAY_NS) =>
                         {
                             let (p, len) = Segment::purgeable(seg, i);
                             os::purge(p, len);
@@ -505,7 +507,7 @@ fn sweep(h: &mut Heap, all: bool) {
                             h.dirty_free -= 1;
                             h.idle_bytes = h.idle_bytes.saturating_sub(len);
                         }
-                        FULL if Page::has_remote(page) => {
+                        PageState::Full if Page::has_remote(page) => {
                             requeue_if_full(h, page);
                         }
                         _ => {}
@@ -549,17 +551,17 @@ fn abandon_all(h: &mut Heap) {
                 (*seg).pending.take();
                 for i in 0..(*seg).page_count as usize {
                     let page = Segment::page(seg, i);
-                    if (*page).state != FREE {
+                    if (*page).state != PageState::Free {
                         Page::collect_remote(page);
-                        if (*page).used == 0 {
-                            (*page).state = FREE;
+                        if Page::in_use(page) == 0 {
+                            Page::set_state(page, PageState::Free);
                             (*page).free = ptr::null_mut();
                             (*page).local_free = ptr::null_mut();
                             (*page).freed_at_ns = now;
                             (*seg).used_pages -= 1;
                         }
                     }
-                    if (*page).state == FREE && (*page).dirty {
+                    if (*page).state == PageState::Free && (*page).dirty {
                         let (p, len) = Segment::purgeable(seg, i);
                         os::purge(p, len);
                         (*page).dirty = false;

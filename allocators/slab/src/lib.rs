@@ -280,7 +280,7 @@ impl Slab {
     /// `ptr` must be a live large block.
     unsafe fn free_large(ptr: *mut u8) {
         // SAFETY: a live large block (caller).
-        let usable = unsafe { large::usable_size(ptr) };
+        let usable = unsafe { large::size_to_free(ptr) };
         Self::count_large(false, usable);
         if usable < PURGE_LARGE {
             // SAFETY: a live large block (caller).

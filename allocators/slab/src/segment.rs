@@ -156,7 +156,7 @@ fn find_run(bits: &[u64; BITMAP_WORDS], n: usize, align: usize) -> Option<usize>
 
 /// Maps and initialises a new segment; null on exhaustion.
 fn new_segment() -> *mut SegmentHeader {
-    let seg = os::map_aligned(SEGMENT_ALIGN, SEGMENT_ALIGN).cast::<SegmentHeader>();
+    let seg = heapkit_core::large::map_segments(SEGMENT_ALIGN).cast::<SegmentHeader>();
     if seg.is_null() {
         return seg;
     }

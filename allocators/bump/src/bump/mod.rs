@@ -377,8 +377,9 @@ unsafe impl HeapAlloc for Bump {
     #[inline]
     unsafe fn free(&self, ptr: *mut u8) {
         // SAFETY: ptr is a live block of ours, so its segment is tagged.
-        if unsafe { tag_of(ptr) } == SegmentTag::LARGE {
-            // SAFETY: a live large block.
+        if unsafe { tag_of(ptr) } != SegmentTag::BUMP {
+            // SAFETY: a live large block (the large path checks the tag and
+            // reports anything else as an invalid pointer).
             return unsafe { slow::free_large(ptr) };
         }
         // SAFETY: a live chunk block.
@@ -389,7 +390,7 @@ unsafe impl HeapAlloc for Bump {
     #[inline]
     unsafe fn usable_size(&self, ptr: *mut u8) -> usize {
         // SAFETY: ptr is a live block of ours, so its segment is tagged.
-        if unsafe { tag_of(ptr) } == SegmentTag::LARGE {
+        if unsafe { tag_of(ptr) } != SegmentTag::BUMP {
             // SAFETY: a live large block.
             unsafe { large::usable_size(ptr) }
         } else {

@@ -8,7 +8,7 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 
 use heapkit_core::os::{self, ThreadExitKey};
-use heapkit_core::segment::{tag_of, SegmentTag, SEGMENT_ALIGN};
+use heapkit_core::segment::{tag_of, SegmentTag};
 use heapkit_core::{large, HeapAlloc};
 
 use super::{
@@ -66,7 +66,7 @@ fn allocate_large(t: &ThreadHeap, layout: Layout, zeroed: bool) -> *mut u8 {
 #[inline(never)]
 pub(super) unsafe fn free_large(ptr: *mut u8) {
     // SAFETY: caller guarantee.
-    let size = unsafe { large::usable_size(ptr) };
+    let size = unsafe { large::size_to_free(ptr) };
     // SAFETY: caller guarantee.
     unsafe { large::free(ptr) };
     let t = bound();
@@ -85,7 +85,7 @@ fn refill(t: &ThreadHeap, layout: Layout) -> bool {
         return false;
     };
     let size = t.next_chunk.get().max(needed).min(MAX_CHUNK);
-    let base = os::map_aligned(size, SEGMENT_ALIGN);
+    let base = large::map_segments(size);
     if base.is_null() {
         return false;
     }

@@ -266,16 +266,28 @@ pub unsafe fn remap_to(ptr: *mut u8, old_size: usize, new_size: usize, dest: *mu
 /// Returns the physical pages behind `ptr..ptr+size` to the OS. The range
 /// stays mapped and reads as zero afterwards (private anonymous memory).
 ///
+/// If the kernel refuses (`madvise` fails: a seccomp filter, a page size
+/// other than the one assumed, a hugetlb mapping), the range is zeroed by
+/// hand instead, so "reads as zero" holds either way and callers may keep
+/// marking purged memory as known-zero. Returns whether the memory really
+/// went back to the OS.
+///
 /// # Safety
 /// The range must be page-aligned, mapped by this module, and hold nothing
 /// that anyone still needs.
-pub unsafe fn purge(ptr: *mut u8, size: usize) {
+pub unsafe fn purge(ptr: *mut u8, size: usize) -> bool {
     if size == 0 {
-        return;
+        return true;
     }
     // SAFETY: the caller guarantees the range is ours and its contents dead.
-    keeping_errno(|| unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) });
+    let rc = keeping_errno(|| unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) });
+    if rc != 0 {
+        // SAFETY: as above: the range is ours, mapped and writable.
+        unsafe { ptr.write_bytes(0, size) };
+        return false;
+    }
     PURGES.fetch_add(1, Relaxed);
+    true
 }
 
 /// Runs `call` (a system call) and puts `errno` back as it was: heapkit's
@@ -435,6 +447,12 @@ pub fn dup_cloexec(fd: c_int, min: c_int) -> Option<c_int> {
     (new >= 0).then_some(new)
 }
 
+/// Ends the process with `SIGABRT` (`abort`), for detected heap misuse.
+pub fn abort() -> ! {
+    // SAFETY: abort has no preconditions and does not return.
+    unsafe { libc::abort() }
+}
+
 /// Gives up the rest of this thread's time slice.
 pub fn yield_now() {
     // SAFETY: sched_yield has no preconditions.
@@ -580,6 +598,29 @@ mod tests {
             } else {
                 unmap(p, 2 * page);
             }
+        }
+    }
+
+    #[test]
+    fn a_refused_purge_still_reads_as_zero() {
+        let page = page_size();
+        let p = map(page);
+        assert!(!p.is_null());
+        // SAFETY: p maps one page; mlock'ed pages make MADV_DONTNEED fail
+        // with EINVAL, which is the refusal being tested.
+        unsafe {
+            p.write_bytes(7, page);
+            if libc::mlock(p.cast(), page) != 0 {
+                std::println!("SKIP: mlock refused");
+                unmap(p, page);
+                return;
+            }
+            set_errno(1234);
+            assert!(!purge(p, page), "madvise on a locked page succeeded");
+            assert_eq!(errno(), 1234, "purge changed errno");
+            assert!(core::slice::from_raw_parts(p, page).iter().all(|&b| b == 0));
+            libc::munlock(p.cast(), page);
+            unmap(p, page);
         }
     }
 

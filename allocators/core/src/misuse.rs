@@ -1,0 +1,108 @@
+//! What heapkit does when a program misuses the heap: says so in one line
+//! and stops, as glibc does.
+//!
+//! Detection lives where it is free or nearly so (default mode): a pointer
+//! whose segment carries no heapkit tag, a large block freed twice or by an
+//! interior pointer, a remote free list that loops. Each finding is a
+//! [`Misuse`]; [`report`] prints
+//!
+//! ```text
+//! heapkit: free(): double free of 0x7f3a5c000040 (large block)
+//! ```
+//!
+//! to standard error without allocating and aborts (`SIGABRT`, so a core
+//! dump or a debugger shows the caller).
+
+use core::fmt::{self, Write};
+
+use crate::os;
+
+/// A kind of heap misuse heapkit detects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misuse {
+    /// A pointer no heapkit allocator handed out (its segment has no
+    /// heapkit tag).
+    InvalidPointer,
+    /// A block freed when it was already free.
+    DoubleFree,
+    /// A pointer into a block, not to its start.
+    InteriorPointer,
+    /// A free list that loops or holds more blocks than its page: a block
+    /// was freed twice (or written after its free).
+    CorruptedFreeList,
+}
+
+impl Misuse {
+    fn text(self) -> &'static str {
+        match self {
+            Misuse::InvalidPointer => "invalid pointer",
+            Misuse::DoubleFree => "double free of",
+            Misuse::InteriorPointer => "pointer into the middle of a block:",
+            Misuse::CorruptedFreeList => "corrupted free list (double free?) at",
+        }
+    }
+}
+
+/// A fixed buffer that formats without allocating.
+struct Line {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Prints `heapkit: <call>(): <what> <ptr> (<context>)` to stderr and
+/// aborts. `call` is the API entry that found it (`free`, `realloc`,
+/// `malloc_usable_size`; `malloc` for a corrupted list found while
+/// allocating).
+#[cold]
+#[inline(never)]
+pub fn report(call: &str, what: Misuse, ptr: *const u8, context: &str) -> ! {
+    let line = format_line(call, what, ptr, context);
+    os::write_stderr(&line.buf[..line.len]);
+    os::abort()
+}
+
+/// The report line, newline included.
+fn format_line(call: &str, what: Misuse, ptr: *const u8, context: &str) -> Line {
+    let mut line = Line {
+        buf: [0; 256],
+        len: 0,
+    };
+    let _ = write!(line, "heapkit: {call}(): {} {ptr:p}", what.text());
+    if !context.is_empty() {
+        let _ = write!(line, " ({context})");
+    }
+    let _ = line.write_str("\n");
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_reads_like_glibc() {
+        let line = format_line(
+            "free",
+            Misuse::DoubleFree,
+            0x1000 as *const u8,
+            "large block",
+        );
+        assert_eq!(
+            &line.buf[..line.len],
+            b"heapkit: free(): double free of 0x1000 (large block)\n"
+        );
+        let long = [b'x'; 400];
+        let context = core::str::from_utf8(&long).unwrap();
+        let line = format_line("free", Misuse::InvalidPointer, core::ptr::null(), context);
+        assert_eq!(line.len, 256, "a long context is cut, not overflowed");
+    }
+}

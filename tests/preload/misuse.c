@@ -1,0 +1,160 @@
+/* Heap misuse cases, one per run, for the misuse test under every backend
+ * (allocators/shim/tests/preload.rs: misuse_default_mode). Each case does
+ * one wrong thing and then keeps using the heap; the expected outcome per
+ * backend is in the test: "detected" (the program stops with a one-line
+ * message), or, where default mode makes no promise, only that it ends
+ * (never hangs).
+ *
+ *   ./misuse foreign | large-double | large-interior | remote-double | exhaust-recover
+ *
+ * Exit 0 means the misuse went unnoticed and the program went on. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+
+static void keep_using_the_heap(void) {
+    void *p[1000];
+    for (int i = 0; i < 1000; i++) {
+        p[i] = malloc(16 + (size_t)(i % 50) * 16);
+        memset(p[i], 1, 16);
+    }
+    for (int i = 0; i < 1000; i++) free(p[i]);
+}
+
+/* The compiler knows free: launder pointers through a volatile so that it
+ * keeps every wrong call as written. */
+static void *launder(void *p) {
+    void *volatile v = p;
+    return v;
+}
+
+/* free() of a pointer inside a 4 MiB-aligned mapping heapkit never made,
+ * whose first words look like a header (sizes, pointers). */
+static int foreign(void) {
+    size_t seg = 4 << 20;
+    char *raw = mmap(NULL, 2 * seg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return 2;
+    uintptr_t base = ((uintptr_t)raw + seg - 1) & ~(uintptr_t)(seg - 1);
+    uint64_t *w = (uint64_t *)base;
+    w[0] = 0x1234;          /* no heapkit tag */
+    w[1] = 64 << 20;        /* a plausible "map size" */
+    w[2] = 64;              /* a plausible "offset" */
+    free(launder((void *)(base + 64)));
+    keep_using_the_heap();
+    printf("foreign free went unnoticed\n");
+    return 0;
+}
+
+static int large_double(void) {
+    char *p = malloc(1 << 20);
+    memset(p, 2, 1 << 20);
+    free(launder(p));
+    free(launder(p));
+    char *a = malloc(1 << 20), *b = malloc(1 << 20);
+    printf("large double free went unnoticed (%s)\n", a == b ? "same block twice" : "distinct");
+    return 0;
+}
+
+static int large_interior(void) {
+    char *p = malloc(1 << 20);
+    memset(p, 3, 1 << 20);
+    free(launder(p + 4096));
+    keep_using_the_heap();
+    printf("large interior free went unnoticed\n");
+    return 0;
+}
+
+/* Thread B frees one of thread A's small blocks twice; A then allocates on. */
+static void *volatile shared_block;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int stage;
+
+static void *freer(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&lock);
+    while (stage != 1) pthread_cond_wait(&cond, &lock);
+    free(launder(shared_block));
+    free(launder(shared_block));
+    stage = 2;
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&lock);
+    return NULL;
+}
+
+static int remote_double(void) {
+    pthread_t t;
+    pthread_create(&t, NULL, freer, NULL);
+    void *keep[64];
+    for (int i = 0; i < 64; i++) keep[i] = malloc(32);
+    shared_block = malloc(32);
+    pthread_mutex_lock(&lock);
+    stage = 1;
+    pthread_cond_broadcast(&cond);
+    while (stage != 2) pthread_cond_wait(&cond, &lock);
+    pthread_mutex_unlock(&lock);
+    pthread_join(t, NULL);
+    /* Allocate on until the owner collects its remote frees. */
+    void *seen = NULL;
+    int twice = 0;
+    for (int i = 0; i < 200000; i++) {
+        void *p = malloc(32);
+        if (p == shared_block) {
+            if (seen) twice = 1;
+            seen = p;
+        }
+    }
+    for (int i = 0; i < 64; i++) free(keep[i]);
+    printf("remote double free went unnoticed%s\n", twice ? " (block handed out twice)" : "");
+    return 0;
+}
+
+/* Under a capped address space: fill it with 4 MiB blocks, free one, and
+ * allocate small and medium blocks again (must succeed), then refill. */
+static int exhaust_recover(void) {
+    struct rlimit rl = {.rlim_cur = 512 << 20, .rlim_max = 512 << 20};
+    if (setrlimit(RLIMIT_AS, &rl) != 0) return 2;
+    static void *blocks[1024];
+    int n = 0;
+    while (n < 1024 && (blocks[n] = malloc(4 << 20)) != NULL) n++;
+    if (n == 0 || n == 1024) {
+        printf("could not exhaust (%d blocks)\n", n);
+        return 2;
+    }
+    free(blocks[--n]);
+    free(blocks[--n]);
+    void *s = malloc(24), *m = malloc(4096), *l = malloc(100000);
+    if (!s || !m || !l) {
+        printf("after freeing 8 MiB: malloc(24)=%p malloc(4096)=%p malloc(100000)=%p\n", s, m, l);
+        return 1;
+    }
+    free(s);
+    free(m);
+    free(l);
+    while (n > 0) free(blocks[--n]);
+    void *again = malloc(64 << 20);
+    if (!again) {
+        printf("after freeing everything: malloc(64 MiB) failed\n");
+        return 1;
+    }
+    free(again);
+    printf("ok exhaust-recover\n");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *c = argc > 1 ? argv[1] : "";
+    if (!strcmp(c, "foreign")) return foreign();
+    if (!strcmp(c, "large-double")) return large_double();
+    if (!strcmp(c, "large-interior")) return large_interior();
+    if (!strcmp(c, "remote-double")) return remote_double();
+    if (!strcmp(c, "exhaust-recover")) return exhaust_recover();
+    fprintf(stderr, "usage: misuse foreign|large-double|large-interior|remote-double|exhaust-recover\n");
+    return 2;
+}
