@@ -23,7 +23,7 @@ impl SizeClass {
     /// Purges every free page of the calling thread's heap now and empties
     /// the large-block cache (what the decay would do later).
     pub fn collect(&self) {
-        crate::slow::collect_now();
+        crate::purge::collect_now();
     }
 
     #[cold]

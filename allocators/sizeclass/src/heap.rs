@@ -56,7 +56,7 @@ pub(crate) struct Heap {
     /// Bytes of dirty free pages plus empty pages kept as their class's
     /// only page, counted since the last eager purge (may over-count).
     pub idle_bytes: usize,
-    /// `idle_bytes` above this purges at once (see `slow::purge_idle`);
+    /// `idle_bytes` above this purges at once (see `purge::purge_idle`);
     /// doubles when a page purged early is needed again, halves back
     /// towards its minimum when that has not happened for a while.
     pub purge_budget: usize,
@@ -88,7 +88,7 @@ impl Heap {
             stats: ThreadStats::new(),
             dirty_free: 0,
             idle_bytes: 0,
-            purge_budget: crate::slow::PURGE_BUDGET_MIN,
+            purge_budget: crate::purge::PURGE_BUDGET_MIN,
             last_refault_ns: 0,
             refaulting: false,
             claimed_bytes: 0,

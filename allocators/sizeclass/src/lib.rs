@@ -65,13 +65,13 @@
 //!   ├─ align > 16 ─ class_for(layout) ─ heap::alloc    (power-of-two class, aligned carving)
 //!   └─ otherwise ─ large::allocate
 //! free(ptr) ─ heap::free: tag? ── LARGE ─ large::free
-//!              └─ owner? ─ yes ─ push local_free; used==0 or FULL ─ slow::page_freed [cold]
-//!                         │      page_freed ─ free_page/keep ─ idle > budget ─ purge_idle
+//!              └─ owner? ─ yes ─ push local_free; used-1 empty or FULL_FLAG ─ slow::page_freed [cold]
+//!                         │      page_freed ─ purge::free_page/keep ─ idle > budget ─ purge::purge_idle
 //!                         │                    (free empty pages, purge all, large::trim)
 //!                         └ no ── free_remote: ThreadFree::push (+ PendingPages::notify)
 //! reallocate ─ same class: in place │ large→large: large::reallocate (mremap) │ else copy
-//! thread exit (pthread key) ─ slow::thread_exit ─ abandon_all
-//! fork ─ slow::before_fork / after_fork_parent / after_fork_child (orphans left unadopted)
+//! thread exit (pthread key) ─ lifecycle::thread_exit ─ abandon_all
+//! fork ─ lifecycle::before_fork / after_fork_parent / after_fork_child (orphans left unadopted)
 //! ```
 
 // Under loom only the remote-free protocol is compiled (and modelled).
@@ -84,7 +84,11 @@ mod heap;
 #[cfg(all(not(loom), any(test, feature = "debug-invariants")))]
 mod invariants;
 #[cfg(not(loom))]
+mod lifecycle;
+#[cfg(not(loom))]
 mod page;
+#[cfg(not(loom))]
+mod purge;
 mod remote;
 #[cfg(not(loom))]
 mod segment;

@@ -1,0 +1,116 @@
+//! A heap's life: set-up on a thread's first slow path, hand-over at thread
+//! exit, and the fork handlers.
+//!
+//! - [`init`]: a unique id, the process's fork handlers (once) and the
+//!   thread-exit key.
+//! - [`thread_exit`]: collect, purge, release empty segments and abandon the
+//!   rest for live threads to adopt ([`crate::slow`]).
+//! - Fork: every global lock is taken around `fork()`; in the child,
+//!   segments of threads that do not exist there are left to their dead
+//!   owners (never adopted: a page may be half-updated), so frees into them
+//!   are safe remote frees and their memory is not reused by the child.
+
+use core::ffi::c_void;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use heapkit_core::large;
+use heapkit_core::os::{self, ThreadExitKey};
+
+use crate::heap::{self, Heap, ACTIVE, STATS, UNINIT};
+use crate::page::{Page, PageState};
+use crate::segment::{self, Segment};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
+static ATFORK: AtomicBool = AtomicBool::new(false);
+
+/// Sets the heap up. Re-entrant allocations (from key registration or
+/// atfork under the shim) see an active heap already.
+///
+/// # Safety
+/// `h` must be the calling thread's heap.
+pub(crate) unsafe fn init(h: *mut Heap) {
+    // SAFETY: h is ours; no reference is held across the calls below.
+    unsafe {
+        (*h).id = NEXT_ID.fetch_add(1, Relaxed);
+        (*h).state = ACTIVE;
+    }
+    if !ATFORK.swap(true, Relaxed) {
+        os::register_atfork(before_fork, after_fork_parent, after_fork_child);
+    }
+    EXIT_KEY.register(thread_exit, 1 as *mut c_void);
+}
+
+/// Thread-exit hook (pthread key destructor): hand everything back.
+unsafe extern "C" fn thread_exit(_value: *mut c_void) {
+    let h = heap::bound_heap();
+    // SAFETY: runs on the exiting thread; its heap is not in use.
+    unsafe {
+        if (*h).state != ACTIVE {
+            return;
+        }
+        abandon_all(&mut *h);
+        (*h).stats.flush(&STATS);
+        h.write(Heap::new());
+        debug_assert!((*h).state == UNINIT);
+    }
+}
+
+/// Collects every page, frees the empty ones, purges, releases empty
+/// segments and abandons the others.
+fn abandon_all(h: &mut Heap) {
+    let now = os::monotonic_ns();
+    for kind in 0..segment::KINDS {
+        loop {
+            // SAFETY: our segments; after the loop body each is released or
+            // abandoned and never touched by us again.
+            unsafe {
+                let seg = h.segments[kind].pop();
+                if seg.is_null() {
+                    break;
+                }
+                (*seg).pending.take();
+                for i in 0..(*seg).page_count as usize {
+                    let page = Segment::page(seg, i);
+                    if (*page).state != PageState::Free {
+                        Page::collect_remote(page);
+                        if Page::in_use(page) == 0 {
+                            Page::set_state(page, PageState::Free);
+                            (*page).free = ptr::null_mut();
+                            (*page).local_free = ptr::null_mut();
+                            (*page).freed_at_ns = now;
+                            (*seg).used_pages -= 1;
+                        }
+                    }
+                    if (*page).state == PageState::Free && (*page).dirty {
+                        let (p, len) = Segment::purgeable(seg, i);
+                        os::purge(p, len);
+                        (*page).dirty = false;
+                    }
+                }
+                if (*seg).used_pages == 0 {
+                    segment::release(seg);
+                } else {
+                    segment::abandon(seg);
+                }
+            }
+        }
+    }
+    large::trim(true);
+}
+
+unsafe extern "C" fn before_fork() {
+    segment::lock_all();
+    large::before_fork();
+}
+
+unsafe extern "C" fn after_fork_parent() {
+    large::after_fork_parent();
+    segment::unlock_all();
+}
+
+unsafe extern "C" fn after_fork_child() {
+    large::after_fork_child();
+    segment::after_fork_child();
+}

@@ -1,0 +1,294 @@
+//! The purge policy: when free pages give their memory back.
+//!
+//! - Decay ([`sweep`]): free pages are purged (`MADV_DONTNEED`) once they
+//!   have been free for [`PURGE_DELAY_NS`]; a segment whose pages are all
+//!   free and purged goes to the global reserve or back to the OS on the
+//!   next sweep, except a heap's last one of a kind; a segment that empties
+//!   on a free is released at once (same exception).
+//! - Eager purge ([`purge_idle`]): when a free leaves more idle bytes than
+//!   the budget (see [`over_budget`]), every empty page is freed, every free
+//!   page purged and core's large cache trimmed at once, so a program that
+//!   frees everything and stops gets its memory back without another call.
+//! - The budget adapts: a page purged early and needed again (a refault,
+//!   seen when it is claimed) doubles it and marks the heap `refaulting`,
+//!   which lifts the "4x the bytes in use" cap until a second passes
+//!   without a refault, so a program that frees and rebuilds is not
+//!   refaulted again and again.
+
+use core::ptr;
+
+use heapkit_core::large;
+use heapkit_core::os;
+use heapkit_core::segment::segment_of;
+
+use crate::heap::{self, Heap, ACTIVE, EMPTY};
+use crate::page::{Page, PageState};
+use crate::segment::{self, Segment};
+use crate::slow::{requeue_if_full, take_pending};
+
+/// A free page's memory is returned to the OS after this long.
+pub(crate) const PURGE_DELAY_NS: u64 = 20_000_000;
+/// Smallest eager-purge budget (see [`purge_idle`]).
+pub(crate) const PURGE_BUDGET_MIN: usize = 256 << 10;
+/// Largest eager-purge budget.
+pub(crate) const PURGE_BUDGET_MAX: usize = 64 << 20;
+/// Idle bytes allowed per byte of pages in use, whatever the budget (a
+/// lower ratio purged more and re-faulted trees/realloc for no RSS gain).
+const IDLE_PER_CLAIMED: usize = 4;
+/// The budget halves on a sweep once no early-purged page was needed again
+/// for this long.
+const BUDGET_RELAX_NS: u64 = 1_000_000_000;
+
+/// [`retire_page`], then an eager purge if the idle bytes passed the
+/// budget, or the decay sweep if it is due.
+///
+/// # Safety
+/// As for [`retire_page`].
+pub(crate) unsafe fn free_page(h: &mut Heap, page: *mut Page, now: u64) {
+    // SAFETY: caller guarantee.
+    unsafe { retire_page(h, page, now) };
+    if over_budget(h) {
+        purge_idle(h);
+    } else if now >= h.next_sweep_ns {
+        sweep(h, false);
+    }
+}
+
+/// Returns an empty page to its segment; an emptied segment is released
+/// unless it is the heap's last of its kind.
+///
+/// # Safety
+/// `page` is ours, empty and on no list.
+pub(crate) unsafe fn retire_page(h: &mut Heap, page: *mut Page, now: u64) {
+    // SAFETY: caller guarantee.
+    unsafe {
+        let seg = segment_of(page).cast::<Segment>();
+        Page::set_state(page, PageState::Free);
+        (*page).free = ptr::null_mut();
+        (*page).local_free = ptr::null_mut();
+        (*page).freed_at_ns = now;
+        (*page).retained = false;
+        (*seg).used_pages -= 1;
+        h.dirty_free += 1;
+        h.idle_bytes += 1 << (*seg).page_shift;
+        h.claimed_bytes = h.claimed_bytes.saturating_sub(1 << (*seg).page_shift);
+        let kind = (*seg).kind as usize;
+        // An emptied segment goes back at once (purged into the reserve or
+        // unmapped), except the heap's last of its kind: measured, keeping
+        // more only raised RSS after free-all without saving time.
+        if (*seg).used_pages == 0 && !(h.segments[kind].first == seg && (*seg).next.is_null()) {
+            release_segment(h, seg);
+        } else if h.segments[kind].first != seg {
+            // Free pages are found from the front.
+            h.segments[kind].remove(seg);
+            h.segments[kind].push(seg);
+        }
+    }
+}
+
+/// True when the heap's idle bytes call for an eager purge: above the
+/// adaptive budget, or, unless the program was seen rebuilding what it
+/// freed (`refaulting`), above [`IDLE_PER_CLAIMED`] times the bytes of pages
+/// still in use, so a program that frees nearly everything gets its memory
+/// back at once. A program that frees everything and builds it again (a
+/// benchmark round, a request, a parse) refaults the pages the first purge
+/// took; from then on it keeps up to the budget, which has grown to its
+/// working set, until a second passes without a refault.
+#[inline]
+pub(crate) fn over_budget(h: &Heap) -> bool {
+    if h.refaulting {
+        return h.idle_bytes > h.purge_budget;
+    }
+    let cap = (h.claimed_bytes * IDLE_PER_CLAIMED).max(PURGE_BUDGET_MIN);
+    h.idle_bytes > h.purge_budget.min(cap)
+}
+
+/// Eager purge, run when `idle_bytes` passes the budget: frees every empty
+/// page still queued (including a class's only page), purges every free
+/// page and trims core's large cache, so a program that frees everything
+/// and then stops calling the allocator still gets its memory back. The
+/// budget adapts (see `claim`) so a program that frees and reallocates
+/// the same memory soon stops paying for purges and faults.
+pub(crate) fn purge_idle(h: &mut Heap) {
+    let now = os::monotonic_ns();
+    for class in 0..h.queues.len() {
+        let mut page = h.queues[class].first;
+        while !page.is_null() {
+            // SAFETY: pages on our queues are ours; `used == 0` means no
+            // block is live or on `thread_free`.
+            unsafe {
+                let next = (*page).next;
+                (*page).retained = false;
+                if Page::in_use(page) == 0 {
+                    h.queues[class].remove(page);
+                    if h.current[class] == page {
+                        h.current[class] = EMPTY;
+                    }
+                    retire_page(h, page, now);
+                }
+                page = next;
+            }
+        }
+        let mut page = h.full[class].first;
+        while !page.is_null() {
+            // SAFETY: pages on our full lists are ours.
+            unsafe {
+                (*page).retained = false;
+                page = (*page).next;
+            }
+        }
+    }
+    sweep(h, true);
+    h.idle_bytes = 0;
+}
+
+/// Releases an owned segment with no page in use.
+///
+/// # Safety
+/// `seg` ours, on our list, all pages free.
+pub(crate) unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
+    // SAFETY: caller guarantee.
+    unsafe {
+        for i in 0..(*seg).page_count as usize {
+            if (*Segment::page(seg, i)).dirty {
+                h.dirty_free -= 1;
+                h.idle_bytes = h.idle_bytes.saturating_sub(1 << (*seg).page_shift);
+            }
+        }
+        h.segments[(*seg).kind as usize].remove(seg);
+        segment::release(seg);
+    }
+}
+
+/// Decay: purges free pages older than [`PURGE_DELAY_NS`] (all of them if
+/// `all`) and re-queues full pages with remote frees a lost notification
+/// left behind. Runs at most every half delay unless `all`.
+pub(crate) fn sweep(h: &mut Heap, all: bool) {
+    let now = os::monotonic_ns();
+    if !all && now < h.next_sweep_ns {
+        return;
+    }
+    h.next_sweep_ns = now + PURGE_DELAY_NS / 2;
+    if !all && now.saturating_sub(h.last_refault_ns) >= BUDGET_RELAX_NS {
+        h.purge_budget = (h.purge_budget / 2).max(PURGE_BUDGET_MIN);
+        h.refaulting = false;
+    }
+    for kind in 0..segment::KINDS {
+        let mut seg = h.segments[kind].first;
+        while !seg.is_null() {
+            // SAFETY: our segments and pages.
+            unsafe {
+                let next = (*seg).next;
+                if (*seg).used_pages == 0
+                    && !(h.segments[kind].first == seg && next.is_null())
+                    && (0..(*seg).page_count as usize).all(|i| !(*Segment::page(seg, i)).dirty)
+                {
+                    // Empty for a whole delay (every page purged): release
+                    // it, keeping one segment per kind.
+                    release_segment(h, seg);
+                    seg = next;
+                    continue;
+                }
+                for i in 0..(*seg).page_count as usize {
+                    let page = Segment::page(seg, i);
+                    match (*page).state {
+                        PageState::Free
+                            if (*page).dirty
+                                && (all
+                                    || now.saturating_sub((*page).freed_at_ns)
+                                        >= PURGE_DELAY_NS) =>
+                        {
+                            let (p, len) = Segment::purgeable(seg, i);
+                            os::purge(p, len);
+                            (*page).dirty = false;
+                            h.dirty_free -= 1;
+                            h.idle_bytes = h.idle_bytes.saturating_sub(len);
+                        }
+                        PageState::Full if Page::has_remote(page) => {
+                            requeue_if_full(h, page);
+                        }
+                        _ => {}
+                    }
+                }
+                seg = (*seg).next;
+            }
+        }
+    }
+    large::trim(true);
+}
+
+/// Purges every free page of the calling thread's heap and releases what it
+/// can (for `SizeClass::collect`).
+pub(crate) fn collect_now() {
+    let h = heap::bound_heap();
+    // SAFETY: our heap, not re-entered.
+    unsafe {
+        if (*h).state == ACTIVE {
+            take_pending(&mut *h);
+            sweep(&mut *h, true);
+        }
+    }
+    large::trim(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use core::alloc::Layout;
+
+    use heapkit_core::HeapAlloc;
+
+    use super::*;
+    use crate::SizeClass;
+
+    /// Allocates `n` blocks of 64 B through `a` on this thread, then frees
+    /// them all.
+    fn fill_and_free(a: &SizeClass, n: usize) {
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        let blocks: std::vec::Vec<*mut u8> = (0..n).map(|_| a.allocate(layout)).collect();
+        for &p in &blocks {
+            assert!(!p.is_null());
+            // SAFETY: live blocks of `a`, written inside their 64 bytes.
+            unsafe {
+                p.write_bytes(0xa5, 64);
+                a.free(p);
+            }
+        }
+    }
+
+    /// Idle bytes the calling thread's heap still holds unpurged.
+    fn unpurged_idle_bytes() -> usize {
+        let h = heap::heap();
+        // SAFETY: our heap, not in use by the allocator during this read.
+        unsafe { (*h).dirty_free << 16 }
+    }
+
+    #[test]
+    fn a_thread_that_frees_everything_gets_its_memory_back_without_more_calls() {
+        std::thread::spawn(|| {
+            let a = SizeClass::new();
+            fill_and_free(&a, 50_000); // 3.2 MiB: 49 pages of one segment
+                                       // No collect(), no further allocation: the frees themselves
+                                       // purged all but a budget's worth.
+            assert!(unpurged_idle_bytes() <= PURGE_BUDGET_MIN + (64 << 10));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_program_that_frees_and_reallocates_soon_stops_purging() {
+        std::thread::spawn(|| {
+            let a = SizeClass::new();
+            for _ in 0..6 {
+                fill_and_free(&a, 50_000); // 3.2 MiB per round
+            }
+            let h = heap::heap();
+            // SAFETY: our heap, idle.
+            let budget = unsafe { (*h).purge_budget };
+            // Rounds reused pages purged moments before: the budget grew.
+            assert!(budget > PURGE_BUDGET_MIN, "budget {budget}");
+        })
+        .join()
+        .unwrap();
+    }
+}
