@@ -124,6 +124,14 @@ pub unsafe trait HeapAlloc: Sync {
     }
 
     /// A snapshot of this allocator's counters.
+    /// Gives free memory back to the OS now, as far as the allocator can
+    /// (C's `malloc_trim`): free pages purged, empty segments and cached
+    /// large blocks unmapped. Returns whether anything went back. The
+    /// default empties core's large-block cache.
+    fn trim(&self) -> bool {
+        crate::large::trim(false)
+    }
+
     fn stats(&self) -> Stats;
 }
 

@@ -254,13 +254,17 @@ unsafe fn resize_mapping(base: *mut u8, old: usize, new: usize) -> *mut u8 {
 
 /// Unmaps every cached block (or, with `only_expired`, those older than
 /// [`CACHE_DELAY_NS`]). Allocators call this from their purge points.
-pub fn trim(only_expired: bool) {
+/// Returns whether any block was unmapped.
+pub fn trim(only_expired: bool) -> bool {
     let now = if only_expired {
         os::monotonic_ns()
     } else {
         u64::MAX
     };
-    expire(&mut CACHE.lock(), now);
+    let mut cache = CACHE.lock();
+    let before = cache.len;
+    expire(&mut cache, now);
+    cache.len != before
 }
 
 /// Takes the lock so `fork()` finds it free; see [`after_fork_parent`].
@@ -350,7 +354,7 @@ pub fn map_segments(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn reclaim_cache() {
-    trim(false);
+    let _ = trim(false);
 }
 
 /// The block's mapping (base, size), after checking that `ptr` is the start

@@ -261,6 +261,12 @@ unsafe impl HeapAlloc for Pool {
         new
     }
 
+    fn trim(&self) -> bool {
+        let before = heapkit_core::os::os_counters();
+        let released = Pool::trim(self);
+        released > 0 || heapkit_core::os::os_counters().released_since(&before)
+    }
+
     fn stats(&self) -> Stats {
         STATS.snapshot(Some(&thread_cache::current().stats))
     }

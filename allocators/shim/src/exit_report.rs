@@ -1,4 +1,4 @@
-//! `HEAPKIT_STATS=1`: print the backend's statistics to stderr at exit.
+//! `HEAPKIT_STATS=1` (or `true`, `yes`, `on`): print the backend's statistics to stderr at exit.
 //!
 //! The report is formatted into a [`StackText`] on the stack and written
 //! with one `write(2)`, so it allocates nothing even though it runs while
@@ -14,6 +14,7 @@
 //! `stats.allocated`/`stats.mapped` when built with statistics; mimalloc:
 //! committed bytes); the other fields stay zero.
 
+use core::ffi::CStr;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicI32, Ordering::Relaxed};
 
@@ -26,9 +27,35 @@ use crate::stack_text::StackText;
 /// could not be duplicated).
 static REPORT_FD: AtomicI32 = AtomicI32::new(2);
 
-/// Registers the exit report if `HEAPKIT_STATS=1`.
+/// Whether a boolean environment variable's value means on: `1`, `true`,
+/// `yes`, `on` (any case) are on; unset, empty, `0`, `false`, `no`, `off`
+/// are off; anything else is `None`.
+fn flag_value(value: Option<&CStr>) -> Option<bool> {
+    let Some(v) = value else { return Some(false) };
+    let v = v.to_bytes();
+    let is = |words: &[&[u8]]| words.iter().any(|w| v.eq_ignore_ascii_case(w));
+    if is(&[b"1", b"true", b"yes", b"on"]) {
+        Some(true)
+    } else if v.is_empty() || is(&[b"0", b"false", b"no", b"off"]) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Registers the exit report if `HEAPKIT_STATS` is on; an unrecognised
+/// value stops the program with one line, like an unknown `HEAPKIT_ALLOC`.
 pub fn register_if_requested() {
-    if os::env_var(c"HEAPKIT_STATS").is_some_and(|v| v.to_bytes() == b"1") {
+    let value = os::env_var(c"HEAPKIT_STATS");
+    let Some(on) = flag_value(value) else {
+        let mut line = StackText::<256>::new();
+        let _ = line.write_str("heapkit: HEAPKIT_STATS=\"");
+        line.push_bytes(value.map_or(&[][..], CStr::to_bytes));
+        let _ = line.write_str("\" is not a flag; use 1/true/yes/on or 0/false/no/off\n");
+        os::write_stderr(line.as_bytes());
+        os::exit_immediately(2);
+    };
+    if on {
         if let Some(fd) = os::dup_cloexec(2, 64) {
             REPORT_FD.store(fd, Relaxed);
         }

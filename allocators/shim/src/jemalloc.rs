@@ -91,6 +91,22 @@ unsafe impl HeapAlloc for Jemalloc {
         unsafe { realloc_by_copy(self, ptr, old_layout, new_size) }
     }
 
+    fn trim(&self) -> bool {
+        // "arena.<MALLCTL_ARENAS_ALL>.purge": purge every arena's dirty and
+        // muzzy pages now.
+        // SAFETY: a void control: no old or new value.
+        let rc = unsafe {
+            je::mallctl(
+                c"arena.4096.purge".as_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                0,
+            )
+        };
+        rc == 0
+    }
+
     fn stats(&self) -> Stats {
         // Refresh jemalloc's cached statistics, then read them. Without
         // jemalloc's `stats` feature these names do not exist and the

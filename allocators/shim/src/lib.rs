@@ -23,6 +23,8 @@
 //!   `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`,
 //!   `malloc_usable_size`, `cfree`. C++ `new`/`delete` reach them through
 //!   libstdc++'s `malloc`/`free`.
+//! - [`introspect`]: `mallinfo2`, `mallinfo`, `malloc_trim`, `mallopt`,
+//!   `malloc_stats`, `malloc_info` over the selected backend.
 //! - [`backend`]: `HEAPKIT_ALLOC` is read once, by the first allocation or
 //!   by this library's constructor, whichever runs first (the dynamic loader
 //!   allocates before constructors run). An unknown name prints the accepted
@@ -57,6 +59,7 @@
 mod backend;
 mod exit_report;
 mod export;
+mod introspect;
 mod jemalloc;
 mod mimalloc;
 mod stack_text;

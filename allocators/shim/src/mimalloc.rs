@@ -81,6 +81,12 @@ unsafe impl HeapAlloc for Mimalloc {
         }
     }
 
+    fn trim(&self) -> bool {
+        // SAFETY: mi_collect has no preconditions.
+        unsafe { mi::mi_collect(true) };
+        true
+    }
+
     fn stats(&self) -> Stats {
         let mut elapsed = 0;
         let mut user = 0;

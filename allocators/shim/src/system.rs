@@ -103,9 +103,11 @@ unsafe impl HeapAlloc for System {
     }
 
     fn stats(&self) -> Stats {
-        // SAFETY: mallinfo2 only reads glibc's arenas (under their locks)
-        // and does not allocate.
-        let info = unsafe { libc::mallinfo2() };
+        // glibc's own mallinfo2 (our export of that name reports on the
+        // selected backend); it only reads glibc's arenas under their locks.
+        let Some(info) = crate::introspect::glibc_mallinfo2() else {
+            return Stats::default();
+        };
         let mapped = (info.arena + info.hblkhd) as u64;
         Stats {
             live_bytes: (info.uordblks + info.hblkhd) as u64,

@@ -252,15 +252,38 @@ fn stats_report_at_exit_even_when_stderr_is_closed() {
     };
     let dir = scratch("stats");
     each_backend(|b| {
-        let mut cmd = under(b, &ls);
-        cmd.arg("-la").arg("/").env("HEAPKIT_STATS", "1");
-        let r = run(cmd, &dir, b, MINUTE);
-        let want = format!("heapkit: backend={b} live_bytes=");
-        if r.ok && r.stderr.lines().any(|l| l.starts_with(&want)) {
-            Ok(())
-        } else {
-            Err(format!("no stats line\n{}", r.describe()))
+        for on in ["1", "yes", "TRUE"] {
+            let mut cmd = under(b, &ls);
+            cmd.arg("-la").arg("/").env("HEAPKIT_STATS", on);
+            let r = run(cmd, &dir, b, MINUTE);
+            let want = format!("heapkit: backend={b} live_bytes=");
+            if !(r.ok && r.stderr.lines().any(|l| l.starts_with(&want))) {
+                return Err(format!(
+                    "HEAPKIT_STATS={on}: no stats line\n{}",
+                    r.describe()
+                ));
+            }
         }
+        let mut cmd = under(b, &ls);
+        cmd.arg("/").env("HEAPKIT_STATS", "off");
+        let r = run(cmd, &dir, b, MINUTE);
+        if !r.ok || r.stderr.contains("heapkit:") {
+            return Err(format!("HEAPKIT_STATS=off printed\n{}", r.describe()));
+        }
+        let mut cmd = under(b, &ls);
+        cmd.arg("/").env("HEAPKIT_STATS", "sometimes");
+        let r = run(cmd, &dir, b, MINUTE);
+        if r.ok
+            || !r
+                .stderr
+                .contains("HEAPKIT_STATS=\"sometimes\" is not a flag")
+        {
+            return Err(format!(
+                "HEAPKIT_STATS=sometimes was accepted\n{}",
+                r.describe()
+            ));
+        }
+        Ok(())
     });
 }
 
@@ -794,6 +817,43 @@ fn misuse_default_mode() {
             Ok(())
         } else {
             Err(errors.join("\n"))
+        }
+    });
+}
+
+/// glibc's introspection API reports on the selected backend, not on
+/// glibc's idle arena (`tests/preload/introspect.c`): `mallinfo2` counts
+/// what the program holds within 1%, and freeing plus `malloc_trim(0)` give
+/// the memory back. bump keeps freed memory (it only reuses LIFO frees),
+/// and the peers' live-byte counts are their own, so they run the calls
+/// without those checks.
+#[test]
+fn introspection_api() {
+    let Some(cc) = find("introspection_api", "cc") else {
+        return;
+    };
+    let dir = scratch("introspect");
+    let bin = dir.join("introspect");
+    assert!(Command::new(cc)
+        .args(["-O1", "-g", "-o"])
+        .arg(&bin)
+        .arg(sources().join("introspect.c"))
+        .status()
+        .is_ok_and(|s| s.success()));
+    each_backend(|b| {
+        let mode = match b {
+            "sizeclass" | "slab" | "pool" | "system" => "full",
+            "bump" => "counts",
+            _ => "run",
+        };
+        let mut cmd = under(b, &bin);
+        cmd.arg(mode);
+        let r = run(cmd, &dir, b, MINUTE);
+        let stats_shown = r.stderr.contains("in use bytes");
+        if r.ok && r.stdout.lines().any(|l| l == "ok introspect") && stats_shown {
+            Ok(())
+        } else {
+            Err(r.describe())
         }
     });
 }

@@ -157,6 +157,12 @@ unsafe impl HeapAlloc for SizeClass {
         q
     }
 
+    fn trim(&self) -> bool {
+        let before = heapkit_core::os::os_counters();
+        self.collect();
+        heapkit_core::os::os_counters().released_since(&before)
+    }
+
     fn stats(&self) -> Stats {
         let h = heap::heap();
         // SAFETY: the calling thread's own counters, read without

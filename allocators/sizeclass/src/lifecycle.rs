@@ -97,7 +97,7 @@ fn abandon_all(h: &mut Heap) {
             }
         }
     }
-    large::trim(true);
+    let _ = large::trim(true);
 }
 
 unsafe extern "C" fn before_fork() {

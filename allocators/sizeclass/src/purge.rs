@@ -214,7 +214,7 @@ pub(crate) fn sweep(h: &mut Heap, all: bool) {
             }
         }
     }
-    large::trim(true);
+    let _ = large::trim(true);
 }
 
 /// Purges every free page of the calling thread's heap and releases what it
@@ -225,10 +225,13 @@ pub(crate) fn collect_now() {
     unsafe {
         if (*h).state == ACTIVE {
             take_pending(&mut *h);
+            // Empty pages kept for their class go too, then every free
+            // page is purged and emptied segments released.
+            purge_idle(&mut *h);
             sweep(&mut *h, true);
         }
     }
-    large::trim(false);
+    let _ = large::trim(false);
 }
 
 #[cfg(test)]

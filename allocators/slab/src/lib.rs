@@ -225,7 +225,7 @@ impl Slab {
         for c in 0..CACHE_COUNT {
             heap::cache(c).release_empty(true);
         }
-        large::trim(false);
+        let _ = large::trim(false);
     }
 
     /// Walks every slab of every cache and checks its bookkeeping: the
@@ -418,6 +418,13 @@ unsafe impl HeapAlloc for Slab {
             thread::bound().stats.on_realloc(&STATS, 0, 0);
         }
         q
+    }
+
+    fn trim(&self) -> bool {
+        let before = os::os_counters();
+        self.flush_thread_cache();
+        Slab::trim(self);
+        os::os_counters().released_since(&before)
     }
 
     fn stats(&self) -> Stats {

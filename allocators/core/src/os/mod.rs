@@ -41,6 +41,14 @@ pub struct OsCounters {
     pub peak_mapped_bytes: usize,
 }
 
+impl OsCounters {
+    /// Whether memory went back to the OS (a purge or an unmap) between
+    /// `before` and this snapshot (anywhere in the process).
+    pub fn released_since(&self, before: &OsCounters) -> bool {
+        self.purges != before.purges || self.unmaps != before.unmaps
+    }
+}
+
 /// Reads the process-wide OS counters.
 pub fn os_counters() -> OsCounters {
     OsCounters {
@@ -350,6 +358,16 @@ pub fn env_var(name: &CStr) -> Option<&'static CStr> {
         // SAFETY: getenv returned a NUL-terminated string.
         Some(unsafe { CStr::from_ptr(p) })
     }
+}
+
+/// The next definition of `name` after the calling library in the dynamic
+/// linker's search order (`dlsym(RTLD_NEXT)`), or null. For a library that
+/// interposes a libc function and must still reach libc's own. May
+/// allocate (through `malloc`) on failure: call it from outside the
+/// allocator.
+pub fn next_symbol(name: &CStr) -> *mut c_void {
+    // SAFETY: name is NUL-terminated; RTLD_NEXT is a valid handle.
+    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
 }
 
 /// Writes all of `bytes` to standard error, ignoring failures.
