@@ -58,3 +58,28 @@ pub mod bump;
 
 pub use arena::{Arena, Checkpoint};
 pub use bump::Bump;
+/// The contract and the statistics type, re-exported so that reading
+/// [`stats`] needs no other dependency.
+pub use heapkit_core::{HeapAlloc, Stats};
+
+/// The global [`Bump`] allocator's statistics (every thread's counts, exact
+/// for the calling thread and for exited ones), whether or not it is the
+/// global allocator. [`Arena`]s count their own (`Arena::allocated_bytes`).
+///
+/// ```
+/// use core::alloc::Layout;
+/// use heapkit_bump::{HeapAlloc, Bump};
+///
+/// let before = heapkit_bump::stats();
+/// let a = Bump::new();
+/// let p = a.allocate(Layout::from_size_align(1000, 8).unwrap());
+/// let after = heapkit_bump::stats();
+/// assert_eq!(after.allocs, before.allocs + 1);
+/// assert!(after.live_bytes >= before.live_bytes + 1000);
+/// // SAFETY: p is a live block of `a`.
+/// unsafe { a.free(p) };
+/// assert_eq!(heapkit_bump::stats().live_bytes, before.live_bytes);
+/// ```
+pub fn stats() -> Stats {
+    HeapAlloc::stats(&Bump::new())
+}

@@ -127,7 +127,31 @@ use core::ptr;
 
 use heapkit_core::segment::SegmentTag;
 use heapkit_core::size_class::{class_for, MAX_SIZE};
-use heapkit_core::{GlobalStats, HeapAlloc, Stats};
+use heapkit_core::GlobalStats;
+/// The contract and the statistics type, re-exported so that reading
+/// [`stats`] needs no other dependency.
+pub use heapkit_core::{HeapAlloc, Stats};
+
+/// The allocator's statistics (every thread's counts, exact for the calling
+/// thread and for exited ones), whether or not it is the global allocator.
+///
+/// ```
+/// use core::alloc::Layout;
+/// use heapkit_pool::{HeapAlloc, Pool};
+///
+/// let before = heapkit_pool::stats();
+/// let a = Pool::new();
+/// let p = a.allocate(Layout::from_size_align(1000, 8).unwrap());
+/// let after = heapkit_pool::stats();
+/// assert_eq!(after.allocs, before.allocs + 1);
+/// assert!(after.live_bytes >= before.live_bytes + 1000);
+/// // SAFETY: p is a live block of `a`.
+/// unsafe { a.free(p) };
+/// assert_eq!(heapkit_pool::stats().live_bytes, before.live_bytes);
+/// ```
+pub fn stats() -> Stats {
+    HeapAlloc::stats(&Pool::new())
+}
 
 use crate::class::block_size;
 use crate::segment::{class_of_block, header_of, CHUNKS};

@@ -825,7 +825,8 @@ fn misuse_default_mode() {
 /// glibc's idle arena (`tests/preload/introspect.c`): `mallinfo2` counts
 /// what the program holds within 1%, and freeing plus `malloc_trim(0)` give
 /// the memory back. bump keeps freed memory (it only reuses LIFO frees),
-/// and the peers' live-byte counts are their own, so they run the calls
+/// and the forwarded peers keep no live-byte count (jemalloc is built
+/// without statistics, see the shim's Cargo.toml), so they run the calls
 /// without those checks.
 #[test]
 fn introspection_api() {

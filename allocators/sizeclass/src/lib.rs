@@ -97,5 +97,32 @@ mod slow;
 
 #[cfg(not(loom))]
 pub use alloc_impl::SizeClass;
+/// The contract and the statistics type, re-exported so that reading
+/// [`stats`] needs no other dependency.
+#[cfg(not(loom))]
+pub use heapkit_core::{HeapAlloc, Stats};
+
+/// The allocator's statistics (every thread's counts, exact for the calling
+/// thread and for exited ones; see `heapkit_core::stats`), whether or not
+/// it is installed as the global allocator.
+///
+/// ```
+/// use core::alloc::Layout;
+/// use heapkit_sizeclass::{HeapAlloc, SizeClass};
+///
+/// let before = heapkit_sizeclass::stats();
+/// let a = SizeClass::new();
+/// let p = a.allocate(Layout::from_size_align(1000, 8).unwrap());
+/// let after = heapkit_sizeclass::stats();
+/// assert_eq!(after.allocs, before.allocs + 1);
+/// assert!(after.live_bytes >= before.live_bytes + 1000);
+/// // SAFETY: p is a live block of `a`.
+/// unsafe { a.free(p) };
+/// assert_eq!(heapkit_sizeclass::stats().live_bytes, before.live_bytes);
+/// ```
+#[cfg(not(loom))]
+pub fn stats() -> Stats {
+    HeapAlloc::stats(&SizeClass::new())
+}
 #[cfg(all(not(loom), any(test, feature = "debug-invariants")))]
 pub use invariants::check_invariants;

@@ -96,11 +96,35 @@ use core::ptr;
 
 use heapkit_core::segment::{segment_of, SegmentTag};
 use heapkit_core::size_class::class_for;
-use heapkit_core::{large, os, HeapAlloc, Stats};
+use heapkit_core::{large, os};
 
 pub use cache::CacheCensus;
+/// The contract and the statistics type, re-exported so that reading
+/// [`stats`] needs no other dependency.
+pub use heapkit_core::{HeapAlloc, Stats};
 pub use magazine::MAGAZINE_SLOTS;
 pub use segment::CHUNK;
+
+/// The allocator's statistics (every thread's counts, exact for the calling
+/// thread and for exited ones), whether or not it is the global allocator.
+///
+/// ```
+/// use core::alloc::Layout;
+/// use heapkit_slab::{HeapAlloc, Slab};
+///
+/// let before = heapkit_slab::stats();
+/// let a = Slab::new();
+/// let p = a.allocate(Layout::from_size_align(1000, 8).unwrap());
+/// let after = heapkit_slab::stats();
+/// assert_eq!(after.allocs, before.allocs + 1);
+/// assert!(after.live_bytes >= before.live_bytes + 1000);
+/// // SAFETY: p is a live block of `a`.
+/// unsafe { a.free(p) };
+/// assert_eq!(heapkit_slab::stats().live_bytes, before.live_bytes);
+/// ```
+pub fn stats() -> Stats {
+    HeapAlloc::stats(&Slab::new())
+}
 
 use heap::STATS;
 use segment::SegmentHeader;
