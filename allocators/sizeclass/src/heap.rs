@@ -29,10 +29,16 @@ use crate::remote::Block;
 use crate::segment::{Segment, SegmentList, HEAP_CLASSES, KINDS};
 use crate::slow;
 
-/// Heap not yet set up (or torn down at thread exit).
-pub(crate) const UNINIT: u8 = 0;
-/// Heap in use.
-pub(crate) const ACTIVE: u8 = 1;
+/// Where a heap is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeapState {
+    /// Not set up yet (or torn down at thread exit): no id, no segments,
+    /// no exit hook.
+    Uninit,
+    /// Set up: has an id, may own segments; its thread's exit hook will
+    /// abandon them.
+    Active,
+}
 
 /// One thread's heap. Owner-thread only.
 pub(crate) struct Heap {
@@ -41,8 +47,8 @@ pub(crate) struct Heap {
     pub current: [*mut Page; HEAP_CLASSES],
     /// Unique id (never 0 once active); segments name their owner by it.
     pub id: u64,
-    /// [`UNINIT`] or [`ACTIVE`].
-    pub state: u8,
+    /// See [`HeapState`].
+    pub state: HeapState,
     /// Pages of each class that may have free blocks.
     pub queues: [PageList; HEAP_CLASSES],
     /// Pages of each class that had none when last looked at.
@@ -81,7 +87,7 @@ impl Heap {
         Heap {
             current: [EMPTY; HEAP_CLASSES],
             id: 0,
-            state: UNINIT,
+            state: HeapState::Uninit,
             queues: [PageList::EMPTY; HEAP_CLASSES],
             full: [PageList::EMPTY; HEAP_CLASSES],
             segments: [SegmentList::EMPTY; KINDS],
@@ -256,7 +262,7 @@ unsafe fn free_remote(h: *mut Heap, seg: *mut Segment, page: *mut Page, ptr: *mu
         (*page)
             .thread_free
             .push(ptr.cast(), || (*seg).pending.notify(index));
-        if (*h).state == ACTIVE {
+        if (*h).state == HeapState::Active {
             (*h).stats.on_free(size);
         } else {
             slow::free_remote_unbound(size);

@@ -17,7 +17,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use heapkit_core::large;
 use heapkit_core::os::{self, ThreadExitKey};
 
-use crate::heap::{self, Heap, ACTIVE, STATS, UNINIT};
+use crate::heap::{self, Heap, HeapState, STATS};
 use crate::page::{Page, PageState};
 use crate::segment::{self, Segment};
 
@@ -34,7 +34,7 @@ pub(crate) unsafe fn init(h: *mut Heap) {
     // SAFETY: h is ours; no reference is held across the calls below.
     unsafe {
         (*h).id = NEXT_ID.fetch_add(1, Relaxed);
-        (*h).state = ACTIVE;
+        (*h).state = HeapState::Active;
     }
     if !ATFORK.swap(true, Relaxed) {
         os::register_atfork(before_fork, after_fork_parent, after_fork_child);
@@ -47,13 +47,13 @@ unsafe extern "C" fn thread_exit(_value: *mut c_void) {
     let h = heap::bound_heap();
     // SAFETY: runs on the exiting thread; its heap is not in use.
     unsafe {
-        if (*h).state != ACTIVE {
+        if (*h).state != HeapState::Active {
             return;
         }
         abandon_all(&mut *h);
         (*h).stats.flush(&STATS);
         h.write(Heap::new());
-        debug_assert!((*h).state == UNINIT);
+        debug_assert!((*h).state == HeapState::Uninit);
     }
 }
 

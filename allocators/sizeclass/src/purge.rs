@@ -21,7 +21,7 @@ use heapkit_core::large;
 use heapkit_core::os;
 use heapkit_core::segment::segment_of;
 
-use crate::heap::{self, Heap, ACTIVE, EMPTY};
+use crate::heap::{self, Heap, HeapState, EMPTY};
 use crate::page::{Page, PageState};
 use crate::segment::{self, Segment};
 use crate::slow::{requeue_if_full, take_pending};
@@ -223,7 +223,7 @@ pub(crate) fn collect_now() {
     let h = heap::bound_heap();
     // SAFETY: our heap, not re-entered.
     unsafe {
-        if (*h).state == ACTIVE {
+        if (*h).state == HeapState::Active {
             take_pending(&mut *h);
             // Empty pages kept for their class go too, then every free
             // page is purged and emptied segments released.

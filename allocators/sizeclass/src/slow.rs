@@ -18,7 +18,7 @@ use core::ptr;
 use heapkit_core::os;
 use heapkit_core::segment::segment_of;
 
-use crate::heap::{self, Heap, ACTIVE, EMPTY, STATS};
+use crate::heap::{self, Heap, HeapState, EMPTY, STATS};
 use crate::lifecycle::init;
 use crate::page::{Page, PageState};
 use crate::purge::{free_page, over_budget, purge_idle, release_segment, sweep};
@@ -38,7 +38,7 @@ pub(crate) unsafe fn alloc(class: usize) -> *mut u8 {
     let h = heap::bound_heap();
     // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
-        if (*h).state != ACTIVE {
+        if (*h).state != HeapState::Active {
             init(h);
         }
         (*h).stats.maybe_flush(&STATS);
@@ -58,7 +58,7 @@ pub(crate) fn free_remote_unbound(size: usize) {
     let h = heap::bound_heap();
     // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
-        if (*h).state != ACTIVE {
+        if (*h).state != HeapState::Active {
             init(h);
         }
         (*h).stats.on_free(size);
