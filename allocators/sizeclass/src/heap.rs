@@ -1,11 +1,11 @@
 //! The thread heap and the two fast paths.
 //!
 //! Each thread has one [`Heap`] in a `const`-initialised `thread_local!`
-//! without a destructor, found on the fast paths through [`HEAP_PTR`], an
-//! initial-exec thread pointer (`heapkit_core::thread_pointer!`: two
-//! instructions and no `__tls_get_addr` call, even in `libheapkit.so`).
-//! Until a thread's first slow path binds it, `HEAP_PTR` points at the
-//! static, never-written `EMPTY_HEAP`, whose `current[class]` are all the
+//! without a destructor, found on the fast paths through an initial-exec
+//! thread pointer (`heapkit_core::thread_state!`: two instructions and no
+//! `__tls_get_addr` call, even in `libheapkit.so`). Until a thread's first
+//! slow path binds it, the pointer names a static, never-written idle heap,
+//! whose `current[class]` are all the
 //! static `EMPTY_PAGE`. `current[class]` points at the page the next
 //! allocation of that class pops from, or at `EMPTY_PAGE` (whose free list
 //! is always empty) before the heap is set up and after a page runs dry, so
@@ -16,7 +16,6 @@
 //! the segment, shift to the page, and either push on the page's
 //! `local_free` (owner) or on its `thread_free` (anyone else).
 
-use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -113,26 +112,12 @@ static EMPTY_PAGE: EmptyPage = EmptyPage(Page::new());
 /// Pointer to the sentinel.
 pub(crate) const EMPTY: *mut Page = ptr::addr_of!(EMPTY_PAGE.0).cast_mut();
 
-/// The sentinel heap: never written. Its `id` (0) names no segment with
-/// live blocks and its `current[class]` are all [`EMPTY`], so each fast path
-/// goes slow on it, and every slow path calls [`bound_heap`] first.
-#[repr(transparent)]
-pub(crate) struct EmptyHeap(Heap);
-// SAFETY: nothing ever writes the sentinel heap (see above); it is read from
-// any thread.
-unsafe impl Sync for EmptyHeap {}
-static EMPTY_HEAP: EmptyHeap = EmptyHeap(Heap::new());
-
-heapkit_core::thread_pointer! {
-    /// The calling thread's heap, or `EMPTY_HEAP` until it is bound.
-    static HEAP_PTR: *mut Heap = &EMPTY_HEAP, symbol = "heapkit_sizeclass_heap";
-}
-
-/// The thread-local cell that holds each thread's heap.
-pub(crate) struct HeapCell(UnsafeCell<Heap>);
-
-thread_local! {
-    static HEAP: HeapCell = const { HeapCell(UnsafeCell::new(Heap::new())) };
+heapkit_core::thread_state! {
+    /// Each thread's heap, and the sentinel every thread starts with: never
+    /// written, its `id` (0) names no segment with live blocks and its
+    /// `current[class]` are all [`EMPTY`], so each fast path goes slow on
+    /// it, and every slow path calls [`bound_heap`] first.
+    mod state: Heap = Heap::new(), symbol = "heapkit_sizeclass_heap";
 }
 
 /// Counters of every thread.
@@ -142,28 +127,15 @@ pub(crate) static STATS: GlobalStats = GlobalStats::new();
 /// sentinel, which only reads (and slow paths, after [`bound_heap`]) may use.
 #[inline(always)]
 pub(crate) fn heap() -> *mut Heap {
-    HEAP_PTR::get()
+    state::current()
 }
 
-/// The calling thread's own heap (bound on first use): what every path that
-/// writes heap state or counters uses.
+/// The calling thread's own heap (bound on first use: the one
+/// `__tls_get_addr` call a thread makes in a shared library): what every
+/// path that writes heap state or counters uses.
 #[inline]
 pub(crate) fn bound_heap() -> *mut Heap {
-    let h = heap();
-    if h == ptr::addr_of!(EMPTY_HEAP.0).cast_mut() {
-        return bind();
-    }
-    h
-}
-
-/// Points [`HEAP_PTR`] at this thread's heap (the one `__tls_get_addr` call
-/// a thread makes in a shared library).
-#[cold]
-#[inline(never)]
-fn bind() -> *mut Heap {
-    let h = HEAP.with(|c| c.0.get());
-    HEAP_PTR::set(h);
-    h
+    state::bound()
 }
 
 /// Allocates a block of `class`; null on exhaustion.

@@ -158,52 +158,27 @@ impl ThreadCache {
     }
 }
 
-std::thread_local! {
-    /// This thread's caches: native TLS, no destructor, no lazy registration.
-    static THREAD: ThreadCache = const { ThreadCache::new() };
+heapkit_core::thread_state! {
+    /// This thread's caches: storage, the idle sentinel (null magazines, so
+    /// both fast paths go slow, where they bind) and the thread pointer.
+    mod state: ThreadCache = ThreadCache::new(), symbol = "heapkit_slab_thread_cache";
 }
 
-/// The cache every thread's [`CURRENT`] names until [`bound`] binds it:
-/// never written (its null magazines send both fast paths to the slow
-/// paths, which bind first).
-#[repr(transparent)]
-struct IdleCache(ThreadCache);
-// SAFETY: nothing ever writes IDLE (see above); any thread may read it.
-unsafe impl Sync for IdleCache {}
-static IDLE: IdleCache = IdleCache(ThreadCache::new());
-
-heapkit_core::thread_pointer! {
-    /// The calling thread's cache, or `IDLE` until bound.
-    static CURRENT: *mut ThreadCache = &IDLE, symbol = "heapkit_slab_thread_cache";
-}
-
-/// The calling thread's cache for the fast paths: `IDLE` (read only) until
-/// a slow path binds it.
+/// The calling thread's cache for the fast paths: the never-written idle
+/// cache until a slow path binds it.
 #[inline(always)]
 pub fn current() -> &'static ThreadCache {
-    // SAFETY: CURRENT holds IDLE (a static) or this thread's own cache,
-    // which lives as long as the thread; only this thread uses the latter.
-    unsafe { &*CURRENT::get() }
+    // SAFETY: the idle static or this thread's own cache, which lives as
+    // long as the thread and is only used through Cells, by this thread.
+    unsafe { &*state::current() }
 }
 
 /// The calling thread's own cache, bound on first use: what every path
 /// that writes thread state or counters uses.
 #[inline]
 pub fn bound() -> &'static ThreadCache {
-    let t = current();
-    if ptr::eq(t, &IDLE.0) {
-        return bind();
-    }
-    t
-}
-
-#[cold]
-#[inline(never)]
-fn bind() -> &'static ThreadCache {
-    let t = THREAD.with(|t| t as *const ThreadCache);
-    CURRENT::set(t.cast_mut());
-    // SAFETY: the thread's own cache, alive as long as the thread.
-    unsafe { &*t }
+    // SAFETY: as for `current`.
+    unsafe { &*state::bound() }
 }
 
 static THREAD_EXIT: os::ThreadExitKey = os::ThreadExitKey::new();

@@ -207,44 +207,32 @@ enum ThreadState {
     Exited = 2,
 }
 
-std::thread_local! {
-    static THREAD: ThreadHeap = const { ThreadHeap::new() };
-}
-
-/// The heap every thread's [`CURRENT`] names until [`bound`] binds it: never
-/// written. Its empty range (`cur == end == 0`) sends every allocation to
-/// the slow path, which binds first; frees and reallocations bind before
-/// they write.
-#[repr(transparent)]
-struct IdleHeap(ThreadHeap);
-// SAFETY: nothing ever writes IDLE (see above); any thread may read it.
-unsafe impl Sync for IdleHeap {}
-static IDLE: IdleHeap = IdleHeap(ThreadHeap::new());
-
-heapkit_core::thread_pointer! {
-    /// The calling thread's heap, or `IDLE` until bound.
-    static CURRENT: *mut ThreadHeap = &IDLE, symbol = "heapkit_bump_thread_heap";
+heapkit_core::thread_state! {
+    /// This thread's heap: storage, the idle sentinel (an empty range,
+    /// `cur == end == 0`, sends every allocation slow; frees and
+    /// reallocations bind before they write) and the thread pointer. A
+    /// thread's exit hook is registered when it binds, so the counts of a
+    /// thread that only frees are flushed too.
+    mod state: ThreadHeap = ThreadHeap::new(), symbol = "heapkit_bump_thread_heap",
+        on_bind = slow::register_bound_thread;
 }
 
 /// The calling thread's heap for the allocation fast path: an initial-exec
 /// thread pointer (no `__tls_get_addr` call even in `libheapkit.so`),
-/// naming `IDLE` (read only) until bound.
+/// naming the never-written idle heap until bound.
 #[inline(always)]
 fn current() -> &'static ThreadHeap {
-    // SAFETY: CURRENT holds IDLE (a static) or this thread's own heap, which
-    // lives as long as the thread; only this thread uses the latter.
-    unsafe { &*CURRENT::get() }
+    // SAFETY: the idle static or this thread's own heap, which lives as long
+    // as the thread and is only used through Cells, by this thread.
+    unsafe { &*state::current() }
 }
 
 /// The calling thread's own heap, bound (and its exit hook registered) on
 /// first use: what every path that writes uses.
 #[inline(always)]
 fn bound() -> &'static ThreadHeap {
-    let t = current();
-    if core::ptr::eq(t, &IDLE.0) {
-        return slow::bind();
-    }
-    t
+    // SAFETY: as for `current`.
+    unsafe { &*state::bound() }
 }
 
 static GLOBAL_STATS: GlobalStats = GlobalStats::new();

@@ -12,23 +12,17 @@ use heapkit_core::segment::{tag_of, SegmentTag};
 use heapkit_core::{large, HeapAlloc};
 
 use super::{
-    bound, chunk_sized, header_size, Bump, ChunkHeader, ThreadHeap, ThreadState, CURRENT,
-    GLOBAL_STATS, HEADER, MAX_CHUNK, THREAD,
+    bound, chunk_sized, header_size, Bump, ChunkHeader, ThreadHeap, ThreadState, GLOBAL_STATS,
+    HEADER, MAX_CHUNK,
 };
 
 static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
 
-/// Points the thread pointer at this thread's heap and registers its exit
-/// hook (so that the counts of a thread that only frees are flushed too).
-#[cold]
-#[inline(never)]
-pub(super) fn bind() -> &'static ThreadHeap {
-    let t = THREAD.with(|t| t as *const ThreadHeap);
-    CURRENT::set(t.cast_mut());
+/// Registers the exit hook of a thread whose heap was just bound (so that
+/// the counts of a thread that only frees are flushed too).
+pub(super) fn register_bound_thread(t: *mut ThreadHeap) {
     // SAFETY: the thread's own heap, alive as long as the thread.
-    let t = unsafe { &*t };
-    register_thread(t);
-    t
+    register_thread(unsafe { &*t });
 }
 
 /// Serves what the current chunk cannot: a large block, or a new chunk and

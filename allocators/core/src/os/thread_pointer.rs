@@ -197,6 +197,99 @@ macro_rules! __thread_pointer_slot {
     };
 }
 
+/// Declares an allocator's per-thread state, reached through a
+/// [`thread_pointer!`](crate::thread_pointer) that starts at a never-written
+/// idle sentinel: the pattern every heapkit allocator uses.
+///
+/// ```text
+/// thread_state! {
+///     /// docs
+///     pub(crate) mod thread_heap: ThreadHeap = ThreadHeap::new(),
+///         symbol = "unique_symbol_name", on_bind = register_exit_hook;
+/// }
+/// ```
+///
+/// expands to a module `thread_heap` holding the state's storage (a
+/// `const`-initialised `thread_local!` without destructor, in an
+/// `UnsafeCell`), the idle sentinel (a `static` initialised the same way)
+/// and three functions:
+///
+/// - `current() -> *mut T`: this thread's state, or the sentinel while the
+///   thread has not been bound: two instructions, for the fast paths;
+/// - `bound() -> *mut T`: this thread's own state, binding it on first use
+///   (one `__tls_get_addr` call per thread in a shared library, then
+///   `on_bind(state)` if given): for every path that writes;
+/// - `is_idle(p) -> bool`: whether `p` is the sentinel.
+///
+/// The caller's obligation: **never write through what `current()` returns
+/// before checking it is not the sentinel** (or use `bound()`). The
+/// allocators get that for free by giving the sentinel empty free lists,
+/// so their fast paths find nothing to pop or push and go slow, where they
+/// call `bound()`. The crate invoking it must link `std`.
+#[macro_export]
+macro_rules! thread_state {
+    ($(#[$attr:meta])* $vis:vis mod $module:ident: $ty:ty = $init:expr,
+        symbol = $sym:literal $(, on_bind = $on_bind:path)? ;) => {
+        $(#[$attr])*
+        $vis mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            ::std::thread_local! {
+                static STORAGE: ::core::cell::UnsafeCell<$ty> =
+                    const { ::core::cell::UnsafeCell::new($init) };
+            }
+
+            /// The state every thread starts with: never written.
+            #[repr(transparent)]
+            struct Idle($ty);
+            // SAFETY: nothing writes the sentinel (the macro's contract:
+            // writers use `bound()`); any thread may read it.
+            unsafe impl Sync for Idle {}
+            static IDLE: Idle = Idle($init);
+
+            $crate::thread_pointer! {
+                static SLOT: *mut $ty = &IDLE, symbol = $sym;
+            }
+
+            /// This thread's state, or the never-written sentinel until the
+            /// thread is bound (see [`bound`]).
+            #[inline(always)]
+            #[allow(dead_code)]
+            pub fn current() -> *mut $ty {
+                SLOT::get()
+            }
+
+            /// Whether `p` is the idle sentinel.
+            #[inline(always)]
+            #[allow(dead_code)]
+            pub fn is_idle(p: *const $ty) -> bool {
+                ::core::ptr::eq(p, ::core::ptr::addr_of!(IDLE.0))
+            }
+
+            /// This thread's own state, bound on first use.
+            #[inline(always)]
+            #[allow(dead_code)]
+            pub fn bound() -> *mut $ty {
+                let p = current();
+                if is_idle(p) {
+                    return bind();
+                }
+                p
+            }
+
+            #[cold]
+            #[inline(never)]
+            fn bind() -> *mut $ty {
+                let p = STORAGE.with(|cell| cell.get());
+                SLOT::set(p);
+                $( $on_bind(p); )?
+                p
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use core::cell::Cell;
