@@ -68,4 +68,22 @@ static inline void touch(void *p, size_t n, unsigned char v) {
     b[n - 1] = v;
 }
 
+/* The loop of Hoard's cache-scratch and cache-thrash: allocate a small
+ * object, write every byte of it `reps` times, free it; `iters` times. */
+static inline uint64_t alloc_write_free(long iters, size_t size, long reps) {
+    uint64_t sum = 0;
+    for (long i = 0; i < iters; i++) {
+        volatile unsigned char *p = malloc(size);
+        if (!p) {
+            fprintf(stderr, "out of memory (%zu bytes)\n", size);
+            exit(3);
+        }
+        for (long r = 0; r < reps; r++)
+            for (size_t b = 0; b < size; b++) p[b] = (unsigned char)(p[b] + r);
+        sum += p[0];
+        free((void *)p);
+    }
+    return sum;
+}
+
 #endif

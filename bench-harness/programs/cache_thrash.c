@@ -11,16 +11,7 @@ static size_t size;
 
 static void *work(void *arg) {
     (void)arg;
-    uint64_t sum = 0;
-    for (long i = 0; i < iters; i++) {
-        volatile unsigned char *p = malloc(size);
-        if (!p) { fprintf(stderr, "cache_thrash: out of memory\n"); exit(3); }
-        for (long r = 0; r < reps; r++)
-            for (size_t b = 0; b < size; b++) p[b] = (unsigned char)(p[b] + r);
-        sum += p[0];
-        free((void *)p);
-    }
-    return (void *)(uintptr_t)sum;
+    return (void *)(uintptr_t)alloc_write_free(iters, size, reps);
 }
 
 int main(int argc, char **argv) {

@@ -144,4 +144,29 @@ mod tests {
             assert!(SOURCES.iter().any(|(s, _)| s == stem), "{stem}");
         }
     }
+
+    /// Every program compiles and runs to a clean exit with its line of
+    /// output (under whatever malloc this test process's children get).
+    #[test]
+    fn every_program_builds_and_runs() {
+        if Command::new("cc").arg("--version").output().is_err() {
+            println!("SKIP: no C compiler");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("heapkit-programs-{}", std::process::id()));
+        let rows = standard_rows(&dir).expect("the programs build");
+        // Built once: a second call compiles nothing and finds them all.
+        assert_eq!(standard_rows(&dir).expect("rebuild").len(), rows.len());
+        for (label, argv) in &rows {
+            let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let name = Path::new(&argv[0]).file_name().unwrap().to_string_lossy();
+            assert!(
+                out.status.success() && stdout.starts_with(&format!("{name}:")),
+                "{label}: {} {stdout}",
+                out.status
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

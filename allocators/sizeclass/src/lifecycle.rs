@@ -11,7 +11,6 @@
 //!   are safe remote frees and their memory is not reused by the child.
 
 use core::ffi::c_void;
-use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use heapkit_core::large;
@@ -76,11 +75,7 @@ fn abandon_all(h: &mut Heap) {
                     if (*page).state != PageState::Free {
                         Page::collect_remote(page);
                         if Page::in_use(page) == 0 {
-                            Page::set_state(page, PageState::Free);
-                            (*page).free = ptr::null_mut();
-                            (*page).local_free = ptr::null_mut();
-                            (*page).freed_at_ns = now;
-                            (*seg).used_pages -= 1;
+                            Segment::free_page(seg, page, now);
                         }
                     }
                     if (*page).state == PageState::Free && (*page).dirty {

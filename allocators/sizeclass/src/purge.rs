@@ -15,8 +15,6 @@
 //!   without a refault, so a program that frees and rebuilds is not
 //!   refaulted again and again.
 
-use core::ptr;
-
 use heapkit_core::large;
 use heapkit_core::os;
 use heapkit_core::segment::segment_of;
@@ -63,12 +61,8 @@ pub(crate) unsafe fn retire_page(h: &mut Heap, page: *mut Page, now: u64) {
     // SAFETY: caller guarantee.
     unsafe {
         let seg = segment_of(page).cast::<Segment>();
-        Page::set_state(page, PageState::Free);
-        (*page).free = ptr::null_mut();
-        (*page).local_free = ptr::null_mut();
-        (*page).freed_at_ns = now;
+        Segment::free_page(seg, page, now);
         (*page).retained = false;
-        (*seg).used_pages -= 1;
         h.dirty_free += 1;
         h.idle_bytes += 1 << (*seg).page_shift;
         h.claimed_bytes = h.claimed_bytes.saturating_sub(1 << (*seg).page_shift);

@@ -179,6 +179,25 @@ impl Segment {
         (unsafe { seg.cast::<u8>().add(begin) }, end - begin)
     }
 
+    /// Returns `page`, empty, to its segment's free pool: state `Free`,
+    /// lists cleared, `freed_at_ns = now` (for the decay), one page fewer in
+    /// use. The heap's own accounting is the caller's.
+    ///
+    /// # Safety
+    /// The caller owns `seg` and `page` (a page of it, in use, no block live
+    /// or on its remote list).
+    pub(crate) unsafe fn free_page(seg: *mut Segment, page: *mut Page, now: u64) {
+        // SAFETY: caller guarantee.
+        unsafe {
+            debug_assert!(Page::in_use(page) == 0 && (*page).state != PageState::Free);
+            Page::set_state(page, PageState::Free);
+            (*page).free = ptr::null_mut();
+            (*page).local_free = ptr::null_mut();
+            (*page).freed_at_ns = now;
+            (*seg).used_pages -= 1;
+        }
+    }
+
     /// The OS-page-aligned part of page `i` that may be purged.
     ///
     /// # Safety

@@ -182,11 +182,7 @@ fn adopt_one(h: &mut Heap) -> bool {
             }
             Page::collect_remote(page);
             if Page::in_use(page) == 0 {
-                Page::set_state(page, PageState::Free);
-                (*page).free = ptr::null_mut();
-                (*page).local_free = ptr::null_mut();
-                (*page).freed_at_ns = now;
-                (*seg).used_pages -= 1;
+                Segment::free_page(seg, page, now);
                 h.dirty_free += 1;
             } else {
                 Page::set_state(page, PageState::Queued);
