@@ -7,13 +7,15 @@
 //!
 //! Counting must be cheap enough to stay on. A shared atomic on every
 //! `malloc` would put one contended cache line under all threads, so each
-//! thread counts into its own [`ThreadStats`] (plain `Cell`s, no atomics) and
-//! folds them into the allocator's [`GlobalStats`] every
-//! [`ThreadStats::FLUSH_OPS`] operations or when its live-byte delta passes
-//! [`ThreadStats::FLUSH_BYTES`], and when it exits. A snapshot is therefore
-//! exact for exited threads and the calling thread, and behind by at most
-//! one batch per other live thread. `peak_live_bytes` is the highest
-//! flushed value, with the same bound.
+//! thread counts into its own [`ThreadStats`] (plain `Cell`s, no atomics:
+//! two adds per operation, one compare on allocation) and folds them into
+//! the allocator's [`GlobalStats`] every [`ThreadStats::FLUSH_OPS`]
+//! allocations, whenever one of its slow paths finds that many operations
+//! or a live-byte delta above [`ThreadStats::FLUSH_BYTES`] pending, and
+//! when it exits. A snapshot is therefore exact for exited threads and the
+//! calling thread, and behind by what other live threads did since their
+//! last slow path. `peak_live_bytes` is the highest flushed value, with the
+//! same bound.
 
 use core::cell::Cell;
 use core::fmt;

@@ -19,8 +19,9 @@
 //! slow paths, see `heapkit_core::os`).
 //!
 //! `malloc_trim`, `mallopt`, `mallinfo`/`mallinfo2`, `malloc_stats` and
-//! `malloc_info` are not exported: calls to them reach glibc's own (idle)
-//! arena and report on it, which is harmless.
+//! `malloc_info` are in [`crate::introspect`]; the `__libc_*` aliases and
+//! C++'s operators are not exported (libstdc++'s `new`/`delete` call
+//! `malloc`/`free`).
 //!
 //! # Safety (for every export)
 //!
