@@ -11,6 +11,7 @@
 //! - [`large`]: the shared path for blocks above the size classes.
 //! - [`size_class`]: the `const` class table.
 //! - [`stats`]: one [`Stats`] shape, counted per thread and merged on read.
+//! - [`list`]: the intrusive doubly linked list of pages, segments, slabs.
 //! - [`lock`]: a spin lock for slow paths.
 //! - [`misuse`]: one-line reports of detected heap misuse, then abort.
 //!
@@ -25,6 +26,7 @@ extern crate std;
 pub mod capi;
 mod contract;
 pub mod large;
+pub mod list;
 pub mod lock;
 pub mod misuse;
 pub mod os;

@@ -65,7 +65,7 @@ fn abandon_all(h: &mut Heap) {
             // SAFETY: our segments; after the loop body each is released or
             // abandoned and never touched by us again.
             unsafe {
-                let seg = h.segments[kind].pop();
+                let seg = h.segments[kind].pop_front();
                 if seg.is_null() {
                     break;
                 }

@@ -22,6 +22,7 @@
 
 use core::ptr;
 
+use heapkit_core::list::{Linked, List};
 use heapkit_core::misuse::{self, Misuse};
 
 use crate::remote::{Block, ThreadFree};
@@ -296,79 +297,21 @@ impl Page {
     }
 }
 
-/// A doubly linked list of pages (a class queue or full list).
-#[derive(Clone, Copy)]
-pub(crate) struct PageList {
-    pub first: *mut Page,
-    pub last: *mut Page,
-}
-
-impl PageList {
-    /// An empty list.
-    pub(crate) const EMPTY: PageList = PageList {
-        first: ptr::null_mut(),
-        last: ptr::null_mut(),
-    };
-
-    /// Links `page` in front.
-    ///
-    /// # Safety
-    /// `page` must be owned by the caller and on no list.
-    pub(crate) unsafe fn push_front(&mut self, page: *mut Page) {
-        // SAFETY: caller owns page and every page on the list.
-        unsafe {
-            (*page).prev = ptr::null_mut();
-            (*page).next = self.first;
-            if self.first.is_null() {
-                self.last = page;
-            } else {
-                (*self.first).prev = page;
-            }
-        }
-        self.first = page;
+// SAFETY: `next` and `prev` are the page's own queue links; only the heap
+// list that holds the page (one at a time) uses them.
+unsafe impl Linked for Page {
+    unsafe fn next(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: node is a live page (the trait's contract).
+        unsafe { ptr::addr_of_mut!((*node).next) }
     }
-
-    /// Links `page` at the back.
-    ///
-    /// # Safety
-    /// As for [`PageList::push_front`].
-    pub(crate) unsafe fn push_back(&mut self, page: *mut Page) {
-        // SAFETY: caller owns page and every page on the list.
-        unsafe {
-            (*page).next = ptr::null_mut();
-            (*page).prev = self.last;
-            if self.last.is_null() {
-                self.first = page;
-            } else {
-                (*self.last).next = page;
-            }
-        }
-        self.last = page;
-    }
-
-    /// Unlinks `page`.
-    ///
-    /// # Safety
-    /// `page` must be on this list.
-    pub(crate) unsafe fn remove(&mut self, page: *mut Page) {
-        // SAFETY: page and its neighbours are on this list, owned by caller.
-        unsafe {
-            let (prev, next) = ((*page).prev, (*page).next);
-            if prev.is_null() {
-                self.first = next;
-            } else {
-                (*prev).next = next;
-            }
-            if next.is_null() {
-                self.last = prev;
-            } else {
-                (*next).prev = prev;
-            }
-            (*page).next = ptr::null_mut();
-            (*page).prev = ptr::null_mut();
-        }
+    unsafe fn prev(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: as above.
+        unsafe { ptr::addr_of_mut!((*node).prev) }
     }
 }
+
+/// A class queue or full list of pages (core's one intrusive list).
+pub(crate) type PageList = List<Page>;
 
 #[cfg(test)]
 mod tests {

@@ -75,7 +75,7 @@ pub(crate) unsafe fn retire_page(h: &mut Heap, page: *mut Page, now: u64) {
         } else if h.segments[kind].first != seg {
             // Free pages are found from the front.
             h.segments[kind].remove(seg);
-            h.segments[kind].push(seg);
+            h.segments[kind].push_front(seg);
         }
     }
 }

@@ -27,6 +27,7 @@ use core::mem::size_of;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use heapkit_core::list::{Linked, List};
 use heapkit_core::lock::SpinLock;
 use heapkit_core::os;
 use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
@@ -227,86 +228,28 @@ impl Segment {
     }
 }
 
-/// A list of segments linked through `next`/`prev`.
-#[derive(Clone, Copy)]
-pub(crate) struct SegmentList {
-    pub first: *mut Segment,
-}
-
-// SAFETY: the segments on a list are owned by whoever holds the list (a
-// lock, or the heap owning them).
-unsafe impl Send for SegmentList {}
-
-impl SegmentList {
-    /// Empty.
-    pub(crate) const EMPTY: SegmentList = SegmentList {
-        first: ptr::null_mut(),
-    };
-
-    /// Links `seg` in front.
-    ///
-    /// # Safety
-    /// `seg` owned by the caller and on no `next`/`prev` list.
-    pub(crate) unsafe fn push(&mut self, seg: *mut Segment) {
-        // SAFETY: caller owns seg and the list.
-        unsafe {
-            (*seg).prev = ptr::null_mut();
-            (*seg).next = self.first;
-            if !self.first.is_null() {
-                (*self.first).prev = seg;
-            }
-        }
-        self.first = seg;
+// SAFETY: `next` and `prev` are the segment's own links; only the list
+// that holds it (its heap's, the reserve or the abandoned list) uses them.
+unsafe impl Linked for Segment {
+    unsafe fn next(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: node is a live segment (the trait's contract).
+        unsafe { ptr::addr_of_mut!((*node).next) }
     }
-
-    /// Unlinks `seg`.
-    ///
-    /// # Safety
-    /// `seg` must be on this list.
-    pub(crate) unsafe fn remove(&mut self, seg: *mut Segment) {
-        // SAFETY: seg and neighbours are on this list.
-        unsafe {
-            let (prev, next) = ((*seg).prev, (*seg).next);
-            if prev.is_null() {
-                self.first = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            (*seg).next = ptr::null_mut();
-            (*seg).prev = ptr::null_mut();
-        }
-    }
-
-    /// Unlinks and returns the first segment (null if empty).
-    ///
-    /// # Safety
-    /// As for `remove`.
-    pub(crate) unsafe fn pop(&mut self) -> *mut Segment {
-        let s = self.first;
-        if !s.is_null() {
-            // SAFETY: s is on this list.
-            unsafe { self.remove(s) };
-        }
-        s
+    unsafe fn prev(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: as above.
+        unsafe { ptr::addr_of_mut!((*node).prev) }
     }
 }
+
+/// A list of segments (core's one intrusive list).
+pub(crate) type SegmentList = List<Segment>;
 
 /// Segments whose owner exited.
 pub(crate) static ABANDONED_LIST: SpinLock<SegmentList> = SpinLock::new(SegmentList::EMPTY);
 /// Cheap "is anything abandoned" hint.
 pub(crate) static ABANDONED_COUNT: AtomicU64 = AtomicU64::new(0);
-struct Reserve {
-    list: SegmentList,
-    len: usize,
-}
-/// Empty purged segments.
-static RESERVE: SpinLock<Reserve> = SpinLock::new(Reserve {
-    list: SegmentList::EMPTY,
-    len: 0,
-});
+/// Empty purged segments (at most `RESERVE_MAX`; the list counts them).
+static RESERVE: SpinLock<SegmentList> = SpinLock::new(SegmentList::EMPTY);
 
 /// A fresh segment of `kind` owned by `owner`: from the reserve or the OS.
 /// Null on exhaustion.
@@ -314,11 +257,7 @@ pub(crate) fn acquire(kind: usize, owner: u64) -> *mut Segment {
     let mut seg = {
         let mut r = RESERVE.lock();
         // SAFETY: reserve segments are owned by the reserve (locked).
-        let s = unsafe { r.list.pop() };
-        if !s.is_null() {
-            r.len -= 1;
-        }
-        s
+        unsafe { r.pop_front() }
     };
     if seg.is_null() {
         seg = heapkit_core::large::map_segments(SEGMENT_ALIGN).cast();
@@ -374,8 +313,7 @@ pub(crate) unsafe fn release(seg: *mut Segment) {
                     (*Segment::page(seg, i)).dirty = false;
                 }
             }
-            r.list.push(seg);
-            r.len += 1;
+            r.push_front(seg);
             return;
         }
         drop(r);
@@ -392,7 +330,7 @@ pub(crate) unsafe fn abandon(seg: *mut Segment) {
     // SAFETY: caller gives up seg; the list is locked.
     unsafe {
         (*seg).owner.store(ABANDONED, Relaxed);
-        list.push(seg);
+        list.push_front(seg);
     }
     ABANDONED_COUNT.fetch_add(1, Relaxed);
 }
@@ -404,7 +342,7 @@ pub(crate) fn adopt(owner: u64) -> *mut Segment {
     }
     let mut list = ABANDONED_LIST.lock();
     // SAFETY: the list is locked; popped segments become ours.
-    let seg = unsafe { list.pop() };
+    let seg = unsafe { list.pop_front() };
     if !seg.is_null() {
         ABANDONED_COUNT.fetch_sub(1, Relaxed);
         // SAFETY: seg is ours now.

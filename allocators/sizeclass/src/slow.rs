@@ -190,7 +190,7 @@ fn adopt_one(h: &mut Heap) -> bool {
                 h.claimed_bytes += 1 << (*seg).page_shift;
             }
         }
-        h.segments[(*seg).kind as usize].push(seg);
+        h.segments[(*seg).kind as usize].push_front(seg);
         if (*seg).used_pages == 0 {
             release_segment(h, seg);
         }
@@ -216,7 +216,7 @@ fn take_free_page(h: &mut Heap, kind: usize) -> Option<*mut Page> {
     }
     // SAFETY: a fresh segment, ours.
     unsafe {
-        h.segments[kind].push(seg);
+        h.segments[kind].push_front(seg);
         Some(claim(h, seg, 0))
     }
 }

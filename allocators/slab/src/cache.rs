@@ -29,55 +29,33 @@ use heapkit_core::lock::SpinLock;
 use crate::segment::{self, slab_of};
 use crate::slab::{layout, SlabList, SlabMeta};
 
-/// An intrusive doubly linked list of slabs.
-struct List {
-    head: *mut SlabMeta,
-    len: usize,
-}
+/// A cache's slabs of one fullness (core's one intrusive list); each slab
+/// also names the list it is on (`SlabMeta::list`).
+struct List(heapkit_core::list::List<SlabMeta>);
 
 impl List {
     const fn new() -> Self {
-        Self {
-            head: ptr::null_mut(),
-            len: 0,
-        }
+        Self(heapkit_core::list::List::EMPTY)
     }
 
     /// # Safety
     /// `s` is a live slab on no list.
     unsafe fn push(&mut self, s: *mut SlabMeta, which: SlabList) {
-        // SAFETY: s and the head are live slabs guarded by the cache lock.
+        // SAFETY: s is live and on no list; the cache lock guards both.
         unsafe {
-            (*s).prev = ptr::null_mut();
-            (*s).next = self.head;
             (*s).list = which;
-            if !self.head.is_null() {
-                (*self.head).prev = s;
-            }
+            self.0.push_front(s);
         }
-        self.head = s;
-        self.len += 1;
     }
 
     /// # Safety
     /// `s` is a live slab on this list.
     unsafe fn remove(&mut self, s: *mut SlabMeta) {
-        // SAFETY: s and its neighbours are live slabs guarded by the lock.
+        // SAFETY: s is on this list (caller); the lock guards it.
         unsafe {
-            let (prev, next) = ((*s).prev, (*s).next);
-            if prev.is_null() {
-                self.head = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            (*s).prev = ptr::null_mut();
-            (*s).next = ptr::null_mut();
+            self.0.remove(s);
             (*s).list = SlabList::None;
         }
-        self.len -= 1;
     }
 }
 
@@ -196,12 +174,12 @@ impl Cache {
         let mut n = 0;
         let mut first_zero = false;
         while n < want {
-            let mut s = st.partial.head;
+            let mut s = st.partial.0.first;
             if s.is_null() {
-                s = st.sparse.head;
+                s = st.sparse.0.first;
             }
             if s.is_null() {
-                s = st.empty.head;
+                s = st.empty.0.first;
             }
             if s.is_null() {
                 s = segment::alloc_run(l.chunks, l.align_chunks, index as u8);
@@ -259,7 +237,7 @@ impl Cache {
             self.in_use.load(Ordering::Relaxed).wrapping_sub(n),
             Ordering::Relaxed,
         );
-        let excess = st.empty.len > (st.partial.len + st.sparse.len + st.full.len) / 4;
+        let excess = st.empty.0.len > (st.partial.0.len + st.sparse.0.len + st.full.0.len) / 4;
         drop(st);
         if excess {
             self.release_empty(false);
@@ -278,10 +256,10 @@ impl Cache {
                 let keep = if all {
                     0
                 } else {
-                    (st.partial.len + st.sparse.len + st.full.len) / 4
+                    (st.partial.0.len + st.sparse.0.len + st.full.0.len) / 4
                 };
-                while st.empty.len > keep && n < RELEASE_BATCH {
-                    let s = st.empty.head;
+                while st.empty.0.len > keep && n < RELEASE_BATCH {
+                    let s = st.empty.0.first;
                     // SAFETY: the empty list is non-empty.
                     unsafe { st.empty.remove(s) };
                     if let Some(slot) = batch.get_mut(n) {
@@ -313,7 +291,7 @@ impl Cache {
             (&st.full, SlabList::Full),
             (&st.empty, SlabList::Empty),
         ] {
-            let mut s = list.head;
+            let mut s = list.0.first;
             let mut len = 0;
             let mut prev = ptr::null_mut();
             while !s.is_null() {
@@ -363,7 +341,7 @@ impl Cache {
                 prev = s;
                 s = slab.next;
             }
-            if len != list.len {
+            if len != list.0.len {
                 return Err("list length mismatch");
             }
             match which {

@@ -31,6 +31,7 @@
 
 use core::ptr;
 
+use heapkit_core::list::{Linked, List};
 use heapkit_core::lock::SpinLock;
 use heapkit_core::os;
 use heapkit_core::segment::{segment_of, SegmentTag, SEGMENT_ALIGN};
@@ -78,20 +79,28 @@ const _: () = assert!(HEADER_CHUNKS == 1);
 const _: () = assert!(CHUNKS <= 256, "chunk indices must fit a u8");
 const _: () = assert!(CHUNKS % 64 == 0);
 
+/// Every slab segment (core's one intrusive list), and how many have no
+/// slab (at most one is kept).
 struct SegmentList {
-    head: *mut SegmentHeader,
-    tail: *mut SegmentHeader,
-    /// Segments with no slab (at most one is kept).
+    list: List<SegmentHeader>,
     spare: usize,
 }
 
-// SAFETY: the list only holds pointers to segments it owns; the lock
-// serialises every access.
-unsafe impl Send for SegmentList {}
+// SAFETY: `next` and `prev` are the segment header's own links; only
+// SEGMENTS (under its lock) uses them.
+unsafe impl Linked for SegmentHeader {
+    unsafe fn next(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: node is a live segment (the trait's contract).
+        unsafe { ptr::addr_of_mut!((*node).next) }
+    }
+    unsafe fn prev(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: as above.
+        unsafe { ptr::addr_of_mut!((*node).prev) }
+    }
+}
 
 static SEGMENTS: SpinLock<SegmentList> = SpinLock::new(SegmentList {
-    head: ptr::null_mut(),
-    tail: ptr::null_mut(),
+    list: List::EMPTY,
     spare: 0,
 });
 
@@ -207,7 +216,7 @@ unsafe fn set_owner(seg: *mut SegmentHeader, first: usize, n: usize, class: u8) 
 /// `start` and `chunks` set; null on exhaustion.
 pub fn alloc_run(n: usize, align: usize, cache: u8) -> *mut SlabMeta {
     let mut list = SEGMENTS.lock();
-    let mut seg = list.head;
+    let mut seg = list.list.first;
     let mut found = None;
     while !seg.is_null() {
         // SAFETY: segments on the list are live; the lock guards `free` and
@@ -226,17 +235,9 @@ pub fn alloc_run(n: usize, align: usize, cache: u8) -> *mut SlabMeta {
             if seg.is_null() {
                 return ptr::null_mut();
             }
-            // SAFETY: seg is a fresh segment; the tail is live; the lock
-            // guards the links.
-            unsafe {
-                *field!(seg, prev) = list.tail;
-                if list.tail.is_null() {
-                    list.head = seg;
-                } else {
-                    *field!(list.tail, next) = seg;
-                }
-            }
-            list.tail = seg;
+            // SAFETY: seg is a fresh segment on no list; the lock guards
+            // the links.
+            unsafe { list.list.push_back(seg) };
             list.spare += 1;
             // SAFETY: as above.
             match find_run(unsafe { &*field!(seg, free) }, n, align) {
@@ -292,17 +293,7 @@ pub unsafe fn release_run(meta: *mut SlabMeta) {
             *used -= n;
             if *used == 0 {
                 if list.spare >= 1 {
-                    let (prev, next) = (*field!(seg, prev), *field!(seg, next));
-                    if prev.is_null() {
-                        list.head = next;
-                    } else {
-                        *field!(prev, next) = next;
-                    }
-                    if next.is_null() {
-                        list.tail = prev;
-                    } else {
-                        *field!(next, prev) = prev;
-                    }
+                    list.list.remove(seg);
                     unmap = true;
                 } else {
                     list.spare += 1;
@@ -320,7 +311,7 @@ pub unsafe fn release_run(meta: *mut SlabMeta) {
 pub fn segment_count() -> usize {
     let list = SEGMENTS.lock();
     let mut n = 0;
-    let mut seg = list.head;
+    let mut seg = list.list.first;
     while !seg.is_null() {
         n += 1;
         // SAFETY: segments on the list are live; the lock guards links.

@@ -90,6 +90,19 @@ pub struct SlabMeta {
     pub list: SlabList,
 }
 
+// SAFETY: `next` and `prev` are the slab's own cache-list links; only the
+// cache list named by `list` (one at a time, under the cache lock) uses them.
+unsafe impl heapkit_core::list::Linked for SlabMeta {
+    unsafe fn next(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: node is a live slab (the trait's contract).
+        unsafe { core::ptr::addr_of_mut!((*node).next) }
+    }
+    unsafe fn prev(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: as above.
+        unsafe { core::ptr::addr_of_mut!((*node).prev) }
+    }
+}
+
 impl SlabMeta {
     /// A slab with nothing set.
     pub const EMPTY: SlabMeta = SlabMeta {
