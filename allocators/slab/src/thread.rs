@@ -3,7 +3,7 @@
 //! destructor, reached on the fast paths through [`current`], an
 //! initial-exec thread pointer (`heapkit_core::thread_pointer!`: no
 //! `__tls_get_addr` call even in `libheapkit.so`). Until a thread's first
-//! slow path binds it ([`bound`]), the pointer names the static `IDLE`
+//! slow path binds it ([`bound`]), the pointer names a static idle
 //! cache, never written, whose null magazines send both fast paths slow.
 //!
 //! The loaded magazine of each class is kept as three pointers into its

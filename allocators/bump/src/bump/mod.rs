@@ -43,10 +43,11 @@
 //! # Costs
 //!
 //! - An allocation is a TLS load, an add, a mask, a compare and two stores
-//!   (the bump pointer and the size header), plus two plain per-thread
-//!   counters (folded into the global stats at chunk refills, every 4096th
-//!   free and thread exit, so other threads' counts lag by at most that). A free is a TLS load and a compare (plus a tag load when the
-//!   layout is unknown).
+//!   (the bump pointer and the size header), plus heapkit-core's per-thread
+//!   counters (two adds and one compare; folded into the global stats every
+//!   4096 allocations, at chunk refills and at thread exit). A free is a TLS
+//!   load, the idle-sentinel compare, a compare with the bump pointer and
+//!   two counter adds (plus a tag load when the layout is unknown).
 //! - Every block carries an 8-byte header holding its size, so that C's
 //!   `free`/`realloc`/`malloc_usable_size` work without a layout; blocks are
 //!   at least 8-aligned. A 16-byte C allocation thus takes 32 bytes, a Rust
