@@ -172,13 +172,10 @@ pub fn build_cell_binaries_if_under_cargo() -> Result<()> {
     }
 }
 
-/// Path of an allocator's cell binary: next to the running executable.
+/// Path of an allocator's cell binary: next to the running executable
+/// (where cargo builds and `cargo install` installs them; [`crate::locate`]).
 pub fn cell_binary(allocator: &AllocatorEntry) -> Result<PathBuf> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::new(format!("cannot locate own executable: {e}")))?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| Error::new("own executable has no directory"))?;
+    let dir = crate::locate::exe_dir()?;
     let path = dir.join(allocator.cell_binary);
     if path.is_file() {
         Ok(path)

@@ -69,6 +69,7 @@ pub mod cell;
 pub mod compare;
 pub mod error;
 pub mod list;
+pub mod locate;
 pub mod measure;
 pub mod preload;
 pub mod programs;

@@ -57,7 +57,8 @@ pub struct PreloadArgs {
     /// Column the ratios are relative to.
     #[arg(long, default_value = "mimalloc")]
     pub baseline: String,
-    /// Path of libheapkit.so (default: next to this executable).
+    /// Path of libheapkit.so (default: see `locate`: $HEAPKIT_LIB, beside this
+    /// executable, ../lib, or built in the source tree).
     #[arg(long)]
     pub lib: Option<PathBuf>,
     /// A shell command to measure (run as `/bin/sh -c`, so start it with
@@ -283,18 +284,7 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
     if args.reps == 0 {
         return Err(Error::new("--reps must be at least 1"));
     }
-    let lib = match &args.lib {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| Error::new(e.to_string()))?
-            .with_file_name("libheapkit.so"),
-    };
-    let lib = lib.canonicalize().map_err(|e| {
-        Error::new(format!(
-            "{}: {e} (build it: cargo build --release -p heapkit-shim, or pass --lib)",
-            lib.display()
-        ))
-    })?;
+    let lib = crate::locate::shim_library(args.lib.as_deref())?;
     let mut rows: Vec<Row> = args
         .shell
         .iter()
@@ -304,8 +294,7 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
         })
         .collect();
     if args.standard {
-        let exe = std::env::current_exe().map_err(|e| Error::new(e.to_string()))?;
-        let dir = exe.with_file_name("heapkit-programs");
+        let dir = crate::locate::programs_dir()?;
         for (label, argv) in crate::programs::standard_rows(&dir)? {
             rows.push(Row { label, argv });
         }

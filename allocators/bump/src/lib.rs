@@ -50,12 +50,27 @@
 //! }
 //! ```
 //!
-//! Collections can live in the arena through `allocator_api2`:
-//! `allocator_api2::vec::Vec::new_in(&arena)`; see [`arena`](crate::arena).
+//! Collections can live in the arena through `allocator_api2`, re-exported
+//! here so that the version matches the one `Arena` implements (a separate
+//! `cargo add allocator-api2` may pick an incompatible major version):
+//!
+//! ```
+//! use heapkit_bump::{allocator_api2::vec::Vec, Arena};
+//!
+//! let arena = Arena::new();
+//! let mut v = Vec::new_in(&arena);
+//! v.extend([1u8, 2, 3]);
+//! assert_eq!(v.len(), 3);
+//! ```
+//!
+//! See [`arena`](crate::arena) for the costs.
 
 pub mod arena;
 pub mod bump;
 
+/// The `allocator_api2` crate that [`Arena`] implements `Allocator` for
+/// (use its `vec::Vec`, `boxed::Box`, ... with `new_in(&arena)`).
+pub use allocator_api2;
 pub use arena::{Arena, Checkpoint};
 pub use bump::Bump;
 /// The contract and the statistics type, re-exported so that reading
@@ -83,3 +98,8 @@ pub use heapkit_core::{HeapAlloc, Stats};
 pub fn stats() -> Stats {
     HeapAlloc::stats(&Bump::new())
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

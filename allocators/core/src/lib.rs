@@ -38,3 +38,8 @@ mod testing;
 
 pub use contract::{realloc_by_copy, HeapAlloc};
 pub use stats::{GlobalStats, Stats, ThreadStats};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -297,3 +297,8 @@ unsafe impl HeapAlloc for Pool {
 }
 
 heapkit_core::global_alloc!(Pool);
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -126,3 +126,8 @@ pub fn stats() -> Stats {
 }
 #[cfg(all(not(loom), any(test, feature = "debug-invariants")))]
 pub use invariants::check_invariants;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
