@@ -14,15 +14,16 @@
 //! [`run_job`] and spawned through the same [`spawn_cell`].
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::measure::{minor_faults, peak_rss_bytes, reset_peak_rss, rss_bytes, TickClock};
 use crate::registry::AllocatorEntry;
-use crate::report::Sample;
+use crate::sample::Sample;
+use crate::session::{self, Supervised};
 use crate::workloads::{self, Context, Params, Workload};
 
 /// Entry point of every cell binary; returns the exit status.
@@ -188,15 +189,32 @@ pub fn cell_binary(allocator: &AllocatorEntry) -> Result<PathBuf> {
     }
 }
 
-/// Runs `job` in a fresh process of `allocator`'s cell binary and parses its
-/// JSON line. Errors carry the last line the child wrote on stderr.
-pub fn spawn_cell<T: DeserializeOwned>(allocator: &AllocatorEntry, job: &[String]) -> Result<T> {
+/// Runs `job` in a fresh, supervised process of `allocator`'s cell binary
+/// ([`crate::session::supervise`]: killed after `timeout` or on interrupt)
+/// and parses its JSON line. Errors carry the last line the child wrote on
+/// stderr.
+pub fn spawn_cell<T: DeserializeOwned>(
+    allocator: &AllocatorEntry,
+    job: &[String],
+    timeout: Duration,
+) -> Result<T> {
     let binary = cell_binary(allocator)?;
-    let output = Command::new(&binary)
-        .args(job)
-        .output()
-        .map_err(|e| Error::new(format!("cannot run {}: {e}", binary.display())))?;
     let what = format!("{} {}", allocator.cell_binary, job.join(" "));
+    let mut command = Command::new(&binary);
+    command
+        .args(job)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = session::supervise(&mut command)
+        .spawn()
+        .map_err(|e| Error::new(format!("cannot run {}: {e}", binary.display())))?;
+    let watch = Supervised::watch(&child, timeout);
+    let output = child.wait_with_output();
+    if let Some(err) = session::ending_error(watch.finish(), &what, timeout) {
+        return Err(err);
+    }
+    let output = output.map_err(|e| Error::new(format!("cannot wait for `{what}`: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let last = stderr

@@ -58,7 +58,7 @@ pub struct Row {
 
 fn load(path: &std::path::Path) -> Result<Report> {
     if path.is_dir() {
-        json::read(&path.join("results.json"))
+        json::read_dir(path)
     } else {
         json::read(path)
     }
@@ -135,29 +135,32 @@ pub fn render(rows: &[Row], all: bool) -> String {
             .cmp(&moved(a))
             .then(b.time_ratio.total_cmp(&a.time_ratio))
     });
-    let mut out = String::from(
-        "| cell | old time | new time | new/old | spread | time | peak RSS new/old | RSS |\n\
-         |---|---:|---:|---:|---:|---|---:|---|\n",
-    );
-    let mut shown = 0;
-    for r in sorted.iter().filter(|r| all || moved(r)) {
-        shown += 1;
+    let listed: Vec<&&Row> = sorted.iter().filter(|r| all || moved(r)).collect();
+    let mut out = String::new();
+    if listed.is_empty() {
+        out += "Nothing moved beyond the run-to-run noise.\n";
+    } else {
+        out += "| cell | old time | new time | new/old | noise | time | peak RSS new/old | RSS |\n\
+                |---|---:|---:|---:|---:|---|---:|---|\n";
+    }
+    let shown = listed.len();
+    for r in listed {
         out += &format!(
             "| {} | {:.4} s | {:.4} s | {:.3} | ±{:.1}% | {} | {:.3} | {} |\n",
             r.cell,
             r.old_time,
             r.new_time,
             r.time_ratio,
-            r.time_spread * 50.0,
+            r.time_spread.max(TIME_FLOOR) * 100.0,
             verdict(r.time_change, "**slower**", "**faster**"),
             r.rss_ratio,
             verdict(r.rss_change, "**larger**", "**smaller**"),
         );
     }
     let count = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count();
-    out += "\nspread: ±half of the larger (max - min) / median of the two runs' repetitions; \
-             a change counts only if the repetitions do not overlap and it exceeds the spread \
-             (and 2 % for time, 5 % for peak RSS).\n";
+    out += "\nnoise: the larger (max - min) / median of the two runs' repetitions, at least 2 %; \
+             a time change counts only when new/old is further from 1 than that and the two \
+             runs' repetitions do not overlap (peak RSS: the same rule, at least 5 %).\n";
     out += &format!(
         "\n{} cells compared: {} faster, {} slower, {} larger peak RSS, {} smaller; {} unchanged{}.\n",
         rows.len(),

@@ -65,6 +65,7 @@
 //!
 //! The criterion benches in `benches/alloc.rs` pick the new line up by themselves.
 
+pub mod args;
 pub mod cell;
 pub mod compare;
 pub mod error;
@@ -80,6 +81,8 @@ pub mod replay_plan;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod sample;
+pub mod session;
 pub mod stats;
 pub mod trace_info;
 pub mod workloads;

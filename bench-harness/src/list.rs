@@ -14,19 +14,19 @@ pub fn list() -> Result<()> {
         } else {
             "  (cell binary not built)"
         };
-        println!(
-            "  {:<10} {}  [{}]{built}",
-            a.name, a.description, a.type_name
-        );
+        // stringify! spaces a path's tokens: `:: std :: alloc :: System`.
+        let type_name: String = a.type_name.split_whitespace().collect();
+        let type_name = type_name.trim_start_matches("::");
+        println!("  {:<10} {}  ({type_name}){built}", a.name, a.description);
     }
     println!("\nworkloads:");
     for w in WORKLOADS {
         let threads = if w.multi_threaded {
-            "threads"
+            "N threads"
         } else {
             "1 thread"
         };
-        println!("  {:<14} {:<8} {}", w.name, threads, w.description);
+        println!("  {:<14} {:<10} {}", w.name, threads, w.description);
     }
     Ok(())
 }

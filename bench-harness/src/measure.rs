@@ -34,8 +34,8 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-use crate::report::{ClockInfo, OpLatency};
 use crate::rng::SplitMix64;
+use crate::sample::{ClockInfo, OpLatency};
 
 /// Mean number of operations between two timed operations.
 pub const SAMPLE_PERIOD: u64 = 16;

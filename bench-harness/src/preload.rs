@@ -4,8 +4,8 @@
 //!
 //! ```sh
 //! cargo build --release -p heapkit-shim -p heapkit-bench
-//! heapkit-bench preload --reps 5 -- python3 tests/preload/alloc_heavy.py
-//! heapkit-bench preload --backends sizeclass,mimalloc \
+//! heapkit-bench preload --repetitions 5 -- env PYTHONMALLOC=malloc python3 tests/preload/alloc_heavy.py
+//! heapkit-bench preload --allocators sizeclass,mimalloc \
 //!     --sh 'exec sqlite3 :memory: < work.sql' --sh 'exec ./stress bench'
 //! ```
 //!
@@ -27,38 +27,26 @@
 //! works on it), `preload.json` (user/sys time and exit status of every
 //! sample), `REPORT.md` and two SVG charts.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde::Serialize;
 
+use crate::args::MatrixArgs;
 use crate::error::{Error, Result};
-use crate::report::markdown::{fmt_mib, fmt_seconds};
+use crate::report::markdown::fmt_seconds;
+use crate::report::preload::{charts, render, write_file, ExtraSample};
 use crate::report::{
-    self, Cell, ClockInfo, Machine, Report, ReportDir, RunConfig, Sample, SCHEMA_VERSION,
+    Cell, ClockInfo, Machine, Report, ReportDir, RunConfig, Sample, SCHEMA_VERSION,
 };
-use crate::run::utc_stamp;
-use crate::stats::{geometric_mean, median};
+use crate::session::{self, Progress, Session, Supervised};
 
 /// Options of `preload`.
 #[derive(Args, Debug, Clone)]
 pub struct PreloadArgs {
-    /// Comma-separated columns: backends of libheapkit.so, `native`,
-    /// `jemalloc-so`, `mimalloc-so` (default: every backend the library
-    /// accepts, then the extra columns that are available).
-    #[arg(long, value_delimiter = ',')]
-    pub backends: Vec<String>,
-    /// Repetitions (fresh processes) per column and command.
-    #[arg(long, default_value_t = 3)]
-    pub reps: usize,
-    /// Column the ratios are relative to.
-    #[arg(long, default_value = "mimalloc")]
-    pub baseline: String,
-    /// Path of libheapkit.so (default: see `locate`: $HEAPKIT_LIB, beside this
-    /// executable, ../lib, or built in the source tree).
+    /// Path of libheapkit.so [default: $HEAPKIT_LIB, beside this executable,
+    /// ../lib, or built in the source tree: see the README].
     #[arg(long)]
     pub lib: Option<PathBuf>,
     /// A shell command to measure (run as `/bin/sh -c`, so start it with
@@ -69,17 +57,16 @@ pub struct PreloadArgs {
     /// Add the standard allocator benchmark programs (`bench-harness/
     /// programs/`: cfrac, larson, xmalloc, glibc-simple/-thread,
     /// cache-scratch/-thrash, mstress, rptest, alloc-test, malloc-large),
-    /// built with `cc` beside this executable, as rows. Without
-    /// `--backends`, leaves `bump` out (it never reuses memory: these
-    /// programs would exhaust it).
+    /// built with `cc`, as rows. Without `--allocators`, leaves `bump` out
+    /// (it never reuses memory: these programs would exhaust it).
     #[arg(long)]
     pub standard: bool,
-    /// Report directory name under --out (default: preload-<UTC date-time>).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Parent directory of report directories.
-    #[arg(long, default_value = "reports")]
-    pub out: PathBuf,
+    /// Columns (`--allocators`): backends of libheapkit.so, `native`,
+    /// `jemalloc-so`, `mimalloc-so` [default: every backend the library
+    /// accepts, then the extra columns that are installed]; repetitions,
+    /// baseline, report name and place, timeout.
+    #[command(flatten)]
+    pub common: MatrixArgs,
     /// The command to measure, after `--` (one more row).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -113,18 +100,6 @@ impl Column {
 struct Row {
     label: String,
     argv: Vec<String>,
-}
-
-/// The extra measurements of one sample, kept in `preload.json`.
-#[derive(Debug, Clone, Serialize)]
-struct ExtraSample {
-    column: String,
-    row: String,
-    wall_s: f64,
-    user_s: f64,
-    sys_s: f64,
-    peak_rss: u64,
-    exit: String,
 }
 
 /// What `wait4` says about a finished child.
@@ -202,7 +177,7 @@ fn columns(args: &PreloadArgs, lib: &Path) -> Result<Vec<Column>> {
             _ => None,
         }
     };
-    if args.backends.is_empty() {
+    if args.common.allocators.is_empty() {
         let mut cols: Vec<Column> = accepted
             .into_iter()
             .filter(|b| !(args.standard && b == "bump"))
@@ -216,7 +191,8 @@ fn columns(args: &PreloadArgs, lib: &Path) -> Result<Vec<Column>> {
         }
         return Ok(cols);
     }
-    args.backends
+    args.common
+        .allocators
         .iter()
         .map(|b| {
             if accepted.contains(b) {
@@ -237,7 +213,12 @@ fn columns(args: &PreloadArgs, lib: &Path) -> Result<Vec<Column>> {
 }
 
 /// Runs `row` once under `column`.
-fn measure(row: &Row, column: &Column, lib: &Path) -> Result<(Sample, Usage, f64)> {
+fn measure(
+    row: &Row,
+    column: &Column,
+    lib: &Path,
+    timeout: Duration,
+) -> Result<(Sample, Usage, f64)> {
     let (program, rest) = row
         .argv
         .split_first()
@@ -254,13 +235,18 @@ fn measure(row: &Row, column: &Column, lib: &Path) -> Result<(Sample, Usage, f64
         Column::Library(_, path) => cmd.env("LD_PRELOAD", path),
     };
     let start = Instant::now();
-    let child = cmd
+    let child = session::supervise(&mut cmd)
         .spawn()
         .map_err(|e| Error::new(format!("cannot run {program}: {e}")))?;
-    let usage = wait4(child.id())?;
+    let watch = Supervised::watch(&child, timeout);
+    let usage = wait4(child.id());
     let wall = start.elapsed();
     // The child is reaped; dropping the handle does not wait again.
     drop(child);
+    if let Some(err) = session::ending_error(watch.finish(), &short(&row.label), timeout) {
+        return Err(err);
+    }
+    let usage = usage?;
     let sample = Sample {
         wall_ns: wall.as_nanos() as u64,
         ops: 0,
@@ -279,11 +265,10 @@ fn measure(row: &Row, column: &Column, lib: &Path) -> Result<(Sample, Usage, f64
     Ok((sample, usage, wall.as_secs_f64()))
 }
 
-/// Runs every row under every column, `reps` times, and writes the report.
+/// Runs every row under every column, `--repetitions` times, and writes
+/// the report.
 pub fn preload(args: &PreloadArgs) -> Result<()> {
-    if args.reps == 0 {
-        return Err(Error::new("--reps must be at least 1"));
-    }
+    let repetitions = args.common.repetitions_or(3)?;
     let lib = crate::locate::shim_library(args.lib.as_deref())?;
     let mut rows: Vec<Row> = args
         .shell
@@ -301,7 +286,7 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
     }
     if !args.command.is_empty() {
         rows.push(Row {
-            label: args.command.join(" "),
+            label: as_typed(&args.command),
             argv: args.command.clone(),
         });
     }
@@ -310,20 +295,22 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
             "nothing to run: give `-- CMD ARGS...`, --sh 'CMD' or --standard",
         ));
     }
-    let cols = columns(args, &lib)?;
-    if !cols.iter().any(|c| c.name() == args.baseline) {
-        return Err(Error::new(format!(
-            "baseline {:?} is not one of the columns",
-            args.baseline
-        )));
+    let warnings: Vec<String> = rows
+        .iter()
+        .filter_map(|r| bypass_warning(&r.argv))
+        .collect();
+    for warning in &warnings {
+        eprintln!("heapkit-bench: warning: {warning}");
     }
+    let cols = columns(args, &lib)?;
+    let names: Vec<String> = cols.iter().map(|c| c.name().to_string()).collect();
+    let baseline = args.common.baseline(&names, "native")?;
     let ReportDir {
         dir,
         name,
         started_unix,
-    } = ReportDir::create(&args.out, args.name.as_deref(), "preload")?;
+    } = ReportDir::create(&args.common.out, args.common.name.as_deref(), "preload")?;
 
-    let start = Instant::now();
     let mut cells: Vec<Cell> = Vec::new();
     for row in &rows {
         for col in &cols {
@@ -336,19 +323,58 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
             });
         }
     }
+    let planned = cells.len() * repetitions;
+    let skeleton = Report {
+        schema: SCHEMA_VERSION,
+        tool: "heapkit-bench preload".to_string(),
+        name,
+        started_unix,
+        duration_s: 0.0,
+        machine: Machine::detect(),
+        config: RunConfig {
+            preset: "preload".to_string(),
+            scale: 1.0,
+            repetitions,
+            allocators: names,
+            workloads: rows.iter().map(|r| r.label.clone()).collect(),
+            threads: vec![1],
+            baseline,
+            seed: 0,
+            descriptions: Default::default(),
+        },
+        cells,
+        partial: None,
+    };
+    let mut session = Session::begin(skeleton, &dir, planned)?;
+    let mut progress = Progress::new(planned);
+    let timeout = args.common.timeout();
     let mut extras = Vec::new();
-    for rep in 0..args.reps {
+    'reps: for rep in 0..repetitions {
         for (r, row) in rows.iter().enumerate() {
-            for (c, col) in cols.iter().enumerate() {
-                eprintln!(
-                    "heapkit-bench: preload {:?} under {} ({}/{})",
-                    row.label,
+            for (k, _) in cols.iter().enumerate() {
+                if session::interrupted() {
+                    break 'reps;
+                }
+                // alternate the column order between repetitions
+                let c = if rep % 2 == 0 { k } else { cols.len() - 1 - k };
+                let col = &cols[c];
+                let what = format!(
+                    "{} under {} rep {}/{repetitions}",
+                    short(&row.label),
                     col.name(),
-                    rep + 1,
-                    args.reps
+                    rep + 1
                 );
-                let cell = &mut cells[r * cols.len() + c];
-                let (sample, usage, wall_s) = measure(row, col, &lib)?;
+                progress.starting(&what);
+                let (sample, usage, wall_s) = match measure(row, col, &lib, timeout) {
+                    Ok(m) => m,
+                    Err(_) if session::interrupted() => break 'reps,
+                    Err(err) => {
+                        progress.finished(&what, "failed");
+                        progress.println(&format!("warning: {err}"));
+                        session.record(r * cols.len() + c, Err(err.0));
+                        continue;
+                    }
+                };
                 extras.push(ExtraSample {
                     column: col.name().to_string(),
                     row: row.label.clone(),
@@ -359,49 +385,32 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
                     exit: usage.exit.clone(),
                 });
                 if usage.exit_ok {
-                    cell.samples.push(sample);
+                    progress.finished(&what, &fmt_seconds(wall_s));
+                    session.record(r * cols.len() + c, Ok(sample));
                 } else {
-                    eprintln!(
-                        "warning: {} under {}: {}",
-                        row.label,
-                        col.name(),
-                        usage.exit
+                    progress.finished(&what, &usage.exit);
+                    session.record(
+                        r * cols.len() + c,
+                        Err(format!("repetition {}: {}", rep + 1, usage.exit)),
                     );
-                    cell.errors
-                        .push(format!("repetition {}: {}", rep + 1, usage.exit));
                 }
             }
         }
     }
-    let report = Report {
-        schema: SCHEMA_VERSION,
-        tool: "heapkit-bench preload".to_string(),
-        name,
-        started_unix,
-        duration_s: start.elapsed().as_secs_f64(),
-        machine: Machine::detect(),
-        config: RunConfig {
-            preset: "preload".to_string(),
-            scale: 1.0,
-            repetitions: args.reps,
-            allocators: cols.iter().map(|c| c.name().to_string()).collect(),
-            workloads: rows.iter().map(|r| r.label.clone()).collect(),
-            threads: vec![1],
-            baseline: args.baseline.clone(),
-            seed: 0,
-        },
-        cells,
-    };
-    report::json::write(&report, &dir.join("results.json"))?;
+    progress.finish();
+    let report = session.finish()?;
     let extra_text =
         serde_json::to_string_pretty(&extras).map_err(|e| Error::new(e.to_string()))?;
     write_file(&dir.join("preload.json"), &(extra_text + "\n"))?;
     let charts = charts(&report, &extras, &dir)?;
     write_file(
         &dir.join("REPORT.md"),
-        &render(&report, &extras, &lib, &charts),
+        &render(&report, &extras, &for_reader(&lib), &warnings, &charts),
     )?;
     println!("{}", dir.join("REPORT.md").display());
+    if session::interrupted() {
+        return Err(Error::new("interrupted; the partial report is written"));
+    }
     let failed: usize = report.cells.iter().map(|c| c.errors.len()).sum();
     if failed > 0 {
         return Err(Error::new(format!("{failed} runs failed (see REPORT.md)")));
@@ -409,196 +418,105 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_file(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text)
-        .map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))
+/// A command line as it would be typed in a shell (quoted where needed).
+fn as_typed(argv: &[String]) -> String {
+    shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "))
 }
 
-/// The median of one measurement for (row, column), over its successful
-/// repetitions.
-fn median_of(
-    extras: &[ExtraSample],
-    row: &str,
-    col: &str,
-    f: fn(&ExtraSample) -> f64,
-) -> Option<f64> {
-    let v: Vec<f64> = extras
-        .iter()
-        .filter(|e| e.row == row && e.column == col && e.exit == "exit 0")
-        .map(f)
-        .collect();
-    median(&v)
+/// The first 60 characters of a label, for progress lines.
+fn short(label: &str) -> String {
+    if label.chars().count() <= 60 {
+        label.to_string()
+    } else {
+        label.chars().take(57).collect::<String>() + "..."
+    }
 }
 
-/// A table of REPORT.md: title, note, the measurement, its formatting.
-type Metric = (
-    &'static str,
-    &'static str,
-    fn(&ExtraSample) -> f64,
-    fn(f64) -> String,
-);
-
-/// The measurements REPORT.md tabulates.
-const METRICS: &[Metric] = &[
-    (
-        "Wall time",
-        "median; ratio lower is better",
-        |e| e.wall_s,
-        fmt_seconds,
-    ),
-    (
-        "User CPU time",
-        "of the child and its waited-for children",
-        |e| e.user_s,
-        fmt_seconds,
-    ),
-    ("System CPU time", "", |e| e.sys_s, fmt_seconds),
-    (
-        "Peak RSS",
-        "ru_maxrss of the child (largest process); ratio lower is better",
-        |e| e.peak_rss as f64,
-        fmt_mib,
-    ),
-];
-
-fn render(
-    report: &Report,
-    extras: &[ExtraSample],
-    lib: &Path,
-    charts: &[(String, String)],
-) -> String {
-    let c = &report.config;
-    let m = &report.machine;
-    let mut out = String::new();
-    let _ = writeln!(out, "# heapkit-bench preload: {}\n", report.name);
-    let _ = writeln!(
-        out,
-        "Each command ran {} times under each column (a fresh process each time, columns alternating), \
-         with `LD_PRELOAD={}` and `HEAPKIT_ALLOC=<column>`; `native` has no preload, `jemalloc-so` / \
-         `mimalloc-so` preload Debian's libraries. Started {} UTC, took {:.0} s. Ratios are to **{}**; \
-         all values are medians.\n",
-        c.repetitions,
-        lib.display(),
-        utc_stamp(report.started_unix),
-        report.duration_s,
-        c.baseline
-    );
-    let _ = writeln!(out, "| machine | |\n|---|---|");
-    let _ = writeln!(out, "| CPU | {} ({} logical cores) |", m.cpu_model, m.cores);
-    let _ = writeln!(out, "| kernel | {} |", m.kernel);
-    let _ = writeln!(out, "| git commit | `{}` |\n", m.git_commit);
-    let _ = writeln!(
-        out,
-        "The machine may be shared: compare columns *within* this run (the ratios).\n"
-    );
-    for (title, note, f, format) in METRICS {
-        let _ = writeln!(out, "## {title}\n");
-        if !note.is_empty() {
-            let _ = writeln!(out, "{note}\n");
+/// A path as the report's reader should see it: relative to the current
+/// directory when inside it, else with the home directory as `~`.
+fn for_reader(path: &Path) -> String {
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Ok(rel) = path.strip_prefix(&cwd) {
+            return rel.display().to_string();
         }
-        let _ = writeln!(out, "| command | {} |", c.allocators.join(" | "));
-        let _ = writeln!(out, "|---|{}", "---|".repeat(c.allocators.len()));
-        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); c.allocators.len()];
-        for row in &c.workloads {
-            let base = median_of(extras, row, &c.baseline, *f);
-            let _ = write!(out, "| `{row}` |");
-            for (i, col) in c.allocators.iter().enumerate() {
-                match median_of(extras, row, col, *f) {
-                    Some(v) => {
-                        let ratio = base.filter(|b| *b > 0.0).map(|b| v / b);
-                        if let Some(r) = ratio {
-                            ratios[i].push(r);
-                        }
-                        let r = ratio.map_or("-".to_string(), |r| format!("{r:.2}"));
-                        let _ = write!(out, " {} ({r}) |", format(v));
-                    }
-                    None => {
-                        let _ = write!(out, " failed |");
-                    }
-                }
-            }
-            let _ = writeln!(out);
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|h| h.len() > 1) {
+        if let Ok(rel) = path.strip_prefix(&home) {
+            return format!("~/{}", rel.display());
         }
-        let _ = write!(out, "| **geometric mean of ratios** |");
-        for r in &ratios {
-            let g = geometric_mean(r).map_or("-".to_string(), |g| format!("{g:.2}"));
-            let _ = write!(out, " **{g}** |");
-        }
-        let _ = writeln!(out, "\n");
     }
-    for (file, caption) in charts {
-        let _ = writeln!(out, "![{caption}]({file})\n");
-    }
-    let failures: Vec<String> = report
-        .cells
-        .iter()
-        .flat_map(|cell| {
-            cell.errors
-                .iter()
-                .map(move |e| format!("- {} `{}`: {e}", cell.allocator, cell.workload))
-        })
-        .collect();
-    if !failures.is_empty() {
-        let _ = writeln!(out, "## Failures\n\n{}\n", failures.join("\n"));
-    }
-    let _ = writeln!(
-        out,
-        "## Method\n\n- Wall time: `Instant` from spawn to reap. User/system time, peak RSS \
-         (`ru_maxrss`) and minor faults: `wait4` on the child, which covers the child and the \
-         descendants it waited for (peak RSS is that of the largest single process).\n\
-         - Raw samples: `results.json` (the harness's report model; `compare` reads it) and \
-         `preload.json` (user/sys time and exit status of every run).\n"
-    );
-    out
+    path.display().to_string()
 }
 
-fn charts(report: &Report, extras: &[ExtraSample], dir: &Path) -> Result<Vec<(String, String)>> {
-    let c = &report.config;
-    let groups: Vec<String> = c
-        .workloads
-        .iter()
-        .map(|w| w.chars().take(40).collect())
-        .collect();
-    let series = |f: fn(&ExtraSample) -> f64, relative: bool| -> Vec<report::svg::Series> {
-        c.allocators
-            .iter()
-            .map(|col| {
-                let vals = c
-                    .workloads
-                    .iter()
-                    .map(|row| {
-                        let v = median_of(extras, row, col, f)?;
-                        if relative {
-                            Some(v / median_of(extras, row, &c.baseline, f)?)
-                        } else {
-                            Some(v)
-                        }
-                    })
-                    .collect();
-                (col.clone(), vals)
-            })
-            .collect()
+/// A warning for a command whose interpreter serves most allocations from a
+/// heap of its own, so the backends would barely be measured.
+fn bypass_warning(argv: &[String]) -> Option<String> {
+    // `sh -c '...'` rows: look at the words of the script too.
+    let words: Vec<String> = if argv.len() == 3 && argv[0].ends_with("sh") && argv[1] == "-c" {
+        shlex::split(&argv[2]).unwrap_or_default()
+    } else {
+        argv.to_vec()
     };
-    let mut written = Vec::new();
-    let title = format!("Wall time relative to {} (lower is better)", c.baseline);
-    report::svg::grouped_bars(
-        &dir.join("time.svg"),
-        &title,
-        "time / baseline",
-        &groups,
-        &series(|e| e.wall_s, true),
-        true,
-    )?;
-    written.push(("time.svg".to_string(), title));
-    let title = "Peak RSS (MiB, lower is better)".to_string();
-    report::svg::grouped_bars(
-        &dir.join("peak-rss.svg"),
-        &title,
-        "MiB",
-        &groups,
-        &series(|e| e.peak_rss as f64 / (1024.0 * 1024.0), false),
-        false,
-    )?;
-    written.push(("peak-rss.svg".to_string(), title));
-    Ok(written)
+    let program = words
+        .iter()
+        .filter(|w| !w.contains('=') && *w != "exec" && *w != "env")
+        .map(|w| w.rsplit('/').next().unwrap_or(w))
+        .next()?;
+    let set_in_command = words.iter().any(|w| w == "PYTHONMALLOC=malloc");
+    let set_in_env = std::env::var("PYTHONMALLOC").is_ok_and(|v| v == "malloc");
+    if program.starts_with("python") && !set_in_command && !set_in_env {
+        return Some(format!(
+            "`{program}` serves objects up to 512 bytes from pymalloc, not malloc: \
+             run it with PYTHONMALLOC=malloc (`preload -- env PYTHONMALLOC=malloc {program} ...`) \
+             or the backends are barely measured"
+        ));
+    }
+    if ["node", "java", "ruby"].contains(&program) {
+        return Some(format!(
+            "`{program}` keeps most objects in its own garbage-collected heap: the \
+             backends see only its native allocations"
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn python_without_pythonmalloc_is_warned() {
+        if std::env::var_os("PYTHONMALLOC").is_some() {
+            return;
+        }
+        assert!(bypass_warning(&strings(&["python3", "app.py"])).is_some());
+        assert!(bypass_warning(&strings(&["/usr/bin/python3.11", "-c", "1"])).is_some());
+        assert!(
+            bypass_warning(&strings(&["env", "PYTHONMALLOC=malloc", "python3", "a.py"])).is_none()
+        );
+        assert!(bypass_warning(&strings(&["/bin/sh", "-c", "exec python3 x.py"])).is_some());
+        assert!(bypass_warning(&strings(&[
+            "/bin/sh",
+            "-c",
+            "PYTHONMALLOC=malloc exec python3 x.py"
+        ]))
+        .is_none());
+        assert!(bypass_warning(&strings(&["sqlite3", ":memory:"])).is_none());
+    }
+
+    #[test]
+    fn commands_are_shown_as_typed() {
+        assert_eq!(
+            as_typed(&strings(&["python3", "-c", "print('a b')"])),
+            r#"python3 -c "print('a b')""#
+        );
+        assert_eq!(
+            as_typed(&strings(&["sort", "-n", "f.txt"])),
+            "sort -n f.txt"
+        );
+    }
 }

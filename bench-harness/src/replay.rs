@@ -23,17 +23,19 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use clap::Args;
 use heapkit_trace::{summary::Summary, Trace};
 
+use crate::args::MatrixArgs;
 use crate::cell::{cell_binary, spawn_cell};
 use crate::error::{Error, Result};
 use crate::registry::{find_allocator, ALLOCATORS};
 use crate::replay_cell::ReplaySample;
 use crate::replay_plan;
+use crate::report::markdown::fmt_seconds;
 use crate::report::{self, Cell, Machine, Report, ReportDir, RunConfig, SCHEMA_VERSION};
+use crate::session::{self, Progress, Session};
 use crate::trace_info;
 
 /// Options of `replay`.
@@ -41,32 +43,18 @@ use crate::trace_info;
 pub struct ReplayArgs {
     /// The trace to replay (recorded with HEAPKIT_TRACE=path under libheapkit.so).
     pub trace: PathBuf,
-    /// Comma-separated allocators (default: all registered).
-    #[arg(long, value_delimiter = ',')]
-    pub allocators: Vec<String>,
-    /// Repetitions (fresh processes) per allocator.
-    #[arg(long, default_value_t = 3)]
-    pub repetitions: usize,
     /// Follow the recorded global order exactly (verification mode: slower,
     /// measures peak live bytes and checks it against the trace).
     #[arg(long)]
     pub ordered: bool,
-    /// Allocator the ratios are relative to.
-    #[arg(long, default_value = "system")]
-    pub baseline: String,
-    /// Report directory name under --out (default: replay-<trace>-<UTC date-time>).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Parent directory of report directories.
-    #[arg(long, default_value = "reports")]
-    pub out: PathBuf,
+    /// Allocators, repetitions, baseline, report name and place, timeout.
+    #[command(flatten)]
+    pub common: MatrixArgs,
 }
 
 /// Replays the trace under every chosen allocator and writes the report.
 pub fn replay(args: &ReplayArgs) -> Result<()> {
-    if args.repetitions == 0 {
-        return Err(Error::new("--repetitions must be at least 1"));
-    }
+    args.common.repetitions_or(3)?;
     let trace_path = args
         .trace
         .canonicalize()
@@ -96,11 +84,12 @@ fn replay_plan_file(
 ) -> Result<()> {
     let expected_ops = summary.replayable_ops() as u64;
 
-    let allocators: Vec<String> = if args.allocators.is_empty() {
+    let allocators: Vec<String> = if args.common.allocators.is_empty() {
         ALLOCATORS.iter().map(|a| a.name.to_string()).collect()
     } else {
-        args.allocators.clone()
+        args.common.allocators.clone()
     };
+    let repetitions = args.common.repetitions_or(3)?;
     let entries = allocators
         .iter()
         .map(|n| find_allocator(n))
@@ -108,22 +97,18 @@ fn replay_plan_file(
     for entry in &entries {
         cell_binary(entry)?;
     }
-    let baseline = if allocators.contains(&args.baseline) {
-        args.baseline.clone()
-    } else {
-        allocators[0].clone()
-    };
+    let baseline = args.common.baseline(&allocators, "system")?;
     let ReportDir {
         dir,
         name,
         started_unix,
     } = ReportDir::create(
-        &args.out,
-        args.name.as_deref(),
+        &args.common.out,
+        args.common.name.as_deref(),
         &format!("replay-{trace_name}"),
     )?;
 
-    let mut cells: Vec<Cell> = entries
+    let cells: Vec<Cell> = entries
         .iter()
         .map(|e| Cell {
             allocator: e.name.to_string(),
@@ -138,39 +123,13 @@ fn replay_plan_file(
         format!("plan={}", plan_path.display()),
         format!("ordered={}", u8::from(args.ordered)),
     ];
-    let start = Instant::now();
-    for rep in 0..args.repetitions {
-        for k in 0..entries.len() {
-            let column = if rep % 2 == 0 {
-                k
-            } else {
-                entries.len() - 1 - k
-            };
-            let cell = &mut cells[column];
-            eprintln!(
-                "heapkit-bench: replay {} under {} ({}/{})",
-                trace_name,
-                cell.allocator,
-                rep + 1,
-                args.repetitions
-            );
-            let outcome = spawn_cell::<ReplaySample>(entries[column], &job)
-                .and_then(|s| check(&s, expected_ops, summary.peak_live_bytes).map(|()| s));
-            match outcome {
-                Ok(s) => cell.samples.push(s.sample),
-                Err(err) => {
-                    eprintln!("warning: {} replay: {err}", cell.allocator);
-                    cell.errors.push(err.0);
-                }
-            }
-        }
-    }
-    let report = Report {
+    let planned = cells.len() * repetitions;
+    let skeleton = Report {
         schema: SCHEMA_VERSION,
         tool: "heapkit-bench replay".to_string(),
         name,
         started_unix,
-        duration_s: start.elapsed().as_secs_f64(),
+        duration_s: 0.0,
         machine: Machine::detect(),
         config: RunConfig {
             preset: if args.ordered {
@@ -180,20 +139,62 @@ fn replay_plan_file(
             }
             .to_string(),
             scale: 1.0,
-            repetitions: args.repetitions,
+            repetitions,
             allocators,
             workloads: vec![trace_name.to_string()],
             threads: vec![summary.threads],
             baseline,
             seed: 0,
+            descriptions: Default::default(),
         },
         cells,
+        partial: None,
     };
-    report::write_all(&report, &dir)?;
+    let mut session = Session::begin(skeleton, &dir, planned)?;
+    let mut progress = Progress::new(planned);
+    let timeout = args.common.timeout();
+    'reps: for rep in 0..repetitions {
+        for k in 0..entries.len() {
+            if session::interrupted() {
+                break 'reps;
+            }
+            let column = if rep % 2 == 0 {
+                k
+            } else {
+                entries.len() - 1 - k
+            };
+            let what = format!(
+                "replay {trace_name} under {} rep {}/{repetitions}",
+                entries[column].name,
+                rep + 1
+            );
+            progress.starting(&what);
+            let outcome = spawn_cell::<ReplaySample>(entries[column], &job, timeout)
+                .and_then(|s| check(&s, expected_ops, summary.peak_live_bytes).map(|()| s));
+            match outcome {
+                Ok(s) => {
+                    progress.finished(&what, &fmt_seconds(s.sample.wall_ns as f64 / 1e9));
+                    session.record(column, Ok(s.sample));
+                }
+                Err(_) if session::interrupted() => {}
+                Err(err) => {
+                    progress.finished(&what, "failed");
+                    progress.println(&format!("warning: {err}"));
+                    session.record(column, Err(err.0));
+                }
+            }
+        }
+    }
+    progress.finish();
+    let report = session.finish()?;
+    report::write_readable(&report, &dir)?;
     let plan_bytes = std::fs::metadata(plan_path).map_or(0, |m| m.len());
     prepend_trace_section(&dir, trace_path, summary, args.ordered, plan_bytes)?;
     let failed = report.cells.iter().filter(|c| !c.errors.is_empty()).count();
     println!("{}", dir.join("REPORT.md").display());
+    if session::interrupted() {
+        return Err(Error::new("interrupted; the partial report is written"));
+    }
     if failed > 0 {
         return Err(Error::new(format!(
             "{failed} allocators failed to replay the trace (see REPORT.md)"
@@ -230,8 +231,10 @@ fn prepend_trace_section(
     let path = dir.join("REPORT.md");
     let body = std::fs::read_to_string(&path)
         .map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
+    // The trace section goes after the verdict, before the tables.
+    let (top, rest) = body.split_at(body.find("## How it ran").unwrap_or(0));
     let mut head = String::new();
-    let _ = writeln!(head, "# Trace replay: {}\n", trace.display());
+    let _ = writeln!(head, "## The trace: {}\n", trace.display());
     let _ = writeln!(
         head,
         "Each allocator re-executed the recorded heap operations in a fresh process, \
@@ -250,6 +253,6 @@ fn prepend_trace_section(
     head.push_str("```text\n");
     head.push_str(&trace_info::render(summary));
     head.push_str("```\n\n");
-    std::fs::write(&path, head + &body)
+    std::fs::write(&path, format!("{top}{head}{rest}"))
         .map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))
 }

@@ -48,8 +48,8 @@ use crate::measure::{
     minor_faults, peak_rss_bytes, reset_peak_rss, rss_bytes, ticks, TickClock, SAMPLE_PERIOD,
 };
 use crate::replay_plan::{kind, Plan, PlanOp};
-use crate::report::{Checkpoint, OpLatency, Sample};
 use crate::rng::SplitMix64;
+use crate::sample::{Checkpoint, OpLatency, Sample};
 
 /// What a `replay` cell prints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,16 +10,15 @@
 //! A failing repetition (an allocator crashing, say) is recorded in the cell's
 //! `errors` and the run goes on; the report marks the cell.
 
-use std::path::PathBuf;
-use std::time::Instant;
-
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::args::MatrixArgs;
 use crate::cell::{build_cell_binaries_if_under_cargo, cell_binary, spawn_cell, workload_job};
 use crate::error::{Error, Result};
 use crate::registry::{find_allocator, ALLOCATORS};
+use crate::report::markdown::fmt_seconds;
 use crate::report::{self, Cell, Machine, Report, ReportDir, RunConfig, Sample, SCHEMA_VERSION};
+use crate::session::{self, Progress, Session};
 use crate::workloads::{self, WORKLOADS};
 
 /// Options of `run`.
@@ -31,30 +30,18 @@ pub struct RunArgs {
     /// Full matrix: threads 1, 2, 4, 8, scale 2, 5 repetitions.
     #[arg(long)]
     pub full: bool,
-    /// Comma-separated allocators (default: all registered).
-    #[arg(long, value_delimiter = ',')]
-    pub allocators: Vec<String>,
     /// Comma-separated workloads (default: all).
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Comma-separated thread counts for the multi-threaded workloads.
     #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
-    /// Repetitions (fresh processes) per cell.
-    #[arg(long)]
-    pub repetitions: Option<usize>,
     /// Work multiplier for every workload (1.0 = quick size).
     #[arg(long)]
     pub scale: Option<f64>,
-    /// Allocator the ratios are relative to.
-    #[arg(long, default_value = "system")]
-    pub baseline: String,
-    /// Report directory name under --out (default: `<preset>-<UTC date-time>`).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Parent directory of report directories.
-    #[arg(long, default_value = "reports")]
-    pub out: PathBuf,
+    /// Allocators, repetitions, baseline, report name and place, timeout.
+    #[command(flatten)]
+    pub common: MatrixArgs,
     /// Seed of the workloads' random generators.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -76,18 +63,18 @@ pub fn plan(args: &RunArgs) -> Result<Plan> {
     } else {
         ("quick", vec![1, 4], 1.0, 3)
     };
-    let customised = !args.allocators.is_empty()
+    let customised = !args.common.allocators.is_empty()
         || !args.workloads.is_empty()
         || !args.threads.is_empty()
-        || args.repetitions.is_some()
+        || args.common.repetitions.is_some()
         || args.scale.is_some();
-    let allocators: Vec<String> = if args.allocators.is_empty() {
+    let allocators: Vec<String> = if args.common.allocators.is_empty() {
         ALLOCATORS.iter().map(|a| a.name.to_string()).collect()
     } else {
-        for name in &args.allocators {
+        for name in &args.common.allocators {
             find_allocator(name)?;
         }
-        args.allocators.clone()
+        args.common.allocators.clone()
     };
     let workload_names: Vec<&'static str> = if args.workloads.is_empty() {
         WORKLOADS.iter().map(|w| w.name).collect()
@@ -121,21 +108,8 @@ pub fn plan(args: &RunArgs) -> Result<Plan> {
             "--scale must be a positive number, got {scale}"
         )));
     }
-    let repetitions = args.repetitions.unwrap_or(repetitions);
-    if repetitions == 0 {
-        return Err(Error::new("--repetitions must be at least 1"));
-    }
-    let baseline = if allocators.contains(&args.baseline) {
-        args.baseline.clone()
-    } else if args.baseline == "system" {
-        allocators[0].clone()
-    } else {
-        find_allocator(&args.baseline)?;
-        return Err(Error::new(format!(
-            "baseline '{}' is not among --allocators",
-            args.baseline
-        )));
-    };
+    let repetitions = args.common.repetitions_or(repetitions)?;
+    let baseline = args.common.baseline(&allocators, "system")?;
     let mut rows = Vec::new();
     for &name in &workload_names {
         let multi = workloads::find(name).is_some_and(|w| w.multi_threaded);
@@ -155,6 +129,12 @@ pub fn plan(args: &RunArgs) -> Result<Plan> {
             threads,
             baseline,
             seed: args.seed,
+            descriptions: workload_names
+                .iter()
+                .filter_map(|&n| {
+                    workloads::find(n).map(|w| (n.to_string(), w.description.to_string()))
+                })
+                .collect(),
         },
         rows,
     })
@@ -177,9 +157,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         dir,
         name,
         started_unix,
-    } = ReportDir::create(&args.out, args.name.as_deref(), &config.preset)?;
+    } = ReportDir::create(
+        &args.common.out,
+        args.common.name.as_deref(),
+        &config.preset,
+    )?;
 
-    let machine = Machine::detect();
     let mut cells: Vec<Cell> = Vec::new();
     for &(workload, threads) in &plan.rows {
         for entry in &entries {
@@ -192,57 +175,63 @@ pub fn run(args: &RunArgs) -> Result<()> {
             });
         }
     }
-    let total = (cells.len() * config.repetitions) as u64;
-    let progress = ProgressBar::new(total);
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cells  ETA {eta}  {msg}",
-        )
-        .map_err(|e| Error::new(e.to_string()))?,
-    );
-    let start = Instant::now();
-    let per_row = entries.len();
-    for rep in 0..config.repetitions {
-        for row in 0..plan.rows.len() {
-            for k in 0..per_row {
-                // alternate the allocator order between repetitions
-                let column = if rep % 2 == 0 { k } else { per_row - 1 - k };
-                let cell = &mut cells[row * per_row + column];
-                progress.set_message(format!(
-                    "{} {} ×{} rep {}",
-                    cell.allocator,
-                    cell.workload,
-                    cell.threads,
-                    rep + 1
-                ));
-                let job = workload_job(&cell.workload, cell.threads, config.scale, config.seed);
-                match spawn_cell::<Sample>(entries[column], &job) {
-                    Ok(sample) => cell.samples.push(sample),
-                    Err(err) => {
-                        progress.println(format!("warning: {err}"));
-                        cell.errors.push(err.0);
-                    }
-                }
-                progress.inc(1);
-            }
-        }
-    }
-    progress.finish_and_clear();
-
-    let report = Report {
+    let planned = cells.len() * config.repetitions;
+    let skeleton = Report {
         schema: SCHEMA_VERSION,
         tool: "heapkit-bench run".to_string(),
         name,
         started_unix,
-        duration_s: start.elapsed().as_secs_f64(),
-        machine,
+        duration_s: 0.0,
+        machine: Machine::detect(),
         config: config.clone(),
         cells,
+        partial: None,
     };
-    report::write_all(&report, &dir)?;
+    let mut session = Session::begin(skeleton, &dir, planned)?;
+    let mut progress = Progress::new(planned);
+    let timeout = args.common.timeout();
+    let per_row = entries.len();
+    'reps: for rep in 0..config.repetitions {
+        for row in 0..plan.rows.len() {
+            for k in 0..per_row {
+                if session::interrupted() {
+                    break 'reps;
+                }
+                // alternate the allocator order between repetitions
+                let column = if rep % 2 == 0 { k } else { per_row - 1 - k };
+                let index = row * per_row + column;
+                let (workload, threads) = plan.rows[row];
+                let what = format!(
+                    "{} {workload} ×{threads} rep {}/{}",
+                    entries[column].name,
+                    rep + 1,
+                    config.repetitions
+                );
+                progress.starting(&what);
+                let job = workload_job(workload, threads, config.scale, config.seed);
+                match spawn_cell::<Sample>(entries[column], &job, timeout) {
+                    Ok(sample) => {
+                        progress.finished(&what, &fmt_seconds(sample.wall_ns as f64 / 1e9));
+                        session.record(index, Ok(sample));
+                    }
+                    Err(_) if session::interrupted() => {
+                        progress.println(&format!("heapkit-bench: interrupted during {what}"));
+                    }
+                    Err(err) => {
+                        progress.finished(&what, "failed");
+                        progress.println(&format!("warning: {err}"));
+                        session.record(index, Err(err.0));
+                    }
+                }
+            }
+        }
+    }
+    progress.finish();
+    let report = session.finish()?;
+    report::write_readable(&report, &dir)?;
     let failed = report.cells.iter().filter(|c| !c.errors.is_empty()).count();
     eprintln!(
-        "heapkit-bench: {} cells x {} repetitions in {:.0} s{}",
+        "heapkit-bench: {} cells x {} repetitions in {:.0} s{}{}",
         report.cells.len(),
         config.repetitions,
         report.duration_s,
@@ -250,31 +239,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
             format!(", {failed} cells with failures")
         } else {
             String::new()
-        }
+        },
+        report
+            .partial
+            .as_ref()
+            .map_or(String::new(), |p| format!(" (partial report: {p})"))
     );
     println!("{}", dir.join("REPORT.md").display());
+    if session::interrupted() {
+        return Err(Error::new("interrupted; the partial report is written"));
+    }
     Ok(())
-}
-
-/// `YYYYMMDD-HHMMSS` in UTC for a Unix time (civil-from-days, Howard Hinnant).
-pub fn utc_stamp(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 #[cfg(test)]
@@ -285,14 +260,10 @@ mod tests {
         RunArgs {
             quick: false,
             full: false,
-            allocators: vec![],
             workloads: vec![],
             threads: vec![],
-            repetitions: None,
             scale: None,
-            baseline: "system".into(),
-            name: None,
-            out: "reports".into(),
+            common: MatrixArgs::default(),
             seed: 1,
         }
     }
@@ -318,7 +289,7 @@ mod tests {
             .0
             .starts_with("unknown workload 'nope'"));
         let mut a = args();
-        a.allocators = vec!["nope".into()];
+        a.common.allocators = vec!["nope".into()];
         assert!(plan(&a)
             .unwrap_err()
             .0
@@ -326,11 +297,5 @@ mod tests {
         let mut a = args();
         a.threads = vec![0];
         assert!(plan(&a).is_err());
-    }
-
-    #[test]
-    fn utc_stamp_known_date() {
-        assert_eq!(utc_stamp(0), "19700101-000000");
-        assert_eq!(utc_stamp(1_764_039_600), "20251125-030000");
     }
 }

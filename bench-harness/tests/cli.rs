@@ -163,3 +163,206 @@ fn cell_binary_rejects_bad_jobs() {
         .unwrap();
     assert_one_line_error(&out, "unknown workload");
 }
+
+/// Every cmdline of a running process that contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+fn many_short_cells(out_dir: &std::path::Path, seed: &str) -> Command {
+    let mut cmd = bench();
+    cmd.args(["run", "--allocators", "system", "--workloads", "churn"])
+        .args(["--repetitions", "400", "--scale", "0.02", "--name", "r"])
+        .args(["--seed", seed])
+        .arg("--out")
+        .arg(out_dir);
+    cmd
+}
+
+#[test]
+fn progress_lines_when_not_a_terminal() {
+    let out_dir = tmp("progress");
+    let out = bench()
+        .args(["run", "--allocators", "system", "--workloads", "churn"])
+        .args(["--repetitions", "2", "--scale", "0.01", "--name", "p"])
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("heapkit-bench: [1/2 0:"), "{err}");
+    assert!(err.contains("system churn ×1 rep 2/2: "), "{err}");
+    let md = std::fs::read_to_string(out_dir.join("p/REPORT.md")).unwrap();
+    assert!(
+        md.starts_with("# heapkit-bench report: p\n\n## Verdict"),
+        "{md}"
+    );
+    assert!(
+        !out_dir.join("p/samples.jsonl").exists(),
+        "journal left behind"
+    );
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn a_cell_past_its_timeout_is_killed_and_reported() {
+    let out_dir = tmp("timeout");
+    let started = std::time::Instant::now();
+    let out = bench()
+        .args(["run", "--allocators", "system", "--workloads", "churn"])
+        .args(["--repetitions", "1", "--scale", "1e9", "--timeout", "1"])
+        .args(["--name", "t", "--seed", "424242"])
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(started.elapsed().as_secs() < 30, "the timeout did not fire");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("killed after 1 s (--timeout)"), "{err}");
+    let report = heapkit_bench::report::json::read_dir(&out_dir.join("t")).unwrap();
+    assert!(report.cells[0].errors[0].contains("--timeout"));
+    assert!(processes_with("seed=424242").is_empty());
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn an_interrupted_run_kills_its_cell_and_keeps_a_partial_report() {
+    let out_dir = tmp("interrupt");
+    let mut child = many_short_cells(&out_dir, "515151")
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: kill with a live child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        processes_with("seed=515151").is_empty(),
+        "cell left running"
+    );
+    let dir = out_dir.join("r");
+    let report = heapkit_bench::report::json::read(&dir.join("results.json")).unwrap();
+    let taken = report.cells[0].samples.len();
+    assert!(taken > 0 && taken < 400, "{taken} samples");
+    assert!(report
+        .partial
+        .as_deref()
+        .unwrap()
+        .starts_with("interrupted"));
+    let md = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+    assert!(md.contains("**Partial report**"), "{md}");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn a_killed_run_leaves_a_journal_that_compare_reads() {
+    let out_dir = tmp("killed");
+    let mut child = many_short_cells(&out_dir, "626262")
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap(); // SIGKILL: no handler runs
+    child.wait().unwrap();
+    // PR_SET_PDEATHSIG takes the running cell down with the harness.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        processes_with("seed=626262").is_empty(),
+        "cell left running"
+    );
+    let dir = out_dir.join("r");
+    assert!(!dir.join("results.json").exists());
+    let report = heapkit_bench::report::json::read_dir(&dir).unwrap();
+    assert!(report.partial.as_deref().unwrap().contains("killed"));
+    assert!(!report.cells[0].samples.is_empty());
+    let out = bench().arg("compare").arg(&dir).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Nothing moved beyond the run-to-run noise"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn an_installed_copy_finds_its_cells_and_the_shim() {
+    // What `cargo install --path bench-harness` makes: the binaries in a
+    // directory of their own, outside any cargo target directory.
+    let bin = tmp("installed").join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in ["heapkit-bench", "hk-cell-system"] {
+        let from = PathBuf::from(env!("CARGO_BIN_EXE_heapkit-bench")).with_file_name(name);
+        std::fs::copy(&from, bin.join(name)).unwrap();
+    }
+    let installed = || {
+        let mut c = Command::new(bin.join("heapkit-bench"));
+        c.env_remove("CARGO").env_remove("HEAPKIT_LIB");
+        c
+    };
+    let out = installed().arg("list").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("system") && text.contains("(std::alloc::System)"),
+        "{text}"
+    );
+    assert!(!text.contains("1 thread 1 thread"), "{text}");
+    let out_dir = bin.parent().unwrap().join("reports");
+    let out = installed()
+        .args(["run", "--allocators", "system", "--workloads", "churn"])
+        .args(["--repetitions", "1", "--scale", "0.01"])
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    // libheapkit.so: not beside the copy, so the source tree's release build
+    // (built by the README's test command before the tests run).
+    let source_lib =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/libheapkit.so");
+    if source_lib.is_file() {
+        let out = installed()
+            .args([
+                "preload",
+                "--allocators",
+                "system,native",
+                "--repetitions",
+                "1",
+            ])
+            .args(["--name", "pl"])
+            .arg("--out")
+            .arg(&out_dir)
+            .args(["--", "python3", "-c", "print('a b')"])
+            .env_remove("PYTHONMALLOC")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("PYTHONMALLOC=malloc"),
+            "no pymalloc warning: {err}"
+        );
+        let md = std::fs::read_to_string(out_dir.join("pl/REPORT.md")).unwrap();
+        assert!(
+            md.contains("## Verdict") && md.contains("> **Warning**"),
+            "{md}"
+        );
+        assert!(md.contains(r#"`python3 -c "print('a b')"`"#), "{md}");
+        assert!(md.contains("Ratios are to **native**"), "{md}");
+    }
+    let _ = std::fs::remove_dir_all(bin.parent().unwrap());
+}

@@ -30,7 +30,7 @@ pub fn every_power_of_two<A: GlobalAlloc>(a: &A, v: Volume) {
             for &size in &sizes {
                 for _ in 0..2 {
                     seed += 1;
-                    let zeroed = seed % 5 == 0;
+                    let zeroed = seed.is_multiple_of(5);
                     let what = format!("alignment {align}, size {size}, round {round}");
                     live.push(Block::new(a, size, align, seed, zeroed, &what));
                 }

@@ -100,7 +100,7 @@ fn work<A: GlobalAlloc>(a: &A, inherited: &[Block], seed: u64, rounds: usize) ->
             if p.is_null() {
                 return code::NULL;
             }
-            if p as usize % align != 0 {
+            if !(p as usize).is_multiple_of(align) {
                 return code::MISALIGNED;
             }
             // SAFETY: p is live for size bytes.

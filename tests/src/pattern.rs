@@ -52,7 +52,7 @@ impl fmt::Display for Mismatch {
 /// `ptr..ptr + end` must be writable.
 pub unsafe fn fill_range(ptr: *mut u8, start: usize, end: usize, seed: u64) {
     let mut i = start;
-    while i < end && i % 8 != 0 {
+    while i < end && !i.is_multiple_of(8) {
         // SAFETY: i < end, in bounds (caller).
         unsafe { ptr.add(i).write(byte_at(seed, i)) };
         i += 1;
@@ -110,7 +110,7 @@ pub unsafe fn check_range(
 ) -> Result<(), Mismatch> {
     let mut i = start;
     while i < end {
-        if i % 8 == 0 && i + 8 <= end {
+        if i.is_multiple_of(8) && i + 8 <= end {
             // SAFETY: i + 8 <= end, in bounds (caller); unaligned read.
             let found = unsafe { ptr.add(i).cast::<u64>().read_unaligned() };
             let expected = word(seed, i / 8).to_le();
@@ -199,7 +199,7 @@ pub unsafe fn first_nonzero(ptr: *const u8, len: usize) -> Option<usize> {
 #[track_caller]
 pub fn assert_aligned(ptr: *const u8, align: usize, what: &str) {
     assert!(
-        (ptr as usize) % align == 0,
+        (ptr as usize).is_multiple_of(align),
         "{what}: block {ptr:p} is not aligned to {align}"
     );
 }

@@ -56,7 +56,7 @@ pub fn after_dirty_frees<A: GlobalAlloc>(a: &A, v: Volume) {
                         let p = unsafe { a.alloc_zeroed(layout) };
                         assert!(!p.is_null(), "alloc_zeroed({layout:?}) returned null");
                         assert!(
-                            p as usize % align == 0,
+                            (p as usize).is_multiple_of(align),
                             "alloc_zeroed({layout:?}) = {p:p} misaligned"
                         );
                         p

@@ -165,7 +165,7 @@ pub unsafe fn posix_memalign<A: HeapAlloc + ?Sized>(
     align: usize,
     size: usize,
 ) -> c_int {
-    if !align.is_power_of_two() || align % core::mem::size_of::<usize>() != 0 {
+    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<usize>()) {
         return libc::EINVAL;
     }
     let p = allocate_keeping_errno(a, size, align.max(MIN_ALIGN), false);
@@ -235,7 +235,7 @@ mod tests {
     fn glibc_edge_cases() {
         let a = PagesAlloc;
         let p = malloc(&a, 0);
-        assert!(!p.is_null() && p as usize % MIN_ALIGN == 0);
+        assert!(!p.is_null() && (p as usize).is_multiple_of(MIN_ALIGN));
         // SAFETY: p is a live block of a.
         unsafe {
             assert!(realloc(&a, p, 0).is_null());

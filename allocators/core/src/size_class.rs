@@ -61,7 +61,7 @@ const _: () = {
     let mut c = 1;
     while c < CLASS_COUNT {
         assert!(SIZES[c] > SIZES[c - 1]);
-        assert!(SIZES[c] as usize % MIN_ALIGN == 0);
+        assert!((SIZES[c] as usize).is_multiple_of(MIN_ALIGN));
         c += 1;
     }
 };
@@ -153,7 +153,10 @@ mod tests {
                 match class_for(layout) {
                     Some(c) => {
                         let cs = class_size(c);
-                        assert!(cs >= size && cs % align == 0, "{size}/{align} -> {cs}");
+                        assert!(
+                            cs >= size && cs.is_multiple_of(align),
+                            "{size}/{align} -> {cs}"
+                        );
                     }
                     None => assert!(size.max(align).next_power_of_two() > MAX_SIZE),
                 }

@@ -89,7 +89,7 @@ const _: () = {
         // Power-of-two classes (the ones serving alignments above 16) are
         // aligned because the chunk is aligned to its size, which they divide.
         if size.is_power_of_two() {
-            assert!(chunk % size == 0);
+            assert!(chunk.is_multiple_of(size));
         }
         // The trim counters and the batch count field are wide enough.
         assert!(CHUNK_BLOCKS[c] <= u16::MAX as u32 + 1);

@@ -63,7 +63,7 @@ fn no_block_lost_or_duplicated_under_contention() {
                         seed ^= seed << 13;
                         seed ^= seed >> 7;
                         seed ^= seed << 17;
-                        if seed % 2 == 0 && !mine.is_empty() {
+                        if seed.is_multiple_of(2) && !mine.is_empty() {
                             let n = (1 + (seed >> 8) as usize % 64).min(mine.len());
                             let batch: Vec<usize> = mine.split_off(mine.len() - n);
                             // SAFETY: the blocks are ours and given up.

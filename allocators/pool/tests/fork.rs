@@ -56,13 +56,13 @@ fn child_of_a_busy_parent_allocates_and_frees() {
                     let layout = Layout::from_size_align(16 + (i * 7 + t) % 3000, 16).unwrap();
                     let p = POOL.allocate(layout);
                     assert!(!p.is_null());
-                    if i % 50 == 0 && handoff.lock().unwrap().len() < 1000 {
+                    if i.is_multiple_of(50) && handoff.lock().unwrap().len() < 1000 {
                         handoff.lock().unwrap().push(p as usize);
                     } else {
                         // SAFETY: live block.
                         unsafe { POOL.free(p) };
                     }
-                    if i % 10_000 == 0 {
+                    if i.is_multiple_of(10_000) {
                         POOL.trim();
                     }
                     i += 1;

@@ -33,7 +33,7 @@ fn randomized_ops_fill_and_verify() {
         let op = rng.next() % 10;
         if op < 5 || live.is_empty() {
             let layout = rng.layout();
-            let zeroed = rng.next() % 4 == 0;
+            let zeroed = rng.next().is_multiple_of(4);
             let p = if zeroed {
                 POOL.allocate_zeroed(layout)
             } else {

@@ -62,7 +62,7 @@ fn checked(len: usize) -> [(usize, usize); 2] {
 
 fn alloc(shared: &Shared, rng: &mut Rng, tag: u64) -> Block {
     let layout = rng.layout();
-    let ptr = if rng.next() % 8 == 0 {
+    let ptr = if rng.next().is_multiple_of(8) {
         POOL.allocate_zeroed(layout)
     } else {
         POOL.allocate(layout)
@@ -100,7 +100,7 @@ fn free(shared: &Shared, rng: &mut Rng, b: Block) {
     shared.frees.fetch_add(1, Ordering::Relaxed);
     // SAFETY: the block is live; half the frees go without a layout.
     unsafe {
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             POOL.free(ptr);
         } else {
             POOL.deallocate(ptr, b.layout);

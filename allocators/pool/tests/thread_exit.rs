@@ -48,7 +48,7 @@ fn exiting_threads_return_their_blocks() {
                 // SAFETY: valid out-pointer and destructor.
                 unsafe {
                     assert_eq!(libc::pthread_key_create(&mut key, Some(late_destructor)), 0);
-                    libc::pthread_setspecific(key, 1 as *const c_void);
+                    libc::pthread_setspecific(key, std::ptr::dangling::<c_void>());
                 }
             })
         })

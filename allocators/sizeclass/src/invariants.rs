@@ -110,7 +110,7 @@ unsafe fn check_page(p: *mut Page) -> Result<(), &'static str> {
             let mut b: *mut Block = head;
             while !b.is_null() {
                 let a = b as usize;
-                if a < start || (a - start) % size != 0 || (a - start) / size >= cap {
+                if a < start || !(a - start).is_multiple_of(size) || (a - start) / size >= cap {
                     return Err("listed block outside the page");
                 }
                 let i = (a - start) / size;

@@ -38,7 +38,7 @@ pub(crate) unsafe fn init(h: *mut Heap) {
     if !ATFORK.swap(true, Relaxed) {
         os::register_atfork(before_fork, after_fork_parent, after_fork_child);
     }
-    EXIT_KEY.register(thread_exit, 1 as *mut c_void);
+    EXIT_KEY.register(thread_exit, std::ptr::dangling_mut::<c_void>());
 }
 
 /// Thread-exit hook (pthread key destructor): hand everything back.

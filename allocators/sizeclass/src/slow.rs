@@ -68,7 +68,7 @@ pub(crate) fn free_remote_unbound(size: usize) {
 /// Makes `current[class]` a page with a free block; false on exhaustion.
 fn find_page(h: &mut Heap, class: usize) -> bool {
     h.slow_calls = h.slow_calls.wrapping_add(1);
-    if h.slow_calls % CLOCK_EVERY == 0 {
+    if h.slow_calls.is_multiple_of(CLOCK_EVERY) {
         sweep(h, false);
     }
     for attempt in 0..3 {

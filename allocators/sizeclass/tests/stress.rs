@@ -80,13 +80,13 @@ fn randomized_ops_match_the_model() {
                 1 => (rng.next() % 65536) as usize,
                 _ => (rng.next() % 512) as usize,
             };
-            let align = if rng.next() % 8 == 0 {
+            let align = if rng.next().is_multiple_of(8) {
                 1 << (rng.next() % 21)
             } else {
                 8
             };
             let layout = Layout::from_size_align(size, align).unwrap();
-            let zeroed = rng.next() % 4 == 0;
+            let zeroed = rng.next().is_multiple_of(4);
             let p = if zeroed {
                 a.allocate_zeroed(layout)
             } else {

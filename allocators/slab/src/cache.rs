@@ -308,7 +308,7 @@ impl Cache {
                 let mut f = slab.free;
                 while !f.is_null() {
                     let off = (f as usize).wrapping_sub(slab.start as usize);
-                    if off % l.size != 0 || off / l.size >= slab.carved as usize {
+                    if !off.is_multiple_of(l.size) || off / l.size >= slab.carved as usize {
                         return Err("free object outside the carved part of its slab");
                     }
                     free += 1;

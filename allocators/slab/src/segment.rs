@@ -77,7 +77,7 @@ pub struct SegmentHeader {
 pub const HEADER_CHUNKS: usize = core::mem::size_of::<SegmentHeader>().div_ceil(CHUNK);
 const _: () = assert!(HEADER_CHUNKS == 1);
 const _: () = assert!(CHUNKS <= 256, "chunk indices must fit a u8");
-const _: () = assert!(CHUNKS % 64 == 0);
+const _: () = assert!(CHUNKS.is_multiple_of(64));
 
 /// Every slab segment (core's one intrusive list), and how many have no
 /// slab (at most one is kept).

@@ -223,7 +223,7 @@ const _: () = {
         assert!(l.chunks < 256);
         // Power-of-two objects are aligned to their size.
         if l.size.is_power_of_two() && l.size > CHUNK {
-            assert!(l.chunks % l.align_chunks == 0);
+            assert!(l.chunks.is_multiple_of(l.align_chunks));
         }
         c += 1;
     }

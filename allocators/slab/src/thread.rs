@@ -190,7 +190,7 @@ pub fn init(t: &ThreadCache) -> u8 {
     t.state.set(INIT);
     crate::fork::ensure_registered();
     // Any non-null value: the destructor reads the thread-local itself.
-    let state = if THREAD_EXIT.register(on_thread_exit, 1 as *mut c_void) {
+    let state = if THREAD_EXIT.register(on_thread_exit, core::ptr::dangling_mut::<c_void>()) {
         ACTIVE
     } else {
         DONE

@@ -12,6 +12,56 @@ pub fn write(report: &Report, path: &Path) -> Result<()> {
         .map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))
 }
 
+/// Reads the report of a report directory: its `results.json`, or, when the
+/// run was killed before writing it, the report rebuilt from its sample
+/// journal (marked partial).
+pub fn read_dir(dir: &Path) -> Result<Report> {
+    let results = dir.join("results.json");
+    let journal = dir.join(crate::session::JOURNAL);
+    if !results.exists() && journal.exists() {
+        return read_journal(&journal);
+    }
+    read(&results)
+}
+
+/// Rebuilds a report from a session journal: the header line is the report
+/// with no samples, each further line one sample or error of one cell. A
+/// torn last line (the process died while writing it) is ignored.
+pub fn read_journal(path: &Path) -> Result<Report> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
+    let mut lines = text.lines();
+    let mut report = parse(lines.next().unwrap_or(""))
+        .map_err(|e| Error::new(format!("{}: header: {e}", path.display())))?;
+    let mut taken = 0;
+    for line in lines {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            break;
+        };
+        let Some(cell) = value
+            .get("cell")
+            .and_then(|c| c.as_u64())
+            .and_then(|c| report.cells.get_mut(c as usize))
+        else {
+            break;
+        };
+        if let Some(sample) = value.get("sample") {
+            match serde_json::from_value(sample.clone()) {
+                Ok(sample) => cell.samples.push(sample),
+                Err(_) => break,
+            }
+        } else if let Some(err) = value.get("error").and_then(|e| e.as_str()) {
+            cell.errors.push(err.to_string());
+        }
+        taken += 1;
+    }
+    report.partial = Some(format!(
+        "the run was killed before it finished: {taken} samples recovered from {}",
+        crate::session::JOURNAL
+    ));
+    Ok(report)
+}
+
 /// Reads a report, with a one-line error for an unreadable file, bad JSON, or
 /// a different schema version.
 pub fn read(path: &Path) -> Result<Report> {

@@ -1,6 +1,7 @@
 //! `REPORT.md`: the human-readable summary of a [`Report`].
 //!
-//! Layout: a header (machine, configuration), one summary table per metric
+//! Layout: the verdict ([`super::verdict`]), how it ran (machine,
+//! configuration), one summary table per metric
 //! (rows = workload × threads, columns = allocators, each value with its ratio
 //! to the baseline allocator, and a geometric-mean-of-ratios row), the charts,
 //! then one detail table per workload × threads (rows = metrics), and the
@@ -9,8 +10,8 @@
 use std::fmt::Write;
 
 use super::summary::{cell_at, columns, rows, summarize, CellSummary, RowKey};
+use super::utc_stamp;
 use super::Report;
-use crate::run::utc_stamp;
 use crate::stats::geometric_mean;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -261,6 +262,8 @@ pub fn render(report: &Report, charts: &[(String, String)]) -> String {
     let m = &report.machine;
     let mut out = String::new();
     let _ = writeln!(out, "# heapkit-bench report: {}\n", report.name);
+    out += &super::verdict::render(report);
+    let _ = writeln!(out, "## How it ran\n");
     let _ = writeln!(
         out,
         "`{}` preset **{}**: scale {}, {} repetitions per cell (each a fresh process), threads {:?} for the \
@@ -300,7 +303,11 @@ pub fn render(report: &Report, charts: &[(String, String)]) -> String {
     }
     let _ = writeln!(out, "## Per workload\n");
     for key in rows(report) {
-        let description = crate::workloads::find(&key.workload).map_or("", |w| w.description);
+        let description = report
+            .config
+            .descriptions
+            .get(&key.workload)
+            .map_or("", String::as_str);
         let _ = writeln!(
             out,
             "### {}\n\n{description}\n\n{}",

@@ -17,11 +17,14 @@
 pub mod json;
 pub mod machine;
 pub mod markdown;
+pub mod preload;
 pub mod summary;
 pub mod svg;
+pub mod verdict;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::sample::{Checkpoint, ClockInfo, OpLatency, Sample};
 pub use machine::Machine;
 
 /// Version of the `results.json` layout; `compare` refuses other versions.
@@ -46,6 +49,10 @@ pub struct Report {
     pub config: RunConfig,
     /// Every measured cell.
     pub cells: Vec<Cell>,
+    /// Set when the run stopped before every planned sample was taken
+    /// (interrupted, or rebuilt from the journal of a killed run): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
 }
 
 /// How the run was configured.
@@ -67,6 +74,10 @@ pub struct RunConfig {
     pub baseline: String,
     /// Seed of the workloads' random generators.
     pub seed: u64,
+    /// One sentence per workload (row) name, shown under its table; filled
+    /// by whoever planned the run, so the report layer knows no workloads.
+    #[serde(default)]
+    pub descriptions: std::collections::BTreeMap<String, String>,
 }
 
 /// All repetitions of one (allocator, workload, threads).
@@ -85,80 +96,15 @@ pub struct Cell {
     pub errors: Vec<String>,
 }
 
-/// One repetition of one cell: what a cell process reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
-    /// Wall time of the workload in nanoseconds (threads spawned and joined inside).
-    pub wall_ns: u64,
-    /// Allocator operations performed (malloc + free + realloc).
-    pub ops: u64,
-    /// Sampled per-operation latencies.
-    pub latency: Vec<OpLatency>,
-    /// RSS just before the workload started, bytes.
-    pub rss_start: u64,
-    /// RSS after the workload freed everything and its threads were joined, bytes.
-    pub rss_end: u64,
-    /// Peak RSS (`VmHWM`) during the workload, bytes (reset at workload start).
-    pub peak_rss: u64,
-    /// Minor page faults during the workload.
-    pub minor_faults: u64,
-    /// Memory at the workload's checkpoints.
-    pub checkpoints: Vec<Checkpoint>,
-    /// The latency clock's calibration.
-    pub clock: ClockInfo,
-}
-
-/// Latency percentiles of one kind of operation, in nanoseconds, overhead subtracted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpLatency {
-    /// `"malloc"`, `"free"` or `"realloc"`.
-    pub op: String,
-    /// Number of timed (sampled) operations.
-    pub count: u64,
-    /// Median.
-    pub p50_ns: f64,
-    /// 99th percentile.
-    pub p99_ns: f64,
-    /// 99.9th percentile.
-    pub p999_ns: f64,
-    /// Slowest sampled operation.
-    pub max_ns: f64,
-}
-
-/// Memory at one named point of a workload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// Name of the point, e.g. `"after-free-90%"`.
-    pub label: String,
-    /// RSS at that point, bytes.
-    pub rss: u64,
-    /// Bytes the workload had requested and not yet freed at that point.
-    pub live: u64,
-}
-
-impl Checkpoint {
-    /// Fragmentation at this point: RSS growth since the workload started per
-    /// live requested byte, `(rss - rss_start) / live`. 1.0 is perfect; the
-    /// process baseline (binary, libraries, the harness) is excluded.
-    pub fn fragmentation(&self, rss_start: u64) -> Option<f64> {
-        (self.live > 0).then(|| self.rss.saturating_sub(rss_start) as f64 / self.live as f64)
-    }
-}
-
-/// How latency was measured in a sample.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ClockInfo {
-    /// Nanoseconds per TSC tick.
-    pub ns_per_tick: f64,
-    /// Subtracted cost of the timing bracket, ticks.
-    pub overhead_ticks: u64,
-    /// One in this many operations was timed, on average.
-    pub sample_period: u64,
-}
-
 /// Writes `results.json`, `REPORT.md` and the SVG charts of `report` into `dir`.
 pub fn write_all(report: &Report, dir: &std::path::Path) -> crate::error::Result<()> {
     json::write(report, &dir.join("results.json"))?;
+    write_readable(report, dir)
+}
+
+/// Writes `REPORT.md` and the SVG charts of `report` into `dir` (not
+/// `results.json`).
+pub fn write_readable(report: &Report, dir: &std::path::Path) -> crate::error::Result<()> {
     let charts = svg::write_charts(report, dir)?;
     let markdown = markdown::render(report, &charts);
     std::fs::write(dir.join("REPORT.md"), markdown).map_err(|e| {
@@ -192,7 +138,7 @@ impl ReportDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let name = name.map_or_else(
-            || format!("{default_prefix}-{}", crate::run::utc_stamp(started_unix)),
+            || format!("{default_prefix}-{}", utc_stamp(started_unix)),
             str::to_string,
         );
         let dir = out.join(&name);
@@ -205,6 +151,27 @@ impl ReportDir {
             started_unix,
         })
     }
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC for a Unix time (civil-from-days, Howard Hinnant).
+pub fn utc_stamp(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]
@@ -264,9 +231,17 @@ pub(crate) mod tests {
                 threads: vec![1],
                 baseline: "system".into(),
                 seed: 1,
+                descriptions: Default::default(),
             },
             cells: vec![cell("system", 2), cell("jemalloc", 1)],
+            partial: None,
         }
+    }
+
+    #[test]
+    fn utc_stamp_known_date() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(1_764_039_600), "20251125-030000");
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod realloc;
 mod trees;
 
 use crate::measure::{rss_bytes, Recorder, TickClock};
-use crate::report::Checkpoint;
+use crate::sample::Checkpoint;
 
 /// Inputs of a workload run.
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +125,7 @@ fn two_per_thread(threads: usize) -> usize {
 pub const WORKLOADS: &[Workload] = &[
     Workload {
         name: "churn",
-        description: "1 thread: alloc/free of mixed small sizes (8 B-1 KiB) over a sliding window of 10k live objects",
+        description: "alloc/free of mixed small sizes (8 B-1 KiB) over a sliding window of 10k live objects",
         multi_threaded: false,
         recorders: one,
         run: churn::run,
@@ -153,28 +153,28 @@ pub const WORKLOADS: &[Workload] = &[
     },
     Workload {
         name: "trees",
-        description: "1 thread: build and tear down binary trees (16-byte nodes, LIFO frees) next to a long-lived tree",
+        description: "build and tear down binary trees (16-byte nodes, LIFO frees) next to a long-lived tree",
         multi_threaded: false,
         recorders: one,
         run: trees::run,
     },
     Workload {
         name: "realloc",
-        description: "1 thread: 256 vectors grow by push (capacity doubling via realloc), interleaved",
+        description: "256 vectors grow by push (capacity doubling via realloc), interleaved",
         multi_threaded: false,
         recorders: one,
         run: realloc::run,
     },
     Workload {
         name: "large",
-        description: "1 thread: blocks of 64 KiB-4 MiB over a window of 32, every page touched",
+        description: "blocks of 64 KiB-4 MiB over a window of 32, every page touched",
         multi_threaded: false,
         recorders: one,
         run: large::run,
     },
     Workload {
         name: "fragmentation",
-        description: "1 thread: 1M small objects, free 90% at random, then allocate larger ones; RSS / live at each step",
+        description: "1M small objects, free 90% at random, then allocate larger ones; RSS / live at each step",
         multi_threaded: false,
         recorders: one,
         run: fragmentation::run,

@@ -22,7 +22,7 @@ pub(super) struct Chunk {
 
 /// Bytes before the first usable byte of a chunk (keeps 16-alignment).
 pub(super) const CHUNK_HEADER: usize = core::mem::size_of::<Chunk>();
-const _: () = assert!(CHUNK_HEADER % 16 == 0);
+const _: () = assert!(CHUNK_HEADER.is_multiple_of(16));
 
 /// Maps a chunk with room for at least `min_usable` bytes (rounded to
 /// pages); null on failure.

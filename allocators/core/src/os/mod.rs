@@ -577,11 +577,11 @@ mod tests {
     fn aligned_mappings_usually_take_one_mmap() {
         let align = 4 << 20;
         let first = map_aligned(align, align);
-        assert!(!first.is_null() && first as usize % align == 0);
+        assert!(!first.is_null() && (first as usize).is_multiple_of(align));
         let mut got = [ptr::null_mut(); 8];
         for g in got.iter_mut() {
             *g = map_aligned(align, align);
-            assert!(!g.is_null() && *g as usize % align == 0);
+            assert!(!g.is_null() && (*g as usize).is_multiple_of(align));
         }
         // Hinted mappings follow each other (other tests may take a hint
         // in between, so look for one adjacent pair, not all).

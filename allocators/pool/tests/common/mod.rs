@@ -32,7 +32,7 @@ impl Rng {
     /// A layout with a random size and, one time in eight, a large alignment.
     pub fn layout(&mut self) -> Layout {
         let size = self.size();
-        let align = if self.next() % 8 == 0 {
+        let align = if self.next().is_multiple_of(8) {
             1 << self.range(4, 20)
         } else {
             1 << self.range(0, 4)
