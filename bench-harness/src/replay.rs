@@ -62,7 +62,14 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
     let trace_name = trace_path
         .file_stem()
         .map_or("trace".into(), |s| s.to_string_lossy().into_owned());
-    let trace = Trace::open(&trace_path).map_err(|e| Error::new(e.to_string()))?;
+    let (trace, warning) =
+        Trace::open_salvaging(&trace_path).map_err(|e| Error::new(e.to_string()))?;
+    if let Some(warning) = warning {
+        eprintln!(
+            "heapkit-bench: warning: {}: {warning}",
+            trace_path.display()
+        );
+    }
     let plan_path = std::env::temp_dir().join(format!(
         "heapkit-replay-{}-{trace_name}.plan",
         std::process::id()

@@ -38,7 +38,11 @@ pub fn trace(args: &TraceArgs) -> Result<()> {
     match &args.command {
         TraceCommand::Info { trace } => {
             let file_len = std::fs::metadata(trace).map(|m| m.len()).unwrap_or(0);
-            let t = Trace::open(trace).map_err(|e| Error::new(e.to_string()))?;
+            let (t, warning) =
+                Trace::open_salvaging(trace).map_err(|e| Error::new(e.to_string()))?;
+            if let Some(warning) = warning {
+                eprintln!("heapkit-bench: warning: {}: {warning}", trace.display());
+            }
             let s = Summary::of(&t).map_err(Error::new)?;
             println!(
                 "trace {}: {} bytes, {:.1} bytes/operation",

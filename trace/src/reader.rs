@@ -236,8 +236,48 @@ impl Trace {
         Ok(Trace::parse(&map)?)
     }
 
+    /// Maps the file at `path` and parses it, salvaging a trace whose
+    /// process died before writing its end block ([`Trace::parse_salvaging`]):
+    /// the trace and, when salvaged, a one-line warning.
+    pub fn open_salvaging(
+        path: &Path,
+    ) -> Result<(Trace, Option<String>), Box<dyn std::error::Error + Send + Sync>> {
+        if path.is_dir() {
+            return Err(format!("{} is a directory, not a trace file", path.display()).into());
+        }
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open trace {}: {e}", path.display()))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len == 0 {
+            return Err(Box::new(TraceError {
+                offset: 0,
+                message: "empty file (truncated before the header)".into(),
+            }));
+        }
+        // SAFETY: the mapping is read-only; a trace being rewritten while we
+        // read it could show torn bytes, which the validation below reports.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| format!("cannot map trace {}: {e}", path.display()))?;
+        Ok(Trace::parse_salvaging(&map)?)
+    }
+
     /// Decodes and validates a whole trace held in memory.
     pub fn parse(bytes: &[u8]) -> Result<Trace, TraceError> {
+        Trace::parse_inner(bytes, false).map(|(trace, _)| trace)
+    }
+
+    /// Like [`Trace::parse`], but a trace cut short (the process was
+    /// killed, or left through `_exit` where the shim could not see it) is
+    /// read up to its last complete, intact block instead of rejected. The
+    /// records still in the process's buffers are lost; the warning says
+    /// where the trace stops and why. Without an end block the clock rate
+    /// is measured on this machine (exact when read where it was recorded).
+    /// A header that is not a trace's is still an error.
+    pub fn parse_salvaging(bytes: &[u8]) -> Result<(Trace, Option<String>), TraceError> {
+        Trace::parse_inner(bytes, true)
+    }
+
+    fn parse_inner(bytes: &[u8], salvage: bool) -> Result<(Trace, Option<String>), TraceError> {
         if bytes.len() < 8 || bytes[..8] != format::MAGIC {
             let n = bytes.len().min(8);
             if bytes[..n] != format::MAGIC[..n] {
@@ -273,16 +313,38 @@ impl Trace {
         let mut raw: Vec<Vec<RawEvent>> = Vec::new();
         let mut pos = format::HEADER_LEN;
         let mut total: u64 = 0;
+        let mut warning = None;
+        // In salvage mode a broken block ends the trace where it starts.
+        macro_rules! stop {
+            ($at:expr, $msg:expr) => {{
+                let e: TraceError = TraceError {
+                    offset: ($at) as u64,
+                    message: $msg.into(),
+                };
+                if !salvage {
+                    return Err(e);
+                }
+                warning = Some(format!(
+                    "salvaged: read {total} records in complete blocks up to byte {pos}, \
+                     then {e}; records the process had not yet written are missing"
+                ));
+                break raw
+                    .iter()
+                    .filter_map(|t| t.last().map(|e| e.ticks))
+                    .max()
+                    .unwrap_or(start_ticks);
+            }};
+        }
         let end_ticks = loop {
             if pos == bytes.len() {
-                return err(
+                stop!(
                     pos,
-                    "truncated: the end block is missing (the process may have died \
-                     or left through _exit)",
+                    "the end block is missing (the process was killed, or left \
+                     through _exit)"
                 );
             }
             if bytes.len() - pos < format::BLOCK_HEADER_LEN {
-                return err(pos, "truncated inside a block header");
+                stop!(pos, "truncated inside a block header");
             }
             let tag = le_u32(bytes, pos);
             let thread = le_u32(bytes, pos + 4);
@@ -310,51 +372,87 @@ impl Trace {
                 break base_ticks;
             }
             if tag != format::BLOCK_TAG {
-                return err(pos, format!("bad block tag {tag:#010x}"));
+                stop!(pos, format!("bad block tag {tag:#010x}"));
             }
             if thread > format::MAX_THREADS {
-                return err(pos + 4, format!("implausible thread index {thread}"));
+                stop!(pos + 4, format!("implausible thread index {thread}"));
             }
             let payload = pos + format::BLOCK_HEADER_LEN;
             if bytes.len() - payload < len {
-                return err(bytes.len(), "truncated inside a block payload");
+                stop!(bytes.len(), "truncated inside a block payload");
             }
             let sum = format::checksum(&bytes[payload..payload + len]);
             if sum != le_u32(bytes, pos + 32) {
-                return err(pos + 32, "block checksum mismatch (corrupt payload)");
+                stop!(pos + 32, "block checksum mismatch (corrupt payload)");
             }
             let t = thread as usize;
             if raw.len() <= t {
                 raw.resize_with(t + 1, Vec::new);
             }
-            let list = &mut raw[t];
-            if list.last().is_some_and(|last| base_ticks < last.ticks) {
-                return err(pos + 16, "block starts before the thread's previous record");
+            if raw[t].last().is_some_and(|last| base_ticks < last.ticks) {
+                stop!(pos + 16, "block starts before the thread's previous record");
             }
-            decode_block(bytes, payload, len, records, base_ticks, base_addr, list)?;
+            let before = raw[t].len();
+            let decoded = decode_block(
+                bytes,
+                payload,
+                len,
+                records,
+                base_ticks,
+                base_addr,
+                &mut raw[t],
+            );
+            if let Err(e) = decoded {
+                raw[t].truncate(before);
+                stop!(e.offset, e.message);
+            }
             total += records as u64;
             pos = payload + len;
         };
-        // Ticks -> ns, from the (ticks, ns) pairs at both ends.
-        let span_ticks = end_ticks - start_ticks;
-        let span_ns = trace.end_ns - trace.start_ns;
-        let ns_per_tick = if span_ticks == 0 {
+        // Ticks -> ns, from the (ticks, ns) pairs at both ends; a salvaged
+        // trace has no end pair: measure the clock here.
+        let span_ticks = end_ticks.saturating_sub(start_ticks);
+        let ns_per_tick = if warning.is_some() {
+            let rate = local_ns_per_tick();
+            trace.end_ns = trace.start_ns + (span_ticks as f64 * rate) as u64;
+            rate
+        } else if span_ticks == 0 {
             1.0
         } else {
-            span_ns as f64 / span_ticks as f64
+            (trace.end_ns - trace.start_ns) as f64 / span_ticks as f64
         };
         let start_ns = trace.start_ns;
         let to_ns = |ticks: u64| {
             start_ns.saturating_add((ticks.saturating_sub(start_ticks) as f64 * ns_per_tick) as u64)
         };
         resolve(&mut trace, raw, to_ns)?;
-        Ok(trace)
+        Ok((trace, warning))
     }
 
     /// Number of operations of every kind.
     pub fn op_count(&self) -> usize {
         self.threads.iter().map(Vec::len).sum()
     }
+}
+
+/// Nanoseconds per tick of the recorder's clock on this machine: the TSC
+/// against CLOCK_MONOTONIC over 20 ms on x86-64, 1.0 elsewhere (the
+/// recorder's clock is then nanoseconds).
+fn local_ns_per_tick() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let t0 = std::time::Instant::now();
+        // SAFETY: rdtsc has no preconditions.
+        let c0 = unsafe { core::arch::x86_64::_rdtsc() };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // SAFETY: as above.
+        let c1 = unsafe { core::arch::x86_64::_rdtsc() };
+        let ns = t0.elapsed().as_nanos() as f64;
+        if c1 > c0 {
+            return ns / (c1 - c0) as f64;
+        }
+    }
+    1.0
 }
 
 fn decode_block(

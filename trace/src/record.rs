@@ -38,8 +38,10 @@
 //! - Each buffer has a `busy` flag that its owner takes around every record
 //!   (an uncontended swap) and [`finish`] takes to flush it; after `finish`
 //!   the flags stay taken, so late records are dropped, never torn.
-//! - In a forked child recording stops (its buffers hold the parent's
-//!   records, which the parent writes).
+//! - In a forked child, with `%p` in the path, recording goes on into the
+//!   child's own trace, starting empty (the inherited buffers hold the
+//!   parent's records, which the parent writes); without `%p` the child
+//!   stops recording.
 //!
 //! Ordering: a free is stamped *before* the backend releases the block
 //! ([`on_free`]) and an allocation *after* the backend returned it, with a
@@ -136,23 +138,64 @@ pub fn start(path: &CStr) -> bool {
     if STARTED.swap(true, Ordering::AcqRel) {
         return false;
     }
-    let pid = os::process_id();
+    let template = path.to_bytes_with_nul();
+    if template.len() > TEMPLATE_CAP {
+        os::write_stderr(b"heapkit-trace: HEAPKIT_TRACE path too long\n");
+        return false;
+    }
+    // SAFETY: written once, here, before recording is on and before the
+    // fork handler that reads it is registered.
+    unsafe { (&mut *TEMPLATE.0.get())[..template.len()].copy_from_slice(template) };
+    if !open_trace(os::process_id(), true) {
+        return false;
+    }
+    os::register_atfork(fork_prepare, fork_parent, fork_child);
+    os::register_at_exit(finish_at_exit);
+    ENABLED.store(true, Ordering::Release);
+    true
+}
+
+/// The `HEAPKIT_TRACE` path as given (with `%p`), NUL-terminated.
+struct PathTemplate(core::cell::UnsafeCell<[u8; TEMPLATE_CAP]>);
+// SAFETY: written once by `start` before any other thread or fork handler
+// can read it; read-only afterwards.
+unsafe impl Sync for PathTemplate {}
+const TEMPLATE_CAP: usize = 4096;
+static TEMPLATE: PathTemplate = PathTemplate(core::cell::UnsafeCell::new([0; TEMPLATE_CAP]));
+
+fn template() -> &'static CStr {
+    // SAFETY: `start` stored a NUL-terminated path before anything reads it.
+    let bytes = unsafe { &*TEMPLATE.0.get() };
+    CStr::from_bytes_until_nul(bytes).unwrap_or(c"")
+}
+
+/// True when the path names each process (`%p`).
+fn per_process() -> bool {
+    template().to_bytes().windows(2).any(|w| w == b"%p")
+}
+
+/// Creates this process's trace file and writes its header; `FD` and `PID`
+/// then name it. Says why on stderr when it cannot (once per process tree:
+/// not when the parent has the same `HEAPKIT_TRACE` and so said it).
+fn open_trace(pid: u32, say_why: bool) -> bool {
     let mut expanded = [0u8; 4096];
-    let Some(path) = expand_pid(path, pid, &mut expanded) else {
+    let Some(path) = expand_pid(template(), pid, &mut expanded) else {
         os::write_stderr(b"heapkit-trace: HEAPKIT_TRACE path too long\n");
         return false;
     };
-    let fd = os::create_append_locked(path);
-    if fd == -2 {
+    let fd = match os::create_append_locked(path) {
+        os::LockedFile::Created(fd) => fd,
         // Another live process (typically the parent that ran this one) is
         // writing this file: leave it alone, silently (a shell script may
         // start hundreds of such children). `%p` records each process.
-        return false;
-    }
-    if fd < 0 {
-        os::write_stderr(b"heapkit-trace: cannot create the HEAPKIT_TRACE file\n");
-        return false;
-    }
+        os::LockedFile::HeldElsewhere => return false,
+        os::LockedFile::Failed(err) => {
+            if say_why {
+                cannot_create(path, err);
+            }
+            return false;
+        }
+    };
     let mut header = [0u8; format::HEADER_LEN];
     header[0..8].copy_from_slice(&format::MAGIC);
     header[8..10].copy_from_slice(&format::VERSION.to_le_bytes());
@@ -166,10 +209,27 @@ pub fn start(path: &CStr) -> bool {
     }
     FD.store(fd, Ordering::Relaxed);
     PID.store(pid, Ordering::Relaxed);
-    os::register_atfork(fork_prepare, fork_parent, fork_child);
-    os::register_at_exit(finish_at_exit);
-    ENABLED.store(true, Ordering::Release);
     true
+}
+
+/// `heapkit-trace: cannot create PATH: REASON`, unless the parent process
+/// runs with the same `HEAPKIT_TRACE` (it failed the same way and said so).
+#[cold]
+fn cannot_create(path: &CStr, err: c_int) {
+    let mut entry = [0u8; TEMPLATE_CAP + 16];
+    let name = b"HEAPKIT_TRACE=";
+    let value = template().to_bytes();
+    entry[..name.len()].copy_from_slice(name);
+    entry[name.len()..name.len() + value.len()].copy_from_slice(value);
+    if os::parent_environment_has(&entry[..name.len() + value.len()]) {
+        return;
+    }
+    let mut text = [0u8; 128];
+    os::write_stderr(b"heapkit-trace: cannot create the HEAPKIT_TRACE file ");
+    os::write_stderr(path.to_bytes());
+    os::write_stderr(b": ");
+    os::write_stderr(os::error_text(err, &mut text));
+    os::write_stderr(b" (nothing is recorded)\n");
 }
 
 /// Records an allocation of `size` bytes aligned to `align` that returned
@@ -249,13 +309,15 @@ pub fn dropped() -> usize {
 /// exit (registered by [`start`]); idempotent; does nothing in a forked
 /// child. Records arriving afterwards are dropped.
 pub fn finish() {
-    if !STARTED.load(Ordering::Acquire) || FINISHED.swap(true, Ordering::AcqRel) {
+    // The pid test comes first: a vfork child shares this memory with its
+    // parent and must change nothing of the parent's recording.
+    if !STARTED.load(Ordering::Acquire) || os::process_id() != PID.load(Ordering::Relaxed) {
+        return;
+    }
+    if FINISHED.swap(true, Ordering::AcqRel) {
         return;
     }
     ENABLED.store(false, Ordering::Relaxed);
-    if os::process_id() != PID.load(Ordering::Relaxed) {
-        return;
-    }
     let mut threads = 0u32;
     let mut node = *REGISTRY.lock();
     while node != 0 {
@@ -318,12 +380,73 @@ extern "C" fn finish_at_exit() {
     finish();
 }
 
-unsafe extern "C" fn fork_prepare() {}
-unsafe extern "C" fn fork_parent() {}
+/// Before `fork`: hold the registry and write locks so the child does not
+/// inherit them taken by a thread that does not exist there.
+unsafe extern "C" fn fork_prepare() {
+    if ENABLED.load(Ordering::Relaxed) {
+        REGISTRY.raw().lock();
+        WRITE_LOCK.lock();
+    }
+}
+
+unsafe extern "C" fn fork_parent() {
+    if ENABLED.load(Ordering::Relaxed) {
+        release_fork_locks();
+    }
+}
+
+/// In the child: with `%p` in the path the child records into a trace of
+/// its own (its pid), starting empty; without, it stops recording (the
+/// file is the parent's).
 unsafe extern "C" fn fork_child() {
-    // The child's buffers are copies of the parent's; only the parent
-    // writes them. The child stops recording.
-    ENABLED.store(false, Ordering::Relaxed);
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    release_fork_locks();
+    if !per_process() {
+        ENABLED.store(false, Ordering::Relaxed);
+        return;
+    }
+    // Only the forking thread exists here. Its buffer (if any) holds the
+    // parent's records, which the parent writes: empty it, make it thread 0
+    // and the only registered buffer. Other threads' buffers are dropped
+    // from the registry (their `busy` flags may be stuck taken).
+    let own = BUF::get() as usize;
+    let mut head = REGISTRY.lock();
+    *head = 0;
+    NEXT_THREAD.store(0, Ordering::Relaxed);
+    if own > UNAVAILABLE {
+        // SAFETY: values above UNAVAILABLE are this thread's buffer, mapped
+        // for the life of the process (inherited by the child); it is not
+        // busy, because fork is not called from inside a record.
+        let buf = unsafe { &mut *(own as *mut ThreadBuf) };
+        buf.busy.store(false, Ordering::Relaxed);
+        buf.thread = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+        buf.records = 0;
+        buf.len = 0;
+        buf.base_ticks = now_ticks();
+        buf.prev_ticks = buf.base_ticks;
+        buf.next = 0;
+        *head = own;
+    }
+    drop(head);
+    TOTAL_RECORDS.store(0, Ordering::Relaxed);
+    let parent_fd = FD.swap(-1, Ordering::Relaxed);
+    if parent_fd >= 0 {
+        os::close_fd(parent_fd);
+    }
+    if !open_trace(os::process_id(), false) {
+        ENABLED.store(false, Ordering::Relaxed);
+    }
+}
+
+fn release_fork_locks() {
+    // SAFETY: fork_prepare took both locks on this thread (the parent's
+    // forking thread, or its copy in the child).
+    unsafe {
+        WRITE_LOCK.unlock();
+        REGISTRY.raw().unlock();
+    }
 }
 
 /// Takes the calling thread's buffer, creating it on first use; `None`

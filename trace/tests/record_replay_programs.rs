@@ -115,7 +115,10 @@ fn replay_and_check(bench: &Path, trace: &Path, dir: &Path, ordered: bool, s: &S
         assert!(sample["peak_rss"].as_u64().unwrap() > 0);
     }
     let md = std::fs::read_to_string(dir.join(name).join("REPORT.md")).unwrap();
-    assert!(md.contains("# Trace replay"));
+    assert!(
+        md.contains("## Verdict") && md.contains("## The trace: "),
+        "{md}"
+    );
 }
 
 /// The real interpreter behind `python3` (which may be a wrapper script,
@@ -257,4 +260,95 @@ fn recorder_overhead_on_python_is_modest() {
         traced / plain
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Children forked without exec get traces of their own under `%p`; `_exit`
+/// still writes a complete trace; a killed child's trace is salvaged up to
+/// its last written block, with a warning.
+#[test]
+fn forked_children_exit_paths_and_killed_processes() {
+    let Some((shim, bench)) = artifacts() else {
+        return;
+    };
+    if !have("cc") {
+        return;
+    }
+    let dir = scratch("forks");
+    let exe = dir.join("forks");
+    let built = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&exe)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/forks.c"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let stdout = record(&shim, &dir.join("t-%p.hkt"), Command::new(&exe));
+    let pids: Vec<&str> = stdout.split_whitespace().collect();
+    let trace_of = |pid: &str| dir.join(format!("t-{pid}.hkt"));
+    let allocs_of = |t: &Trace, size: u64| t.objects.iter().filter(|o| o.size == size).count();
+
+    // exit() and _exit() children: complete traces with their own work only.
+    for (pid, n, size) in [(pids[0], 1000, 40), (pids[1], 2000, 56)] {
+        let t = Trace::open(&trace_of(pid)).expect("complete trace");
+        assert_eq!(allocs_of(&t, size), n, "child {pid}");
+        assert_eq!(
+            allocs_of(&t, 24),
+            0,
+            "child {pid} holds its parent's records"
+        );
+    }
+    // The parent left through _exit as well: complete.
+    let parent = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            name.starts_with("t-") && !pids.iter().any(|pid| name == format!("t-{pid}.hkt"))
+        })
+        .expect("the parent's trace");
+    let t = Trace::open(&parent).expect("complete parent trace");
+    assert_eq!(allocs_of(&t, 24), 100);
+    assert_eq!(allocs_of(&t, 88), 300);
+    // The killed child: rejected by the strict reader, salvaged with a
+    // warning, holding the blocks it wrote (all but its last buffer).
+    let killed = trace_of(pids[2]);
+    assert!(Trace::open(&killed).is_err());
+    let (t, warning) = Trace::open_salvaging(&killed).unwrap();
+    assert!(warning.unwrap().contains("end block is missing"));
+    let got = allocs_of(&t, 72);
+    assert!(
+        (150_000..200_000).contains(&got),
+        "{got} of 200000 salvaged"
+    );
+    let out = Command::new(&bench)
+        .args(["trace", "info"])
+        .arg(&killed)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A trace file that cannot be created: one line naming the path and the
+/// reason, said by the first process of a tree only.
+#[test]
+fn an_uncreatable_trace_is_one_error_line() {
+    let Some((shim, _)) = artifacts() else {
+        return;
+    };
+    let out = Command::new("/bin/sh")
+        .args(["-c", "true; ls / >/dev/null; cat /dev/null"])
+        .env("LD_PRELOAD", &shim)
+        .env("HEAPKIT_TRACE", "/nonexistent-dir/x.hkt")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "heapkit-trace: cannot create the HEAPKIT_TRACE file /nonexistent-dir/x.hkt: \
+         No such file or directory (nothing is recorded)"
+    );
 }

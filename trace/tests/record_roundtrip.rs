@@ -144,6 +144,7 @@ fn recorder_round_trip_and_corrupt_traces() {
 }
 
 fn corrupt_traces_are_rejected(good: &[u8]) {
+    let whole = Trace::parse(good).unwrap();
     // Keep the quadratic loops quick: a prefix ending at a block boundary is
     // as good as the whole file for truncation, but check the whole file
     // at a stride and the header exhaustively.
@@ -157,7 +158,20 @@ fn corrupt_traces_are_rejected(good: &[u8]) {
             "offset {} beyond length {len}",
             e.offset
         );
+        // Salvage: any cut after the header reads the complete blocks
+        // before it, with a warning; a cut header is still an error.
+        match Trace::parse_salvaging(&good[..len]) {
+            Ok((t, warning)) => {
+                assert!(len >= 32, "salvaged a cut header at {len}");
+                assert!(warning.is_some(), "no warning at {len}");
+                assert!(t.op_count() <= whole.op_count());
+            }
+            Err(_) => assert!(len < 32, "not salvaged at {len}"),
+        }
     }
+    let (t, warning) = Trace::parse_salvaging(good).unwrap();
+    assert!(warning.is_none());
+    assert_eq!(t.op_count(), whole.op_count());
     // Wrong version.
     let mut v = good.to_vec();
     v[8] = 2;

@@ -85,6 +85,26 @@ extern "C" fn on_load() {
 
 unsafe extern "C" fn no_op() {}
 
+/// `_exit` as libc's, after writing the trace when this process records:
+/// `sh -c` wrappers and children forked without exec leave through `_exit`,
+/// which runs no atexit handler, so their traces would lack the records
+/// still buffered and the end block. Only the program's own calls (through
+/// the PLT) land here, never libc's internal ones; a vfork child (shared
+/// memory, another pid) changes nothing of its parent's recording.
+#[no_mangle]
+pub extern "C" fn _exit(status: core::ffi::c_int) -> ! {
+    if heapkit_trace::record::enabled() {
+        heapkit_trace::record::finish();
+    }
+    heapkit_core::os::exit_now(status)
+}
+
+/// `_Exit`: C99's name for `_exit`.
+#[no_mangle]
+pub extern "C" fn _Exit(status: core::ffi::c_int) -> ! {
+    _exit(status)
+}
+
 unsafe extern "C" fn stop_tracing_in_child() {
     if !heapkit_trace::record::enabled() {
         backend::set_traced(false);

@@ -370,6 +370,15 @@ pub fn next_symbol(name: &CStr) -> *mut c_void {
     unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
 }
 
+/// Ends the process now with `status`, as libc's `_exit` does (the
+/// `exit_group` system call): no atexit handler, no stdio flush.
+pub fn exit_now(status: c_int) -> ! {
+    loop {
+        // SAFETY: exit_group takes an int and does not return.
+        unsafe { libc::syscall(libc::SYS_exit_group, status) };
+    }
+}
+
 /// Writes all of `bytes` to standard error, ignoring failures.
 pub fn write_stderr(bytes: &[u8]) {
     write_fd(2, bytes);
@@ -407,12 +416,23 @@ pub fn create_append(path: &CStr) -> c_int {
     }
 }
 
+/// What [`create_append_locked`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockedFile {
+    /// Created (or truncated) and locked: the descriptor.
+    Created(c_int),
+    /// Another process holds the lock: left alone.
+    HeldElsewhere,
+    /// The OS refused: the `errno` value.
+    Failed(c_int),
+}
+
 /// Like [`create_append`], but first takes an exclusive `flock` on the
 /// file, held until the process ends (forked children share it), and only
-/// then truncates it. Returns the descriptor, -1 on failure, or -2 if
-/// another process holds the lock: a program exec'd by a process that is
-/// writing the file must not truncate it under its parent.
-pub fn create_append_locked(path: &CStr) -> c_int {
+/// then truncates it. A program exec'd by a process that is writing the
+/// file must not truncate it under its parent: that is
+/// [`LockedFile::HeldElsewhere`].
+pub fn create_append_locked(path: &CStr) -> LockedFile {
     // SAFETY: path is NUL-terminated; open has no other preconditions.
     let fd = unsafe {
         libc::open(
@@ -422,19 +442,98 @@ pub fn create_append_locked(path: &CStr) -> c_int {
         )
     };
     if fd < 0 {
-        return -1;
+        return LockedFile::Failed(errno());
     }
     // SAFETY: fd is a descriptor opened just above.
     if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         close_fd(fd);
-        return -2;
+        return LockedFile::HeldElsewhere;
     }
     // SAFETY: as above; truncating a file we hold open for writing.
     if unsafe { libc::ftruncate(fd, 0) } != 0 {
+        let err = errno();
         close_fd(fd);
-        return -1;
+        return LockedFile::Failed(err);
     }
-    fd
+    LockedFile::Created(fd)
+}
+
+/// The text of error number `err` (`strerror_r`), written into `buf`; never
+/// allocates.
+pub fn error_text(err: c_int, buf: &mut [u8; 128]) -> &[u8] {
+    buf.fill(0);
+    // SAFETY: buf is writable for its length; the XSI strerror_r writes a
+    // NUL-terminated message of at most that length (or fails, leaving the
+    // zeroed buffer).
+    let rc = unsafe { libc::strerror_r(err, buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if rc != 0 || len == 0 {
+        return b"unknown error";
+    }
+    &buf[..len]
+}
+
+/// True when the parent process's environment holds exactly the entry
+/// `entry` (`NAME=value`), read from `/proc/<ppid>/environ` in chunks on the
+/// stack. For messages that a whole tree of processes would otherwise
+/// repeat: only the first process of the tree says it. False when the
+/// parent's environment cannot be read.
+pub fn parent_environment_has(entry: &[u8]) -> bool {
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() };
+    let mut path = [0u8; 32];
+    path[..6].copy_from_slice(b"/proc/");
+    let mut len = 6;
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    let mut v = ppid.max(0) as u32;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for k in (0..n).rev() {
+        path[len] = digits[k];
+        len += 1;
+    }
+    path[len..len + 9].copy_from_slice(b"/environ\0");
+    // SAFETY: path is NUL-terminated (written just above).
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    // Streaming match: `matched` bytes of `entry` match the current entry's
+    // start; usize::MAX once the current entry cannot match.
+    let mut matched = 0usize;
+    let mut chunk = [0u8; 512];
+    let mut found = false;
+    'read: loop {
+        // SAFETY: chunk is writable for its length; fd is open.
+        let got = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+        if got <= 0 {
+            break;
+        }
+        for &b in &chunk[..got as usize] {
+            if b == 0 {
+                if matched == entry.len() {
+                    found = true;
+                    break 'read;
+                }
+                matched = 0;
+            } else if matched != usize::MAX {
+                matched = if matched < entry.len() && entry[matched] == b {
+                    matched + 1
+                } else {
+                    usize::MAX
+                };
+            }
+        }
+    }
+    close_fd(fd);
+    found
 }
 
 /// Closes file descriptor `fd`, ignoring failures.
@@ -662,13 +761,30 @@ mod tests {
         assert!(create_append(c"/nonexistent-dir/x") < 0);
         // The lock keeps a second opener (another process, or here another
         // open file description) from truncating the file.
-        let locked = create_append_locked(path);
-        assert!(locked >= 0);
+        let LockedFile::Created(locked) = create_append_locked(path) else {
+            panic!("cannot create the test file");
+        };
         assert!(write_fd(locked, b"xy"));
-        assert_eq!(create_append_locked(path), -2);
+        assert_eq!(create_append_locked(path), LockedFile::HeldElsewhere);
         close_fd(locked);
         let text = std::fs::read("/tmp/heapkit-core-os-create-append-test").unwrap();
         assert_eq!(text, b"xy");
+        assert!(matches!(
+            create_append_locked(c"/nonexistent-dir/x"),
+            LockedFile::Failed(libc::ENOENT)
+        ));
+        let mut buf = [0u8; 128];
+        assert_eq!(
+            error_text(libc::ENOENT, &mut buf),
+            b"No such file or directory"
+        );
+    }
+
+    #[test]
+    fn parent_environment() {
+        // The positive case is tested end to end (a traced shell's children
+        // stay quiet: the shim's trace_errors_once test).
+        assert!(!parent_environment_has(b"HEAPKIT_NO_SUCH_VARIABLE=1"));
     }
 
     #[test]
