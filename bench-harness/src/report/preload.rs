@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::markdown::{fmt_mib, fmt_seconds};
+use super::svg::Unit;
 use super::{utc_stamp, Report};
 use crate::error::{Error, Result};
 use crate::stats::{geometric_mean, median};
@@ -191,11 +192,7 @@ pub fn charts(
     dir: &Path,
 ) -> Result<Vec<(String, String)>> {
     let c = &report.config;
-    let groups: Vec<String> = c
-        .workloads
-        .iter()
-        .map(|w| w.chars().take(40).collect())
-        .collect();
+    let groups: Vec<String> = c.workloads.clone();
     let series = |f: fn(&ExtraSample) -> f64, relative: bool| -> Vec<super::svg::Series> {
         c.allocators
             .iter()
@@ -221,20 +218,20 @@ pub fn charts(
     super::svg::grouped_bars(
         &dir.join("time.svg"),
         &title,
-        "time / baseline",
         &groups,
         &series(|e| e.wall_s, true),
+        Unit::Ratio,
         true,
     )?;
     written.push(("time.svg".to_string(), title));
-    let title = "Peak RSS (MiB, lower is better)".to_string();
+    let title = format!("Peak RSS relative to {} (lower is better)", c.baseline);
     super::svg::grouped_bars(
         &dir.join("peak-rss.svg"),
         &title,
-        "MiB",
         &groups,
-        &series(|e| e.peak_rss as f64 / (1024.0 * 1024.0), false),
-        false,
+        &series(|e| e.peak_rss as f64, true),
+        Unit::Ratio,
+        true,
     )?;
     written.push(("peak-rss.svg".to_string(), title));
     Ok(written)

@@ -117,24 +117,33 @@ fn line(out: &mut String, title: &str, what: &str, baseline: &str, ranked: &[Sco
     );
     if tied.is_empty() {
         if let Some(next) = ranked.get(1) {
+            let noise = if best.spreads.is_empty() && next.spreads.is_empty() {
+                "one repetition: not tested against run-to-run noise".to_string()
+            } else {
+                format!(
+                    "beyond the ±{:.0}% run-to-run spread",
+                    tie_margin(best, next) * 100.0
+                )
+            };
             let _ = write!(
                 out,
-                "; next {} at {:.2}x ({:.0}% more, beyond the ±{:.0}% run-to-run spread)",
+                "; next {} at {:.2}x ({:.0}% more, {noise})",
                 next.allocator,
                 next.ratio,
                 (next.ratio / best.ratio - 1.0) * 100.0,
-                tie_margin(best, next) * 100.0
             );
         }
     } else {
         let list: Vec<String> = tied
             .iter()
-            .map(|s| format!("{} {:.2}x", s.allocator, s.ratio))
+            .map(|s| format!("{} at {:.2}x", s.allocator, s.ratio))
             .collect();
         let _ = write!(
             out,
-            " (a tie: {} differ by less than the run-to-run spread)",
-            list.join(", ")
+            " (a tie: {} {} within the run-to-run spread of ±{:.0}%)",
+            list.join(", "),
+            if list.len() == 1 { "is" } else { "are" },
+            tie_margin(best, tied[0]) * 100.0
         );
     }
     let _ = writeln!(out, ".");
