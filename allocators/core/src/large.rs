@@ -9,9 +9,9 @@
 //! otherwise by moving the pages (no copy) to a new aligned reservation.
 //!
 //! Freed mappings are kept in a small cache (at most [`CACHE_SLOTS`] blocks
-//! and [`CACHE_BYTES`] bytes) so a program that frees and reallocates blocks
+//! and `HEAPKIT_LARGE_CACHE_MB`, default [`CACHE_BYTES`], bytes) so a program that frees and reallocates blocks
 //! of similar size skips the syscalls and page faults; entries older than
-//! [`CACHE_DELAY_NS`] are unmapped by the next large operation or by
+//! `HEAPKIT_LARGE_DECAY_MS` (default [`CACHE_DELAY_NS`]) are unmapped by the next large operation or by
 //! [`trim`], so resident memory falls soon after a program frees.
 //!
 //! The cache lock is only ever tried, never waited for: a busy lock sends
@@ -36,10 +36,12 @@ use crate::segment::{segment_of, SegmentTag, SEGMENT_ALIGN};
 pub const MAX_ALIGN: usize = SEGMENT_ALIGN / 2;
 /// Blocks the cache keeps.
 pub const CACHE_SLOTS: usize = 32;
-/// Bytes the cache keeps at most.
-pub const CACHE_BYTES: usize = 64 << 20;
-/// Cached blocks older than this are unmapped (nanoseconds).
-pub const CACHE_DELAY_NS: u64 = 250_000_000;
+/// Bytes the cache keeps at most by default (`HEAPKIT_LARGE_CACHE_MB`,
+/// [`crate::options`]).
+pub const CACHE_BYTES: usize = (crate::options::DEFAULT_LARGE_CACHE_MB as usize) << 20;
+/// Cached blocks older than this are unmapped, by default
+/// (`HEAPKIT_LARGE_DECAY_MS`), in nanoseconds.
+pub const CACHE_DELAY_NS: u64 = crate::options::DEFAULT_LARGE_DECAY_MS * 1_000_000;
 
 /// Header at the start of every large mapping.
 #[repr(C)]
@@ -154,10 +156,8 @@ pub unsafe fn free(ptr: *mut u8) {
         return;
     };
     expire(&mut cache, now);
-    if map_size <= CACHE_BYTES / 4
-        && cache.len < CACHE_SLOTS
-        && cache.bytes + map_size <= CACHE_BYTES
-    {
+    let limit = crate::options::get().large_cache_bytes;
+    if map_size <= limit / 4 && cache.len < CACHE_SLOTS && cache.bytes + map_size <= limit {
         // SAFETY: the header of the block, checked live above.
         unsafe { (*base.cast::<LargeHeader>()).state = BlockState::Cached as u64 };
         let i = cache.len;
@@ -285,10 +285,11 @@ pub fn after_fork_child() {
 }
 
 fn expire(cache: &mut BlockCache, now: u64) {
+    let delay = crate::options::get().large_decay_ns;
     let mut i = 0;
     while i < cache.len {
         let b = cache.blocks[i];
-        if now.saturating_sub(b.freed_at_ns) >= CACHE_DELAY_NS || now == u64::MAX {
+        if now.saturating_sub(b.freed_at_ns) >= delay || now == u64::MAX {
             cache.len -= 1;
             cache.blocks[i] = cache.blocks[cache.len];
             cache.bytes -= b.map_size;

@@ -31,15 +31,9 @@ static REPORT_FD: AtomicI32 = AtomicI32::new(2);
 /// `yes`, `on` (any case) are on; unset, empty, `0`, `false`, `no`, `off`
 /// are off; anything else is `None`.
 fn flag_value(value: Option<&CStr>) -> Option<bool> {
-    let Some(v) = value else { return Some(false) };
-    let v = v.to_bytes();
-    let is = |words: &[&[u8]]| words.iter().any(|w| v.eq_ignore_ascii_case(w));
-    if is(&[b"1", b"true", b"yes", b"on"]) {
-        Some(true)
-    } else if v.is_empty() || is(&[b"0", b"false", b"no", b"off"]) {
-        Some(false)
-    } else {
-        None
+    match value.map(CStr::to_bytes) {
+        None | Some(b"") => Some(false),
+        Some(v) => heapkit_core::options::parse_flag(v),
     }
 }
 

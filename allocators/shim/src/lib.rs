@@ -68,8 +68,20 @@ mod system;
 /// Runs when the library is loaded, after libc is initialised: resolves the
 /// backend if no allocation has yet, and registers the exit report.
 extern "C" fn on_load() {
-    backend::resolve();
+    let id = backend::resolve();
     exit_report::register_if_requested();
+    if heapkit_core::options::get().verbose {
+        // HEAPKIT_VERBOSE=1: say what runs, with which options.
+        heapkit_core::os::write_stderr(b"heapkit: libheapkit.so backend=");
+        heapkit_core::os::write_stderr(backend::name(id).as_bytes());
+        heapkit_core::os::write_stderr(b"\n");
+        heapkit_core::options::write_summary();
+        if matches!(backend::name(id), "system" | "jemalloc" | "mimalloc") {
+            heapkit_core::os::write_stderr(
+                b"heapkit: (the options apply to heapkit's own backends, not to this peer)\n",
+            );
+        }
+    }
     // HEAPKIT_TRACE=path records every malloc-family call (heapkit-trace);
     // the recorder flushes at exit through its own atexit handler and says
     // on stderr why when it cannot start.
@@ -96,7 +108,7 @@ pub extern "C" fn _exit(status: core::ffi::c_int) -> ! {
     if heapkit_trace::record::enabled() {
         heapkit_trace::record::finish();
     }
-    heapkit_core::os::exit_now(status)
+    heapkit_core::os::exit_immediately(status)
 }
 
 /// `_Exit`: C99's name for `_exit`.

@@ -858,3 +858,49 @@ fn introspection_api() {
         }
     });
 }
+
+/// The documented options reach every heapkit backend, and
+/// `HEAPKIT_VERBOSE=1` lists them at start.
+#[test]
+fn options_from_the_environment() {
+    let Some(cc) = find("options_from_the_environment", "cc") else {
+        return;
+    };
+    let dir = scratch("options");
+    let bin = dir.join("options");
+    assert!(Command::new(cc)
+        .args(["-O1", "-o"])
+        .arg(&bin)
+        .arg(sources().join("options.c"))
+        .status()
+        .is_ok_and(|s| s.success()));
+    let kept = |r: &Run| -> Option<u64> {
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("kept ")?.parse().ok())
+    };
+    for backend in ["sizeclass", "slab", "pool"] {
+        let r = run(under(backend, &bin), &dir, backend, MINUTE);
+        assert!(r.ok, "{}", r.describe());
+        assert!(kept(&r).unwrap() >= 8 << 20, "{backend}: {}", r.stdout);
+        let mut cmd = under(backend, &bin);
+        cmd.env("HEAPKIT_LARGE_CACHE_MB", "0");
+        let r = run(cmd, &dir, backend, MINUTE);
+        assert!(r.ok, "{}", r.describe());
+        assert!(kept(&r).unwrap() < 1 << 20, "{backend} kept: {}", r.stdout);
+    }
+    let mut cmd = under("sizeclass", &bin);
+    cmd.env("HEAPKIT_VERBOSE", "1")
+        .env("HEAPKIT_PURGE_DELAY_MS", "5")
+        .env("HEAPKIT_LARGE_DECAY_MS", "soon");
+    let r = run(cmd, &dir, "verbose", MINUTE);
+    assert!(r.ok, "{}", r.describe());
+    for line in [
+        "heapkit: libheapkit.so backend=sizeclass",
+        "heapkit: HEAPKIT_PURGE_DELAY_MS=5 (set)",
+        "heapkit: HEAPKIT_LARGE_CACHE_MB=64 (default)",
+        "heapkit: ignoring HEAPKIT_LARGE_DECAY_MS=soon (not a whole number in range); using the default",
+    ] {
+        assert!(r.stderr.lines().any(|l| l == line), "{line} missing: {}", r.stderr);
+    }
+}

@@ -31,7 +31,8 @@
 //!   and blocks carved from fresh
 //!   or purged memory are known to be zero (`allocate_zeroed` skips the
 //!   memset).
-//! - Empty pages return to their segment; after 20 ms free their memory is
+//! - Empty pages return to their segment; after 20 ms free (the purge
+//!   delay, `HEAPKIT_PURGE_DELAY_MS`) their memory is
 //!   purged (`MADV_DONTNEED`) by the owner's next slow path; empty segments
 //!   go to a small purged reserve or back to the OS. Without waiting for the
 //!   delay, a free that leaves the heap more idle bytes (dirty free pages

@@ -1,7 +1,7 @@
 //! The purge policy: when free pages give their memory back.
 //!
 //! - Decay ([`sweep`]): free pages are purged (`MADV_DONTNEED`) once they
-//!   have been free for [`PURGE_DELAY_NS`]; a segment whose pages are all
+//!   have been free for the purge delay ([`purge_delay_ns`]); a segment whose pages are all
 //!   free and purged goes to the global reserve or back to the OS on the
 //!   next sweep, except a heap's last one of a kind; a segment that empties
 //!   on a free is released at once (same exception).
@@ -24,8 +24,14 @@ use crate::page::{Page, PageState};
 use crate::segment::{self, Segment};
 use crate::slow::{requeue_if_full, take_pending};
 
-/// A free page's memory is returned to the OS after this long.
-pub(crate) const PURGE_DELAY_NS: u64 = 20_000_000;
+/// How long a free page's memory stays resident before it is purged: the
+/// purge delay in effect: `HEAPKIT_PURGE_DELAY_MS`, default
+/// [`heapkit_core::options::DEFAULT_PURGE_DELAY_MS`] (see
+/// [`heapkit_core::options`]).
+#[inline]
+pub(crate) fn purge_delay_ns() -> u64 {
+    heapkit_core::options::get().purge_delay_ns
+}
 /// Smallest eager-purge budget (see [`purge_idle`]).
 pub(crate) const PURGE_BUDGET_MIN: usize = 256 << 10;
 /// Largest eager-purge budget.
@@ -154,7 +160,7 @@ pub(crate) unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
     }
 }
 
-/// Decay: purges free pages older than [`PURGE_DELAY_NS`] (all of them if
+/// Decay: purges free pages older than the purge delay ([`purge_delay_ns`]) (all of them if
 /// `all`) and re-queues full pages with remote frees a lost notification
 /// left behind. Runs at most every half delay unless `all`.
 pub(crate) fn sweep(h: &mut Heap, all: bool) {
@@ -162,7 +168,8 @@ pub(crate) fn sweep(h: &mut Heap, all: bool) {
     if !all && now < h.next_sweep_ns {
         return;
     }
-    h.next_sweep_ns = now + PURGE_DELAY_NS / 2;
+    let delay = purge_delay_ns();
+    h.next_sweep_ns = now + delay / 2;
     if !all && now.saturating_sub(h.last_refault_ns) >= BUDGET_RELAX_NS {
         h.purge_budget = (h.purge_budget / 2).max(PURGE_BUDGET_MIN);
         h.refaulting = false;
@@ -188,9 +195,7 @@ pub(crate) fn sweep(h: &mut Heap, all: bool) {
                     match (*page).state {
                         PageState::Free
                             if (*page).dirty
-                                && (all
-                                    || now.saturating_sub((*page).freed_at_ns)
-                                        >= PURGE_DELAY_NS) =>
+                                && (all || now.saturating_sub((*page).freed_at_ns) >= delay) =>
                         {
                             let (p, len) = Segment::purgeable(seg, i);
                             os::purge(p, len);

@@ -22,7 +22,7 @@ use crate::heap::{self, Heap, HeapState, EMPTY, STATS};
 use crate::lifecycle::init;
 use crate::page::{Page, PageState};
 use crate::purge::{free_page, over_budget, purge_idle, release_segment, sweep};
-use crate::purge::{PURGE_BUDGET_MAX, PURGE_DELAY_NS};
+use crate::purge::{purge_delay_ns, PURGE_BUDGET_MAX};
 use crate::segment::{self, heap_class_size, heap_class_stride, Segment, KIND_OF};
 
 /// The clock is read on every this many slow-path calls.
@@ -236,7 +236,7 @@ unsafe fn claim(h: &mut Heap, seg: *mut Segment, i: usize) -> *mut Page {
             // Purged before its delay ran out and needed again: the eager
             // purge thrashes this program, so give it more room.
             let now = os::monotonic_ns();
-            if now.saturating_sub((*page).freed_at_ns) < PURGE_DELAY_NS {
+            if now.saturating_sub((*page).freed_at_ns) < purge_delay_ns() {
                 h.purge_budget = (h.purge_budget * 2).min(PURGE_BUDGET_MAX);
                 h.last_refault_ns = now;
                 h.refaulting = true;

@@ -370,15 +370,6 @@ pub fn next_symbol(name: &CStr) -> *mut c_void {
     unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
 }
 
-/// Ends the process now with `status`, as libc's `_exit` does (the
-/// `exit_group` system call): no atexit handler, no stdio flush.
-pub fn exit_now(status: c_int) -> ! {
-    loop {
-        // SAFETY: exit_group takes an int and does not return.
-        unsafe { libc::syscall(libc::SYS_exit_group, status) };
-    }
-}
-
 /// Writes all of `bytes` to standard error, ignoring failures.
 pub fn write_stderr(bytes: &[u8]) {
     write_fd(2, bytes);
@@ -548,11 +539,15 @@ pub fn process_id() -> u32 {
     unsafe { libc::getpid() as u32 }
 }
 
-/// Ends the process at once with `status` (`_exit`): no `atexit` handlers,
-/// no stdio flush, no allocation. For errors found before a program may run.
+/// Ends the process at once with `status`, as libc's `_exit` does (the
+/// `exit_group` system call, made directly so that a library exporting its
+/// own `_exit` can call this from it): no `atexit` handlers, no stdio flush,
+/// no allocation. For errors found before a program may run.
 pub fn exit_immediately(status: c_int) -> ! {
-    // SAFETY: _exit has no preconditions and does not return.
-    unsafe { libc::_exit(status) }
+    loop {
+        // SAFETY: exit_group takes an int and does not return.
+        unsafe { libc::syscall(libc::SYS_exit_group, status) };
+    }
 }
 
 /// Duplicates `fd` onto a new close-on-exec descriptor numbered `min` or
