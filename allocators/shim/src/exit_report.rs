@@ -18,6 +18,8 @@ use core::ffi::CStr;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicI32, Ordering::Relaxed};
 
+use heapkit_core::Stats;
+
 use heapkit_core::{os, HeapAlloc};
 
 use crate::backend::{self, with_backend};
@@ -58,9 +60,42 @@ pub fn register_if_requested() {
 }
 
 extern "C" fn print() {
-    let id = backend::SELECTED.load(Relaxed);
+    let id = backend::SELECTED.load(Relaxed) & backend::ID_MASK;
     let stats = with_backend!(|a| a.stats());
     let mut line = StackText::<1024>::new();
-    let _ = writeln!(line, "heapkit: backend={} {}", backend::name(id), stats);
+    let _ = write!(line, "heapkit: backend={}", backend::name(id));
+    match measured_by_peer(id) {
+        // heapkit's own allocators count everything.
+        None => {
+            let _ = write!(line, " {stats}");
+        }
+        Some(measured) => {
+            for (name, value) in Stats::FIELDS.iter().zip(stats.values()) {
+                if measured.contains(name) {
+                    let _ = write!(line, " {name}={value}");
+                }
+            }
+            let what = if measured.is_empty() {
+                "counts"
+            } else {
+                "other counts"
+            };
+            let _ = write!(line, " ({what}: not available from this peer)");
+        }
+    }
+    let _ = writeln!(line);
     os::write_fd(REPORT_FD.load(Relaxed), line.as_bytes());
+}
+
+/// The `Stats` fields a peer really measures (`None`: a heapkit backend,
+/// which measures all): the rest would be made-up zeros, so the report
+/// leaves them out and says so.
+fn measured_by_peer(id: u8) -> Option<&'static [&'static str]> {
+    match id {
+        backend::SYSTEM => Some(&["live_bytes", "mapped_bytes"]),
+        backend::JEMALLOC if crate::jemalloc::has_stats() => Some(&["live_bytes", "mapped_bytes"]),
+        backend::JEMALLOC => Some(&[]),
+        backend::MIMALLOC => Some(&["mapped_bytes", "peak_mapped_bytes"]),
+        _ => None,
+    }
 }

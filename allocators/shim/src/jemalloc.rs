@@ -142,12 +142,28 @@ unsafe impl HeapAlloc for Jemalloc {
                 0
             }
         };
-        let mapped = read(c"stats.mapped");
         Stats {
             live_bytes: read(c"stats.allocated"),
-            mapped_bytes: mapped,
-            peak_mapped_bytes: mapped,
+            mapped_bytes: read(c"stats.mapped"),
             ..Stats::default()
         }
     }
+}
+
+/// Whether this jemalloc keeps statistics (built with its `stats` feature,
+/// which heapkit leaves off for speed: see Cargo.toml).
+pub fn has_stats() -> bool {
+    let mut enabled = false;
+    let mut len = core::mem::size_of::<bool>();
+    // SAFETY: "config.stats" returns a bool; the pointers are valid.
+    let rc = unsafe {
+        je::mallctl(
+            c"config.stats".as_ptr(),
+            ptr::addr_of_mut!(enabled).cast::<c_void>(),
+            &mut len,
+            ptr::null_mut(),
+            0,
+        )
+    };
+    rc == 0 && enabled
 }

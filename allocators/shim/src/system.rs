@@ -108,11 +108,9 @@ unsafe impl HeapAlloc for System {
         let Some(info) = crate::introspect::glibc_mallinfo2() else {
             return Stats::default();
         };
-        let mapped = (info.arena + info.hblkhd) as u64;
         Stats {
             live_bytes: (info.uordblks + info.hblkhd) as u64,
-            mapped_bytes: mapped,
-            peak_mapped_bytes: mapped,
+            mapped_bytes: (info.arena + info.hblkhd) as u64,
             ..Stats::default()
         }
     }
