@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,24 @@ static int foreign(void) {
     free(launder((void *)(base + 64)));
     keep_using_the_heap();
     printf("foreign free went unnoticed\n");
+    return 0;
+}
+
+/* free(), realloc() and malloc_usable_size() of pointers into 4 MiB
+ * regions where nothing is mapped at all (heapkit must not read a "tag"
+ * there). */
+static int unmapped(const char *call) {
+    size_t seg = 4 << 20;
+    char *raw = mmap(NULL, 3 * seg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return 2;
+    uintptr_t base = ((uintptr_t)raw + seg - 1) & ~(uintptr_t)(seg - 1);
+    munmap(raw, 3 * seg);
+    void *p = launder((void *)(base + 4096));
+    if (!strcmp(call, "free")) free(p);
+    else if (!strcmp(call, "realloc")) p = realloc(p, 100);
+    else printf("%zu\n", malloc_usable_size(p));
+    keep_using_the_heap();
+    printf("unmapped %s went unnoticed\n", call);
     return 0;
 }
 
@@ -151,10 +170,13 @@ static int exhaust_recover(void) {
 int main(int argc, char **argv) {
     const char *c = argc > 1 ? argv[1] : "";
     if (!strcmp(c, "foreign")) return foreign();
+    if (!strcmp(c, "unmapped-free")) return unmapped("free");
+    if (!strcmp(c, "unmapped-realloc")) return unmapped("realloc");
+    if (!strcmp(c, "unmapped-usable-size")) return unmapped("usable-size");
     if (!strcmp(c, "large-double")) return large_double();
     if (!strcmp(c, "large-interior")) return large_interior();
     if (!strcmp(c, "remote-double")) return remote_double();
     if (!strcmp(c, "exhaust-recover")) return exhaust_recover();
-    fprintf(stderr, "usage: misuse foreign|large-double|large-interior|remote-double|exhaust-recover\n");
+    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|exhaust-recover\n");
     return 2;
 }

@@ -23,6 +23,7 @@ use core::ffi::{c_int, c_void};
 use core::ptr;
 
 use crate::os;
+use crate::segment::REGIONS;
 use crate::HeapAlloc;
 
 /// Minimum alignment of every C allocation.
@@ -101,8 +102,25 @@ pub unsafe fn free<A: HeapAlloc + ?Sized>(a: &A, ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
-    // SAFETY: ptr is live (caller guarantee).
+    if A::SEGMENTED && !REGIONS.contains(ptr) {
+        foreign("free", ptr);
+    }
+    // SAFETY: ptr is live (caller guarantee; for a segmented allocator its
+    // segment is at least a live heapkit mapping, whose checks do the rest).
     unsafe { a.free(ptr.cast()) }
+}
+
+/// Stops the program: `ptr` is in no heapkit mapping, so no heapkit
+/// allocator handed it out (glibc says `free(): invalid pointer`).
+#[cold]
+#[inline(never)]
+fn foreign(call: &str, ptr: *mut c_void) -> ! {
+    crate::misuse::report(
+        call,
+        crate::misuse::Misuse::InvalidPointer,
+        ptr.cast(),
+        "not in any heapkit mapping",
+    )
 }
 
 /// `realloc(ptr, size)`.
@@ -121,6 +139,9 @@ pub unsafe fn realloc<A: HeapAlloc + ?Sized>(a: &A, ptr: *mut c_void, size: usiz
     }
     if size > isize::MAX as usize - MIN_ALIGN {
         return enomem();
+    }
+    if A::SEGMENTED && !REGIONS.contains(ptr) {
+        foreign("realloc", ptr);
     }
     // SAFETY: ptr is live (caller).
     let usable = unsafe { a.usable_size(ptr.cast()) };
@@ -221,6 +242,9 @@ pub unsafe fn malloc_usable_size<A: HeapAlloc + ?Sized>(a: &A, ptr: *mut c_void)
     if ptr.is_null() {
         0
     } else {
+        if A::SEGMENTED && !REGIONS.contains(ptr) {
+            foreign("malloc_usable_size", ptr);
+        }
         // SAFETY: caller guarantee.
         unsafe { a.usable_size(ptr.cast()) }
     }

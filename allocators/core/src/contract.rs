@@ -68,6 +68,15 @@ use crate::Stats;
 ///   would.
 /// - Nothing here allocates through the global allocator.
 pub unsafe trait HeapAlloc: Sync {
+    /// True when every block this allocator hands out lies in a mapping
+    /// made by [`crate::large::map_segments`] (recorded in
+    /// [`crate::segment::REGIONS`]): the C API ([`crate::capi`]) then checks
+    /// each pointer it is asked to free, reallocate or measure against the
+    /// region map and reports a foreign one as misuse, instead of reading a
+    /// tag from memory that may not be mapped. Forwarding allocators leave it
+    /// false.
+    const SEGMENTED: bool = false;
+
     /// Allocates a block for `layout`; null on exhaustion.
     fn allocate(&self, layout: Layout) -> *mut u8;
 

@@ -152,7 +152,7 @@ pub unsafe fn free(ptr: *mut u8) {
     // lock just means this block is unmapped instead of cached.
     let Some(mut cache) = CACHE.try_lock() else {
         // SAFETY: the block is dead and its mapping is exactly base..+map_size.
-        unsafe { os::unmap(base, map_size) };
+        unsafe { unmap_segments(base, map_size) };
         return;
     };
     expire(&mut cache, now);
@@ -172,7 +172,7 @@ pub unsafe fn free(ptr: *mut u8) {
     }
     drop(cache);
     // SAFETY: the block is dead and its mapping is exactly base..+map_size.
-    unsafe { os::unmap(base, map_size) };
+    unsafe { unmap_segments(base, map_size) };
 }
 
 /// Bytes usable at `ptr`.
@@ -245,10 +245,12 @@ unsafe fn resize_mapping(base: *mut u8, old: usize, new: usize) -> *mut u8 {
     // SAFETY: dest is a fresh reservation of `new` bytes; the source is the
     // caller's whole mapping.
     if unsafe { os::remap_to(base, old, new, dest) } {
+        // The pages moved: no mapping starts at `base` any more.
+        crate::segment::REGIONS.unmark(base);
         return dest;
     }
     // SAFETY: the reservation is unused.
-    unsafe { os::unmap(dest, new) };
+    unsafe { unmap_segments(dest, new) };
     ptr::null_mut()
 }
 
@@ -294,7 +296,7 @@ fn expire(cache: &mut BlockCache, now: u64) {
             cache.blocks[i] = cache.blocks[cache.len];
             cache.bytes -= b.map_size;
             // SAFETY: the cached mapping is unused and exactly base..+map_size.
-            unsafe { os::unmap(b.base, b.map_size) };
+            unsafe { unmap_segments(b.base, b.map_size) };
         } else {
             i += 1;
         }
@@ -343,13 +345,31 @@ fn take_cached(map_size: usize) -> (*mut u8, usize) {
 /// large block. At exhaustion it empties the block cache (whose mappings
 /// may be what uses up the address space) and tries once more, so a
 /// program that freed memory gets it back before it sees NULL.
+///
+/// The mapping is recorded in [`crate::segment::REGIONS`]; give it back
+/// with [`unmap_segments`] (a tail may go with `os::unmap`).
 pub fn map_segments(size: usize) -> *mut u8 {
-    let p = os::map_aligned(size, SEGMENT_ALIGN);
-    if !p.is_null() {
-        return p;
+    let mut p = os::map_aligned(size, SEGMENT_ALIGN);
+    if p.is_null() {
+        reclaim_cache();
+        p = os::map_aligned(size, SEGMENT_ALIGN);
     }
-    reclaim_cache();
-    os::map_aligned(size, SEGMENT_ALIGN)
+    if !p.is_null() {
+        crate::segment::REGIONS.mark(p);
+    }
+    p
+}
+
+/// Unmaps a whole mapping made by [`map_segments`], first clearing its
+/// region bit.
+///
+/// # Safety
+/// `base..+size` must be a whole mapping of [`map_segments`] that nothing
+/// uses any more.
+pub unsafe fn unmap_segments(base: *mut u8, size: usize) {
+    crate::segment::REGIONS.unmark(base);
+    // SAFETY: caller guarantee.
+    unsafe { os::unmap(base, size) };
 }
 
 #[cold]

@@ -9,6 +9,8 @@ pub struct PagesAlloc;
 
 // SAFETY: forwards to the large path, which keeps the contract.
 unsafe impl HeapAlloc for PagesAlloc {
+    const SEGMENTED: bool = true;
+
     fn allocate(&self, layout: Layout) -> *mut u8 {
         large::allocate(layout, false)
     }

@@ -207,6 +207,8 @@ unsafe fn is_pool_block(ptr: *const u8) -> bool {
 // aligned to their power-of-two size); every path returns null on
 // exhaustion and none allocates through the global allocator or panics.
 unsafe impl HeapAlloc for Pool {
+    const SEGMENTED: bool = true;
+
     #[inline]
     fn allocate(&self, layout: Layout) -> *mut u8 {
         match class_for(layout) {

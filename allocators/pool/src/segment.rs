@@ -173,7 +173,7 @@ impl SegmentList {
                 (*seg).trim_count = [0; PAGES];
                 if (*seg).used == 1 {
                     *link = (*seg).next;
-                    os::unmap(seg.cast(), SEGMENT_ALIGN);
+                    heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN);
                 } else {
                     link = &mut (*seg).next;
                 }
@@ -251,7 +251,7 @@ fn new_segment() -> *mut SegmentHeader {
         // Batch links keep a count above bit 48; an address this high (only
         // possible with 5-level paging and an explicit hint) is refused.
         // SAFETY: base is the mapping just made, unused.
-        unsafe { os::unmap(base, SEGMENT_ALIGN) };
+        unsafe { heapkit_core::large::unmap_segments(base, SEGMENT_ALIGN) };
         return ptr::null_mut();
     }
     let seg = base.cast::<SegmentHeader>();

@@ -773,6 +773,11 @@ fn misuse_outcome(case: &str, backend: &str) -> Outcome {
     let heapkit = matches!(backend, "sizeclass" | "slab" | "pool" | "bump");
     match (case, heapkit) {
         ("foreign", true) => Outcome::Detected("free(): invalid pointer"),
+        ("unmapped-free", true) => Outcome::Detected("free(): invalid pointer"),
+        ("unmapped-realloc", true) => Outcome::Detected("realloc(): invalid pointer"),
+        ("unmapped-usable-size", true) => {
+            Outcome::Detected("malloc_usable_size(): invalid pointer")
+        }
         ("large-double", true) => Outcome::Detected("free(): double free of"),
         ("large-interior", true) => Outcome::Detected("middle of a block"),
         ("remote-double", _) if backend == "sizeclass" => Outcome::Detected("corrupted free list"),
@@ -802,6 +807,9 @@ fn misuse_default_mode() {
         .is_ok_and(|s| s.success()));
     let cases = [
         "foreign",
+        "unmapped-free",
+        "unmapped-realloc",
+        "unmapped-usable-size",
         "large-double",
         "large-interior",
         "remote-double",

@@ -86,6 +86,8 @@ unsafe fn zero_block(p: *mut u8, size: usize) {
 // measured through its segment's tag; nothing allocates through the global
 // allocator and nothing panics.
 unsafe impl HeapAlloc for SizeClass {
+    const SEGMENTED: bool = true;
+
     #[inline]
     fn allocate(&self, layout: Layout) -> *mut u8 {
         if layout.align() <= MIN_ALIGN && layout.size() <= MAX_SIZE {

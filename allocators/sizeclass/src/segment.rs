@@ -317,7 +317,7 @@ pub(crate) unsafe fn release(seg: *mut Segment) {
             return;
         }
         drop(r);
-        os::unmap(seg.cast(), SEGMENT_ALIGN);
+        heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN);
     }
 }
 

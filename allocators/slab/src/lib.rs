@@ -339,6 +339,8 @@ impl Slab {
 // the owner by the segment tag; nothing allocates through the global
 // allocator or panics.
 unsafe impl HeapAlloc for Slab {
+    const SEGMENTED: bool = true;
+
     #[inline]
     fn allocate(&self, layout: Layout) -> *mut u8 {
         match class_for(layout) {

@@ -303,7 +303,7 @@ pub unsafe fn release_run(meta: *mut SlabMeta) {
     }
     if unmap {
         // SAFETY: the segment is unlinked and holds no slab.
-        unsafe { os::unmap(seg.cast(), SEGMENT_ALIGN) };
+        unsafe { heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN) };
     }
 }
 

@@ -342,6 +342,8 @@ unsafe fn header_size(ptr: *mut u8) -> usize {
 // aligned to its layout; free/usable_size work from any thread through the
 // segment tag and the size header.
 unsafe impl HeapAlloc for Bump {
+    const SEGMENTED: bool = true;
+
     #[inline]
     fn allocate(&self, layout: Layout) -> *mut u8 {
         Self::allocate_in(current(), layout, false)
