@@ -34,6 +34,9 @@ use crate::segment::{segment_of, SegmentTag, SEGMENT_ALIGN};
 /// The largest alignment the large path supports (the user pointer must stay
 /// in the first segment-sized span of its mapping).
 pub const MAX_ALIGN: usize = SEGMENT_ALIGN / 2;
+/// A cached mapping up to this many times the size asked for is reused
+/// whole; a larger one gives back its tail first.
+const KEEP_WHOLE_UP_TO: usize = 2;
 /// Blocks the cache keeps.
 pub const CACHE_SLOTS: usize = 32;
 /// Bytes the cache keeps at most by default (`HEAPKIT_LARGE_CACHE_MB`,
@@ -332,11 +335,13 @@ fn take_cached(map_size: usize) -> (*mut u8, usize) {
     cache.blocks[best] = cache.blocks[cache.len];
     cache.bytes -= b.map_size;
     drop(cache);
-    if b.map_size - map_size > map_size / 4 {
+    if b.map_size > map_size * KEEP_WHOLE_UP_TO {
         // SAFETY: the tail is part of the unused cached mapping.
         unsafe { os::unmap(b.base.add(map_size), b.map_size - map_size) };
         (b.base, map_size)
     } else {
+        // Reused whole: its resident pages need no fault again, and the
+        // block can later grow in place up to its mapping.
         (b.base, b.map_size)
     }
 }
