@@ -8,6 +8,7 @@
 //! heapkit-bench run --allocators system,sizeclass --workloads larson,churn --threads 1,8
 //! heapkit-bench compare reports/A/results.json reports/B   # what moved beyond the noise
 //! heapkit-bench list                                       # allocators and workloads
+//! heapkit-bench profile -- ./app args                      # leaks and allocation sites by stack
 //! cargo bench -p heapkit-bench                             # criterion micro-benchmarks
 //! ```
 //!
@@ -73,6 +74,7 @@ pub mod list;
 pub mod locate;
 pub mod measure;
 pub mod preload;
+pub mod profile;
 pub mod programs;
 pub mod registry;
 pub mod replay;
@@ -84,6 +86,7 @@ pub mod run;
 pub mod sample;
 pub mod session;
 pub mod stats;
+pub mod symbolize;
 pub mod trace_info;
 pub mod workloads;
 

@@ -3,7 +3,7 @@
 //! dispatches, and turns an error into one line on stderr and exit status 2.
 
 use clap::{Parser, Subcommand};
-use heapkit_bench::{compare, list, preload, replay, run, trace_info};
+use heapkit_bench::{compare, list, preload, profile, replay, run, trace_info};
 
 /// Measure memory allocators on the same work, in one run.
 #[derive(Parser)]
@@ -27,6 +27,8 @@ enum Command {
     Trace(trace_info::TraceArgs),
     /// Run a command under every backend of libheapkit.so: `preload -- CMD ARGS...`.
     Preload(preload::PreloadArgs),
+    /// Where a program's memory goes: leaks and allocation sites by call stack.
+    Profile(profile::ProfileArgs),
 }
 
 fn main() {
@@ -48,6 +50,7 @@ fn main() {
         Command::Replay(args) => replay::replay(&args),
         Command::Trace(args) => trace_info::trace(&args),
         Command::Preload(args) => preload::preload(&args),
+        Command::Profile(args) => profile::profile(&args),
     };
     if let Err(err) = result {
         eprintln!("heapkit-bench: error: {err}");

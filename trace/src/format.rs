@@ -63,7 +63,16 @@
 //! kind 1 ALLOC    dt, zz(addr - prev), size [, align_log2 if ALIGNED]
 //! kind 2 FREE     dt, zz(addr - prev)
 //! kind 3 REALLOC  dt, zz(old - prev), zz(new - old), size
+//! kind 4 STACK    dt, weight, n, zz(frame[0]), zz(frame[1] - frame[0]), ...
 //! ```
+//!
+//! STACK (profiles, `HEAPKIT_PROFILE`) gives the call stack of the ALLOC or
+//! REALLOC that follows it in the same block: `n` return addresses,
+//! innermost first, and `weight`, the bytes that allocation stands for
+//! (its size when every allocation is recorded; more when sampled). A
+//! profile also holds **metadata blocks** (tag `HKM1`, `records` 0, the
+//! payload text): a first line `mode every` or `mode sampled <mean bytes>`,
+//! and the process's `/proc/self/maps`, for symbolising the frames.
 //!
 //! - `dt` is the time in ticks since the previous record of the same block
 //!   (for the first record: since the block's `base_ticks`).
@@ -108,6 +117,9 @@ pub const BLOCK_HEADER_LEN: usize = 40;
 pub const BLOCK_TAG: u32 = u32::from_le_bytes(*b"HKB1");
 /// Tag of the end block.
 pub const END_TAG: u32 = u32::from_le_bytes(*b"HKE1");
+/// Tag of a metadata block: text (the profile's mode, the process's
+/// `/proc/self/maps` for symbolising stacks).
+pub const META_TAG: u32 = u32::from_le_bytes(*b"HKM1");
 
 /// Record kind: an allocation (malloc, calloc, memalign...).
 pub const KIND_ALLOC: u8 = 1;
@@ -115,6 +127,13 @@ pub const KIND_ALLOC: u8 = 1;
 pub const KIND_FREE: u8 = 2;
 /// Record kind: a realloc.
 pub const KIND_REALLOC: u8 = 3;
+/// Record kind: the call stack (and sampling weight) of the allocation
+/// that follows it in the same block (profiles only).
+pub const KIND_STACK: u8 = 4;
+/// Frames a stack record holds at most.
+pub const MAX_FRAMES: usize = 48;
+/// The longest stack record: opcode, dt, weight, count, frames.
+pub const MAX_STACK_RECORD_LEN: usize = 1 + 3 * 10 + MAX_FRAMES * 10;
 /// Opcode mask of the kind.
 pub const KIND_MASK: u8 = 0b111;
 /// Opcode flag: the allocation is zeroed (calloc).

@@ -140,6 +140,27 @@ pub struct Object {
     pub size: u64,
     /// log2 of the alignment (0 = default).
     pub align_log2: u8,
+    /// Index of its allocation's call stack in [`Trace::stacks`], or
+    /// [`NO_STACK`] (plain traces).
+    pub stack: u32,
+    /// Bytes this object stands for in a sampled profile (its size when
+    /// every allocation was recorded); 0 without a stack.
+    pub weight: u64,
+}
+
+/// [`Object::stack`] of an object recorded without a stack.
+pub const NO_STACK: u32 = u32::MAX;
+
+impl Object {
+    /// An object of a plain trace: no stack, no weight.
+    pub const fn new(size: u64, align_log2: u8) -> Object {
+        Object {
+            size,
+            align_log2,
+            stack: NO_STACK,
+            weight: 0,
+        }
+    }
 }
 
 /// A decoded, validated trace.
@@ -156,6 +177,12 @@ pub struct Trace {
     pub threads: Vec<Vec<Event>>,
     /// Every object, by dense index.
     pub objects: Vec<Object>,
+    /// The distinct call stacks of a profile (return addresses, innermost
+    /// first).
+    pub stacks: Vec<Vec<u64>>,
+    /// The text of the metadata blocks (a profile's mode line and the
+    /// process's memory map), in file order.
+    pub meta: String,
 }
 
 /// A record before addresses are resolved to objects.
@@ -170,6 +197,27 @@ struct RawEvent {
     /// REALLOC: the new address.
     b: u64,
     size: u64,
+    /// The STACK record before it: (stack index, weight).
+    stack: Option<(u32, u64)>,
+}
+
+/// Distinct stacks, numbered as first seen.
+#[derive(Default)]
+struct StackTable {
+    index: HashMap<Vec<u64>, u32>,
+    stacks: Vec<Vec<u64>>,
+}
+
+impl StackTable {
+    fn intern(&mut self, frames: Vec<u64>) -> u32 {
+        if let Some(&i) = self.index.get(&frames) {
+            return i;
+        }
+        let i = self.stacks.len() as u32;
+        self.stacks.push(frames.clone());
+        self.index.insert(frames, i);
+        i
+    }
 }
 
 struct Cursor<'a> {
@@ -314,6 +362,7 @@ impl Trace {
         let mut pos = format::HEADER_LEN;
         let mut total: u64 = 0;
         let mut warning = None;
+        let mut stacks = StackTable::default();
         // In salvage mode a broken block ends the trace where it starts.
         macro_rules! stop {
             ($at:expr, $msg:expr) => {{
@@ -371,6 +420,19 @@ impl Trace {
                 }
                 break base_ticks;
             }
+            if tag == format::META_TAG {
+                let payload = pos + format::BLOCK_HEADER_LEN;
+                if records != 0 || bytes.len() - payload < len {
+                    stop!(pos, "bad metadata block");
+                }
+                let text = &bytes[payload..payload + len];
+                if format::checksum(text) != le_u32(bytes, pos + 32) {
+                    stop!(pos + 32, "metadata block checksum mismatch");
+                }
+                trace.meta.push_str(&String::from_utf8_lossy(text));
+                pos = payload + len;
+                continue;
+            }
             if tag != format::BLOCK_TAG {
                 stop!(pos, format!("bad block tag {tag:#010x}"));
             }
@@ -398,9 +460,9 @@ impl Trace {
                 payload,
                 len,
                 records,
-                base_ticks,
-                base_addr,
+                (base_ticks, base_addr),
                 &mut raw[t],
+                &mut stacks,
             );
             if let Err(e) = decoded {
                 raw[t].truncate(before);
@@ -425,6 +487,7 @@ impl Trace {
         let to_ns = |ticks: u64| {
             start_ns.saturating_add((ticks.saturating_sub(start_ticks) as f64 * ns_per_tick) as u64)
         };
+        trace.stacks = stacks.stacks;
         resolve(&mut trace, raw, to_ns)?;
         Ok((trace, warning))
     }
@@ -460,10 +523,11 @@ fn decode_block(
     payload: usize,
     len: usize,
     records: u32,
-    base_ticks: u64,
-    base_addr: u64,
+    (base_ticks, base_addr): (u64, u64),
     out: &mut Vec<RawEvent>,
+    stacks: &mut StackTable,
 ) -> Result<(), TraceError> {
+    let mut pending: Option<(u32, u64)> = None;
     let mut c = Cursor {
         bytes,
         pos: payload,
@@ -509,8 +573,24 @@ fn decode_block(
             a: 0,
             b: 0,
             size: 0,
+            stack: None,
         };
         match kind {
+            format::KIND_STACK => {
+                let weight = c.varint()?;
+                let n = c.varint()? as usize;
+                if n > format::MAX_FRAMES {
+                    return err(offset, format!("stack of {n} frames"));
+                }
+                let mut frames = Vec::with_capacity(n);
+                let mut prev_frame = 0u64;
+                for _ in 0..n {
+                    prev_frame = prev_frame.wrapping_add(unzigzag(c.varint()?) as u64);
+                    frames.push(prev_frame);
+                }
+                pending = Some((stacks.intern(frames), weight));
+                continue;
+            }
             format::KIND_ALLOC => {
                 e.a = addr(&mut c)?;
                 e.size = c.varint()?;
@@ -530,6 +610,9 @@ fn decode_block(
                 e.size = c.varint()?;
             }
             _ => return err(offset, format!("bad record kind {kind}")),
+        }
+        if kind != format::KIND_FREE {
+            e.stack = pending.take();
         }
         out.push(e);
     }
@@ -563,10 +646,17 @@ fn resolve(
             ready.push(Reverse((e.ticks, t as u32)));
         }
     }
-    let new_object = |objects: &mut Vec<Object>, size: u64, align_log2: u8| -> u32 {
-        objects.push(Object { size, align_log2 });
-        (objects.len() - 1) as u32
-    };
+    let new_object =
+        |objects: &mut Vec<Object>, size: u64, align_log2: u8, stack: Option<(u32, u64)>| -> u32 {
+            let (stack, weight) = stack.unwrap_or((NO_STACK, 0));
+            objects.push(Object {
+                size,
+                align_log2,
+                stack,
+                weight,
+            });
+            (objects.len() - 1) as u32
+        };
     // Threads whose next record allocates an address still live.
     let mut blocked: HashMap<u64, Vec<u32>> = HashMap::new();
     while let Some(Reverse((_, t))) = ready.pop() {
@@ -581,7 +671,7 @@ fn resolve(
                     blocked.entry(e.a).or_default().push(t);
                     continue;
                 }
-                let obj = new_object(&mut trace.objects, e.size, e.align_log2);
+                let obj = new_object(&mut trace.objects, e.size, e.align_log2, e.stack);
                 live.insert(e.a, obj);
                 Op::Alloc {
                     obj,
@@ -603,7 +693,7 @@ fn resolve(
                     continue;
                 }
                 let old = live.remove(&e.a);
-                let new = new_object(&mut trace.objects, e.size, 0);
+                let new = new_object(&mut trace.objects, e.size, 0, e.stack);
                 live.insert(e.b, new);
                 if e.b != e.a {
                     wake(&mut blocked, e.a, &raw, &next, &mut ready);

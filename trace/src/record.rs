@@ -74,6 +74,259 @@ static EXIT_KEY: os::ThreadExitKey = os::ThreadExitKey::new();
 /// Records dropped (re-entrancy, buffer busy, memory exhaustion).
 static DROPPED: AtomicUsize = AtomicUsize::new(0);
 
+/// What the recorder records.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Mode {
+    /// Every call, no stacks (`HEAPKIT_TRACE`).
+    Trace = 0,
+    /// Every allocation with its stack, every free (`HEAPKIT_PROFILE`,
+    /// rate 0).
+    ProfileEvery = 1,
+    /// Allocations sampled by bytes, with stacks; frees of sampled blocks.
+    ProfileSampled = 2,
+}
+
+static MODE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(Mode::Trace as u8);
+/// Mean bytes between samples (sampled profiles).
+static RATE: AtomicU64 = AtomicU64::new(0);
+
+#[inline]
+fn mode() -> Mode {
+    match MODE.load(Ordering::Relaxed) {
+        1 => Mode::ProfileEvery,
+        2 => Mode::ProfileSampled,
+        _ => Mode::Trace,
+    }
+}
+
+/// The live sampled blocks (sampled profiles): an open-addressing set of
+/// addresses in its own mapping, so that a free records only what was
+/// sampled. Slots hold an address, 0 (never used) or [`TOMBSTONE`].
+struct SampledSet {
+    slots: core::sync::atomic::AtomicPtr<AtomicU64>,
+    live: AtomicUsize,
+    /// How many live sampled addresses hash to each of these buckets: a
+    /// free whose bucket is 0 was not sampled, found in one load from a
+    /// 4 KiB table that stays in cache (most frees end here).
+    filter: [core::sync::atomic::AtomicU8; FILTER_BUCKETS],
+}
+
+const FILTER_BUCKETS: usize = 4096;
+
+const SAMPLED_SLOTS: usize = 1 << 18;
+const TOMBSTONE: u64 = 1;
+static SAMPLED: SampledSet = SampledSet {
+    slots: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
+    live: AtomicUsize::new(0),
+    filter: [const { core::sync::atomic::AtomicU8::new(0) }; FILTER_BUCKETS],
+};
+
+impl SampledSet {
+    fn slot(&self, i: usize) -> Option<&AtomicU64> {
+        let base = self.slots.load(Ordering::Acquire);
+        // SAFETY: a non-null base is a mapping of SAMPLED_SLOTS atomics,
+        // never unmapped; i is masked below SAMPLED_SLOTS.
+        (!base.is_null()).then(|| unsafe { &*base.add(i & (SAMPLED_SLOTS - 1)) })
+    }
+
+    fn home(addr: u64) -> usize {
+        ((addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize
+    }
+
+    fn bucket(addr: u64) -> &'static core::sync::atomic::AtomicU8 {
+        let i = ((addr >> 4).wrapping_mul(0xff51_afd7_ed55_8ccd) >> 52) as usize;
+        &SAMPLED.filter[i % FILTER_BUCKETS]
+    }
+
+    /// Adds `addr`; false (nothing added) when the set is three-quarters
+    /// full, so that every sampled block's free can be found.
+    fn insert(&self, addr: u64) -> bool {
+        if self.live.load(Ordering::Relaxed) >= SAMPLED_SLOTS / 4 * 3 {
+            return false;
+        }
+        let bucket = Self::bucket(addr);
+        if bucket.load(Ordering::Relaxed) == u8::MAX {
+            return false;
+        }
+        // Counted before the address is findable, so a racing free of it
+        // never skips the table.
+        bucket.fetch_add(1, Ordering::AcqRel);
+        let home = Self::home(addr);
+        for i in 0..SAMPLED_SLOTS {
+            let Some(slot) = self.slot(home + i) else {
+                return false;
+            };
+            let cur = slot.load(Ordering::Relaxed);
+            if (cur == 0 || cur == TOMBSTONE)
+                && slot
+                    .compare_exchange(cur, addr, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.live.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        bucket.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Removes `addr` if present; whether it was.
+    #[inline]
+    fn remove(&self, addr: u64) -> bool {
+        let bucket = Self::bucket(addr);
+        if bucket.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let home = Self::home(addr);
+        for i in 0..SAMPLED_SLOTS {
+            let Some(slot) = self.slot(home + i) else {
+                return false;
+            };
+            let cur = slot.load(Ordering::Acquire);
+            if cur == 0 {
+                return false;
+            }
+            if cur == addr
+                && slot
+                    .compare_exchange(cur, TOMBSTONE, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.live.fetch_sub(1, Ordering::Relaxed);
+                bucket.fetch_sub(1, Ordering::AcqRel);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Sampled profiles, before anything else: counts `size` down on the
+/// thread's countdown, without taking the buffer (no atomic); true when
+/// this allocation is to be sampled (or the thread has no buffer yet).
+#[inline]
+fn sample_due(size: usize) -> bool {
+    let p = BUF::get() as usize;
+    if p <= UNAVAILABLE {
+        return true;
+    }
+    // SAFETY: values above UNAVAILABLE are this thread's buffer, mapped for
+    // the life of the process; `countdown` is only ever touched by its
+    // thread (finish() never reads it), so the plain access is race-free.
+    let buf = unsafe { &mut *(p as *mut ThreadBuf) };
+    buf.countdown -= size as i64;
+    if buf.countdown > 0 {
+        return false;
+    }
+    // Restore: ThreadBuf::profile counts it again under the busy flag.
+    buf.countdown += size as i64;
+    true
+}
+
+/// Starts a heap profile into `path` (`%p` = pid, as [`start`]): every
+/// allocation with its call stack when `rate` is 0, else allocations
+/// sampled by bytes with a mean of `rate` bytes between samples (an
+/// exponential interval, as jemalloc and tcmalloc sample), and the frees of
+/// what was recorded. Writes the mode and the process's memory map as
+/// metadata (again at exit, for libraries loaded since). Warms up the
+/// unwinder here, outside any allocator call.
+pub fn start_profile(path: &CStr, rate: u64) -> bool {
+    let mut frames = [0usize; 4];
+    let _ = os::backtrace(&mut frames);
+    if rate > 0 {
+        let table = os::map(SAMPLED_SLOTS * core::mem::size_of::<AtomicU64>());
+        if table.is_null() {
+            return false;
+        }
+        SAMPLED.slots.store(table.cast(), Ordering::Release);
+        RATE.store(rate, Ordering::Relaxed);
+        MODE.store(Mode::ProfileSampled as u8, Ordering::Relaxed);
+    } else {
+        MODE.store(Mode::ProfileEvery as u8, Ordering::Relaxed);
+    }
+    if !start(path) {
+        return false;
+    }
+    write_meta_mode();
+    write_meta_maps();
+    true
+}
+
+/// The first metadata line: `mode every` or `mode sampled <rate>`.
+fn write_meta_mode() {
+    let mut line = [0u8; 64];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        line[len..len + bytes.len()].copy_from_slice(bytes);
+        len += bytes.len();
+    };
+    match mode() {
+        Mode::ProfileSampled => {
+            put(b"mode sampled ");
+            let mut digits = [0u8; 20];
+            put(heapkit_core::options::format_number(
+                RATE.load(Ordering::Relaxed),
+                &mut digits,
+            ));
+        }
+        _ => put(b"mode every"),
+    }
+    put(b"\n");
+    write_meta(&line[..len]);
+}
+
+/// The process's `/proc/self/maps` as a metadata block.
+fn write_meta_maps() {
+    const CAP: usize = 4 << 20;
+    let buf = os::map(CAP);
+    if buf.is_null() {
+        return;
+    }
+    // SAFETY: buf is a fresh mapping of CAP bytes; the first bytes leave
+    // room for the block header.
+    let text = unsafe {
+        core::slice::from_raw_parts_mut(
+            buf.add(format::BLOCK_HEADER_LEN),
+            CAP - format::BLOCK_HEADER_LEN,
+        )
+    };
+    let n = os::read_file(c"/proc/self/maps", text);
+    let text = &text[..n];
+    write_meta_in_place(buf, text);
+    // SAFETY: mapped above, no longer used.
+    unsafe { os::unmap(buf, CAP) };
+}
+
+/// Writes `text` as a metadata block (short texts: copied to the stack).
+fn write_meta(text: &[u8]) {
+    let mut block = [0u8; 256];
+    let n = text.len().min(block.len() - format::BLOCK_HEADER_LEN);
+    block[format::BLOCK_HEADER_LEN..format::BLOCK_HEADER_LEN + n].copy_from_slice(&text[..n]);
+    let (head, _) = block.split_at_mut(format::BLOCK_HEADER_LEN + n);
+    fill_meta_header(head, n);
+    write_block(head);
+}
+
+/// Writes a metadata block whose payload already sits at
+/// `base + BLOCK_HEADER_LEN`.
+fn write_meta_in_place(base: *mut u8, text: &[u8]) {
+    // SAFETY: base..+header+text is one writable mapping (the caller's).
+    let block =
+        unsafe { core::slice::from_raw_parts_mut(base, format::BLOCK_HEADER_LEN + text.len()) };
+    fill_meta_header(block, text.len());
+    write_block(block);
+}
+
+fn fill_meta_header(block: &mut [u8], len: usize) {
+    let sum = format::checksum(&block[format::BLOCK_HEADER_LEN..]);
+    block[0..4].copy_from_slice(&format::META_TAG.to_le_bytes());
+    block[4..12].fill(0);
+    block[12..16].copy_from_slice(&(len as u32).to_le_bytes());
+    block[16..32].fill(0);
+    block[32..36].copy_from_slice(&sum.to_le_bytes());
+    block[36..40].fill(0);
+}
+
 /// Bytes of one thread buffer mapping.
 const BUF_BYTES: usize = 128 << 10;
 /// Offset of the block header inside the mapping; the payload follows it,
@@ -106,6 +359,10 @@ struct ThreadBuf {
     prev_ticks: u64,
     prev_addr: u64,
     len: usize,
+    /// Sampled profiles: bytes still to allocate before the next sample.
+    countdown: i64,
+    /// Sampled profiles: this thread's random state (xorshift64).
+    rng: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<ThreadBuf>() <= BLOCK_AT);
@@ -239,7 +496,14 @@ pub fn on_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
     if ptr.is_null() {
         return;
     }
+    if mode() == Mode::ProfileSampled && !sample_due(size) {
+        return;
+    }
     let Some(buf) = enter() else { return };
+    if mode() != Mode::Trace && !buf.profile(ptr, size) {
+        leave(buf);
+        return;
+    }
     let mut op = format::KIND_ALLOC;
     if zeroed {
         op |= format::FLAG_ZEROED;
@@ -263,6 +527,9 @@ pub fn on_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
 #[inline]
 pub fn on_free(ptr: *mut u8) {
     if ptr.is_null() {
+        return;
+    }
+    if mode() == Mode::ProfileSampled && !SAMPLED.remove(ptr as u64) {
         return;
     }
     let Some(buf) = enter() else { return };
@@ -289,7 +556,18 @@ pub fn on_realloc(old: *mut u8, new: *mut u8, size: usize) {
         on_free(old);
         return;
     }
+    if mode() == Mode::ProfileSampled {
+        // A sampled profile sees a realloc as the end of the old block (if
+        // it was sampled) and a new allocation (sampled or not).
+        on_free(old);
+        on_alloc(new, size, 0, false);
+        return;
+    }
     let Some(buf) = enter() else { return };
+    if mode() == Mode::ProfileEvery && !buf.profile(new, size) {
+        leave(buf);
+        return;
+    }
     let mut w = buf.begin(format::KIND_REALLOC);
     w.addr(old);
     w.addr(new);
@@ -330,6 +608,9 @@ pub fn finish() {
         flush(buf);
         threads = threads.max(buf.thread + 1);
         node = buf.next;
+    }
+    if mode() != Mode::Trace {
+        write_meta_maps();
     }
     let mut end = [0u8; format::BLOCK_HEADER_LEN];
     end[0..4].copy_from_slice(&format::END_TAG.to_le_bytes());
@@ -426,6 +707,9 @@ unsafe extern "C" fn fork_child() {
         buf.len = 0;
         buf.base_ticks = now_ticks();
         buf.prev_ticks = buf.base_ticks;
+        // The next record's address is a delta from prev_addr; the block
+        // header must name the same base.
+        buf.base_addr = buf.prev_addr;
         buf.next = 0;
         *head = own;
     }
@@ -437,6 +721,11 @@ unsafe extern "C" fn fork_child() {
     }
     if !open_trace(os::process_id(), false) {
         ENABLED.store(false, Ordering::Relaxed);
+        return;
+    }
+    if mode() != Mode::Trace {
+        write_meta_mode();
+        write_meta_maps();
     }
 }
 
@@ -501,8 +790,12 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
             prev_ticks: now,
             prev_addr: 0,
             len: 0,
+            countdown: 0,
+            rng: (mem as u64) ^ now ^ 0x9e37_79b9_7f4a_7c15,
         })
     };
+    // SAFETY: initialised just above, not shared yet.
+    unsafe { (*buf_ptr).countdown = (*buf_ptr).next_interval() };
     {
         let mut head = REGISTRY.lock();
         // SAFETY: buf_ptr was initialised above and is not shared yet.
@@ -530,6 +823,77 @@ unsafe extern "C" fn thread_exit(value: *mut c_void) {
 }
 
 impl ThreadBuf {
+    /// A random interval in bytes, exponentially distributed with mean
+    /// `RATE` (jemalloc's and tcmalloc's sampling).
+    fn next_interval(&mut self) -> i64 {
+        let rate = RATE.load(Ordering::Relaxed);
+        if rate == 0 {
+            return 0;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        // u in (0, 1]
+        let u = ((self.rng >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        (-u.ln() * rate as f64).min(i64::MAX as f64 / 2.0) as i64 + 1
+    }
+
+    /// Profiles: decides whether the allocation of `size` bytes at `ptr`
+    /// is recorded and, if so, writes its STACK record (the ALLOC or
+    /// REALLOC follows). False: not sampled, record nothing.
+    #[inline]
+    fn profile(&mut self, ptr: *mut u8, size: usize) -> bool {
+        let weight = if mode() == Mode::ProfileSampled {
+            self.countdown -= size as i64;
+            if self.countdown > 0 {
+                return false;
+            }
+            self.countdown = self.next_interval();
+            if !SAMPLED.insert(ptr as u64) {
+                return false;
+            }
+            // The sampled block stands for size / P(sampled), with
+            // P = 1 - exp(-size / rate).
+            let rate = RATE.load(Ordering::Relaxed) as f64;
+            let p = 1.0 - (-(size as f64) / rate).exp();
+            (size as f64 / p.max(1e-12)) as u64
+        } else {
+            size as u64
+        };
+        self.write_stack(weight);
+        true
+    }
+
+    #[cold]
+    fn write_stack(&mut self, weight: u64) {
+        let mut frames = [0usize; format::MAX_FRAMES];
+        let n = os::backtrace(&mut frames);
+        if self.len + format::MAX_STACK_RECORD_LEN + format::MAX_RECORD_LEN > PAYLOAD_CAP {
+            flush(self);
+        }
+        let now = now_ticks();
+        let dt = now.saturating_sub(self.prev_ticks);
+        self.prev_ticks = self.prev_ticks.max(now);
+        let mut at = self.len;
+        let out = self.payload();
+        // SAFETY: MAX_STACK_RECORD_LEN bytes are free from `at` (checked
+        // above); every field is a varint of at most 10 bytes.
+        unsafe {
+            out.add(at).write(format::KIND_STACK);
+            at += 1;
+            at += put_varint(out.add(at), dt);
+            at += put_varint(out.add(at), weight);
+            at += put_varint(out.add(at), n as u64);
+            let mut prev = 0u64;
+            for &f in &frames[..n] {
+                at += put_varint(out.add(at), zigzag((f as u64).wrapping_sub(prev) as i64));
+                prev = f as u64;
+            }
+        }
+        self.len = at;
+        self.records += 1;
+    }
+
     #[inline]
     fn payload(&mut self) -> *mut u8 {
         // SAFETY: the payload lies inside this buffer's mapping.

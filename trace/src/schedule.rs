@@ -20,7 +20,7 @@
 //!         // Thread 1's free has an earlier timestamp, but must wait.
 //!         vec![Event { ts: 1, op: Op::Free { obj: 0 } }],
 //!     ],
-//!     objects: vec![Object { size: 100, align_log2: 0 }],
+//!     objects: vec![Object::new(100, 0)],
 //!     ..Trace::default()
 //! };
 //! let order = schedule::schedule(&t).unwrap();

@@ -10,7 +10,7 @@
 //!         Event { ts: 10, op: Op::Realloc { old: 0, new: 1, size: 100 } },
 //!         Event { ts: 30, op: Op::Free { obj: 1 } },
 //!     ]],
-//!     objects: vec![Object { size: 24, align_log2: 0 }, Object { size: 100, align_log2: 0 }],
+//!     objects: vec![Object::new(24, 0), Object::new(100, 0)],
 //!     ..Trace::default()
 //! };
 //! let s = Summary::of(&t).unwrap();

@@ -85,15 +85,41 @@ extern "C" fn on_load() {
     // HEAPKIT_TRACE=path records every malloc-family call (heapkit-trace);
     // the recorder flushes at exit through its own atexit handler and says
     // on stderr why when it cannot start.
-    if let Some(path) = heapkit_core::os::env_var(c"HEAPKIT_TRACE") {
-        if !path.is_empty() && heapkit_trace::record::start(path) {
-            // Runs after the recorder's own child handler, which stops
-            // recording in a forked child: the child's calls go fast again.
-            heapkit_core::os::register_atfork(no_op, no_op, stop_tracing_in_child);
-            backend::set_traced(true);
+    // HEAPKIT_PROFILE=path is a heap profile: the same recorder, with call
+    // stacks, sampling allocations by bytes (HEAPKIT_PROFILE_RATE, mean
+    // bytes between samples, default 512 KiB; 0 records every allocation).
+    let profile = heapkit_core::os::env_var(c"HEAPKIT_PROFILE").filter(|p| !p.is_empty());
+    let started = match profile {
+        Some(path) => {
+            let rate = match heapkit_core::os::env_var(c"HEAPKIT_PROFILE_RATE") {
+                None => DEFAULT_PROFILE_RATE,
+                Some(v) => match heapkit_core::options::parse_number(v.to_bytes()) {
+                    Some(n) => n,
+                    None => {
+                        heapkit_core::os::write_stderr(
+                            b"heapkit: HEAPKIT_PROFILE_RATE is not a number of bytes; using 524288\n",
+                        );
+                        DEFAULT_PROFILE_RATE
+                    }
+                },
+            };
+            heapkit_trace::record::start_profile(path, rate)
         }
+        None => match heapkit_core::os::env_var(c"HEAPKIT_TRACE") {
+            Some(path) if !path.is_empty() => heapkit_trace::record::start(path),
+            _ => false,
+        },
+    };
+    if started {
+        // Runs after the recorder's own child handler, which stops
+        // recording in a forked child: the child's calls go fast again.
+        heapkit_core::os::register_atfork(no_op, no_op, stop_tracing_in_child);
+        backend::set_traced(true);
     }
 }
+
+/// Mean bytes between two sampled allocations of a heap profile.
+const DEFAULT_PROFILE_RATE: u64 = 512 << 10;
 
 unsafe extern "C" fn no_op() {}
 

@@ -18,6 +18,7 @@ pub mod json;
 pub mod machine;
 pub mod markdown;
 pub mod preload;
+pub mod profile;
 pub mod summary;
 pub mod svg;
 pub mod verdict;

@@ -370,6 +370,67 @@ pub fn next_symbol(name: &CStr) -> *mut c_void {
     unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
 }
 
+/// Fills `frames` with the return addresses of the calling thread's stack,
+/// innermost first, by DWARF unwinding (libgcc's `_Unwind_Backtrace`, which
+/// reads `.eh_frame`: it works whether or not the code keeps frame
+/// pointers). Returns how many were written. Does not allocate once warmed
+/// up: call it once outside any allocator first (libgcc registers its
+/// frame tables on the first call).
+pub fn backtrace(frames: &mut [usize]) -> usize {
+    struct State<'a> {
+        frames: &'a mut [usize],
+        len: usize,
+    }
+    extern "C" fn step(ctx: *mut c_void, arg: *mut c_void) -> c_int {
+        // SAFETY: arg is the State passed below, alive for the whole walk.
+        let state = unsafe { &mut *arg.cast::<State<'_>>() };
+        // SAFETY: ctx is the unwinder's context for this frame.
+        let ip = unsafe { _Unwind_GetIP(ctx) };
+        if ip == 0 || state.len == state.frames.len() {
+            return END_OF_STACK;
+        }
+        state.frames[state.len] = ip;
+        state.len += 1;
+        NO_REASON
+    }
+    const NO_REASON: c_int = 0;
+    const END_OF_STACK: c_int = 5;
+    extern "C" {
+        fn _Unwind_Backtrace(
+            trace: extern "C" fn(*mut c_void, *mut c_void) -> c_int,
+            arg: *mut c_void,
+        ) -> c_int;
+        fn _Unwind_GetIP(ctx: *mut c_void) -> usize;
+    }
+    let mut state = State { frames, len: 0 };
+    // SAFETY: step only writes within state.frames; the unwinder calls it
+    // synchronously on this thread.
+    unsafe { _Unwind_Backtrace(step, (&raw mut state).cast()) };
+    state.len
+}
+
+/// Reads the file at `path` into `buf` (as much as fits); returns the
+/// bytes read, 0 on failure. No allocation: for `/proc` files read from
+/// inside an allocator.
+pub fn read_file(path: &CStr, buf: &mut [u8]) -> usize {
+    // SAFETY: path is NUL-terminated.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return 0;
+    }
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: the range len.. of buf is writable; fd is open.
+        let got = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if got <= 0 {
+            break;
+        }
+        len += got as usize;
+    }
+    close_fd(fd);
+    len
+}
+
 /// Writes all of `bytes` to standard error, ignoring failures.
 pub fn write_stderr(bytes: &[u8]) {
     write_fd(2, bytes);

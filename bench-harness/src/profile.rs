@@ -1,0 +1,269 @@
+//! `heapkit-bench profile`: where a program's memory goes.
+//!
+//! ```sh
+//! heapkit-bench profile -- ./app args            # sampled: ~1 allocation per 512 KiB
+//! heapkit-bench profile --every -- ./app args    # every allocation: exact leak sizes
+//! heapkit-bench profile --read app-1234.hkt      # a profile recorded earlier
+//! ```
+//!
+//! Runs the command under `libheapkit.so` with `HEAPKIT_PROFILE` (one
+//! profile per process, `%p`), then reads every profile: the blocks still
+//! live at exit grouped by the call stack that allocated them (the leak
+//! report, printed first), and every recorded allocation by stack. Stacks
+//! are symbolised offline from the memory map the profile holds
+//! ([`crate::symbolize`]). Writes `reports/profile-<name>-<date>/`:
+//! `REPORT.md`, flame graphs of leaked and allocated bytes per process,
+//! and the raw profiles under `raw/`.
+//!
+//! Sampling follows jemalloc and tcmalloc: a per-thread countdown of bytes
+//! drawn from an exponential distribution with mean `--rate`; a sampled
+//! allocation of `size` bytes stands for `size / (1 - exp(-size/rate))`
+//! bytes, so totals are unbiased estimates.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use clap::Args;
+
+use crate::error::{Error, Result};
+use crate::report::profile::{self as render, ProfileSummary, Site};
+use crate::report::ReportDir;
+use crate::symbolize::Symbolizer;
+use heapkit_trace::reader::NO_STACK;
+use heapkit_trace::{Op, Trace};
+
+/// Options of `profile`.
+#[derive(Args, Debug, Clone)]
+pub struct ProfileArgs {
+    /// Record every allocation and free (exact leak sizes; slower).
+    #[arg(long)]
+    pub every: bool,
+    /// Mean bytes between sampled allocations.
+    #[arg(long, default_value_t = 512 * 1024)]
+    pub rate: u64,
+    /// Read profiles recorded earlier (HEAPKIT_PROFILE=path) instead of
+    /// running a command.
+    #[arg(long, num_args = 1.., conflicts_with = "command")]
+    pub read: Vec<PathBuf>,
+    /// Stacks shown per table.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+    /// Path of libheapkit.so [default: as `preload`].
+    #[arg(long)]
+    pub lib: Option<PathBuf>,
+    /// Report directory name under --out [default: profile-<program>-<date>].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Parent directory of report directories.
+    #[arg(long, default_value = "reports")]
+    pub out: PathBuf,
+    /// The command to profile, after `--`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs (or reads) and reports.
+pub fn profile(args: &ProfileArgs) -> Result<()> {
+    if args.command.is_empty() && args.read.is_empty() {
+        return Err(Error::new("give `-- CMD ARGS...` or --read FILE"));
+    }
+    let program = args.command.first().map_or_else(
+        || "read".to_string(),
+        |p| {
+            std::path::Path::new(p)
+                .file_name()
+                .map_or(p.clone(), |n| n.to_string_lossy().into_owned())
+        },
+    );
+    let ReportDir { dir, .. } = ReportDir::create(
+        &args.out,
+        args.name.as_deref(),
+        &format!("profile-{program}"),
+    )?;
+    let files: Vec<PathBuf> = if args.read.is_empty() {
+        run(args, &dir)?
+    } else {
+        args.read.clone()
+    };
+    if files.is_empty() {
+        return Err(Error::new(
+            "the command left no profile (did it run under the shim? a static binary ignores LD_PRELOAD)",
+        ));
+    }
+    let mut summaries = Vec::new();
+    for file in &files {
+        let (trace, warning) = Trace::open_salvaging(file)
+            .map_err(|e| Error::new(format!("{}: {e}", file.display())))?;
+        if let Some(w) = &warning {
+            eprintln!("heapkit-bench: warning: {}: {w}", file.display());
+        }
+        let mut s = summarize(&trace);
+        s.file = file.display().to_string();
+        s.warning = warning;
+        summaries.push(s);
+    }
+    // The leak summary first, on stdout.
+    for s in &summaries {
+        print!("{}", render::leak_summary(s, args.top));
+    }
+    let command = if args.command.is_empty() {
+        format!(
+            "--read {}",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    } else {
+        shlex::try_join(args.command.iter().map(String::as_str))
+            .unwrap_or_else(|_| args.command.join(" "))
+    };
+    for s in &summaries {
+        render::flame_graph(
+            &dir.join(format!("leaks-{}.svg", s.pid)),
+            &format!("Live at exit (leaks), process {}", s.pid),
+            &s.leaks,
+        )?;
+        render::flame_graph(
+            &dir.join(format!("allocations-{}.svg", s.pid)),
+            &format!("Allocated bytes, process {}", s.pid),
+            &s.sites,
+        )?;
+    }
+    std::fs::write(
+        dir.join("REPORT.md"),
+        render::render(&command, &summaries, args.top),
+    )
+    .map_err(|e| Error::new(format!("cannot write REPORT.md: {e}")))?;
+    println!("{}", dir.join("REPORT.md").display());
+    Ok(())
+}
+
+/// Runs the command with profiling on; returns the profiles it left.
+fn run(args: &ProfileArgs, dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let lib = crate::locate::shim_library(args.lib.as_deref())?;
+    let raw = dir.join("raw");
+    std::fs::create_dir_all(&raw)
+        .map_err(|e| Error::new(format!("cannot create {}: {e}", raw.display())))?;
+    let rate = if args.every { 0 } else { args.rate.max(1) };
+    let (program, rest) = args.command.split_first().expect("checked non-empty");
+    let status = Command::new(program)
+        .args(rest)
+        .env("LD_PRELOAD", &lib)
+        .env("HEAPKIT_PROFILE", raw.join("profile-%p.hkt"))
+        .env("HEAPKIT_PROFILE_RATE", rate.to_string())
+        .env_remove("HEAPKIT_TRACE")
+        .status()
+        .map_err(|e| Error::new(format!("cannot run {program}: {e}")))?;
+    if !status.success() {
+        eprintln!("heapkit-bench: warning: {program} ended with {status}");
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&raw)
+        .map_err(|e| Error::new(format!("cannot read {}: {e}", raw.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hkt"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Leaks and allocation sites of one profile, symbolised.
+pub fn summarize(trace: &Trace) -> ProfileSummary {
+    let mode = trace
+        .meta
+        .lines()
+        .find_map(|l| l.strip_prefix("mode "))
+        .unwrap_or("every")
+        .to_string();
+    let mut ended = vec![false; trace.objects.len()];
+    for thread in &trace.threads {
+        for e in thread {
+            if let Some(obj) = e.op.ends() {
+                ended[obj as usize] = true;
+            }
+            if let Op::Realloc { old, .. } = e.op {
+                ended[old as usize] = true;
+            }
+        }
+    }
+    // Per stack: (bytes, blocks) live at exit and allocated.
+    let mut live: HashMap<u32, (f64, f64)> = HashMap::new();
+    let mut all: HashMap<u32, (f64, f64)> = HashMap::new();
+    for (i, o) in trace.objects.iter().enumerate() {
+        if o.stack == NO_STACK {
+            continue;
+        }
+        let weight = o.weight as f64;
+        let blocks = if o.size > 0 {
+            weight / o.size as f64
+        } else {
+            1.0
+        };
+        let a = all.entry(o.stack).or_default();
+        a.0 += weight;
+        a.1 += blocks;
+        if !ended[i] {
+            let l = live.entry(o.stack).or_default();
+            l.0 += weight;
+            l.1 += blocks;
+        }
+    }
+    let mut symbolizer = Symbolizer::new(&trace.meta);
+    let mut names: HashMap<u32, Vec<String>> = HashMap::new();
+    let mut sites_of = |map: &HashMap<u32, (f64, f64)>| -> Vec<Site> {
+        // Stacks that symbolise alike (the same call sites) merge.
+        let mut merged: HashMap<Vec<String>, (f64, f64)> = HashMap::new();
+        for (&stack, &(bytes, blocks)) in map {
+            let frames = names
+                .entry(stack)
+                .or_insert_with(|| frames_of(&mut symbolizer, &trace.stacks[stack as usize]))
+                .clone();
+            let m = merged.entry(frames).or_default();
+            m.0 += bytes;
+            m.1 += blocks;
+        }
+        let mut sites: Vec<Site> = merged
+            .into_iter()
+            .map(|(frames, (bytes, blocks))| Site {
+                frames,
+                bytes,
+                blocks,
+            })
+            .collect();
+        sites.sort_by(|a, b| b.bytes.total_cmp(&a.bytes).then(a.frames.cmp(&b.frames)));
+        sites
+    };
+    let leaks = sites_of(&live);
+    let sites = sites_of(&all);
+    ProfileSummary {
+        file: String::new(),
+        pid: trace.pid,
+        mode,
+        leaks,
+        sites,
+        warning: None,
+    }
+}
+
+/// The symbolised frames of a recorded stack, without the frames of the
+/// recorder and the shim themselves (inside libheapkit.so).
+fn frames_of(symbolizer: &mut Symbolizer, stack: &[u64]) -> Vec<String> {
+    let own = |s: &Symbolizer, a: u64| s.object_of(a).is_some_and(|o| o.contains("libheapkit"));
+    let start = stack
+        .iter()
+        .position(|&a| !own(symbolizer, a))
+        .unwrap_or(stack.len());
+    let mut out = Vec::new();
+    for &ret in &stack[start..] {
+        for f in symbolizer.frames(ret) {
+            out.push(match f.location {
+                Some(loc) => format!("{} ({loc})", f.function),
+                None => f.function,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,167 @@
+//! The heap-profile report: what a profiled program leaked and where it
+//! allocated, by call stack, as a Markdown summary and flame graphs.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::markdown::fmt_mib;
+use crate::error::{Error, Result};
+
+/// One call stack's share of a profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// Symbolised frames, innermost (the allocating call) first.
+    pub frames: Vec<String>,
+    /// Bytes (estimated when sampled).
+    pub bytes: f64,
+    /// Blocks (estimated when sampled).
+    pub blocks: f64,
+}
+
+/// What one profiled process shows.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileSummary {
+    /// The profile file.
+    pub file: String,
+    /// Process id.
+    pub pid: u32,
+    /// `every` or `sampled <bytes>`.
+    pub mode: String,
+    /// Blocks still live at exit, by stack, most bytes first.
+    pub leaks: Vec<Site>,
+    /// Every recorded allocation, by stack, most bytes first.
+    pub sites: Vec<Site>,
+    /// Warning from the reader (a salvaged profile).
+    pub warning: Option<String>,
+}
+
+impl ProfileSummary {
+    /// Total leaked bytes.
+    pub fn leaked_bytes(&self) -> f64 {
+        self.leaks.iter().map(|s| s.bytes).sum()
+    }
+}
+
+/// A stack as one line: `inner <- caller <- ...` (first `depth` frames).
+pub fn stack_line(frames: &[String], depth: usize) -> String {
+    let shown: Vec<&str> = frames.iter().take(depth).map(String::as_str).collect();
+    let mut line = shown.join(" <- ");
+    if frames.len() > depth {
+        line.push_str(" <- ...");
+    }
+    line
+}
+
+/// The leak summary printed on stdout.
+pub fn leak_summary(p: &ProfileSummary, top: usize) -> String {
+    let mut out = String::new();
+    let blocks: f64 = p.leaks.iter().map(|s| s.blocks).sum();
+    let estimated = if p.mode == "every" { "" } else { "~" };
+    let _ = writeln!(
+        out,
+        "process {} ({}): leaked at exit {estimated}{} bytes ({}) in {estimated}{:.0} blocks",
+        p.pid,
+        p.mode,
+        p.leaked_bytes().round(),
+        fmt_mib(p.leaked_bytes()),
+        blocks
+    );
+    for s in p.leaks.iter().take(top) {
+        let _ = writeln!(
+            out,
+            "  {estimated}{:>12.0} bytes {estimated}{:>8.0} blocks  {}",
+            s.bytes,
+            s.blocks,
+            stack_line(&s.frames, 6)
+        );
+    }
+    out
+}
+
+/// `REPORT.md` of a profile run.
+pub fn render(command: &str, profiles: &[ProfileSummary], top: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# heapkit-bench profile\n");
+    let _ = writeln!(out, "Command: `{command}`\n");
+    for p in profiles {
+        let _ = writeln!(out, "## Process {} ({})\n", p.pid, p.mode);
+        if let Some(w) = &p.warning {
+            let _ = writeln!(out, "> **Warning**: {w}\n");
+        }
+        let estimated = if p.mode == "every" {
+            "exact: every allocation was recorded"
+        } else {
+            "estimated from sampled allocations (each stands for the bytes between samples)"
+        };
+        let _ = writeln!(
+            out,
+            "Leaked at exit: **{}** ({estimated}). Flame graphs: \
+             [leaks](leaks-{pid}.svg), [allocations](allocations-{pid}.svg).\n",
+            fmt_mib(p.leaked_bytes()),
+            pid = p.pid
+        );
+        for (title, sites) in [
+            ("Live at exit (leaks), by stack", &p.leaks),
+            ("Allocated, by stack (top sites by bytes)", &p.sites),
+        ] {
+            let _ = writeln!(out, "### {title}\n");
+            let _ = writeln!(out, "| bytes | blocks | stack (allocating call first) |");
+            let _ = writeln!(out, "|---:|---:|---|");
+            for s in sites.iter().take(top) {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {} |",
+                    fmt_mib(s.bytes),
+                    s.blocks,
+                    stack_line(&s.frames, 8).replace('|', "\\|")
+                );
+            }
+            let _ = writeln!(out);
+        }
+        let mut by_count = p.sites.clone();
+        by_count.sort_by(|a, b| b.blocks.total_cmp(&a.blocks));
+        let _ = writeln!(out, "### Allocated, by stack (top sites by count)\n");
+        let _ = writeln!(out, "| blocks | bytes | stack |");
+        let _ = writeln!(out, "|---:|---:|---|");
+        for s in by_count.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "| {:.0} | {} | {} |",
+                s.blocks,
+                fmt_mib(s.bytes),
+                stack_line(&s.frames, 8).replace('|', "\\|")
+            );
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
+
+/// A flame graph SVG of `sites` (bytes) into `path`.
+pub fn flame_graph(path: &Path, title: &str, sites: &[Site]) -> Result<()> {
+    // inferno reads "root;...;leaf count" lines: outermost frame first.
+    let lines: Vec<String> = sites
+        .iter()
+        .filter(|s| s.bytes >= 1.0)
+        .map(|s| {
+            let stack: Vec<String> = s.frames.iter().rev().map(|f| f.replace(';', ":")).collect();
+            format!("{} {}", stack.join(";"), s.bytes.round() as u64)
+        })
+        .collect();
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = title.to_string();
+    options.count_name = "bytes".to_string();
+    let file = std::fs::File::create(path)
+        .map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))?;
+    if lines.is_empty() {
+        use std::io::Write;
+        let mut file = file;
+        return writeln!(
+            file,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="600" height="40"><text x="10" y="25">{title}: nothing recorded</text></svg>"#
+        )
+        .map_err(|e| Error::new(e.to_string()));
+    }
+    inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), file)
+        .map_err(|e| Error::new(format!("flame graph {}: {e}", path.display())))
+}

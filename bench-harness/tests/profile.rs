@@ -1,0 +1,177 @@
+//! `heapkit-bench profile` end to end: a C program that leaks in a named
+//! function (with and without frame pointers), sampled and exact; a killed
+//! process; a python3 run. Needs `libheapkit.so` in the source tree's
+//! `target/release` (the README's test command builds it first) and `cc`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const LEAK_FN: &str = "leak_in_named_function";
+
+fn shim() -> Option<PathBuf> {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/libheapkit.so");
+    if lib.is_file() {
+        Some(lib)
+    } else {
+        eprintln!("SKIP: {} not built", lib.display());
+        None
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hk-profile-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Builds leak.c with `-g` and the given extra flags; None without `cc`.
+fn build(dir: &Path, name: &str, flags: &[&str]) -> Option<PathBuf> {
+    let exe = dir.join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/leak.c");
+    let ok = Command::new("cc")
+        .args(["-g", "-O1"])
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(source)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: cc not available");
+    }
+    ok.then_some(exe)
+}
+
+/// Runs `heapkit-bench profile ARGS -- CMD`, returning (stdout, stderr).
+fn profile(lib: &Path, out: &Path, args: &[&str], cmd: &[&str]) -> (String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_heapkit-bench"))
+        .arg("profile")
+        .args(args)
+        .arg("--lib")
+        .arg(lib)
+        .arg("--out")
+        .arg(out)
+        .arg("--")
+        .args(cmd)
+        .env_remove("CARGO")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// Bytes on the leak summary line naming the leaking function.
+fn leaked_by_function(stdout: &str) -> Option<f64> {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(LEAK_FN) && l.contains("bytes"))?;
+    line.split_whitespace()
+        .map(|w| w.trim_start_matches('~'))
+        .find_map(|w| w.parse::<f64>().ok())
+}
+
+#[test]
+fn leaks_are_found_by_function_exactly_and_sampled() {
+    let Some(lib) = shim() else { return };
+    let dir = tmp("c");
+    for (name, flags) in [("plain", &[][..]), ("fp", &["-fno-omit-frame-pointer"][..])] {
+        let Some(exe) = build(&dir, name, flags) else {
+            return;
+        };
+        let exe = exe.to_str().unwrap();
+        // Every allocation: the exact bytes.
+        let (stdout, _) = profile(
+            &lib,
+            &dir.join("out"),
+            &["--every", "--name", &format!("every-{name}")],
+            &[exe, "4096"],
+        );
+        assert_eq!(
+            leaked_by_function(&stdout),
+            Some(4096.0 * 4096.0),
+            "{name}: {stdout}"
+        );
+        assert!(stdout.contains("4096 blocks"), "{stdout}");
+        let report = dir.join(format!("out/every-{name}"));
+        let md = std::fs::read_to_string(report.join("REPORT.md")).unwrap();
+        assert!(md.contains(LEAK_FN) && md.contains("leak.c"), "{md}");
+        for svg in std::fs::read_dir(&report).unwrap().flatten() {
+            let path = svg.path();
+            if path.extension().is_some_and(|e| e == "svg") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(text.contains("<svg") && text.trim_end().ends_with("</svg>"));
+            }
+        }
+        // Default sampling (one allocation per 512 KiB on average): 128 MiB
+        // leaked, estimated within 25%.
+        let (stdout, _) = profile(
+            &lib,
+            &dir.join("out"),
+            &["--name", &format!("sampled-{name}")],
+            &[exe, "32768"],
+        );
+        let want = 32768.0 * 4096.0;
+        let got = leaked_by_function(&stdout).unwrap_or(0.0);
+        assert!(
+            (got / want - 1.0).abs() < 0.25,
+            "{name}: estimated {got} of {want}: {stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_killed_process_is_read_with_a_warning() {
+    let Some(lib) = shim() else { return };
+    let dir = tmp("killed");
+    let Some(exe) = build(&dir, "leak", &[]) else {
+        return;
+    };
+    let (stdout, stderr) = profile(
+        &lib,
+        &dir.join("out"),
+        &["--every"],
+        &[exe.to_str().unwrap(), "8192", "kill"],
+    );
+    assert!(stderr.contains("salvaged"), "{stderr}");
+    assert!(stdout.contains(LEAK_FN), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn python_frames_show_where_python_allocates() {
+    let Some(lib) = shim() else { return };
+    if !Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("SKIP: python3 not found");
+        return;
+    }
+    let dir = tmp("python");
+    let script = dir.join("cache.py");
+    std::fs::write(
+        &script,
+        "CACHE = []\nfor i in range(100000):\n    CACHE.append(('item-%d' % i) * 20)\nprint(len(CACHE))\n",
+    )
+    .unwrap();
+    let (_, _) = profile(
+        &lib,
+        &dir.join("out"),
+        &["--name", "py"],
+        &[
+            "env",
+            "PYTHONMALLOC=malloc",
+            "python3",
+            script.to_str().unwrap(),
+        ],
+    );
+    let md = std::fs::read_to_string(dir.join("out/py/REPORT.md")).unwrap();
+    assert!(md.contains("PyUnicode_New"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,35 @@
+/* leak.c: a program that leaks N blocks of 4096 bytes in one named
+ * function, for `heapkit-bench profile` (bench-harness/tests/profile.rs).
+ * Usage: leak N [kill]; with "kill" it ends with SIGKILL (no exit
+ * handlers run), to check that a killed process's profile is still read. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *volatile keep[1 << 16];
+
+__attribute__((noinline)) void leak_in_named_function(int n, size_t size) {
+    for (int i = 0; i < n; i++) {
+        char *p = malloc(size);
+        memset(p, 1, size);
+        keep[i] = p;
+    }
+}
+
+__attribute__((noinline)) void allocate_and_free(int n) {
+    for (int i = 0; i < n; i++) {
+        void *volatile p = malloc(100 + i % 1000);
+        free(p);
+    }
+}
+
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 4096;
+    if (n > (1 << 16)) n = 1 << 16;
+    allocate_and_free(100000);
+    leak_in_named_function(n, 4096);
+    for (int i = 0; i < n; i++) keep[i] = 0; /* the last pointers are gone */
+    if (argc > 2 && !strcmp(argv[2], "kill")) raise(SIGKILL);
+    return 0;
+}
