@@ -31,7 +31,7 @@ use crate::report::profile::{self as render, ProfileSummary, Site};
 use crate::report::ReportDir;
 use crate::symbolize::Symbolizer;
 use heapkit_trace::reader::NO_STACK;
-use heapkit_trace::{Op, Trace};
+use heapkit_trace::Trace;
 
 /// Options of `profile`.
 #[derive(Args, Debug, Clone)]
@@ -181,11 +181,9 @@ pub fn summarize(trace: &Trace) -> ProfileSummary {
     let mut ended = vec![false; trace.objects.len()];
     for thread in &trace.threads {
         for e in thread {
+            // A free or a realloc ends its (old) object.
             if let Some(obj) = e.op.ends() {
                 ended[obj as usize] = true;
-            }
-            if let Op::Realloc { old, .. } = e.op {
-                ended[old as usize] = true;
             }
         }
     }
