@@ -265,23 +265,30 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
+/// The trace file at `path`, mapped read-only; one-line errors for a
+/// directory, an unreadable or an empty file.
+fn map_trace(path: &Path) -> Result<memmap2::Mmap, Box<dyn std::error::Error + Send + Sync>> {
+    if path.is_dir() {
+        return Err(format!("{} is a directory, not a trace file", path.display()).into());
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot open trace {}: {e}", path.display()))?;
+    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(Box::new(TraceError {
+            offset: 0,
+            message: "empty file (truncated before the header)".into(),
+        }));
+    }
+    // SAFETY: the mapping is read-only; a trace being rewritten while we
+    // read it could show torn bytes, which the validation reports.
+    unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| format!("cannot map trace {}: {e}", path.display()).into())
+}
+
 impl Trace {
     /// Maps the file at `path` and parses it.
     pub fn open(path: &Path) -> Result<Trace, Box<dyn std::error::Error + Send + Sync>> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| format!("cannot open trace {}: {e}", path.display()))?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if len == 0 {
-            return Err(Box::new(TraceError {
-                offset: 0,
-                message: "empty file (truncated before the header)".into(),
-            }));
-        }
-        // SAFETY: the mapping is read-only; a trace being rewritten while we
-        // read it could show torn bytes, which the validation below reports.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| format!("cannot map trace {}: {e}", path.display()))?;
-        Ok(Trace::parse(&map)?)
+        Ok(Trace::parse(&map_trace(path)?)?)
     }
 
     /// Maps the file at `path` and parses it, salvaging a trace whose
@@ -290,23 +297,7 @@ impl Trace {
     pub fn open_salvaging(
         path: &Path,
     ) -> Result<(Trace, Option<String>), Box<dyn std::error::Error + Send + Sync>> {
-        if path.is_dir() {
-            return Err(format!("{} is a directory, not a trace file", path.display()).into());
-        }
-        let file = std::fs::File::open(path)
-            .map_err(|e| format!("cannot open trace {}: {e}", path.display()))?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if len == 0 {
-            return Err(Box::new(TraceError {
-                offset: 0,
-                message: "empty file (truncated before the header)".into(),
-            }));
-        }
-        // SAFETY: the mapping is read-only; a trace being rewritten while we
-        // read it could show torn bytes, which the validation below reports.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| format!("cannot map trace {}: {e}", path.display()))?;
-        Ok(Trace::parse_salvaging(&map)?)
+        Ok(Trace::parse_salvaging(&map_trace(path)?)?)
     }
 
     /// Decodes and validates a whole trace held in memory.

@@ -627,23 +627,14 @@ fn expand_pid<'a>(path: &'a CStr, pid: u32, buf: &'a mut [u8; 4096]) -> Option<&
     if !bytes.windows(2).any(|w| w == b"%p") {
         return Some(path);
     }
-    let mut digits = [0u8; 10];
-    let mut n = 0;
-    let mut v = pid;
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
+    let mut digits = [0u8; 20];
+    let pid = heapkit_core::options::format_number(u64::from(pid), &mut digits);
     let mut len = 0;
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && bytes.get(i + 1) == Some(&b'p') {
-            for k in (0..n).rev() {
-                *buf.get_mut(len)? = digits[k];
+            for &d in pid {
+                *buf.get_mut(len)? = d;
                 len += 1;
             }
             i += 2;

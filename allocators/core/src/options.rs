@@ -195,7 +195,8 @@ pub fn write_summary() {
     }
 }
 
-/// `n` in decimal, in `buf`.
+/// `n` in decimal, in `buf`, without allocating (for messages and paths
+/// written from inside an allocator).
 pub fn format_number(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     loop {

@@ -256,6 +256,14 @@ fn detail_table(report: &Report, key: &RowKey) -> String {
     out
 }
 
+/// The head of the machine table: header, CPU and kernel rows.
+pub fn machine_rows(m: &super::Machine) -> String {
+    format!(
+        "| machine | |\n|---|---|\n| CPU | {} ({} logical cores) |\n| kernel | {} |\n",
+        m.cpu_model, m.cores, m.kernel
+    )
+}
+
 /// Renders the whole report; `charts` are `(file name, caption)` pairs.
 pub fn render(report: &Report, charts: &[(String, String)]) -> String {
     let c = &report.config;
@@ -278,9 +286,7 @@ pub fn render(report: &Report, charts: &[(String, String)]) -> String {
         report.duration_s,
         c.baseline
     );
-    let _ = writeln!(out, "| machine | |\n|---|---|");
-    let _ = writeln!(out, "| CPU | {} ({} logical cores) |", m.cpu_model, m.cores);
-    let _ = writeln!(out, "| kernel | {} |", m.kernel);
+    out += &machine_rows(m);
     let _ = writeln!(out, "| rustc | {} |", m.rustc);
     let _ = writeln!(out, "| git commit | `{}` |", m.git_commit);
     let _ = writeln!(out, "| allocators | {} |\n", c.allocators.join(", "));

@@ -116,9 +116,7 @@ pub fn render(
         report.duration_s,
         c.baseline
     );
-    let _ = writeln!(out, "| machine | |\n|---|---|");
-    let _ = writeln!(out, "| CPU | {} ({} logical cores) |", m.cpu_model, m.cores);
-    let _ = writeln!(out, "| kernel | {} |", m.kernel);
+    out += &super::markdown::machine_rows(m);
     let _ = writeln!(out, "| git commit | `{}` |\n", m.git_commit);
     let _ = writeln!(
         out,

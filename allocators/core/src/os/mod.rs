@@ -535,22 +535,10 @@ pub fn parent_environment_has(entry: &[u8]) -> bool {
     let ppid = unsafe { libc::getppid() };
     let mut path = [0u8; 32];
     path[..6].copy_from_slice(b"/proc/");
-    let mut len = 6;
-    let mut digits = [0u8; 10];
-    let mut n = 0;
-    let mut v = ppid.max(0) as u32;
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for k in (0..n).rev() {
-        path[len] = digits[k];
-        len += 1;
-    }
+    let mut digits = [0u8; 20];
+    let pid = crate::options::format_number(ppid.max(0) as u64, &mut digits);
+    path[6..6 + pid.len()].copy_from_slice(pid);
+    let len = 6 + pid.len();
     path[len..len + 9].copy_from_slice(b"/environ\0");
     // SAFETY: path is NUL-terminated (written just above).
     let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
