@@ -247,7 +247,9 @@ pub fn summarize(trace: &Trace) -> ProfileSummary {
 }
 
 /// The symbolised frames of a recorded stack, without the frames of the
-/// recorder and the shim themselves (inside libheapkit.so).
+/// recorder and the allocator entry that called it: everything in
+/// libheapkit.so, and for a Rust program's `Profiled` wrapper the frames up
+/// to the last of the recorder's own functions.
 fn frames_of(symbolizer: &mut Symbolizer, stack: &[u64]) -> Vec<String> {
     let own = |s: &Symbolizer, a: u64| s.object_of(a).is_some_and(|o| o.contains("libheapkit"));
     let start = stack
@@ -263,5 +265,30 @@ fn frames_of(symbolizer: &mut Symbolizer, stack: &[u64]) -> Vec<String> {
             });
         }
     }
+    const RECORDER: [&str; 5] = [
+        "heapkit_core::os::backtrace",
+        "heapkit_trace::",
+        "<heapkit_trace::",
+        "__rustc::__rust_alloc",
+        "__rust_alloc",
+    ];
+    let recorder_frames = out
+        .iter()
+        .take(16)
+        .rposition(|f| RECORDER.iter().any(|r| f.starts_with(r)))
+        .map_or(0, |i| i + 1);
+    out.drain(..recorder_frames);
+    // Rust's allocation plumbing (Vec, RawVec, Box, alloc::alloc) above the
+    // first frame of the program itself says nothing about who allocated.
+    let plumbing = |f: &String| {
+        let g = f.trim_start_matches('<');
+        ["alloc::", "core::", "std::"]
+            .iter()
+            .any(|c| g.starts_with(c))
+            || f.contains(" as alloc::")
+            || f.contains(" as core::")
+    };
+    let first_own = out.iter().position(|f| !plumbing(f)).unwrap_or(0);
+    out.drain(..first_own);
     out
 }

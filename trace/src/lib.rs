@@ -3,6 +3,8 @@
 //!
 //! - [`record`]: the recorder the LD_PRELOAD shim drives when
 //!   `HEAPKIT_TRACE=out.hkt` is set. It never allocates through `malloc`.
+//! - [`profiled::Profiled`]: the same recorder as a `GlobalAlloc` wrapper,
+//!   for a heap profile of a Rust program (`HEAPKIT_PROFILE=path`).
 //! - [`format`]: the versioned `.hkt` binary format, specified in its docs.
 //! - [`Trace`] ([`reader`]): maps, decodes and validates a trace; errors
 //!   name the byte offset.
@@ -14,6 +16,7 @@
 //! ```
 
 pub mod format;
+pub mod profiled;
 pub mod reader;
 pub mod record;
 pub mod schedule;

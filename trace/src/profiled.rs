@@ -1,0 +1,138 @@
+//! [`Profiled`]: a heap profile of a Rust program, with one line.
+//!
+//! Wraps any `GlobalAlloc` (heapkit's or `std::alloc::System`) and drives
+//! the same recorder as `HEAPKIT_PROFILE` under `libheapkit.so`: when the
+//! program runs with `HEAPKIT_PROFILE=path` (`%p` = pid), allocations are
+//! sampled by bytes (`HEAPKIT_PROFILE_RATE`, mean bytes between samples,
+//! default 512 KiB; 0 records every allocation) with their call stacks, and
+//! `heapkit-bench profile --read path` prints what was live at exit by
+//! stack. Without the variable it only forwards (one relaxed load more per
+//! call).
+//!
+//! ```no_run
+//! use heapkit_trace::profiled::Profiled;
+//!
+//! #[global_allocator]
+//! static GLOBAL: Profiled<std::alloc::System> = Profiled::new(std::alloc::System);
+//!
+//! fn main() {
+//!     let v: Vec<u8> = vec![0; 1 << 20];
+//!     std::mem::forget(v); // shows up in the leak report
+//! }
+//! ```
+//!
+//! Build with debug information (`debug = 1` or more in the profile) for
+//! function names with `file:line`.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use heapkit_core::os;
+
+use crate::record;
+
+/// The default mean bytes between two sampled allocations.
+pub const DEFAULT_RATE: u64 = 512 << 10;
+
+/// Whether the recorder was started from the environment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum State {
+    Unread = 0,
+    Starting = 1,
+    Done = 2,
+}
+
+static STATE: AtomicU8 = AtomicU8::new(State::Unread as u8);
+
+/// A `GlobalAlloc` that records a heap profile of the program when
+/// `HEAPKIT_PROFILE` is set (see the module docs).
+pub struct Profiled<A> {
+    inner: A,
+}
+
+impl<A> Profiled<A> {
+    /// Wraps `inner`.
+    pub const fn new(inner: A) -> Self {
+        Profiled { inner }
+    }
+}
+
+/// Reads `HEAPKIT_PROFILE` once and starts the recorder. Allocations made
+/// while it starts (registering the exit handler may allocate) are not
+/// recorded.
+#[cold]
+#[inline(never)]
+fn start_from_environment() {
+    if STATE
+        .compare_exchange(
+            State::Unread as u8,
+            State::Starting as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        return;
+    }
+    if let Some(path) = os::env_var(c"HEAPKIT_PROFILE").filter(|p| !p.is_empty()) {
+        let rate = os::env_var(c"HEAPKIT_PROFILE_RATE")
+            .and_then(|v| heapkit_core::options::parse_number(v.to_bytes()))
+            .unwrap_or(DEFAULT_RATE);
+        record::start_profile(path, rate);
+    }
+    STATE.store(State::Done as u8, Ordering::Release);
+}
+
+#[inline]
+fn ready() -> bool {
+    if STATE.load(Ordering::Relaxed) != State::Done as u8 {
+        start_from_environment();
+    }
+    record::enabled()
+}
+
+// SAFETY: every method forwards to `inner` with the same arguments and
+// returns what it returned; the recorder only reads the pointers and never
+// allocates through the global allocator.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiled<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's layout contract passes through.
+        let p = unsafe { self.inner.alloc(layout) };
+        if ready() {
+            record::on_alloc(p, layout.size(), layout.align(), false);
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for alloc.
+        let p = unsafe { self.inner.alloc_zeroed(layout) };
+        if ready() {
+            record::on_alloc(p, layout.size(), layout.align(), true);
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // Recorded before the block is released (another thread may get it).
+        if record::enabled() {
+            record::on_free(ptr);
+        }
+        // SAFETY: ptr is a live block of inner with this layout (caller).
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract passes through.
+        let q = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if record::enabled() {
+            record::on_realloc(ptr, q, new_size);
+        }
+        q
+    }
+}
