@@ -40,7 +40,7 @@ use crate::report::preload::{charts, render, write_file, ExtraSample};
 use crate::report::{
     Cell, ClockInfo, Machine, Report, ReportDir, RunConfig, Sample, SCHEMA_VERSION,
 };
-use crate::session::{self, Progress, Session, Supervised};
+use crate::session::{self, Session, Supervised};
 
 /// Options of `preload`.
 #[derive(Args, Debug, Clone)]
@@ -346,7 +346,6 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
         partial: None,
     };
     let mut session = Session::begin(skeleton, &dir, planned)?;
-    let mut progress = Progress::new(planned);
     let timeout = args.common.timeout();
     let mut extras = Vec::new();
     'reps: for rep in 0..repetitions {
@@ -364,13 +363,13 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
                     col.name(),
                     rep + 1
                 );
-                progress.starting(&what);
+                session.progress.starting(&what);
                 let (sample, usage, wall_s) = match measure(row, col, &lib, timeout) {
                     Ok(m) => m,
                     Err(_) if session::interrupted() => break 'reps,
                     Err(err) => {
-                        progress.finished(&what, "failed");
-                        progress.println(&format!("warning: {err}"));
+                        session.progress.finished(&what, "failed");
+                        session.progress.println(&format!("warning: {err}"));
                         session.record(r * cols.len() + c, Err(err.0));
                         continue;
                     }
@@ -385,10 +384,10 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
                     exit: usage.exit.clone(),
                 });
                 if usage.exit_ok {
-                    progress.finished(&what, &fmt_seconds(wall_s));
+                    session.progress.finished(&what, &fmt_seconds(wall_s));
                     session.record(r * cols.len() + c, Ok(sample));
                 } else {
-                    progress.finished(&what, &usage.exit);
+                    session.progress.finished(&what, &usage.exit);
                     session.record(
                         r * cols.len() + c,
                         Err(format!("repetition {}: {}", rep + 1, usage.exit)),
@@ -397,7 +396,6 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
             }
         }
     }
-    progress.finish();
     let report = session.finish()?;
     let extra_text =
         serde_json::to_string_pretty(&extras).map_err(|e| Error::new(e.to_string()))?;

@@ -35,7 +35,7 @@ use crate::replay_cell::ReplaySample;
 use crate::replay_plan;
 use crate::report::markdown::fmt_seconds;
 use crate::report::{self, Cell, Machine, Report, ReportDir, RunConfig, SCHEMA_VERSION};
-use crate::session::{self, Progress, Session};
+use crate::session::{self, Session};
 use crate::trace_info;
 
 /// Options of `replay`.
@@ -158,7 +158,6 @@ fn replay_plan_file(
         partial: None,
     };
     let mut session = Session::begin(skeleton, &dir, planned)?;
-    let mut progress = Progress::new(planned);
     let timeout = args.common.timeout();
     'reps: for rep in 0..repetitions {
         for k in 0..entries.len() {
@@ -175,24 +174,25 @@ fn replay_plan_file(
                 entries[column].name,
                 rep + 1
             );
-            progress.starting(&what);
+            session.progress.starting(&what);
             let outcome = spawn_cell::<ReplaySample>(entries[column], &job, timeout)
                 .and_then(|s| check(&s, expected_ops, summary.peak_live_bytes).map(|()| s));
             match outcome {
                 Ok(s) => {
-                    progress.finished(&what, &fmt_seconds(s.sample.wall_ns as f64 / 1e9));
+                    session
+                        .progress
+                        .finished(&what, &fmt_seconds(s.sample.wall_ns as f64 / 1e9));
                     session.record(column, Ok(s.sample));
                 }
                 Err(_) if session::interrupted() => {}
                 Err(err) => {
-                    progress.finished(&what, "failed");
-                    progress.println(&format!("warning: {err}"));
+                    session.progress.finished(&what, "failed");
+                    session.progress.println(&format!("warning: {err}"));
                     session.record(column, Err(err.0));
                 }
             }
         }
     }
-    progress.finish();
     let report = session.finish()?;
     report::write_readable(&report, &dir)?;
     let plan_bytes = std::fs::metadata(plan_path).map_or(0, |m| m.len());

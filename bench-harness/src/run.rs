@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::registry::{find_allocator, ALLOCATORS};
 use crate::report::markdown::fmt_seconds;
 use crate::report::{self, Cell, Machine, Report, ReportDir, RunConfig, Sample, SCHEMA_VERSION};
-use crate::session::{self, Progress, Session};
+use crate::session::{self, Session};
 use crate::workloads::{self, WORKLOADS};
 
 /// Options of `run`.
@@ -188,7 +188,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         partial: None,
     };
     let mut session = Session::begin(skeleton, &dir, planned)?;
-    let mut progress = Progress::new(planned);
     let timeout = args.common.timeout();
     let per_row = entries.len();
     'reps: for rep in 0..config.repetitions {
@@ -207,26 +206,29 @@ pub fn run(args: &RunArgs) -> Result<()> {
                     rep + 1,
                     config.repetitions
                 );
-                progress.starting(&what);
+                session.progress.starting(&what);
                 let job = workload_job(workload, threads, config.scale, config.seed);
                 match spawn_cell::<Sample>(entries[column], &job, timeout) {
                     Ok(sample) => {
-                        progress.finished(&what, &fmt_seconds(sample.wall_ns as f64 / 1e9));
+                        session
+                            .progress
+                            .finished(&what, &fmt_seconds(sample.wall_ns as f64 / 1e9));
                         session.record(index, Ok(sample));
                     }
                     Err(_) if session::interrupted() => {
-                        progress.println(&format!("heapkit-bench: interrupted during {what}"));
+                        session
+                            .progress
+                            .println(&format!("heapkit-bench: interrupted during {what}"));
                     }
                     Err(err) => {
-                        progress.finished(&what, "failed");
-                        progress.println(&format!("warning: {err}"));
+                        session.progress.finished(&what, "failed");
+                        session.progress.println(&format!("warning: {err}"));
                         session.record(index, Err(err.0));
                     }
                 }
             }
         }
     }
-    progress.finish();
     let report = session.finish()?;
     report::write_readable(&report, &dir)?;
     let failed = report.cells.iter().filter(|c| !c.errors.is_empty()).count();

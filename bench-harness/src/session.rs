@@ -263,6 +263,8 @@ struct JournalLine<'a> {
 pub struct Session {
     /// The report: cells planned, samples arriving.
     pub report: Report,
+    /// What the user sees of it.
+    pub progress: Progress,
     dir: PathBuf,
     journal: Option<File>,
     start: Instant,
@@ -271,7 +273,8 @@ pub struct Session {
 
 impl Session {
     /// Starts a session on `report` (cells created, no samples) writing to
-    /// `dir`; `planned` is the number of samples the loops will take.
+    /// `dir`; `planned` is the number of samples the loops will take (the
+    /// progress display counts to it).
     pub fn begin(report: Report, dir: &Path, planned: usize) -> Result<Session> {
         catch_interrupts();
         let path = dir.join(JOURNAL);
@@ -283,6 +286,7 @@ impl Session {
             .map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))?;
         Ok(Session {
             report,
+            progress: Progress::new(planned),
             dir: dir.to_path_buf(),
             journal: Some(journal),
             start: Instant::now(),
@@ -330,6 +334,7 @@ impl Session {
     /// the loops stopped early, writes `results.json` and removes the
     /// journal. Returns the report, for the caller to render.
     pub fn finish(mut self) -> Result<Report> {
+        self.progress.finish();
         self.report.duration_s = self.start.elapsed().as_secs_f64();
         let recorded = self.recorded();
         if recorded < self.planned {

@@ -25,8 +25,7 @@
 //! function names with `file:line`.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicU8, Ordering};
-
+use heapkit_core::once::RunOnce;
 use heapkit_core::os;
 
 use crate::record;
@@ -35,15 +34,7 @@ use crate::record;
 pub const DEFAULT_RATE: u64 = 512 << 10;
 
 /// Whether the recorder was started from the environment.
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum State {
-    Unread = 0,
-    Starting = 1,
-    Done = 2,
-}
-
-static STATE: AtomicU8 = AtomicU8::new(State::Unread as u8);
+static STARTED: RunOnce = RunOnce::new();
 
 /// A `GlobalAlloc` that records a heap profile of the program when
 /// `HEAPKIT_PROFILE` is set (see the module docs).
@@ -58,36 +49,21 @@ impl<A> Profiled<A> {
     }
 }
 
-/// Reads `HEAPKIT_PROFILE` once and starts the recorder. Allocations made
-/// while it starts (registering the exit handler may allocate) are not
-/// recorded.
-#[cold]
-#[inline(never)]
+/// Reads `HEAPKIT_PROFILE` and starts the recorder. Allocations made while
+/// it starts (registering the exit handler may allocate) are not recorded.
 fn start_from_environment() {
-    if STATE
-        .compare_exchange(
-            State::Unread as u8,
-            State::Starting as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_err()
-    {
-        return;
-    }
     if let Some(path) = os::env_var(c"HEAPKIT_PROFILE").filter(|p| !p.is_empty()) {
         let rate = os::env_var(c"HEAPKIT_PROFILE_RATE")
             .and_then(|v| heapkit_core::options::parse_number(v.to_bytes()))
             .unwrap_or(DEFAULT_RATE);
         record::start_profile(path, rate);
     }
-    STATE.store(State::Done as u8, Ordering::Release);
 }
 
 #[inline]
 fn ready() -> bool {
-    if STATE.load(Ordering::Relaxed) != State::Done as u8 {
-        start_from_environment();
+    if !STARTED.is_done() {
+        STARTED.run(start_from_environment);
     }
     record::enabled()
 }

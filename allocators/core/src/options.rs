@@ -23,6 +23,7 @@
 use core::ffi::CStr;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
+use crate::once::RunOnce;
 use crate::os;
 
 /// Default of `HEAPKIT_PURGE_DELAY_MS`.
@@ -74,15 +75,7 @@ const LARGE_DECAY: Knob = Knob {
 };
 
 /// Whether the options have been read.
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum State {
-    Unread = 0,
-    Reading = 1,
-    Ready = 2,
-}
-
-static STATE: AtomicU8 = AtomicU8::new(State::Unread as u8);
+static READ: RunOnce = RunOnce::new();
 static PURGE_DELAY_NS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS * 1_000_000);
 static LARGE_CACHE_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_LARGE_CACHE_MB << 20);
 static LARGE_DECAY_NS: AtomicU64 = AtomicU64::new(DEFAULT_LARGE_DECAY_MS * 1_000_000);
@@ -91,8 +84,11 @@ static VERBOSE: AtomicU8 = AtomicU8::new(0);
 /// The options, read from the environment on the first call. Cheap after
 /// that (four relaxed loads); call it from slow paths.
 pub fn get() -> Options {
-    if STATE.load(Ordering::Acquire) != State::Ready as u8 {
-        read_once();
+    if !READ.is_done() {
+        // A thread that finds another reading them keeps the defaults
+        // (already in the atomics) until it is done: what that thread
+        // stores when no variable is set.
+        READ.run(read_environment);
     }
     Options {
         purge_delay_ns: PURGE_DELAY_NS.load(Ordering::Relaxed),
@@ -102,30 +98,13 @@ pub fn get() -> Options {
     }
 }
 
-#[cold]
-#[inline(never)]
-fn read_once() {
-    if STATE
-        .compare_exchange(
-            State::Unread as u8,
-            State::Reading as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_err()
-    {
-        // Another thread reads them; until it is done the defaults (already
-        // in the atomics) hold, which is what it would store without
-        // variables set.
-        return;
-    }
+fn read_environment() {
     PURGE_DELAY_NS.store(read_knob(&PURGE_DELAY), Ordering::Relaxed);
     LARGE_CACHE_BYTES.store(read_knob(&LARGE_CACHE), Ordering::Relaxed);
     LARGE_DECAY_NS.store(read_knob(&LARGE_DECAY), Ordering::Relaxed);
-    let verbose = os::env_var(c"HEAPKIT_VERBOSE")
-        .is_some_and(|v| crate::options::parse_flag(v.to_bytes()) == Some(true));
+    let verbose =
+        os::env_var(c"HEAPKIT_VERBOSE").is_some_and(|v| parse_flag(v.to_bytes()) == Some(true));
     VERBOSE.store(u8::from(verbose), Ordering::Relaxed);
-    STATE.store(State::Ready as u8, Ordering::Release);
 }
 
 /// The knob's value from the environment, scaled, or its default (with a
