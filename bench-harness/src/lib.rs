@@ -112,8 +112,12 @@ macro_rules! with_allocators {
                 "heapkit slab allocator (per-thread magazines, depot)";
             pool: ::heapkit_pool::Pool = ::heapkit_pool::Pool::new(),
                 "heapkit pool allocator (segregated free lists, thread caches)";
-            sizeclass: ::heapkit_sizeclass::SizeClass = ::heapkit_sizeclass::SizeClass::new(),
+            sizeclass: ::heapkit_sizeclass::SizeClass<::heapkit_sizeclass::Fast> =
+                ::heapkit_sizeclass::SizeClass::fast(),
                 "heapkit size-class allocator (mimalloc-style free-list sharding, the flagship)";
+            sizeclass_hardened: ::heapkit_sizeclass::SizeClass<::heapkit_sizeclass::Hardened> =
+                ::heapkit_sizeclass::SizeClass::hardened(),
+                "sizeclass in hardened mode (every double/interior free detected, encoded lists, canaries, guard pages)";
         }
     };
 }

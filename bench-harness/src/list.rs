@@ -8,6 +8,7 @@ use crate::workloads::WORKLOADS;
 /// Prints both tables on stdout.
 pub fn list() -> Result<()> {
     println!("allocators:");
+    let width = ALLOCATORS.iter().map(|a| a.name.len()).max().unwrap_or(0);
     for a in ALLOCATORS {
         let built = if cell_binary(a).is_ok() {
             ""
@@ -16,8 +17,11 @@ pub fn list() -> Result<()> {
         };
         // stringify! spaces a path's tokens: `:: std :: alloc :: System`.
         let type_name: String = a.type_name.split_whitespace().collect();
-        let type_name = type_name.trim_start_matches("::");
-        println!("  {:<10} {}  ({type_name}){built}", a.name, a.description);
+        let type_name = type_name.trim_start_matches("::").replace("<::", "<");
+        println!(
+            "  {:<width$} {}  ({type_name}){built}",
+            a.name, a.description
+        );
     }
     println!("\nworkloads:");
     for w in WORKLOADS {

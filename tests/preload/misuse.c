@@ -6,6 +6,8 @@
  * (never hangs).
  *
  *   ./misuse foreign | large-double | large-interior | remote-double | exhaust-recover
+ *            | small-double-32 | small-double-100k | small-interior | uaf-write
+ *            | overflow | realloc-freed
  *
  * Exit 0 means the misuse went unnoticed and the program went on. */
 #define _GNU_SOURCE
@@ -75,7 +77,7 @@ static int large_double(void) {
     memset(p, 2, 1 << 20);
     free(launder(p));
     free(launder(p));
-    char *a = malloc(1 << 20), *b = malloc(1 << 20);
+    char *a = launder(malloc(1 << 20)), *b = launder(malloc(1 << 20));
     printf("large double free went unnoticed (%s)\n", a == b ? "same block twice" : "distinct");
     return 0;
 }
@@ -134,6 +136,77 @@ static int remote_double(void) {
     return 0;
 }
 
+/* A small block freed twice by its owner; then two allocations of its
+ * size (the same pointer twice means the heap hands one block out twice). */
+static int small_double(size_t size) {
+    char *keep = malloc(size);
+    char *p = malloc(size);
+    memset(p, 4, size);
+    free(launder(p));
+    free(launder(p));
+    /* Laundered: two live mallocs cannot alias, so the compiler would
+     * fold the comparison. */
+    char *a = launder(malloc(size)), *b = launder(malloc(size));
+    printf("small double free went unnoticed (%s)\n", a == b ? "same block twice" : "distinct");
+    free(keep);
+    return 0;
+}
+
+/* free() of a pointer 16 bytes into a small block. */
+static int small_interior(void) {
+    char *p = malloc(64);
+    memset(p, 5, 64);
+    free(launder(p + 16));
+    keep_using_the_heap();
+    printf("small interior free went unnoticed\n");
+    return 0;
+}
+
+/* A use-after-free write of an address into a freed block's first word:
+ * does a later malloc return that address? */
+static char forged_target[256] __attribute__((aligned(64)));
+static int uaf_write(void) {
+    void *hold[64];
+    for (int i = 0; i < 64; i++) hold[i] = malloc(32);
+    char *p = hold[10];
+    free(launder(p));
+    /* Volatile: a store into freed memory is otherwise dead to the
+     * compiler; the target is laundered so the comparison below is not
+     * folded (malloc never returns a static object's address). */
+    char *target = launder(forged_target + 64);
+    *(void *volatile *)launder(p) = target;
+    int hit = 0;
+    for (int i = 0; i < 10000 && !hit; i++) {
+        char *q = launder(malloc(32));
+        if (q == target) hit = 1;
+    }
+    printf("use-after-free write went unnoticed%s\n", hit ? " (malloc returned the forged address)" : "");
+    return 0;
+}
+
+/* One byte written past a 24-byte request, then freed. */
+static int overflow(void) {
+    char *p = malloc(24);
+    memset(p, 6, 24);
+    ((volatile char *)launder(p))[24] = 'x';
+    free(launder(p));
+    keep_using_the_heap();
+    printf("one-byte overflow went unnoticed\n");
+    return 0;
+}
+
+/* realloc() of a block already freed. */
+static int realloc_freed(void) {
+    char *keep = malloc(32);
+    char *p = malloc(32);
+    free(launder(p));
+    p = realloc(launder(p), 40);
+    keep_using_the_heap();
+    printf("realloc of a freed block went unnoticed\n");
+    free(keep);
+    return 0;
+}
+
 /* Under a capped address space: fill it with 4 MiB blocks, free one, and
  * allocate small and medium blocks again (must succeed), then refill. */
 static int exhaust_recover(void) {
@@ -177,6 +250,12 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "large-interior")) return large_interior();
     if (!strcmp(c, "remote-double")) return remote_double();
     if (!strcmp(c, "exhaust-recover")) return exhaust_recover();
-    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|exhaust-recover\n");
+    if (!strcmp(c, "small-double-32")) return small_double(32);
+    if (!strcmp(c, "small-double-100k")) return small_double(100000);
+    if (!strcmp(c, "small-interior")) return small_interior();
+    if (!strcmp(c, "uaf-write")) return uaf_write();
+    if (!strcmp(c, "overflow")) return overflow();
+    if (!strcmp(c, "realloc-freed")) return realloc_freed();
+    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|exhaust-recover|small-double-32|small-double-100k|small-interior|uaf-write|overflow|realloc-freed\n");
     return 2;
 }

@@ -181,14 +181,16 @@ pub unsafe fn realloc_by_copy<A: HeapAlloc + ?Sized>(
 ///
 /// ```ignore
 /// heapkit_core::global_alloc!(MyAllocator);
+/// // Generic over a policy:
+/// heapkit_core::global_alloc!(<P: Policy> MyAllocator<P>);
 /// ```
 #[macro_export]
 macro_rules! global_alloc {
-    ($ty:ty) => {
+    (<$($g:ident: $bound:path),*> $ty:ty) => {
         // SAFETY: every method forwards to the HeapAlloc contract, whose
         // guarantees (alignment, null on failure, no unwinding, no
         // allocation inside) are GlobalAlloc's.
-        unsafe impl ::core::alloc::GlobalAlloc for $ty {
+        unsafe impl<$($g: $bound),*> ::core::alloc::GlobalAlloc for $ty {
             #[inline]
             unsafe fn alloc(&self, layout: ::core::alloc::Layout) -> *mut u8 {
                 $crate::HeapAlloc::allocate(self, layout)
@@ -213,5 +215,8 @@ macro_rules! global_alloc {
                 unsafe { $crate::HeapAlloc::reallocate(self, ptr, layout, new_size) }
             }
         }
+    };
+    ($ty:ty) => {
+        $crate::global_alloc!(<> $ty);
     };
 }

@@ -14,6 +14,8 @@
 //! - [`list`]: the intrusive doubly linked list of pages, segments, slabs.
 //! - [`lock`]: a spin lock for slow paths.
 //! - [`misuse`]: one-line reports of detected heap misuse, then abort.
+//! - [`harden`]: the hardening policies ([`harden::Fast`],
+//!   [`harden::Hardened`]) allocators are generic over.
 //!
 //! Rules every allocator keeps: nothing inside allocates through the global
 //! allocator, nothing panics across the allocator boundary (exhaustion is a
@@ -25,6 +27,7 @@ extern crate std;
 
 pub mod capi;
 mod contract;
+pub mod harden;
 pub mod large;
 pub mod list;
 pub mod lock;

@@ -27,6 +27,9 @@ pub enum Misuse {
     DoubleFree,
     /// A pointer into a block, not to its start.
     InteriorPointer,
+    /// Bytes after the requested size were overwritten (the hardened
+    /// canary).
+    Overflow,
     /// A free list that loops or holds more blocks than its page: a block
     /// was freed twice (or written after its free).
     CorruptedFreeList,
@@ -38,7 +41,10 @@ impl Misuse {
             Misuse::InvalidPointer => "invalid pointer",
             Misuse::DoubleFree => "double free of",
             Misuse::InteriorPointer => "pointer into the middle of a block:",
-            Misuse::CorruptedFreeList => "corrupted free list (double free?) at",
+            Misuse::Overflow => "heap overflow past the end of the block at",
+            Misuse::CorruptedFreeList => {
+                "corrupted free list (double free or write after free?) at"
+            }
         }
     }
 }
@@ -52,6 +58,46 @@ struct Line {
 impl Write for Line {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// A short context text formatted without allocating (for [`report`]).
+pub struct Context {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Context {
+    /// An empty context.
+    pub const fn new() -> Self {
+        Context {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    /// The text written so far.
+    pub fn as_str(&self) -> &str {
+        // Only whole `str`s are copied in, cut at a char boundary.
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Write for Context {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut n = s.len().min(self.buf.len() - self.len);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
         self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
         self.len += n;
         Ok(())

@@ -38,6 +38,9 @@ impl SegmentTag {
     pub const POOL: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:pool_"));
     /// A segment of `heapkit-sizeclass`.
     pub const SIZECLASS: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:sizec"));
+    /// A segment of `heapkit-sizeclass` in hardened mode (its blocks are
+    /// laid out and linked differently, so the two never mix).
+    pub const SIZECLASS_HARDENED: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:sizeH"));
 }
 
 /// Bits of address space the region map covers (x86-64 user space).

@@ -17,6 +17,10 @@
 //! listing the accepted names and ends the process with status 2, before it
 //! can run.
 //!
+//! `HEAPKIT_HARDEN=1` selects the hardened twin of the named backend (only
+//! `sizeclass` has one so far; asking it of another backend is refused
+//! with one line, like an unknown name).
+//!
 //! Adding a backend: a constant below, a line in [`BACKENDS`] and an arm in
 //! [`dispatch!`].
 
@@ -43,6 +47,8 @@ pub const SYSTEM: u8 = 5;
 pub const JEMALLOC: u8 = 6;
 /// mimalloc (`mimalloc`).
 pub const MIMALLOC: u8 = 7;
+/// `sizeclass` in hardened mode (`HEAPKIT_HARDEN=1`).
+pub const SIZECLASS_HARDENED: u8 = 8;
 
 /// Every accepted `HEAPKIT_ALLOC` value and its id, heapkit's own first.
 pub const BACKENDS: &[(&str, u8)] = &[
@@ -58,9 +64,17 @@ pub const BACKENDS: &[(&str, u8)] = &[
 /// The backend used when `HEAPKIT_ALLOC` is unset or empty.
 pub const DEFAULT: u8 = SIZECLASS;
 
+/// Each backend with a hardened mode, and that mode's id
+/// (`HEAPKIT_HARDEN=1` selects it).
+const HARDENED: &[(u8, u8)] = &[(SIZECLASS, SIZECLASS_HARDENED)];
+
 /// The heapkit allocators, as `const`-initialised statics (peers are unit
 /// structs and need none).
-pub static SIZECLASS_HEAP: heapkit_sizeclass::SizeClass = heapkit_sizeclass::SizeClass::new();
+pub static SIZECLASS_HEAP: heapkit_sizeclass::SizeClass<heapkit_sizeclass::Fast> =
+    heapkit_sizeclass::SizeClass::fast();
+/// See [`SIZECLASS_HEAP`].
+pub static SIZECLASS_HARDENED_HEAP: heapkit_sizeclass::SizeClass<heapkit_sizeclass::Hardened> =
+    heapkit_sizeclass::SizeClass::hardened();
 /// See [`SIZECLASS_HEAP`].
 pub static SLAB_HEAP: heapkit_slab::Slab = heapkit_slab::Slab::new();
 /// See [`SIZECLASS_HEAP`].
@@ -83,6 +97,9 @@ pub static SELECTED: AtomicU8 = AtomicU8::new(UNRESOLVED);
 
 /// The name of backend `id` (`"?"` for an unknown id).
 pub fn name(id: u8) -> &'static str {
+    if id & ID_MASK == SIZECLASS_HARDENED {
+        return "sizeclass (hardened)";
+    }
     BACKENDS
         .iter()
         .find(|(_, b)| *b == id & ID_MASK)
@@ -98,6 +115,10 @@ macro_rules! dispatch {
         match $id {
             $crate::backend::SIZECLASS => {
                 let $a = &$crate::backend::SIZECLASS_HEAP;
+                $body
+            }
+            $crate::backend::SIZECLASS_HARDENED => {
+                let $a = &$crate::backend::SIZECLASS_HARDENED_HEAP;
                 $body
             }
             $crate::backend::SLAB => {
@@ -197,11 +218,54 @@ pub fn resolve() -> u8 {
             None => reject(value.to_bytes()),
         },
     };
+    let id = if hardening_asked() {
+        match HARDENED.iter().find(|(plain, _)| *plain == id) {
+            Some(&(_, hardened)) => hardened,
+            None => no_hardened_mode(id),
+        }
+    } else {
+        id
+    };
     // A racing resolver computed the same id; keep whatever bits it set.
     match SELECTED.compare_exchange(UNRESOLVED, id, Relaxed, Relaxed) {
         Ok(_) => id,
         Err(current) => current,
     }
+}
+
+/// `HEAPKIT_HARDEN` is on (`1`, `true`, `yes`, `on`); any other value than
+/// those and the off words is refused like an unknown `HEAPKIT_ALLOC`.
+fn hardening_asked() -> bool {
+    let Some(value) = os::env_var(c"HEAPKIT_HARDEN") else {
+        return false;
+    };
+    if value.to_bytes().is_empty() {
+        return false;
+    }
+    match heapkit_core::options::parse_flag(value.to_bytes()) {
+        Some(on) => on,
+        None => {
+            let mut line = StackText::<256>::new();
+            let _ = line.write_str("heapkit: HEAPKIT_HARDEN=\"");
+            line.push_bytes(value.to_bytes());
+            let _ = line.write_str("\" is not a flag; use 1 or 0\n");
+            os::write_stderr(line.as_bytes());
+            os::exit_immediately(2)
+        }
+    }
+}
+
+/// `HEAPKIT_HARDEN=1` with a backend that has no hardened mode: says so and
+/// exits with status 2 rather than run unhardened when hardening was asked.
+fn no_hardened_mode(id: u8) -> ! {
+    let mut line = StackText::<256>::new();
+    let _ = writeln!(
+        line,
+        "heapkit: HEAPKIT_HARDEN=1: the {} backend has no hardened mode (sizeclass has)",
+        name(id)
+    );
+    os::write_stderr(line.as_bytes());
+    os::exit_immediately(2)
 }
 
 /// Prints the one-line error for an unknown `HEAPKIT_ALLOC` and exits with

@@ -1,45 +1,123 @@
 //! [`SizeClass`]: the `HeapAlloc` implementation over the thread heaps.
 
 use core::alloc::Layout;
+use core::marker::PhantomData;
 use core::ptr;
 
+use heapkit_core::harden::{Fast, Hardened, Policy};
+use heapkit_core::segment::segment_of;
 use heapkit_core::size_class::{class_for, class_of, MAX_SIZE, MIN_ALIGN};
 use heapkit_core::{global_alloc, large, realloc_by_copy, HeapAlloc, Stats};
 
 use crate::heap::{self, STATS};
+use crate::mode::Mode;
 use crate::page::Page;
-use crate::segment::aligned_twin;
+use crate::segment::{aligned_twin, Segment};
 
-/// The thread-caching size-class allocator (see the crate docs).
+/// The policy [`SizeClass::new`] uses: [`Fast`], or [`Hardened`] when the
+/// crate's `hardened` feature is on.
+#[cfg(not(feature = "hardened"))]
+pub type DefaultPolicy = Fast;
+/// The policy [`SizeClass::new`] uses: [`Fast`], or [`Hardened`] when the
+/// crate's `hardened` feature is on.
+#[cfg(feature = "hardened")]
+pub type DefaultPolicy = Hardened;
+
+/// The thread-caching size-class allocator (see the crate docs), in the
+/// mode `P` names: [`Fast`] (the default) or [`Hardened`], which detects
+/// every double and interior free, encodes its free lists, puts a canary
+/// after every small block and guard pages after segments (see
+/// `heapkit_core::harden`). The two modes keep separate heaps and
+/// segments, so both may be used in one program.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SizeClass;
+pub struct SizeClass<P: Policy = DefaultPolicy>(PhantomData<P>);
 
-impl SizeClass {
-    /// The allocator (it has no state of its own: heaps are per thread).
+impl SizeClass<DefaultPolicy> {
+    /// The allocator (it has no state of its own: heaps are per thread),
+    /// in the [`DefaultPolicy`] mode.
     pub const fn new() -> Self {
-        SizeClass
+        SizeClass(PhantomData)
     }
+}
+
+impl SizeClass<Hardened> {
+    /// The allocator in hardened mode, whatever the crate's features:
+    ///
+    /// ```
+    /// #[global_allocator]
+    /// static GLOBAL: heapkit_sizeclass::SizeClass<heapkit_sizeclass::Hardened> =
+    ///     heapkit_sizeclass::SizeClass::hardened();
+    ///
+    /// let v: Vec<u32> = (0..100).collect();
+    /// assert_eq!(v[99], 99);
+    /// ```
+    pub const fn hardened() -> Self {
+        SizeClass(PhantomData)
+    }
+}
+
+impl SizeClass<Fast> {
+    /// The allocator in the default (fast) mode, whatever the crate's
+    /// features.
+    pub const fn fast() -> Self {
+        SizeClass(PhantomData)
+    }
+}
+
+impl<P: Policy> SizeClass<P> {
+    /// Bytes a small request of `size` takes in its block (the size plus
+    /// the hardened trailer).
+    const TRAILER: usize = P::TRAILER;
 
     /// Purges every free page of the calling thread's heap now and empties
     /// the large-block cache (what the decay would do later).
     pub fn collect(&self) {
-        crate::purge::collect_now();
+        crate::purge::collect_now::<P>();
+    }
+
+    /// A small block for `size` bytes (`size + TRAILER <= MAX_SIZE`),
+    /// zeroed if asked.
+    #[inline(always)]
+    fn allocate_small(size: usize, zeroed: bool) -> *mut u8 {
+        let p = heap::alloc::<P>(class_of(size + Self::TRAILER));
+        if !p.is_null() {
+            // SAFETY: p was just handed out for `size` bytes. Zeroing may
+            // write a whole first word, so it comes before the trailer's
+            // pattern bytes (which may start inside that word).
+            unsafe {
+                if zeroed {
+                    zero_block(p, size);
+                }
+                P::on_handout(p, size);
+            }
+        }
+        p
     }
 
     #[cold]
     #[inline(never)]
     fn allocate_unusual(&self, layout: Layout, zeroed: bool) -> *mut u8 {
-        match class_for(layout) {
+        let with_trailer = layout
+            .size()
+            .checked_add(Self::TRAILER)
+            .and_then(|n| Layout::from_size_align(n, layout.align()).ok());
+        match with_trailer.and_then(class_for) {
             Some(class) => {
                 let class = if layout.align() > MIN_ALIGN {
                     aligned_twin(class)
                 } else {
                     class
                 };
-                let p = heap::alloc(class);
-                if zeroed && !p.is_null() {
-                    // SAFETY: p is a fresh block of its class.
-                    unsafe { zero_block(p, layout.size()) };
+                let p = heap::alloc::<P>(class);
+                if !p.is_null() {
+                    // SAFETY: p is a fresh block of its class, which holds
+                    // the size plus the trailer.
+                    unsafe {
+                        if zeroed {
+                            zero_block(p, layout.size());
+                        }
+                        P::on_handout(p, layout.size());
+                    }
                 }
                 p
             }
@@ -48,7 +126,7 @@ impl SizeClass {
                 if !p.is_null() {
                     // SAFETY: p is a live large block.
                     let size = unsafe { large::usable_size(p) };
-                    let h = heap::bound_heap();
+                    let h = P::bound_heap();
                     // SAFETY: the calling thread's own counters.
                     unsafe {
                         (*h).stats.on_alloc(&STATS, size);
@@ -58,6 +136,13 @@ impl SizeClass {
                 p
             }
         }
+    }
+
+    /// Counts an in-place realloc.
+    fn count_realloc(old: usize, new: usize) {
+        let h = P::bound_heap();
+        // SAFETY: the calling thread's own counters.
+        unsafe { (*h).stats.on_realloc(&STATS, old, new) };
     }
 }
 
@@ -72,7 +157,8 @@ unsafe fn zero_block(p: *mut u8, size: usize) {
     unsafe {
         let page: *mut Page = heap::page_of(p);
         if (*page).is_zero {
-            // Only the free-list link was ever written.
+            // Only the free-list link was ever written (and, hardened, the
+            // trailer, which lies past `size`).
             p.cast::<usize>().write(0);
         } else {
             p.write_bytes(0, size);
@@ -83,28 +169,23 @@ unsafe fn zero_block(p: *mut u8, size: usize) {
 // SAFETY: small blocks come from pages of their class (size and alignment
 // per class_of / class_for, never overlapping: each block is on exactly one
 // list or live); large ones from core's large path; every block is freed and
-// measured through its segment's tag; nothing allocates through the global
-// allocator and nothing panics.
-unsafe impl HeapAlloc for SizeClass {
+// measured through its segment's tag (each mode has its own); nothing
+// allocates through the global allocator and nothing panics.
+unsafe impl<P: Policy> HeapAlloc for SizeClass<P> {
     const SEGMENTED: bool = true;
 
     #[inline]
     fn allocate(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.size() <= MAX_SIZE {
-            return heap::alloc(class_of(layout.size()));
+        if layout.align() <= MIN_ALIGN && layout.size() <= MAX_SIZE - Self::TRAILER {
+            return Self::allocate_small(layout.size(), false);
         }
         self.allocate_unusual(layout, false)
     }
 
     #[inline]
     fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.size() <= MAX_SIZE {
-            let p = heap::alloc(class_of(layout.size()));
-            if !p.is_null() {
-                // SAFETY: p is a fresh block of at least layout.size() bytes.
-                unsafe { zero_block(p, layout.size()) };
-            }
-            return p;
+        if layout.align() <= MIN_ALIGN && layout.size() <= MAX_SIZE - Self::TRAILER {
+            return Self::allocate_small(layout.size(), true);
         }
         self.allocate_unusual(layout, true)
     }
@@ -112,36 +193,58 @@ unsafe impl HeapAlloc for SizeClass {
     #[inline]
     unsafe fn free(&self, ptr: *mut u8) {
         // SAFETY: caller guarantee.
-        unsafe { heap::free(ptr) }
+        unsafe { heap::free::<P>(ptr) }
     }
 
     #[inline]
     unsafe fn usable_size(&self, ptr: *mut u8) -> usize {
-        // SAFETY: caller guarantee.
-        unsafe { heap::usable_size(ptr) }
+        let seg = segment_of(ptr).cast::<Segment>();
+        // SAFETY: caller guarantee: a live block of ours, so its segment is
+        // mapped and tagged (ours, or the large path's).
+        unsafe {
+            if (*seg).tag != P::TAG {
+                return large::usable_size(ptr);
+            }
+            let page = Segment::page_of(seg, ptr);
+            P::usable(ptr, (*page).block_size as usize)
+        }
     }
 
     unsafe fn reallocate(&self, ptr: *mut u8, old_layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: caller guarantee: ptr is a live block of ours.
-        let usable = unsafe { heap::usable_size(ptr) };
         if old_layout.align() > MIN_ALIGN {
             // SAFETY: forwarded caller guarantee.
             return unsafe { realloc_by_copy(self, ptr, old_layout, new_size) };
         }
-        if usable > MAX_SIZE {
+        let seg = segment_of(ptr).cast::<Segment>();
+        // SAFETY: caller guarantee: ptr is a live block of ours.
+        let small = unsafe { (*seg).tag == P::TAG };
+        let usable;
+        if small {
+            // SAFETY: a live small block: its page is mapped.
+            unsafe {
+                let page = Segment::page_of(seg, ptr);
+                let block = (*page).block_size as usize;
+                usable = P::usable(ptr, block);
+                let needed = new_size.saturating_add(Self::TRAILER);
+                if needed <= MAX_SIZE && class_of(needed) == class_of(block) {
+                    P::on_resize(seg, page, ptr, new_size);
+                    Self::count_realloc(block, block);
+                    return ptr;
+                }
+            }
+        } else {
+            // SAFETY: a live large block.
+            usable = unsafe { large::usable_size(ptr) };
             if new_size > MAX_SIZE {
                 // SAFETY: ptr is a live large block.
                 let q = unsafe { large::reallocate(ptr, new_size) };
                 if !q.is_null() {
                     // SAFETY: q is live.
                     let now = unsafe { large::usable_size(q) };
-                    heap_stats_realloc(usable, now);
+                    Self::count_realloc(usable, now);
                 }
                 return q;
             }
-        } else if new_size <= MAX_SIZE && class_of(new_size) == class_of(usable) {
-            heap_stats_realloc(usable, usable);
-            return ptr;
         }
         let Ok(layout) = Layout::from_size_align(new_size, MIN_ALIGN) else {
             return ptr::null_mut();
@@ -151,10 +254,10 @@ unsafe impl HeapAlloc for SizeClass {
             // SAFETY: both live and distinct; the copy fits both.
             unsafe {
                 ptr::copy_nonoverlapping(ptr, q, usable.min(new_size));
-                heap::free(ptr);
+                heap::free::<P>(ptr);
             }
             // The allocation and the free counted the bytes; count the call.
-            heap_stats_realloc(0, 0);
+            Self::count_realloc(0, 0);
         }
         q
     }
@@ -166,7 +269,7 @@ unsafe impl HeapAlloc for SizeClass {
     }
 
     fn stats(&self) -> Stats {
-        let h = heap::heap();
+        let h = P::heap();
         // SAFETY: the calling thread's own counters, read without
         // re-entrancy.
         let pending = unsafe { &(*h).stats };
@@ -174,11 +277,4 @@ unsafe impl HeapAlloc for SizeClass {
     }
 }
 
-/// Counts an in-place large realloc.
-fn heap_stats_realloc(old: usize, new: usize) {
-    let h = heap::bound_heap();
-    // SAFETY: the calling thread's own counters.
-    unsafe { (*h).stats.on_realloc(&STATS, old, new) };
-}
-
-global_alloc!(SizeClass);
+global_alloc!(<P: Policy> SizeClass<P>);

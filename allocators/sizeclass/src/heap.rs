@@ -1,6 +1,7 @@
 //! The thread heap and the two fast paths.
 //!
-//! Each thread has one [`Heap`] in a `const`-initialised `thread_local!`
+//! Each thread has one [`Heap`] per mode (see [`crate::mode`]) in a
+//! `const`-initialised `thread_local!`
 //! without a destructor, found on the fast paths through an initial-exec
 //! thread pointer (`heapkit_core::thread_state!`: two instructions and no
 //! `__tls_get_addr` call, even in `libheapkit.so`). Until a thread's first
@@ -20,8 +21,10 @@ use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
 
 use heapkit_core::large;
-use heapkit_core::segment::{segment_of, SegmentTag};
+use heapkit_core::segment::segment_of;
 use heapkit_core::{GlobalStats, ThreadStats};
+
+use crate::mode::Mode;
 
 use crate::page::{Page, PageList, FULL_FLAG};
 use crate::remote::Block;
@@ -112,36 +115,13 @@ static EMPTY_PAGE: EmptyPage = EmptyPage(Page::new());
 /// Pointer to the sentinel.
 pub(crate) const EMPTY: *mut Page = ptr::addr_of!(EMPTY_PAGE.0).cast_mut();
 
-heapkit_core::thread_state! {
-    /// Each thread's heap, and the sentinel every thread starts with: never
-    /// written, its `id` (0) names no segment with live blocks and its
-    /// `current[class]` are all [`EMPTY`], so each fast path goes slow on
-    /// it, and every slow path calls [`bound_heap`] first.
-    mod state: Heap = Heap::new(), symbol = "heapkit_sizeclass_heap";
-}
-
 /// Counters of every thread.
 pub(crate) static STATS: GlobalStats = GlobalStats::new();
 
-/// The calling thread's heap for the fast paths: possibly the never-written
-/// sentinel, which only reads (and slow paths, after [`bound_heap`]) may use.
+/// Allocates a block of `class` from mode `P`'s heap; null on exhaustion.
 #[inline(always)]
-pub(crate) fn heap() -> *mut Heap {
-    state::current()
-}
-
-/// The calling thread's own heap (bound on first use: the one
-/// `__tls_get_addr` call a thread makes in a shared library): what every
-/// path that writes heap state or counters uses.
-#[inline]
-pub(crate) fn bound_heap() -> *mut Heap {
-    state::bound()
-}
-
-/// Allocates a block of `class`; null on exhaustion.
-#[inline(always)]
-pub(crate) fn alloc(class: usize) -> *mut u8 {
-    let h = heap();
+pub(crate) fn alloc<P: Mode>(class: usize) -> *mut u8 {
+    let h = P::heap();
     // SAFETY: h is this thread's heap, used by no one else and not
     // re-entered here; class < HEAP_CLASSES (callers get it from class_of or
     // aligned_twin); current[class] is a page of h or the never-written
@@ -150,9 +130,11 @@ pub(crate) fn alloc(class: usize) -> *mut u8 {
         let page = *(*h).current.get_unchecked(class);
         let block = (*page).free;
         if block.is_null() {
-            return slow::alloc(class);
+            return slow::alloc::<P>(class);
         }
-        (*page).free = Block::next(block);
+        let next = Page::next_free::<P>(page, block);
+        P::on_pop(page, block, next);
+        (*page).free = next;
         (*page).used += 1;
         debug_assert!((*page).used <= (*page).capacity);
         (*h).stats.on_alloc(&STATS, (*page).block_size as usize);
@@ -165,24 +147,25 @@ pub(crate) fn alloc(class: usize) -> *mut u8 {
 /// # Safety
 /// `ptr` must be a live block of this allocator.
 #[inline(always)]
-pub(crate) unsafe fn free(ptr: *mut u8) {
+pub(crate) unsafe fn free<P: Mode>(ptr: *mut u8) {
     let seg = segment_of(ptr).cast::<Segment>();
     // SAFETY: every block of ours lies in a tagged segment (ours, or the
     // large path's).
     unsafe {
-        if (*seg).tag != SegmentTag::SIZECLASS {
-            return free_large(ptr);
+        if (*seg).tag != P::TAG {
+            return free_large::<P>(ptr);
         }
     }
-    let h = heap();
+    let h = P::heap();
     // SAFETY: the block is live, so its segment and page are mapped and in
     // use. Only the owner thread compares equal to `owner`, so the plain
     // writes below are owner-only.
     unsafe {
         let page = Segment::page_of(seg, ptr);
         if (*seg).owner.load(Relaxed) == (*h).id {
+            P::on_free(seg, page, ptr);
             let b = ptr.cast::<Block>();
-            Block::set_next(b, (*page).local_free);
+            Page::link::<P>(page, b, (*page).local_free);
             (*page).local_free = b;
             (*h).stats.on_free((*page).block_size as usize);
             debug_assert!(
@@ -194,10 +177,10 @@ pub(crate) unsafe fn free(ptr: *mut u8) {
             // One compare: the page is now empty (used == 0 wraps to the
             // top) or it is on the full list (FULL_FLAG set).
             if used.wrapping_sub(1) >= FULL_FLAG - 1 {
-                slow::page_freed(h, page);
+                slow::page_freed::<P>(h, page);
             }
         } else {
-            free_remote(h, seg, page, ptr);
+            free_remote::<P>(h, seg, page, ptr);
         }
     }
 }
@@ -207,11 +190,11 @@ pub(crate) unsafe fn free(ptr: *mut u8) {
 /// # Safety
 /// `ptr` must be a live large block.
 #[inline(never)]
-unsafe fn free_large(ptr: *mut u8) {
+unsafe fn free_large<P: Mode>(ptr: *mut u8) {
     // SAFETY: caller guarantee.
     unsafe {
         let size = large::size_to_free(ptr);
-        let h = bound_heap();
+        let h = P::bound_heap();
         (*h).stats.on_free(size);
         (*h).stats.maybe_flush(&STATS);
         large::free(ptr);
@@ -225,36 +208,24 @@ unsafe fn free_large(ptr: *mut u8) {
 /// # Safety
 /// As for [`free`], with `seg`/`page` the block's.
 #[inline]
-unsafe fn free_remote(h: *mut Heap, seg: *mut Segment, page: *mut Page, ptr: *mut u8) {
+unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page, ptr: *mut u8) {
     // SAFETY: the block is live: page and segment stay mapped until the push
     // publishes it, after which we touch neither (remote.rs invariant 2).
     unsafe {
+        P::on_remote_free(seg, page, ptr);
         let size = (*page).shared_size as usize;
         let index = (*page).index as usize;
-        (*page)
-            .thread_free
-            .push(ptr.cast(), || (*seg).pending.notify(index));
+        let key = (*page).key;
+        (*page).thread_free.push(
+            ptr.cast(),
+            |head| P::encode(head.cast(), key).cast(),
+            || (*seg).pending.notify(index),
+        );
         if (*h).state == HeapState::Active {
             (*h).stats.on_free(size);
         } else {
-            slow::free_remote_unbound(size);
+            slow::free_remote_unbound::<P>(size);
         }
-    }
-}
-
-/// Usable size of any block of ours.
-///
-/// # Safety
-/// `ptr` must be a live block of this allocator.
-#[inline]
-pub(crate) unsafe fn usable_size(ptr: *mut u8) -> usize {
-    let seg = segment_of(ptr).cast::<Segment>();
-    // SAFETY: live block: its segment is mapped and tagged.
-    unsafe {
-        if (*seg).tag != SegmentTag::SIZECLASS {
-            return large::usable_size(ptr);
-        }
-        (*Segment::page_of(seg, ptr)).block_size as usize
     }
 }
 

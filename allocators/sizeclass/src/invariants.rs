@@ -3,7 +3,10 @@
 
 use crate::segment::{heap_class_size, HEAP_CLASSES};
 
-use crate::heap::{self, EMPTY};
+use heapkit_core::harden::Policy;
+
+use crate::heap::EMPTY;
+use crate::mode::{FreeMark, Mode};
 use crate::page::{Page, PageState};
 use crate::remote::Block;
 use crate::segment::{self, Segment};
@@ -19,9 +22,17 @@ use crate::segment::{self, Segment};
 ///   and each segment's `used_pages` and the heap's dirty-page count match
 ///   the page states.
 ///
-/// Returns the first violation found.
+/// In hardened mode also: every listed block bears its free mark.
+///
+/// Returns the first violation found. Checks the default mode's heap; see
+/// [`check_invariants_of`] for the other.
 pub fn check_invariants() -> Result<(), &'static str> {
-    let h = heap::heap();
+    check_invariants_of::<crate::DefaultPolicy>()
+}
+
+/// [`check_invariants`] of the calling thread's heap of mode `P`.
+pub fn check_invariants_of<P: Policy>() -> Result<(), &'static str> {
+    let h = P::heap();
     // SAFETY: the calling thread's heap and its own segments/pages; remote
     // threads only push onto thread_free, which we take with the owner's
     // swap.
@@ -46,7 +57,7 @@ pub fn check_invariants() -> Result<(), &'static str> {
                     if (*p).block_size as usize != heap_class_size(class) {
                         return Err("block size does not match class");
                     }
-                    check_page(p)?;
+                    check_page::<P>(p)?;
                     listed += 1;
                     last = p;
                     p = (*p).next;
@@ -94,10 +105,10 @@ pub fn check_invariants() -> Result<(), &'static str> {
 ///
 /// # Safety
 /// `p` must be a page of the calling thread's heap.
-unsafe fn check_page(p: *mut Page) -> Result<(), &'static str> {
+unsafe fn check_page<P: Mode>(p: *mut Page) -> Result<(), &'static str> {
     // SAFETY: caller guarantee.
     unsafe {
-        Page::collect_remote(p);
+        Page::collect_remote::<P>(p);
         let mut seen = [0u64; 64];
         let size = (*p).stride as usize;
         let start = (*p).start as usize;
@@ -119,7 +130,10 @@ unsafe fn check_page(p: *mut Page) -> Result<(), &'static str> {
                 }
                 seen[i / 64] |= 1 << (i % 64);
                 count += 1;
-                b = Block::next(b);
+                if P::BLOCK_STATE && !FreeMark::is_set(b.cast::<u8>(), (*p).key) {
+                    return Err("a listed block lacks its free mark");
+                }
+                b = Page::next_free::<P>(p, b);
             }
         }
         if count + Page::in_use(p) as usize != cap {

@@ -47,6 +47,11 @@
 //! - A dying thread collects its pages and abandons its segments; live
 //!   threads adopt them on their slow path, so nothing is stranded.
 //!
+//! - Hardened mode ([`SizeClass::hardened`], or the `hardened` feature):
+//!   every double and interior free detected at the call, encoded free
+//!   lists, a canary after each small block, guard pages after segments
+//!   (`mode.rs`; a type parameter, so the default paths are unchanged).
+//!
 //! Costs: allocation is a class computation, two loads, a pop and a counter
 //! bump; a free by the owner is a mask, a compare, a push and a counter
 //! bump; a free by another thread is one CAS (plus one `fetch_or` when the
@@ -87,6 +92,8 @@ mod invariants;
 #[cfg(not(loom))]
 mod lifecycle;
 #[cfg(not(loom))]
+mod mode;
+#[cfg(not(loom))]
 mod page;
 #[cfg(not(loom))]
 mod purge;
@@ -97,7 +104,9 @@ mod segment;
 mod slow;
 
 #[cfg(not(loom))]
-pub use alloc_impl::SizeClass;
+pub use alloc_impl::{DefaultPolicy, SizeClass};
+/// The two modes (`SizeClass<Fast>`, `SizeClass<Hardened>`), re-exported.
+pub use heapkit_core::harden::{Fast, Hardened, Policy};
 /// The contract and the statistics type, re-exported so that reading
 /// [`stats`] needs no other dependency.
 #[cfg(not(loom))]
@@ -125,8 +134,15 @@ pub use heapkit_core::{HeapAlloc, Stats};
 pub fn stats() -> Stats {
     HeapAlloc::stats(&SizeClass::new())
 }
+
+/// [`stats`] of the [`Hardened`] mode's heaps (the two modes count
+/// separately only in the calling thread's not yet flushed counts).
+#[cfg(not(loom))]
+pub fn hardened_stats() -> Stats {
+    HeapAlloc::stats(&SizeClass::hardened())
+}
 #[cfg(all(not(loom), any(test, feature = "debug-invariants")))]
-pub use invariants::check_invariants;
+pub use invariants::{check_invariants, check_invariants_of};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

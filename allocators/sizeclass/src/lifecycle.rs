@@ -16,7 +16,10 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use heapkit_core::large;
 use heapkit_core::os::{self, ThreadExitKey};
 
-use crate::heap::{self, Heap, HeapState, STATS};
+use heapkit_core::harden::{Fast, Hardened};
+
+use crate::heap::{Heap, HeapState, STATS};
+use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::segment::{self, Segment};
 
@@ -41,15 +44,22 @@ pub(crate) unsafe fn init(h: *mut Heap) {
     EXIT_KEY.register(thread_exit, std::ptr::dangling_mut::<c_void>());
 }
 
-/// Thread-exit hook (pthread key destructor): hand everything back.
+/// Thread-exit hook (pthread key destructor): hand everything back, in
+/// each mode the thread used.
 unsafe extern "C" fn thread_exit(_value: *mut c_void) {
-    let h = heap::bound_heap();
+    Fast::thread_exit();
+    Hardened::thread_exit();
+}
+
+/// Abandons the calling thread's heap of mode `P` (at thread exit).
+pub(crate) fn exit_heap<P: Mode>() {
+    let h = P::bound_heap();
     // SAFETY: runs on the exiting thread; its heap is not in use.
     unsafe {
         if (*h).state != HeapState::Active {
             return;
         }
-        abandon_all(&mut *h);
+        abandon_all::<P>(&mut *h);
         (*h).stats.flush(&STATS);
         h.write(Heap::new());
         debug_assert!((*h).state == HeapState::Uninit);
@@ -58,7 +68,7 @@ unsafe extern "C" fn thread_exit(_value: *mut c_void) {
 
 /// Collects every page, frees the empty ones, purges, releases empty
 /// segments and abandons the others.
-fn abandon_all(h: &mut Heap) {
+fn abandon_all<P: Mode>(h: &mut Heap) {
     let now = os::monotonic_ns();
     for kind in 0..segment::KINDS {
         loop {
@@ -73,7 +83,7 @@ fn abandon_all(h: &mut Heap) {
                 for i in 0..(*seg).page_count as usize {
                     let page = Segment::page(seg, i);
                     if (*page).state != PageState::Free {
-                        Page::collect_remote(page);
+                        Page::collect_remote::<P>(page);
                         if Page::in_use(page) == 0 {
                             Segment::free_page(seg, page, now);
                         }

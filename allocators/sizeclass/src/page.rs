@@ -25,6 +25,7 @@ use core::ptr;
 use heapkit_core::list::{Linked, List};
 use heapkit_core::misuse::{self, Misuse};
 
+use crate::mode::Mode;
 use crate::remote::{Block, ThreadFree};
 
 /// Where a page is.
@@ -56,8 +57,9 @@ const EXTEND_MIN_BLOCKS: usize = 4;
 ///
 /// Two cache lines: the first is the owner's (written on every allocation
 /// and local free), the second holds what other threads touch on a remote
-/// free (`thread_free`, and copies of the block size and index they read),
-/// so remote frees do not pull the owner's line away from it.
+/// free (`thread_free`, and copies of what they read: block size, key),
+/// so remote frees do not pull the owner's line
+/// away from it.
 #[repr(C, align(64))]
 pub(crate) struct Page {
     /// Blocks the fast path pops (owner only).
@@ -88,10 +90,12 @@ pub(crate) struct Page {
     pub stride: u32,
     /// Address of block 0.
     pub start: *mut u8,
+    /// The key free-list links (and hardened free marks) are encoded with
+    /// (`Policy::encode`; 0 in the default mode). Written when the page
+    /// starts.
+    pub key: usize,
     /// Links in the heap's queue or full list for the class (owner only).
     pub next: *mut Page,
-    /// See `next`.
-    pub prev: *mut Page,
     /// Blocks freed by other threads (second cache line).
     pub thread_free: ThreadFree,
     /// `block_size`, for remote freers (written only when the page starts).
@@ -104,6 +108,10 @@ pub(crate) struct Page {
     /// counted in the heap's `idle_bytes` (owner only; cleared when the
     /// page is freed or the heap purges).
     pub retained: bool,
+    /// See `next` (slow paths only, so out of the owner's line).
+    pub prev: *mut Page,
+    /// `key`, for remote freers.
+    pub shared_key: usize,
 }
 
 const _: () = assert!(core::mem::offset_of!(Page, thread_free) == 64);
@@ -130,8 +138,10 @@ impl Page {
             prev: ptr::null_mut(),
             freed_at_ns: 0,
             retained: false,
+            key: 0,
             thread_free: ThreadFree::new(),
             shared_size: 0,
+            shared_key: 0,
         }
     }
 
@@ -141,7 +151,7 @@ impl Page {
     /// # Safety
     /// `page` must be a free page of a segment the caller owns, and the span
     /// must be unused memory of that page.
-    pub(crate) unsafe fn init(
+    pub(crate) unsafe fn init<P: Mode>(
         page: *mut Page,
         class: usize,
         block_size: usize,
@@ -166,7 +176,29 @@ impl Page {
             (*page).start = start;
             (*page).next = ptr::null_mut();
             (*page).prev = ptr::null_mut();
+            (*page).key = P::key_for(start);
+            (*page).shared_key = (*page).key;
         }
+    }
+
+    /// The free block after `block` on one of this page's lists.
+    ///
+    /// # Safety
+    /// `block` must be on one of `page`'s lists, readable by the caller.
+    #[inline(always)]
+    pub(crate) unsafe fn next_free<P: Mode>(page: *const Page, block: *mut Block) -> *mut Block {
+        // SAFETY: caller guarantee.
+        unsafe { P::decode(Block::next(block).cast(), (*page).key).cast() }
+    }
+
+    /// Links `block` in front of `next` on one of this page's lists.
+    ///
+    /// # Safety
+    /// The caller must own `block` exclusively.
+    #[inline(always)]
+    pub(crate) unsafe fn link<P: Mode>(page: *const Page, block: *mut Block, next: *mut Block) {
+        // SAFETY: caller guarantee.
+        unsafe { Block::set_next(block, P::encode(next.cast(), (*page).key).cast()) }
     }
 
     /// Blocks of the page not on `free` or `local_free` (live, or on
@@ -204,18 +236,18 @@ impl Page {
     ///
     /// # Safety
     /// The caller must own `page` (it is in use by the caller's heap).
-    pub(crate) unsafe fn collect(page: *mut Page) {
+    pub(crate) unsafe fn collect<P: Mode>(page: *mut Page) {
         // SAFETY: the caller owns the page; blocks taken from thread_free
         // are ours after the swap.
         unsafe {
-            Self::collect_remote(page);
+            Self::collect_remote::<P>(page);
             if (*page).free.is_null() {
                 if !(*page).local_free.is_null() {
                     (*page).free = (*page).local_free;
                     (*page).local_free = ptr::null_mut();
                     (*page).is_zero = false;
                 } else if (*page).capacity < (*page).reserved {
-                    Self::extend(page);
+                    Self::extend::<P>(page);
                 }
             }
         }
@@ -225,7 +257,7 @@ impl Page {
     ///
     /// # Safety
     /// As for [`Page::collect`].
-    pub(crate) unsafe fn collect_remote(page: *mut Page) {
+    pub(crate) unsafe fn collect_remote<P: Mode>(page: *mut Page) {
         // SAFETY: as for collect.
         unsafe {
             let list = (*page).thread_free.take_all();
@@ -234,8 +266,9 @@ impl Page {
             }
             let mut tail = list;
             let mut n = 1u32;
+            P::on_collect(page, tail);
             loop {
-                let next = Block::next(tail);
+                let next = Self::next_free::<P>(page, tail);
                 if next.is_null() {
                     break;
                 }
@@ -252,8 +285,9 @@ impl Page {
                         "sizeclass: remote frees of one page",
                     );
                 }
+                P::on_collect(page, tail);
             }
-            Block::set_next(tail, (*page).local_free);
+            Self::link::<P>(page, tail, (*page).local_free);
             (*page).local_free = list;
             (*page).used -= n;
         }
@@ -265,7 +299,7 @@ impl Page {
     /// # Safety
     /// The caller must own `page`, with `free` empty and
     /// `capacity < reserved`.
-    unsafe fn extend(page: *mut Page) {
+    unsafe fn extend<P: Mode>(page: *mut Page) {
         // SAFETY: blocks capacity..capacity+n lie inside the page's span
         // (n <= reserved - capacity) and were never handed out.
         unsafe {
@@ -277,10 +311,12 @@ impl Page {
             let mut b = first;
             for _ in 1..n {
                 let next = b.add(size);
-                Block::set_next(b.cast(), next.cast());
+                Self::link::<P>(page, b.cast(), next.cast());
+                P::mark_free(b, (*page).key);
                 b = next;
             }
-            Block::set_next(b.cast(), ptr::null_mut());
+            Self::link::<P>(page, b.cast(), ptr::null_mut());
+            P::mark_free(b, (*page).key);
             (*page).free = first.cast();
             (*page).capacity += n as u32;
         }
@@ -316,6 +352,7 @@ pub(crate) type PageList = List<Page>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heapkit_core::harden::Fast;
     use std::vec;
     use std::vec::Vec;
 
@@ -326,9 +363,9 @@ mod tests {
         let p: *mut Page = &mut page;
         // SAFETY: p is a page we own over `span`.
         unsafe {
-            Page::init(p, 3, 64, 64, span.as_mut_ptr().cast(), 65536);
+            Page::init::<Fast>(p, 3, 64, 64, span.as_mut_ptr().cast(), 65536);
             assert_eq!((*p).reserved, 1024);
-            Page::collect(p);
+            Page::collect::<Fast>(p);
             assert_eq!((*p).capacity, 64, "one OS page carved");
             let mut got = Vec::new();
             while !(*p).free.is_null() {
@@ -345,12 +382,12 @@ mod tests {
                     (*p).local_free = b;
                     (*p).used -= 1;
                 } else {
-                    (*p).thread_free.push(b, || {});
+                    (*p).thread_free.push(b, |h| h, || {});
                 }
             }
             assert_eq!((*p).used, 32);
             assert!(Page::has_remote(p));
-            Page::collect(p);
+            Page::collect::<Fast>(p);
             assert_eq!((*p).used, 0);
             let mut n = 0;
             let mut b = (*p).free;

@@ -19,7 +19,8 @@ use heapkit_core::large;
 use heapkit_core::os;
 use heapkit_core::segment::segment_of;
 
-use crate::heap::{self, Heap, HeapState, EMPTY};
+use crate::heap::{Heap, HeapState, EMPTY};
+use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::segment::{self, Segment};
 use crate::slow::{requeue_if_full, take_pending};
@@ -48,13 +49,13 @@ const BUDGET_RELAX_NS: u64 = 1_000_000_000;
 ///
 /// # Safety
 /// As for [`retire_page`].
-pub(crate) unsafe fn free_page(h: &mut Heap, page: *mut Page, now: u64) {
+pub(crate) unsafe fn free_page<P: Mode>(h: &mut Heap, page: *mut Page, now: u64) {
     // SAFETY: caller guarantee.
     unsafe { retire_page(h, page, now) };
     if over_budget(h) {
-        purge_idle(h);
+        purge_idle::<P>(h);
     } else if now >= h.next_sweep_ns {
-        sweep(h, false);
+        sweep::<P>(h, false);
     }
 }
 
@@ -109,7 +110,7 @@ pub(crate) fn over_budget(h: &Heap) -> bool {
 /// and then stops calling the allocator still gets its memory back. The
 /// budget adapts (see `claim`) so a program that frees and reallocates
 /// the same memory soon stops paying for purges and faults.
-pub(crate) fn purge_idle(h: &mut Heap) {
+pub(crate) fn purge_idle<P: Mode>(h: &mut Heap) {
     let now = os::monotonic_ns();
     for class in 0..h.queues.len() {
         let mut page = h.queues[class].first;
@@ -138,7 +139,7 @@ pub(crate) fn purge_idle(h: &mut Heap) {
             }
         }
     }
-    sweep(h, true);
+    sweep::<P>(h, true);
     h.idle_bytes = 0;
 }
 
@@ -163,7 +164,7 @@ pub(crate) unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
 /// Decay: purges free pages older than the purge delay ([`purge_delay_ns`]) (all of them if
 /// `all`) and re-queues full pages with remote frees a lost notification
 /// left behind. Runs at most every half delay unless `all`.
-pub(crate) fn sweep(h: &mut Heap, all: bool) {
+pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
     let now = os::monotonic_ns();
     if !all && now < h.next_sweep_ns {
         return;
@@ -204,7 +205,7 @@ pub(crate) fn sweep(h: &mut Heap, all: bool) {
                             h.idle_bytes = h.idle_bytes.saturating_sub(len);
                         }
                         PageState::Full if Page::has_remote(page) => {
-                            requeue_if_full(h, page);
+                            requeue_if_full::<P>(h, page);
                         }
                         _ => {}
                     }
@@ -218,16 +219,16 @@ pub(crate) fn sweep(h: &mut Heap, all: bool) {
 
 /// Purges every free page of the calling thread's heap and releases what it
 /// can (for `SizeClass::collect`).
-pub(crate) fn collect_now() {
-    let h = heap::bound_heap();
+pub(crate) fn collect_now<P: Mode>() {
+    let h = P::bound_heap();
     // SAFETY: our heap, not re-entered.
     unsafe {
         if (*h).state == HeapState::Active {
-            take_pending(&mut *h);
+            take_pending::<P>(&mut *h);
             // Empty pages kept for their class go too, then every free
             // page is purged and emptied segments released.
-            purge_idle(&mut *h);
-            sweep(&mut *h, true);
+            purge_idle::<P>(&mut *h);
+            sweep::<P>(&mut *h, true);
         }
     }
     let _ = large::trim(false);
@@ -241,6 +242,7 @@ mod tests {
 
     use super::*;
     use crate::SizeClass;
+    use heapkit_core::harden::Fast;
 
     /// Allocates `n` blocks of 64 B through `a` on this thread, then frees
     /// them all.
@@ -259,7 +261,7 @@ mod tests {
 
     /// Idle bytes the calling thread's heap still holds unpurged.
     fn unpurged_idle_bytes() -> usize {
-        let h = heap::heap();
+        let h = Fast::heap();
         // SAFETY: our heap, not in use by the allocator during this read.
         unsafe { (*h).dirty_free << 16 }
     }
@@ -284,7 +286,7 @@ mod tests {
             for _ in 0..6 {
                 fill_and_free(&a, 50_000); // 3.2 MiB per round
             }
-            let h = heap::heap();
+            let h = Fast::heap();
             // SAFETY: our heap, idle.
             let budget = unsafe { (*h).purge_budget };
             // Rounds reused pages purged moments before: the budget grew.

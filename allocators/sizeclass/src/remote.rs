@@ -107,13 +107,19 @@ impl ThreadFree {
     }
 
     /// Pushes `block`, first calling `notify` if the stack looks empty
-    /// (invariant 3). `notify` runs at most once.
+    /// (invariant 3). `notify` runs at most once. The link stored in the
+    /// block is `encode(head)` (the page's link encoding, see `mode.rs`).
     ///
     /// # Safety
     /// `block` must be a live block of this stack's page that the caller
     /// gives up (nobody else frees it).
     #[inline]
-    pub(crate) unsafe fn push(&self, block: *mut Block, notify: impl FnOnce()) {
+    pub(crate) unsafe fn push(
+        &self,
+        block: *mut Block,
+        encode: impl Fn(*mut Block) -> *mut Block,
+        notify: impl FnOnce(),
+    ) {
         let mut notify = Some(notify);
         let mut head = self.head.load(Relaxed);
         loop {
@@ -123,7 +129,7 @@ impl ThreadFree {
                 }
             }
             // SAFETY: the block is ours until the CAS publishes it.
-            unsafe { Block::set_next(block, head) };
+            unsafe { Block::set_next(block, encode(head)) };
             // Release: the link written above is visible to the owner's
             // Acquire swap in take_all.
             match self
@@ -248,7 +254,7 @@ mod loom_tests {
                 handles.push(thread::spawn(move || {
                     for b in mine {
                         // SAFETY: each block is pushed once, by one thread.
-                        unsafe { s.stack.push(b as *mut Block, || s.pending.notify(5)) };
+                        unsafe { s.stack.push(b as *mut Block, |h| h, || s.pending.notify(5)) };
                     }
                 }));
             }

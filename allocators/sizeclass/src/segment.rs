@@ -33,6 +33,7 @@ use heapkit_core::os;
 use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
 use heapkit_core::size_class::{class_size, CLASS_COUNT};
 
+use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::remote::PendingPages;
 
@@ -108,7 +109,8 @@ pub(crate) const KIND_OF: [u8; HEAP_CLASSES] = {
 /// Segment header.
 #[repr(C)]
 pub(crate) struct Segment {
-    /// Always [`SegmentTag::SIZECLASS`].
+    /// The mode's tag: [`SegmentTag::SIZECLASS`] or
+    /// [`SegmentTag::SIZECLASS_HARDENED`] (`Mode::TAG`).
     pub tag: SegmentTag,
     /// Id of the owning heap, or [`ABANDONED`]. Written only by the owner
     /// (when abandoning) or by the adopter holding the segment exclusively.
@@ -121,6 +123,8 @@ pub(crate) struct Segment {
     pub kind: u32,
     /// Pages not [`PageState::Free`] (owner only).
     pub used_pages: u32,
+    /// Inaccessible bytes at the end (`Mode::GUARD_BYTES`).
+    pub guard_bytes: u32,
     /// Pages that may have remote frees.
     pub pending: PendingPages,
     /// Links in the owner's segment list, or the abandoned list.
@@ -167,9 +171,9 @@ impl Segment {
     /// `seg` mapped, `i < page_count`.
     pub(crate) unsafe fn span(seg: *mut Segment, i: usize, block_size: usize) -> (*mut u8, usize) {
         // SAFETY: caller guarantee.
-        let shift = unsafe { (*seg).page_shift };
+        let (shift, guard) = unsafe { ((*seg).page_shift, (*seg).guard_bytes as usize) };
         let begin = i << shift;
-        let end = begin + (1 << shift);
+        let end = (begin + (1 << shift)).min(SEGMENT_ALIGN - guard);
         let begin = if i == 0 {
             let pow2 = block_size & block_size.wrapping_neg();
             (HEADER_BYTES + pow2 - 1) & !(pow2 - 1)
@@ -205,9 +209,9 @@ impl Segment {
     /// `seg` mapped, `i < page_count`.
     pub(crate) unsafe fn purgeable(seg: *mut Segment, i: usize) -> (*mut u8, usize) {
         // SAFETY: caller guarantee.
-        let shift = unsafe { (*seg).page_shift };
+        let (shift, guard) = unsafe { ((*seg).page_shift, (*seg).guard_bytes as usize) };
         let begin = if i == 0 { HEADER_BYTES } else { i << shift };
-        let end = (i + 1) << shift;
+        let end = ((i + 1) << shift).min(SEGMENT_ALIGN - guard);
         // SAFETY: begin < SEGMENT_ALIGN.
         (unsafe { seg.cast::<u8>().add(begin) }, end - begin)
     }
@@ -251,9 +255,9 @@ pub(crate) static ABANDONED_COUNT: AtomicU64 = AtomicU64::new(0);
 /// Empty purged segments (at most `RESERVE_MAX`; the list counts them).
 static RESERVE: SpinLock<SegmentList> = SpinLock::new(SegmentList::EMPTY);
 
-/// A fresh segment of `kind` owned by `owner`: from the reserve or the OS.
-/// Null on exhaustion.
-pub(crate) fn acquire(kind: usize, owner: u64) -> *mut Segment {
+/// A fresh segment of `kind` for mode `P`, owned by `owner`: from the
+/// reserve or the OS. Null on exhaustion.
+pub(crate) fn acquire<P: Mode>(kind: usize, owner: u64) -> *mut Segment {
     let mut seg = {
         let mut r = RESERVE.lock();
         // SAFETY: reserve segments are owned by the reserve (locked).
@@ -266,7 +270,6 @@ pub(crate) fn acquire(kind: usize, owner: u64) -> *mut Segment {
         }
         // SAFETY: fresh zeroed mapping; the header fits in it.
         unsafe {
-            ptr::addr_of_mut!((*seg).tag).write(SegmentTag::SIZECLASS);
             ptr::addr_of_mut!((*seg).pending).write(PendingPages::new());
             for i in 0..MAX_PAGES {
                 Segment::page(seg, i).write(Page::new());
@@ -276,6 +279,17 @@ pub(crate) fn acquire(kind: usize, owner: u64) -> *mut Segment {
     // SAFETY: seg is exclusively ours (fresh, or taken from the reserve with
     // every page free and purged).
     unsafe {
+        if (*seg).guard_bytes as usize != P::GUARD_BYTES {
+            // A fresh segment (0), or a reserved one of the other mode.
+            let wanted = P::GUARD_BYTES.max((*seg).guard_bytes as usize);
+            let guard = seg.cast::<u8>().add(SEGMENT_ALIGN - wanted);
+            if !os::protect(guard, wanted, P::GUARD_BYTES == 0) {
+                heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN);
+                return ptr::null_mut();
+            }
+            (*seg).guard_bytes = P::GUARD_BYTES as u32;
+        }
+        ptr::addr_of_mut!((*seg).tag).write(P::TAG);
         (*seg).page_shift = PAGE_SHIFT[kind];
         (*seg).page_count = (SEGMENT_ALIGN >> PAGE_SHIFT[kind]) as u32;
         (*seg).kind = kind as u32;
@@ -305,10 +319,8 @@ pub(crate) unsafe fn release(seg: *mut Segment) {
         if r.len < RESERVE_MAX {
             (*seg).owner.store(ABANDONED, Relaxed);
             if dirty {
-                os::purge(
-                    seg.cast::<u8>().add(HEADER_BYTES),
-                    SEGMENT_ALIGN - HEADER_BYTES,
-                );
+                let end = SEGMENT_ALIGN - (*seg).guard_bytes as usize;
+                os::purge(seg.cast::<u8>().add(HEADER_BYTES), end - HEADER_BYTES);
                 for i in 0..MAX_PAGES {
                     (*Segment::page(seg, i)).dirty = false;
                 }
@@ -335,14 +347,24 @@ pub(crate) unsafe fn abandon(seg: *mut Segment) {
     ABANDONED_COUNT.fetch_add(1, Relaxed);
 }
 
-/// Pops an abandoned segment for `owner` (null if none).
-pub(crate) fn adopt(owner: u64) -> *mut Segment {
+/// Takes an abandoned segment of mode `P` for `owner` (null if none).
+pub(crate) fn adopt<P: Mode>(owner: u64) -> *mut Segment {
     if ABANDONED_COUNT.load(Relaxed) == 0 {
         return ptr::null_mut();
     }
     let mut list = ABANDONED_LIST.lock();
-    // SAFETY: the list is locked; popped segments become ours.
-    let seg = unsafe { list.pop_front() };
+    // SAFETY: the list is locked: its segments are alive and theirs links
+    // stable; a removed segment becomes ours.
+    let seg = unsafe {
+        let mut seg = list.first;
+        while !seg.is_null() && (*seg).tag != P::TAG {
+            seg = (*seg).next;
+        }
+        if !seg.is_null() {
+            list.remove(seg);
+        }
+        seg
+    };
     if !seg.is_null() {
         ABANDONED_COUNT.fetch_sub(1, Relaxed);
         // SAFETY: seg is ours now.
@@ -409,7 +431,7 @@ mod tests {
     #[test]
     fn spans_tile_the_segment_and_align_power_of_two_blocks() {
         for kind in 0..KINDS {
-            let seg = acquire(kind, 42);
+            let seg = acquire::<heapkit_core::harden::Fast>(kind, 42);
             assert!(!seg.is_null());
             // SAFETY: seg is ours until released below.
             unsafe {
@@ -439,6 +461,50 @@ mod tests {
                 (*seg).used_pages = (*seg).page_count;
                 assert_eq!(Segment::find_free_page(seg), None);
                 (*seg).used_pages = 0;
+                release(seg);
+            }
+        }
+    }
+
+    #[test]
+    fn hardened_segments_end_in_a_guard_page_and_default_ones_do_not() {
+        use heapkit_core::harden::{Fast, Hardened};
+        for kind in 0..KINDS {
+            let seg = acquire::<Hardened>(kind, 43);
+            assert!(!seg.is_null());
+            // SAFETY: seg is ours until released; the child only writes the
+            // guard byte and exits.
+            unsafe {
+                assert_eq!((*seg).tag, SegmentTag::SIZECLASS_HARDENED);
+                assert_eq!((*seg).guard_bytes, 4096);
+                let last = (*seg).page_count as usize - 1;
+                let (start, len) = Segment::span(seg, last, 64);
+                assert_eq!(start as usize + len, seg as usize + SEGMENT_ALIGN - 4096);
+                let (p, n) = Segment::purgeable(seg, last);
+                assert_eq!(p as usize + n, seg as usize + SEGMENT_ALIGN - 4096);
+                let guard = seg.cast::<u8>().add(SEGMENT_ALIGN - 1);
+                let pid = libc::fork();
+                if pid == 0 {
+                    guard.write_volatile(1);
+                    libc::_exit(0);
+                }
+                let mut status = 0;
+                assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+                assert!(
+                    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV,
+                    "a write to the guard page must fault (status {status:#x})"
+                );
+                release(seg);
+            }
+            // A default segment (perhaps the one just released, from the
+            // reserve) has no guard: its last byte is usable.
+            let seg = acquire::<Fast>(kind, 44);
+            // SAFETY: ours until released.
+            unsafe {
+                assert_eq!((*seg).guard_bytes, 0);
+                assert_eq!((*seg).tag, SegmentTag::SIZECLASS);
+                seg.cast::<u8>().add(SEGMENT_ALIGN - 1).write_volatile(1);
+                seg.cast::<u8>().add(SEGMENT_ALIGN - 1).write_volatile(0);
                 release(seg);
             }
         }

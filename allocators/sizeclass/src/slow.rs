@@ -20,6 +20,7 @@ use heapkit_core::segment::segment_of;
 
 use crate::heap::{self, Heap, HeapState, EMPTY, STATS};
 use crate::lifecycle::init;
+use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::purge::{free_page, over_budget, purge_idle, release_segment, sweep};
 use crate::purge::{purge_delay_ns, PURGE_BUDGET_MAX};
@@ -34,19 +35,19 @@ const CLOCK_EVERY: u32 = 16;
 /// `class < HEAP_CLASSES`.
 #[cold]
 #[inline(never)]
-pub(crate) unsafe fn alloc(class: usize) -> *mut u8 {
-    let h = heap::bound_heap();
+pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> *mut u8 {
+    let h = P::bound_heap();
     // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
         if (*h).state != HeapState::Active {
             init(h);
         }
         (*h).stats.maybe_flush(&STATS);
-        if !find_page(&mut *h, class) {
+        if !find_page::<P>(&mut *h, class) {
             return ptr::null_mut();
         }
     }
-    heap::alloc(class)
+    heap::alloc::<P>(class)
 }
 
 /// Counts a remote free by a thread whose heap is not set up (a thread
@@ -54,8 +55,8 @@ pub(crate) unsafe fn alloc(class: usize) -> *mut u8 {
 /// counters (flushed at its exit), not to a shared cache line.
 #[cold]
 #[inline(never)]
-pub(crate) fn free_remote_unbound(size: usize) {
-    let h = heap::bound_heap();
+pub(crate) fn free_remote_unbound<P: Mode>(size: usize) {
+    let h = P::bound_heap();
     // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
         if (*h).state != HeapState::Active {
@@ -66,17 +67,17 @@ pub(crate) fn free_remote_unbound(size: usize) {
 }
 
 /// Makes `current[class]` a page with a free block; false on exhaustion.
-fn find_page(h: &mut Heap, class: usize) -> bool {
+fn find_page<P: Mode>(h: &mut Heap, class: usize) -> bool {
     h.slow_calls = h.slow_calls.wrapping_add(1);
     if h.slow_calls.is_multiple_of(CLOCK_EVERY) {
-        sweep(h, false);
+        sweep::<P>(h, false);
     }
     for attempt in 0..3 {
         let mut page = h.queues[class].first;
         while !page.is_null() {
             // SAFETY: pages on our queues are ours.
             unsafe {
-                Page::collect(page);
+                Page::collect::<P>(page);
                 if !(*page).free.is_null() {
                     h.current[class] = page;
                     return true;
@@ -90,8 +91,8 @@ fn find_page(h: &mut Heap, class: usize) -> bool {
         }
         h.current[class] = EMPTY;
         let progress = match attempt {
-            0 => take_pending(h),
-            1 => adopt_one(h),
+            0 => take_pending::<P>(h),
+            1 => adopt_one::<P>(h),
             _ => false,
         };
         if !progress && attempt == 1 {
@@ -99,7 +100,7 @@ fn find_page(h: &mut Heap, class: usize) -> bool {
         }
     }
     let kind = KIND_OF[class] as usize;
-    let Some(page) = take_free_page(h, kind) else {
+    let Some(page) = take_free_page::<P>(h, kind) else {
         return false;
     };
     let size = heap_class_size(class);
@@ -107,9 +108,9 @@ fn find_page(h: &mut Heap, class: usize) -> bool {
     unsafe {
         let seg = segment_of(page).cast::<Segment>();
         let (start, span) = Segment::span(seg, (*page).index as usize, size);
-        Page::init(page, class, size, heap_class_stride(class), start, span);
+        Page::init::<P>(page, class, size, heap_class_stride(class), start, span);
         h.queues[class].push_front(page);
-        Page::collect(page);
+        Page::collect::<P>(page);
     }
     h.current[class] = page;
     true
@@ -117,7 +118,7 @@ fn find_page(h: &mut Heap, class: usize) -> bool {
 
 /// Takes pending remote frees of every owned segment; pages that were full
 /// go back on their queue. True if any did.
-pub(crate) fn take_pending(h: &mut Heap) -> bool {
+pub(crate) fn take_pending<P: Mode>(h: &mut Heap) -> bool {
     let mut requeued = false;
     for kind in 0..segment::KINDS {
         let mut seg = h.segments[kind].first;
@@ -128,7 +129,7 @@ pub(crate) fn take_pending(h: &mut Heap) -> bool {
                 while bits != 0 {
                     let i = bits.trailing_zeros() as usize;
                     bits &= bits - 1;
-                    requeued |= requeue_if_full(h, Segment::page(seg, i));
+                    requeued |= requeue_if_full::<P>(h, Segment::page(seg, i));
                 }
                 seg = (*seg).next;
             }
@@ -142,13 +143,13 @@ pub(crate) fn take_pending(h: &mut Heap) -> bool {
 ///
 /// # Safety
 /// `page` must be a page of a segment `h` owns.
-pub(crate) unsafe fn requeue_if_full(h: &mut Heap, page: *mut Page) -> bool {
+pub(crate) unsafe fn requeue_if_full<P: Mode>(h: &mut Heap, page: *mut Page) -> bool {
     // SAFETY: caller guarantee.
     unsafe {
         if (*page).state == PageState::Free {
             return false;
         }
-        Page::collect_remote(page);
+        Page::collect_remote::<P>(page);
         if (*page).state != PageState::Full {
             return false;
         }
@@ -162,8 +163,8 @@ pub(crate) unsafe fn requeue_if_full(h: &mut Heap, page: *mut Page) -> bool {
 
 /// Adopts one abandoned segment: its pages join our queues, empty ones are
 /// freed. True if a segment was adopted.
-fn adopt_one(h: &mut Heap) -> bool {
-    let seg = segment::adopt(h.id);
+fn adopt_one<P: Mode>(h: &mut Heap) -> bool {
+    let seg = segment::adopt::<P>(h.id);
     if seg.is_null() {
         return false;
     }
@@ -180,7 +181,7 @@ fn adopt_one(h: &mut Heap) -> bool {
                 }
                 continue;
             }
-            Page::collect_remote(page);
+            Page::collect_remote::<P>(page);
             if Page::in_use(page) == 0 {
                 Segment::free_page(seg, page, now);
                 h.dirty_free += 1;
@@ -199,7 +200,7 @@ fn adopt_one(h: &mut Heap) -> bool {
 }
 
 /// A free page of `kind` from our segments, a reserved or a new segment.
-fn take_free_page(h: &mut Heap, kind: usize) -> Option<*mut Page> {
+fn take_free_page<P: Mode>(h: &mut Heap, kind: usize) -> Option<*mut Page> {
     let mut seg = h.segments[kind].first;
     while !seg.is_null() {
         // SAFETY: our segment.
@@ -210,7 +211,7 @@ fn take_free_page(h: &mut Heap, kind: usize) -> Option<*mut Page> {
             seg = (*seg).next;
         }
     }
-    let seg = segment::acquire(kind, h.id);
+    let seg = segment::acquire::<P>(kind, h.id);
     if seg.is_null() {
         return None;
     }
@@ -255,7 +256,7 @@ unsafe fn claim(h: &mut Heap, seg: *mut Segment, i: usize) -> *mut Page {
 /// `h` must be the calling thread's heap and own `page`.
 #[cold]
 #[inline(never)]
-pub(crate) unsafe fn page_freed(h: *mut Heap, page: *mut Page) {
+pub(crate) unsafe fn page_freed<P: Mode>(h: *mut Heap, page: *mut Page) {
     // SAFETY: caller guarantee; no re-entrancy here.
     let h = unsafe { &mut *h };
     h.stats.maybe_flush(&STATS);
@@ -283,7 +284,7 @@ pub(crate) unsafe fn page_freed(h: *mut Heap, page: *mut Page) {
                 (*page).retained = true;
                 h.idle_bytes += 1 << (*seg).page_shift;
                 if over_budget(h) {
-                    purge_idle(h);
+                    purge_idle::<P>(h);
                 }
             }
             return;
@@ -292,6 +293,6 @@ pub(crate) unsafe fn page_freed(h: *mut Heap, page: *mut Page) {
         if h.current[class] == page {
             h.current[class] = EMPTY;
         }
-        free_page(h, page, os::monotonic_ns());
+        free_page::<P>(h, page, os::monotonic_ns());
     }
 }

@@ -1,2 +1,4 @@
 //! Cell binary: see `heapkit_bench::cell_main!`.
-heapkit_bench::cell_main!(heapkit_sizeclass::SizeClass = heapkit_sizeclass::SizeClass::new());
+heapkit_bench::cell_main!(
+    heapkit_sizeclass::SizeClass<heapkit_sizeclass::Fast> = heapkit_sizeclass::SizeClass::fast()
+);

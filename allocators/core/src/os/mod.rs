@@ -298,6 +298,49 @@ pub unsafe fn purge(ptr: *mut u8, size: usize) -> bool {
     true
 }
 
+/// Makes `ptr..ptr+size` inaccessible (`accessible == false`: any touch
+/// faults, a guard page) or readable and writable again. Returns whether
+/// the kernel agreed.
+///
+/// # Safety
+/// The range must be page-aligned and mapped by this module, and nothing
+/// may live in it while it is inaccessible.
+pub unsafe fn protect(ptr: *mut u8, size: usize, accessible: bool) -> bool {
+    let prot = if accessible {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_NONE
+    };
+    // SAFETY: the caller guarantees the range is ours and holds nothing
+    // live while inaccessible.
+    keeping_errno(|| unsafe { libc::mprotect(ptr.cast(), size, prot) }) == 0
+}
+
+/// 64 random bits from the kernel (`getrandom`, non-blocking), or, where
+/// that fails (a very early boot, a seccomp filter), bits mixed from the
+/// clock and addresses that differ between runs (ASLR). Never allocates.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: the buffer is ours and 8 bytes long.
+    let n = keeping_errno(|| unsafe {
+        libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK)
+    });
+    if n == 8 {
+        return u64::from_ne_bytes(bytes);
+    }
+    let stack = &bytes as *const _ as u64;
+    let code = random_u64 as *const () as usize as u64;
+    mix64(monotonic_ns() ^ stack.rotate_left(17) ^ code.rotate_left(41))
+}
+
+/// A strong 64-bit mixer (splitmix64's finaliser).
+#[inline]
+pub const fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// Runs `call` (a system call) and puts `errno` back as it was: heapkit's
 /// own operations never change `errno` (C's `free` must not, and a
 /// `malloc` that succeeds should not), so the fast paths, which make no

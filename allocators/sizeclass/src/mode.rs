@@ -1,0 +1,410 @@
+//! The two modes sizeclass compiles in: [`Fast`] (the default) and
+//! [`Hardened`], as a typed policy (`heapkit_core::harden`).
+//!
+//! [`Mode`] names everything that differs between them, so the rest of
+//! the crate is written once, generic over `P: Mode` (any `Policy`):
+//!
+//! - its own thread heaps (one `thread_state!` per mode: the two never
+//!   share a page) and its own segment tag, so a block of one mode freed
+//!   through the other is a foreign pointer, reported, never mixed in;
+//! - per-block state: a free hardened block carries a *free mark* in its
+//!   second word (its address mixed with the page's secret key), set when
+//!   it is freed or carved and cleared when it is handed out, so a free of
+//!   a block that bears it is a double free, and a block popped without it
+//!   was written after its free (or forged). The check reads the cache line
+//!   the free writes anyway (the link): no side table, no scan;
+//! - the segment layout: a hardened segment's last OS page is an
+//!   inaccessible guard;
+//! - hooks the fast paths call at the points where hardening checks
+//!   something: [`Mode::on_pop`], [`Mode::on_free`],
+//!   [`Mode::on_remote_free`], [`Mode::on_collect`], [`Mode::mark_free`].
+//!   The default mode's are empty and compile to nothing (check with
+//!   `objdump`: the default fast paths are unchanged).
+//!
+//! A pointer into a block (not its start) is found by the canary: its
+//! "trailer" lies at the wrong place and does not check; the cold report
+//! path then tells an interior pointer from an overflow by dividing.
+
+use heapkit_core::harden::{Hardened, Policy, Trailer};
+use heapkit_core::misuse::{self, Misuse};
+use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
+
+use crate::heap::Heap;
+use crate::page::Page;
+use crate::remote::Block;
+use crate::segment::Segment;
+
+/// What differs between sizeclass's modes (see the module docs).
+///
+/// Implemented for every [`Policy`] (core seals that trait: [`Fast`] and
+/// [`Hardened`] are the only ones), each item choosing by the policy's
+/// constants at compile time; this file is the only place that does.
+pub(crate) trait Mode: Policy {
+    /// The tag of this mode's segments.
+    const TAG: SegmentTag;
+    /// Inaccessible bytes at the end of each segment.
+    const GUARD_BYTES: usize;
+
+    /// The calling thread's heap of this mode, possibly the never-written
+    /// sentinel (fast paths only read it).
+    fn heap() -> *mut Heap;
+    /// The calling thread's own heap of this mode, bound on first use.
+    fn bound_heap() -> *mut Heap;
+    /// Abandons the calling thread's heap of this mode, if it bound one
+    /// (at thread exit).
+    fn thread_exit();
+
+    /// `block` was just popped from `page`'s free list; `next` is the
+    /// decoded link it held.
+    ///
+    /// # Safety
+    /// `page` is the caller's, `block` was the head of its `free` list.
+    unsafe fn on_pop(page: *mut Page, block: *mut Block, next: *mut Block);
+
+    /// The owner frees `ptr` of `page` in `seg`.
+    ///
+    /// # Safety
+    /// `seg` is a mapped segment of this mode and `page` the page `ptr`
+    /// falls in, owned by the caller.
+    unsafe fn on_free(seg: *mut Segment, page: *mut Page, ptr: *mut u8);
+
+    /// Another thread frees `ptr` of `page` in `seg` (reads only: the
+    /// owner's collection marks it free).
+    ///
+    /// # Safety
+    /// As for [`Mode::on_free`], except that the caller does not own `page`.
+    unsafe fn on_remote_free(seg: *mut Segment, page: *mut Page, ptr: *mut u8);
+
+    /// The owner takes `block` off `page`'s remote list.
+    ///
+    /// # Safety
+    /// The caller owns `page`; `block` was on its remote list.
+    unsafe fn on_collect(page: *mut Page, block: *mut Block);
+
+    /// `block` (of a page whose key is `key`) becomes free: carved, or
+    /// freed.
+    ///
+    /// # Safety
+    /// `block` is a block of at least 16 bytes the caller owns.
+    unsafe fn mark_free(block: *mut u8, key: usize);
+
+    /// A small block was just allocated for `requested` bytes (at most its
+    /// block size minus [`Policy::TRAILER`]).
+    ///
+    /// # Safety
+    /// `ptr` is a block just handed out by `heap::alloc::<Self>`.
+    unsafe fn on_handout(ptr: *mut u8, requested: usize);
+
+    /// Bytes of the small block `ptr` (of `block_size` bytes) the program
+    /// may use: all of them by default, the requested size when hardened.
+    ///
+    /// # Safety
+    /// `ptr` is a live small block of this mode.
+    unsafe fn usable(ptr: *mut u8, block_size: usize) -> usize;
+
+    /// `realloc` keeps the small block `ptr` of `page` in place for
+    /// `requested` bytes.
+    ///
+    /// # Safety
+    /// `seg`/`page` are `ptr`'s; `requested + TRAILER <= block_size`.
+    unsafe fn on_resize(seg: *mut Segment, page: *mut Page, ptr: *mut u8, requested: usize);
+}
+
+heapkit_core::thread_state! {
+    /// Each thread's heap in the default mode.
+    mod fast_heap: Heap = Heap::new(), symbol = "heapkit_sizeclass_heap";
+}
+
+heapkit_core::thread_state! {
+    /// Each thread's heap in hardened mode.
+    mod hardened_heap: Heap = Heap::new(), symbol = "heapkit_sizeclass_hardened_heap";
+}
+
+impl<P: Policy> Mode for P {
+    const TAG: SegmentTag = if P::BLOCK_STATE {
+        SegmentTag::SIZECLASS_HARDENED
+    } else {
+        SegmentTag::SIZECLASS
+    };
+    const GUARD_BYTES: usize = if P::GUARD_PAGES { 4096 } else { 0 };
+
+    #[inline(always)]
+    fn heap() -> *mut Heap {
+        if P::BLOCK_STATE {
+            hardened_heap::current()
+        } else {
+            fast_heap::current()
+        }
+    }
+
+    #[inline(always)]
+    fn bound_heap() -> *mut Heap {
+        if P::BLOCK_STATE {
+            hardened_heap::bound()
+        } else {
+            fast_heap::bound()
+        }
+    }
+
+    fn thread_exit() {
+        let idle = if P::BLOCK_STATE {
+            hardened_heap::is_idle(hardened_heap::current())
+        } else {
+            fast_heap::is_idle(fast_heap::current())
+        };
+        // A thread that never bound this mode's heap has nothing to give.
+        if !idle {
+            crate::lifecycle::exit_heap::<P>();
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn on_pop(page: *mut Page, block: *mut Block, next: *mut Block) {
+        if P::BLOCK_STATE {
+            // SAFETY: forwarded caller guarantee.
+            unsafe { checks::on_pop(page, block, next) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn on_free(seg: *mut Segment, page: *mut Page, ptr: *mut u8) {
+        if P::BLOCK_STATE {
+            // SAFETY: forwarded caller guarantee.
+            unsafe { checks::on_free::<P>(seg, page, ptr) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn on_remote_free(seg: *mut Segment, page: *mut Page, ptr: *mut u8) {
+        if P::BLOCK_STATE {
+            // SAFETY: forwarded caller guarantee.
+            unsafe { checks::on_remote_free::<P>(seg, page, ptr) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn on_collect(page: *mut Page, block: *mut Block) {
+        if P::BLOCK_STATE {
+            // SAFETY: forwarded caller guarantee.
+            unsafe { checks::on_collect(page, block) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn mark_free(block: *mut u8, key: usize) {
+        if P::BLOCK_STATE {
+            // SAFETY: forwarded caller guarantee.
+            unsafe { FreeMark::set(block, key) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn on_handout(ptr: *mut u8, requested: usize) {
+        if P::TRAILER != 0 {
+            // SAFETY: ptr is a fresh block of a page of this mode, which
+            // holds requested + TRAILER bytes.
+            unsafe {
+                let page = crate::heap::page_of(ptr);
+                Trailer::write(ptr, (*page).block_size as usize, requested, (*page).key);
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn usable(ptr: *mut u8, block_size: usize) -> usize {
+        if P::TRAILER != 0 {
+            // SAFETY: a live block of this mode carries its trailer.
+            unsafe { Trailer::requested(ptr, block_size) }
+        } else {
+            block_size
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn on_resize(seg: *mut Segment, page: *mut Page, ptr: *mut u8, requested: usize) {
+        if P::BLOCK_STATE {
+            // SAFETY: forwarded caller guarantee.
+            unsafe {
+                let _ = seg;
+                if FreeMark::is_set(ptr, (*page).shared_key) {
+                    report_block("realloc", Misuse::DoubleFree, page, ptr);
+                }
+                if P::TRAILER != 0 {
+                    check_trailer(
+                        "realloc",
+                        page,
+                        ptr,
+                        (*page).shared_size as usize,
+                        (*page).shared_key,
+                    );
+                    Trailer::write(
+                        ptr,
+                        (*page).shared_size as usize,
+                        requested,
+                        (*page).shared_key,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The free mark of hardened blocks (see the module docs): the second
+/// word of a free block. A program cannot write it by chance or on purpose
+/// without the page's key.
+pub(crate) struct FreeMark;
+
+impl FreeMark {
+    #[inline(always)]
+    fn value(block: *const u8, key: usize) -> usize {
+        (block as usize ^ key).rotate_left(29) ^ 0xf4ee_f4ee_f4ee_f4ee
+    }
+
+    /// # Safety
+    /// `block` is a block of at least 16 bytes the caller owns.
+    #[inline(always)]
+    unsafe fn set(block: *mut u8, key: usize) {
+        // SAFETY: caller guarantee.
+        unsafe { block.add(8).cast::<usize>().write(Self::value(block, key)) }
+    }
+
+    /// # Safety
+    /// `block` is a readable block of at least 16 bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn is_set(block: *const u8, key: usize) -> bool {
+        // SAFETY: caller guarantee.
+        unsafe { block.add(8).cast::<usize>().read() == Self::value(block, key) }
+    }
+
+    /// # Safety
+    /// `block` is a block of at least 16 bytes the caller owns.
+    #[inline(always)]
+    unsafe fn clear(block: *mut u8) {
+        // SAFETY: caller guarantee.
+        unsafe { block.add(8).cast::<usize>().write(0) }
+    }
+}
+
+/// The hardened mode's checks (see [`Mode`] for each hook's contract).
+mod checks {
+    use super::*;
+
+    #[inline(always)]
+    pub(super) unsafe fn on_pop(page: *mut Page, block: *mut Block, next: *mut Block) {
+        // SAFETY: caller guarantee: the page is ours and block was its head.
+        unsafe {
+            // The link must be null or a granule of the same segment (a
+            // link decoded without its page's key lands anywhere in the
+            // address space), and the popped block must bear its free
+            // mark (else it was written after its free, or forged).
+            if !next.is_null()
+                && ((next as usize ^ block as usize) >= SEGMENT_ALIGN || next as usize & 15 != 0)
+            {
+                corrupted(page, block);
+            }
+            if !FreeMark::is_set(block.cast(), (*page).key) {
+                corrupted(page, block);
+            }
+            FreeMark::clear(block.cast());
+        }
+    }
+
+    #[inline(always)]
+    pub(super) unsafe fn on_free<P: Policy>(_seg: *mut Segment, page: *mut Page, ptr: *mut u8) {
+        // SAFETY: caller guarantee: page is ptr's and ours.
+        unsafe {
+            let key = (*page).key;
+            if FreeMark::is_set(ptr, key) {
+                report_block("free", Misuse::DoubleFree, page, ptr);
+            }
+            if P::TRAILER != 0 {
+                check_trailer("free", page, ptr, (*page).block_size as usize, key);
+            }
+            FreeMark::set(ptr, key);
+        }
+    }
+
+    #[inline(always)]
+    pub(super) unsafe fn on_remote_free<P: Policy>(
+        _seg: *mut Segment,
+        page: *mut Page,
+        ptr: *mut u8,
+    ) {
+        // SAFETY: caller guarantee; only the page's shared line is read.
+        unsafe {
+            let key = (*page).shared_key;
+            if FreeMark::is_set(ptr, key) {
+                report_block("free", Misuse::DoubleFree, page, ptr);
+            }
+            if P::TRAILER != 0 {
+                check_trailer("free", page, ptr, (*page).shared_size as usize, key);
+            }
+            FreeMark::set(ptr, key);
+        }
+    }
+
+    #[inline(always)]
+    pub(super) unsafe fn on_collect(page: *mut Page, block: *mut Block) {
+        // SAFETY: caller guarantee: the page is ours, the block was pushed
+        // by a remote free (which marked it).
+        unsafe {
+            if !FreeMark::is_set(block.cast(), (*page).key) {
+                corrupted(page, block);
+            }
+        }
+    }
+}
+
+// Interior pointers are found through the canary (see the module docs).
+const _: () = assert!(Hardened::TRAILER > 0);
+
+/// Checks the canary of a hardened block being freed (or resized).
+///
+/// # Safety
+/// `ptr` lies in `page`, whose blocks are `block_size` bytes.
+#[inline(always)]
+unsafe fn check_trailer(call: &str, page: *mut Page, ptr: *mut u8, block_size: usize, key: usize) {
+    // SAFETY: caller guarantee.
+    unsafe {
+        if Trailer::check(ptr, block_size, key).is_none() {
+            bad_trailer(call, page, ptr);
+        }
+    }
+}
+
+/// A trailer that does not check: `ptr` points into a block (its
+/// "trailer" is the wrong bytes), or the block was overrun.
+#[cold]
+#[inline(never)]
+unsafe fn bad_trailer(call: &str, page: *mut Page, ptr: *mut u8) -> ! {
+    // SAFETY: page is mapped metadata (ptr lies in its segment); only the
+    // fields fixed while the page is in use are read.
+    let (start, stride) = unsafe { ((*page).start as usize, (*page).stride as usize) };
+    let off = (ptr as usize).wrapping_sub(start);
+    let what = if stride == 0 || off % stride != 0 || off >= SEGMENT_ALIGN {
+        Misuse::InteriorPointer
+    } else {
+        Misuse::Overflow
+    };
+    // SAFETY: as above.
+    unsafe { report_block(call, what, page, ptr) }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn corrupted(page: *mut Page, block: *mut Block) -> ! {
+    // SAFETY: page is ours.
+    unsafe { report_block("malloc", Misuse::CorruptedFreeList, page, block.cast()) }
+}
+
+/// Reports `what` about `ptr` with the page's class size as context.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn report_block(call: &str, what: Misuse, page: *mut Page, ptr: *mut u8) -> ! {
+    use core::fmt::Write;
+    // SAFETY: page is mapped metadata.
+    let size = unsafe { (*page).shared_size };
+    let mut context = heapkit_core::misuse::Context::new();
+    let _ = write!(context, "sizeclass, {size}-byte class");
+    misuse::report(call, what, ptr, context.as_str())
+}
