@@ -18,9 +18,11 @@
 //! `local_free` (owner) or on its `thread_free` (anyone else).
 
 use core::ptr;
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use heapkit_core::large;
+use heapkit_core::list::Linked;
+use heapkit_core::lock::RawSpinLock;
 use heapkit_core::segment::segment_of;
 use heapkit_core::{GlobalStats, ThreadStats};
 
@@ -79,8 +81,24 @@ pub(crate) struct Heap {
     pub refaulting: bool,
     /// Next time (monotonic ns) the slow path runs the decay sweep.
     pub next_sweep_ns: u64,
-    /// Slow-path calls, to read the clock only now and then.
-    pub slow_calls: u32,
+    /// Slow-path calls (to read the clock only now and then, and for
+    /// reclaimers to tell an idle owner: written by the owner only).
+    pub slow_calls: AtomicU32,
+    /// Held by the owner on its slow paths and by a thread reclaiming this
+    /// heap's remotely emptied pages (`reclaim.rs`); never on a fast path.
+    pub lock: RawSpinLock,
+    /// Bytes this thread freed into other threads' pages since it last
+    /// looked for pages to reclaim (owner only).
+    pub remote_freed: usize,
+    /// `slow_calls` as a reclaimer last saw it, and when (written by
+    /// reclaimers only, under the registry lock).
+    pub observed_calls: u32,
+    /// See `observed_calls`.
+    pub observed_at_ns: u64,
+    /// Links in the registry of active heaps (under its lock).
+    pub next_heap: *mut Heap,
+    /// See `next_heap`.
+    pub prev_heap: *mut Heap,
 }
 
 impl Heap {
@@ -101,8 +119,27 @@ impl Heap {
             refaulting: false,
             claimed_bytes: 0,
             next_sweep_ns: 0,
-            slow_calls: 0,
+            slow_calls: AtomicU32::new(0),
+            lock: RawSpinLock::new(),
+            remote_freed: 0,
+            observed_calls: 0,
+            observed_at_ns: 0,
+            next_heap: ptr::null_mut(),
+            prev_heap: ptr::null_mut(),
         }
+    }
+}
+
+// SAFETY: `next_heap` and `prev_heap` are the heap's own registry links,
+// used only by the registry list under its lock.
+unsafe impl Linked for Heap {
+    unsafe fn next(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: node is a live heap (the trait's contract).
+        unsafe { ptr::addr_of_mut!((*node).next_heap) }
+    }
+    unsafe fn prev(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: as above.
+        unsafe { ptr::addr_of_mut!((*node).prev_heap) }
     }
 }
 
@@ -135,8 +172,9 @@ pub(crate) fn alloc<P: Mode>(class: usize) -> *mut u8 {
         let next = Page::next_free::<P>(page, block);
         P::on_pop(page, block, next);
         (*page).free = next;
-        (*page).used += 1;
-        debug_assert!((*page).used <= (*page).capacity);
+        let used = (*page).used.load(Relaxed);
+        (*page).used.store(used + 1, Relaxed);
+        debug_assert!(used < (*page).capacity);
         (*h).stats.on_alloc(&STATS, (*page).block_size as usize);
         block.cast()
     }
@@ -172,8 +210,8 @@ pub(crate) unsafe fn free<P: Mode>(ptr: *mut u8) {
                 Page::in_use(page) > 0,
                 "owner free into a page with no block in use"
             );
-            let used = (*page).used - 1;
-            (*page).used = used;
+            let used = (*page).used.load(Relaxed) - 1;
+            (*page).used.store(used, Relaxed);
             // One compare: the page is now empty (used == 0 wraps to the
             // top) or it is on the full list (FULL_FLAG set).
             if used.wrapping_sub(1) >= FULL_FLAG - 1 {
@@ -223,6 +261,10 @@ unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page,
         );
         if (*h).state == HeapState::Active {
             (*h).stats.on_free(size);
+            (*h).remote_freed += size;
+            if (*h).remote_freed >= crate::reclaim::RECLAIM_EVERY_BYTES {
+                crate::reclaim::remote_frees_piled_up::<P>(h);
+            }
         } else {
             slow::free_remote_unbound::<P>(size);
         }

@@ -139,7 +139,9 @@ unsafe fn check_page<P: Mode>(p: *mut Page) -> Result<(), &'static str> {
         if count + Page::in_use(p) as usize != cap {
             return Err("free + local_free + used != capacity");
         }
-        if ((*p).state == PageState::Full) != ((*p).used & crate::page::FULL_FLAG != 0) {
+        if ((*p).state == PageState::Full)
+            != ((*p).used.load(core::sync::atomic::Ordering::Relaxed) & crate::page::FULL_FLAG != 0)
+        {
             return Err("FULL_FLAG out of step with the page state");
         }
     }

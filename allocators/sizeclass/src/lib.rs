@@ -46,6 +46,9 @@
 //!   does not refault it.
 //! - A dying thread collects its pages and abandons its segments; live
 //!   threads adopt them on their slow path, so nothing is stranded.
+//! - Pages that other threads' frees emptied while their owner sleeps are
+//!   retired and purged by the freeing thread (`reclaim.rs`), under the
+//!   owner's heap lock, which the owner takes on its slow paths only.
 //!
 //! - Hardened mode ([`SizeClass::hardened`], or the `hardened` feature):
 //!   every double and interior free detected at the call, encoded free
@@ -97,6 +100,8 @@ mod mode;
 mod page;
 #[cfg(not(loom))]
 mod purge;
+#[cfg(not(loom))]
+mod reclaim;
 mod remote;
 #[cfg(not(loom))]
 mod segment;
@@ -133,6 +138,14 @@ pub use heapkit_core::{HeapAlloc, Stats};
 #[cfg(not(loom))]
 pub fn stats() -> Stats {
     HeapAlloc::stats(&SizeClass::new())
+}
+
+/// Pages of idle threads' heaps that other threads' frees emptied and that
+/// those threads retired and purged (`reclaim.rs`), since the process
+/// started.
+#[cfg(not(loom))]
+pub fn reclaimed_pages() -> u64 {
+    reclaim::RECLAIMED_PAGES.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 /// [`stats`] of the [`Hardened`] mode's heaps (the two modes count

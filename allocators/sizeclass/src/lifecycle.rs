@@ -21,6 +21,7 @@ use heapkit_core::harden::{Fast, Hardened};
 use crate::heap::{Heap, HeapState, STATS};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
+use crate::reclaim;
 use crate::segment::{self, Segment};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -32,11 +33,13 @@ static ATFORK: AtomicBool = AtomicBool::new(false);
 ///
 /// # Safety
 /// `h` must be the calling thread's heap.
-pub(crate) unsafe fn init(h: *mut Heap) {
-    // SAFETY: h is ours; no reference is held across the calls below.
+pub(crate) unsafe fn init<P: Mode>(h: *mut Heap) {
+    // SAFETY: h is ours; no reference is held across the calls below; it
+    // stays registered until its thread's exit hook.
     unsafe {
         (*h).id = NEXT_ID.fetch_add(1, Relaxed);
         (*h).state = HeapState::Active;
+        reclaim::register::<P>(h);
     }
     if !ATFORK.swap(true, Relaxed) {
         os::register_atfork(before_fork, after_fork_parent, after_fork_child);
@@ -54,11 +57,13 @@ unsafe extern "C" fn thread_exit(_value: *mut c_void) {
 /// Abandons the calling thread's heap of mode `P` (at thread exit).
 pub(crate) fn exit_heap<P: Mode>() {
     let h = P::bound_heap();
-    // SAFETY: runs on the exiting thread; its heap is not in use.
+    // SAFETY: runs on the exiting thread; its heap is not in use, and once
+    // unregistered no reclaimer touches it.
     unsafe {
         if (*h).state != HeapState::Active {
             return;
         }
+        reclaim::unregister::<P>(h);
         abandon_all::<P>(&mut *h);
         (*h).stats.flush(&STATS);
         h.write(Heap::new());
@@ -106,6 +111,10 @@ fn abandon_all<P: Mode>(h: &mut Heap) {
 }
 
 unsafe extern "C" fn before_fork() {
+    // Registries first (a reclaimer holds one while it takes a heap's
+    // lock, then segment locks), so no heap lock is held across fork().
+    reclaim::FAST_HEAPS.raw().lock();
+    reclaim::HARDENED_HEAPS.raw().lock();
     segment::lock_all();
     large::before_fork();
 }
@@ -113,9 +122,21 @@ unsafe extern "C" fn before_fork() {
 unsafe extern "C" fn after_fork_parent() {
     large::after_fork_parent();
     segment::unlock_all();
+    // SAFETY: before_fork took these in this thread.
+    unsafe {
+        reclaim::HARDENED_HEAPS.raw().unlock();
+        reclaim::FAST_HEAPS.raw().unlock();
+    }
 }
 
 unsafe extern "C" fn after_fork_child() {
     large::after_fork_child();
     segment::after_fork_child();
+    // SAFETY: the child is single-threaded: the other threads' heaps are
+    // gone from its registries (like their segments, never adopted), and
+    // this thread's heaps are registered again.
+    unsafe {
+        reclaim::after_fork_child::<Fast>();
+        reclaim::after_fork_child::<Hardened>();
+    }
 }

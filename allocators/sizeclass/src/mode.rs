@@ -29,8 +29,11 @@ use heapkit_core::harden::{Hardened, Policy, Trailer};
 use heapkit_core::misuse::{self, Misuse};
 use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
 
+use heapkit_core::lock::SpinLock;
+
 use crate::heap::Heap;
 use crate::page::Page;
+use crate::reclaim::HeapList;
 use crate::remote::Block;
 use crate::segment::Segment;
 
@@ -53,6 +56,8 @@ pub(crate) trait Mode: Policy {
     /// Abandons the calling thread's heap of this mode, if it bound one
     /// (at thread exit).
     fn thread_exit();
+    /// The registry of this mode's active heaps (`reclaim.rs`).
+    fn registry() -> &'static SpinLock<HeapList>;
 
     /// `block` was just popped from `page`'s free list; `next` is the
     /// decoded link it held.
@@ -143,6 +148,15 @@ impl<P: Policy> Mode for P {
             hardened_heap::bound()
         } else {
             fast_heap::bound()
+        }
+    }
+
+    #[inline]
+    fn registry() -> &'static SpinLock<HeapList> {
+        if P::BLOCK_STATE {
+            &crate::reclaim::HARDENED_HEAPS
+        } else {
+            &crate::reclaim::FAST_HEAPS
         }
     }
 

@@ -21,6 +21,7 @@
 //! classes).
 
 use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use heapkit_core::list::{Linked, List};
 use heapkit_core::misuse::{self, Misuse};
@@ -66,8 +67,10 @@ pub(crate) struct Page {
     pub free: *mut Block,
     /// Blocks not on `free` or `local_free` (live, or on `thread_free`),
     /// plus [`FULL_FLAG`] while the page is [`PageState::Full`]; read the
-    /// count with [`Page::in_use`].
-    pub used: u32,
+    /// count with [`Page::in_use`]. Written by the owner only (relaxed
+    /// loads and stores: plain moves, no read-modify-write); atomic so that
+    /// a reclaimer may read it (`reclaim.rs`).
+    pub used: AtomicU32,
     /// The class's block size (also the usable size of every block).
     pub block_size: u32,
     /// Blocks the owner freed since the last collection.
@@ -122,7 +125,7 @@ impl Page {
     pub(crate) const fn new() -> Page {
         Page {
             free: ptr::null_mut(),
-            used: 0,
+            used: AtomicU32::new(0),
             block_size: 0,
             local_free: ptr::null_mut(),
             state: PageState::Free,
@@ -163,7 +166,7 @@ impl Page {
         unsafe {
             (*page).free = ptr::null_mut();
             (*page).local_free = ptr::null_mut();
-            (*page).used = 0;
+            (*page).used.store(0, Relaxed);
             (*page).block_size = block_size as u32;
             (*page).shared_size = block_size as u32;
             (*page).class = class as u8;
@@ -209,7 +212,7 @@ impl Page {
     #[inline]
     pub(crate) unsafe fn in_use(page: *const Page) -> u32 {
         // SAFETY: caller guarantee.
-        unsafe { (*page).used & !FULL_FLAG }
+        unsafe { (*page).used.load(Relaxed) & !FULL_FLAG }
     }
 
     /// Moves the page to `state`, setting or clearing [`FULL_FLAG`].
@@ -221,10 +224,11 @@ impl Page {
         // SAFETY: caller guarantee.
         unsafe {
             (*page).state = state;
+            let used = (*page).used.load(Relaxed);
             if state == PageState::Full {
-                (*page).used |= FULL_FLAG;
+                (*page).used.store(used | FULL_FLAG, Relaxed);
             } else {
-                (*page).used &= !FULL_FLAG;
+                (*page).used.store(used & !FULL_FLAG, Relaxed);
             }
             debug_assert!(Self::in_use(page) <= (*page).capacity);
         }
@@ -289,7 +293,64 @@ impl Page {
             }
             Self::link::<P>(page, tail, (*page).local_free);
             (*page).local_free = list;
-            (*page).used -= n;
+            let used = (*page).used.load(Relaxed);
+            (*page).used.store(used - n, Relaxed);
+        }
+    }
+
+    /// For a reclaimer holding the owner's lock (`reclaim.rs`): takes the
+    /// page's remote frees and, if they are every block in use (no block of
+    /// the page is live), un-counts them and returns true: the page may be
+    /// retired. Otherwise pushes them back and returns false.
+    ///
+    /// # Safety
+    /// The caller holds the owning heap's lock and the page is not its
+    /// class's current page.
+    pub(crate) unsafe fn take_if_all_remote<P: Mode>(page: *mut Page) -> bool {
+        // SAFETY: the lock keeps the owner's slow paths out; the owner's fast
+        // paths touch a non-current page only to free a live block of it,
+        // and `used` only falls while the page is not current.
+        unsafe {
+            let list = (*page).thread_free.take_all();
+            if list.is_null() {
+                return false;
+            }
+            let in_use = Self::in_use(page);
+            let mut tail = list;
+            let mut n = 1u32;
+            loop {
+                let next = Self::next_free::<P>(page, tail);
+                if next.is_null() {
+                    break;
+                }
+                tail = next;
+                n += 1;
+                if n > in_use {
+                    // The list loops (a block freed twice by other threads).
+                    misuse::report(
+                        "free",
+                        Misuse::CorruptedFreeList,
+                        list.cast(),
+                        "sizeclass: remote frees of one page",
+                    );
+                }
+            }
+            if n != in_use {
+                // Live blocks remain: the owner collects these later.
+                let key = (*page).shared_key;
+                (*page)
+                    .thread_free
+                    .push_chain(list, tail, |head| P::encode(head.cast(), key).cast());
+                return false;
+            }
+            let mut b = list;
+            while !b.is_null() {
+                P::on_collect(page, b);
+                b = Self::next_free::<P>(page, b);
+            }
+            let used = (*page).used.load(Relaxed);
+            (*page).used.store(used - n, Relaxed);
+            true
         }
     }
 
@@ -371,7 +432,7 @@ mod tests {
             while !(*p).free.is_null() {
                 let b = (*p).free;
                 (*p).free = Block::next(b);
-                (*p).used += 1;
+                (*p).used.fetch_add(1, Relaxed);
                 got.push(b);
             }
             assert_eq!(got.len(), 64);
@@ -380,15 +441,15 @@ mod tests {
                 if i % 2 == 0 {
                     Block::set_next(b, (*p).local_free);
                     (*p).local_free = b;
-                    (*p).used -= 1;
+                    (*p).used.fetch_sub(1, Relaxed);
                 } else {
                     (*p).thread_free.push(b, |h| h, || {});
                 }
             }
-            assert_eq!((*p).used, 32);
+            assert_eq!((*p).used.load(Relaxed), 32);
             assert!(Page::has_remote(p));
             Page::collect::<Fast>(p);
-            assert_eq!((*p).used, 0);
+            assert_eq!((*p).used.load(Relaxed), 0);
             let mut n = 0;
             let mut b = (*p).free;
             while !b.is_null() {

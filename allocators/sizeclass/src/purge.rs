@@ -221,14 +221,16 @@ pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
 /// can (for `SizeClass::collect`).
 pub(crate) fn collect_now<P: Mode>() {
     let h = P::bound_heap();
-    // SAFETY: our heap, not re-entered.
+    // SAFETY: our heap, not re-entered; its lock keeps reclaimers out.
     unsafe {
         if (*h).state == HeapState::Active {
+            (*h).lock.lock();
             take_pending::<P>(&mut *h);
             // Empty pages kept for their class go too, then every free
             // page is purged and emptied segments released.
             purge_idle::<P>(&mut *h);
             sweep::<P>(&mut *h, true);
+            (*h).lock.unlock();
         }
     }
     let _ = large::trim(false);

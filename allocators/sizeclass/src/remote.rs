@@ -143,6 +143,34 @@ impl ThreadFree {
     }
 
     /// Whether the stack looks non-empty (a hint).
+    /// Pushes back a chain `first..=last` that [`ThreadFree::take_all`]
+    /// took (its links already encoded, `last`'s rewritten here). The page
+    /// is still notified from the first push of those blocks.
+    ///
+    /// # Safety
+    /// `first..=last` must be a chain of this stack's page's blocks, taken
+    /// by the caller and used by nobody else.
+    #[cfg(not(loom))]
+    pub(crate) unsafe fn push_chain(
+        &self,
+        first: *mut Block,
+        last: *mut Block,
+        encode: impl Fn(*mut Block) -> *mut Block,
+    ) {
+        let mut head = self.head.load(Relaxed);
+        loop {
+            // SAFETY: caller guarantee: `last` is ours until published.
+            unsafe { Block::set_next(last, encode(head)) };
+            match self
+                .head
+                .compare_exchange_weak(head, first, Release, Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
     #[inline]
     pub(crate) fn is_pending(&self) -> bool {
         !self.head.load(Relaxed).is_null()

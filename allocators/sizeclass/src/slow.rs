@@ -14,6 +14,7 @@
 //! [`crate::purge`]; thread exit and fork are [`crate::lifecycle`].
 
 use core::ptr;
+use core::sync::atomic::Ordering::Relaxed;
 
 use heapkit_core::os;
 use heapkit_core::segment::segment_of;
@@ -40,10 +41,13 @@ pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> *mut u8 {
     // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
         if (*h).state != HeapState::Active {
-            init(h);
+            init::<P>(h);
         }
         (*h).stats.maybe_flush(&STATS);
-        if !find_page::<P>(&mut *h, class) {
+        (*h).lock.lock();
+        let found = find_page::<P>(&mut *h, class);
+        (*h).lock.unlock();
+        if !found {
             return ptr::null_mut();
         }
     }
@@ -60,7 +64,7 @@ pub(crate) fn free_remote_unbound<P: Mode>(size: usize) {
     // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
         if (*h).state != HeapState::Active {
-            init(h);
+            init::<P>(h);
         }
         (*h).stats.on_free(size);
     }
@@ -68,8 +72,9 @@ pub(crate) fn free_remote_unbound<P: Mode>(size: usize) {
 
 /// Makes `current[class]` a page with a free block; false on exhaustion.
 fn find_page<P: Mode>(h: &mut Heap, class: usize) -> bool {
-    h.slow_calls = h.slow_calls.wrapping_add(1);
-    if h.slow_calls.is_multiple_of(CLOCK_EVERY) {
+    let calls = h.slow_calls.load(Relaxed).wrapping_add(1);
+    h.slow_calls.store(calls, Relaxed);
+    if calls.is_multiple_of(CLOCK_EVERY) {
         sweep::<P>(h, false);
     }
     for attempt in 0..3 {
@@ -260,8 +265,25 @@ pub(crate) unsafe fn page_freed<P: Mode>(h: *mut Heap, page: *mut Page) {
     // SAFETY: caller guarantee; no re-entrancy here.
     let h = unsafe { &mut *h };
     h.stats.maybe_flush(&STATS);
+    h.lock.lock();
+    // SAFETY: caller guarantee; the lock is held.
+    unsafe { page_freed_locked::<P>(h, page) };
+    // SAFETY: taken above.
+    unsafe { h.lock.unlock() };
+}
+
+/// [`page_freed`] with the heap's lock held.
+///
+/// # Safety
+/// As for [`page_freed`].
+unsafe fn page_freed_locked<P: Mode>(h: &mut Heap, page: *mut Page) {
     // SAFETY: page is ours.
     unsafe {
+        if (*page).state == PageState::Free {
+            // A reclaimer retired it meanwhile (its last blocks came back
+            // through remote frees).
+            return;
+        }
         let class = (*page).class as usize;
         if (*page).state == PageState::Full {
             h.full[class].remove(page);

@@ -1,0 +1,194 @@
+//! Pages emptied by other threads' frees, given back without their owner.
+//!
+//! A page's free lists belong to its owner, so only the owner collects the
+//! blocks other threads free into it. An owner that has gone idle (a worker
+//! waiting for its next job) never does, and memory the rest of the program
+//! freed stays resident. This module lets the *freeing* thread finish the
+//! job:
+//!
+//! - every heap of a mode is in that mode's registry (from its set-up to its
+//!   thread's exit);
+//! - a thread that has freed [`RECLAIM_EVERY_BYTES`] into other threads'
+//!   pages looks through the registry ([`remote_frees_piled_up`]) for heaps
+//!   whose owner has run no slow path for [`IDLE_NS`] (its `slow_calls` did
+//!   not move), takes such a heap's lock (only tried: an owner in its slow
+//!   path is never waited for), and retires and purges every page whose
+//!   blocks have *all* come back through remote frees.
+//!
+//! Why this is safe while the owner runs its fast paths (which take no
+//! lock): the owner's allocation pops only from `current[class]` pages,
+//! which are skipped (and `current` changes only on slow paths, excluded by
+//! the lock); the owner's free touches a page only to free one of its live
+//! blocks, and a page is retired only when it has none: every block counted
+//! in `used` was found on `thread_free`. `used` only falls while a page is
+//! not current, so a stale read can only make the reclaimer skip a page. A
+//! page that still has live blocks gets its remote frees pushed back.
+//!
+//! Lock order: registry, then a heap's lock, then the segment and large
+//! locks. The owner takes its own lock on every slow path that changes its
+//! queues or pages; registering and unregistering happen outside it.
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use heapkit_core::list::List;
+use heapkit_core::lock::SpinLock;
+use heapkit_core::os;
+
+use crate::heap::{Heap, HeapState};
+use crate::mode::Mode;
+use crate::page::{Page, PageState};
+use crate::purge::release_segment;
+use crate::segment::{self, Segment};
+
+/// A thread looks for pages to reclaim after freeing this many bytes into
+/// other threads' pages.
+pub(crate) const RECLAIM_EVERY_BYTES: usize = 4 << 20;
+/// An owner that ran no slow path for this long counts as idle.
+pub(crate) const IDLE_NS: u64 = 1_000_000;
+
+/// Pages reclaimed so far (process-wide; for tests and `HEAPKIT_STATS`).
+pub(crate) static RECLAIMED_PAGES: AtomicU64 = AtomicU64::new(0);
+
+/// A registry of heaps (core's intrusive list).
+pub(crate) type HeapList = List<Heap>;
+
+/// The registry of the default mode's heaps.
+pub(crate) static FAST_HEAPS: SpinLock<HeapList> = SpinLock::new(HeapList::EMPTY);
+/// The registry of the hardened mode's heaps.
+pub(crate) static HARDENED_HEAPS: SpinLock<HeapList> = SpinLock::new(HeapList::EMPTY);
+
+/// Adds the calling thread's heap `h` of mode `P` to the registry.
+///
+/// # Safety
+/// `h` is the calling thread's active heap of mode `P`, not registered.
+pub(crate) unsafe fn register<P: Mode>(h: *mut Heap) {
+    let mut list = P::registry().lock();
+    // SAFETY: h lives until its thread's exit hook unregisters it.
+    unsafe { list.push_back(h) };
+}
+
+/// Removes `h` from the registry (at its thread's exit). Once this returns,
+/// no reclaimer uses `h` (they hold the registry lock while they do).
+///
+/// # Safety
+/// `h` was registered with [`register`] for mode `P`.
+pub(crate) unsafe fn unregister<P: Mode>(h: *mut Heap) {
+    let mut list = P::registry().lock();
+    // SAFETY: h is on this list.
+    unsafe { list.remove(h) };
+}
+
+/// In a forked child: the registry of mode `P` holds only the calling
+/// thread's heap (if active), and that heap's lock is free.
+///
+/// # Safety
+/// Only in a forked child, from its one thread, with the registry lock
+/// taken by the parent's `before_fork`.
+pub(crate) unsafe fn after_fork_child<P: Mode>() {
+    let registry = P::registry();
+    // SAFETY: the child is single-threaded; the list's nodes in other
+    // threads' heaps are dropped without being touched.
+    unsafe {
+        *registry.get_unchecked() = HeapList::EMPTY;
+        registry.raw().reset_after_fork();
+        let h = P::heap();
+        if (*h).state == HeapState::Active {
+            (*h).lock.reset_after_fork();
+            registry.get_unchecked().push_back(h);
+        }
+    }
+}
+
+/// Called by a thread that has freed [`RECLAIM_EVERY_BYTES`] into other
+/// threads' pages (`h` is its own heap): reclaims what idle owners' pages
+/// hold for nothing.
+#[cold]
+#[inline(never)]
+pub(crate) fn remote_frees_piled_up<P: Mode>(h: *mut Heap) {
+    // SAFETY: h is the calling thread's own heap.
+    unsafe { (*h).remote_freed = 0 };
+    // Never wait: another thread is already reclaiming (or forking).
+    let Some(list) = P::registry().try_lock() else {
+        return;
+    };
+    let now = os::monotonic_ns();
+    let mut other = list.first;
+    while !other.is_null() {
+        // SAFETY: registered heaps stay alive while the registry is locked;
+        // `observed_*` are written under that lock only.
+        unsafe {
+            let next = (*other).next_heap;
+            if other != h {
+                let calls = (*other).slow_calls.load(Relaxed);
+                if calls != (*other).observed_calls || (*other).observed_at_ns == 0 {
+                    (*other).observed_calls = calls;
+                    (*other).observed_at_ns = now;
+                } else if now.saturating_sub((*other).observed_at_ns) >= IDLE_NS
+                    && (*other).lock.try_lock()
+                {
+                    if (*other).state == HeapState::Active {
+                        reclaim_heap::<P>(&mut *other);
+                    }
+                    (*other).lock.unlock();
+                }
+            }
+            other = next;
+        }
+    }
+}
+
+/// Retires and purges every page of `h` (not current) whose blocks have all
+/// been freed by other threads.
+///
+/// # Safety
+/// The caller holds `h.lock` (and the registry lock), and `h` is of mode
+/// `P`.
+unsafe fn reclaim_heap<P: Mode>(h: &mut Heap) {
+    let now = os::monotonic_ns();
+    for kind in 0..segment::KINDS {
+        let mut seg = h.segments[kind].first;
+        while !seg.is_null() {
+            // SAFETY: h's segments and pages; the lock keeps the owner's slow
+            // paths out, and the pages touched have no live block (see the
+            // module docs).
+            unsafe {
+                let next = (*seg).next;
+                for i in 0..(*seg).page_count as usize {
+                    let page = Segment::page(seg, i);
+                    if (*page).state == PageState::Free
+                        || !Page::has_remote(page)
+                        || h.current[(*page).class as usize] == page
+                    {
+                        continue;
+                    }
+                    if !Page::take_if_all_remote::<P>(page) {
+                        continue;
+                    }
+                    let class = (*page).class as usize;
+                    if (*page).state == PageState::Full {
+                        h.full[class].remove(page);
+                    } else {
+                        h.queues[class].remove(page);
+                    }
+                    if (*page).dirty {
+                        let (p, len) = Segment::purgeable(seg, i);
+                        os::purge(p, len);
+                        (*page).dirty = false;
+                    }
+                    // A free, purged page: nothing idle to count.
+                    Segment::free_page(seg, page, now);
+                    RECLAIMED_PAGES.fetch_add(1, Relaxed);
+                    (*page).retained = false;
+                    h.claimed_bytes = h.claimed_bytes.saturating_sub(1 << (*seg).page_shift);
+                    if (*seg).used_pages == 0
+                        && !(h.segments[kind].first == seg && (*seg).next.is_null())
+                    {
+                        release_segment(h, seg);
+                        break;
+                    }
+                }
+                seg = next;
+            }
+        }
+    }
+}
