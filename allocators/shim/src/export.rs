@@ -19,9 +19,9 @@
 //! slow paths, see `heapkit_core::os`).
 //!
 //! `malloc_trim`, `mallopt`, `mallinfo`/`mallinfo2`, `malloc_stats` and
-//! `malloc_info` are in [`crate::introspect`]; the `__libc_*` aliases and
-//! C++'s operators are not exported (libstdc++'s `new`/`delete` call
-//! `malloc`/`free`).
+//! `malloc_info` are in [`crate::introspect`], C++'s `operator new` and
+//! `operator delete` in [`crate::cxx`]; the `__libc_*` aliases are not
+//! exported.
 //!
 //! # Safety (for every export)
 //!

@@ -57,6 +57,7 @@
 //! ordinary `thread_local!`, one `__tls_get_addr` call per operation).
 
 mod backend;
+mod cxx;
 mod exit_report;
 mod export;
 mod introspect;

@@ -382,6 +382,42 @@ fn cxx_new_delete() {
     });
 }
 
+/// C++'s `operator new`/`delete` in every form are libheapkit.so's own
+/// (`tests/preload/cxx_operators.cc`): they resolve to the library, align,
+/// free sized and aligned blocks, return null from the nothrow forms and,
+/// for the throwing forms, run the new-handler and throw `std::bad_alloc`
+/// (through the C++ runtime's operator, which the library jumps to when it
+/// has no memory). Every backend, and sizeclass hardened.
+#[test]
+fn cxx_operators_are_heapkits() {
+    let Some(gxx) = find("cxx_operators_are_heapkits", "g++") else {
+        return;
+    };
+    let dir = scratch("cxx-operators");
+    let bin = dir.join("cxx_operators");
+    assert!(Command::new(gxx)
+        .args(["-O1", "-g", "-std=c++17", "-o"])
+        .arg(&bin)
+        .arg(sources().join("cxx_operators.cc"))
+        .arg("-ldl")
+        .status()
+        .is_ok_and(|s| s.success()));
+    each_backend(|b| {
+        for harden in ["0", "1"] {
+            if harden == "1" && b != "sizeclass" {
+                continue;
+            }
+            let mut cmd = under(b, &bin);
+            cmd.env("HEAPKIT_HARDEN", harden);
+            let r = run(cmd, &dir, &format!("{b}-{harden}"), MINUTE);
+            if !(r.ok && r.stdout.contains("ok cxx operators")) {
+                return Err(format!("HEAPKIT_HARDEN={harden}: {}", r.describe()));
+            }
+        }
+        Ok(())
+    });
+}
+
 /// The real CPython binary (pyenv's `python3` is a bash script; the shell
 /// would run under the shim too, harmlessly, but we measure Python).
 fn python() -> Option<&'static PathBuf> {
