@@ -131,6 +131,7 @@ pub fn profile(args: &ProfileArgs) -> Result<()> {
             &format!("Allocated bytes, process {}", s.pid),
             &s.sites,
         )?;
+        crate::report::pprof::write(&dir.join(format!("profile-{}.pb.gz", s.pid)), s)?;
     }
     std::fs::write(
         dir.join("REPORT.md"),

@@ -73,6 +73,67 @@ fn leaked_by_function(stdout: &str) -> Option<f64> {
         .find_map(|w| w.parse::<f64>().ok())
 }
 
+/// The report's `profile-<pid>.pb.gz` is a gzipped pprof profile whose
+/// leak (`inuse_*`) sample for the leaking function holds exactly `bytes`
+/// in `blocks` blocks: decoded with prost, and, where `protoc` is
+/// installed, checked by its schema-less decoder too.
+fn check_pprof(report: &Path, bytes: i64, blocks: i64) {
+    use heapkit_bench::report::pprof::Profile;
+    use prost::Message;
+    use std::io::Read;
+    let file = std::fs::read_dir(report)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".pb.gz"))
+        .expect("a pprof profile in the report");
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&file).unwrap())
+        .read_to_end(&mut raw)
+        .expect("gzip");
+    let p = Profile::decode(raw.as_slice()).expect("profile.proto");
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    let types: Vec<&str> = p.sample_type.iter().map(|t| s(t.r#type)).collect();
+    assert_eq!(
+        types,
+        [
+            "alloc_objects",
+            "alloc_space",
+            "inuse_objects",
+            "inuse_space"
+        ]
+    );
+    let leaking = p
+        .sample
+        .iter()
+        .filter(|sample| {
+            let loc = &p.location[sample.location_id[0] as usize - 1];
+            s(p.function[loc.line[0].function_id as usize - 1].name) == LEAK_FN
+        })
+        .map(|sample| (sample.value[3], sample.value[2]))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!(leaking, (bytes, blocks), "{}", file.display());
+    if let Ok(out) = Command::new("protoc")
+        .arg("--decode_raw")
+        .stdin(
+            std::fs::File::open({
+                let plain = file.with_extension("raw");
+                std::fs::write(&plain, &raw).unwrap();
+                plain
+            })
+            .unwrap(),
+        )
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "protoc --decode_raw failed");
+        assert!(
+            text.contains(LEAK_FN) && text.contains("inuse_space"),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn leaks_are_found_by_function_exactly_and_sampled() {
     let Some(lib) = shim() else { return };
@@ -98,6 +159,7 @@ fn leaks_are_found_by_function_exactly_and_sampled() {
         let report = dir.join(format!("out/every-{name}"));
         let md = std::fs::read_to_string(report.join("REPORT.md")).unwrap();
         assert!(md.contains(LEAK_FN) && md.contains("leak.c"), "{md}");
+        check_pprof(&report, 4096 * 4096, 4096);
         for svg in std::fs::read_dir(&report).unwrap().flatten() {
             let path = svg.path();
             if path.extension().is_some_and(|e| e == "svg") {

@@ -17,6 +17,7 @@
 pub mod json;
 pub mod machine;
 pub mod markdown;
+pub mod pprof;
 pub mod preload;
 pub mod profile;
 pub mod summary;

@@ -96,7 +96,9 @@ pub fn render(command: &str, profiles: &[ProfileSummary], top: usize) -> String 
         let _ = writeln!(
             out,
             "Leaked at exit: **{}** ({estimated}). Flame graphs: \
-             [leaks](leaks-{pid}.svg), [allocations](allocations-{pid}.svg).\n",
+             [leaks](leaks-{pid}.svg), [allocations](allocations-{pid}.svg); \
+             pprof: [profile-{pid}.pb.gz](profile-{pid}.pb.gz) \
+             (`go tool pprof -http=: profile-{pid}.pb.gz`, speedscope).\n",
             fmt_mib(p.leaked_bytes()),
             pid = p.pid
         );
