@@ -12,8 +12,11 @@
 //! report, printed first), and every recorded allocation by stack. Stacks
 //! are symbolised offline from the memory map the profile holds
 //! ([`crate::symbolize`]). Writes `reports/profile-<name>-<date>/`:
-//! `REPORT.md`, flame graphs of leaked and allocated bytes per process,
-//! and the raw profiles under `raw/`.
+//! `REPORT.md`, flame graphs of leaked, allocated and peak bytes per
+//! process, the heap over time, a pprof profile (`profile-<pid>.pb.gz`) and
+//! the raw profiles under `raw/`. Replaying the events in time order gives
+//! the peak (what was live when the heap was largest) and the temporary
+//! allocations (freed by their thread before it allocated anything else).
 //!
 //! Sampling follows jemalloc and tcmalloc: a per-thread countdown of bytes
 //! drawn from an exponential distribution with mean `--rate`; a sampled
@@ -30,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::report::profile::{self as render, ProfileSummary, Site};
 use crate::report::ReportDir;
 use crate::symbolize::Symbolizer;
-use heapkit_trace::reader::NO_STACK;
+use heapkit_trace::reader::{Op, NO_STACK};
 use heapkit_trace::Trace;
 
 /// Options of `profile`.
@@ -131,6 +134,12 @@ pub fn profile(args: &ProfileArgs) -> Result<()> {
             &format!("Allocated bytes, process {}", s.pid),
             &s.sites,
         )?;
+        render::flame_graph(
+            &dir.join(format!("peak-{}.svg", s.pid)),
+            &format!("Live at the peak, process {}", s.pid),
+            &s.peak,
+        )?;
+        render::timeline_chart(&dir.join(format!("timeline-{}.svg", s.pid)), s)?;
         crate::report::pprof::write(&dir.join(format!("profile-{}.pb.gz", s.pid)), s)?;
     }
     std::fs::write(
@@ -210,6 +219,7 @@ pub fn summarize(trace: &Trace) -> ProfileSummary {
             l.1 += blocks;
         }
     }
+    let history = replay(trace);
     let mut symbolizer = Symbolizer::new(&trace.meta);
     let mut names: HashMap<u32, Vec<String>> = HashMap::new();
     let mut sites_of = |map: &HashMap<u32, (f64, f64)>| -> Vec<Site> {
@@ -237,13 +247,122 @@ pub fn summarize(trace: &Trace) -> ProfileSummary {
     };
     let leaks = sites_of(&live);
     let sites = sites_of(&all);
+    let peak = sites_of(&history.peak);
+    let temporary = sites_of(&history.temporary);
     ProfileSummary {
         file: String::new(),
         pid: trace.pid,
         mode,
         leaks,
         sites,
+        peak,
+        peak_bytes: history.peak_bytes,
+        peak_at_ns: history.peak_at_ns,
+        temporary,
+        allocated_blocks: all.values().map(|v| v.1).sum(),
+        timeline: history.timeline,
         warning: None,
+    }
+}
+
+/// What replaying a profile's events in time order shows.
+struct History {
+    /// Most bytes live at once (weights: estimated when sampled).
+    peak_bytes: f64,
+    /// When, from the first event (ns).
+    peak_at_ns: u64,
+    /// Per stack: (bytes, blocks) live at that moment.
+    peak: HashMap<u32, (f64, f64)>,
+    /// Per stack: (bytes, blocks) of temporary allocations: freed by their
+    /// thread with no other allocation in between.
+    temporary: HashMap<u32, (f64, f64)>,
+    /// (ns from the first event, bytes live), at most [`TIMELINE_POINTS`]
+    /// points (each the largest value of its slice of time).
+    timeline: Vec<(u64, f64)>,
+}
+
+/// Points kept in a timeline.
+const TIMELINE_POINTS: usize = 400;
+
+/// Replays every thread's events in time order: the heap size over time,
+/// its peak and what was live then, and the temporary allocations.
+fn replay(trace: &Trace) -> History {
+    let weight = |obj: u32| -> (f64, f64) {
+        let o = &trace.objects[obj as usize];
+        if o.stack == NO_STACK {
+            return (0.0, 0.0);
+        }
+        let w = o.weight as f64;
+        (w, if o.size > 0 { w / o.size as f64 } else { 1.0 })
+    };
+    let mut temporary: HashMap<u32, (f64, f64)> = HashMap::new();
+    let mut events = Vec::new();
+    for thread in &trace.threads {
+        let mut last_alloc = None;
+        for e in thread {
+            events.push((e.ts, e.op));
+            match e.op {
+                Op::Free { obj } if last_alloc == Some(obj) => {
+                    let (bytes, blocks) = weight(obj);
+                    let stack = trace.objects[obj as usize].stack;
+                    if stack != NO_STACK {
+                        let t = temporary.entry(stack).or_default();
+                        t.0 += bytes;
+                        t.1 += blocks;
+                    }
+                }
+                _ => {}
+            }
+            last_alloc = e.op.creates();
+        }
+    }
+    events.sort_by_key(|&(ts, _)| ts);
+    let t0 = events.first().map_or(0, |e| e.0);
+    let span = events.last().map_or(0, |e| e.0) - t0;
+    let slice = (span / TIMELINE_POINTS as u64).max(1);
+    let mut timeline: Vec<(u64, f64)> = Vec::new();
+    let (mut live, mut peak_bytes, mut peak_index, mut peak_at_ns) = (0.0f64, 0.0f64, 0, 0);
+    for (i, &(ts, op)) in events.iter().enumerate() {
+        if let Some(obj) = op.ends() {
+            live -= weight(obj).0;
+        }
+        if let Some(obj) = op.creates() {
+            live += weight(obj).0;
+        }
+        if live > peak_bytes {
+            (peak_bytes, peak_index, peak_at_ns) = (live, i + 1, ts - t0);
+        }
+        let at = (ts - t0) / slice * slice;
+        match timeline.last_mut() {
+            Some(last) if last.0 == at => last.1 = last.1.max(live),
+            _ => timeline.push((at, live)),
+        }
+    }
+    let mut alive = vec![false; trace.objects.len()];
+    for &(_, op) in &events[..peak_index] {
+        if let Some(obj) = op.ends() {
+            alive[obj as usize] = false;
+        }
+        if let Some(obj) = op.creates() {
+            alive[obj as usize] = true;
+        }
+    }
+    let mut peak: HashMap<u32, (f64, f64)> = HashMap::new();
+    for (obj, _) in alive.iter().enumerate().filter(|(_, &a)| a) {
+        let stack = trace.objects[obj].stack;
+        if stack != NO_STACK {
+            let (bytes, blocks) = weight(obj as u32);
+            let p = peak.entry(stack).or_default();
+            p.0 += bytes;
+            p.1 += blocks;
+        }
+    }
+    History {
+        peak_bytes,
+        peak_at_ns,
+        peak,
+        temporary,
+        timeline,
     }
 }
 

@@ -160,6 +160,34 @@ fn leaks_are_found_by_function_exactly_and_sampled() {
         let md = std::fs::read_to_string(report.join("REPORT.md")).unwrap();
         assert!(md.contains(LEAK_FN) && md.contains("leak.c"), "{md}");
         check_pprof(&report, 4096 * 4096, 4096);
+        // Replayed in time order: the peak holds the leak whole, and the
+        // 100000 blocks allocate_and_free frees at once are temporaries.
+        assert!(stdout.contains("peak heap 16.0 MiB"), "{stdout}");
+        let row_after = |heading: &str, needle: &str| {
+            md.split(heading)
+                .nth(1)
+                .and_then(|rest| rest.split("\n###").next())
+                .is_some_and(|table| table.lines().any(|l| l.contains(needle)))
+        };
+        assert!(
+            row_after(
+                "### Live at the peak",
+                &format!("| 16.0 MiB | 4096 | {LEAK_FN}")
+            ),
+            "{md}"
+        );
+        assert!(
+            row_after(
+                "### Temporary allocations, by stack",
+                "| 100000 | allocate_and_free"
+            ),
+            "{md}"
+        );
+        let timeline = std::fs::read_dir(&report)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("timeline-"));
+        assert!(timeline, "a timeline chart");
         for svg in std::fs::read_dir(&report).unwrap().flatten() {
             let path = svg.path();
             if path.extension().is_some_and(|e| e == "svg") {

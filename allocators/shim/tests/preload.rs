@@ -1011,6 +1011,40 @@ fn remote_frees_of_an_idle_owner_are_given_back() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// Threads whose last pthread-key destructor allocates after heapkit's
+/// exit hook (`tests/preload/late_destructor.c`), while other threads'
+/// frees make heapkit walk its registry of heaps: the heap set up again by
+/// the late destructor is served but never registered (its thread is about
+/// to vanish). CPython's `test_thread` crashed on this before.
+#[test]
+fn late_destructors_allocate_safely() {
+    let Some(cc) = find("late_destructors_allocate_safely", "cc") else {
+        return;
+    };
+    let dir = scratch("late-destructor");
+    let bin = dir.join("late_destructor");
+    assert!(Command::new(cc)
+        .args(["-O1", "-g", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(sources().join("late_destructor.c"))
+        .status()
+        .is_ok_and(|s| s.success()));
+    each_backend(|b| {
+        for harden in ["0", "1"] {
+            if harden == "1" && b != "sizeclass" {
+                continue;
+            }
+            let mut cmd = under(b, &bin);
+            cmd.env("HEAPKIT_HARDEN", harden);
+            let r = run(cmd, &dir, &format!("{b}-{harden}"), MINUTE);
+            if !(r.ok && r.stdout.contains("ok late destructors")) {
+                return Err(format!("HEAPKIT_HARDEN={harden}: {}", r.describe()));
+            }
+        }
+        Ok(())
+    });
+}
+
 /// glibc's introspection API reports on the selected backend, not on
 /// glibc's idle arena (`tests/preload/introspect.c`): `mallinfo2` counts
 /// what the program holds within 1%, and freeing plus `malloc_trim(0)` give

@@ -36,12 +36,19 @@ use crate::slow;
 /// Where a heap is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum HeapState {
-    /// Not set up yet (or torn down at thread exit): no id, no segments,
-    /// no exit hook.
+    /// Not set up yet: no id, no segments, no exit hook.
     Uninit,
     /// Set up: has an id, may own segments; its thread's exit hook will
     /// abandon them.
     Active,
+    /// Torn down by its thread's exit hook. If the thread allocates again
+    /// (a later thread-exit destructor), the heap is set up again but not
+    /// registered for reclaim: the exit hook may not run a second time, and
+    /// the registry must never hold a heap whose thread is gone.
+    Exited,
+    /// Set up again after [`HeapState::Exited`] (see there); abandoned by
+    /// the exit hook if it runs again.
+    Reactivated,
 }
 
 /// One thread's heap. Owner-thread only.
@@ -99,6 +106,14 @@ pub(crate) struct Heap {
     pub next_heap: *mut Heap,
     /// See `next_heap`.
     pub prev_heap: *mut Heap,
+}
+
+impl HeapState {
+    /// The heap has an id and may own pages.
+    #[inline]
+    pub(crate) fn is_set_up(self) -> bool {
+        matches!(self, HeapState::Active | HeapState::Reactivated)
+    }
 }
 
 impl Heap {
@@ -259,7 +274,7 @@ unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page,
             |head| P::encode(head.cast(), key).cast(),
             || (*seg).pending.notify(index),
         );
-        if (*h).state == HeapState::Active {
+        if (*h).state.is_set_up() {
             (*h).stats.on_free(size);
             (*h).remote_freed += size;
             if (*h).remote_freed >= crate::reclaim::RECLAIM_EVERY_BYTES {

@@ -38,8 +38,14 @@ pub(crate) unsafe fn init<P: Mode>(h: *mut Heap) {
     // stays registered until its thread's exit hook.
     unsafe {
         (*h).id = NEXT_ID.fetch_add(1, Relaxed);
-        (*h).state = HeapState::Active;
-        reclaim::register::<P>(h);
+        if (*h).state == HeapState::Exited {
+            // A destructor after our exit hook allocates: serve it, but
+            // keep this heap out of the registry (see HeapState::Exited).
+            (*h).state = HeapState::Reactivated;
+        } else {
+            (*h).state = HeapState::Active;
+            reclaim::register::<P>(h);
+        }
     }
     if !ATFORK.swap(true, Relaxed) {
         os::register_atfork(before_fork, after_fork_parent, after_fork_child);
@@ -60,14 +66,15 @@ pub(crate) fn exit_heap<P: Mode>() {
     // SAFETY: runs on the exiting thread; its heap is not in use, and once
     // unregistered no reclaimer touches it.
     unsafe {
-        if (*h).state != HeapState::Active {
-            return;
+        match (*h).state {
+            HeapState::Active => reclaim::unregister::<P>(h),
+            HeapState::Reactivated => {}
+            HeapState::Uninit | HeapState::Exited => return,
         }
-        reclaim::unregister::<P>(h);
         abandon_all::<P>(&mut *h);
         (*h).stats.flush(&STATS);
         h.write(Heap::new());
-        debug_assert!((*h).state == HeapState::Uninit);
+        (*h).state = HeapState::Exited;
     }
 }
 

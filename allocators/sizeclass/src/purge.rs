@@ -19,7 +19,7 @@ use heapkit_core::large;
 use heapkit_core::os;
 use heapkit_core::segment::segment_of;
 
-use crate::heap::{Heap, HeapState, EMPTY};
+use crate::heap::{Heap, EMPTY};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::segment::{self, Segment};
@@ -223,7 +223,7 @@ pub(crate) fn collect_now<P: Mode>() {
     let h = P::bound_heap();
     // SAFETY: our heap, not re-entered; its lock keeps reclaimers out.
     unsafe {
-        if (*h).state == HeapState::Active {
+        if (*h).state.is_set_up() {
             (*h).lock.lock();
             take_pending::<P>(&mut *h);
             // Empty pages kept for their class go too, then every free

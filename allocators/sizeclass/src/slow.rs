@@ -19,7 +19,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use heapkit_core::os;
 use heapkit_core::segment::segment_of;
 
-use crate::heap::{self, Heap, HeapState, EMPTY, STATS};
+use crate::heap::{self, Heap, EMPTY, STATS};
 use crate::lifecycle::init;
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
@@ -40,7 +40,7 @@ pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> *mut u8 {
     let h = P::bound_heap();
     // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
-        if (*h).state != HeapState::Active {
+        if !(*h).state.is_set_up() {
             init::<P>(h);
         }
         (*h).stats.maybe_flush(&STATS);
@@ -63,7 +63,7 @@ pub(crate) fn free_remote_unbound<P: Mode>(size: usize) {
     let h = P::bound_heap();
     // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
-        if (*h).state != HeapState::Active {
+        if !(*h).state.is_set_up() {
             init::<P>(h);
         }
         (*h).stats.on_free(size);

@@ -31,6 +31,19 @@ pub struct ProfileSummary {
     pub leaks: Vec<Site>,
     /// Every recorded allocation, by stack, most bytes first.
     pub sites: Vec<Site>,
+    /// What was live when the heap was largest, by stack.
+    pub peak: Vec<Site>,
+    /// The heap's largest size (bytes; estimated when sampled).
+    pub peak_bytes: f64,
+    /// When it was reached, from the first recorded event (ns).
+    pub peak_at_ns: u64,
+    /// Allocations freed by their thread before it allocated anything
+    /// else, by stack.
+    pub temporary: Vec<Site>,
+    /// Blocks allocated in all.
+    pub allocated_blocks: f64,
+    /// (ns from the first event, bytes live), downsampled.
+    pub timeline: Vec<(u64, f64)>,
     /// Warning from the reader (a salvaged profile).
     pub warning: Option<String>,
 }
@@ -75,7 +88,25 @@ pub fn leak_summary(p: &ProfileSummary, top: usize) -> String {
             stack_line(&s.frames, 6)
         );
     }
+    let _ = writeln!(
+        out,
+        "  peak heap {estimated}{} at {:.3} s; temporary allocations {}",
+        fmt_mib(p.peak_bytes),
+        p.peak_at_ns as f64 / 1e9,
+        temporary_share(p)
+    );
     out
+}
+
+/// `N of M blocks (P%)` freed right after their allocation.
+fn temporary_share(p: &ProfileSummary) -> String {
+    let n: f64 = p.temporary.iter().map(|s| s.blocks).sum();
+    let share = if p.allocated_blocks > 0.0 {
+        100.0 * n / p.allocated_blocks
+    } else {
+        0.0
+    };
+    format!("{n:.0} of {:.0} blocks ({share:.1}%)", p.allocated_blocks)
 }
 
 /// `REPORT.md` of a profile run.
@@ -102,9 +133,22 @@ pub fn render(command: &str, profiles: &[ProfileSummary], top: usize) -> String 
             fmt_mib(p.leaked_bytes()),
             pid = p.pid
         );
+        let _ = writeln!(
+            out,
+            "Peak heap: **{}** at {:.3} s ([flame graph](peak-{pid}.svg)); the heap over \
+             time: [timeline-{pid}.svg](timeline-{pid}.svg). Temporary allocations (freed \
+             by their thread before it allocated anything else): {}.\n",
+            fmt_mib(p.peak_bytes),
+            p.peak_at_ns as f64 / 1e9,
+            temporary_share(p),
+            pid = p.pid
+        );
+        let peak_title = format!("Live at the peak ({}), by stack", fmt_mib(p.peak_bytes));
         for (title, sites) in [
             ("Live at exit (leaks), by stack", &p.leaks),
+            (peak_title.as_str(), &p.peak),
             ("Allocated, by stack (top sites by bytes)", &p.sites),
+            ("Temporary allocations, by stack", &p.temporary),
         ] {
             let _ = writeln!(out, "### {title}\n");
             let _ = writeln!(out, "| bytes | blocks | stack (allocating call first) |");
@@ -137,6 +181,48 @@ pub fn render(command: &str, profiles: &[ProfileSummary], top: usize) -> String 
         let _ = writeln!(out);
     }
     out
+}
+
+/// A line chart of the heap's size over time into `path`.
+pub fn timeline_chart(path: &Path, p: &ProfileSummary) -> Result<()> {
+    use plotters::prelude::*;
+    let end = p.timeline.last().map_or(1, |t| t.0).max(1) as f64 / 1e9;
+    let top = p.timeline.iter().map(|t| t.1).fold(1.0, f64::max) / (1 << 20) as f64;
+    let root = SVGBackend::new(path, (900, 360)).into_drawing_area();
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("Heap over time, process {}", p.pid),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..end, 0.0..top * 1.1)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the first allocation")
+            .y_desc("MiB live")
+            .light_line_style(WHITE)
+            .draw()?;
+        // A step line: the heap keeps its size until the next event.
+        let mut steps = Vec::with_capacity(2 * p.timeline.len());
+        let mut previous = 0.0;
+        for &(ns, bytes) in &p.timeline {
+            let (t, mib) = (ns as f64 / 1e9, bytes / (1 << 20) as f64);
+            steps.push((t, previous));
+            steps.push((t, mib));
+            previous = mib;
+        }
+        chart.draw_series(LineSeries::new(
+            steps,
+            super::svg::colour_of("sizeclass").stroke_width(2),
+        ))?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| Error::new(format!("timeline {}: {e}", path.display())))
 }
 
 /// A flame graph SVG of `sites` (bytes) into `path`.
