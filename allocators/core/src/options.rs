@@ -6,6 +6,7 @@
 //! | `HEAPKIT_PURGE_DELAY_MS` | 20 | sizeclass: how long a free page stays resident before it is purged |
 //! | `HEAPKIT_LARGE_CACHE_MB` | 64 | every allocator: bytes of freed large blocks kept mapped for reuse (0: none) |
 //! | `HEAPKIT_LARGE_DECAY_MS` | 250 | every allocator: how long a cached large block is kept |
+//! | `HEAPKIT_BACKGROUND_PURGE_MS` | 0 (off) | sizeclass: a background thread wakes this often to give back what idle heaps hold (decayed free pages, emptied pages, expired large blocks) |
 //! | `HEAPKIT_VERBOSE` | off | `libheapkit.so`: print the backend and these options at start |
 //!
 //! Rust programs set them the same way (they are read from the process
@@ -32,6 +33,8 @@ pub const DEFAULT_PURGE_DELAY_MS: u64 = 20;
 pub const DEFAULT_LARGE_CACHE_MB: u64 = 64;
 /// Default of `HEAPKIT_LARGE_DECAY_MS`.
 pub const DEFAULT_LARGE_DECAY_MS: u64 = 250;
+/// Default of `HEAPKIT_BACKGROUND_PURGE_MS` (0: no background purger).
+pub const DEFAULT_BACKGROUND_PURGE_MS: u64 = 0;
 
 /// The options in effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +45,8 @@ pub struct Options {
     pub large_cache_bytes: usize,
     /// Nanoseconds a cached large block is kept.
     pub large_decay_ns: u64,
+    /// Nanoseconds between the background purger's rounds (0: no purger).
+    pub background_purge_ns: u64,
     /// Print the backend and the options at start (the shim).
     pub verbose: bool,
 }
@@ -74,11 +79,19 @@ const LARGE_DECAY: Knob = Knob {
     max: 3_600_000,
 };
 
+const BACKGROUND_PURGE: Knob = Knob {
+    name: c"HEAPKIT_BACKGROUND_PURGE_MS",
+    default: DEFAULT_BACKGROUND_PURGE_MS,
+    scale: 1_000_000,
+    max: 3_600_000,
+};
+
 /// Whether the options have been read.
 static READ: RunOnce = RunOnce::new();
 static PURGE_DELAY_NS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS * 1_000_000);
 static LARGE_CACHE_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_LARGE_CACHE_MB << 20);
 static LARGE_DECAY_NS: AtomicU64 = AtomicU64::new(DEFAULT_LARGE_DECAY_MS * 1_000_000);
+static BACKGROUND_PURGE_NS: AtomicU64 = AtomicU64::new(DEFAULT_BACKGROUND_PURGE_MS * 1_000_000);
 static VERBOSE: AtomicU8 = AtomicU8::new(0);
 
 /// The options, read from the environment on the first call. Cheap after
@@ -94,6 +107,7 @@ pub fn get() -> Options {
         purge_delay_ns: PURGE_DELAY_NS.load(Ordering::Relaxed),
         large_cache_bytes: LARGE_CACHE_BYTES.load(Ordering::Relaxed) as usize,
         large_decay_ns: LARGE_DECAY_NS.load(Ordering::Relaxed),
+        background_purge_ns: BACKGROUND_PURGE_NS.load(Ordering::Relaxed),
         verbose: VERBOSE.load(Ordering::Relaxed) != 0,
     }
 }
@@ -102,6 +116,7 @@ fn read_environment() {
     PURGE_DELAY_NS.store(read_knob(&PURGE_DELAY), Ordering::Relaxed);
     LARGE_CACHE_BYTES.store(read_knob(&LARGE_CACHE), Ordering::Relaxed);
     LARGE_DECAY_NS.store(read_knob(&LARGE_DECAY), Ordering::Relaxed);
+    BACKGROUND_PURGE_NS.store(read_knob(&BACKGROUND_PURGE), Ordering::Relaxed);
     let verbose =
         os::env_var(c"HEAPKIT_VERBOSE").is_some_and(|v| parse_flag(v.to_bytes()) == Some(true));
     VERBOSE.store(u8::from(verbose), Ordering::Relaxed);
@@ -110,7 +125,7 @@ fn read_environment() {
 /// The knob's value from the environment, scaled, or its default (with a
 /// one-line warning when the variable is set but not a number in range).
 fn read_knob(knob: &Knob) -> u64 {
-    let Some(value) = os::env_var(knob.name) else {
+    let Some(value) = os::env_var(knob.name).filter(|v| !v.to_bytes().is_empty()) else {
         return knob.default * knob.scale;
     };
     match parse_number(value.to_bytes()) {
@@ -159,6 +174,7 @@ pub fn write_summary() {
         (&PURGE_DELAY, o.purge_delay_ns),
         (&LARGE_CACHE, o.large_cache_bytes as u64),
         (&LARGE_DECAY, o.large_decay_ns),
+        (&BACKGROUND_PURGE, o.background_purge_ns),
     ] {
         let value = stored / knob.scale;
         let mut digits = [0u8; 20];

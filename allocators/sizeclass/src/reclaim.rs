@@ -24,12 +24,22 @@
 //! not current, so a stale read can only make the reclaimer skip a page. A
 //! page that still has live blocks gets its remote frees pushed back.
 //!
+//! With `HEAPKIT_BACKGROUND_PURGE_MS` set, a background thread
+//! ([`start_purger`]) does the same for every idle heap at that interval,
+//! and also purges free pages whose purge delay has passed and drops
+//! expired large blocks, so a program that goes idle gets its memory back
+//! without calling the allocator again (off by default, like jemalloc's
+//! `background_thread`).
+//!
 //! Lock order: registry, then a heap's lock, then the segment and large
 //! locks. The owner takes its own lock on every slow path that changes its
 //! queues or pages; registering and unregistering happen outside it.
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+use heapkit_core::harden::{Fast, Hardened};
+use heapkit_core::large;
 use heapkit_core::list::List;
 use heapkit_core::lock::SpinLock;
 use heapkit_core::os;
@@ -37,7 +47,7 @@ use heapkit_core::os;
 use crate::heap::{Heap, HeapState};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
-use crate::purge::release_segment;
+use crate::purge::{purge_delay_ns, release_segment};
 use crate::segment::{self, Segment};
 
 /// A thread looks for pages to reclaim after freeing this many bytes into
@@ -111,6 +121,26 @@ pub(crate) fn remote_frees_piled_up<P: Mode>(h: *mut Heap) {
     let Some(list) = P::registry().try_lock() else {
         return;
     };
+    // SAFETY: the registry is locked.
+    unsafe { visit::<P>(&list, h, false) };
+}
+
+/// One round of the background purger for mode `P` (see [`start_purger`]).
+fn purge_round<P: Mode>() {
+    let list = P::registry().lock();
+    // SAFETY: the registry is locked; the purger has no heap of its own.
+    unsafe { visit::<P>(&list, core::ptr::null_mut(), true) };
+}
+
+/// Looks at every registered heap but `skip`: an idle one (no slow path
+/// for [`IDLE_NS`] between two looks) whose lock is free has its pages
+/// reclaimed ([`reclaim_heap`]); with `decay`, every heap whose lock is
+/// free also has its free pages purged once the purge delay has passed
+/// (what its owner's sweep would do, were it running).
+///
+/// # Safety
+/// `list` is the locked registry of mode `P`.
+unsafe fn visit<P: Mode>(list: &HeapList, skip: *mut Heap, decay: bool) {
     let now = os::monotonic_ns();
     let mut other = list.first;
     while !other.is_null() {
@@ -118,16 +148,18 @@ pub(crate) fn remote_frees_piled_up<P: Mode>(h: *mut Heap) {
         // `observed_*` are written under that lock only.
         unsafe {
             let next = (*other).next_heap;
-            if other != h {
+            if other != skip {
                 let calls = (*other).slow_calls.load(Relaxed);
-                if calls != (*other).observed_calls || (*other).observed_at_ns == 0 {
+                let idle = if calls != (*other).observed_calls || (*other).observed_at_ns == 0 {
                     (*other).observed_calls = calls;
                     (*other).observed_at_ns = now;
-                } else if now.saturating_sub((*other).observed_at_ns) >= IDLE_NS
-                    && (*other).lock.try_lock()
-                {
+                    false
+                } else {
+                    now.saturating_sub((*other).observed_at_ns) >= IDLE_NS
+                };
+                if (idle || decay) && (*other).lock.try_lock() {
                     if (*other).state == HeapState::Active {
-                        reclaim_heap::<P>(&mut *other);
+                        reclaim_heap::<P>(&mut *other, idle, decay, now);
                     }
                     (*other).lock.unlock();
                 }
@@ -137,31 +169,49 @@ pub(crate) fn remote_frees_piled_up<P: Mode>(h: *mut Heap) {
     }
 }
 
-/// Retires and purges every page of `h` (not current) whose blocks have all
-/// been freed by other threads.
+/// With `idle`: retires and purges every page of `h` (not current) whose
+/// blocks have all been freed by other threads, or that is empty (a page
+/// kept for its class while its owner sleeps). With `decay`: purges free
+/// pages older than the purge delay. Releases emptied segments (all but
+/// the last of a kind, as the owner would).
 ///
 /// # Safety
 /// The caller holds `h.lock` (and the registry lock), and `h` is of mode
 /// `P`.
-unsafe fn reclaim_heap<P: Mode>(h: &mut Heap) {
-    let now = os::monotonic_ns();
+unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64) {
+    let delay = purge_delay_ns();
     for kind in 0..segment::KINDS {
         let mut seg = h.segments[kind].first;
         while !seg.is_null() {
             // SAFETY: h's segments and pages; the lock keeps the owner's slow
-            // paths out, and the pages touched have no live block (see the
-            // module docs).
+            // paths out, and the pages retired have no live block (see the
+            // module docs); free pages are never touched by fast paths.
             unsafe {
                 let next = (*seg).next;
                 for i in 0..(*seg).page_count as usize {
                     let page = Segment::page(seg, i);
-                    if (*page).state == PageState::Free
-                        || !Page::has_remote(page)
-                        || h.current[(*page).class as usize] == page
-                    {
+                    if (*page).state == PageState::Free {
+                        if decay
+                            && (*page).dirty
+                            && now.saturating_sub((*page).freed_at_ns) >= delay
+                        {
+                            let (p, len) = Segment::purgeable(seg, i);
+                            os::purge(p, len);
+                            (*page).dirty = false;
+                            h.dirty_free -= 1;
+                            h.idle_bytes = h.idle_bytes.saturating_sub(len);
+                        }
                         continue;
                     }
-                    if !Page::take_if_all_remote::<P>(page) {
+                    if !idle || h.current[(*page).class as usize] == page {
+                        continue;
+                    }
+                    let empty = if Page::has_remote(page) {
+                        Page::take_if_all_remote::<P>(page)
+                    } else {
+                        Page::in_use(page) == 0
+                    };
+                    if !empty {
                         continue;
                     }
                     let class = (*page).class as usize;
@@ -178,17 +228,45 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap) {
                     // A free, purged page: nothing idle to count.
                     Segment::free_page(seg, page, now);
                     RECLAIMED_PAGES.fetch_add(1, Relaxed);
-                    (*page).retained = false;
-                    h.claimed_bytes = h.claimed_bytes.saturating_sub(1 << (*seg).page_shift);
-                    if (*seg).used_pages == 0
-                        && !(h.segments[kind].first == seg && (*seg).next.is_null())
-                    {
-                        release_segment(h, seg);
-                        break;
+                    if (*page).retained {
+                        (*page).retained = false;
+                        h.idle_bytes = h.idle_bytes.saturating_sub(1 << (*seg).page_shift);
                     }
+                    h.claimed_bytes = h.claimed_bytes.saturating_sub(1 << (*seg).page_shift);
+                }
+                if (*seg).used_pages == 0
+                    && !(h.segments[kind].first == seg && next.is_null())
+                    && (0..(*seg).page_count as usize).all(|i| !(*Segment::page(seg, i)).dirty)
+                {
+                    release_segment(h, seg);
                 }
                 seg = next;
             }
         }
+    }
+}
+
+/// Starts the background purger if `HEAPKIT_BACKGROUND_PURGE_MS` asks for
+/// one (once per process; not in a forked child): a thread that wakes at
+/// that interval and runs [`purge_round`] for both modes, then drops
+/// expired large blocks, so memory an idle program holds goes back without
+/// any call into the allocator (jemalloc's `background_thread`).
+pub(crate) fn start_purger() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    let interval = heapkit_core::options::get().background_purge_ns;
+    if interval == 0 || STARTED.swap(true, Relaxed) {
+        return;
+    }
+    extern "C" fn purger(_: *mut c_void) -> *mut c_void {
+        let interval = heapkit_core::options::get().background_purge_ns;
+        loop {
+            os::sleep_ns(interval);
+            purge_round::<Fast>();
+            purge_round::<Hardened>();
+            let _ = large::trim(true);
+        }
+    }
+    if !os::spawn_detached(purger) {
+        os::write_stderr(b"heapkit: could not start the background purger\n");
     }
 }

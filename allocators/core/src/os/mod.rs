@@ -341,6 +341,34 @@ pub const fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Sleeps for `ns` nanoseconds (or until a signal interrupts).
+pub fn sleep_ns(ns: u64) {
+    let t = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: t is a valid timespec; the remainder is not wanted.
+    keeping_errno(|| unsafe { libc::nanosleep(&t, ptr::null_mut()) });
+}
+
+/// Starts a detached thread running `body(null)`. Returns whether it
+/// started. (`pthread_create` may call `malloc`: call it where re-entering
+/// the allocator is safe.)
+pub fn spawn_detached(body: extern "C" fn(*mut c_void) -> *mut c_void) -> bool {
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: default attributes; `body` is a valid thread entry and takes
+    // no argument.
+    let rc = keeping_errno(|| unsafe {
+        libc::pthread_create(&mut thread, ptr::null(), body, ptr::null_mut())
+    });
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: a thread we just created and never join.
+    keeping_errno(|| unsafe { libc::pthread_detach(thread) });
+    true
+}
+
 /// Runs `call` (a system call) and puts `errno` back as it was: heapkit's
 /// own operations never change `errno` (C's `free` must not, and a
 /// `malloc` that succeeds should not), so the fast paths, which make no
