@@ -102,7 +102,7 @@ pub unsafe fn free<A: HeapAlloc + ?Sized>(a: &A, ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
-    if A::SEGMENTED && !REGIONS.contains(ptr) {
+    if A::SEGMENTED && !REGIONS.holds_block(ptr) {
         foreign("free", ptr);
     }
     // SAFETY: ptr is live (caller guarantee; for a segmented allocator its
@@ -140,7 +140,7 @@ pub unsafe fn realloc<A: HeapAlloc + ?Sized>(a: &A, ptr: *mut c_void, size: usiz
     if size > isize::MAX as usize - MIN_ALIGN {
         return enomem();
     }
-    if A::SEGMENTED && !REGIONS.contains(ptr) {
+    if A::SEGMENTED && !REGIONS.holds_block(ptr) {
         foreign("realloc", ptr);
     }
     // SAFETY: ptr is live (caller).
@@ -242,7 +242,7 @@ pub unsafe fn malloc_usable_size<A: HeapAlloc + ?Sized>(a: &A, ptr: *mut c_void)
     if ptr.is_null() {
         0
     } else {
-        if A::SEGMENTED && !REGIONS.contains(ptr) {
+        if A::SEGMENTED && !REGIONS.holds_block(ptr) {
             foreign("malloc_usable_size", ptr);
         }
         // SAFETY: caller guarantee.

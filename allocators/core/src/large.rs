@@ -31,9 +31,12 @@ use crate::misuse::{self, Misuse};
 use crate::os;
 use crate::segment::{segment_of, SegmentTag, SEGMENT_ALIGN};
 
-/// The largest alignment the large path supports (the user pointer must stay
-/// in the first segment-sized span of its mapping).
-pub const MAX_ALIGN: usize = SEGMENT_ALIGN / 2;
+/// The largest alignment the large path supports (glibc, jemalloc and
+/// mimalloc serve up to 1 GiB too).
+pub const MAX_ALIGN: usize = 1 << 30;
+/// Alignments above this put the block at a segment boundary, with the
+/// header one segment before it (see [`allocate`]).
+const NEAR_ALIGN: usize = SEGMENT_ALIGN / 2;
 /// A cached mapping up to this many times the size asked for is reused
 /// whole; a larger one gives back its tail first.
 const KEEP_WHOLE_UP_TO: usize = 2;
@@ -105,8 +108,8 @@ fn offset_for(align: usize) -> usize {
 /// Allocates a large block for `layout`; zeroed if `zeroed`. Returns null on
 /// exhaustion or if `layout.align() > MAX_ALIGN`.
 pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
-    if layout.align() > MAX_ALIGN {
-        return ptr::null_mut();
+    if layout.align() > NEAR_ALIGN {
+        return allocate_far_aligned(layout);
     }
     let offset = offset_for(layout.align());
     let Some(map_size) = layout
@@ -141,6 +144,64 @@ pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
         }
         user
     }
+}
+
+/// A block aligned to `SEGMENT_ALIGN` or more (up to [`MAX_ALIGN`]): the
+/// pointer is itself a segment boundary, so the header sits at the start
+/// of the segment before it, inside the same mapping (`segment_of` maps a
+/// boundary pointer to the segment before it). Fresh, so zeroed; never
+/// from the cache, whose mappings have no such alignment.
+#[cold]
+#[inline(never)]
+fn allocate_far_aligned(layout: Layout) -> *mut u8 {
+    let align = layout.align();
+    if align > MAX_ALIGN {
+        return ptr::null_mut();
+    }
+    let Some(body) = os::round_to_pages(layout.size().max(1)) else {
+        return ptr::null_mut();
+    };
+    let Some(map_size) = body.checked_add(SEGMENT_ALIGN) else {
+        return ptr::null_mut();
+    };
+    // Room to slide the block to an `align` boundary.
+    let Some(reserve) = map_size.checked_add(align - SEGMENT_ALIGN) else {
+        return ptr::null_mut();
+    };
+    let mut raw = os::map_aligned(reserve, SEGMENT_ALIGN);
+    if raw.is_null() {
+        reclaim_cache();
+        raw = os::map_aligned(reserve, SEGMENT_ALIGN);
+        if raw.is_null() {
+            return raw;
+        }
+    }
+    let user = (raw as usize + SEGMENT_ALIGN).next_multiple_of(align);
+    let base = (user - SEGMENT_ALIGN) as *mut u8;
+    let head = base as usize - raw as usize;
+    let tail = reserve - head - map_size;
+    // SAFETY: the head and tail are parts of our fresh reservation outside
+    // base..base + map_size, which is what the block keeps.
+    unsafe {
+        if head > 0 {
+            os::unmap(raw, head);
+        }
+        if tail > 0 {
+            os::unmap(base.add(map_size), tail);
+        }
+    }
+    crate::segment::REGIONS.mark(base);
+    // SAFETY: base..+map_size is our fresh mapping; the header fits in its
+    // first segment.
+    unsafe {
+        base.cast::<LargeHeader>().write(LargeHeader {
+            tag: SegmentTag::LARGE,
+            map_size,
+            offset: SEGMENT_ALIGN,
+            state: BlockState::Live as u64,
+        });
+    }
+    user as *mut u8
 }
 
 /// Frees a large block.
@@ -465,7 +526,34 @@ mod tests {
                 free(z);
             }
         }
-        assert!(allocate(Layout::from_size_align(64, SEGMENT_ALIGN).unwrap(), false).is_null());
+        assert!(allocate(Layout::from_size_align(64, MAX_ALIGN * 2).unwrap(), false).is_null());
+        trim(false);
+    }
+
+    #[test]
+    fn alignments_of_a_segment_and_more_up_to_a_gibibyte() {
+        for shift in [22, 23, 26, 30] {
+            let align = 1usize << shift;
+            for size in [64, 3 << 20, 5 << 20] {
+                let layout = Layout::from_size_align(size, align).unwrap();
+                let p = allocate(layout, true);
+                assert!(!p.is_null(), "align {align} size {size}");
+                assert_eq!(p as usize % align, 0);
+                // The header is one segment before the block.
+                assert_eq!(segment_of(p) as usize, p as usize - SEGMENT_ALIGN);
+                assert!(crate::segment::REGIONS.holds_block(p));
+                // SAFETY: p is live with at least `size` bytes, zeroed.
+                unsafe {
+                    assert!(usable_size(p) >= size);
+                    assert_eq!(*p.add(size - 1), 0);
+                    p.write_bytes(0x5A, size);
+                    let q = reallocate(p, size * 2);
+                    assert!(!q.is_null());
+                    assert_eq!(*q.add(size - 1), 0x5A);
+                    free(q);
+                }
+            }
+        }
         trim(false);
     }
 

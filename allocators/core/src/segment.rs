@@ -86,6 +86,14 @@ impl RegionMap {
         }
     }
 
+    /// Whether the block at `ptr` lies in a live heapkit mapping, so that
+    /// the tag at [`segment_of`]`(ptr)` may be read (the same rule for a
+    /// pointer at a segment boundary).
+    #[inline]
+    pub fn holds_block<T>(&self, ptr: *const T) -> bool {
+        self.contains((ptr as usize).wrapping_sub(1) as *const u8)
+    }
+
     /// Whether `ptr`'s segment start is a live heapkit mapping, so that its
     /// tag may be read. One relaxed load: the pointer reached the caller
     /// through whatever synchronised its allocation, which the mark precedes.
@@ -98,10 +106,16 @@ impl RegionMap {
     }
 }
 
-/// The start of the segment holding `ptr`.
+/// The start of the segment holding the block at `ptr`.
+///
+/// A pointer exactly at a segment boundary belongs to the segment *before*
+/// it: that is where a large block aligned to `SEGMENT_ALIGN` or more keeps
+/// its header (`large`), and no other block starts at a boundary (every
+/// segment, chunk and large mapping begins with its header). So the mask is
+/// applied to `ptr - 1`, which costs nothing more than masking `ptr`.
 #[inline]
 pub fn segment_of<T>(ptr: *const T) -> *mut SegmentTag {
-    (ptr as usize & !(SEGMENT_ALIGN - 1)) as *mut SegmentTag
+    ((ptr as usize).wrapping_sub(1) & !(SEGMENT_ALIGN - 1)) as *mut SegmentTag
 }
 
 /// The tag of the segment holding `ptr`.
