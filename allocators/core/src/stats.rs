@@ -78,6 +78,9 @@ stats_fields! {
     mapped_bytes,
     /// The most bytes mapped at once (process-wide).
     peak_mapped_bytes,
+    /// Bytes of the whole process resident in memory when the statistics
+    /// were read (its RSS, from `/proc/self/statm`; 0 if unreadable).
+    resident_bytes,
     /// Allocations (malloc, calloc, aligned and zeroed variants).
     allocs,
     /// Frees.
@@ -153,6 +156,7 @@ impl GlobalStats {
         let os = crate::os::os_counters();
         s.mapped_bytes = os.mapped_bytes as u64;
         s.peak_mapped_bytes = os.peak_mapped_bytes as u64;
+        s.resident_bytes = crate::os::resident_bytes() as u64;
         s.os_maps = os.maps as u64;
         s.os_unmaps = os.unmaps as u64;
         s.os_purges = os.purges as u64;

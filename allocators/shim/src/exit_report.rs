@@ -92,10 +92,12 @@ extern "C" fn print() {
 /// leaves them out and says so.
 fn measured_by_peer(id: u8) -> Option<&'static [&'static str]> {
     match id {
-        backend::SYSTEM => Some(&["live_bytes", "mapped_bytes"]),
-        backend::JEMALLOC if crate::jemalloc::has_stats() => Some(&["live_bytes", "mapped_bytes"]),
-        backend::JEMALLOC => Some(&[]),
-        backend::MIMALLOC => Some(&["mapped_bytes", "peak_mapped_bytes"]),
+        backend::SYSTEM => Some(&["live_bytes", "mapped_bytes", "resident_bytes"]),
+        backend::JEMALLOC if crate::jemalloc::has_stats() => {
+            Some(&["live_bytes", "mapped_bytes", "resident_bytes"])
+        }
+        backend::JEMALLOC => Some(&["resident_bytes"]),
+        backend::MIMALLOC => Some(&["mapped_bytes", "peak_mapped_bytes", "resident_bytes"]),
         _ => None,
     }
 }

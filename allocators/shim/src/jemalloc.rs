@@ -145,6 +145,7 @@ unsafe impl HeapAlloc for Jemalloc {
         Stats {
             live_bytes: read(c"stats.allocated"),
             mapped_bytes: read(c"stats.mapped"),
+            resident_bytes: heapkit_core::os::resident_bytes() as u64,
             ..Stats::default()
         }
     }

@@ -113,6 +113,7 @@ unsafe impl HeapAlloc for Mimalloc {
         Stats {
             mapped_bytes: commit as u64,
             peak_mapped_bytes: peak_commit as u64,
+            resident_bytes: heapkit_core::os::resident_bytes() as u64,
             ..Stats::default()
         }
     }

@@ -111,6 +111,7 @@ unsafe impl HeapAlloc for System {
         Stats {
             live_bytes: (info.uordblks + info.hblkhd) as u64,
             mapped_bytes: (info.arena + info.hblkhd) as u64,
+            resident_bytes: heapkit_core::os::resident_bytes() as u64,
             ..Stats::default()
         }
     }

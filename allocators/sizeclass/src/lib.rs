@@ -131,6 +131,8 @@ pub use heapkit_core::{HeapAlloc, Stats};
 /// let after = heapkit_sizeclass::stats();
 /// assert_eq!(after.allocs, before.allocs + 1);
 /// assert!(after.live_bytes >= before.live_bytes + 1000);
+/// // Mapped and resident bytes too (process-wide).
+/// assert!(after.mapped_bytes > 0 && after.resident_bytes > 0);
 /// // SAFETY: p is a live block of `a`.
 /// unsafe { a.free(p) };
 /// assert_eq!(heapkit_sizeclass::stats().live_bytes, before.live_bytes);

@@ -502,6 +502,20 @@ pub fn read_file(path: &CStr, buf: &mut [u8]) -> usize {
     len
 }
 
+/// The process's resident memory in bytes (the second field of
+/// `/proc/self/statm`, in pages), or 0 if it cannot be read. Never
+/// allocates.
+pub fn resident_bytes() -> usize {
+    let mut buf = [0u8; 128];
+    let len = read_file(c"/proc/self/statm", &mut buf);
+    let mut fields = buf[..len].split(|&b| b == b' ');
+    let pages = fields
+        .nth(1)
+        .and_then(crate::options::parse_number)
+        .unwrap_or(0);
+    pages as usize * page_size()
+}
+
 /// Writes all of `bytes` to standard error, ignoring failures.
 pub fn write_stderr(bytes: &[u8]) {
     write_fd(2, bytes);
