@@ -1,4 +1,4 @@
-//! The two modes sizeclass compiles in: [`Fast`] (the default) and
+//! The two modes sizeclass compiles in: [`Fast`](heapkit_core::harden::Fast) (the default) and
 //! [`Hardened`], as a typed policy (`heapkit_core::harden`).
 //!
 //! [`Mode`] names everything that differs between them, so the rest of
@@ -39,7 +39,7 @@ use crate::segment::Segment;
 
 /// What differs between sizeclass's modes (see the module docs).
 ///
-/// Implemented for every [`Policy`] (core seals that trait: [`Fast`] and
+/// Implemented for every [`Policy`] (core seals that trait: [`Fast`](heapkit_core::harden::Fast) and
 /// [`Hardened`] are the only ones), each item choosing by the policy's
 /// constants at compile time; this file is the only place that does.
 pub(crate) trait Mode: Policy {
