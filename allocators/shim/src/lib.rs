@@ -21,14 +21,16 @@
 //!
 //! - [`export`]: `malloc`, `free`, `calloc`, `realloc`, `reallocarray`,
 //!   `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`,
-//!   `malloc_usable_size`, `cfree`. C++ `new`/`delete` reach them through
-//!   libstdc++'s `malloc`/`free`.
+//!   `malloc_usable_size`, `cfree`.
+//! - [`cxx`]: C++'s `operator new`/`delete` in every form; a `new` without
+//!   memory hands over to the C++ runtime's operator, which throws.
 //! - [`introspect`]: `mallinfo2`, `mallinfo`, `malloc_trim`, `mallopt`,
 //!   `malloc_stats`, `malloc_info` over the selected backend.
 //! - [`backend`]: `HEAPKIT_ALLOC` is read once, by the first allocation or
 //!   by this library's constructor, whichever runs first (the dynamic loader
 //!   allocates before constructors run). An unknown name prints the accepted
-//!   ones and exits with status 2.
+//!   ones and exits with status 2. `HEAPKIT_HARDEN=1` picks the backend's
+//!   hardened mode (sizeclass).
 //! - [`system`], [`jemalloc`], [`mimalloc`]: the peers as
 //!   [`HeapAlloc`](heapkit_core::HeapAlloc) impls.
 //! - [`exit_report`]: `HEAPKIT_STATS=1` prints the backend's
