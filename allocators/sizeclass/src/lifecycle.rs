@@ -51,7 +51,6 @@ pub(crate) unsafe fn init<P: Mode>(h: *mut Heap) {
         os::register_atfork(before_fork, after_fork_parent, after_fork_child);
     }
     EXIT_KEY.register(thread_exit, std::ptr::dangling_mut::<c_void>());
-    reclaim::start_purger();
 }
 
 /// Thread-exit hook (pthread key destructor): hand everything back, in

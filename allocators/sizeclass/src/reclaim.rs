@@ -247,12 +247,19 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
 }
 
 /// Starts the background purger if `HEAPKIT_BACKGROUND_PURGE_MS` asks for
-/// one (once per process; not in a forked child): a thread that wakes at
+/// one (once per process; not in a forked child). Called from the
+/// allocation slow path outside the heap's lock (creating a thread
+/// allocates) once a thread has taken it a few times, not from the first
+/// allocation, which under `LD_PRELOAD` may come from the dynamic loader
+/// before the program runs: a thread that wakes at
 /// that interval and runs [`purge_round`] for both modes, then drops
 /// expired large blocks, so memory an idle program holds goes back without
 /// any call into the allocator (jemalloc's `background_thread`).
 pub(crate) fn start_purger() {
     static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.load(Relaxed) {
+        return;
+    }
     let interval = heapkit_core::options::get().background_purge_ns;
     if interval == 0 || STARTED.swap(true, Relaxed) {
         return;

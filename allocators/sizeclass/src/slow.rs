@@ -44,6 +44,10 @@ pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> *mut u8 {
             init::<P>(h);
         }
         (*h).stats.maybe_flush(&STATS);
+        if (*h).slow_calls.load(Relaxed) >= CLOCK_EVERY {
+            // Not under the heap's lock: creating the thread allocates.
+            crate::reclaim::start_purger();
+        }
         (*h).lock.lock();
         let found = find_page::<P>(&mut *h, class);
         (*h).lock.unlock();
