@@ -390,18 +390,14 @@ fn cxx_new_delete() {
 /// has no memory). Every backend, and sizeclass hardened.
 #[test]
 fn cxx_operators_are_heapkits() {
-    let Some(gxx) = find("cxx_operators_are_heapkits", "g++") else {
+    let Some((dir, bin)) = build_program(
+        "cxx_operators_are_heapkits",
+        "g++",
+        "cxx_operators.cc",
+        &["-O1", "-g", "-std=c++17"],
+    ) else {
         return;
     };
-    let dir = scratch("cxx-operators");
-    let bin = dir.join("cxx_operators");
-    assert!(Command::new(gxx)
-        .args(["-O1", "-g", "-std=c++17", "-o"])
-        .arg(&bin)
-        .arg(sources().join("cxx_operators.cc"))
-        .arg("-ldl")
-        .status()
-        .is_ok_and(|s| s.success()));
     each_backend(|b| {
         for harden in ["0", "1"] {
             if harden == "1" && b != "sizeclass" {
@@ -867,18 +863,31 @@ fn hardened_outcome(case: &str) -> Outcome {
     }
 }
 
-/// Compiles `tests/preload/misuse.c` for `test`.
-fn misuse_program(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let cc = find(test, "cc")?;
+/// Compiles `tests/preload/<source>` with `compiler` (`cc` or `g++`) and
+/// `flags` into a scratch directory of its own for `test`; `None` (the test
+/// skips) without the compiler.
+fn build_program(
+    test: &str,
+    compiler: &str,
+    source: &str,
+    flags: &[&str],
+) -> Option<(PathBuf, PathBuf)> {
+    let cc = find(test, compiler)?;
     let dir = scratch(test);
-    let bin = dir.join("misuse");
+    let bin = dir.join(source.split('.').next().unwrap_or(source));
     assert!(Command::new(cc)
-        .args(["-O1", "-g", "-pthread", "-o"])
+        .args(flags)
+        .arg("-o")
         .arg(&bin)
-        .arg(sources().join("misuse.c"))
+        .arg(sources().join(source))
         .status()
         .is_ok_and(|s| s.success()));
     Some((dir, bin))
+}
+
+/// Compiles `tests/preload/misuse.c` for `test`.
+fn misuse_program(test: &str) -> Option<(PathBuf, PathBuf)> {
+    build_program(test, "cc", "misuse.c", &["-O1", "-g", "-pthread"])
 }
 
 /// Runs every misuse case under `backend` (hardened if `harden`) and
@@ -976,17 +985,14 @@ fn misuse_hardened_mode() {
 /// (both modes) and slab.
 #[test]
 fn remote_frees_of_an_idle_owner_are_given_back() {
-    let Some(cc) = find("remote_frees_of_an_idle_owner_are_given_back", "cc") else {
+    let Some((dir, bin)) = build_program(
+        "remote_frees_of_an_idle_owner_are_given_back",
+        "cc",
+        "remote_return.c",
+        &["-O2", "-pthread"],
+    ) else {
         return;
     };
-    let dir = scratch("remote-return");
-    let bin = dir.join("remote_return");
-    assert!(Command::new(cc)
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(sources().join("remote_return.c"))
-        .status()
-        .is_ok_and(|s| s.success()));
     let mut failures = Vec::new();
     for (backend, harden) in [("sizeclass", "0"), ("sizeclass", "1"), ("slab", "0")] {
         let mut cmd = under(backend, &bin);
@@ -1018,17 +1024,14 @@ fn remote_frees_of_an_idle_owner_are_given_back() {
 /// to vanish). CPython's `test_thread` crashed on this before.
 #[test]
 fn late_destructors_allocate_safely() {
-    let Some(cc) = find("late_destructors_allocate_safely", "cc") else {
+    let Some((dir, bin)) = build_program(
+        "late_destructors_allocate_safely",
+        "cc",
+        "late_destructor.c",
+        &["-O1", "-g", "-pthread"],
+    ) else {
         return;
     };
-    let dir = scratch("late-destructor");
-    let bin = dir.join("late_destructor");
-    assert!(Command::new(cc)
-        .args(["-O1", "-g", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(sources().join("late_destructor.c"))
-        .status()
-        .is_ok_and(|s| s.success()));
     each_backend(|b| {
         for harden in ["0", "1"] {
             if harden == "1" && b != "sizeclass" {
@@ -1051,17 +1054,10 @@ fn late_destructors_allocate_safely() {
 /// it back within a second with it (sizeclass, both modes).
 #[test]
 fn background_purger() {
-    let Some(cc) = find("background_purger", "cc") else {
+    let Some((dir, bin)) = build_program("background_purger", "cc", "idle_purge.c", &["-O1"])
+    else {
         return;
     };
-    let dir = scratch("idle-purge");
-    let bin = dir.join("idle_purge");
-    assert!(Command::new(cc)
-        .args(["-O1", "-o"])
-        .arg(&bin)
-        .arg(sources().join("idle_purge.c"))
-        .status()
-        .is_ok_and(|s| s.success()));
     let mut failures = Vec::new();
     for harden in ["0", "1"] {
         for purge in ["", "50"] {
@@ -1100,17 +1096,11 @@ fn background_purger() {
 /// inside one is reported.
 #[test]
 fn alignments_up_to_a_gibibyte() {
-    let Some(cc) = find("alignments_up_to_a_gibibyte", "cc") else {
+    let Some((dir, bin)) =
+        build_program("alignments_up_to_a_gibibyte", "cc", "big_align.c", &["-O1"])
+    else {
         return;
     };
-    let dir = scratch("big-align");
-    let bin = dir.join("big_align");
-    assert!(Command::new(cc)
-        .args(["-O1", "-o"])
-        .arg(&bin)
-        .arg(sources().join("big_align.c"))
-        .status()
-        .is_ok_and(|s| s.success()));
     each_backend(|b| {
         let r = run(under(b, &bin), &dir, b, MINUTE);
         if !(r.ok && r.stdout.contains("ok big alignments")) {

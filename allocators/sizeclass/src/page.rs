@@ -268,20 +268,37 @@ impl Page {
             if list.is_null() {
                 return;
             }
+            let (tail, n) = Self::walk_remote::<P>(page, list);
+            Self::link::<P>(page, tail, (*page).local_free);
+            (*page).local_free = list;
+            let used = (*page).used.load(Relaxed);
+            (*page).used.store(used - n, Relaxed);
+        }
+    }
+
+    /// Walks a list taken from `thread_free` (checking each block as the
+    /// mode collects it) and returns its last block and its length. A list
+    /// longer than the page's blocks in use loops (a block freed twice by
+    /// other threads): reported rather than walked for ever.
+    ///
+    /// # Safety
+    /// `list` was taken from `page`'s `thread_free` by the caller, who owns
+    /// the page (or holds its heap's lock).
+    unsafe fn walk_remote<P: Mode>(page: *mut Page, list: *mut Block) -> (*mut Block, u32) {
+        // SAFETY: caller guarantee: the taken blocks are the caller's.
+        unsafe {
+            let in_use = Self::in_use(page);
             let mut tail = list;
             let mut n = 1u32;
             P::on_collect(page, tail);
             loop {
                 let next = Self::next_free::<P>(page, tail);
                 if next.is_null() {
-                    break;
+                    return (tail, n);
                 }
                 tail = next;
                 n += 1;
-                // More blocks than the page has carved: the list loops (a
-                // block freed twice by other threads). Report it rather
-                // than spin here for ever.
-                if n > Self::in_use(page) {
+                if n > in_use {
                     misuse::report(
                         "free",
                         Misuse::CorruptedFreeList,
@@ -291,10 +308,6 @@ impl Page {
                 }
                 P::on_collect(page, tail);
             }
-            Self::link::<P>(page, tail, (*page).local_free);
-            (*page).local_free = list;
-            let used = (*page).used.load(Relaxed);
-            (*page).used.store(used - n, Relaxed);
         }
     }
 
@@ -316,25 +329,7 @@ impl Page {
                 return false;
             }
             let in_use = Self::in_use(page);
-            let mut tail = list;
-            let mut n = 1u32;
-            loop {
-                let next = Self::next_free::<P>(page, tail);
-                if next.is_null() {
-                    break;
-                }
-                tail = next;
-                n += 1;
-                if n > in_use {
-                    // The list loops (a block freed twice by other threads).
-                    misuse::report(
-                        "free",
-                        Misuse::CorruptedFreeList,
-                        list.cast(),
-                        "sizeclass: remote frees of one page",
-                    );
-                }
-            }
+            let (tail, n) = Self::walk_remote::<P>(page, list);
             if n != in_use {
                 // Live blocks remain: the owner collects these later.
                 let key = (*page).shared_key;
@@ -342,11 +337,6 @@ impl Page {
                     .thread_free
                     .push_chain(list, tail, |head| P::encode(head.cast(), key).cast());
                 return false;
-            }
-            let mut b = list;
-            while !b.is_null() {
-                P::on_collect(page, b);
-                b = Self::next_free::<P>(page, b);
             }
             let used = (*page).used.load(Relaxed);
             (*page).used.store(used - n, Relaxed);
