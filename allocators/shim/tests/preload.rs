@@ -398,20 +398,7 @@ fn cxx_operators_are_heapkits() {
     ) else {
         return;
     };
-    each_backend(|b| {
-        for harden in ["0", "1"] {
-            if harden == "1" && b != "sizeclass" {
-                continue;
-            }
-            let mut cmd = under(b, &bin);
-            cmd.env("HEAPKIT_HARDEN", harden);
-            let r = run(cmd, &dir, &format!("{b}-{harden}"), MINUTE);
-            if !(r.ok && r.stdout.contains("ok cxx operators")) {
-                return Err(format!("HEAPKIT_HARDEN={harden}: {}", r.describe()));
-            }
-        }
-        Ok(())
-    });
+    succeeds_under_every_backend_and_mode(&dir, &bin, "ok cxx operators");
 }
 
 /// The real CPython binary (pyenv's `python3` is a bash script; the shell
@@ -885,6 +872,25 @@ fn build_program(
     Some((dir, bin))
 }
 
+/// Runs `bin` under every backend (and sizeclass hardened too), each time
+/// expecting a clean exit that printed `ok_line`.
+fn succeeds_under_every_backend_and_mode(dir: &Path, bin: &Path, ok_line: &str) {
+    each_backend(|b| {
+        for harden in ["0", "1"] {
+            if harden == "1" && b != "sizeclass" {
+                continue;
+            }
+            let mut cmd = under(b, bin);
+            cmd.env("HEAPKIT_HARDEN", harden);
+            let r = run(cmd, dir, &format!("{b}-{harden}"), MINUTE);
+            if !(r.ok && r.stdout.contains(ok_line)) {
+                return Err(format!("HEAPKIT_HARDEN={harden}: {}", r.describe()));
+            }
+        }
+        Ok(())
+    });
+}
+
 /// Compiles `tests/preload/misuse.c` for `test`.
 fn misuse_program(test: &str) -> Option<(PathBuf, PathBuf)> {
     build_program(test, "cc", "misuse.c", &["-O1", "-g", "-pthread"])
@@ -1032,20 +1038,7 @@ fn late_destructors_allocate_safely() {
     ) else {
         return;
     };
-    each_backend(|b| {
-        for harden in ["0", "1"] {
-            if harden == "1" && b != "sizeclass" {
-                continue;
-            }
-            let mut cmd = under(b, &bin);
-            cmd.env("HEAPKIT_HARDEN", harden);
-            let r = run(cmd, &dir, &format!("{b}-{harden}"), MINUTE);
-            if !(r.ok && r.stdout.contains("ok late destructors")) {
-                return Err(format!("HEAPKIT_HARDEN={harden}: {}", r.describe()));
-            }
-        }
-        Ok(())
-    });
+    succeeds_under_every_backend_and_mode(&dir, &bin, "ok late destructors");
 }
 
 /// `HEAPKIT_BACKGROUND_PURGE_MS` (`tests/preload/idle_purge.c`): a program
