@@ -97,7 +97,9 @@ pub fn calloc<A: HeapAlloc + ?Sized>(a: &A, n: usize, size: usize) -> *mut c_voi
 ///
 /// # Safety
 /// `ptr` must be null or a live block of `a`.
-#[inline]
+// Always: with two sizeclass modes LLVM stopped inlining this into the
+// export, and the default backend's free paid a call frame and a jump.
+#[inline(always)]
 pub unsafe fn free<A: HeapAlloc + ?Sized>(a: &A, ptr: *mut c_void) {
     if ptr.is_null() {
         return;

@@ -190,7 +190,9 @@ unsafe impl<P: Policy> HeapAlloc for SizeClass<P> {
         self.allocate_unusual(layout, true)
     }
 
-    #[inline]
+    // Always: with two modes LLVM stopped inlining this into the C
+    // export's `free`, which then paid a call.
+    #[inline(always)]
     unsafe fn free(&self, ptr: *mut u8) {
         // SAFETY: caller guarantee.
         unsafe { heap::free::<P>(ptr) }

@@ -256,12 +256,12 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
 /// expired large blocks, so memory an idle program holds goes back without
 /// any call into the allocator (jemalloc's `background_thread`).
 pub(crate) fn start_purger() {
-    static STARTED: AtomicBool = AtomicBool::new(false);
-    if STARTED.load(Relaxed) {
+    // Decided once: started, or not asked for.
+    static DECIDED: AtomicBool = AtomicBool::new(false);
+    if DECIDED.load(Relaxed) || DECIDED.swap(true, Relaxed) {
         return;
     }
-    let interval = heapkit_core::options::get().background_purge_ns;
-    if interval == 0 || STARTED.swap(true, Relaxed) {
+    if heapkit_core::options::get().background_purge_ns == 0 {
         return;
     }
     extern "C" fn purger(_: *mut c_void) -> *mut c_void {

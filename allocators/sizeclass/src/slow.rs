@@ -269,6 +269,21 @@ pub(crate) unsafe fn page_freed<P: Mode>(h: *mut Heap, page: *mut Page) {
     // SAFETY: caller guarantee; no re-entrancy here.
     let h = unsafe { &mut *h };
     h.stats.maybe_flush(&STATS);
+    // SAFETY: page is ours. A reclaimer never touches the class's current
+    // page, so its state and `retained` flag are the owner's to read here.
+    unsafe {
+        let class = (*page).class as usize;
+        if h.current[class] == page
+            && (*page).state == PageState::Queued
+            && (*page).retained
+            && Page::in_use(page) == 0
+        {
+            // The class's only page, emptied again and already counted as
+            // idle: nothing to do, and no lock to take (the common case of
+            // an allocate/free loop).
+            return;
+        }
+    }
     h.lock.lock();
     // SAFETY: caller guarantee; the lock is held.
     unsafe { page_freed_locked::<P>(h, page) };
