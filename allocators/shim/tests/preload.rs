@@ -850,6 +850,13 @@ fn hardened_outcome(case: &str) -> Outcome {
     }
 }
 
+/// The whole numbers in `text`, in order ("peak 1 KiB (7%)" gives 1, 7).
+fn numbers_in(text: &str) -> Vec<f64> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect()
+}
+
 /// Compiles `tests/preload/<source>` with `compiler` (`cc` or `g++`) and
 /// `flags` into a scratch directory of its own for `test`; `None` (the test
 /// skips) without the compiler.
@@ -1005,12 +1012,7 @@ fn remote_frees_of_an_idle_owner_are_given_back() {
         cmd.env("HEAPKIT_HARDEN", harden);
         let r = run(cmd, &dir, &format!("{backend}-{harden}"), MINUTE);
         // "peak 109696 KiB, after 1 s 7372 KiB (7%)"
-        let numbers: Vec<f64> = r
-            .stdout
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|t| !t.is_empty())
-            .filter_map(|t| t.parse().ok())
-            .collect();
+        let numbers = numbers_in(&r.stdout);
         let fine =
             r.ok && numbers.len() >= 3 && numbers[0] > 90_000.0 && numbers[2] < 0.3 * numbers[0];
         if !fine {
@@ -1059,11 +1061,7 @@ fn background_purger() {
                 .env("HEAPKIT_BACKGROUND_PURGE_MS", purge);
             let r = run(cmd, &dir, &format!("{harden}-{purge}"), MINUTE);
             // "start 2976 KiB, after free 52624 KiB, after 1 s idle 3440 KiB"
-            let kib: Vec<f64> = r
-                .stdout
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|t| t.parse().ok())
-                .collect();
+            let kib = numbers_in(&r.stdout);
             let fine = r.ok
                 && kib.len() == 4
                 && if purge.is_empty() {

@@ -229,7 +229,7 @@ unsafe impl<P: Policy> HeapAlloc for SizeClass<P> {
                 usable = P::usable(ptr, block);
                 let needed = new_size.saturating_add(Self::TRAILER);
                 if needed <= MAX_SIZE && class_of(needed) == class_of(block) {
-                    P::on_resize(seg, page, ptr, new_size);
+                    P::on_resize(page, ptr, new_size);
                     Self::count_realloc(block, block);
                     return ptr;
                 }

@@ -216,7 +216,7 @@ pub(crate) unsafe fn free<P: Mode>(ptr: *mut u8) {
     unsafe {
         let page = Segment::page_of(seg, ptr);
         if (*seg).owner.load(Relaxed) == (*h).id {
-            P::on_free(seg, page, ptr);
+            P::on_free(page, ptr);
             let b = ptr.cast::<Block>();
             Page::link::<P>(page, b, (*page).local_free);
             (*page).local_free = b;
@@ -265,7 +265,7 @@ unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page,
     // SAFETY: the block is live: page and segment stay mapped until the push
     // publishes it, after which we touch neither (remote.rs invariant 2).
     unsafe {
-        P::on_remote_free(seg, page, ptr);
+        P::on_remote_free(page, ptr);
         let size = (*page).shared_size as usize;
         let index = (*page).index as usize;
         let key = (*page).key;

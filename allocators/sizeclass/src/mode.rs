@@ -35,7 +35,6 @@ use crate::heap::Heap;
 use crate::page::Page;
 use crate::reclaim::HeapList;
 use crate::remote::Block;
-use crate::segment::Segment;
 
 /// What differs between sizeclass's modes (see the module docs).
 ///
@@ -66,19 +65,18 @@ pub(crate) trait Mode: Policy {
     /// `page` is the caller's, `block` was the head of its `free` list.
     unsafe fn on_pop(page: *mut Page, block: *mut Block, next: *mut Block);
 
-    /// The owner frees `ptr` of `page` in `seg`.
+    /// The owner frees `ptr` of `page`.
     ///
     /// # Safety
-    /// `seg` is a mapped segment of this mode and `page` the page `ptr`
-    /// falls in, owned by the caller.
-    unsafe fn on_free(seg: *mut Segment, page: *mut Page, ptr: *mut u8);
+    /// `page` is the page of this mode `ptr` falls in, owned by the caller.
+    unsafe fn on_free(page: *mut Page, ptr: *mut u8);
 
-    /// Another thread frees `ptr` of `page` in `seg` (reads only: the
+    /// Another thread frees `ptr` of `page` (reads only: the
     /// owner's collection marks it free).
     ///
     /// # Safety
     /// As for [`Mode::on_free`], except that the caller does not own `page`.
-    unsafe fn on_remote_free(seg: *mut Segment, page: *mut Page, ptr: *mut u8);
+    unsafe fn on_remote_free(page: *mut Page, ptr: *mut u8);
 
     /// The owner takes `block` off `page`'s remote list.
     ///
@@ -111,8 +109,8 @@ pub(crate) trait Mode: Policy {
     /// `requested` bytes.
     ///
     /// # Safety
-    /// `seg`/`page` are `ptr`'s; `requested + TRAILER <= block_size`.
-    unsafe fn on_resize(seg: *mut Segment, page: *mut Page, ptr: *mut u8, requested: usize);
+    /// `page` is `ptr`'s; `requested + TRAILER <= block_size`.
+    unsafe fn on_resize(page: *mut Page, ptr: *mut u8, requested: usize);
 }
 
 heapkit_core::thread_state! {
@@ -181,18 +179,18 @@ impl<P: Policy> Mode for P {
     }
 
     #[inline(always)]
-    unsafe fn on_free(seg: *mut Segment, page: *mut Page, ptr: *mut u8) {
+    unsafe fn on_free(page: *mut Page, ptr: *mut u8) {
         if P::BLOCK_STATE {
             // SAFETY: forwarded caller guarantee.
-            unsafe { checks::on_free::<P>(seg, page, ptr) }
+            unsafe { checks::on_free::<P>(page, ptr) }
         }
     }
 
     #[inline(always)]
-    unsafe fn on_remote_free(seg: *mut Segment, page: *mut Page, ptr: *mut u8) {
+    unsafe fn on_remote_free(page: *mut Page, ptr: *mut u8) {
         if P::BLOCK_STATE {
             // SAFETY: forwarded caller guarantee.
-            unsafe { checks::on_remote_free::<P>(seg, page, ptr) }
+            unsafe { checks::on_remote_free::<P>(page, ptr) }
         }
     }
 
@@ -235,11 +233,10 @@ impl<P: Policy> Mode for P {
     }
 
     #[inline(always)]
-    unsafe fn on_resize(seg: *mut Segment, page: *mut Page, ptr: *mut u8, requested: usize) {
+    unsafe fn on_resize(page: *mut Page, ptr: *mut u8, requested: usize) {
         if P::BLOCK_STATE {
             // SAFETY: forwarded caller guarantee.
             unsafe {
-                let _ = seg;
                 if FreeMark::is_set(ptr, (*page).shared_key) {
                     report_block("realloc", Misuse::DoubleFree, page, ptr);
                 }
@@ -324,7 +321,7 @@ mod checks {
     }
 
     #[inline(always)]
-    pub(super) unsafe fn on_free<P: Policy>(_seg: *mut Segment, page: *mut Page, ptr: *mut u8) {
+    pub(super) unsafe fn on_free<P: Policy>(page: *mut Page, ptr: *mut u8) {
         // SAFETY: caller guarantee: page is ptr's and ours.
         unsafe {
             let key = (*page).key;
@@ -339,11 +336,7 @@ mod checks {
     }
 
     #[inline(always)]
-    pub(super) unsafe fn on_remote_free<P: Policy>(
-        _seg: *mut Segment,
-        page: *mut Page,
-        ptr: *mut u8,
-    ) {
+    pub(super) unsafe fn on_remote_free<P: Policy>(page: *mut Page, ptr: *mut u8) {
         // SAFETY: caller guarantee; only the page's shared line is read.
         unsafe {
             let key = (*page).shared_key;
