@@ -1,17 +1,21 @@
-//! The shared large-allocation path: one OS mapping per block.
+//! The shared large-allocation path: one span of segments per block.
 //!
-//! Requests above an allocator's largest size class come here. Each block is
-//! its own mapping, aligned to [`SEGMENT_ALIGN`] and tagged
-//! [`SegmentTag::LARGE`], with a small header before the user pointer, so
-//! `free`/`usable_size` need no layout. Fresh mappings are zero, so
-//! `allocate(.., zeroed = true)` never memsets them. `reallocate` resizes the
-//! mapping with `mremap`: in place when the address space after it is free,
-//! otherwise by moving the pages (no copy) to a new aligned reservation.
+//! Requests above an allocator's largest size class come here. Each block
+//! owns a span of whole segments ([`map_segments`], usually carved from the
+//! [`reservation`](crate::reservation) without a syscall), aligned to
+//! [`SEGMENT_ALIGN`] and tagged [`SegmentTag::LARGE`], with a small header
+//! before the user pointer, so `free`/`usable_size` need no layout. Fresh
+//! spans are zero, so `allocate(.., zeroed = true)` never memsets them.
+//! `reallocate` resizes within the span without a syscall, grows the span
+//! with `mremap` in place when the address space after it is free, or moves
+//! its pages (no copy) to a fresh span.
 //!
-//! Freed mappings are kept in a small cache (at most [`CACHE_SLOTS`] blocks
-//! and `HEAPKIT_LARGE_CACHE_MB`, default [`CACHE_BYTES`], bytes) so a program that frees and reallocates blocks
-//! of similar size skips the syscalls and page faults; entries older than
-//! `HEAPKIT_LARGE_DECAY_MS` (default [`CACHE_DELAY_NS`]) are unmapped by the next large operation or by
+//! Freed blocks are kept in a cache (at most [`CACHE_SLOTS`] blocks, and
+//! `HEAPKIT_LARGE_CACHE_MB` bytes, default [`CACHE_BYTES`], or half the
+//! bytes of live large blocks when that is more: the limit follows demand)
+//! so a program that frees and reallocates blocks of similar size skips the
+//! page faults; entries older than `HEAPKIT_LARGE_DECAY_MS` (default
+//! [`CACHE_DELAY_NS`]) are unmapped by the next large operation or by
 //! [`trim`], so resident memory falls soon after a program frees.
 //!
 //! The cache lock is only ever tried, never waited for: a busy lock sends
@@ -19,12 +23,14 @@
 //! forked child whose parent held the lock still allocates (the optional
 //! [`before_fork`] handlers let an allocator keep the cache usable there).
 //!
-//! Cost: `allocate` is an `mmap` (plus trims) or a cache hit; `free` is a
-//! cache insert or a `munmap`. The header costs one page of address space
-//! (`max(64, align)` bytes before the pointer).
+//! Cost: `allocate` is a cache hit or a carve (an `mmap` per 64 MiB of
+//! spans, or per block above 16 MiB); `free` is a cache insert or a
+//! `munmap`. The header costs one page (`max(64, align)` bytes before the
+//! pointer).
 
 use core::alloc::Layout;
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::lock::SpinLock;
 use crate::misuse::{self, Misuse};
@@ -41,7 +47,7 @@ const NEAR_ALIGN: usize = SEGMENT_ALIGN / 2;
 /// whole; a larger one gives back its tail first.
 const KEEP_WHOLE_UP_TO: usize = 2;
 /// Blocks the cache keeps.
-pub const CACHE_SLOTS: usize = 32;
+pub const CACHE_SLOTS: usize = 64;
 /// Bytes the cache keeps at most by default (`HEAPKIT_LARGE_CACHE_MB`,
 /// [`crate::options`]).
 pub const CACHE_BYTES: usize = (crate::options::DEFAULT_LARGE_CACHE_MB as usize) << 20;
@@ -101,6 +107,27 @@ static CACHE: SpinLock<BlockCache> = SpinLock::new(BlockCache {
     bytes: 0,
 });
 
+/// Bytes of large mappings handed out and not freed yet (their `map_size`),
+/// the demand the cache's limit follows ([`cache_limit`]).
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes the cache may hold now: `HEAPKIT_LARGE_CACHE_MB`, or half of the
+/// live large bytes when that is more (0 when the option is 0: no cache).
+///
+/// A fixed limit was too small for programs whose working set of large
+/// blocks is big: mimalloc-bench's malloc-large (20 live blocks of 2-20 MiB,
+/// one replaced per step) found a fitting cached block too rarely with
+/// 64 MiB and spent its time faulting in fresh pages (1.3x libmimalloc;
+/// 0.3x with 128 MiB). Following demand keeps what such a program will
+/// reuse; the decay still gives everything back once it stops.
+fn cache_limit() -> usize {
+    let floor = crate::options::get().large_cache_bytes;
+    if floor == 0 {
+        return 0;
+    }
+    floor.max(LIVE_BYTES.load(Relaxed) / 2)
+}
+
 fn offset_for(align: usize) -> usize {
     align.max(64)
 }
@@ -137,6 +164,7 @@ pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
             offset,
             state: BlockState::Live as u64,
         });
+        LIVE_BYTES.fetch_add(map_size, Relaxed);
         let user = base.add(offset);
         if zeroed && recycled {
             // Only the requested bytes must read as zero (C's calloc).
@@ -164,8 +192,12 @@ fn allocate_far_aligned(layout: Layout) -> *mut u8 {
     let Some(map_size) = body.checked_add(SEGMENT_ALIGN) else {
         return ptr::null_mut();
     };
-    // Room to slide the block to an `align` boundary.
-    let Some(reserve) = map_size.checked_add(align - SEGMENT_ALIGN) else {
+    // The block owns whole segments (see `unmap_segments`), plus room to
+    // slide it to an `align` boundary.
+    let Some(span) = span_of(map_size) else {
+        return ptr::null_mut();
+    };
+    let Some(reserve) = span.checked_add(align - SEGMENT_ALIGN) else {
         return ptr::null_mut();
     };
     let mut raw = os::map_aligned(reserve, SEGMENT_ALIGN);
@@ -179,15 +211,15 @@ fn allocate_far_aligned(layout: Layout) -> *mut u8 {
     let user = (raw as usize + SEGMENT_ALIGN).next_multiple_of(align);
     let base = (user - SEGMENT_ALIGN) as *mut u8;
     let head = base as usize - raw as usize;
-    let tail = reserve - head - map_size;
+    let tail = reserve - head - span;
     // SAFETY: the head and tail are parts of our fresh reservation outside
-    // base..base + map_size, which is what the block keeps.
+    // base..base + span, which is what the block keeps.
     unsafe {
         if head > 0 {
             os::unmap(raw, head);
         }
         if tail > 0 {
-            os::unmap(base.add(map_size), tail);
+            os::unmap(base.add(span), tail);
         }
     }
     crate::segment::REGIONS.mark(base);
@@ -201,6 +233,7 @@ fn allocate_far_aligned(layout: Layout) -> *mut u8 {
             state: BlockState::Live as u64,
         });
     }
+    LIVE_BYTES.fetch_add(map_size, Relaxed);
     user as *mut u8
 }
 
@@ -211,6 +244,7 @@ fn allocate_far_aligned(layout: Layout) -> *mut u8 {
 pub unsafe fn free(ptr: *mut u8) {
     // SAFETY: the caller guarantees ptr is a live large block (checked).
     let (base, map_size) = unsafe { checked_header(ptr, "free") };
+    LIVE_BYTES.fetch_sub(map_size, Relaxed);
     let now = os::monotonic_ns();
     // Never wait for the cache: a busy (or, in a forked child, orphaned)
     // lock just means this block is unmapped instead of cached.
@@ -220,7 +254,7 @@ pub unsafe fn free(ptr: *mut u8) {
         return;
     };
     expire(&mut cache, now);
-    let limit = crate::options::get().large_cache_bytes;
+    let limit = cache_limit();
     if map_size <= limit / 4 && cache.len < CACHE_SLOTS && cache.bytes + map_size <= limit {
         // SAFETY: the header of the block, checked live above.
         unsafe { (*base.cast::<LargeHeader>()).state = BlockState::Cached as u64 };
@@ -282,6 +316,8 @@ pub unsafe fn reallocate(ptr: *mut u8, new_size: usize) -> *mut u8 {
     if moved.is_null() {
         return moved;
     }
+    LIVE_BYTES.fetch_add(new_map, Relaxed);
+    LIVE_BYTES.fetch_sub(map_size, Relaxed);
     // SAFETY: the header moved with the pages; offset < new_map.
     unsafe {
         (*moved.cast::<LargeHeader>()).map_size = new_map;
@@ -289,31 +325,51 @@ pub unsafe fn reallocate(ptr: *mut u8, new_size: usize) -> *mut u8 {
     }
 }
 
-/// Resizes the segment-aligned mapping `base..+old` to `new` bytes: in
-/// place when the address space after it allows, otherwise by moving its
-/// pages (no copy; resident pages stay resident) to a fresh aligned
-/// reservation. Returns the new base, or null with the mapping untouched.
+/// Resizes the large mapping at `base` from `old` to `new` bytes (page
+/// multiples). Within the span of `old` ([`span_of`]) nothing moves: a
+/// shrink gives the dropped pages back and unmaps whole segments past the
+/// new span, a growth just uses more of the span. Past the span, the span
+/// grows in place when the address space after it is free, or its pages
+/// move (no copy; resident pages stay resident) to a fresh span. Returns
+/// the new base, or null with the mapping untouched.
 ///
 /// # Safety
-/// `base..+old` must be a whole mapping of this module's that only the
-/// caller uses.
+/// `base` must be the start of a large mapping of `old` bytes (as
+/// [`map_segments`] made it) that only the caller uses.
 unsafe fn resize_mapping(base: *mut u8, old: usize, new: usize) -> *mut u8 {
-    // SAFETY: caller guarantee.
-    if unsafe { os::remap_in_place(base, old, new) } {
+    let (Some(old_span), Some(new_span)) = (span_of(old), span_of(new)) else {
+        return ptr::null_mut();
+    };
+    if new_span <= old_span {
+        // SAFETY: new..old and new_span..old_span lie inside the caller's
+        // mapping, past every byte the resized block keeps.
+        unsafe {
+            if new < old {
+                // A refused purge only leaves the pages resident.
+                let _ = os::purge(base.add(new), old.min(new_span) - new);
+            }
+            if new_span < old_span {
+                os::unmap(base.add(new_span), old_span - new_span);
+            }
+        }
+        return base;
+    }
+    // SAFETY: caller guarantee; base..+old_span is the whole span.
+    if unsafe { os::remap_in_place(base, old_span, new_span) } {
         return base;
     }
     let dest = map_segments(new);
     if dest.is_null() {
         return dest;
     }
-    // SAFETY: dest is a fresh reservation of `new` bytes; the source is the
-    // caller's whole mapping.
-    if unsafe { os::remap_to(base, old, new, dest) } {
+    // SAFETY: dest is a fresh span of `new_span` bytes; the source is the
+    // caller's whole span.
+    if unsafe { os::remap_to(base, old_span, new_span, dest) } {
         // The pages moved: no mapping starts at `base` any more.
         crate::segment::REGIONS.unmark(base);
         return dest;
     }
-    // SAFETY: the reservation is unused.
+    // SAFETY: the fresh span is unused.
     unsafe { unmap_segments(dest, new) };
     ptr::null_mut()
 }
@@ -336,10 +392,12 @@ pub fn trim(only_expired: bool) -> bool {
 /// Takes the lock so `fork()` finds it free; see [`after_fork_parent`].
 pub fn before_fork() {
     CACHE.raw().lock();
+    crate::reservation::before_fork();
 }
 
 /// Releases the lock taken by [`before_fork`] in the parent.
 pub fn after_fork_parent() {
+    crate::reservation::after_fork_parent();
     // SAFETY: before_fork took the lock in this thread.
     unsafe { CACHE.raw().unlock() };
 }
@@ -348,6 +406,7 @@ pub fn after_fork_parent() {
 pub fn after_fork_child() {
     // SAFETY: called in the single-threaded child after fork.
     unsafe { CACHE.raw().reset_after_fork() };
+    crate::reservation::after_fork_child();
 }
 
 fn expire(cache: &mut BlockCache, now: u64) {
@@ -367,19 +426,25 @@ fn expire(cache: &mut BlockCache, now: u64) {
     }
 }
 
-/// Takes the smallest cached mapping of at least `map_size` bytes; returns
-/// its base and its size, or null if none fits. A
-/// mapping more than a quarter larger than asked is trimmed (its tail
-/// unmapped) so a small request does not pin a big block's memory; a
-/// closer fit is kept whole, which saves the `munmap`.
+/// Takes the smallest cached mapping of at least `map_size` bytes and at
+/// most [`KEEP_WHOLE_UP_TO`] times that; returns its base and its size, or
+/// null if none fits. The mapping is reused whole: its resident pages need
+/// no fault again and the block can later grow in place up to its mapping.
+///
+/// A bigger mapping is left for a bigger request (or the decay) rather than
+/// trimmed: unmapping the resident tail of a cached block took 0.2-0.6 ms
+/// (the kernel frees its pages), inside `malloc` (the `large` workload's
+/// malloc p99 was 90 us with trimming).
 fn take_cached(map_size: usize) -> (*mut u8, usize) {
     let Some(mut cache) = CACHE.try_lock() else {
         return (ptr::null_mut(), 0);
     };
+    let most = map_size.saturating_mul(KEEP_WHOLE_UP_TO);
     let mut best = usize::MAX;
     for i in 0..cache.len {
         let b = cache.blocks[i];
         if b.map_size >= map_size
+            && b.map_size <= most
             && (best == usize::MAX || b.map_size < cache.blocks[best].map_size)
         {
             best = i;
@@ -395,30 +460,38 @@ fn take_cached(map_size: usize) -> (*mut u8, usize) {
     cache.len -= 1;
     cache.blocks[best] = cache.blocks[cache.len];
     cache.bytes -= b.map_size;
-    drop(cache);
-    if b.map_size > map_size * KEEP_WHOLE_UP_TO {
-        // SAFETY: the tail is part of the unused cached mapping.
-        unsafe { os::unmap(b.base.add(map_size), b.map_size - map_size) };
-        (b.base, map_size)
-    } else {
-        // Reused whole: its resident pages need no fault again, and the
-        // block can later grow in place up to its mapping.
-        (b.base, b.map_size)
-    }
+    (b.base, b.map_size)
+}
+
+/// The address space a mapping of `size` bytes made by [`map_segments`]
+/// owns: `size` rounded up to whole segments (None on overflow).
+#[inline]
+pub fn span_of(size: usize) -> Option<usize> {
+    size.checked_next_multiple_of(SEGMENT_ALIGN)
 }
 
 /// Maps `size` bytes aligned to [`SEGMENT_ALIGN`] for a segment, chunk or
-/// large block. At exhaustion it empties the block cache (whose mappings
-/// may be what uses up the address space) and tries once more, so a
-/// program that freed memory gets it back before it sees NULL.
+/// large block: a span of whole segments ([`span_of`]), fresh and zero, of
+/// which the caller uses `size` bytes (the rest stays untouched). Usually
+/// carved from the current [`reservation`](crate::reservation) without a
+/// syscall; otherwise mapped on its own. At exhaustion it empties the block
+/// cache and gives back the reservation's remainder (either may be what
+/// uses up the address space) and tries once more, so a program that freed
+/// memory gets it back before it sees NULL.
 ///
 /// The mapping is recorded in [`crate::segment::REGIONS`]; give it back
-/// with [`unmap_segments`] (a tail may go with `os::unmap`).
+/// with [`unmap_segments`] and the same `size`.
 pub fn map_segments(size: usize) -> *mut u8 {
-    let mut p = os::map_aligned(size, SEGMENT_ALIGN);
+    let Some(span) = span_of(size) else {
+        return ptr::null_mut();
+    };
+    let mut p = crate::reservation::carve(span);
+    if p.is_null() {
+        p = os::map_aligned(span, SEGMENT_ALIGN);
+    }
     if p.is_null() {
         reclaim_cache();
-        p = os::map_aligned(size, SEGMENT_ALIGN);
+        p = os::map_aligned(span, SEGMENT_ALIGN);
     }
     if !p.is_null() {
         crate::segment::REGIONS.mark(p);
@@ -426,22 +499,24 @@ pub fn map_segments(size: usize) -> *mut u8 {
     p
 }
 
-/// Unmaps a whole mapping made by [`map_segments`], first clearing its
-/// region bit.
+/// Unmaps a whole mapping made by [`map_segments`] (its whole span), first
+/// clearing its region bit.
 ///
 /// # Safety
-/// `base..+size` must be a whole mapping of [`map_segments`] that nothing
-/// uses any more.
+/// `base` must come from [`map_segments`]`(size)` (or a resize that kept
+/// the span of `size`), and nothing may use the mapping any more.
 pub unsafe fn unmap_segments(base: *mut u8, size: usize) {
     crate::segment::REGIONS.unmark(base);
-    // SAFETY: caller guarantee.
-    unsafe { os::unmap(base, size) };
+    let span = span_of(size).unwrap_or(size);
+    // SAFETY: caller guarantee: base..+span is the span map_segments made.
+    unsafe { os::unmap(base, span) };
 }
 
 #[cold]
 #[inline(never)]
 fn reclaim_cache() {
     let _ = trim(false);
+    let _ = crate::reservation::release();
 }
 
 /// The block's mapping (base, size), after checking that `ptr` is the start

@@ -8,7 +8,10 @@
 //!   atfork), counted, never allocating.
 //! - [`segment`]: 4 MiB-aligned, tagged segments, so `free(ptr)` finds its
 //!   owner by masking.
-//! - [`large`]: the shared path for blocks above the size classes.
+//! - [`large`]: the shared path for blocks above the size classes, and
+//!   the mapping of segment spans.
+//! - [`reservation`]: address space mapped ahead, carved into segment spans
+//!   without a syscall.
 //! - [`size_class`]: the `const` class table.
 //! - [`stats`]: one [`Stats`] shape, counted per thread and merged on read.
 //! - [`list`]: the intrusive doubly linked list of pages, segments, slabs.
@@ -35,6 +38,7 @@ pub mod misuse;
 pub mod once;
 pub mod options;
 pub mod os;
+pub mod reservation;
 pub mod segment;
 pub mod size_class;
 pub mod stats;

@@ -131,10 +131,11 @@ unsafe extern "C" fn on_thread_exit(_value: *mut c_void) {
             // is at its segment start.
             let map_size = unsafe { (*base.cast::<ChunkHeader>()).map_size };
             let tail = os::round_to_pages(cur).unwrap_or(usize::MAX);
-            let map_end = base as usize + map_size;
+            // The chunk owns its whole span (map_segments rounds up).
+            let map_end = base as usize + large::span_of(map_size).unwrap_or(map_size);
             if tail < map_end {
                 // SAFETY: [tail, map_end) is page-aligned, inside this
-                // chunk's mapping and above every block ever handed out from
+                // chunk's span and above every block ever handed out from
                 // it (all blocks end at or below cur); the thread's state is
                 // reset below, so nothing will hand it out.
                 unsafe { os::unmap(tail as *mut u8, map_end - tail) };
