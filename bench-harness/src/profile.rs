@@ -386,7 +386,7 @@ fn frames_of(symbolizer: &mut Symbolizer, stack: &[u64]) -> Vec<String> {
         }
     }
     const RECORDER: [&str; 5] = [
-        "heapkit_core::os::backtrace",
+        "heapkit_core::os::",
         "heapkit_trace::",
         "<heapkit_trace::",
         "__rustc::__rust_alloc",

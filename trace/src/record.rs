@@ -55,6 +55,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsiz
 
 use heapkit_core::lock::{RawSpinLock, SpinLock};
 use heapkit_core::os;
+use heapkit_core::os::unwind::UnwindCache;
 
 use crate::format::{self, put_varint, zigzag};
 
@@ -363,6 +364,12 @@ struct ThreadBuf {
     countdown: i64,
     /// Sampled profiles: this thread's random state (xorshift64).
     rng: u64,
+    /// Profiles: this thread's cache of unwind rules, mapped at the first
+    /// stack (null before, or if that mapping failed: libgcc's unwinder
+    /// then walks the stacks, slower).
+    unwind: *mut UnwindCache,
+    /// Profiles: the unwind cache's mapping was tried.
+    unwind_tried: bool,
 }
 
 const _: () = assert!(core::mem::size_of::<ThreadBuf>() <= BLOCK_AT);
@@ -783,6 +790,8 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
             len: 0,
             countdown: 0,
             rng: (mem as u64) ^ now ^ 0x9e37_79b9_7f4a_7c15,
+            unwind: core::ptr::null_mut(),
+            unwind_tried: false,
         })
     };
     // SAFETY: initialised just above, not shared yet.
@@ -858,7 +867,7 @@ impl ThreadBuf {
     #[cold]
     fn write_stack(&mut self, weight: u64) {
         let mut frames = [0usize; format::MAX_FRAMES];
-        let n = os::backtrace(&mut frames);
+        let n = self.backtrace(&mut frames);
         if self.len + format::MAX_STACK_RECORD_LEN + format::MAX_RECORD_LEN > PAYLOAD_CAP {
             flush(self);
         }
@@ -883,6 +892,21 @@ impl ThreadBuf {
         }
         self.len = at;
         self.records += 1;
+    }
+
+    /// The calling thread's stack, by the cached unwinder when its cache
+    /// could be mapped (a fresh mapping is an empty cache).
+    fn backtrace(&mut self, frames: &mut [usize]) -> usize {
+        if self.unwind.is_null() && !self.unwind_tried {
+            self.unwind_tried = true;
+            self.unwind = os::map(UnwindCache::BYTES).cast();
+        }
+        if self.unwind.is_null() {
+            return os::backtrace(frames);
+        }
+        // SAFETY: the cache is this thread's own mapping, used only here
+        // under the busy flag.
+        os::unwind::backtrace_cached(frames, unsafe { &mut *self.unwind })
     }
 
     #[inline]

@@ -14,6 +14,8 @@ use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 pub mod thread_pointer;
+#[cfg(target_arch = "x86_64")]
+pub mod unwind;
 
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
