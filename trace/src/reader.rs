@@ -328,11 +328,12 @@ impl Trace {
             return err(bytes.len(), "truncated inside the file header");
         }
         let version = le_u16(bytes, 8);
-        if version != format::VERSION {
+        if !(format::OLDEST_VERSION..=format::VERSION).contains(&version) {
             return err(
                 8,
                 format!(
-                    "unsupported format version {version} (this reader reads version {})",
+                    "unsupported format version {version} (this reader reads versions {} to {})",
+                    format::OLDEST_VERSION,
                     format::VERSION
                 ),
             );
@@ -350,6 +351,9 @@ impl Trace {
         };
         let start_ticks = le_u64(bytes, 24);
         let mut raw: Vec<Vec<RawEvent>> = Vec::new();
+        // Per thread: the stack table index of each of its STACK records, in
+        // order (what SAME_STACK ids name).
+        let mut thread_stacks: Vec<Vec<u32>> = Vec::new();
         let mut pos = format::HEADER_LEN;
         let mut total: u64 = 0;
         let mut warning = None;
@@ -441,11 +445,13 @@ impl Trace {
             let t = thread as usize;
             if raw.len() <= t {
                 raw.resize_with(t + 1, Vec::new);
+                thread_stacks.resize_with(t + 1, Vec::new);
             }
             if raw[t].last().is_some_and(|last| base_ticks < last.ticks) {
                 stop!(pos + 16, "block starts before the thread's previous record");
             }
             let before = raw[t].len();
+            let stacks_before = thread_stacks[t].len();
             let decoded = decode_block(
                 bytes,
                 payload,
@@ -453,10 +459,11 @@ impl Trace {
                 records,
                 (base_ticks, base_addr),
                 &mut raw[t],
-                &mut stacks,
+                (&mut stacks, &mut thread_stacks[t]),
             );
             if let Err(e) = decoded {
                 raw[t].truncate(before);
+                thread_stacks[t].truncate(stacks_before);
                 stop!(e.offset, e.message);
             }
             total += records as u64;
@@ -516,7 +523,8 @@ fn decode_block(
     records: u32,
     (base_ticks, base_addr): (u64, u64),
     out: &mut Vec<RawEvent>,
-    stacks: &mut StackTable,
+    // The interned stacks, and this thread's STACK records' indices in it.
+    (stacks, thread_stacks): (&mut StackTable, &mut Vec<u32>),
 ) -> Result<(), TraceError> {
     let mut pending: Option<(u32, u64)> = None;
     let mut c = Cursor {
@@ -579,7 +587,22 @@ fn decode_block(
                     prev_frame = prev_frame.wrapping_add(unzigzag(c.varint()?) as u64);
                     frames.push(prev_frame);
                 }
-                pending = Some((stacks.intern(frames), weight));
+                let id = stacks.intern(frames);
+                thread_stacks.push(id);
+                pending = Some((id, weight));
+                continue;
+            }
+            format::KIND_SAME_STACK => {
+                let weight = c.varint()?;
+                let at = c.pos;
+                let n = c.varint()?;
+                let Some(&id) = usize::try_from(n).ok().and_then(|n| thread_stacks.get(n)) else {
+                    return err(
+                        at,
+                        format!("reference to stack {n}, which the thread has not recorded"),
+                    );
+                };
+                pending = Some((id, weight));
                 continue;
             }
             format::KIND_ALLOC => {
@@ -771,6 +794,18 @@ mod tests {
                 payload.push(kind);
                 put(&mut payload, ticks - prev_ticks);
                 prev_ticks = ticks;
+                // Stacks: `a` is the weight; STACK has `size` frames
+                // b, b + 1, ...; SAME_STACK names stack id `size`.
+                if kind == format::KIND_STACK || kind == format::KIND_SAME_STACK {
+                    put(&mut payload, a);
+                    put(&mut payload, size);
+                    if kind == format::KIND_STACK {
+                        for i in 0..size {
+                            put(&mut payload, zigzag(if i == 0 { b } else { 1 } as i64));
+                        }
+                    }
+                    continue;
+                }
                 put(&mut payload, zigzag(a.wrapping_sub(prev) as i64));
                 prev = a;
                 if kind == format::KIND_REALLOC {
@@ -843,6 +878,46 @@ mod tests {
             (2, 1, 2, 1)
         );
         assert_eq!(s.peak_live_bytes, 64 + 24);
+    }
+
+    #[test]
+    fn repeated_stacks_are_named_by_the_threads_stack_ids() {
+        const S: u8 = format::KIND_STACK;
+        const SAME: u8 = format::KIND_SAME_STACK;
+        let t0: &[Rec] = &[
+            (S, 1, 8, 0x400000, 3),
+            (A, 2, 0x1000, 0, 8),
+            (S, 3, 16, 0x500000, 2),
+            (A, 4, 0x2000, 0, 16),
+            (SAME, 5, 32, 0, 0),
+            (A, 6, 0x3000, 0, 32),
+        ];
+        // Thread 1's ids are its own: its stack 0 is not thread 0's. (Its
+        // records come later, so objects 0-2 are thread 0's.)
+        let t1: &[Rec] = &[
+            (S, 101, 8, 0x600000, 1),
+            (A, 102, 0x4000, 0, 8),
+            (SAME, 103, 8, 0, 0),
+            (A, 104, 0x5000, 0, 8),
+        ];
+        let t = Trace::parse(&encode(&[t0, t1])).unwrap();
+        let stack_of = |obj: usize| &t.stacks[t.objects[obj].stack as usize];
+        assert_eq!(stack_of(0), &[0x400000, 0x400001, 0x400002]);
+        assert_eq!(stack_of(1), &[0x500000, 0x500001]);
+        assert_eq!(stack_of(2), stack_of(0));
+        assert_eq!(t.objects[2].weight, 32);
+        let thread1: Vec<_> = (0..t.objects.len())
+            .filter(|&o| stack_of(o)[..] == [0x600000])
+            .collect();
+        assert_eq!(thread1.len(), 2);
+        // A reference to a stack the thread has not recorded is corrupt.
+        let bad: &[Rec] = &[
+            (S, 1, 8, 0x400000, 1),
+            (SAME, 2, 8, 0, 1),
+            (A, 3, 0x1000, 0, 8),
+        ];
+        let e = Trace::parse(&encode(&[bad])).unwrap_err();
+        assert!(e.message.contains("reference to stack 1"), "{e}");
     }
 
     #[test]

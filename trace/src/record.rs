@@ -364,12 +364,55 @@ struct ThreadBuf {
     countdown: i64,
     /// Sampled profiles: this thread's random state (xorshift64).
     rng: u64,
-    /// Profiles: this thread's cache of unwind rules, mapped at the first
-    /// stack (null before, or if that mapping failed: libgcc's unwinder
-    /// then walks the stacks, slower).
-    unwind: *mut UnwindCache,
-    /// Profiles: the unwind cache's mapping was tried.
-    unwind_tried: bool,
+    /// Profiles: this thread's unwind rules and recorded stacks, mapped at
+    /// the first stack (null before, or if that mapping failed: libgcc's
+    /// unwinder then walks the stacks and each is written in full).
+    stack_memory: *mut StackMemory,
+    /// Profiles: `stack_memory`'s mapping was tried.
+    stack_memory_tried: bool,
+}
+
+/// A thread's memory for stacks, one anonymous mapping (zero is empty).
+#[repr(C)]
+struct StackMemory {
+    unwind: UnwindCache,
+    recorded: RecordedStacks,
+}
+
+/// Slots of [`RecordedStacks`] (a power of two).
+const RECORDED_SLOTS: usize = 4096;
+
+/// The stacks a thread has written as STACK records, by hash, so a repeat
+/// is written as a SAME_STACK reference: a direct-mapped table (a
+/// collision forgets the older stack, which is then written in full again
+/// and gets a new id).
+///
+/// Invariant: every slot with a non-zero `hash` names, by `id`, a STACK
+/// record this thread wrote to the current trace file whose frames hash to
+/// `hash`; `next_id` is the number of STACK records the thread wrote to it.
+#[repr(C)]
+struct RecordedStacks {
+    slots: [RecordedStack; RECORDED_SLOTS],
+    next_id: u32,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct RecordedStack {
+    /// The frames' hash (never 0; 0: an empty slot).
+    hash: u64,
+    /// Its STACK record's index among the thread's.
+    id: u32,
+}
+
+/// A 64-bit hash of a stack (never 0): a repeat is taken for the same
+/// stack, which a 2^-64 collision would misattribute.
+fn stack_hash(frames: &[usize]) -> u64 {
+    let mut h = 0x243f_6a88_85a3_08d3u64 ^ frames.len() as u64;
+    for &f in frames {
+        h = os::mix64(h ^ f as u64);
+    }
+    h.max(1)
 }
 
 const _: () = assert!(core::mem::size_of::<ThreadBuf>() <= BLOCK_AT);
@@ -700,6 +743,7 @@ unsafe extern "C" fn fork_child() {
         // busy, because fork is not called from inside a record.
         let buf = unsafe { &mut *(own as *mut ThreadBuf) };
         buf.busy.store(false, Ordering::Relaxed);
+        buf.forget_recorded_stacks();
         buf.thread = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
         buf.records = 0;
         buf.len = 0;
@@ -790,8 +834,8 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
             len: 0,
             countdown: 0,
             rng: (mem as u64) ^ now ^ 0x9e37_79b9_7f4a_7c15,
-            unwind: core::ptr::null_mut(),
-            unwind_tried: false,
+            stack_memory: core::ptr::null_mut(),
+            stack_memory_tried: false,
         })
     };
     // SAFETY: initialised just above, not shared yet.
@@ -874,39 +918,73 @@ impl ThreadBuf {
         let now = now_ticks();
         let dt = now.saturating_sub(self.prev_ticks);
         self.prev_ticks = self.prev_ticks.max(now);
+        let hash = stack_hash(&frames[..n]);
+        // SAFETY: a non-null stack_memory is this thread's own mapping,
+        // used only under the busy flag.
+        let recorded = unsafe { self.stack_memory.as_mut() }.map(|m| &mut m.recorded);
+        let slot = recorded.map(|r| {
+            let i = (hash as usize) & (RECORDED_SLOTS - 1);
+            let seen = r.slots[i];
+            if seen.hash == hash {
+                Ok(seen.id)
+            } else {
+                let id = r.next_id;
+                r.next_id += 1;
+                r.slots[i] = RecordedStack { hash, id };
+                Err(id)
+            }
+        });
         let mut at = self.len;
         let out = self.payload();
         // SAFETY: MAX_STACK_RECORD_LEN bytes are free from `at` (checked
         // above); every field is a varint of at most 10 bytes.
         unsafe {
-            out.add(at).write(format::KIND_STACK);
-            at += 1;
-            at += put_varint(out.add(at), dt);
-            at += put_varint(out.add(at), weight);
-            at += put_varint(out.add(at), n as u64);
-            let mut prev = 0u64;
-            for &f in &frames[..n] {
-                at += put_varint(out.add(at), zigzag((f as u64).wrapping_sub(prev) as i64));
-                prev = f as u64;
+            if let Some(Ok(id)) = slot {
+                out.add(at).write(format::KIND_SAME_STACK);
+                at += 1;
+                at += put_varint(out.add(at), dt);
+                at += put_varint(out.add(at), weight);
+                at += put_varint(out.add(at), id as u64);
+            } else {
+                out.add(at).write(format::KIND_STACK);
+                at += 1;
+                at += put_varint(out.add(at), dt);
+                at += put_varint(out.add(at), weight);
+                at += put_varint(out.add(at), n as u64);
+                let mut prev = 0u64;
+                for &f in &frames[..n] {
+                    at += put_varint(out.add(at), zigzag((f as u64).wrapping_sub(prev) as i64));
+                    prev = f as u64;
+                }
             }
         }
         self.len = at;
         self.records += 1;
     }
 
-    /// The calling thread's stack, by the cached unwinder when its cache
+    /// The calling thread's stack, by the cached unwinder when its memory
     /// could be mapped (a fresh mapping is an empty cache).
     fn backtrace(&mut self, frames: &mut [usize]) -> usize {
-        if self.unwind.is_null() && !self.unwind_tried {
-            self.unwind_tried = true;
-            self.unwind = os::map(UnwindCache::BYTES).cast();
+        if self.stack_memory.is_null() && !self.stack_memory_tried {
+            self.stack_memory_tried = true;
+            self.stack_memory = os::map(core::mem::size_of::<StackMemory>()).cast();
         }
-        if self.unwind.is_null() {
+        if self.stack_memory.is_null() {
             return os::backtrace(frames);
         }
-        // SAFETY: the cache is this thread's own mapping, used only here
+        // SAFETY: the memory is this thread's own mapping, used only here
         // under the busy flag.
-        os::unwind::backtrace_cached(frames, unsafe { &mut *self.unwind })
+        os::unwind::backtrace_cached(frames, unsafe { &mut (*self.stack_memory).unwind })
+    }
+
+    /// Forgets the stacks written so far (a forked child's new file has
+    /// none of them).
+    fn forget_recorded_stacks(&mut self) {
+        // SAFETY: as in `backtrace`; zero is the empty table.
+        if let Some(m) = unsafe { self.stack_memory.as_mut() } {
+            // SAFETY: plain data, for which all-zero bytes are valid.
+            unsafe { (&raw mut m.recorded).write_bytes(0, 1) };
+        }
     }
 
     #[inline]

@@ -1,7 +1,8 @@
 /* leak.c: a program that leaks N blocks of 4096 bytes in one named
  * function, for `heapkit-bench profile` (bench-harness/tests/profile.rs).
- * Usage: leak N [kill]; with "kill" it ends with SIGKILL (no exit
- * handlers run), to check that a killed process's profile is still read. */
+ * Usage: leak N [kill [SIZE]]; with "kill" it ends with SIGKILL (no exit
+ * handlers run), to check that a killed process's profile is still read;
+ * SIZE (default 4096) is the bytes of each leaked block. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +29,8 @@ int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 4096;
     if (n > (1 << 16)) n = 1 << 16;
     allocate_and_free(100000);
-    leak_in_named_function(n, 4096);
+    size_t size = argc > 3 ? (size_t)atol(argv[3]) : 4096;
+    leak_in_named_function(n, size);
     for (int i = 0; i < n; i++) keep[i] = 0; /* the last pointers are gone */
     if (argc > 2 && !strcmp(argv[2], "kill")) raise(SIGKILL);
     return 0;
