@@ -218,12 +218,23 @@ impl ThreadStats {
     /// [`Self::FLUSH_OPS`] allocations.
     #[inline(always)]
     pub fn on_alloc(&self, global: &GlobalStats, bytes: usize) {
+        if self.count_alloc(bytes) {
+            self.flush(global);
+        }
+    }
+
+    /// Counts one allocation of `bytes` usable bytes; true every
+    /// [`Self::FLUSH_OPS`] allocations, when the caller must [`flush`]
+    /// (an allocator's periodic work rides on it: one compare on the fast
+    /// path for both).
+    ///
+    /// [`flush`]: Self::flush
+    #[inline(always)]
+    pub fn count_alloc(&self, bytes: usize) -> bool {
         let allocs = self.allocs.get() + 1;
         self.allocs.set(allocs);
         self.live.set(self.live.get().wrapping_add(bytes as i64));
-        if allocs >= Self::FLUSH_OPS {
-            self.flush(global);
-        }
+        allocs >= Self::FLUSH_OPS
     }
 
     /// Counts one free of `bytes` usable bytes (no flush: a thread that only

@@ -14,8 +14,8 @@
 //! it to [`crate::slow`], which binds the heap first.
 //!
 //! `allocate`: class lookup, load page, pop `free`, count. `free`: mask to
-//! the segment, shift to the page, and either push on the page's
-//! `local_free` (owner) or on its `thread_free` (anyone else).
+//! the segment, shift to the page, and either push on the page's `free`
+//! (owner) or on its `thread_free` (anyone else).
 
 use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
@@ -190,7 +190,9 @@ pub(crate) fn alloc<P: Mode>(class: usize) -> *mut u8 {
         let used = (*page).used.load(Relaxed);
         (*page).used.store(used + 1, Relaxed);
         debug_assert!(used < (*page).capacity);
-        (*h).stats.on_alloc(&STATS, (*page).block_size as usize);
+        if (*h).stats.count_alloc((*page).block_size as usize) {
+            slow::heartbeat::<P>(h);
+        }
         block.cast()
     }
 }
@@ -218,8 +220,12 @@ pub(crate) unsafe fn free<P: Mode>(ptr: *mut u8) {
         if (*seg).owner.load(Relaxed) == (*h).id {
             P::on_free(page, ptr);
             let b = ptr.cast::<Block>();
-            Page::link::<P>(page, b, (*page).local_free);
-            (*page).local_free = b;
+            // Straight back on `free` (LIFO): the next allocation of the
+            // class reuses the block just freed, still in cache (alloc-test
+            // 1T 0.79x, cfrac 0.82x against pushing to `local_free`).
+            Page::link::<P>(page, b, (*page).free);
+            (*page).free = b;
+            (*page).is_zero = false;
             (*h).stats.on_free((*page).block_size as usize);
             debug_assert!(
                 Page::in_use(page) > 0,

@@ -23,9 +23,13 @@
 //!   finds its page by masking, with no per-block header.
 //! - Each thread owns a heap: one queue of pages per class, and
 //!   `current[class]`, the page the next allocation pops from. Every page
-//!   keeps three free lists: `free` (allocation pops), `local_free`
-//!   (the owner's frees push) and `thread_free` (other threads push with one
-//!   CAS; the owner takes the lot with one swap, see `remote.rs`).
+//!   keeps three free lists: `free` (allocation pops, the owner's frees
+//!   push: the block just freed is the next handed out, still in cache),
+//!   `local_free` (remote frees the owner collected) and `thread_free`
+//!   (other threads push with one CAS; the owner takes the lot with one
+//!   swap, see `remote.rs`). The slow path's periodic work also runs every
+//!   4096 allocations (`slow::heartbeat`), since a balanced allocate/free
+//!   loop may never empty a free list.
 //! - Pages are carved lazily, one OS page of blocks at a time (at least
 //!   four blocks), so fresh memory is not touched long before it is used,
 //!   and blocks carved from fresh
@@ -74,7 +78,7 @@
 //!   ├─ align > 16 ─ class_for(layout) ─ heap::alloc    (power-of-two class, aligned carving)
 //!   └─ otherwise ─ large::allocate
 //! free(ptr) ─ heap::free: tag? ── LARGE ─ large::free
-//!              └─ owner? ─ yes ─ push local_free; used-1 empty or FULL_FLAG ─ slow::page_freed [cold]
+//!              └─ owner? ─ yes ─ push free; used-1 empty or FULL_FLAG ─ slow::page_freed [cold]
 //!                         │      page_freed ─ purge::free_page/keep ─ idle > budget ─ purge::purge_idle
 //!                         │                    (free empty pages, purge all, large::trim)
 //!                         └ no ── free_remote: ThreadFree::push (+ PendingPages::notify)

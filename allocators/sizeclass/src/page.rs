@@ -2,10 +2,11 @@
 //!
 //! Each page keeps three free lists (free-list sharding, after mimalloc):
 //!
-//! - `free`: what the allocation fast path pops; owner only.
-//! - `local_free`: where the owner's frees push; owner only. Kept apart from
-//!   `free` so the fast path's list is never refilled behind its back and the
-//!   owner notices, on its slow path, when a page has become empty.
+//! - `free`: what the allocation fast path pops and the owner's frees push
+//!   (LIFO: the block freed last is reused first, while in cache); owner
+//!   only.
+//! - `local_free`: where the owner collects its remote frees; owner only;
+//!   moved to `free` when that runs dry.
 //! - `thread_free`: an atomic stack other threads push to ([`crate::remote`]).
 //!
 //! Blocks are carved lazily: `capacity` blocks exist (are on a list or

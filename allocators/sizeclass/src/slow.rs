@@ -58,6 +58,30 @@ pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> *mut u8 {
     heap::alloc::<P>(class)
 }
 
+/// Every [`ThreadStats::FLUSH_OPS`](heapkit_core::stats::ThreadStats::FLUSH_OPS)
+/// allocations of a thread, from its fast path: flushes its counts and
+/// runs the slow path's periodic work (the purge decay). Owner frees go
+/// straight back on `free`, so a thread allocating and freeing in balance
+/// may never empty a free list and reach [`alloc`]; this heartbeat (the
+/// role of mimalloc's `local_free` swap) still purges its idle pages and
+/// tells the reclaimer it is active.
+///
+/// # Safety
+/// `h` must be the calling thread's heap, not re-entered here.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn heartbeat<P: Mode>(h: *mut Heap) {
+    // SAFETY: caller guarantee.
+    unsafe {
+        (*h).stats.flush(&STATS);
+        let calls = (*h).slow_calls.load(Relaxed).wrapping_add(1);
+        (*h).slow_calls.store(calls, Relaxed);
+        (*h).lock.lock();
+        sweep::<P>(&mut *h, false);
+        (*h).lock.unlock();
+    }
+}
+
 /// Counts a remote free by a thread whose heap is not set up (a thread
 /// that only frees): sets it up, so the count goes to the thread's own
 /// counters (flushed at its exit), not to a shared cache line.
