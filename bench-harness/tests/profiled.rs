@@ -1,4 +1,4 @@
-//! A Rust program profiled with `heapkit_trace::profiled::Profiled<System>`:
+//! A Rust program profiled with `heapkit_profile::Profiled<System>`:
 //! this test binary is its own subject. The parent test re-runs the binary
 //! with `HEAPKIT_PROFILE` set and only the leaking test selected, then reads
 //! the profile the child wrote at exit.
@@ -6,7 +6,7 @@
 use std::alloc::System;
 use std::process::Command;
 
-use heapkit_trace::profiled::Profiled;
+use heapkit_profile::Profiled;
 
 #[global_allocator]
 static GLOBAL: Profiled<System> = Profiled::new(System);

@@ -3,7 +3,7 @@
 //!
 //! - [`record`]: the recorder the LD_PRELOAD shim drives when
 //!   `HEAPKIT_TRACE=out.hkt` is set. It never allocates through `malloc`.
-//! - [`profiled::Profiled`]: the same recorder as a `GlobalAlloc` wrapper,
+//!   The `heapkit-profile` crate drives it from a `GlobalAlloc` wrapper,
 //!   for a heap profile of a Rust program (`HEAPKIT_PROFILE=path`).
 //! - [`format`]: the versioned `.hkt` binary format, specified in its docs.
 //! - [`Trace`] ([`reader`]): maps, decodes and validates a trace; errors
@@ -16,7 +16,6 @@
 //! ```
 
 pub mod format;
-pub mod profiled;
 pub mod reader;
 pub mod record;
 pub mod schedule;

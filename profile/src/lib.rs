@@ -1,16 +1,29 @@
-//! [`Profiled`]: a heap profile of a Rust program, with one line.
+//! heapkit-profile: a heap profile of a Rust program, with one line.
 //!
-//! Wraps any `GlobalAlloc` (heapkit's or `std::alloc::System`) and drives
-//! the same recorder as `HEAPKIT_PROFILE` under `libheapkit.so`: when the
-//! program runs with `HEAPKIT_PROFILE=path` (`%p` = pid), allocations are
-//! sampled by bytes (`HEAPKIT_PROFILE_RATE`, mean bytes between samples,
-//! default 512 KiB; 0 records every allocation) with their call stacks, and
-//! `heapkit-bench profile --read path` prints what was live at exit by
-//! stack. Without the variable it only forwards (one relaxed load more per
-//! call).
+//! **What it is for.** Your program's memory grows and you want to know
+//! where it goes: which call stacks hold the bytes that are still live at
+//! exit (leaks), what was live at the peak, which sites allocate the most,
+//! which allocations are freed right away. [`Profiled`] wraps any
+//! `GlobalAlloc` (heapkit's or `std::alloc::System`) and drives the same
+//! recorder as `HEAPKIT_PROFILE` under `libheapkit.so`: when the program
+//! runs with `HEAPKIT_PROFILE=path` (`%p` = pid), allocations are sampled
+//! by bytes (`HEAPKIT_PROFILE_RATE`, the mean bytes between samples,
+//! default 512 KiB as in jemalloc and tcmalloc; 0 records every allocation)
+//! with their call stacks, and `heapkit-bench profile --read path` prints
+//! what was live at exit by stack and writes flame graphs, a pprof profile
+//! and a Markdown summary.
+//!
+//! **What it costs.** Without `HEAPKIT_PROFILE`, one relaxed load per call
+//! more than the wrapped allocator. Sampled, a byte countdown per
+//! allocation and, for a free, one load from a 4 KiB filter; a sample
+//! walks the stack with heapkit's cached DWARF unwinder (no frame pointers
+//! needed) and writes a record to a per-thread buffer: about 1.0x the
+//! unprofiled time on an allocation-heavy python3 run, 3.7x recording every
+//! allocation. The recorder never allocates through the global allocator
+//! (its buffers are its own mappings), so it cannot recurse.
 //!
 //! ```no_run
-//! use heapkit_trace::profiled::Profiled;
+//! use heapkit_profile::Profiled;
 //!
 //! #[global_allocator]
 //! static GLOBAL: Profiled<std::alloc::System> = Profiled::new(std::alloc::System);
@@ -21,14 +34,19 @@
 //! }
 //! ```
 //!
+//! ```sh
+//! HEAPKIT_PROFILE=app-%p.hkt cargo run --release
+//! heapkit-bench profile --read app-*.hkt
+//! ```
+//!
 //! Build with debug information (`debug = 1` or more in the profile) for
-//! function names with `file:line`.
+//! function names with `file:line`. Linux x86-64.
 
 use core::alloc::{GlobalAlloc, Layout};
 use heapkit_core::once::RunOnce;
 use heapkit_core::os;
 
-use crate::record;
+use heapkit_trace::record;
 
 /// The default mean bytes between two sampled allocations.
 pub const DEFAULT_RATE: u64 = 512 << 10;
