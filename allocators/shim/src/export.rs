@@ -20,8 +20,11 @@
 //!
 //! `malloc_trim`, `mallopt`, `mallinfo`/`mallinfo2`, `malloc_stats` and
 //! `malloc_info` are in [`crate::introspect`], C++'s `operator new` and
-//! `operator delete` in [`crate::cxx`]; the `__libc_*` aliases are not
-//! exported.
+//! `operator delete` in [`crate::cxx`]. glibc's `__libc_malloc` family,
+//! which some programs call by name, is exported too (forwarding to the
+//! exports above), so that every block of the process is heapkit's; the
+//! `system` backend reaches glibc's own through its symbol table instead
+//! (`crate::system`).
 //!
 //! # Safety (for every export)
 //!
@@ -142,6 +145,33 @@ pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
     with_backend!(|a| capi::pvalloc(a, size), else cold::pvalloc(size))
+}
+
+/// glibc's internal names of the allocation functions (`__libc_malloc`,
+/// ...), which glibc exports and some programs call directly: each is the
+/// export of the same C name without the prefix.
+macro_rules! libc_aliases {
+    ($($alias:ident => $target:ident ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {$(
+        #[doc = concat!("`", stringify!($alias), "`: [`", stringify!($target), "`] under glibc's internal name.")]
+        ///
+        /// # Safety
+        /// See the module docs.
+        #[no_mangle]
+        pub unsafe extern "C" fn $alias($($arg: $ty),*) $(-> $ret)? {
+            // SAFETY: forwarded C contract.
+            unsafe { $target($($arg),*) }
+        }
+    )*};
+}
+
+libc_aliases! {
+    __libc_malloc => malloc(size: usize) -> *mut c_void;
+    __libc_calloc => calloc(n: usize, size: usize) -> *mut c_void;
+    __libc_realloc => realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
+    __libc_free => free(ptr: *mut c_void);
+    __libc_memalign => memalign(align: usize, size: usize) -> *mut c_void;
+    __libc_valloc => valloc(size: usize) -> *mut c_void;
+    __libc_pvalloc => pvalloc(size: usize) -> *mut c_void;
 }
 
 /// `malloc_usable_size(ptr)`.

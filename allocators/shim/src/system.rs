@@ -1,11 +1,15 @@
 //! The `system` peer: glibc's own malloc, reached without going through our
 //! exported `malloc` (which would recurse).
 //!
-//! glibc exports its allocator twice: under the public names, which
-//! `LD_PRELOAD` lets us interpose, and as `__libc_malloc`, `__libc_free`,
-//! `__libc_calloc`, `__libc_realloc` and `__libc_memalign`, which nobody
-//! interposes. Forwarding to the latter is a direct call: no `dlsym`
-//! (which may itself call `malloc`/`calloc`) and no lazy lookup.
+//! glibc exports its allocator twice: under the public names and as
+//! `__libc_malloc`, `__libc_free`, `__libc_calloc`, `__libc_realloc` and
+//! `__libc_memalign`. heapkit exports both sets (some programs call the
+//! second by name), so a call by name from here would come back to us.
+//! [`Glibc`] holds the addresses of glibc's `__libc_*` definitions, read
+//! once from libc's own dynamic symbol table
+//! ([`heapkit_core::os::symbols::symbol_in`]): no `dlsym` (which may itself
+//! call `malloc`) and no interposition. A process without glibc's libc
+//! cannot use this backend: it stops with a message at the first call.
 //!
 //! glibc exports no un-interposable `malloc_usable_size`, so
 //! [`usable_size`](System::usable_size) reads the chunk header the way
@@ -23,16 +27,76 @@
 //! code runs as usual).
 
 use core::alloc::Layout;
-use core::ffi::c_void;
+use core::ffi::{c_void, CStr};
+use core::sync::atomic::{AtomicPtr, Ordering::Acquire, Ordering::Release};
+
+use heapkit_core::os::{self, symbols};
 
 use heapkit_core::{realloc_by_copy, HeapAlloc, Stats};
 
-extern "C" {
-    fn __libc_malloc(size: usize) -> *mut c_void;
-    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
-    fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
-    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
-    fn __libc_free(ptr: *mut c_void);
+/// glibc's allocation functions, found by address.
+#[derive(Clone, Copy)]
+struct Glibc {
+    malloc: unsafe extern "C" fn(usize) -> *mut c_void,
+    calloc: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+    realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
+    memalign: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+    free: unsafe extern "C" fn(*mut c_void),
+}
+
+/// [`Glibc`] once found (a racing lookup finds the same addresses).
+static GLIBC: AtomicPtr<Glibc> = AtomicPtr::new(core::ptr::null_mut());
+/// Storage for the one [`Glibc`] (written before `GLIBC` points to it).
+static mut GLIBC_FOUND: core::mem::MaybeUninit<Glibc> = core::mem::MaybeUninit::uninit();
+
+/// glibc's functions: one acquire load after the first call.
+#[inline(always)]
+fn glibc() -> Glibc {
+    let p = GLIBC.load(Acquire);
+    if p.is_null() {
+        return find_glibc();
+    }
+    // SAFETY: a non-null GLIBC points to GLIBC_FOUND, written before the
+    // release store that published it and never written again.
+    unsafe { *p }
+}
+
+#[cold]
+#[inline(never)]
+fn find_glibc() -> Glibc {
+    let find = |name: &CStr| {
+        let p = symbols::symbol_in(b"/libc.so.6", name);
+        if p.is_null() {
+            os::write_stderr(b"heapkit: HEAPKIT_ALLOC=system: glibc's ");
+            os::write_stderr(name.to_bytes());
+            os::write_stderr(b" was not found in libc.so.6\n");
+            os::abort();
+        }
+        p
+    };
+    type Alloc = unsafe extern "C" fn(usize) -> *mut c_void;
+    type Pair = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+    type Realloc = unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void;
+    type Free = unsafe extern "C" fn(*mut c_void);
+    // SAFETY: each address is glibc's definition of the function of that
+    // name (non-null: find stops the process otherwise), whose C signature
+    // is the field's.
+    let g = unsafe {
+        Glibc {
+            malloc: core::mem::transmute::<*mut c_void, Alloc>(find(c"__libc_malloc")),
+            calloc: core::mem::transmute::<*mut c_void, Pair>(find(c"__libc_calloc")),
+            realloc: core::mem::transmute::<*mut c_void, Realloc>(find(c"__libc_realloc")),
+            memalign: core::mem::transmute::<*mut c_void, Pair>(find(c"__libc_memalign")),
+            free: core::mem::transmute::<*mut c_void, Free>(find(c"__libc_free")),
+        }
+    };
+    // SAFETY: every racing writer stores the same addresses; readers only
+    // read it after the release store below.
+    unsafe {
+        (&raw mut GLIBC_FOUND).write(core::mem::MaybeUninit::new(g));
+        GLIBC.store((&raw mut GLIBC_FOUND).cast(), Release);
+    }
+    g
 }
 
 /// glibc's malloc aligns every block to 16 bytes on x86-64.
@@ -42,7 +106,7 @@ const IS_MMAPPED: usize = 0x2;
 /// The three flag bits of the chunk's size word.
 const SIZE_FLAGS: usize = 0x7;
 
-/// glibc malloc, forwarded through `__libc_*`.
+/// glibc malloc, forwarded to glibc's `__libc_*` by address.
 pub struct System;
 
 // SAFETY: every method forwards to glibc's allocator, which returns null on
@@ -55,9 +119,9 @@ unsafe impl HeapAlloc for System {
         // SAFETY: plain C calls with no preconditions beyond the arguments.
         unsafe {
             if layout.align() <= GLIBC_ALIGN {
-                __libc_malloc(layout.size()).cast()
+                (glibc().malloc)(layout.size()).cast()
             } else {
-                __libc_memalign(layout.align(), layout.size()).cast()
+                (glibc().memalign)(layout.align(), layout.size()).cast()
             }
         }
     }
@@ -66,7 +130,7 @@ unsafe impl HeapAlloc for System {
     fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
         if layout.align() <= GLIBC_ALIGN {
             // SAFETY: plain C call; calloc(1, n) cannot overflow.
-            return unsafe { __libc_calloc(1, layout.size()).cast() };
+            return unsafe { (glibc().calloc)(1, layout.size()).cast() };
         }
         let p = self.allocate(layout);
         if !p.is_null() {
@@ -79,7 +143,7 @@ unsafe impl HeapAlloc for System {
     #[inline]
     unsafe fn free(&self, ptr: *mut u8) {
         // SAFETY: the caller passes a live glibc block.
-        unsafe { __libc_free(ptr.cast()) }
+        unsafe { (glibc().free)(ptr.cast()) }
     }
 
     #[inline]
@@ -96,7 +160,7 @@ unsafe impl HeapAlloc for System {
         if old_layout.align() <= GLIBC_ALIGN {
             // SAFETY: ptr is a live glibc block; new_size > 0 (the C API
             // handles realloc(p, 0) before calling us, GlobalAlloc forbids it).
-            return unsafe { __libc_realloc(ptr.cast(), new_size).cast() };
+            return unsafe { (glibc().realloc)(ptr.cast(), new_size).cast() };
         }
         // SAFETY: forwarded caller guarantee.
         unsafe { realloc_by_copy(self, ptr, old_layout, new_size) }

@@ -382,6 +382,25 @@ fn cxx_new_delete() {
     });
 }
 
+/// glibc's `__libc_malloc` family, which some programs call by name, is
+/// libheapkit.so's too (`tests/preload/libc_aliases.c`): blocks from those
+/// names and from `malloc` are freed and resized by the other family with
+/// contents and alignment kept (before, `free` of a `__libc_malloc` block
+/// was a foreign pointer), and the `system` backend still reaches glibc's
+/// own. Every backend, and sizeclass hardened.
+#[test]
+fn libc_aliases_are_heapkits() {
+    let Some((dir, bin)) = build_program(
+        "libc_aliases_are_heapkits",
+        "cc",
+        "libc_aliases.c",
+        &["-O1", "-g"],
+    ) else {
+        return;
+    };
+    succeeds_under_every_backend_and_mode(&dir, &bin, "ok libc aliases");
+}
+
 /// C++'s `operator new`/`delete` in every form are libheapkit.so's own
 /// (`tests/preload/cxx_operators.cc`): they resolve to the library, align,
 /// free sized and aligned blocks, return null from the nothrow forms and,

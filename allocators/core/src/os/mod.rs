@@ -13,6 +13,7 @@ use core::ffi::{c_int, c_void, CStr};
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+pub mod symbols;
 pub mod thread_pointer;
 #[cfg(target_arch = "x86_64")]
 pub mod unwind;
