@@ -12,16 +12,16 @@
 //! Without these exports a program that called `mallinfo2()` under
 //! `LD_PRELOAD` read glibc's idle arena (zeros), and `malloc_trim(0)`
 //! trimmed an arena holding nothing. glibc's own versions, for `system`,
-//! are found with `dlsym(RTLD_NEXT)` when first called (never from inside
-//! `malloc`).
+//! are found in libc.so.6's symbol table when first called
+//! ([`crate::glibc::GlibcFn`], shared with the `system` backend).
 
-use core::ffi::{c_char, c_int, c_void, CStr};
+use core::ffi::{c_char, c_int};
 use core::fmt::Write;
-use core::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 
 use heapkit_core::{os, HeapAlloc, Stats};
 
 use crate::backend::{self, with_backend};
+use crate::glibc::GlibcFn;
 use crate::stack_text::StackText;
 
 /// glibc's `mallinfo2` layout (all `size_t`).
@@ -60,29 +60,11 @@ pub struct Mallinfo {
     keepcost: c_int,
 }
 
-/// A glibc function found once by name with `dlsym(RTLD_NEXT)`.
-struct Next(AtomicPtr<c_void>, &'static CStr);
-
-impl Next {
-    const fn new(name: &'static CStr) -> Next {
-        Next(AtomicPtr::new(core::ptr::null_mut()), name)
-    }
-
-    fn get(&self) -> *mut c_void {
-        let mut f = self.0.load(Relaxed);
-        if f.is_null() {
-            f = os::next_symbol(self.1);
-            self.0.store(f, Relaxed);
-        }
-        f
-    }
-}
-
-static GLIBC_MALLINFO2: Next = Next::new(c"mallinfo2");
-static GLIBC_MALLOC_TRIM: Next = Next::new(c"malloc_trim");
-static GLIBC_MALLOPT: Next = Next::new(c"mallopt");
-static GLIBC_MALLOC_STATS: Next = Next::new(c"malloc_stats");
-static GLIBC_MALLOC_INFO: Next = Next::new(c"malloc_info");
+static GLIBC_MALLINFO2: GlibcFn = GlibcFn::new(c"mallinfo2");
+static GLIBC_MALLOC_TRIM: GlibcFn = GlibcFn::new(c"malloc_trim");
+static GLIBC_MALLOPT: GlibcFn = GlibcFn::new(c"mallopt");
+static GLIBC_MALLOC_STATS: GlibcFn = GlibcFn::new(c"malloc_stats");
+static GLIBC_MALLOC_INFO: GlibcFn = GlibcFn::new(c"malloc_info");
 
 fn is_system() -> bool {
     backend::resolve() & backend::ID_MASK == backend::SYSTEM

@@ -62,6 +62,7 @@ mod backend;
 mod cxx;
 mod exit_report;
 mod export;
+mod glibc;
 mod introspect;
 mod jemalloc;
 mod mimalloc;

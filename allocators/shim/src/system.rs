@@ -5,11 +5,10 @@
 //! `__libc_malloc`, `__libc_free`, `__libc_calloc`, `__libc_realloc` and
 //! `__libc_memalign`. heapkit exports both sets (some programs call the
 //! second by name), so a call by name from here would come back to us.
-//! [`Glibc`] holds the addresses of glibc's `__libc_*` definitions, read
-//! once from libc's own dynamic symbol table
-//! ([`heapkit_core::os::symbols::symbol_in`]): no `dlsym` (which may itself
-//! call `malloc`) and no interposition. A process without glibc's libc
-//! cannot use this backend: it stops with a message at the first call.
+//! [`GlibcFn`] reads the addresses of glibc's `__libc_*` definitions once
+//! from libc's own dynamic symbol table: no `dlsym` (which may itself call
+//! `malloc`) and no interposition. A process without glibc's libc cannot
+//! use this backend: it stops with a message at the first call.
 //!
 //! glibc exports no un-interposable `malloc_usable_size`, so
 //! [`usable_size`](System::usable_size) reads the chunk header the way
@@ -27,76 +26,49 @@
 //! code runs as usual).
 
 use core::alloc::Layout;
-use core::ffi::{c_void, CStr};
-use core::sync::atomic::{AtomicPtr, Ordering::Acquire, Ordering::Release};
-
-use heapkit_core::os::{self, symbols};
+use core::ffi::c_void;
 
 use heapkit_core::{realloc_by_copy, HeapAlloc, Stats};
 
-/// glibc's allocation functions, found by address.
-#[derive(Clone, Copy)]
-struct Glibc {
-    malloc: unsafe extern "C" fn(usize) -> *mut c_void,
-    calloc: unsafe extern "C" fn(usize, usize) -> *mut c_void,
-    realloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
-    memalign: unsafe extern "C" fn(usize, usize) -> *mut c_void,
-    free: unsafe extern "C" fn(*mut c_void),
-}
+use crate::glibc::GlibcFn;
 
-/// [`Glibc`] once found (a racing lookup finds the same addresses).
-static GLIBC: AtomicPtr<Glibc> = AtomicPtr::new(core::ptr::null_mut());
-/// Storage for the one [`Glibc`] (written before `GLIBC` points to it).
-static mut GLIBC_FOUND: core::mem::MaybeUninit<Glibc> = core::mem::MaybeUninit::uninit();
+static MALLOC: GlibcFn = GlibcFn::new(c"__libc_malloc");
+static CALLOC: GlibcFn = GlibcFn::new(c"__libc_calloc");
+static REALLOC: GlibcFn = GlibcFn::new(c"__libc_realloc");
+static MEMALIGN: GlibcFn = GlibcFn::new(c"__libc_memalign");
+static FREE: GlibcFn = GlibcFn::new(c"__libc_free");
 
-/// glibc's functions: one acquire load after the first call.
+// Each address below is glibc's definition of the function of that name,
+// never null (`required` stops the process otherwise).
 #[inline(always)]
-fn glibc() -> Glibc {
-    let p = GLIBC.load(Acquire);
-    if p.is_null() {
-        return find_glibc();
-    }
-    // SAFETY: a non-null GLIBC points to GLIBC_FOUND, written before the
-    // release store that published it and never written again.
-    unsafe { *p }
+fn glibc_malloc() -> unsafe extern "C" fn(usize) -> *mut c_void {
+    // SAFETY: a non-null address of glibc's `__libc_malloc`, whose C
+    // signature is this return type's.
+    unsafe { core::mem::transmute::<*mut c_void, _>(MALLOC.required()) }
 }
-
-#[cold]
-#[inline(never)]
-fn find_glibc() -> Glibc {
-    let find = |name: &CStr| {
-        let p = symbols::symbol_in(b"/libc.so.6", name);
-        if p.is_null() {
-            os::write_stderr(b"heapkit: HEAPKIT_ALLOC=system: glibc's ");
-            os::write_stderr(name.to_bytes());
-            os::write_stderr(b" was not found in libc.so.6\n");
-            os::abort();
-        }
-        p
-    };
-    type Alloc = unsafe extern "C" fn(usize) -> *mut c_void;
-    type Pair = unsafe extern "C" fn(usize, usize) -> *mut c_void;
-    type Realloc = unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void;
-    type Free = unsafe extern "C" fn(*mut c_void);
-    // SAFETY: each address is glibc's definition of the function of that
-    // name (non-null: find stops the process otherwise), whose C signature
-    // is the field's.
-    let g = unsafe {
-        Glibc {
-            malloc: core::mem::transmute::<*mut c_void, Alloc>(find(c"__libc_malloc")),
-            calloc: core::mem::transmute::<*mut c_void, Pair>(find(c"__libc_calloc")),
-            realloc: core::mem::transmute::<*mut c_void, Realloc>(find(c"__libc_realloc")),
-            memalign: core::mem::transmute::<*mut c_void, Pair>(find(c"__libc_memalign")),
-            free: core::mem::transmute::<*mut c_void, Free>(find(c"__libc_free")),
-        }
-    };
-    // SAFETY: every racing writer stores the same addresses; readers only
-    // read it after the release store below.
-    unsafe {
-        (&raw mut GLIBC_FOUND).write(core::mem::MaybeUninit::new(g));
-        GLIBC.store((&raw mut GLIBC_FOUND).cast(), Release);
-    }
-    g
+#[inline(always)]
+fn glibc_calloc() -> unsafe extern "C" fn(usize, usize) -> *mut c_void {
+    // SAFETY: a non-null address of glibc's `__libc_calloc`, whose C
+    // signature is this return type's.
+    unsafe { core::mem::transmute::<*mut c_void, _>(CALLOC.required()) }
+}
+#[inline(always)]
+fn glibc_realloc() -> unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void {
+    // SAFETY: a non-null address of glibc's `__libc_realloc`, whose C
+    // signature is this return type's.
+    unsafe { core::mem::transmute::<*mut c_void, _>(REALLOC.required()) }
+}
+#[inline(always)]
+fn glibc_memalign() -> unsafe extern "C" fn(usize, usize) -> *mut c_void {
+    // SAFETY: a non-null address of glibc's `__libc_memalign`, whose C
+    // signature is this return type's.
+    unsafe { core::mem::transmute::<*mut c_void, _>(MEMALIGN.required()) }
+}
+#[inline(always)]
+fn glibc_free() -> unsafe extern "C" fn(*mut c_void) {
+    // SAFETY: a non-null address of glibc's `__libc_free`, whose C
+    // signature is this return type's.
+    unsafe { core::mem::transmute::<*mut c_void, _>(FREE.required()) }
 }
 
 /// glibc's malloc aligns every block to 16 bytes on x86-64.
@@ -119,9 +91,9 @@ unsafe impl HeapAlloc for System {
         // SAFETY: plain C calls with no preconditions beyond the arguments.
         unsafe {
             if layout.align() <= GLIBC_ALIGN {
-                (glibc().malloc)(layout.size()).cast()
+                glibc_malloc()(layout.size()).cast()
             } else {
-                (glibc().memalign)(layout.align(), layout.size()).cast()
+                glibc_memalign()(layout.align(), layout.size()).cast()
             }
         }
     }
@@ -130,7 +102,7 @@ unsafe impl HeapAlloc for System {
     fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
         if layout.align() <= GLIBC_ALIGN {
             // SAFETY: plain C call; calloc(1, n) cannot overflow.
-            return unsafe { (glibc().calloc)(1, layout.size()).cast() };
+            return unsafe { glibc_calloc()(1, layout.size()).cast() };
         }
         let p = self.allocate(layout);
         if !p.is_null() {
@@ -143,7 +115,7 @@ unsafe impl HeapAlloc for System {
     #[inline]
     unsafe fn free(&self, ptr: *mut u8) {
         // SAFETY: the caller passes a live glibc block.
-        unsafe { (glibc().free)(ptr.cast()) }
+        unsafe { glibc_free()(ptr.cast()) }
     }
 
     #[inline]
@@ -160,7 +132,7 @@ unsafe impl HeapAlloc for System {
         if old_layout.align() <= GLIBC_ALIGN {
             // SAFETY: ptr is a live glibc block; new_size > 0 (the C API
             // handles realloc(p, 0) before calling us, GlobalAlloc forbids it).
-            return unsafe { (glibc().realloc)(ptr.cast(), new_size).cast() };
+            return unsafe { glibc_realloc()(ptr.cast(), new_size).cast() };
         }
         // SAFETY: forwarded caller guarantee.
         unsafe { realloc_by_copy(self, ptr, old_layout, new_size) }
