@@ -922,34 +922,38 @@ impl ThreadBuf {
         // SAFETY: a non-null stack_memory is this thread's own mapping,
         // used only under the busy flag.
         let recorded = unsafe { self.stack_memory.as_mut() }.map(|m| &mut m.recorded);
-        let slot = recorded.map(|r| {
+        // The id of this stack's earlier STACK record, or None: it is
+        // written in full (and, with a table, remembered under a new id).
+        let same = recorded.and_then(|r| {
             let i = (hash as usize) & (RECORDED_SLOTS - 1);
             let seen = r.slots[i];
             if seen.hash == hash {
-                Ok(seen.id)
-            } else {
-                let id = r.next_id;
-                r.next_id += 1;
-                r.slots[i] = RecordedStack { hash, id };
-                Err(id)
+                return Some(seen.id);
             }
+            r.slots[i] = RecordedStack {
+                hash,
+                id: r.next_id,
+            };
+            r.next_id += 1;
+            None
         });
         let mut at = self.len;
         let out = self.payload();
         // SAFETY: MAX_STACK_RECORD_LEN bytes are free from `at` (checked
         // above); every field is a varint of at most 10 bytes.
         unsafe {
-            if let Some(Ok(id)) = slot {
-                out.add(at).write(format::KIND_SAME_STACK);
-                at += 1;
-                at += put_varint(out.add(at), dt);
-                at += put_varint(out.add(at), weight);
+            let kind = if same.is_some() {
+                format::KIND_SAME_STACK
+            } else {
+                format::KIND_STACK
+            };
+            out.add(at).write(kind);
+            at += 1;
+            at += put_varint(out.add(at), dt);
+            at += put_varint(out.add(at), weight);
+            if let Some(id) = same {
                 at += put_varint(out.add(at), id as u64);
             } else {
-                out.add(at).write(format::KIND_STACK);
-                at += 1;
-                at += put_varint(out.add(at), dt);
-                at += put_varint(out.add(at), weight);
                 at += put_varint(out.add(at), n as u64);
                 let mut prev = 0u64;
                 for &f in &frames[..n] {
