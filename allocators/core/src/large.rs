@@ -513,10 +513,18 @@ pub unsafe fn unmap_segments(base: *mut u8, size: usize) {
     unsafe { os::unmap(base, span) };
 }
 
+/// At exhaustion: unmaps every cached block and the reservation's
+/// remainder, so the retry finds the address space. Both locks are only
+/// *tried*: this runs inside any allocator's malloc, and in the child of a
+/// `fork` by an allocator without fork handlers (Bump) a lock held by a
+/// thread of the parent is never released; waiting for it would hang the
+/// child (the cache is then simply not emptied).
 #[cold]
 #[inline(never)]
 fn reclaim_cache() {
-    let _ = trim(false);
+    if let Some(mut cache) = CACHE.try_lock() {
+        expire(&mut cache, u64::MAX);
+    }
     let _ = crate::reservation::release();
 }
 
@@ -604,6 +612,24 @@ mod tests {
         }
         assert!(allocate(Layout::from_size_align(64, MAX_ALIGN * 2).unwrap(), false).is_null());
         trim(false);
+    }
+
+    /// The exhaustion path never waits for the cache lock: a `fork` child
+    /// of a Bump program may find it held by a thread that is gone.
+    #[test]
+    fn exhaustion_does_not_wait_for_a_held_cache_lock() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        CACHE.raw().lock();
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            // 64 TiB: more than any test machine can map.
+            let _ = done.send(map_segments(1 << 46).is_null());
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(20));
+        // SAFETY: this thread took the lock just above.
+        unsafe { CACHE.raw().unlock() };
+        assert_eq!(outcome, Ok(true), "map_segments waited for the held lock");
     }
 
     #[test]
