@@ -12,6 +12,7 @@
 //!   the mapping of segment spans.
 //! - [`reservation`]: address space mapped ahead, carved into segment spans
 //!   without a syscall.
+//! - [`background`]: the optional background purger thread.
 //! - [`size_class`]: the `const` class table.
 //! - [`stats`]: one [`Stats`] shape, counted per thread and merged on read.
 //! - [`list`]: the intrusive doubly linked list of pages, segments, slabs.
@@ -28,6 +29,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod background;
 pub mod capi;
 mod contract;
 pub mod harden;

@@ -6,7 +6,7 @@
 //! | `HEAPKIT_PURGE_DELAY_MS` | 20 | sizeclass: how long a free page stays resident before it is purged |
 //! | `HEAPKIT_LARGE_CACHE_MB` | 64 | every allocator: bytes of freed large blocks kept mapped for reuse, at least (the cache may hold up to half the bytes of live large blocks when that is more; 0: no cache) |
 //! | `HEAPKIT_LARGE_DECAY_MS` | 250 | every allocator: how long a cached large block is kept |
-//! | `HEAPKIT_BACKGROUND_PURGE_MS` | 0 (off) | sizeclass: a background thread wakes this often to give back what idle heaps hold (decayed free pages, emptied pages, expired large blocks) |
+//! | `HEAPKIT_BACKGROUND_PURGE_MS` | 0 (off) | sizeclass and slab: a background thread ([`crate::background`]) wakes this often to give back what an idle program holds (decayed free pages, emptied pages and abandoned segments, depot magazines, empty slabs, expired large blocks) |
 //! | `HEAPKIT_VERBOSE` | off | `libheapkit.so`: print the backend and these options at start |
 //!
 //! Rust programs set them the same way (they are read from the process

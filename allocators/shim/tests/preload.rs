@@ -1065,7 +1065,7 @@ fn late_destructors_allocate_safely() {
 /// `HEAPKIT_BACKGROUND_PURGE_MS` (`tests/preload/idle_purge.c`): a program
 /// that frees 64 MiB (48 of it in 2 MiB blocks, which the large cache
 /// keeps) and then sleeps keeps it resident without the purger, and gets
-/// it back within a second with it (sizeclass, both modes).
+/// it back within a second with it (sizeclass, both modes, and slab).
 #[test]
 fn background_purger() {
     let Some((dir, bin)) = build_program("background_purger", "cc", "idle_purge.c", &["-O1"])
@@ -1073,12 +1073,12 @@ fn background_purger() {
         return;
     };
     let mut failures = Vec::new();
-    for harden in ["0", "1"] {
+    for (backend, harden) in [("sizeclass", "0"), ("sizeclass", "1"), ("slab", "0")] {
         for purge in ["", "50"] {
-            let mut cmd = under("sizeclass", &bin);
+            let mut cmd = under(backend, &bin);
             cmd.env("HEAPKIT_HARDEN", harden)
                 .env("HEAPKIT_BACKGROUND_PURGE_MS", purge);
-            let r = run(cmd, &dir, &format!("{harden}-{purge}"), MINUTE);
+            let r = run(cmd, &dir, &format!("{backend}-{harden}-{purge}"), MINUTE);
             // "start 2976 KiB, after free 52624 KiB, after 1 s idle 3440 KiB"
             let kib = numbers_in(&r.stdout);
             let fine = r.ok
@@ -1090,7 +1090,7 @@ fn background_purger() {
                 };
             if !fine {
                 failures.push(format!(
-                    "HEAPKIT_HARDEN={harden} HEAPKIT_BACKGROUND_PURGE_MS={purge:?}: {}",
+                    "{backend} HEAPKIT_HARDEN={harden} HEAPKIT_BACKGROUND_PURGE_MS={purge:?}: {}",
                     r.describe()
                 ));
             }

@@ -91,22 +91,7 @@ fn abandon_all<P: Mode>(h: &mut Heap) {
                 if seg.is_null() {
                     break;
                 }
-                (*seg).pending.take();
-                for i in 0..(*seg).page_count as usize {
-                    let page = Segment::page(seg, i);
-                    if (*page).state != PageState::Free {
-                        Page::collect_remote::<P>(page);
-                        if Page::in_use(page) == 0 {
-                            Segment::free_page(seg, page, now);
-                        }
-                    }
-                    if (*page).state == PageState::Free && (*page).dirty {
-                        let (p, len) = Segment::purgeable(seg, i);
-                        os::purge(p, len);
-                        (*page).dirty = false;
-                    }
-                }
-                if (*seg).used_pages == 0 {
+                if tidy_segment::<P>(seg, now) {
                     segment::release(seg);
                 } else {
                     segment::abandon(seg);
@@ -115,6 +100,37 @@ fn abandon_all<P: Mode>(h: &mut Heap) {
         }
     }
     let _ = large::trim(true);
+}
+
+/// Collects the remote frees of every page of `seg`, frees the pages with
+/// no live block left and purges every free page; returns whether the
+/// segment is now empty (no page in use).
+///
+/// # Safety
+/// The caller owns `seg` exclusively (its heap's, being abandoned, or
+/// taken off the abandoned list) and it is of mode `P`; no heap's queues
+/// refer to its pages.
+pub(crate) unsafe fn tidy_segment<P: Mode>(seg: *mut Segment, now: u64) -> bool {
+    // SAFETY: caller guarantee: the segment and its pages are ours; remote
+    // frees only push onto `thread_free`, which `collect_remote` takes.
+    unsafe {
+        (*seg).pending.take();
+        for i in 0..(*seg).page_count as usize {
+            let page = Segment::page(seg, i);
+            if (*page).state != PageState::Free {
+                Page::collect_remote::<P>(page);
+                if Page::in_use(page) == 0 {
+                    Segment::free_page(seg, page, now);
+                }
+            }
+            if (*page).state == PageState::Free && (*page).dirty {
+                let (p, len) = Segment::purgeable(seg, i);
+                os::purge(p, len);
+                (*page).dirty = false;
+            }
+        }
+        (*seg).used_pages == 0
+    }
 }
 
 unsafe extern "C" fn before_fork() {

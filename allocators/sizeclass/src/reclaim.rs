@@ -35,7 +35,6 @@
 //! locks. The owner takes its own lock on every slow path that changes its
 //! queues or pages; registering and unregistering happen outside it.
 
-use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use heapkit_core::harden::{Fast, Hardened};
@@ -125,11 +124,40 @@ pub(crate) fn remote_frees_piled_up<P: Mode>(h: *mut Heap) {
     unsafe { visit::<P>(&list, h, false) };
 }
 
-/// One round of the background purger for mode `P` (see [`start_purger`]).
+/// One round of the background purger for mode `P` (see [`start_purger`]):
+/// every registered heap visited, then the abandoned segments tidied.
 fn purge_round<P: Mode>() {
-    let list = P::registry().lock();
-    // SAFETY: the registry is locked; the purger has no heap of its own.
-    unsafe { visit::<P>(&list, core::ptr::null_mut(), true) };
+    {
+        let list = P::registry().lock();
+        // SAFETY: the registry is locked; the purger has no heap of its own.
+        unsafe { visit::<P>(&list, core::ptr::null_mut(), true) };
+    }
+    tidy_abandoned::<P>();
+}
+
+/// Segments whose owner exited wait for a live heap to adopt them; their
+/// blocks freed since (by other threads) stay resident until then. The
+/// purger takes them off the list, collects those frees, frees and purges
+/// the pages left empty, releases the segments left empty and abandons the
+/// others again (a thread looking for one meanwhile maps a fresh segment).
+fn tidy_abandoned<P: Mode>() {
+    let mut taken = segment::take_abandoned::<P>();
+    let now = os::monotonic_ns();
+    loop {
+        // SAFETY: the segments taken are ours alone (off every list) and of
+        // mode `P`.
+        unsafe {
+            let seg = taken.pop_front();
+            if seg.is_null() {
+                return;
+            }
+            if crate::lifecycle::tidy_segment::<P>(seg, now) {
+                segment::release(seg);
+            } else {
+                segment::abandon(seg);
+            }
+        }
+    }
 }
 
 /// Looks at every registered heap but `skip`: an idle one (no slow path
@@ -247,33 +275,82 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
 }
 
 /// Starts the background purger if `HEAPKIT_BACKGROUND_PURGE_MS` asks for
-/// one (once per process; not in a forked child). Called from the
-/// allocation slow path outside the heap's lock (creating a thread
-/// allocates) once a thread has taken it a few times, not from the first
-/// allocation, which under `LD_PRELOAD` may come from the dynamic loader
-/// before the program runs: a thread that wakes at
-/// that interval and runs [`purge_round`] for both modes, then drops
-/// expired large blocks, so memory an idle program holds goes back without
-/// any call into the allocator (jemalloc's `background_thread`).
+/// one (once per process; not in a forked child; see
+/// `heapkit_core::background`). Called from the allocation slow path
+/// outside the heap's lock (creating a thread allocates) once a thread has
+/// taken it a few times, not from the first allocation, which under
+/// `LD_PRELOAD` may come from the dynamic loader before the program runs.
+/// Each round runs [`purge_round`] for both modes, then drops expired
+/// large blocks, so memory an idle program holds goes back without any
+/// call into the allocator (jemalloc's `background_thread`).
 pub(crate) fn start_purger() {
-    // Decided once: started, or not asked for.
     static DECIDED: AtomicBool = AtomicBool::new(false);
-    if DECIDED.load(Relaxed) || DECIDED.swap(true, Relaxed) {
-        return;
+    fn round() {
+        purge_round::<Fast>();
+        purge_round::<Hardened>();
+        let _ = large::trim(true);
     }
-    if heapkit_core::options::get().background_purge_ns == 0 {
-        return;
-    }
-    extern "C" fn purger(_: *mut c_void) -> *mut c_void {
-        let interval = heapkit_core::options::get().background_purge_ns;
-        loop {
-            os::sleep_ns(interval);
-            purge_round::<Fast>();
-            purge_round::<Hardened>();
-            let _ = large::trim(true);
+    let _ = heapkit_core::background::start(&DECIDED, round);
+}
+
+#[cfg(test)]
+mod tests {
+    use core::alloc::Layout;
+    use std::vec::Vec;
+
+    use heapkit_core::segment::segment_of;
+    use heapkit_core::HeapAlloc;
+
+    use super::*;
+    use crate::SizeClass;
+
+    /// Whether `seg` is on the abandoned list.
+    fn is_abandoned(seg: *mut Segment) -> bool {
+        let list = segment::ABANDONED_LIST.lock();
+        let mut s = list.first;
+        while !s.is_null() {
+            if s == seg {
+                return true;
+            }
+            // SAFETY: the list is locked; its segments are alive.
+            s = unsafe { (*s).next };
         }
+        false
     }
-    if !os::spawn_detached(purger) {
-        os::write_stderr(b"heapkit: could not start the background purger\n");
+
+    /// A thread exits with live blocks (its segments are abandoned), and
+    /// another thread frees them: the purger's round tidies the abandoned
+    /// segments, and the ones left empty leave the list (released).
+    #[test]
+    fn the_purger_releases_abandoned_segments_emptied_by_remote_frees() {
+        let layout = Layout::from_size_align(1000, 8).unwrap();
+        let blocks: Vec<usize> = std::thread::spawn(move || {
+            let a = SizeClass::new();
+            (0..6000).map(|_| a.allocate(layout) as usize).collect()
+        })
+        .join()
+        .unwrap();
+        assert!(blocks.iter().all(|&p| p != 0));
+        let mut segs: Vec<*mut Segment> = blocks
+            .iter()
+            .map(|&p| segment_of(p as *mut u8).cast::<Segment>())
+            .collect();
+        segs.sort();
+        segs.dedup();
+        // (Another test's thread may adopt some of them meanwhile: then
+        // they are not abandoned either, which is what is checked.)
+        let a = SizeClass::new();
+        for &p in &blocks {
+            // SAFETY: live blocks, freed once (remote frees: their owner is gone).
+            unsafe { a.free(p as *mut u8) };
+        }
+        tidy_abandoned::<Fast>();
+        let left: Vec<_> = segs.iter().filter(|&&s| is_abandoned(s)).collect();
+        assert!(
+            left.is_empty(),
+            "{} of {} still abandoned",
+            left.len(),
+            segs.len()
+        );
     }
 }

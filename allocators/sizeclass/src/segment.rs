@@ -373,6 +373,31 @@ pub(crate) fn adopt<P: Mode>(owner: u64) -> *mut Segment {
     seg
 }
 
+/// Takes every abandoned segment of mode `P` off the list (the background
+/// purger tidies them, then gives them back or releases them).
+pub(crate) fn take_abandoned<P: Mode>() -> SegmentList {
+    let mut taken = SegmentList::EMPTY;
+    if ABANDONED_COUNT.load(Relaxed) == 0 {
+        return taken;
+    }
+    let mut list = ABANDONED_LIST.lock();
+    // SAFETY: the list is locked: its segments are alive and their links
+    // stable; a removed segment is the caller's.
+    unsafe {
+        let mut seg = list.first;
+        while !seg.is_null() {
+            let next = (*seg).next;
+            if (*seg).tag == P::TAG {
+                list.remove(seg);
+                taken.push_front(seg);
+            }
+            seg = next;
+        }
+    }
+    ABANDONED_COUNT.fetch_sub(taken.len as u64, Relaxed);
+    taken
+}
+
 /// Fork: take every global lock (in a fixed order).
 pub(crate) fn lock_all() {
     ABANDONED_LIST.raw().lock();

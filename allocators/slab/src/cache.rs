@@ -67,6 +67,14 @@ struct Slabs {
 }
 
 impl Slabs {
+    /// Empty slabs kept unpurged for reuse: a quarter of the working ones,
+    /// and at least one, so a program that cycles one big object (a slab
+    /// of a few) does not purge and re-fault the slab on every round. The
+    /// background purger and `malloc_trim` release these too.
+    fn empty_kept(&self) -> usize {
+        ((self.partial.0.len + self.sparse.0.len + self.full.0.len) / 4).max(1)
+    }
+
     fn list(&mut self, which: SlabList) -> Option<&mut List> {
         match which {
             SlabList::None => None,
@@ -237,7 +245,7 @@ impl Cache {
             self.in_use.load(Ordering::Relaxed).wrapping_sub(n),
             Ordering::Relaxed,
         );
-        let excess = st.empty.0.len > (st.partial.0.len + st.sparse.0.len + st.full.0.len) / 4;
+        let excess = st.empty.0.len > st.empty_kept();
         drop(st);
         if excess {
             self.release_empty(false);
@@ -245,19 +253,16 @@ impl Cache {
     }
 
     /// Purges empty slabs and returns their chunks to the segments: those
-    /// beyond a quarter of the working slabs, or (`all`) every one. The
-    /// purges run outside the lock, a batch at a time.
+    /// beyond [`Slabs::empty_kept`], or (`all`: `malloc_trim`, the
+    /// background purger) every one. The purges run outside the lock, a
+    /// batch at a time.
     pub fn release_empty(&self, all: bool) {
         loop {
             let mut batch = [ptr::null_mut::<SlabMeta>(); RELEASE_BATCH];
             let mut n = 0;
             {
                 let mut st = self.slabs.lock();
-                let keep = if all {
-                    0
-                } else {
-                    (st.partial.0.len + st.sparse.0.len + st.full.0.len) / 4
-                };
+                let keep = if all { 0 } else { st.empty_kept() };
                 while st.empty.0.len > keep && n < RELEASE_BATCH {
                     let s = st.empty.0.first;
                     // SAFETY: the empty list is non-empty.

@@ -30,7 +30,7 @@
 //!   that allocates a class and then frees it away lowers that class's
 //!   magazine limit as the class's live count falls (`slow::wind_down`), so
 //!   even the objects its own magazines would hold go home: a program that
-//!   frees everything keeps at most one object per class in its magazines.
+//!   frees everything keeps no object in its magazines.
 //!
 //! Large blocks of 8 MiB or more are purged when freed (core's block cache
 //! then only saves the `mmap`/`munmap` calls, not the page faults); smaller
@@ -38,7 +38,11 @@
 //!
 //! Costs: a thread pins up to two magazines per size class it uses (at most
 //! 64 objects or 4 KiB each), and an object sitting in a magazine keeps its
-//! whole slab resident. Sizes above 256 KiB (and alignments above 256 KiB)
+//! whole slab resident. Objects above 32 KiB
+//! ([`MAGAZINE_MAX_OBJECT`]) skip the magazines
+//! and take the slab layer's lock on every call. With
+//! `HEAPKIT_BACKGROUND_PURGE_MS` set, a background thread gives back what
+//! the depots and empty slabs hold once the program goes idle (`purger`). Sizes above 256 KiB (and alignments above 256 KiB)
 //! take core's large path: one `mmap` per block. Objects of one class never
 //! serve another, so a program that frees many objects of one size and then
 //! allocates another size keeps both sets of slabs (less so than it seems:
@@ -59,7 +63,7 @@
 //! ```text
 //! Slab::allocate(layout)
 //! ├─ class_for(layout) → Slab::allocate_small(c)          [fast: pop loaded magazine]
-//! │   └─ slow::allocate              [cold: swap previous / depot full / refill from slabs]
+//! │   └─ slow::allocate              [cold: > 32 KiB direct / swap previous / depot full / refill]
 //! │       ├─ Depot::take_full                              (depot lock, leaf)
 //! │       ├─ Cache::fill                                   (cache lock)
 //! │       │   └─ segment::alloc_run                        (segment lock, may mmap)
@@ -86,6 +90,7 @@ mod cache;
 mod fork;
 mod heap;
 mod magazine;
+mod purger;
 mod segment;
 mod slab;
 mod slow;
@@ -103,6 +108,7 @@ pub use cache::CacheCensus;
 /// [`stats`] needs no other dependency.
 pub use heapkit_core::{HeapAlloc, Stats};
 pub use magazine::MAGAZINE_SLOTS;
+pub use slow::MAGAZINE_MAX_OBJECT;
 pub use segment::CHUNK;
 
 /// The allocator's statistics (every thread's counts, exact for the calling

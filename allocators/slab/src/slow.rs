@@ -22,6 +22,7 @@ use core::ptr;
 
 use crate::heap::{self, depot, STATS};
 use crate::magazine::capacity_of;
+use crate::slab::layout;
 use crate::thread::{self, ThreadCache};
 use crate::Slab;
 
@@ -33,6 +34,10 @@ pub fn allocate(c: usize) -> *mut u8 {
     t.stats.maybe_flush(&STATS);
     if !ready(t) {
         return allocate_direct(c);
+    }
+    crate::purger::on_slow_path(t);
+    if layout(c).size > MAGAZINE_MAX_OBJECT {
+        return allocate_unmagazined(t, c);
     }
     let slot = t.slot(c);
     slot.allocates.set(true);
@@ -89,6 +94,11 @@ pub unsafe fn free(c: usize, p: *mut u8) {
     if !ready(t) {
         // SAFETY: forwarded caller guarantee.
         return unsafe { free_direct(c, p) };
+    }
+    crate::purger::on_slow_path(t);
+    if layout(c).size > MAGAZINE_MAX_OBJECT {
+        // SAFETY: forwarded caller guarantee.
+        return unsafe { free_unmagazined(t, c, p) };
     }
     let slot = t.slot(c);
     let cap = capacity_of(c);
@@ -159,6 +169,34 @@ pub unsafe fn free(c: usize, p: *mut u8) {
     }
 }
 
+/// Objects bigger than this never sit in magazines (jemalloc's `tcache_max`
+/// is 32 KiB too): their slots stay empty, so both fast paths come here
+/// and take the slab layer's lock, a small price next to writing such an
+/// object. A magazine holds one of them (`MAGAZINE_BYTES`), and a thread
+/// that freed its last one and went to sleep kept it, and its whole slab,
+/// resident for good: nobody else may touch a live thread's magazines.
+pub const MAGAZINE_MAX_OBJECT: usize = 32 << 10;
+
+/// One object of a class above [`MAGAZINE_MAX_OBJECT`], straight from the
+/// slabs, counted in the thread's statistics.
+fn allocate_unmagazined(t: &ThreadCache, c: usize) -> *mut u8 {
+    let (p, _) = heap::take_direct(c);
+    if !p.is_null() {
+        t.stats.on_alloc(&STATS, layout(c).size);
+    }
+    p
+}
+
+/// Frees `p` of a class above [`MAGAZINE_MAX_OBJECT`] straight to its slab.
+///
+/// # Safety
+/// `p` must be a live object of class `c`.
+unsafe fn free_unmagazined(t: &ThreadCache, c: usize, p: *mut u8) {
+    t.stats.on_free(layout(c).size);
+    // SAFETY: forwarded caller guarantee.
+    unsafe { heap::give_direct(c, p) };
+}
+
 /// A free of class `c` lowers the loaded magazine's limit to the class's
 /// live objects (outside this thread's magazines) divided by this.
 const WIND_DOWN: usize = 4;
@@ -168,11 +206,15 @@ const WIND_DOWN: usize = 4;
 /// the class away), the loaded magazine's free limit drops to a quarter of
 /// them and both magazines (and the depot's full ones) are drained into the
 /// slabs, so their slabs can empty and go back to the OS. Each such visit
-/// re-measures, so the limit shrinks geometrically with the class and a
-/// program that frees everything leaves at most one object per class in
-/// its magazines, at the cost of O(log n) extra slow paths. The next
-/// allocation slow path loads full capacity again, and a class that grows
-/// again gets its full limit back here.
+/// re-measures, so the limit shrinks geometrically with the class, down to
+/// 0 once fewer than four objects are live: the last ones go straight home
+/// (`free_direct`), and a program that frees everything leaves no object
+/// in its magazines, at the cost of O(log n) extra slow paths. (A limit of
+/// 1 kept one object per class, and a thread that then slept kept a whole
+/// slab of each big class resident, out of reach of the background purger,
+/// which cannot touch a live thread's magazines.) The next allocation slow
+/// path loads full capacity again, and a class that grows again gets its
+/// full limit back here.
 ///
 /// # Safety
 /// `loaded` (non-null, unloaded, rounds accurate) and `prev` (null, full or
@@ -201,7 +243,12 @@ unsafe fn wind_down(
         if limit < cap && depot(c).full_count() > 0 {
             heap::settle(c, depot(c).take_all());
         }
-        slot.load(loaded, limit.clamp(1, cap));
+        slot.load(loaded, limit.min(cap));
+        if limit == 0 {
+            // Every free of the class takes this path until the thread
+            // allocates it again.
+            return free_direct(c, p);
+        }
         Slab::free_small(c, p)
     }
 }

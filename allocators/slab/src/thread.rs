@@ -45,7 +45,7 @@ pub const DONE: u8 = 3;
 ///
 /// Invariants: `base`, `top`, `limit` are all null, or `base` is
 /// `&mag.objs[0]` of the loaded magazine, `limit = base + capacity` (or a
-/// lower limit of at least 1 set by `slow::wind_down`) and
+/// lower limit, possibly 0, set by `slow::wind_down`) and
 /// `base <= top <= limit` (`top - base` is the rounds held). `prev` is null
 /// or a magazine that is full or empty (never partly filled), its `rounds`
 /// accurate.
@@ -117,6 +117,9 @@ pub struct ThreadCache {
     pub stats: ThreadStats,
     /// [`NEW`], [`INIT`], [`ACTIVE`] or [`DONE`].
     pub state: Cell<u8>,
+    /// Slow paths taken with magazines (saturating; the background purger
+    /// starts after a few, see `crate::purger`).
+    pub slow_calls: Cell<u32>,
 }
 
 impl ThreadCache {
@@ -125,6 +128,7 @@ impl ThreadCache {
             slots: [ClassSlot::NEW; CLASS_COUNT],
             stats: ThreadStats::new(),
             state: Cell::new(NEW),
+            slow_calls: Cell::new(0),
         }
     }
 

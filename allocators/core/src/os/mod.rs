@@ -416,15 +416,16 @@ pub fn sleep_ns(ns: u64) {
     keeping_errno(|| unsafe { libc::nanosleep(&t, ptr::null_mut()) });
 }
 
-/// Starts a detached thread running `body(null)`. Returns whether it
-/// started. (`pthread_create` may call `malloc`: call it where re-entering
-/// the allocator is safe.)
-pub fn spawn_detached(body: extern "C" fn(*mut c_void) -> *mut c_void) -> bool {
+/// Starts a detached thread running `body(arg as *mut c_void)` (a word the
+/// caller and `body` agree on). Returns whether it started.
+/// (`pthread_create` may call `malloc`: call it where re-entering the
+/// allocator is safe.)
+pub fn spawn_detached(body: extern "C" fn(*mut c_void) -> *mut c_void, arg: usize) -> bool {
     let mut thread: libc::pthread_t = 0;
-    // SAFETY: default attributes; `body` is a valid thread entry and takes
-    // no argument.
+    // SAFETY: default attributes; `body` is a valid thread entry, and the
+    // argument is a plain word it interprets.
     let rc = keeping_errno(|| unsafe {
-        libc::pthread_create(&mut thread, ptr::null(), body, ptr::null_mut())
+        libc::pthread_create(&mut thread, ptr::null(), body, arg as *mut c_void)
     });
     if rc != 0 {
         return false;
