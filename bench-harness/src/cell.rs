@@ -71,7 +71,8 @@ pub fn run_job(args: &[String]) -> Result<String> {
             if !(params.scale > 0.0 && params.scale.is_finite()) {
                 return Err(Error::new("scale must be a positive number"));
             }
-            let sample = run_workload(workload, &params);
+            let idle_ms = parse_arg(args, "idle_ms", 0u64)?;
+            let sample = run_workload(workload, &params, idle_ms);
             serde_json::to_string(&sample).map_err(|e| Error::new(e.to_string()))
         }
         Some("replay") => {
@@ -92,7 +93,11 @@ pub fn run_job(args: &[String]) -> Result<String> {
 ///
 /// Everything that allocates for the harness (clock calibration, recorders and
 /// their histograms) happens before the timed region; the JSON conversion after.
-pub fn run_workload(workload: &Workload, params: &Params) -> Sample {
+///
+/// With `idle_ms` > 0 the process then sleeps that long, calling nothing,
+/// and reads RSS again (`rss_idle`): what the allocator gave back on its
+/// own (a background purger, a decay driven by a timer).
+pub fn run_workload(workload: &Workload, params: &Params, idle_ms: u64) -> Sample {
     let clock = TickClock::calibrate();
     let mut ctx = Context::new(clock, (workload.recorders)(params.threads), params.seed);
     reset_peak_rss();
@@ -103,6 +108,10 @@ pub fn run_workload(workload: &Workload, params: &Params) -> Sample {
     let wall_ns = start.elapsed().as_nanos() as u64;
     let rss_end = rss_bytes();
     let peak_rss = peak_rss_bytes();
+    let rss_idle = (idle_ms > 0).then(|| {
+        std::thread::sleep(std::time::Duration::from_millis(idle_ms));
+        rss_bytes()
+    });
     let minor_faults = minor_faults().saturating_sub(faults_start);
     let checkpoints = ctx.checkpoints();
     let recorder = ctx.merged();
@@ -112,6 +121,7 @@ pub fn run_workload(workload: &Workload, params: &Params) -> Sample {
         latency: recorder.latencies(),
         rss_start,
         rss_end,
+        rss_idle,
         peak_rss,
         minor_faults,
         checkpoints,
@@ -196,6 +206,7 @@ pub fn cell_binary(allocator: &AllocatorEntry) -> Result<PathBuf> {
 pub fn spawn_cell<T: DeserializeOwned>(
     allocator: &AllocatorEntry,
     job: &[String],
+    env: &[(String, String)],
     timeout: Duration,
 ) -> Result<T> {
     let binary = cell_binary(allocator)?;
@@ -203,6 +214,7 @@ pub fn spawn_cell<T: DeserializeOwned>(
     let mut command = Command::new(&binary);
     command
         .args(job)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -237,12 +249,22 @@ pub fn spawn_cell<T: DeserializeOwned>(
 }
 
 /// The command line of the `workload` job.
-pub fn workload_job(workload: &str, threads: usize, scale: f64, seed: u64) -> Vec<String> {
-    vec![
+pub fn workload_job(
+    workload: &str,
+    threads: usize,
+    scale: f64,
+    seed: u64,
+    idle_ms: u64,
+) -> Vec<String> {
+    let mut job = vec![
         "workload".to_string(),
         format!("name={workload}"),
         format!("threads={threads}"),
         format!("scale={scale}"),
         format!("seed={seed}"),
-    ]
+    ];
+    if idle_ms > 0 {
+        job.push(format!("idle_ms={idle_ms}"));
+    }
+    job
 }

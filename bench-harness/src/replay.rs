@@ -152,6 +152,8 @@ fn replay_plan_file(
             threads: vec![summary.threads],
             baseline,
             seed: 0,
+            background_purge_ms: None,
+            idle_ms: 0,
             descriptions: Default::default(),
         },
         cells,
@@ -175,7 +177,7 @@ fn replay_plan_file(
                 rep + 1
             );
             session.progress.starting(&what);
-            let outcome = spawn_cell::<ReplaySample>(entries[column], &job, timeout)
+            let outcome = spawn_cell::<ReplaySample>(entries[column], &job, &[], timeout)
                 .and_then(|s| check(&s, expected_ops, summary.peak_live_bytes).map(|()| s));
             match outcome {
                 Ok(s) => {

@@ -156,6 +156,7 @@ pub fn run_job(path: &str, ordered: bool, seed: u64) -> Result<ReplaySample> {
             latency: merged.latencies(),
             rss_start,
             rss_end,
+            rss_idle: None,
             peak_rss,
             minor_faults,
             checkpoints: vec![Checkpoint {

@@ -45,7 +45,19 @@ pub struct RunArgs {
     /// Seed of the workloads' random generators.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Start heapkit's background purger in every cell, rounds this many
+    /// milliseconds apart (sets `HEAPKIT_BACKGROUND_PURGE_MS`; the other
+    /// allocators ignore it). Implies `--idle-ms 1000` unless given.
+    #[arg(long, value_name = "MS")]
+    pub background_purge_ms: Option<u64>,
+    /// After each workload freed everything, sleep this long without
+    /// calling the allocator and read RSS again ("RSS after idle").
+    #[arg(long, value_name = "MS")]
+    pub idle_ms: Option<u64>,
 }
+
+/// `--idle-ms` when `--background-purge-ms` is given without it.
+const IDLE_MS_WITH_PURGER: u64 = 1000;
 
 /// The resolved plan of a run.
 #[derive(Debug, Clone)]
@@ -64,6 +76,8 @@ pub fn plan(args: &RunArgs) -> Result<Plan> {
         ("quick", vec![1, 4], 1.0, 3)
     };
     let customised = !args.common.allocators.is_empty()
+        || args.background_purge_ms.is_some()
+        || args.idle_ms.is_some()
         || !args.workloads.is_empty()
         || !args.threads.is_empty()
         || args.common.repetitions.is_some()
@@ -129,6 +143,14 @@ pub fn plan(args: &RunArgs) -> Result<Plan> {
             threads,
             baseline,
             seed: args.seed,
+            background_purge_ms: args.background_purge_ms,
+            idle_ms: args
+                .idle_ms
+                .unwrap_or(if args.background_purge_ms.is_some() {
+                    IDLE_MS_WITH_PURGER
+                } else {
+                    0
+                }),
             descriptions: workload_names
                 .iter()
                 .filter_map(|&n| {
@@ -189,6 +211,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     let mut session = Session::begin(skeleton, &dir, planned)?;
     let timeout = args.common.timeout();
+    let env: Vec<(String, String)> = config
+        .background_purge_ms
+        .map(|ms| ("HEAPKIT_BACKGROUND_PURGE_MS".to_string(), ms.to_string()))
+        .into_iter()
+        .collect();
     let per_row = entries.len();
     'reps: for rep in 0..config.repetitions {
         for row in 0..plan.rows.len() {
@@ -207,8 +234,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
                     config.repetitions
                 );
                 session.progress.starting(&what);
-                let job = workload_job(workload, threads, config.scale, config.seed);
-                match spawn_cell::<Sample>(entries[column], &job, timeout) {
+                let job =
+                    workload_job(workload, threads, config.scale, config.seed, config.idle_ms);
+                match spawn_cell::<Sample>(entries[column], &job, &env, timeout) {
                     Ok(sample) => {
                         session
                             .progress
@@ -267,7 +295,28 @@ mod tests {
             scale: None,
             common: MatrixArgs::default(),
             seed: 1,
+            background_purge_ms: None,
+            idle_ms: None,
         }
+    }
+
+    #[test]
+    fn the_purger_implies_an_idle_wait() {
+        let plan0 = plan(&args()).unwrap();
+        assert_eq!(
+            (plan0.config.background_purge_ms, plan0.config.idle_ms),
+            (None, 0)
+        );
+        let mut a = args();
+        a.background_purge_ms = Some(20);
+        let p = plan(&a).unwrap();
+        assert_eq!(
+            (p.config.background_purge_ms, p.config.idle_ms),
+            (Some(20), IDLE_MS_WITH_PURGER)
+        );
+        assert_eq!(p.config.preset, "custom");
+        a.idle_ms = Some(300);
+        assert_eq!(plan(&a).unwrap().config.idle_ms, 300);
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub struct Sample {
     pub rss_start: u64,
     /// RSS after the workload freed everything and its threads were joined, bytes.
     pub rss_end: u64,
+    /// RSS after a further idle wait (`run --idle-ms`), bytes: what an
+    /// allocator gives back once the program stops calling it (with
+    /// `--background-purge-ms`, what its background purger returned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_idle: Option<u64>,
     /// Peak RSS (`VmHWM`) during the workload, bytes (reset at workload start).
     pub peak_rss: u64,
     /// Minor page faults during the workload.

@@ -82,6 +82,12 @@ pub const SUMMARY_METRICS: &[Metric] = &[
         format: fmt_mib,
     },
     Metric {
+        title: "RSS after idle, per RSS at start",
+        note: "RSS once the workload freed everything and the process then slept `--idle-ms` without calling the allocator (with `--background-purge-ms`, heapkit's purger running), divided by the RSS at start: 1.00x = everything given back; ratio lower is better",
+        value: |s| s.rss_idle.map(|r| r / s.rss_start.max(1.0)),
+        format: |v| format!("{v:.2}x"),
+    },
+    Metric {
         title: "malloc p99 latency",
         note: "sampled per-operation latency, see Method; ratio lower is better",
         value: |s| s.latency_of("malloc").map(|l| l.p99),
@@ -286,6 +292,18 @@ pub fn render(report: &Report, charts: &[(String, String)]) -> String {
         report.duration_s,
         c.baseline
     );
+    if c.idle_ms > 0 {
+        let purger = match c.background_purge_ms {
+            Some(ms) => format!("with heapkit's background purger every {ms} ms"),
+            None => "without a background purger".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "After each workload the process slept {} ms without calling the allocator, {purger}, \
+             and read RSS again (\"RSS after idle\").\n",
+            c.idle_ms
+        );
+    }
     out += &machine_rows(m);
     let _ = writeln!(out, "| rustc | {} |", m.rustc);
     let _ = writeln!(out, "| git commit | `{}` |", m.git_commit);

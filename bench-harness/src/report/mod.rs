@@ -76,6 +76,12 @@ pub struct RunConfig {
     pub baseline: String,
     /// Seed of the workloads' random generators.
     pub seed: u64,
+    /// `HEAPKIT_BACKGROUND_PURGE_MS` given to every cell (`None`: unset).
+    #[serde(default)]
+    pub background_purge_ms: Option<u64>,
+    /// Idle wait before "RSS after idle" is read (0: not measured).
+    #[serde(default)]
+    pub idle_ms: u64,
     /// One sentence per workload (row) name, shown under its table; filled
     /// by whoever planned the run, so the report layer knows no workloads.
     #[serde(default)]
@@ -194,6 +200,7 @@ pub(crate) mod tests {
             }],
             rss_start: 1 << 20,
             rss_end: 2 << 20,
+            rss_idle: None,
             peak_rss: 8 << 20,
             minor_faults: 12,
             checkpoints: vec![Checkpoint {
@@ -233,6 +240,8 @@ pub(crate) mod tests {
                 threads: vec![1],
                 baseline: "system".into(),
                 seed: 1,
+                background_purge_ms: None,
+                idle_ms: 0,
                 descriptions: Default::default(),
             },
             cells: vec![cell("system", 2), cell("jemalloc", 1)],

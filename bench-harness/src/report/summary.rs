@@ -72,6 +72,8 @@ pub struct CellSummary {
     pub rss_start: f64,
     /// RSS at end (everything freed), bytes.
     pub rss_end: f64,
+    /// RSS after the idle wait, bytes (`None`: not measured).
+    pub rss_idle: Option<f64>,
     /// Minor page faults.
     pub minor_faults: f64,
     /// Per checkpoint.
@@ -154,6 +156,12 @@ pub fn summarize(cell: &Cell) -> Option<CellSummary> {
         peak_rss: median_of(samples, |s| s.peak_rss as f64),
         rss_start: median_of(samples, |s| s.rss_start as f64),
         rss_end: median_of(samples, |s| s.rss_end as f64),
+        rss_idle: median(
+            &samples
+                .iter()
+                .filter_map(|s| s.rss_idle.map(|r| r as f64))
+                .collect::<Vec<_>>(),
+        ),
         minor_faults: median_of(samples, |s| s.minor_faults as f64),
         checkpoints,
     })
