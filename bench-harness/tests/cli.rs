@@ -366,3 +366,36 @@ fn an_installed_copy_finds_its_cells_and_the_shim() {
     }
     let _ = std::fs::remove_dir_all(bin.parent().unwrap());
 }
+
+/// `--background-purge-ms` reaches the cells (sizeclass's purger gives
+/// back the large workload's cached blocks during the idle wait) and the
+/// report shows RSS after idle; without `--idle-ms` nothing is read.
+#[test]
+fn idle_rss_with_the_background_purger() {
+    let out_dir = tmp("idle");
+    let out = bench()
+        .args(["run", "--allocators", "sizeclass", "--workloads", "large"])
+        .args(["--repetitions", "1", "--scale", "0.1", "--name", "i"])
+        .args(["--background-purge-ms", "10", "--idle-ms", "800"])
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", stderr_line(&out));
+    let dir = out_dir.join("i");
+    let report = heapkit_bench::report::json::read(&dir.join("results.json")).expect("parses");
+    assert_eq!(report.config.background_purge_ms, Some(10));
+    let s = &report.cells[0].samples[0];
+    let idle = s.rss_idle.expect("rss_idle measured");
+    // The large workload ends with tens of MiB in the large cache; the
+    // purger drops them once they expire (250 ms).
+    assert!(
+        s.rss_end > idle + (16 << 20),
+        "end {} KiB, idle {} KiB",
+        s.rss_end >> 10,
+        idle >> 10
+    );
+    let md = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+    assert!(md.contains("RSS after idle, per RSS at start"), "{md}");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}

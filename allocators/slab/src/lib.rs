@@ -108,8 +108,8 @@ pub use cache::CacheCensus;
 /// [`stats`] needs no other dependency.
 pub use heapkit_core::{HeapAlloc, Stats};
 pub use magazine::MAGAZINE_SLOTS;
-pub use slow::MAGAZINE_MAX_OBJECT;
 pub use segment::CHUNK;
+pub use slow::MAGAZINE_MAX_OBJECT;
 
 /// The allocator's statistics (every thread's counts, exact for the calling
 /// thread and for exited ones), whether or not it is the global allocator.
