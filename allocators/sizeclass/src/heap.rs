@@ -274,7 +274,10 @@ unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page,
         P::on_remote_free(page, ptr);
         let size = (*page).shared_size as usize;
         let index = (*page).index as usize;
-        let key = (*page).key;
+        // The copy on the remote freers' line: `key` sits on the owner's,
+        // and reading it here pulled that line away from the owner on
+        // every hardened remote free.
+        let key = (*page).shared_key;
         (*page).thread_free.push(
             ptr.cast(),
             |head| P::encode(head.cast(), key).cast(),
