@@ -185,6 +185,19 @@ static int uaf_write(void) {
 }
 
 /* One byte written past a 24-byte request, then freed. */
+/* A write one byte past a large block's usable size: hardened heapkit ends
+ * such a block at an inaccessible page, so the write faults. */
+static int large_overflow(void) {
+    size_t size = 1 << 20;
+    char *p = malloc(size);
+    size_t usable = malloc_usable_size(p);
+    memset(p, 7, usable);
+    ((volatile char *)launder(p))[usable] = 'x';
+    free(launder(p));
+    printf("large overflow went unnoticed\n");
+    return 0;
+}
+
 static int overflow(void) {
     char *p = malloc(24);
     memset(p, 6, 24);
@@ -255,7 +268,8 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "small-interior")) return small_interior();
     if (!strcmp(c, "uaf-write")) return uaf_write();
     if (!strcmp(c, "overflow")) return overflow();
+    if (!strcmp(c, "large-overflow")) return large_overflow();
     if (!strcmp(c, "realloc-freed")) return realloc_freed();
-    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|exhaust-recover|small-double-32|small-double-100k|small-interior|uaf-write|overflow|realloc-freed\n");
+    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|exhaust-recover|small-double-32|small-double-100k|small-interior|uaf-write|overflow|large-overflow|realloc-freed\n");
     return 2;
 }

@@ -801,6 +801,8 @@ enum Outcome {
     Detected(&'static str),
     /// Ran to a clean exit printing this line.
     Succeeds(&'static str),
+    /// Stopped by `SIGSEGV` at the faulty access (a guard page).
+    Faults,
     /// Ends within the time limit, however (no promise beyond: never hang).
     Ends,
     /// Not run: a forwarded peer's own behaviour, which heapkit does not
@@ -810,7 +812,7 @@ enum Outcome {
 }
 
 /// Every case of `tests/preload/misuse.c`.
-const MISUSE_CASES: [&str; 14] = [
+const MISUSE_CASES: [&str; 15] = [
     "foreign",
     "unmapped-free",
     "unmapped-realloc",
@@ -824,6 +826,7 @@ const MISUSE_CASES: [&str; 14] = [
     "small-interior",
     "uaf-write",
     "overflow",
+    "large-overflow",
     "realloc-freed",
 ];
 
@@ -865,6 +868,7 @@ fn hardened_outcome(case: &str) -> Outcome {
         "uaf-write" => Outcome::Detected("malloc(): corrupted free list"),
         "overflow" => Outcome::Detected("free(): heap overflow"),
         "realloc-freed" => Outcome::Detected("realloc(): double free of"),
+        "large-overflow" => Outcome::Faults,
         _ => misuse_outcome(case, "sizeclass"),
     }
 }
@@ -950,6 +954,7 @@ fn check_misuse(
                         .any(|l| l.starts_with("heapkit: ") && l.contains(text))
             }
             Outcome::Succeeds(line) => r.ok && r.stdout.lines().any(|l| l == line),
+            Outcome::Faults => r.status.contains("SIGSEGV"),
             Outcome::Ends => !r.status.starts_with("killed"),
             Outcome::NotRun => true,
         };

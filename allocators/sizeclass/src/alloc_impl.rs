@@ -26,7 +26,8 @@ pub type DefaultPolicy = Hardened;
 /// The thread-caching size-class allocator (see the crate docs), in the
 /// mode `P` names: [`Fast`] (the default) or [`Hardened`], which detects
 /// every double and interior free, encodes its free lists, puts a canary
-/// after every small block and guard pages after segments (see
+/// after every small block and guard pages after segments and large
+/// blocks (see
 /// `heapkit_core::harden`). The two modes keep separate heaps and
 /// segments, so both may be used in one program.
 #[derive(Clone, Copy, Debug, Default)]
@@ -122,7 +123,12 @@ impl<P: Policy> SizeClass<P> {
                 p
             }
             None => {
-                let p = large::allocate(layout, zeroed);
+                // Hardened: the block ends at an inaccessible page.
+                let p = if P::GUARD_PAGES {
+                    large::allocate_guarded(layout, zeroed)
+                } else {
+                    large::allocate(layout, zeroed)
+                };
                 if !p.is_null() {
                     // SAFETY: p is a live large block.
                     let size = unsafe { large::usable_size(p) };

@@ -57,7 +57,7 @@
 //! - Hardened mode ([`SizeClass::hardened`], or the `hardened` feature):
 //!   every double and interior free detected at the call, encoded free
 //!   lists, a canary after each small block, guard pages after segments
-//!   (`mode.rs`; a type parameter, so the default paths are unchanged).
+//!   and after large blocks (`mode.rs`; a type parameter, so the default paths are unchanged).
 //!
 //! Costs: allocation is a class computation, two loads, a pop and a counter
 //! bump; a free by the owner is a mask, a compare, a push and a counter
