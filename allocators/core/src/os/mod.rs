@@ -141,7 +141,7 @@ fn map_uncounted(size: usize) -> *mut u8 {
 /// zeroed. Returns null on failure.
 ///
 /// Usually one `mmap`: the request names an aligned address just past the
-/// previous aligned mapping in heapkit's hint area ([`ALIGNED_HINT`]), with
+/// previous aligned mapping in heapkit's hint area (`ALIGNED_HINT`), with
 /// `MAP_FIXED_NOREPLACE`, so the kernel either grants exactly that address
 /// or refuses without mapping anything. Otherwise (the area is used up or
 /// taken, or a kernel before 4.17 placed the mapping elsewhere) it
