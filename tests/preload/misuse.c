@@ -185,6 +185,18 @@ static int uaf_write(void) {
 }
 
 /* One byte written past a 24-byte request, then freed. */
+/* A write into a freed block, then enough frees to push it out of a
+ * hardened quarantine (HEAPKIT_QUARANTINE_KB), which checks its junk. */
+static int quarantine_uaf(void) {
+    char *p = malloc(64);
+    memset(p, 1, 64);
+    free(launder(p));
+    ((volatile char *)launder(p))[40] = 'x';
+    keep_using_the_heap();
+    printf("write after free went unnoticed\n");
+    return 0;
+}
+
 /* A write one byte past a large block's usable size: hardened heapkit ends
  * such a block at an inaccessible page, so the write faults. */
 static int large_overflow(void) {
@@ -269,7 +281,8 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "uaf-write")) return uaf_write();
     if (!strcmp(c, "overflow")) return overflow();
     if (!strcmp(c, "large-overflow")) return large_overflow();
+    if (!strcmp(c, "quarantine-uaf")) return quarantine_uaf();
     if (!strcmp(c, "realloc-freed")) return realloc_freed();
-    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|exhaust-recover|small-double-32|small-double-100k|small-interior|uaf-write|overflow|large-overflow|realloc-freed\n");
+    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|exhaust-recover|small-double-32|small-double-100k|small-interior|uaf-write|overflow|large-overflow|quarantine-uaf|realloc-freed\n");
     return 2;
 }

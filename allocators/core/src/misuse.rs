@@ -33,6 +33,8 @@ pub enum Misuse {
     /// A free list that loops or holds more blocks than its page: a block
     /// was freed twice (or written after its free).
     CorruptedFreeList,
+    /// A freed block held back by the hardened quarantine was written.
+    WriteAfterFree,
 }
 
 impl Misuse {
@@ -45,6 +47,7 @@ impl Misuse {
             Misuse::CorruptedFreeList => {
                 "corrupted free list (double free or write after free?) at"
             }
+            Misuse::WriteAfterFree => "write after free to the block at",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! | `HEAPKIT_LARGE_CACHE_MB` | 64 | every allocator: bytes of freed large blocks kept mapped for reuse, at least (the cache may hold up to half the bytes of live large blocks when that is more; 0: no cache) |
 //! | `HEAPKIT_LARGE_DECAY_MS` | 250 | every allocator: how long a cached large block is kept |
 //! | `HEAPKIT_BACKGROUND_PURGE_MS` | 0 (off) | sizeclass and slab: a background thread ([`crate::background`]) wakes this often to give back what an idle program holds (decayed free pages, emptied pages and abandoned segments, depot magazines, empty slabs, expired large blocks) |
+//! | `HEAPKIT_QUARANTINE_KB` | 0 (off) | hardened sizeclass: bytes of freed small blocks each thread holds back before they can be reused, filled with a pattern checked when they leave (a write after free is reported) |
 //! | `HEAPKIT_VERBOSE` | off | `libheapkit.so`: print the backend and these options at start |
 //!
 //! Rust programs set them the same way (they are read from the process
@@ -35,6 +36,8 @@ pub const DEFAULT_LARGE_CACHE_MB: u64 = 64;
 pub const DEFAULT_LARGE_DECAY_MS: u64 = 250;
 /// Default of `HEAPKIT_BACKGROUND_PURGE_MS` (0: no background purger).
 pub const DEFAULT_BACKGROUND_PURGE_MS: u64 = 0;
+/// Default of `HEAPKIT_QUARANTINE_KB` (0: no quarantine).
+pub const DEFAULT_QUARANTINE_KB: u64 = 0;
 
 /// The options in effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,8 @@ pub struct Options {
     pub large_decay_ns: u64,
     /// Nanoseconds between the background purger's rounds (0: no purger).
     pub background_purge_ns: u64,
+    /// Bytes of freed blocks a hardened thread holds back (0: none).
+    pub quarantine_bytes: usize,
     /// Print the backend and the options at start (the shim).
     pub verbose: bool,
 }
@@ -85,6 +90,12 @@ const BACKGROUND_PURGE: Knob = Knob {
     scale: 1_000_000,
     max: 3_600_000,
 };
+const QUARANTINE: Knob = Knob {
+    name: c"HEAPKIT_QUARANTINE_KB",
+    default: DEFAULT_QUARANTINE_KB,
+    scale: 1 << 10,
+    max: 1 << 20,
+};
 
 /// Whether the options have been read.
 static READ: RunOnce = RunOnce::new();
@@ -92,6 +103,7 @@ static PURGE_DELAY_NS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS * 1_000
 static LARGE_CACHE_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_LARGE_CACHE_MB << 20);
 static LARGE_DECAY_NS: AtomicU64 = AtomicU64::new(DEFAULT_LARGE_DECAY_MS * 1_000_000);
 static BACKGROUND_PURGE_NS: AtomicU64 = AtomicU64::new(DEFAULT_BACKGROUND_PURGE_MS * 1_000_000);
+static QUARANTINE_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_QUARANTINE_KB << 10);
 static VERBOSE: AtomicU8 = AtomicU8::new(0);
 
 /// The options, read from the environment on the first call. Cheap after
@@ -108,6 +120,7 @@ pub fn get() -> Options {
         large_cache_bytes: LARGE_CACHE_BYTES.load(Ordering::Relaxed) as usize,
         large_decay_ns: LARGE_DECAY_NS.load(Ordering::Relaxed),
         background_purge_ns: BACKGROUND_PURGE_NS.load(Ordering::Relaxed),
+        quarantine_bytes: QUARANTINE_BYTES.load(Ordering::Relaxed) as usize,
         verbose: VERBOSE.load(Ordering::Relaxed) != 0,
     }
 }
@@ -117,6 +130,7 @@ fn read_environment() {
     LARGE_CACHE_BYTES.store(read_knob(&LARGE_CACHE), Ordering::Relaxed);
     LARGE_DECAY_NS.store(read_knob(&LARGE_DECAY), Ordering::Relaxed);
     BACKGROUND_PURGE_NS.store(read_knob(&BACKGROUND_PURGE), Ordering::Relaxed);
+    QUARANTINE_BYTES.store(read_knob(&QUARANTINE), Ordering::Relaxed);
     let verbose =
         os::env_var(c"HEAPKIT_VERBOSE").is_some_and(|v| parse_flag(v.to_bytes()) == Some(true));
     VERBOSE.store(u8::from(verbose), Ordering::Relaxed);
@@ -175,6 +189,7 @@ pub fn write_summary() {
         (&LARGE_CACHE, o.large_cache_bytes as u64),
         (&LARGE_DECAY, o.large_decay_ns),
         (&BACKGROUND_PURGE, o.background_purge_ns),
+        (&QUARANTINE, o.quarantine_bytes as u64),
     ] {
         let value = stored / knob.scale;
         let mut digits = [0u8; 20];

@@ -1015,6 +1015,85 @@ fn misuse_hardened_mode() {
     }
 }
 
+/// Hardened sizeclass with a quarantine (`HEAPKIT_QUARANTINE_KB=256`): a
+/// write into a freed block is reported when the block leaves the
+/// quarantine, and double frees and reallocs of held blocks are still
+/// reported; without
+/// the quarantine the same write goes unnoticed (it is the quarantine that
+/// finds it).
+#[test]
+fn quarantine_catches_writes_after_free() {
+    let Some((dir, bin)) = misuse_program("quarantine_catches_writes_after_free") else {
+        return;
+    };
+    let mut errors = Vec::new();
+    for (case, quarantine, expected) in [
+        (
+            "quarantine-uaf",
+            "256",
+            Outcome::Detected("free(): write after free to the block at"),
+        ),
+        (
+            "quarantine-uaf",
+            "0",
+            Outcome::Succeeds("write after free went unnoticed"),
+        ),
+        (
+            "small-double-32",
+            "256",
+            Outcome::Detected("free(): double free of"),
+        ),
+        (
+            "small-double-100k",
+            "256",
+            Outcome::Detected("free(): double free of"),
+        ),
+        (
+            "realloc-freed",
+            "256",
+            Outcome::Detected("realloc(): double free of"),
+        ),
+        (
+            "remote-double",
+            "256",
+            Outcome::Detected("free(): double free of"),
+        ),
+        (
+            "overflow",
+            "256",
+            Outcome::Detected("free(): heap overflow"),
+        ),
+        (
+            "exhaust-recover",
+            "256",
+            Outcome::Succeeds("ok exhaust-recover"),
+        ),
+    ] {
+        let mut cmd = under("sizeclass", &bin);
+        cmd.arg(case)
+            .env("HEAPKIT_HARDEN", "1")
+            .env("HEAPKIT_QUARANTINE_KB", quarantine);
+        let r = run(cmd, &dir, &format!("{case}-{quarantine}"), MINUTE);
+        let fine = match expected {
+            Outcome::Detected(text) => {
+                r.status.contains("SIGABRT")
+                    && r.stderr
+                        .lines()
+                        .any(|l| l.starts_with("heapkit: ") && l.contains(text))
+            }
+            Outcome::Succeeds(line) => r.ok && r.stdout.lines().any(|l| l == line),
+            _ => unreachable!("only the two kinds are listed"),
+        };
+        if !fine {
+            errors.push(format!(
+                "{case} with HEAPKIT_QUARANTINE_KB={quarantine}: expected {expected:?}, got {}",
+                r.describe()
+            ));
+        }
+    }
+    assert!(errors.is_empty(), "\n{}", errors.join("\n"));
+}
+
 /// Memory freed by other threads comes back while its owner sleeps
 /// (`tests/preload/remote_return.c`, issue 14): a worker allocates 100 MB
 /// and goes idle, the main thread frees it all and goes on with small

@@ -106,6 +106,9 @@ pub(crate) struct Heap {
     pub next_heap: *mut Heap,
     /// See `next_heap`.
     pub prev_heap: *mut Heap,
+    /// Freed blocks held back (hardened mode with `HEAPKIT_QUARANTINE_KB`;
+    /// owner only; empty otherwise).
+    pub quarantine: crate::quarantine::Quarantine,
 }
 
 impl HeapState {
@@ -141,6 +144,7 @@ impl Heap {
             observed_at_ns: 0,
             next_heap: ptr::null_mut(),
             prev_heap: ptr::null_mut(),
+            quarantine: crate::quarantine::Quarantine::new(),
         }
     }
 }
@@ -210,7 +214,20 @@ pub(crate) unsafe fn free<P: Mode>(ptr: *mut u8) {
         if (*seg).tag != P::TAG {
             return free_large::<P>(ptr);
         }
+        if P::BLOCK_STATE && crate::quarantine::wanted() {
+            return crate::quarantine::hold::<P>(ptr);
+        }
+        free_small::<P>(ptr)
     }
+}
+
+/// Frees a small block of ours (the quarantine, if any, passed).
+///
+/// # Safety
+/// `ptr` must be a live small block of mode `P`.
+#[inline(always)]
+pub(crate) unsafe fn free_small<P: Mode>(ptr: *mut u8) {
+    let seg = segment_of(ptr).cast::<Segment>();
     let h = P::heap();
     // SAFETY: the block is live, so its segment and page are mapped and in
     // use. Only the owner thread compares equal to `owner`, so the plain

@@ -104,6 +104,7 @@ mod mode;
 mod page;
 #[cfg(not(loom))]
 mod purge;
+mod quarantine;
 #[cfg(not(loom))]
 mod reclaim;
 mod remote;

@@ -66,6 +66,8 @@ pub(crate) fn exit_heap<P: Mode>() {
     // SAFETY: runs on the exiting thread; its heap is not in use, and once
     // unregistered no reclaimer touches it.
     unsafe {
+        // Held blocks are freed while the heap still works.
+        crate::quarantine::flush::<P>(h);
         match (*h).state {
             HeapState::Active => reclaim::unregister::<P>(h),
             HeapState::Reactivated => {}

@@ -274,7 +274,7 @@ impl FreeMark {
     /// # Safety
     /// `block` is a block of at least 16 bytes the caller owns.
     #[inline(always)]
-    unsafe fn set(block: *mut u8, key: usize) {
+    pub(crate) unsafe fn set(block: *mut u8, key: usize) {
         // SAFETY: caller guarantee.
         unsafe { block.add(8).cast::<usize>().write(Self::value(block, key)) }
     }
@@ -364,6 +364,21 @@ mod checks {
 
 // Interior pointers are found through the canary (see the module docs).
 const _: () = assert!(Hardened::TRAILER > 0);
+
+/// [`check_trailer`] for the quarantine (`quarantine.rs`).
+///
+/// # Safety
+/// As for [`check_trailer`].
+pub(crate) unsafe fn check_trailer_of(
+    call: &str,
+    page: *mut Page,
+    ptr: *mut u8,
+    block_size: usize,
+    key: usize,
+) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { check_trailer(call, page, ptr, block_size, key) }
+}
 
 /// Checks the canary of a hardened block being freed (or resized).
 ///

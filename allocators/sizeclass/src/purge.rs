@@ -223,6 +223,7 @@ pub(crate) fn collect_now<P: Mode>() {
     let h = P::bound_heap();
     // SAFETY: our heap, not re-entered; its lock keeps reclaimers out.
     unsafe {
+        crate::quarantine::flush::<P>(h);
         if (*h).state.is_set_up() {
             (*h).lock.lock();
             take_pending::<P>(&mut *h);
