@@ -811,6 +811,24 @@ enum Outcome {
     NotRun,
 }
 
+impl Outcome {
+    /// Whether the run `r` ended as promised.
+    fn holds(&self, r: &Run) -> bool {
+        match *self {
+            Outcome::Detected(text) => {
+                r.status.contains("SIGABRT")
+                    && r.stderr
+                        .lines()
+                        .any(|l| l.starts_with("heapkit: ") && l.contains(text))
+            }
+            Outcome::Succeeds(line) => r.ok && r.stdout.lines().any(|l| l == line),
+            Outcome::Faults => r.status.contains("SIGSEGV"),
+            Outcome::Ends => !r.status.starts_with("killed"),
+            Outcome::NotRun => true,
+        }
+    }
+}
+
 /// Every case of `tests/preload/misuse.c`.
 const MISUSE_CASES: [&str; 15] = [
     "foreign",
@@ -946,19 +964,7 @@ fn check_misuse(
             .env("HEAPKIT_HARDEN", if harden { "1" } else { "0" });
         let mode = if harden { "hardened" } else { "default" };
         let r = run(cmd, dir, &format!("{backend}-{mode}-{case}"), MINUTE);
-        let fine = match expected {
-            Outcome::Detected(text) => {
-                r.status.contains("SIGABRT")
-                    && r.stderr
-                        .lines()
-                        .any(|l| l.starts_with("heapkit: ") && l.contains(text))
-            }
-            Outcome::Succeeds(line) => r.ok && r.stdout.lines().any(|l| l == line),
-            Outcome::Faults => r.status.contains("SIGSEGV"),
-            Outcome::Ends => !r.status.starts_with("killed"),
-            Outcome::NotRun => true,
-        };
-        if !fine {
+        if !expected.holds(&r) {
             errors.push(format!(
                 "{case}: expected {expected:?}, got {}",
                 r.describe()
@@ -1074,17 +1080,7 @@ fn quarantine_catches_writes_after_free() {
             .env("HEAPKIT_HARDEN", "1")
             .env("HEAPKIT_QUARANTINE_KB", quarantine);
         let r = run(cmd, &dir, &format!("{case}-{quarantine}"), MINUTE);
-        let fine = match expected {
-            Outcome::Detected(text) => {
-                r.status.contains("SIGABRT")
-                    && r.stderr
-                        .lines()
-                        .any(|l| l.starts_with("heapkit: ") && l.contains(text))
-            }
-            Outcome::Succeeds(line) => r.ok && r.stdout.lines().any(|l| l == line),
-            _ => unreachable!("only the two kinds are listed"),
-        };
-        if !fine {
+        if !expected.holds(&r) {
             errors.push(format!(
                 "{case} with HEAPKIT_QUARANTINE_KB={quarantine}: expected {expected:?}, got {}",
                 r.describe()

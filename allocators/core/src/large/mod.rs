@@ -79,6 +79,30 @@ enum BlockState {
     Cached = 0x6361_6368,
 }
 
+/// Writes the header of a block handed out at `base + offset` of a
+/// mapping of `map_size` bytes (plus `guard`), counts it live, and returns
+/// the user pointer.
+///
+/// # Safety
+/// `base..+map_size` is a large mapping nobody else uses, and `offset` is
+/// at least the header's size and less than `map_size`.
+unsafe fn hand_out(base: *mut u8, map_size: usize, offset: usize, guard: usize) -> *mut u8 {
+    debug_assert!(offset >= core::mem::size_of::<LargeHeader>() && offset < map_size);
+    // SAFETY: caller guarantee: the header fits before the block.
+    unsafe {
+        base.cast::<LargeHeader>().write(LargeHeader {
+            tag: SegmentTag::LARGE,
+            map_size,
+            offset,
+            state: BlockState::Live as u64,
+            guard,
+        });
+    }
+    LIVE_BYTES.fetch_add(map_size, Relaxed);
+    // SAFETY: offset < map_size.
+    unsafe { base.add(offset) }
+}
+
 fn offset_for(align: usize) -> usize {
     align.max(64)
 }
@@ -109,15 +133,7 @@ pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
     // SAFETY: base is a fresh or cached mapping of `map_size` bytes, aligned
     // to SEGMENT_ALIGN, that nobody else uses.
     unsafe {
-        base.cast::<LargeHeader>().write(LargeHeader {
-            tag: SegmentTag::LARGE,
-            map_size,
-            offset,
-            state: BlockState::Live as u64,
-            guard: 0,
-        });
-        LIVE_BYTES.fetch_add(map_size, Relaxed);
-        let user = base.add(offset);
+        let user = hand_out(base, map_size, offset, 0);
         if zeroed && recycled {
             // Only the requested bytes must read as zero (C's calloc).
             user.write_bytes(0, layout.size());
@@ -177,17 +193,7 @@ fn allocate_far_aligned(layout: Layout) -> *mut u8 {
     crate::segment::REGIONS.mark(base);
     // SAFETY: base..+map_size is our fresh mapping; the header fits in its
     // first segment.
-    unsafe {
-        base.cast::<LargeHeader>().write(LargeHeader {
-            tag: SegmentTag::LARGE,
-            map_size,
-            offset: SEGMENT_ALIGN,
-            state: BlockState::Live as u64,
-            guard: 0,
-        });
-    }
-    LIVE_BYTES.fetch_add(map_size, Relaxed);
-    user as *mut u8
+    unsafe { hand_out(base, map_size, SEGMENT_ALIGN, 0) }
 }
 
 /// A large block for hardened allocators: fresh (so zeroed), ending right
@@ -227,16 +233,7 @@ pub fn allocate_guarded(layout: Layout, zeroed: bool) -> *mut u8 {
         // guard, nobody else's; the block fits at its end (cached_size >=
         // map_size).
         unsafe {
-            let offset = cached_size - body;
-            cached.cast::<LargeHeader>().write(LargeHeader {
-                tag: SegmentTag::LARGE,
-                map_size: cached_size,
-                offset,
-                state: BlockState::Live as u64,
-                guard: page,
-            });
-            LIVE_BYTES.fetch_add(cached_size, Relaxed);
-            let user = cached.add(offset);
+            let user = hand_out(cached, cached_size, cached_size - body, page);
             if zeroed {
                 user.write_bytes(0, layout.size());
             }
@@ -255,15 +252,7 @@ pub fn allocate_guarded(layout: Layout, zeroed: bool) -> *mut u8 {
             unmap_segments(base, total);
             return ptr::null_mut();
         }
-        base.cast::<LargeHeader>().write(LargeHeader {
-            tag: SegmentTag::LARGE,
-            map_size,
-            offset: map_size - body,
-            state: BlockState::Live as u64,
-            guard: page,
-        });
-        LIVE_BYTES.fetch_add(map_size, Relaxed);
-        base.add(map_size - body)
+        hand_out(base, map_size, map_size - body, page)
     }
 }
 
