@@ -121,7 +121,7 @@ pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
     else {
         return ptr::null_mut();
     };
-    let (mut base, cached_size) = take_cached(map_size, 0);
+    let (mut base, cached_size) = take_cached(map_size, 0, usize::MAX);
     let recycled = !base.is_null();
     let map_size = if recycled { cached_size } else { map_size };
     if !recycled {
@@ -227,7 +227,9 @@ pub fn allocate_guarded(layout: Layout, zeroed: bool) -> *mut u8 {
     let Some(total) = map_size.checked_add(page) else {
         return ptr::null_mut();
     };
-    let (cached, cached_size) = take_cached(map_size, page);
+    // The block starts at `cached_size - body`, which must stay inside the
+    // first segment (the header's, found by `segment_of`).
+    let (cached, cached_size) = take_cached(map_size, page, body + SEGMENT_ALIGN - page);
     if !cached.is_null() {
         // SAFETY: a cached guarded mapping of cached_size bytes plus its
         // guard, nobody else's; the block fits at its end (cached_size >=
@@ -546,6 +548,20 @@ mod tests {
     #[test]
     fn guarded_blocks_end_at_a_guard_page() {
         let page = os::page_size();
+        // A cached guarded block much bigger than the next request (here 11
+        // MiB for 6 MiB, first: no other guarded block is cached yet) must
+        // not give a block that starts past the first segment, where its
+        // header could not be found.
+        let eleven = allocate_guarded(Layout::from_size_align(11 << 20, 16).unwrap(), false);
+        // SAFETY: eleven is live; freed once; six is live with 6 MiB.
+        unsafe {
+            free(eleven);
+            let six = allocate_guarded(Layout::from_size_align(6 << 20, 16).unwrap(), true);
+            assert!(!six.is_null());
+            assert!(usable_size(six) >= 6 << 20);
+            assert_eq!(*six.add((6 << 20) - 1), 0);
+            free(six);
+        }
         for (size, align) in [(300 << 10, 16), (1 << 20, 64), (5 << 20, 4096), (1000, 16)] {
             let p = allocate_guarded(Layout::from_size_align(size, align).unwrap(), true);
             assert!(!p.is_null());
