@@ -85,9 +85,10 @@ enum BlockState {
 ///
 /// # Safety
 /// `base..+map_size` is a large mapping nobody else uses, and `offset` is
-/// at least the header's size and less than `map_size`.
+/// at least the header's size and at most `map_size` (equal for a
+/// zero-size block whose alignment fills the mapping).
 unsafe fn hand_out(base: *mut u8, map_size: usize, offset: usize, guard: usize) -> *mut u8 {
-    debug_assert!(offset >= core::mem::size_of::<LargeHeader>() && offset < map_size);
+    debug_assert!(offset >= core::mem::size_of::<LargeHeader>() && offset <= map_size);
     // SAFETY: caller guarantee: the header fits before the block.
     unsafe {
         base.cast::<LargeHeader>().write(LargeHeader {
@@ -99,7 +100,7 @@ unsafe fn hand_out(base: *mut u8, map_size: usize, offset: usize, guard: usize) 
         });
     }
     LIVE_BYTES.fetch_add(map_size, Relaxed);
-    // SAFETY: offset < map_size.
+    // SAFETY: offset <= map_size: inside the mapping or one past its end.
     unsafe { base.add(offset) }
 }
 
