@@ -338,25 +338,17 @@ unsafe fn page_freed_locked<P: Mode>(h: &mut Heap, page: *mut Page) {
         }
         let q = &mut h.queues[class];
         if q.first == page && (*page).next.is_null() {
-            // The class's only page: keep it, unpurged, so alloc/free loops
-            // do not thrash.
+            // The class's only page: keep it, so alloc/free loops do not
+            // thrash; its bytes count as idle until the next eager purge.
+            // Only small pages count: a lone medium or big page alone would
+            // pass the budget, and purging it on every empty made programs
+            // that cycle big blocks re-fault (large: +7% faults, +10% time);
+            // the decay and thread exit still return those. (It stays
+            // current, out of the background purger's reach while its
+            // thread sleeps; making it non-current so the purger could
+            // retire it cost a slow path per allocation: hk-stress 1.2x.)
             let seg = segment_of(page).cast::<Segment>();
-            if (*seg).kind != 0 {
-                // A medium or big page alone would pass the idle budget,
-                // and purging it on every empty made programs that cycle
-                // big blocks re-fault (large: +7% faults, +10% time). It
-                // stays queued but stops being current: the next allocation
-                // of the class finds it on the queue (one slow path), and
-                // meanwhile the background purger may retire it if the
-                // thread goes idle (it never touches a current page, which
-                // kept up to 4 MiB per class resident while a thread slept).
-                if h.current[class] == page {
-                    h.current[class] = EMPTY;
-                }
-                return;
-            }
-            // A small page's bytes count as idle until the next eager purge.
-            if !(*page).retained {
+            if !(*page).retained && (*seg).kind == 0 {
                 (*page).retained = true;
                 h.idle_bytes += 1 << (*seg).page_shift;
                 if over_budget(h) {
