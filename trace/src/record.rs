@@ -407,10 +407,30 @@ struct RecordedStack {
 
 /// A 64-bit hash of a stack (never 0): a repeat is taken for the same
 /// stack, which a 2^-64 collision would misattribute.
+///
+/// Four lanes of one multiply each per frame, mixed at the end: a chain of
+/// one full mix per frame cost more than the rest of a repeated stack's
+/// record (48 dependent multiplies of 3 cycles each, twice).
 fn stack_hash(frames: &[usize]) -> u64 {
-    let mut h = 0x243f_6a88_85a3_08d3u64 ^ frames.len() as u64;
-    for &f in frames {
-        h = os::mix64(h ^ f as u64);
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut lanes = [
+        0x243f_6a88_85a3_08d3u64 ^ frames.len() as u64,
+        0x1319_8a2e_0370_7344,
+        0xa409_3822_299f_31d0,
+        0x082e_fa98_ec4e_6c89,
+    ];
+    let mut chunks = frames.chunks_exact(4);
+    for c in &mut chunks {
+        for (lane, &f) in lanes.iter_mut().zip(c) {
+            *lane = (*lane ^ f as u64).wrapping_mul(K).rotate_left(29);
+        }
+    }
+    for (lane, &f) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane = (*lane ^ f as u64).wrapping_mul(K).rotate_left(29);
+    }
+    let mut h = 0u64;
+    for lane in lanes {
+        h = os::mix64(h ^ lane);
     }
     h.max(1)
 }
@@ -915,9 +935,9 @@ impl ThreadBuf {
         if self.len + format::MAX_STACK_RECORD_LEN + format::MAX_RECORD_LEN > PAYLOAD_CAP {
             flush(self);
         }
-        let now = now_ticks();
-        let dt = now.saturating_sub(self.prev_ticks);
-        self.prev_ticks = self.prev_ticks.max(now);
+        // The stack takes the time of the ALLOC or REALLOC record that
+        // follows it: dt 0 here, no second clock read per sampled call.
+        let dt = 0;
         let hash = stack_hash(&frames[..n]);
         // SAFETY: a non-null stack_memory is this thread's own mapping,
         // used only under the busy flag.
@@ -1004,7 +1024,11 @@ impl ThreadBuf {
         if self.len + format::MAX_RECORD_LEN > PAYLOAD_CAP {
             flush(self);
         }
-        let now = now_ticks();
+        let now = if op & format::KIND_MASK == format::KIND_ALLOC {
+            now_ticks_for_alloc()
+        } else {
+            now_ticks()
+        };
         let dt = now.saturating_sub(self.prev_ticks);
         self.prev_ticks = self.prev_ticks.max(now);
         let at = self.len;
@@ -1094,10 +1118,21 @@ fn write_block(bytes: &[u8]) -> bool {
 }
 
 /// The recorder's clock: the time-stamp counter on x86-64 (constant rate and
-/// synchronised across cores on every x86-64 CPU of the last decade), read
-/// with `rdtscp`, which waits until every earlier instruction has executed,
-/// so a timestamp is never taken before the call it stamps. The reader
-/// converts ticks to nanoseconds with the start and end times of the trace.
+/// synchronised across cores on every x86-64 CPU of the last decade). The
+/// reader converts ticks to nanoseconds with the start and end times of the
+/// trace.
+///
+/// Records of different threads are merged by time, and one order must
+/// hold: a block's FREE (or REALLOC from it) after its ALLOC on another
+/// thread. A free's time is therefore read with `rdtscp`, which waits until
+/// every earlier load has completed, the load that handed this thread the
+/// pointer included: the time is after the allocating thread published it,
+/// so after that thread's timestamp. An allocation's time needs no wait
+/// (plain `rdtsc`, half the cost on the allocation path of a profile): an
+/// instruction's timestamp is read before it retires and the pointer's
+/// publication becomes visible only after. It may come out before the free
+/// that released the same address on another thread; the reader orders
+/// that case by address (an allocation waits for the address to be free).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn now_ticks() -> u64 {
@@ -1107,10 +1142,25 @@ fn now_ticks() -> u64 {
     unsafe { core::arch::x86_64::__rdtscp(&mut aux) }
 }
 
-/// The recorder's clock elsewhere: CLOCK_MONOTONIC nanoseconds.
+/// [`now_ticks`] for an ALLOC record, which may be read early (see there).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn now_ticks_for_alloc() -> u64 {
+    // SAFETY: rdtsc has no memory-safety preconditions.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The recorder's clock elsewhere: CLOCK_MONOTONIC nanoseconds (a system
+/// call orders itself).
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
 fn now_ticks() -> u64 {
+    os::monotonic_ns()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn now_ticks_for_alloc() -> u64 {
     os::monotonic_ns()
 }
 

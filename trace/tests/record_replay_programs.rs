@@ -217,8 +217,11 @@ fn c_program_trace_replays_exactly_under_every_allocator() {
 
 /// The recorder's cost on a malloc-bound program: the Python script with
 /// every object malloc'd, traced vs untraced under the same backend (glibc
-/// through the shim). Prints the ratio; fails only if recording more than
-/// triples the run time.
+/// through the shim), interleaved, best of three each. Prints the ratio;
+/// fails only if recording makes the run more than 5x slower (a gross
+/// regression: the other tests of this binary run alongside on a 2-core
+/// machine, so the ratio itself is no measurement; the harness's reports
+/// are).
 #[test]
 fn recorder_overhead_on_python_is_modest() {
     let Some((shim, _)) = artifacts() else { return };
@@ -227,27 +230,27 @@ fn recorder_overhead_on_python_is_modest() {
     }
     let dir = scratch("overhead");
     let trace = dir.join("o.hkt");
-    let run = |traced: bool| -> f64 {
-        let mut best = f64::MAX;
-        for _ in 0..3 {
-            let mut cmd = Command::new(python());
-            cmd.arg(python_script())
-                .env("PYTHONMALLOC", "malloc")
-                .env("HEAPKIT_ALLOC", "system")
-                .env("LD_PRELOAD", &shim);
-            if traced {
-                cmd.env("HEAPKIT_TRACE", &trace);
-            }
-            let start = Instant::now();
-            let out = cmd.output().unwrap();
-            assert!(out.status.success());
-            best = best.min(start.elapsed().as_secs_f64());
+    let once = |traced: bool| -> f64 {
+        let mut cmd = Command::new(python());
+        cmd.arg(python_script())
+            .env("PYTHONMALLOC", "malloc")
+            .env("HEAPKIT_ALLOC", "system")
+            .env("LD_PRELOAD", &shim);
+        if traced {
+            cmd.env("HEAPKIT_TRACE", &trace);
         }
-        best
+        let start = Instant::now();
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        start.elapsed().as_secs_f64()
     };
-    let plain = run(false);
-    let traced = run(true);
+    let (mut plain, mut traced) = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        plain = plain.min(once(false));
+        traced = traced.min(once(true));
+    }
     let ops = Trace::open(&trace).unwrap().op_count();
+    assert!(ops > 100_000, "only {ops} operations recorded");
     eprintln!(
         "recorder overhead: {plain:.3} s untraced, {traced:.3} s traced ({:.2}x, {:.0} ns per recorded call, {} calls)",
         traced / plain,
@@ -255,7 +258,7 @@ fn recorder_overhead_on_python_is_modest() {
         ops
     );
     assert!(
-        traced < plain * 3.0,
+        traced < plain * 5.0,
         "recording costs {:.2}x",
         traced / plain
     );

@@ -21,32 +21,91 @@
 //! assembly, signal trampolines) end the walk, as does an address without
 //! CFI (JIT code): the stack is then shorter, never wrong.
 //!
-//! Cost: a hit is a hash probe; a miss about 1-3 us. The cache is 64 KiB per
-//! thread (mapped by the caller).
+//! Consecutive walks of one thread share most of their frames (the outer
+//! ones: `main`, the interpreter loop, the request handler), so the cache
+//! also keeps the thread's previous walk, step by step: where each return
+//! address and saved `rbp` was read, and what was read there. When a walk
+//! reaches a state (instruction, stack and frame pointer) the previous walk
+//! also passed through, the steps above it are checked, not redone: a step
+//! whose stack slots still hold the values read last time leads, by the
+//! same rule, to the same next state, so only two loads and compares per
+//! frame remain, with no rule lookup. The first slot that changed ends the
+//! reuse and the walk goes on as usual from there.
+//!
+//! Cost: a hit is a hash probe; a miss about 1-3 us; a reused frame two
+//! loads. The cache is about 100 KiB per thread (mapped by the caller).
 
 use core::arch::asm;
 use core::ffi::c_void;
+use core::mem::MaybeUninit;
 
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameOffset, LittleEndian, Register, RegisterRule,
     UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow, X86_64,
 };
 
-/// Where a frame's caller state is, relative to the frame's registers.
+/// Where a frame's caller state is, relative to the frame's registers,
+/// packed into one word (a cache entry is two words and moves in
+/// registers, not through the stack):
 ///
 /// `cfa = (rbp if cfa_from_rbp else rsp) + cfa_offset`; the return address
 /// is at `cfa + ra_offset`; the caller's `rbp` at `cfa + rbp_offset`, or
 /// unchanged when `rbp_offset` is 0.
+///
+/// Bits: 0-31 `cfa_offset` (i32), 32-47 `ra_offset` (i16), 48-62
+/// `rbp_offset` (15-bit signed), 63 `cfa_from_rbp`. Zero is no rule (a
+/// real CFA is never the base register itself: it lies above the return
+/// address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rule {
+struct Rule(u64);
+
+impl Rule {
+    const NONE: Rule = Rule(0);
+
+    /// The packed rule; None when an offset does not fit (no compiler
+    /// emits such frames) or the CFA would be the base register.
+    fn new(cfa_from_rbp: bool, cfa_offset: i64, ra_offset: i64, rbp_offset: i64) -> Option<Rule> {
+        let cfa_offset = i32::try_from(cfa_offset).ok().filter(|&o| o != 0)?;
+        let ra_offset = i16::try_from(ra_offset).ok()?;
+        if !(-(1 << 14)..(1 << 14)).contains(&rbp_offset) {
+            return None;
+        }
+        Some(Rule(
+            cfa_offset as u32 as u64
+                | (ra_offset as u16 as u64) << 32
+                | (rbp_offset as u64 & 0x7fff) << 48
+                | (cfa_from_rbp as u64) << 63,
+        ))
+    }
+
+    #[inline]
+    fn is_none(self) -> bool {
+        self.0 == 0
+    }
+
     /// The CFA is based on `rbp` (else `rsp`).
-    pub cfa_from_rbp: bool,
+    #[inline]
+    fn cfa_from_rbp(self) -> bool {
+        self.0 >> 63 != 0
+    }
+
     /// Added to the base register to get the CFA.
-    pub cfa_offset: i32,
+    #[inline]
+    fn cfa_offset(self) -> isize {
+        self.0 as u32 as i32 as isize
+    }
+
     /// The return address's offset from the CFA.
-    pub ra_offset: i32,
+    #[inline]
+    fn ra_offset(self) -> isize {
+        (self.0 >> 32) as u16 as i16 as isize
+    }
+
     /// The saved `rbp`'s offset from the CFA; 0: `rbp` is unchanged.
-    pub rbp_offset: i32,
+    #[inline]
+    fn rbp_offset(self) -> isize {
+        ((self.0 << 1) as i64 >> 49) as isize
+    }
 }
 
 /// The largest step from one frame's CFA to the next the walk follows: a
@@ -58,20 +117,94 @@ const MAX_FRAME: usize = 16 << 20;
 /// Entries of an [`UnwindCache`] (a power of two).
 const CACHE_ENTRIES: usize = 4096;
 
-/// One cached rule: `ip` is the address looked up (0: empty), `rule` None
-/// for an address that ends a walk.
+/// One cached rule: `ip` is the address looked up (0: empty), `rule`
+/// [`Rule::NONE`] for an address that ends a walk.
 #[derive(Clone, Copy)]
 struct Entry {
     ip: usize,
-    rule: Option<Rule>,
+    rule: Rule,
 }
 
-/// A thread's unwind rules by address: a direct-mapped table (a collision
-/// replaces the older entry). Zeroed memory is a valid empty cache, so a
-/// fresh anonymous mapping can be used as one.
+/// Steps of a walk kept for the next one: a walk of more frames is not
+/// kept (the recorder asks for 48).
+const LAST_STEPS: usize = 64;
+
+/// One step of a walk, from a frame to its caller: the rule it followed
+/// and where it went (the state `(ra, cfa, bp)`).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Step {
+    /// The return address read: the caller's instruction pointer.
+    ra: usize,
+    /// The CFA: the caller's stack pointer.
+    cfa: usize,
+    /// The caller's `rbp` (read from the stack, or the frame's own if the
+    /// rule leaves it unchanged).
+    bp: usize,
+    /// The frame's rule: the return address was read at `cfa +
+    /// rule.ra_offset`, the caller's `rbp` at `cfa + rule.rbp_offset`.
+    rule: Rule,
+}
+
+impl Step {
+    /// Where the step read the return address.
+    #[inline]
+    fn ra_at(&self) -> usize {
+        self.cfa.wrapping_add_signed(self.rule.ra_offset())
+    }
+
+    /// Where the step read the caller's `rbp`; None: it did not.
+    #[inline]
+    fn bp_at(&self) -> Option<usize> {
+        let offset = self.rule.rbp_offset();
+        (offset != 0).then(|| self.cfa.wrapping_add_signed(offset))
+    }
+}
+
+/// The thread's previous walk.
+///
+/// Invariant: `steps[..len]` are the steps of the last completed walk, in
+/// order (`steps[i].cfa` strictly increasing), the first taken from
+/// instruction `first_ip`, each other from the state the one before it
+/// leads to; `len <= LAST_STEPS`. Zero is no walk.
+#[repr(C)]
+struct LastWalk {
+    steps: [Step; LAST_STEPS],
+    len: usize,
+    /// The instruction the walk started from (inside `backtrace_cached`).
+    first_ip: usize,
+}
+
+impl LastWalk {
+    /// The rule the previous walk followed at step `n`, if it started that
+    /// step from instruction `ip` too: the innermost frames (heapkit's own,
+    /// the program's allocation wrappers) are mostly the same functions at
+    /// other depths, and this saves their table lookups.
+    #[inline]
+    fn rule_at(&self, n: usize, ip: usize) -> Rule {
+        if n >= self.len {
+            return Rule::NONE;
+        }
+        let prev_ip = if n == 0 {
+            self.first_ip
+        } else {
+            self.steps[n - 1].ra
+        };
+        if prev_ip == ip {
+            self.steps[n].rule
+        } else {
+            Rule::NONE
+        }
+    }
+}
+
+/// A thread's unwind rules by address (a direct-mapped table: a collision
+/// replaces the older entry) and its previous walk. Zeroed memory is a
+/// valid empty cache, so a fresh anonymous mapping can be used as one.
 #[repr(C)]
 pub struct UnwindCache {
     entries: [Entry; CACHE_ENTRIES],
+    last: LastWalk,
 }
 
 impl UnwindCache {
@@ -84,12 +217,12 @@ impl UnwindCache {
     }
 
     #[inline]
-    fn rule_for(&mut self, ip: usize) -> Option<Rule> {
+    fn rule_for(&mut self, ip: usize) -> Rule {
         let e = &mut self.entries[Self::slot(ip)];
         if e.ip == ip {
             return e.rule;
         }
-        let rule = find_rule(ip);
+        let rule = find_rule(ip).unwrap_or(Rule::NONE);
         *e = Entry { ip, rule };
         rule
     }
@@ -185,18 +318,14 @@ fn find_rule(ip: usize) -> Option<Rule> {
         None | Some(RegisterRule::SameValue) => 0,
         _ => return None,
     };
-    Some(Rule {
-        cfa_from_rbp,
-        cfa_offset: i32::try_from(cfa_offset).ok()?,
-        ra_offset: i32::try_from(ra_offset).ok()?,
-        rbp_offset: i32::try_from(rbp_offset).ok()?,
-    })
+    Rule::new(cfa_from_rbp, cfa_offset, ra_offset, rbp_offset)
 }
 
 /// Fills `frames` with the return addresses of the calling thread's stack,
 /// innermost first (the first is inside this function's caller... as with
 /// [`super::backtrace`], the reader drops heapkit's own frames), using and
-/// filling `cache`. Returns how many were written.
+/// filling `cache`. Returns how many were written: at most `frames.len()`
+/// and at most 64.
 ///
 /// The walk stops at a frame it cannot follow, at a null return address,
 /// or when a computed stack address is not above the previous one (a
@@ -220,49 +349,171 @@ pub fn backtrace_cached(frames: &mut [usize], cache: &mut UnwindCache) -> usize 
             options(nomem, nostack, preserves_flags),
         );
     }
+    let first_ip = ip;
+    let cap = frames.len().min(LAST_STEPS);
+    // This walk's steps until it joins the previous walk (which `cache.last`
+    // holds until then).
+    let mut fresh = [const { MaybeUninit::<Step>::uninit() }; LAST_STEPS];
+    let prev_len = cache.last.len;
+    debug_assert!(prev_len <= LAST_STEPS);
+    // The previous walk's first step whose CFA is not below `sp`.
+    let mut cursor = 0;
     let mut n = 0;
-    let mut first = true;
-    while n < frames.len() {
+    let mut joined = false;
+    while n < cap {
+        if n > 0 && !joined {
+            let last = &cache.last.steps[..prev_len];
+            while cursor < prev_len && last[cursor].cfa < sp {
+                cursor += 1;
+            }
+            if cursor < prev_len {
+                let at = last[cursor];
+                if at.cfa == sp && at.ra == ip && at.bp == bp {
+                    // Step `cursor` led the previous walk to this very state.
+                    let reused = rejoin(cache, cursor + 1, prev_len, cap - n, &fresh[..n], n);
+                    for (f, s) in frames[n..n + reused]
+                        .iter_mut()
+                        .zip(&cache.last.steps[n..n + reused])
+                    {
+                        *f = s.ra;
+                    }
+                    n += reused;
+                    if reused > 0 {
+                        let s = cache.last.steps[n - 1];
+                        (ip, sp, bp) = (s.ra, s.cfa, s.bp);
+                    }
+                    joined = true;
+                    continue;
+                }
+            }
+        }
         // A return address points after its call: look up the call itself
         // (it may be a function's last instruction).
-        let lookup = if first { ip } else { ip - 1 };
-        first = false;
-        let Some(rule) = cache.rule_for(lookup) else {
-            break;
+        let lookup = if n == 0 { ip } else { ip - 1 };
+        let mut rule = if joined {
+            Rule::NONE
+        } else {
+            cache.last.rule_at(n, ip)
         };
-        let base = if rule.cfa_from_rbp { bp } else { sp };
-        let cfa = base.wrapping_add_signed(rule.cfa_offset as isize);
+        if rule.is_none() {
+            rule = cache.rule_for(lookup);
+            if rule.is_none() {
+                break;
+            }
+        }
+        let base = if rule.cfa_from_rbp() { bp } else { sp };
+        let cfa = base.wrapping_add_signed(rule.cfa_offset());
         // The caller's frame is above this one, and not absurdly far.
         if cfa <= sp || cfa - sp > MAX_FRAME || !cfa.is_multiple_of(8) {
             break;
         }
+        let mut step = Step {
+            ra: 0,
+            cfa,
+            bp,
+            rule,
+        };
         // SAFETY: the CFI of the code at `lookup` says the return address
         // (and the saved rbp) are stored at these offsets from the CFA, which
         // lies in this thread's stack above the current frame (checked).
-        let (ra, saved_bp) = unsafe {
-            let ra = (cfa.wrapping_add_signed(rule.ra_offset as isize) as *const usize).read();
-            let saved_bp = if rule.rbp_offset != 0 {
-                (cfa.wrapping_add_signed(rule.rbp_offset as isize) as *const usize).read()
-            } else {
-                bp
-            };
-            (ra, saved_bp)
-        };
-        if ra == 0 {
+        unsafe {
+            step.ra = (step.ra_at() as *const usize).read();
+            if let Some(bp_at) = step.bp_at() {
+                step.bp = (bp_at as *const usize).read();
+            }
+        }
+        if step.ra == 0 {
             break;
         }
-        frames[n] = ra;
+        if joined {
+            // The previous walk is consumed: record straight into it.
+            cache.last.steps[n] = step;
+        } else {
+            fresh[n].write(step);
+        }
+        frames[n] = step.ra;
         n += 1;
-        ip = ra;
-        sp = cfa;
-        bp = saved_bp;
+        (ip, sp, bp) = (step.ra, step.cfa, step.bp);
     }
+    if !joined {
+        for (slot, s) in cache.last.steps[..n].iter_mut().zip(&fresh[..n]) {
+            // SAFETY: fresh[..n] were written by the loop above.
+            *slot = unsafe { s.assume_init() };
+        }
+    }
+    cache.last.len = n;
+    cache.last.first_ip = first_ip;
+    debug_assert!(cache.last.steps[..n]
+        .windows(2)
+        .all(|w| w[0].cfa < w[1].cfa));
     n
+}
+
+/// Continues a walk through the previous one: the current walk, `at`
+/// steps so far (`fresh`), is in the state the previous walk's step
+/// `from - 1` led to. Checks the previous walk's steps `from..prev_len`
+/// (at most `room`) against the stack as it is now, stopping at the first
+/// whose slots changed, and rebuilds `cache.last` as this walk so far:
+/// `fresh`, then the steps that still hold. Returns how many held.
+#[inline]
+fn rejoin(
+    cache: &mut UnwindCache,
+    from: usize,
+    prev_len: usize,
+    room: usize,
+    fresh: &[MaybeUninit<Step>],
+    at: usize,
+) -> usize {
+    let steps = &mut cache.last.steps;
+    let end = prev_len.min(from + room);
+    let mut i = from;
+    while i < end {
+        let s = &steps[i];
+        // SAFETY: this walk is in the state from which the previous walk
+        // took step i (induction: the state matched at `from`, and each
+        // step that held leads to the same next state), so these are the
+        // addresses a fresh step would compute with the same rule: slots
+        // of this thread's stack above the current frame, whose CFA passed
+        // the bounds check when the step was first taken.
+        let held = unsafe {
+            (s.ra_at() as *const usize).read() == s.ra
+                && s.bp_at()
+                    .is_none_or(|at| (at as *const usize).read() == s.bp)
+        };
+        if !held {
+            break;
+        }
+        i += 1;
+    }
+    let reused = i - from;
+    #[cfg(test)]
+    tests::note_rejoin(reused, i < end);
+    steps.copy_within(from..i, at);
+    for (slot, s) in steps[..at].iter_mut().zip(fresh) {
+        // SAFETY: the caller's fresh[..at] were written by its walk.
+        *slot = unsafe { s.assume_init() };
+    }
+    reused
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+    use std::vec::Vec;
+
+    std::thread_local! {
+        /// This thread's walks that joined the previous one: (frames
+        /// reused, joins cut short by a changed slot).
+        static REJOINS: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    }
+
+    pub(super) fn note_rejoin(reused: usize, cut_short: bool) {
+        REJOINS.with(|r| {
+            let (n, cut) = r.get();
+            r.set((n + reused, cut + cut_short as usize));
+        });
+    }
 
     #[inline(never)]
     fn deep(levels: usize, frames: &mut [usize], cache: &mut UnwindCache) -> usize {
@@ -307,5 +558,101 @@ mod tests {
                 &slow[..m]
             );
         }
+    }
+    /// Two walks from the same frame, one with the thread's previous walk
+    /// remembered and one without (the same rules, no previous walk).
+    #[inline(never)]
+    fn walk_twice(
+        levels: usize,
+        warm: &mut UnwindCache,
+        cold: &mut UnwindCache,
+    ) -> (Vec<usize>, Vec<usize>) {
+        if levels == 0 {
+            let mut a = [0usize; 48];
+            let mut b = [0usize; 48];
+            let n = backtrace_cached(&mut a, warm);
+            cold.last.len = 0;
+            let m = backtrace_cached(&mut b, cold);
+            // Frame 0 is the return address into this function, different
+            // for the two calls.
+            return (a[1..n].to_vec(), b[1..m].to_vec());
+        }
+        let r = walk_twice(levels - 1, warm, cold);
+        core::hint::black_box(r)
+    }
+
+    /// The same through one of two call sites of one frame: walks from
+    /// the two share their stack addresses and every state up to this
+    /// frame's, but not the return address into it, which the remembered
+    /// walk must notice.
+    #[inline(never)]
+    fn walk_twice_from(
+        site: bool,
+        levels: usize,
+        warm: &mut UnwindCache,
+        cold: &mut UnwindCache,
+    ) -> (Vec<usize>, Vec<usize>) {
+        // Different work after each call keeps the two call sites apart.
+        let r = if core::hint::black_box(site) {
+            let r = walk_twice(levels, warm, cold);
+            core::hint::black_box(1);
+            r
+        } else {
+            let r = walk_twice(levels, warm, cold);
+            core::hint::black_box(2);
+            core::hint::black_box(3);
+            r
+        };
+        core::hint::black_box(r)
+    }
+
+    #[test]
+    fn a_remembered_walk_gives_the_same_stack_as_a_fresh_one() {
+        let map = || {
+            let p = super::super::map(UnwindCache::BYTES).cast::<UnwindCache>();
+            assert!(!p.is_null());
+            // SAFETY: a fresh zeroed mapping is an empty cache, used only here.
+            unsafe { &mut *p }
+        };
+        let (warm, cold) = (map(), map());
+        for round in 0..60 {
+            let levels = [3, 3, 7, 1, 7, 12, 0, 12, 4, 4][round % 10];
+            let (a, b) = match round % 3 {
+                0 => walk_twice(levels, warm, cold),
+                site => walk_twice_from(site == 1, levels, warm, cold),
+            };
+            assert!(a.len() >= levels + 2, "round {round}: {} frames", a.len());
+            assert_eq!(a, b, "round {round}, {levels} levels");
+        }
+        let (reused, cut_short) = REJOINS.with(|r| r.get());
+        assert!(reused > 100, "{reused} frames reused");
+        assert!(cut_short > 0, "no remembered walk was cut short");
+    }
+
+    #[test]
+    fn a_rule_packs_into_one_word() {
+        for (from_rbp, cfa, ra, rbp) in [
+            (false, 8, -8, 0),
+            (true, 16, -8, -16),
+            (false, 1 << 20, -8, -16),
+            (false, -24, 32767, -16384),
+            (true, i32::MIN as i64, -32768, 16383),
+        ] {
+            let r = Rule::new(from_rbp, cfa, ra, rbp).unwrap();
+            assert!(!r.is_none());
+            assert_eq!(
+                (
+                    r.cfa_from_rbp(),
+                    r.cfa_offset(),
+                    r.ra_offset(),
+                    r.rbp_offset()
+                ),
+                (from_rbp, cfa as isize, ra as isize, rbp as isize)
+            );
+        }
+        assert_eq!(Rule::new(false, 0, -8, 0), None);
+        assert_eq!(Rule::new(false, 8, 1 << 15, 0), None);
+        assert_eq!(Rule::new(false, 8, -8, 1 << 14), None);
+        assert_eq!(Rule::new(false, 1 << 31, -8, 0), None);
     }
 }
