@@ -170,7 +170,7 @@ macro_rules! with_backend {
     };
     (|$a:ident| $body:expr) => {
         $crate::backend::dispatch!(
-            $crate::backend::resolve() & $crate::backend::ID_MASK,
+            $crate::backend::resolved() & $crate::backend::ID_MASK,
             |$a| $body,
             $crate::backend::unknown_id()
         )
@@ -194,6 +194,16 @@ pub fn set_traced(on: bool) {
         SELECTED.fetch_or(TRACED, Relaxed);
     } else {
         SELECTED.fetch_and(ID_MASK, Relaxed);
+    }
+}
+
+/// [`SELECTED`], resolved first if no call has (the recording path's
+/// dispatch: one load, no call, once resolved).
+#[inline(always)]
+pub fn resolved() -> u8 {
+    match SELECTED.load(Relaxed) {
+        UNRESOLVED => resolve(),
+        current => current,
     }
 }
 
