@@ -906,8 +906,12 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
     enter()
 }
 
-/// Thread-exit hook: writes out what the dying thread recorded. The buffer
-/// stays registered for records the thread makes later in its teardown.
+/// Thread-exit hook: writes out what the dying thread recorded and gives
+/// back its memory but the buffer's first page: the stack memory (unwind
+/// rules, written stacks; about 130 KiB) is unmapped and the payload's
+/// pages purged. The buffer stays registered, and mapped, for records the
+/// thread makes later in its teardown (other libraries' thread-exit hooks
+/// free memory too): those take libgcc's unwinder and are written in full.
 unsafe extern "C" fn thread_exit(value: *mut c_void) {
     // SAFETY: value is the ThreadBuf registered for this thread, mapped for
     // the life of the process.
@@ -916,6 +920,7 @@ unsafe extern "C" fn thread_exit(value: *mut c_void) {
         return; // finish() owns it now
     }
     flush(buf);
+    buf.release_memory();
     leave(buf);
 }
 
@@ -1032,6 +1037,40 @@ impl ThreadBuf {
         // SAFETY: the memory is this thread's own mapping, used only here
         // under the busy flag.
         os::unwind::backtrace_cached(frames, unsafe { &mut (*self.stack_memory).unwind })
+    }
+
+    /// Unmaps the stack memory (later stacks: libgcc's unwinder, written
+    /// in full) and purges the payload's whole pages. Call with `busy`
+    /// held and the buffer flushed.
+    fn release_memory(&mut self) {
+        debug_assert_eq!(self.len, 0);
+        if !self.stack_memory.is_null() {
+            // SAFETY: the mapping is this thread's own, of this size, used
+            // only under the busy flag, which the caller holds; nothing
+            // keeps a pointer into it past this call.
+            unsafe {
+                os::unmap(
+                    self.stack_memory.cast(),
+                    core::mem::size_of::<StackMemory>(),
+                )
+            };
+            self.stack_memory = core::ptr::null_mut();
+        }
+        self.stack_memory_tried = true;
+        let page = os::page_size();
+        let first = PAYLOAD_AT.next_multiple_of(page);
+        if first < BUF_BYTES {
+            // SAFETY: [first, BUF_BYTES) is whole pages of this buffer's
+            // mapping past the header and the empty payload's start; purged
+            // pages read back as zero, and the payload is rewritten before
+            // it is read.
+            unsafe {
+                os::purge(
+                    (self as *mut Self).cast::<u8>().add(first),
+                    BUF_BYTES - first,
+                )
+            };
+        }
     }
 
     /// Forgets the stacks written so far (a forked child's new file has
