@@ -20,7 +20,7 @@
 //! - Each thread appends records to its own buffer (a 128 KiB `os::map`
 //!   mapping found through a `const` thread-local pointer), so recording
 //!   takes no lock and shares no cache line: per operation it costs an
-//!   uncontended swap, one `rdtscp` and 4-8 encoded bytes. Blocks are named
+//!   uncontended swap, one clock read and 4-8 encoded bytes. Blocks are named
 //!   by address; linking each free to its allocation (even across threads)
 //!   is left to the [reader](crate::reader), offline. A full buffer becomes
 //!   one block written with one `write(2)`.
@@ -32,9 +32,10 @@
 //! - Buffers are flushed when full, when their thread exits
 //!   ([`os::ThreadExitKey`]) and at process exit ([`finish`], registered
 //!   with `atexit` by [`start`]), which walks a lock-protected registry of
-//!   every thread buffer. A buffer is never unmapped, so a thread that keeps
-//!   allocating after its exit hook ran (other TLS destructors) still
-//!   records.
+//!   every thread buffer. A buffer is never unmapped (its exit hook unmaps
+//!   the thread's stack memory and purges the payload's pages), so a
+//!   thread that keeps allocating after its exit hook ran (other TLS
+//!   destructors) still records.
 //! - Each buffer has a `busy` flag that its owner takes around every record
 //!   (an uncontended swap) and [`finish`] takes to flush it; after `finish`
 //!   the flags stay taken, so late records are dropped, never torn.
@@ -45,10 +46,13 @@
 //!
 //! Ordering: a free is stamped *before* the backend releases the block
 //! ([`on_free`]) and an allocation *after* the backend returned it, with a
-//! clock that is consistent across cores (the invariant TSC, read with
-//! `rdtscp`, which waits for earlier instructions). So when an address is
-//! reused, its free carries an earlier time than its next allocation, which
-//! is what lets the reader tell the two objects apart.
+//! clock that is consistent across cores (the invariant TSC; a free's read
+//! with `rdtscp`, which waits for earlier loads: see `now_ticks`). So a
+//! block's free on another thread always carries a later time than its
+//! allocation; when an address is reused, its next allocation may carry a
+//! time a few nanoseconds before the free (an allocation's plain `rdtsc`
+//! may run early), and the reader, which sees the address still live,
+//! holds that allocation back until the free: the two objects stay apart.
 
 use core::ffi::{c_int, c_void, CStr};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
