@@ -215,6 +215,51 @@ fn c_program_trace_replays_exactly_under_every_allocator() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// exit() while four threads record: the exit handler flushes their
+/// buffers under their hands, twenty times; every trace reads back whole
+/// (a record torn between a thread and the handler would break a block's
+/// checksum or encoding) and ends with its end block.
+#[test]
+fn exit_while_threads_record_leaves_whole_traces() {
+    let Some((shim, _)) = artifacts() else {
+        return;
+    };
+    if !have("cc") {
+        return;
+    }
+    let dir = scratch("exit-racing");
+    let exe = dir.join("exit_racing");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/exit_racing.c");
+    let cc = Command::new("cc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    for round in 0..20 {
+        let trace = dir.join(format!("r{round}.hkt"));
+        let out = Command::new(&exe)
+            .env("LD_PRELOAD", &shim)
+            .env("HEAPKIT_TRACE", &trace)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "round {round}: {out:?}");
+        // Strict: an end block and every block intact.
+        let t = Trace::open(&trace).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(
+            t.op_count() > 1000,
+            "round {round}: {} operations",
+            t.op_count()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The recorder's cost on a malloc-bound program: the Python script with
 /// every object malloc'd, traced vs untraced under the same backend (glibc
 /// through the shim), interleaved, best of three each. Prints the ratio;

@@ -771,6 +771,39 @@ pub fn yield_now() {
     unsafe { libc::sched_yield() };
 }
 
+/// `MEMBARRIER_CMD_PRIVATE_EXPEDITED` and its registration command, from
+/// the kernel's `uapi/linux/membarrier.h`.
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: c_int = 1 << 4;
+
+/// Registers this process for [`barrier_all_threads`]; whether the kernel
+/// agreed (Linux 4.14 and later, unless a seccomp filter refuses). A
+/// forked child must register again.
+pub fn register_barrier_all_threads() -> bool {
+    // SAFETY: membarrier takes two integers and touches no user memory.
+    let rc = keeping_errno(|| unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+            0,
+        )
+    });
+    rc == 0
+}
+
+/// Makes every other running thread of this process execute a full memory
+/// barrier before this returns (`membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`):
+/// the slow side of an asymmetric fence, whose fast side is a compiler
+/// fence only. Needs [`register_barrier_all_threads`] first; whether it
+/// worked.
+pub fn barrier_all_threads() -> bool {
+    // SAFETY: as in register_barrier_all_threads.
+    let rc = keeping_errno(|| unsafe {
+        libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0)
+    });
+    rc == 0
+}
+
 /// A POSIX thread-specific-data key whose destructor runs when a thread that
 /// set a non-null value exits. heapkit uses it to hand a dying thread's
 /// caches back: native `thread_local!` statics with `const` initialisers have
@@ -847,6 +880,21 @@ pub fn register_at_exit(f: extern "C" fn()) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where the kernel registers the process, the barrier works (and
+    /// keeps working after another registration, as after a fork).
+    #[test]
+    fn barrier_all_threads_works_once_registered() {
+        if !register_barrier_all_threads() {
+            std::eprintln!("SKIP: membarrier refused here");
+            return;
+        }
+        let other = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+        assert!(barrier_all_threads());
+        assert!(register_barrier_all_threads());
+        assert!(barrier_all_threads());
+        other.join().unwrap();
+    }
 
     #[test]
     fn aligned_mapping_is_aligned_zeroed_and_counted() {
