@@ -85,13 +85,16 @@
 //!   initially the block's `base_addr`.
 //! - Blocks are named by **address**. An allocation is stamped after the
 //!   allocator returned, a free before it released the block, with a clock
-//!   consistent across cores; so when an address is freed and handed out
-//!   again, on any threads, the free is stamped earlier. A reader links each
-//!   FREE / REALLOC to the allocation it ends by replaying the records in
-//!   time order with a map of live addresses; an allocation at an address
-//!   still live waits for that address's free (a realloc is stamped once,
-//!   after the call, though its old block was released inside it). A FREE or
-//!   REALLOC of an address not live at that point names a block allocated
+//!   consistent across cores but read without waiting for earlier
+//!   instructions, so records of different threads that touch the same
+//!   address within a few hundred cycles may carry times in the wrong
+//!   order. A reader links each FREE / REALLOC to the allocation it ends by
+//!   replaying the records in time order with a map of live addresses; an
+//!   allocation at an address still live waits for that address's free (a
+//!   realloc is stamped once, after the call, though its old block was
+//!   released inside it), and a FREE or REALLOC of an address not live
+//!   waits up to 50 us of trace time for that address's allocation on
+//!   another thread. One still not live then names a block allocated
 //!   before recording started (e.g. by the dynamic loader).
 //! - `size` is the size the program asked for (`nmemb * size` for calloc).
 //!   ALIGNED allocations (alignment above 16 bytes: `memalign`,

@@ -643,8 +643,12 @@ fn decode_block(
 /// An allocation (or a realloc's new address) at an address that is still
 /// live waits until that address is freed: the free is then on another
 /// thread with a nearly equal time (the realloc case of the format docs).
-/// A free or realloc of an address not live is of a block from before the
-/// recording.
+/// A free or realloc of an address not live is held back for
+/// [`EARLY_FREE_WINDOW_NS`] of trace time: the recorder stamps a free with a
+/// clock read that the CPU may run a little early, so the allocation on
+/// another thread that handed it the block can carry a slightly later
+/// time. If that allocation comes within the window the free follows it;
+/// otherwise the block is from before the recording.
 fn resolve(
     trace: &mut Trace,
     raw: Vec<Vec<RawEvent>>,
@@ -673,7 +677,43 @@ fn resolve(
         };
     // Threads whose next record allocates an address still live.
     let mut blocked: HashMap<u64, Vec<u32>> = HashMap::new();
-    while let Some(Reverse((_, t))) = ready.pop() {
+    // Threads whose next record frees an address not live (yet), by
+    // address, and by the time (ns) their wait ends; `released[t]`: thread
+    // t's next record waited its window out (a block from before the
+    // recording).
+    let mut held: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut held_until: BinaryHeap<Reverse<(u64, u32, usize)>> = BinaryHeap::new();
+    let mut released = vec![false; threads];
+    loop {
+        // Release the holds that expire before the next record to resolve
+        // (all of the earliest, when nothing else can go on).
+        while let Some(&Reverse((until, h, index))) = held_until.peek() {
+            let next_ns = ready.peek().map(|&Reverse((ticks, _))| to_ns(ticks));
+            if next_ns.is_some_and(|ns| ns <= until) {
+                break;
+            }
+            held_until.pop();
+            let hi = h as usize;
+            // A hold an allocation ended already (the thread moved on).
+            if next[hi] != index {
+                continue;
+            }
+            let e = &raw[hi][index];
+            let addr = e.a;
+            if let Some(list) = held.get_mut(&addr) {
+                if let Some(i) = list.iter().position(|&x| x == h) {
+                    list.swap_remove(i);
+                    if list.is_empty() {
+                        held.remove(&addr);
+                    }
+                    released[hi] = true;
+                    ready.push(Reverse((e.ticks, h)));
+                }
+            }
+        }
+        let Some(Reverse((_, t))) = ready.pop() else {
+            break;
+        };
         let ti = t as usize;
         let e = &raw[ti][next[ti]];
         if trace.objects.len() >= u32::MAX as usize - 1 {
@@ -687,6 +727,7 @@ fn resolve(
                 }
                 let obj = new_object(&mut trace.objects, e.size, e.align_log2, e.stack);
                 live.insert(e.a, obj);
+                wake(&mut held, e.a, &raw, &next, &mut ready);
                 Op::Alloc {
                     obj,
                     size: e.size,
@@ -699,6 +740,15 @@ fn resolve(
                     wake(&mut blocked, e.a, &raw, &next, &mut ready);
                     Op::Free { obj }
                 }
+                None if !released[ti] => {
+                    held.entry(e.a).or_default().push(t);
+                    held_until.push(Reverse((
+                        to_ns(e.ticks).saturating_add(EARLY_FREE_WINDOW_NS),
+                        t,
+                        next[ti],
+                    )));
+                    continue;
+                }
                 None => Op::FreeUnknown,
             },
             _ => {
@@ -706,9 +756,19 @@ fn resolve(
                     blocked.entry(e.b).or_default().push(t);
                     continue;
                 }
+                if !released[ti] && !live.contains_key(&e.a) {
+                    held.entry(e.a).or_default().push(t);
+                    held_until.push(Reverse((
+                        to_ns(e.ticks).saturating_add(EARLY_FREE_WINDOW_NS),
+                        t,
+                        next[ti],
+                    )));
+                    continue;
+                }
                 let old = live.remove(&e.a);
                 let new = new_object(&mut trace.objects, e.size, 0, e.stack);
                 live.insert(e.b, new);
+                wake(&mut held, e.b, &raw, &next, &mut ready);
                 if e.b != e.a {
                     wake(&mut blocked, e.a, &raw, &next, &mut ready);
                 }
@@ -726,6 +786,7 @@ fn resolve(
             ts: to_ns(e.ticks),
             op,
         });
+        released[ti] = false;
         next[ti] += 1;
         if let Some(n) = raw[ti].get(next[ti]) {
             ready.push(Reverse((n.ticks, t)));
@@ -748,7 +809,13 @@ fn resolve(
     Ok(())
 }
 
-/// Makes the threads blocked on `addr` ready again.
+/// How long (trace time) a free of an address that is not live waits for
+/// the allocation of that address on another thread: far above the few
+/// hundred cycles a CPU can run a clock read early, far below anything a
+/// program does between handing a block over and freeing it.
+const EARLY_FREE_WINDOW_NS: u64 = 50_000;
+
+/// Makes the threads blocked (or held) on `addr` ready again.
 fn wake(
     blocked: &mut HashMap<u64, Vec<u32>>,
     addr: u64,
@@ -839,6 +906,34 @@ mod tests {
     const A: u8 = format::KIND_ALLOC;
     const F: u8 = format::KIND_FREE;
     const R: u8 = format::KIND_REALLOC;
+
+    #[test]
+    fn a_free_stamped_just_before_its_allocation_follows_it() {
+        // Thread 1 frees (and reallocates from) blocks thread 0 allocated,
+        // stamped a few ticks before those allocations (an early clock
+        // read); 0x7000 was never allocated in the trace.
+        let t0: &[Rec] = &[(A, 20, 0x5000, 0, 8), (A, 30, 0x6000, 0, 16)];
+        let t1: &[Rec] = &[
+            (F, 18, 0x5000, 0, 0),
+            (R, 29, 0x6000, 0x8000, 32),
+            (F, 40, 0x7000, 0, 0),
+            (A, 50, 0x7000, 0, 4),
+        ];
+        let t = Trace::parse(&encode(&[t0, t1])).unwrap();
+        assert_eq!(t.threads[1][0].op, Op::Free { obj: 0 });
+        assert_eq!(
+            t.threads[1][1].op,
+            Op::Realloc {
+                old: 1,
+                new: 2,
+                size: 32
+            }
+        );
+        assert_eq!(t.threads[1][2].op, Op::FreeUnknown);
+        assert!(matches!(t.threads[1][3].op, Op::Alloc { size: 4, .. }));
+        let s = crate::summary::Summary::of(&t).unwrap();
+        assert_eq!((s.frees, s.unknown_frees), (1, 1));
+    }
 
     #[test]
     fn reused_address_waits_for_the_realloc_that_released_it() {

@@ -52,13 +52,13 @@
 //!
 //! Ordering: a free is stamped *before* the backend releases the block
 //! ([`on_free`]) and an allocation *after* the backend returned it, with a
-//! clock that is consistent across cores (the invariant TSC; a free's read
-//! with `rdtscp`, which waits for earlier loads: see `now_ticks`). So a
-//! block's free on another thread always carries a later time than its
-//! allocation; when an address is reused, its next allocation may carry a
-//! time a few nanoseconds before the free (an allocation's plain `rdtsc`
-//! may run early), and the reader, which sees the address still live,
-//! holds that allocation back until the free: the two objects stay apart.
+//! clock that is consistent across cores (the invariant TSC, read with a
+//! plain `rdtsc`, which the CPU may run a little early or late: see
+//! `now_ticks_for_record`). The reader puts the few records that come out
+//! in the wrong order by address: an allocation at an address still live
+//! waits for the free that releases it, a free of an address not live
+//! waits a moment for the allocation on another thread that produced it.
+//! The two objects at a reused address stay apart.
 
 use core::ffi::{c_int, c_void, CStr};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -1157,11 +1157,7 @@ impl ThreadBuf {
         if self.len + format::MAX_RECORD_LEN > PAYLOAD_CAP {
             flush(self);
         }
-        let now = if op & format::KIND_MASK == format::KIND_ALLOC {
-            now_ticks_for_alloc()
-        } else {
-            now_ticks()
-        };
+        let now = now_ticks_for_record();
         let dt = now.saturating_sub(self.prev_ticks);
         self.prev_ticks = self.prev_ticks.max(now);
         let at = self.len;
@@ -1253,19 +1249,8 @@ fn write_block(bytes: &[u8]) -> bool {
 /// The recorder's clock: the time-stamp counter on x86-64 (constant rate and
 /// synchronised across cores on every x86-64 CPU of the last decade). The
 /// reader converts ticks to nanoseconds with the start and end times of the
-/// trace.
-///
-/// Records of different threads are merged by time, and one order must
-/// hold: a block's FREE (or REALLOC from it) after its ALLOC on another
-/// thread. A free's time is therefore read with `rdtscp`, which waits until
-/// every earlier load has completed, the load that handed this thread the
-/// pointer included: the time is after the allocating thread published it,
-/// so after that thread's timestamp. An allocation's time needs no wait
-/// (plain `rdtsc`, half the cost on the allocation path of a profile): an
-/// instruction's timestamp is read before it retires and the pointer's
-/// publication becomes visible only after. It may come out before the free
-/// that released the same address on another thread; the reader orders
-/// that case by address (an allocation waits for the address to be free).
+/// trace. This one, read with `rdtscp` (which waits for earlier
+/// instructions), stamps blocks, the start and the end.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn now_ticks() -> u64 {
@@ -1275,10 +1260,17 @@ fn now_ticks() -> u64 {
     unsafe { core::arch::x86_64::__rdtscp(&mut aux) }
 }
 
-/// [`now_ticks`] for an ALLOC record, which may be read early (see there).
+/// [`now_ticks`] for a record: a plain `rdtsc`, which the CPU may run a
+/// few hundred cycles early or late. `rdtscp` waits for every earlier
+/// instruction (the program's memset of the block it frees, say) and took
+/// half of a free's record. Records of different threads are merged by
+/// time, and the one order that matters, a block's free after its
+/// allocation on another thread, is restored by the reader: an allocation
+/// at an address still live waits for its free, and a free of an address
+/// not live waits 50 us of trace time for its allocation.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn now_ticks_for_alloc() -> u64 {
+fn now_ticks_for_record() -> u64 {
     // SAFETY: rdtsc has no memory-safety preconditions.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
@@ -1293,7 +1285,7 @@ fn now_ticks() -> u64 {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-fn now_ticks_for_alloc() -> u64 {
+fn now_ticks_for_record() -> u64 {
     os::monotonic_ns()
 }
 
