@@ -64,6 +64,10 @@ pub fn carve(span: usize) -> *mut u8 {
         if fresh == 0 {
             return core::ptr::null_mut();
         }
+        if crate::options::get().huge_pages {
+            // SAFETY: fresh..fresh+RESERVATION_BYTES was just mapped here.
+            unsafe { os::advise_huge_pages(fresh as *mut u8, RESERVATION_BYTES) };
+        }
         if fresh != r.end && r.next != r.end {
             // SAFETY: next..end is the old reservation's untouched, unused
             // remainder (the invariant), a page-aligned range of our mapping.

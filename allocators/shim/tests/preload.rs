@@ -1248,6 +1248,50 @@ fn introspection_api() {
     });
 }
 
+/// `HEAPKIT_HUGE_PAGES=1`: heapkit's memory is backed by transparent huge
+/// pages where the kernel allows them (its mode is `always` or `madvise`);
+/// without it, under `madvise`, none. Every backend that maps segments.
+#[test]
+fn huge_pages_on_request() {
+    let Some(cc) = find("huge_pages_on_request", "cc") else {
+        return;
+    };
+    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .unwrap_or_default();
+    if !mode.contains("[madvise]") && !mode.contains("[always]") {
+        eprintln!("SKIP huge_pages_on_request: transparent huge pages off ({mode:?})");
+        return;
+    }
+    let dir = scratch("huge-pages");
+    let bin = dir.join("huge_pages");
+    assert!(Command::new(cc)
+        .args(["-O1", "-o"])
+        .arg(&bin)
+        .arg(sources().join("huge_pages.c"))
+        .status()
+        .is_ok_and(|s| s.success()));
+    let huge_kb = |r: &Run| -> i64 {
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("anon_huge_kb ")?.parse().ok())
+            .unwrap_or_else(|| panic!("no figure: {}", r.describe()))
+    };
+    for backend in ["sizeclass", "slab", "pool"] {
+        let mut cmd = under(backend, &bin);
+        cmd.env("HEAPKIT_HUGE_PAGES", "1");
+        let r = run(cmd, &dir, backend, MINUTE);
+        assert!(r.ok, "{}", r.describe());
+        // 96 MiB of small blocks and 32 MiB of large ones: most of it in
+        // 2 MiB pages (the kernel may fall short of free huge pages).
+        assert!(huge_kb(&r) >= 16 << 10, "{backend} with the option: {}", r.stdout);
+        if mode.contains("[madvise]") {
+            let r = run(under(backend, &bin), &dir, backend, MINUTE);
+            assert!(r.ok, "{}", r.describe());
+            assert_eq!(huge_kb(&r), 0, "{backend} without the option: {}", r.stdout);
+        }
+    }
+}
+
 /// The documented options reach every heapkit backend, and
 /// `HEAPKIT_VERBOSE=1` lists them at start.
 #[test]
@@ -1289,6 +1333,7 @@ fn options_from_the_environment() {
         "heapkit: HEAPKIT_PURGE_DELAY_MS=5 (set)",
         "heapkit: HEAPKIT_LARGE_CACHE_MB=64 (default)",
         "heapkit: HEAPKIT_BACKGROUND_PURGE_MS=0 (default)",
+        "heapkit: HEAPKIT_HUGE_PAGES=0 (default)",
         "heapkit: ignoring HEAPKIT_LARGE_DECAY_MS=soon (not a whole number in range); using the default",
     ] {
         assert!(r.stderr.lines().any(|l| l == line), "{line} missing: {}", r.stderr);

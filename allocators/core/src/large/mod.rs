@@ -191,6 +191,7 @@ fn allocate_far_aligned(layout: Layout) -> *mut u8 {
             os::unmap(base.add(span), tail);
         }
     }
+    advise_huge_pages(base, span);
     crate::segment::REGIONS.mark(base);
     // SAFETY: base..+map_size is our fresh mapping; the header fits in its
     // first segment.
@@ -431,15 +432,26 @@ pub fn map_segments(size: usize) -> *mut u8 {
     let mut p = crate::reservation::carve(span);
     if p.is_null() {
         p = os::map_aligned(span, SEGMENT_ALIGN);
-    }
-    if p.is_null() {
-        reclaim_cache();
-        p = os::map_aligned(span, SEGMENT_ALIGN);
+        if p.is_null() {
+            reclaim_cache();
+            p = os::map_aligned(span, SEGMENT_ALIGN);
+        }
+        // (A carved span's reservation was advised when it was mapped.)
+        advise_huge_pages(p, span);
     }
     if !p.is_null() {
         crate::segment::REGIONS.mark(p);
     }
     p
+}
+
+/// `HEAPKIT_HUGE_PAGES`: asks for transparent huge pages on a fresh
+/// mapping of ours (`p` null: nothing).
+fn advise_huge_pages(p: *mut u8, size: usize) {
+    if !p.is_null() && crate::options::get().huge_pages {
+        // SAFETY: p..p+size is a fresh mapping the caller just made.
+        unsafe { os::advise_huge_pages(p, size) };
+    }
 }
 
 /// Unmaps a whole mapping made by [`map_segments`] (its whole span), first

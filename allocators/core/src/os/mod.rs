@@ -363,6 +363,19 @@ pub unsafe fn purge(ptr: *mut u8, size: usize) -> bool {
     true
 }
 
+/// Asks the kernel to back `ptr..ptr+size` with transparent huge pages
+/// where it can (`MADV_HUGEPAGE`: 2 MiB pages at first touch of an aligned
+/// 2 MiB range, or later by `khugepaged`). Advice only: whether the kernel
+/// agreed (a kernel without THP, or with it set to `never`, refuses or
+/// ignores it, and nothing changes).
+///
+/// # Safety
+/// The range must be page-aligned and mapped by this module.
+pub unsafe fn advise_huge_pages(ptr: *mut u8, size: usize) -> bool {
+    // SAFETY: advice on our own mapping; it never changes its contents.
+    keeping_errno(|| unsafe { libc::madvise(ptr.cast(), size, libc::MADV_HUGEPAGE) }) == 0
+}
+
 /// Makes `ptr..ptr+size` inaccessible (`accessible == false`: any touch
 /// faults, a guard page) or readable and writable again. Returns whether
 /// the kernel agreed.
