@@ -139,7 +139,10 @@ fn read_environment() {
     let verbose =
         os::env_var(c"HEAPKIT_VERBOSE").is_some_and(|v| parse_flag(v.to_bytes()) == Some(true));
     VERBOSE.store(u8::from(verbose), Ordering::Relaxed);
-    HUGE_PAGES.store(u8::from(read_flag(c"HEAPKIT_HUGE_PAGES")), Ordering::Relaxed);
+    HUGE_PAGES.store(
+        u8::from(read_flag(c"HEAPKIT_HUGE_PAGES")),
+        Ordering::Relaxed,
+    );
 }
 
 /// A flag option: on for the usual true words, off when unset or empty or

@@ -1256,8 +1256,8 @@ fn huge_pages_on_request() {
     let Some(cc) = find("huge_pages_on_request", "cc") else {
         return;
     };
-    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .unwrap_or_default();
+    let mode =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if !mode.contains("[madvise]") && !mode.contains("[always]") {
         eprintln!("SKIP huge_pages_on_request: transparent huge pages off ({mode:?})");
         return;
@@ -1283,7 +1283,11 @@ fn huge_pages_on_request() {
         assert!(r.ok, "{}", r.describe());
         // 96 MiB of small blocks and 32 MiB of large ones: most of it in
         // 2 MiB pages (the kernel may fall short of free huge pages).
-        assert!(huge_kb(&r) >= 16 << 10, "{backend} with the option: {}", r.stdout);
+        assert!(
+            huge_kb(&r) >= 16 << 10,
+            "{backend} with the option: {}",
+            r.stdout
+        );
         if mode.contains("[madvise]") {
             let r = run(under(backend, &bin), &dir, backend, MINUTE);
             assert!(r.ok, "{}", r.describe());
