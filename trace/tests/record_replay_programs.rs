@@ -171,17 +171,12 @@ fn python_trace_replays_exactly_under_every_allocator() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn c_program_trace_replays_exactly_under_every_allocator() {
-    let Some((shim, bench)) = artifacts() else {
-        return;
-    };
-    if !have("cc") {
-        return;
-    }
-    let dir = scratch("mt");
-    let exe = dir.join("mt");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/mt.c");
+/// Builds `tests/programs/<name>.c` (with `-pthread`) into `dir`.
+fn build_c(dir: &Path, name: &str) -> PathBuf {
+    let exe = dir.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/programs")
+        .join(format!("{name}.c"));
     let cc = Command::new("cc")
         .args(["-O1", "-pthread", "-o"])
         .arg(&exe)
@@ -193,6 +188,19 @@ fn c_program_trace_replays_exactly_under_every_allocator() {
         "{}",
         String::from_utf8_lossy(&cc.stderr)
     );
+    exe
+}
+
+#[test]
+fn c_program_trace_replays_exactly_under_every_allocator() {
+    let Some((shim, bench)) = artifacts() else {
+        return;
+    };
+    if !have("cc") {
+        return;
+    }
+    let dir = scratch("mt");
+    let exe = build_c(&dir, "mt");
     let trace = dir.join("mt.hkt");
     let traced = record(&shim, &trace, Command::new(&exe));
     let plain = Command::new(&exe).output().unwrap();
@@ -228,19 +236,7 @@ fn exit_while_threads_record_leaves_whole_traces() {
         return;
     }
     let dir = scratch("exit-racing");
-    let exe = dir.join("exit_racing");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/exit_racing.c");
-    let cc = Command::new("cc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let exe = build_c(&dir, "exit_racing");
     for round in 0..20 {
         let trace = dir.join(format!("r{round}.hkt"));
         let out = Command::new(&exe)
