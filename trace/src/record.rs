@@ -19,8 +19,8 @@
 //!
 //! - Each thread appends records to its own buffer (a 128 KiB `os::map`
 //!   mapping found through a `const` thread-local pointer), so recording
-//!   takes no lock and shares no cache line: per operation it costs an
-//!   uncontended swap, one clock read and 4-8 encoded bytes. Blocks are named
+//!   takes no lock and shares no cache line: per operation it costs a
+//!   flag set (below), one clock read and 4-8 encoded bytes. Blocks are named
 //!   by address; linking each free to its allocation (even across threads)
 //!   is left to the [reader](crate::reader), offline. A full buffer becomes
 //!   one block written with one `write(2)`.
