@@ -469,12 +469,12 @@ fn rejoin(
     let mut i = from;
     while i < end {
         let s = &steps[i];
-        // SAFETY: this walk is in the state from which the previous walk
-        // took step i (induction: the state matched at `from`, and each
-        // step that held leads to the same next state), so these are the
-        // addresses a fresh step would compute with the same rule: slots
-        // of this thread's stack above the current frame, whose CFA passed
-        // the bounds check when the step was first taken.
+        // This walk is in the state from which the previous walk took step
+        // i (induction: the state matched at `from`, and each step that
+        // held leads to the same next state), so a fresh step would read
+        // the same addresses with the same rule.
+        // SAFETY: those addresses are slots of this thread's stack above
+        // the current frame, whose CFA passed the walk's bounds check.
         let held = unsafe {
             (s.ra_at() as *const usize).read() == s.ra
                 && s.bp_at()
