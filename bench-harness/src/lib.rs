@@ -108,7 +108,7 @@ macro_rules! with_allocators {
                 "mimalloc 2 (mimalloc crate)";
             bump: ::heapkit_bump::Bump = ::heapkit_bump::Bump::new(),
                 "heapkit bump allocator (per-thread chunks, frees only the last block)";
-            slab: ::heapkit_slab::Slab = ::heapkit_slab::Slab::new(),
+            slab: ::heapkit_slab::Slab<::heapkit_slab::Fast> = ::heapkit_slab::Slab::fast(),
                 "heapkit slab allocator (per-thread magazines, depot)";
             pool: ::heapkit_pool::Pool = ::heapkit_pool::Pool::new(),
                 "heapkit pool allocator (segregated free lists, thread caches)";
@@ -118,6 +118,9 @@ macro_rules! with_allocators {
             sizeclass_hardened: ::heapkit_sizeclass::SizeClass<::heapkit_sizeclass::Hardened> =
                 ::heapkit_sizeclass::SizeClass::hardened(),
                 "sizeclass in hardened mode (every double/interior free detected, encoded lists, canaries, guard pages)";
+            slab_hardened: ::heapkit_slab::Slab<::heapkit_slab::Hardened> =
+                ::heapkit_slab::Slab::hardened(),
+                "slab in hardened mode (every double/interior free detected, encoded lists, canaries, guard pages)";
         }
     };
 }

@@ -34,6 +34,9 @@ impl SegmentTag {
     pub const BUMP: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:bump_"));
     /// A segment of `heapkit-slab`.
     pub const SLAB: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:slab_"));
+    /// A segment of `heapkit-slab` in hardened mode (keyed, guarded; its
+    /// objects carry canaries and free marks, so the modes never mix).
+    pub const SLAB_HARDENED: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:slabH"));
     /// A chunk of `heapkit-pool`.
     pub const POOL: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:pool_"));
     /// A segment of `heapkit-sizeclass`.

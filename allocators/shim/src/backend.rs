@@ -17,9 +17,9 @@
 //! listing the accepted names and ends the process with status 2, before it
 //! can run.
 //!
-//! `HEAPKIT_HARDEN=1` selects the hardened twin of the named backend (only
-//! `sizeclass` has one so far; asking it of another backend is refused
-//! with one line, like an unknown name).
+//! `HEAPKIT_HARDEN=1` selects the hardened twin of the named backend
+//! (`sizeclass` and `slab` have one; asking it of another backend is
+//! refused with one line, like an unknown name).
 //!
 //! Adding a backend: a constant below, a line in [`BACKENDS`] and an arm in
 //! [`dispatch!`].
@@ -49,6 +49,8 @@ pub const JEMALLOC: u8 = 6;
 pub const MIMALLOC: u8 = 7;
 /// `sizeclass` in hardened mode (`HEAPKIT_HARDEN=1`).
 pub const SIZECLASS_HARDENED: u8 = 8;
+/// `slab` in hardened mode (`HEAPKIT_HARDEN=1`).
+pub const SLAB_HARDENED: u8 = 9;
 
 /// Every accepted `HEAPKIT_ALLOC` value and its id, heapkit's own first.
 pub const BACKENDS: &[(&str, u8)] = &[
@@ -66,7 +68,10 @@ pub const DEFAULT: u8 = SIZECLASS;
 
 /// Each backend with a hardened mode, and that mode's id
 /// (`HEAPKIT_HARDEN=1` selects it).
-const HARDENED: &[(u8, u8)] = &[(SIZECLASS, SIZECLASS_HARDENED)];
+const HARDENED: &[(u8, u8, &str)] = &[
+    (SIZECLASS, SIZECLASS_HARDENED, "sizeclass (hardened)"),
+    (SLAB, SLAB_HARDENED, "slab (hardened)"),
+];
 
 /// The heapkit allocators, as `const`-initialised statics (peers are unit
 /// structs and need none).
@@ -76,7 +81,10 @@ pub static SIZECLASS_HEAP: heapkit_sizeclass::SizeClass<heapkit_sizeclass::Fast>
 pub static SIZECLASS_HARDENED_HEAP: heapkit_sizeclass::SizeClass<heapkit_sizeclass::Hardened> =
     heapkit_sizeclass::SizeClass::hardened();
 /// See [`SIZECLASS_HEAP`].
-pub static SLAB_HEAP: heapkit_slab::Slab = heapkit_slab::Slab::new();
+pub static SLAB_HEAP: heapkit_slab::Slab<heapkit_slab::Fast> = heapkit_slab::Slab::fast();
+/// See [`SIZECLASS_HEAP`].
+pub static SLAB_HARDENED_HEAP: heapkit_slab::Slab<heapkit_slab::Hardened> =
+    heapkit_slab::Slab::hardened();
 /// See [`SIZECLASS_HEAP`].
 pub static POOL_HEAP: heapkit_pool::Pool = heapkit_pool::Pool::new();
 /// See [`SIZECLASS_HEAP`].
@@ -97,8 +105,8 @@ pub static SELECTED: AtomicU8 = AtomicU8::new(UNRESOLVED);
 
 /// The name of backend `id` (`"?"` for an unknown id).
 pub fn name(id: u8) -> &'static str {
-    if id & ID_MASK == SIZECLASS_HARDENED {
-        return "sizeclass (hardened)";
+    if let Some(&(_, _, name)) = HARDENED.iter().find(|(_, h, _)| *h == id & ID_MASK) {
+        return name;
     }
     BACKENDS
         .iter()
@@ -123,6 +131,10 @@ macro_rules! dispatch {
             }
             $crate::backend::SLAB => {
                 let $a = &$crate::backend::SLAB_HEAP;
+                $body
+            }
+            $crate::backend::SLAB_HARDENED => {
+                let $a = &$crate::backend::SLAB_HARDENED_HEAP;
                 $body
             }
             $crate::backend::POOL => {
@@ -229,8 +241,8 @@ pub fn resolve() -> u8 {
         },
     };
     let id = if hardening_asked() {
-        match HARDENED.iter().find(|(plain, _)| *plain == id) {
-            Some(&(_, hardened)) => hardened,
+        match HARDENED.iter().find(|(plain, _, _)| *plain == id) {
+            Some(&(_, hardened, _)) => hardened,
             None => no_hardened_mode(id),
         }
     } else {
@@ -271,7 +283,7 @@ fn no_hardened_mode(id: u8) -> ! {
     let mut line = StackText::<256>::new();
     let _ = writeln!(
         line,
-        "heapkit: HEAPKIT_HARDEN=1: the {} backend has no hardened mode (sizeclass has)",
+        "heapkit: HEAPKIT_HARDEN=1: the {} backend has no hardened mode (sizeclass and slab have)",
         name(id)
     );
     os::write_stderr(line.as_bytes());

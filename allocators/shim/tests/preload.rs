@@ -387,7 +387,7 @@ fn cxx_new_delete() {
 /// names and from `malloc` are freed and resized by the other family with
 /// contents and alignment kept (before, `free` of a `__libc_malloc` block
 /// was a foreign pointer), and the `system` backend still reaches glibc's
-/// own. Every backend, and sizeclass hardened.
+/// own. Every backend, and the hardened modes.
 #[test]
 fn libc_aliases_are_heapkits() {
     let Some((dir, bin)) = build_program(
@@ -406,7 +406,7 @@ fn libc_aliases_are_heapkits() {
 /// free sized and aligned blocks, return null from the nothrow forms and,
 /// for the throwing forms, run the new-handler and throw `std::bad_alloc`
 /// (through the C++ runtime's operator, which the library jumps to when it
-/// has no memory). Every backend, and sizeclass hardened.
+/// has no memory). Every backend, and the hardened modes.
 #[test]
 fn cxx_operators_are_heapkits() {
     let Some((dir, bin)) = build_program(
@@ -875,8 +875,11 @@ fn misuse_outcome(case: &str, backend: &str) -> Outcome {
     }
 }
 
-/// The promises of hardened mode (`HEAPKIT_HARDEN=1`, sizeclass): every
-/// case detected at the call that does it, or recovered from.
+/// The backends with a hardened mode (`HEAPKIT_HARDEN=1`).
+const HARDENED_BACKENDS: [&str; 2] = ["sizeclass", "slab"];
+
+/// The promises of hardened mode (`HEAPKIT_HARDEN=1`, sizeclass and slab):
+/// every case detected at the call that does it, or recovered from.
 fn hardened_outcome(case: &str) -> Outcome {
     match case {
         "remote-double" | "small-double-32" | "small-double-100k" => {
@@ -920,12 +923,12 @@ fn build_program(
     Some((dir, bin))
 }
 
-/// Runs `bin` under every backend (and sizeclass hardened too), each time
+/// Runs `bin` under every backend (and the hardened modes too), each time
 /// expecting a clean exit that printed `ok_line`.
 fn succeeds_under_every_backend_and_mode(dir: &Path, bin: &Path, ok_line: &str) {
     each_backend(|b| {
         for harden in ["0", "1"] {
-            if harden == "1" && b != "sizeclass" {
+            if harden == "1" && !HARDENED_BACKENDS.contains(&b) {
                 continue;
             }
             let mut cmd = under(b, bin);
@@ -989,9 +992,10 @@ fn misuse_default_mode() {
     each_backend(|b| check_misuse(&dir, &bin, b, false, |case| misuse_outcome(case, b)));
 }
 
-/// The same cases under `sizeclass` with `HEAPKIT_HARDEN=1`: every one
-/// detected (double and interior frees of every size, a forged free-list
-/// link, a one-byte overflow, a realloc of a freed block) or recovered.
+/// The same cases under `sizeclass` and `slab` with `HEAPKIT_HARDEN=1`:
+/// every one detected (double and interior frees of every size, a forged
+/// free-list link, a one-byte overflow, a realloc of a freed block) or
+/// recovered.
 /// Asking hardening of a backend without a hardened mode, or giving
 /// `HEAPKIT_HARDEN` a value that is not a flag, stops the program before it
 /// runs with one line and status 2.
@@ -1000,10 +1004,12 @@ fn misuse_hardened_mode() {
     let Some((dir, bin)) = misuse_program("misuse_hardened_mode") else {
         return;
     };
-    check_misuse(&dir, &bin, "sizeclass", true, hardened_outcome)
-        .unwrap_or_else(|e| panic!("\n{e}"));
+    for backend in HARDENED_BACKENDS {
+        check_misuse(&dir, &bin, backend, true, hardened_outcome)
+            .unwrap_or_else(|e| panic!("\n{backend}:\n{e}"));
+    }
     for (backend, value, text) in [
-        ("slab", "1", "the slab backend has no hardened mode"),
+        ("pool", "1", "the pool backend has no hardened mode"),
         (
             "sizeclass",
             "maybe",
@@ -1094,7 +1100,7 @@ fn quarantine_catches_writes_after_free() {
 /// (`tests/preload/remote_return.c`, issue 14): a worker allocates 100 MB
 /// and goes idle, the main thread frees it all and goes on with small
 /// allocations; a second later RSS is below 30% of the peak under sizeclass
-/// (both modes) and slab.
+/// and slab (both modes each).
 #[test]
 fn remote_frees_of_an_idle_owner_are_given_back() {
     let Some((dir, bin)) = build_program(
@@ -1106,7 +1112,12 @@ fn remote_frees_of_an_idle_owner_are_given_back() {
         return;
     };
     let mut failures = Vec::new();
-    for (backend, harden) in [("sizeclass", "0"), ("sizeclass", "1"), ("slab", "0")] {
+    for (backend, harden) in [
+        ("sizeclass", "0"),
+        ("sizeclass", "1"),
+        ("slab", "0"),
+        ("slab", "1"),
+    ] {
         let mut cmd = under(backend, &bin);
         cmd.env("HEAPKIT_HARDEN", harden);
         let r = run(cmd, &dir, &format!("{backend}-{harden}"), MINUTE);
@@ -1145,7 +1156,7 @@ fn late_destructors_allocate_safely() {
 /// `HEAPKIT_BACKGROUND_PURGE_MS` (`tests/preload/idle_purge.c`): a program
 /// that frees 64 MiB (48 of it in 2 MiB blocks, which the large cache
 /// keeps) and then sleeps keeps it resident without the purger, and gets
-/// it back within a second with it (sizeclass, both modes, and slab).
+/// it back within a second with it (sizeclass and slab, both modes each).
 #[test]
 fn background_purger() {
     let Some((dir, bin)) = build_program("background_purger", "cc", "idle_purge.c", &["-O1"])
@@ -1153,7 +1164,12 @@ fn background_purger() {
         return;
     };
     let mut failures = Vec::new();
-    for (backend, harden) in [("sizeclass", "0"), ("sizeclass", "1"), ("slab", "0")] {
+    for (backend, harden) in [
+        ("sizeclass", "0"),
+        ("sizeclass", "1"),
+        ("slab", "0"),
+        ("slab", "1"),
+    ] {
         for purge in ["", "50"] {
             let mut cmd = under(backend, &bin);
             cmd.env("HEAPKIT_HARDEN", harden)

@@ -6,10 +6,11 @@ use crate::segment::{heap_class_size, HEAP_CLASSES};
 use heapkit_core::harden::Policy;
 
 use crate::heap::EMPTY;
-use crate::mode::{FreeMark, Mode};
+use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::remote::Block;
 use crate::segment::{self, Segment};
+use heapkit_core::harden::FreeMark;
 
 /// Walks every page of the calling thread's heap and checks:
 ///

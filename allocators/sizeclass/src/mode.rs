@@ -25,7 +25,7 @@
 //! "trailer" lies at the wrong place and does not check; the cold report
 //! path then tells an interior pointer from an overflow by dividing.
 
-use heapkit_core::harden::{Hardened, Policy, Trailer};
+use heapkit_core::harden::{FreeMark, Hardened, Policy, Trailer};
 use heapkit_core::misuse::{self, Misuse};
 use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
 
@@ -257,42 +257,6 @@ impl<P: Policy> Mode for P {
                 }
             }
         }
-    }
-}
-
-/// The free mark of hardened blocks (see the module docs): the second
-/// word of a free block. A program cannot write it by chance or on purpose
-/// without the page's key.
-pub(crate) struct FreeMark;
-
-impl FreeMark {
-    #[inline(always)]
-    fn value(block: *const u8, key: usize) -> usize {
-        (block as usize ^ key).rotate_left(29) ^ 0xf4ee_f4ee_f4ee_f4ee
-    }
-
-    /// # Safety
-    /// `block` is a block of at least 16 bytes the caller owns.
-    #[inline(always)]
-    pub(crate) unsafe fn set(block: *mut u8, key: usize) {
-        // SAFETY: caller guarantee.
-        unsafe { block.add(8).cast::<usize>().write(Self::value(block, key)) }
-    }
-
-    /// # Safety
-    /// `block` is a readable block of at least 16 bytes.
-    #[inline(always)]
-    pub(crate) unsafe fn is_set(block: *const u8, key: usize) -> bool {
-        // SAFETY: caller guarantee.
-        unsafe { block.add(8).cast::<usize>().read() == Self::value(block, key) }
-    }
-
-    /// # Safety
-    /// `block` is a block of at least 16 bytes the caller owns.
-    #[inline(always)]
-    unsafe fn clear(block: *mut u8) {
-        // SAFETY: caller guarantee.
-        unsafe { block.add(8).cast::<usize>().write(0) }
     }
 }
 

@@ -24,8 +24,9 @@ use heapkit_core::misuse::Misuse;
 use heapkit_core::segment::segment_of;
 
 use crate::heap::{self, Heap, HeapState};
-use crate::mode::{check_trailer_of, report_block, FreeMark, Mode};
+use crate::mode::{check_trailer_of, report_block, Mode};
 use crate::segment::Segment;
+use heapkit_core::harden::FreeMark;
 
 /// Blocks a thread holds back at most, whatever their bytes.
 pub(crate) const SLOTS: usize = 64;

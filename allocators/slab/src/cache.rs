@@ -24,6 +24,7 @@
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use heapkit_core::harden::{FreeMark, Hardened, Policy};
 use heapkit_core::lock::SpinLock;
 
 use crate::segment::{self, slab_of};
@@ -320,8 +321,18 @@ impl Cache {
                     if free > l.capacity {
                         return Err("free list longer than the slab (cycle?)");
                     }
+                    // SAFETY: f is a free object of this slab (at least 16
+                    // bytes).
+                    if slab.key != 0 && !unsafe { FreeMark::is_set(f.cast(), slab.key) } {
+                        return Err("hardened free object without its free mark");
+                    }
                     // SAFETY: f is a free object of this slab.
-                    f = unsafe { (*f).next };
+                    let stored = unsafe { (*f).next };
+                    f = if slab.key == 0 {
+                        stored
+                    } else {
+                        Hardened::decode(stored.cast(), slab.key).cast()
+                    };
                 }
                 if slab.in_use + free != slab.carved || slab.carved > l.capacity {
                     return Err("in-use count does not match the free objects");

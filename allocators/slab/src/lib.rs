@@ -48,6 +48,32 @@
 //! allocates another size keeps both sets of slabs (less so than it seems:
 //! empty slabs go back to the OS).
 //!
+//! # Hardened mode
+//!
+//! `Slab::hardened()` (or the crate's `hardened` feature, which makes
+//! `Slab::new()` hardened; `HEAPKIT_HARDEN=1` under the shim) stops the
+//! program with one line at every double free, every free of a pointer
+//! that is not an object's start, a write after free into a free object's
+//! first two words, and an overflow past the requested size (a canary);
+//! the slabs' free lists are encoded with a per-segment random key, and
+//! segments and large blocks end with an inaccessible guard. The two modes
+//! keep separate caches, magazines and segments (see `mode.rs`), so a
+//! program may use both.
+//!
+//! ```
+//! use core::alloc::Layout;
+//! use heapkit_slab::{HeapAlloc, Slab};
+//!
+//! let a = Slab::hardened();
+//! let p = a.allocate(Layout::from_size_align(100, 8).unwrap());
+//! // SAFETY: p is a live block of `a`; hardened, the usable size is
+//! // what was asked (the canary follows).
+//! unsafe {
+//!     assert_eq!(a.usable_size(p), 100);
+//!     a.free(p);
+//! }
+//! ```
+//!
 //! # Layout
 //!
 //! Slabs are cut from 4 MiB segments aligned to 4 MiB and tagged
@@ -90,6 +116,7 @@ mod cache;
 mod fork;
 mod heap;
 mod magazine;
+mod mode;
 mod purger;
 mod segment;
 mod slab;
@@ -97,13 +124,15 @@ mod slow;
 mod thread;
 
 use core::alloc::Layout;
+use core::marker::PhantomData;
 use core::ptr;
 
-use heapkit_core::segment::{segment_of, SegmentTag};
-use heapkit_core::size_class::class_for;
+use heapkit_core::segment::segment_of;
 use heapkit_core::{large, os};
 
 pub use cache::CacheCensus;
+/// The two modes (see [`Slab`]).
+pub use heapkit_core::harden::{Fast, Hardened, Policy};
 /// The contract and the statistics type, re-exported so that reading
 /// [`stats`] needs no other dependency.
 pub use heapkit_core::{HeapAlloc, Stats};
@@ -112,7 +141,8 @@ pub use segment::CHUNK;
 pub use slow::MAGAZINE_MAX_OBJECT;
 
 /// The allocator's statistics (every thread's counts, exact for the calling
-/// thread and for exited ones), whether or not it is the global allocator.
+/// thread and for exited ones; both modes together), whether or not it is
+/// the global allocator.
 ///
 /// ```
 /// use core::alloc::Layout;
@@ -129,10 +159,11 @@ pub use slow::MAGAZINE_MAX_OBJECT;
 /// assert_eq!(heapkit_slab::stats().live_bytes, before.live_bytes);
 /// ```
 pub fn stats() -> Stats {
-    HeapAlloc::stats(&Slab::new())
+    HeapAlloc::stats(&Slab::fast())
 }
 
 use heap::STATS;
+use mode::Mode;
 use segment::SegmentHeader;
 use slab::{layout, CACHE_COUNT};
 
@@ -144,12 +175,26 @@ const ZERO_DIRECT: usize = 4096;
 /// `Slab::free_large`).
 pub const PURGE_LARGE: usize = 8 << 20;
 
-/// The slab allocator. Every value is a handle to the one process-wide heap,
-/// so `Slab::new()` costs nothing.
+/// The policy [`Slab::new`] uses: [`Fast`], or [`Hardened`] when the
+/// crate's `hardened` feature is on.
+#[cfg(not(feature = "hardened"))]
+pub type DefaultPolicy = Fast;
+/// The policy [`Slab::new`] uses: [`Fast`], or [`Hardened`] when the
+/// crate's `hardened` feature is on.
+#[cfg(feature = "hardened")]
+pub type DefaultPolicy = Hardened;
+
+/// The slab allocator, in the mode `P` names: [`Fast`] (the default) or
+/// [`Hardened`], which detects every double, interior and foreign free at
+/// the call, encodes the slabs' free lists, puts a canary after every
+/// object and ends every segment and large block with a guard (see
+/// `heapkit_core::harden`). The two modes keep separate caches, magazines
+/// and segments, so both may be used in one program.
+///
+/// Every value is a handle to the one process-wide heap, so `Slab::new()`
+/// costs nothing.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Slab {
-    _private: (),
-}
+pub struct Slab<P: Policy = DefaultPolicy>(PhantomData<P>);
 
 /// What [`Slab::check_invariants`] counts over every cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -169,71 +214,164 @@ pub struct Census {
     pub in_depots: usize,
 }
 
-impl Slab {
-    /// The allocator.
+impl Slab<DefaultPolicy> {
+    /// The allocator, in the [`DefaultPolicy`] mode.
     pub const fn new() -> Self {
-        Self { _private: () }
+        Slab(PhantomData)
     }
+}
 
-    /// Pops the calling thread's loaded magazine of class `c`.
-    #[inline]
-    fn allocate_small(c: usize) -> *mut u8 {
-        let t = thread::current();
-        let slot = t.slot(c);
-        let top = slot.top.get();
-        if top != slot.base.get() {
-            // SAFETY: base < top <= limit inside the loaded magazine, whose
-            // objects below top are free objects of class c (IDLE's are
-            // null, so it never gets here).
-            let (top, p) = unsafe {
-                let top = top.sub(1);
-                (top, *top)
-            };
-            slot.top.set(top);
-            t.stats.on_alloc(&STATS, layout(c).size);
-            p
-        } else {
-            slow::allocate(c)
+impl Slab<Hardened> {
+    /// The allocator in hardened mode, whatever the crate's features:
+    ///
+    /// ```
+    /// #[global_allocator]
+    /// static GLOBAL: heapkit_slab::Slab<heapkit_slab::Hardened> =
+    ///     heapkit_slab::Slab::hardened();
+    ///
+    /// let v: Vec<u32> = (0..100).collect();
+    /// assert_eq!(v[99], 99);
+    /// ```
+    pub const fn hardened() -> Self {
+        Slab(PhantomData)
+    }
+}
+
+impl Slab<Fast> {
+    /// The allocator in the default (fast) mode, whatever the crate's
+    /// features.
+    pub const fn fast() -> Self {
+        Slab(PhantomData)
+    }
+}
+
+/// Pops the calling thread's loaded magazine of cache `c`.
+#[inline]
+fn allocate_small(c: usize) -> *mut u8 {
+    let t = thread::current();
+    let slot = t.slot(c);
+    let top = slot.top.get();
+    if top != slot.base.get() {
+        // SAFETY: base < top <= limit inside the loaded magazine, whose
+        // objects below top are free objects of cache c (IDLE's are
+        // null, so it never gets here).
+        let (top, p) = unsafe {
+            let top = top.sub(1);
+            (top, *top)
+        };
+        slot.top.set(top);
+        t.stats.on_alloc(&STATS, layout(c).size);
+        p
+    } else {
+        slow::allocate(c)
+    }
+}
+
+/// Pushes `p` onto the calling thread's loaded magazine of cache `c`.
+///
+/// # Safety
+/// `p` must be a live object of cache `c`.
+#[inline]
+unsafe fn free_small(c: usize, p: *mut u8) {
+    let t = thread::current();
+    let slot = t.slot(c);
+    let top = slot.top.get();
+    if top != slot.limit.get() {
+        // SAFETY: base <= top < limit inside the loaded magazine (IDLE's
+        // are null, so it never gets here).
+        unsafe {
+            top.write(p);
+            slot.top.set(top.add(1));
         }
+        t.stats.on_free(layout(c).size);
+    } else {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { slow::free(c, p) }
     }
+}
 
-    /// Pushes `p` onto the calling thread's loaded magazine of class `c`.
+/// Counts a large allocation or free in the calling thread's statistics.
+fn count_large(alloc: bool, bytes: usize) {
+    let t = thread::bound();
+    if t.state.get() == thread::DONE {
+        let b = bytes as i64;
+        if alloc {
+            STATS.add(1, 0, 0, b)
+        } else {
+            STATS.add(0, 1, 0, -b)
+        }
+    } else {
+        if alloc {
+            t.stats.on_alloc(&STATS, bytes);
+        } else {
+            t.stats.on_free(bytes);
+        }
+        t.stats.maybe_flush(&STATS);
+    }
+}
+
+/// Frees a large block. Blocks of at least [`PURGE_LARGE`] bytes are
+/// purged first: core's block cache still saves the `mmap`/`munmap`
+/// pair when a similar block is allocated again, but a freed huge block
+/// (typically a big buffer or collection dropped at the end of a phase)
+/// does not stay resident. Smaller large blocks are cached resident, so
+/// a program that cycles through them does not fault their pages in
+/// again.
+///
+/// # Safety
+/// `ptr` must be a live large block.
+unsafe fn free_large(ptr: *mut u8) {
+    // SAFETY: a live large block (caller).
+    let usable = unsafe { large::size_to_free(ptr) };
+    count_large(false, usable);
+    if usable < PURGE_LARGE {
+        // SAFETY: a live large block (caller).
+        return unsafe { large::free(ptr) };
+    }
+    let page = os::page_size();
+    let start = (ptr as usize).next_multiple_of(page);
+    let end = ptr as usize + usable;
+    if end > start {
+        // SAFETY: start..end are whole pages of the block's own mapping
+        // (its end is page-aligned), whose contents are dead; the header
+        // before ptr is untouched.
+        unsafe { os::purge(start as *mut u8, end - start) };
+    }
+    // SAFETY: a live large block (caller).
+    unsafe { large::free(ptr) };
+}
+
+impl<P: Policy> Slab<P> {
+    /// The segment and cache of a slab block of this mode, or `None` for
+    /// anything else (a large block, or a foreign pointer, which the large
+    /// path reports).
     ///
     /// # Safety
-    /// `p` must be a live object of class `c`.
-    #[inline]
-    unsafe fn free_small(c: usize, p: *mut u8) {
-        let t = thread::current();
-        let slot = t.slot(c);
-        let top = slot.top.get();
-        if top != slot.limit.get() {
-            // SAFETY: base <= top < limit inside the loaded magazine (IDLE's
-            // are null, so it never gets here).
-            unsafe {
-                top.write(p);
-                slot.top.set(top.add(1));
+    /// `ptr`'s segment must be mapped (true of any pointer into a heapkit
+    /// mapping).
+    #[inline(always)]
+    unsafe fn slab_block(ptr: *mut u8) -> Option<(*mut SegmentHeader, usize)> {
+        let seg = segment_of(ptr).cast::<SegmentHeader>();
+        // SAFETY: every block lives in a tagged mapping (caller); a slab
+        // segment's header is initialised.
+        unsafe {
+            if seg.cast::<heapkit_core::segment::SegmentTag>().read() == P::TAG {
+                Some((seg, segment::class_of_ptr(seg, ptr)))
+            } else {
+                None
             }
-            t.stats.on_free(layout(c).size);
-        } else {
-            // SAFETY: forwarded caller guarantee.
-            unsafe { slow::free(c, p) }
         }
     }
 
-    /// The cache class of a slab block, or `None` for a large block.
+    /// The cache of a slab block, or `None` for a large block.
     ///
     /// # Safety
     /// `ptr` must be a live block of this allocator.
     #[inline]
+    #[cfg(test)]
     unsafe fn class_of_block(ptr: *mut u8) -> Option<usize> {
-        let seg = segment_of(ptr);
-        // SAFETY: every block lives in a tagged mapping (caller).
-        if unsafe { seg.read() } == SegmentTag::SLAB {
-            // SAFETY: a slab segment's header is initialised.
-            Some(unsafe { segment::class_of_ptr(seg.cast::<SegmentHeader>(), ptr) })
-        } else {
-            None
-        }
+        // SAFETY: forwarded caller guarantee.
+        unsafe { Self::slab_block(ptr) }.map(|(_, c)| c)
     }
 
     /// Hands the calling thread's magazines to the depots (as its exit
@@ -247,7 +385,7 @@ impl Slab {
     /// segments) and unmaps core's cached large blocks: the allocator's
     /// `malloc_trim`. Magazines of live threads are untouched.
     pub fn trim(&self) {
-        for c in 0..heapkit_core::size_class::CLASS_COUNT {
+        for c in 0..slab::OBJECT_CACHES {
             let s = heap::depot(c).take_all();
             // SAFETY: the surplus comes from depot(c).
             unsafe { heap::settle(c, s) };
@@ -258,10 +396,12 @@ impl Slab {
         let _ = large::trim(false);
     }
 
-    /// Walks every slab of every cache and checks its bookkeeping: the
-    /// in-use count against the free objects, the list against the count,
-    /// free objects inside the carved part, never-carved memory still zero,
-    /// and the segment header mapping each slab back to its metadata.
+    /// Walks every slab of every cache (of both modes) and checks its
+    /// bookkeeping: the in-use count against the free objects, the list
+    /// against the count, free objects inside the carved part (and, in
+    /// hardened mode, bearing their free mark), never-carved memory still
+    /// zero, and the segment header mapping each slab back to its
+    /// metadata.
     pub fn check_invariants(&self) -> Result<Census, &'static str> {
         let mut census = Census::default();
         for c in 0..CACHE_COUNT {
@@ -279,85 +419,48 @@ impl Slab {
         Ok(census)
     }
 
-    fn count_large(alloc: bool, bytes: usize) {
-        let t = thread::bound();
-        if t.state.get() == thread::DONE {
-            let b = bytes as i64;
-            if alloc {
-                STATS.add(1, 0, 0, b)
-            } else {
-                STATS.add(0, 1, 0, -b)
-            }
-        } else {
-            if alloc {
-                t.stats.on_alloc(&STATS, bytes);
-            } else {
-                t.stats.on_free(bytes);
-            }
-            t.stats.maybe_flush(&STATS);
-        }
-    }
-
-    /// Frees a large block. Blocks of at least [`PURGE_LARGE`] bytes are
-    /// purged first: core's block cache still saves the `mmap`/`munmap`
-    /// pair when a similar block is allocated again, but a freed huge block
-    /// (typically a big buffer or collection dropped at the end of a phase)
-    /// does not stay resident. Smaller large blocks are cached resident, so
-    /// a program that cycles through them does not fault their pages in
-    /// again.
-    ///
-    /// # Safety
-    /// `ptr` must be a live large block.
-    unsafe fn free_large(ptr: *mut u8) {
-        // SAFETY: a live large block (caller).
-        let usable = unsafe { large::size_to_free(ptr) };
-        Self::count_large(false, usable);
-        if usable < PURGE_LARGE {
-            // SAFETY: a live large block (caller).
-            return unsafe { large::free(ptr) };
-        }
-        let page = os::page_size();
-        let start = (ptr as usize).next_multiple_of(page);
-        let end = ptr as usize + usable;
-        if end > start {
-            // SAFETY: start..end are whole pages of the block's own mapping
-            // (its end is page-aligned), whose contents are dead; the header
-            // before ptr is untouched.
-            unsafe { os::purge(start as *mut u8, end - start) };
-        }
-        // SAFETY: a live large block (caller).
-        unsafe { large::free(ptr) };
-    }
-
     fn allocate_large(layout: Layout, zeroed: bool) -> *mut u8 {
-        let p = large::allocate(layout, zeroed);
+        // Hardened: the block ends at an inaccessible page.
+        let p = if P::GUARD_PAGES {
+            large::allocate_guarded(layout, zeroed)
+        } else {
+            large::allocate(layout, zeroed)
+        };
         if !p.is_null() {
             // SAFETY: p is a live large block.
-            Self::count_large(true, unsafe { large::usable_size(p) });
+            count_large(true, unsafe { large::usable_size(p) });
         }
         p
     }
 }
 
-// SAFETY: blocks come from slabs (class size >= layout size; power-of-two
-// classes for alignments > 16, laid out at multiples of their size from
-// aligned slab starts) or from core's large path; free and usable_size find
-// the owner by the segment tag; nothing allocates through the global
-// allocator or panics.
-unsafe impl HeapAlloc for Slab {
+// SAFETY: blocks come from slabs (cache size >= layout size plus the
+// hardened canary; power-of-two classes for alignments > 16, laid out at
+// multiples of their size from aligned slab starts) or from core's large
+// path; free and usable_size find the owner by the segment tag (each mode
+// has its own); nothing allocates through the global allocator or panics.
+unsafe impl<P: Policy> HeapAlloc for Slab<P> {
     const SEGMENTED: bool = true;
 
     #[inline]
     fn allocate(&self, layout: Layout) -> *mut u8 {
-        match class_for(layout) {
-            Some(c) => Self::allocate_small(c),
+        match P::cache_for(layout) {
+            Some(c) => {
+                let p = allocate_small(c);
+                if !p.is_null() {
+                    // SAFETY: p was just taken from cache c, whose objects
+                    // hold the size plus the canary.
+                    unsafe { P::on_handout(p, c, layout.size()) };
+                }
+                p
+            }
             None => Self::allocate_large(layout, false),
         }
     }
 
     #[inline]
     fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
-        let Some(c) = class_for(layout) else {
+        let Some(c) = P::cache_for(layout) else {
             return Self::allocate_large(layout, true);
         };
         let size = slab::layout(c).size;
@@ -373,24 +476,39 @@ unsafe impl HeapAlloc for Slab {
             }
             (p, zero)
         } else {
-            (Self::allocate_small(c), false)
+            (allocate_small(c), false)
         };
-        if !p.is_null() && !zero {
-            // SAFETY: p is a fresh block of at least layout.size() bytes.
-            unsafe { p.write_bytes(0, layout.size()) };
+        if !p.is_null() {
+            // SAFETY: p is a fresh block of cache c, of at least
+            // layout.size() bytes plus the canary; the handout (which
+            // clears a carved object's free mark, so it reads as zero
+            // again) comes first, and the zeroing stops where the canary
+            // starts.
+            unsafe {
+                P::on_handout(p, c, layout.size());
+                if !zero {
+                    p.write_bytes(0, layout.size());
+                }
+            }
         }
         p
     }
 
     #[inline]
     unsafe fn free(&self, ptr: *mut u8) {
-        // SAFETY: ptr is a live block (caller).
-        match unsafe { Self::class_of_block(ptr) } {
-            // SAFETY: a live object of class c.
-            Some(c) => unsafe { Self::free_small(c, ptr) },
+        // SAFETY: ptr is in a heapkit mapping (caller).
+        match unsafe { Self::slab_block(ptr) } {
+            // SAFETY: ptr lies in a chunk of seg owned by cache c (its
+            // owner byte); the checks stop a pointer that is not a live
+            // object of this mode, so what is pushed is one.
+            Some((seg, c)) => unsafe {
+                P::on_free("free", seg, c, ptr);
+                free_small(c, ptr)
+            },
             None => {
-                // SAFETY: a live large block.
-                unsafe { Self::free_large(ptr) }
+                // SAFETY: a live large block (or a foreign one, which the
+                // large path reports).
+                unsafe { free_large(ptr) }
             }
         }
     }
@@ -398,8 +516,9 @@ unsafe impl HeapAlloc for Slab {
     #[inline]
     unsafe fn usable_size(&self, ptr: *mut u8) -> usize {
         // SAFETY: ptr is a live block (caller).
-        match unsafe { Self::class_of_block(ptr) } {
-            Some(c) => layout(c).size,
+        match unsafe { Self::slab_block(ptr) } {
+            // SAFETY: a live object of cache c.
+            Some((_, c)) => unsafe { P::usable(ptr, c) },
             // SAFETY: a live large block.
             None => unsafe { large::usable_size(ptr) },
         }
@@ -410,17 +529,27 @@ unsafe impl HeapAlloc for Slab {
             return ptr::null_mut();
         };
         // SAFETY: ptr is a live block (caller).
-        let old_class = unsafe { Self::class_of_block(ptr) };
-        let new_class = class_for(new_layout);
-        match old_class {
-            Some(c) => {
+        let old = unsafe { Self::slab_block(ptr) };
+        let new_class = P::cache_for(new_layout);
+        let mut keep = old_layout.size();
+        match old {
+            Some((seg, c)) => {
+                // SAFETY: ptr lies in a chunk of seg owned by cache c; the
+                // check stops the program unless it is a live object.
+                unsafe { P::check("realloc", seg, c, ptr) };
                 let size = layout(c).size;
+                let needed = new_size.saturating_add(P::TRAILER);
                 // In place while the class still fits and is not more than
                 // twice what is asked (the alignment is the block's own).
-                if new_size <= size && new_size >= size / 2 {
+                if needed <= size && needed >= size / 2 {
+                    // SAFETY: a live object of cache c (checked), which
+                    // holds `needed` bytes.
+                    unsafe { P::on_resize(seg, c, ptr, new_size) };
                     thread::bound().stats.on_realloc(&STATS, size, size);
                     return ptr;
                 }
+                // SAFETY: a live object of cache c (checked).
+                keep = keep.min(unsafe { P::usable(ptr, c) });
             }
             None if new_class.is_none() => {
                 // Large to large: mremap in place or by moving pages.
@@ -442,9 +571,9 @@ unsafe impl HeapAlloc for Slab {
         let q = self.allocate(new_layout);
         if !q.is_null() {
             // SAFETY: both blocks are live and distinct; the copy stays within
-            // the old block's layout and the new size.
+            // the old block's usable bytes and the new size.
             unsafe {
-                ptr::copy_nonoverlapping(ptr, q, old_layout.size().min(new_size));
+                ptr::copy_nonoverlapping(ptr, q, keep.min(new_size));
                 self.free(ptr);
             }
             thread::bound().stats.on_realloc(&STATS, 0, 0);
@@ -464,7 +593,7 @@ unsafe impl HeapAlloc for Slab {
     }
 }
 
-heapkit_core::global_alloc!(Slab);
+heapkit_core::global_alloc!(<P: Policy> Slab<P>);
 
 #[cfg(test)]
 mod tests;

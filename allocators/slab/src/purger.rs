@@ -20,10 +20,9 @@
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use heapkit_core::large;
-use heapkit_core::size_class::CLASS_COUNT;
 
 use crate::heap;
-use crate::slab::CACHE_COUNT;
+use crate::slab::{CACHE_COUNT, OBJECT_CACHES};
 use crate::thread::ThreadCache;
 
 /// Whether a slow path ran since the last round cleared it.
@@ -70,7 +69,7 @@ pub(crate) fn round() {
 /// What an idle allocator holds for nothing: full depot magazines and
 /// empty slabs.
 fn give_back_idle() {
-    for c in 0..CLASS_COUNT {
+    for c in 0..OBJECT_CACHES {
         let depot = heap::depot(c);
         if depot.full_count() > 0 {
             // SAFETY: the surplus comes from depot(c).

@@ -25,7 +25,16 @@
 //! `MADV_DONTNEED` when their slab was released, so a new slab reads as
 //! zero. A segment with no slab left is kept as the one spare, or unmapped.
 //!
-//! The segment list is guarded by one global lock, taken only when a cache
+//! Each mode has its own segments and segment list: the default mode's
+//! are tagged [`SegmentTag::SLAB`], the hardened mode's
+//! [`SegmentTag::SLAB_HARDENED`], carry a random key for the free marks,
+//! canaries and free-list links of their objects, and end with an
+//! inaccessible guard (at least one chunk, never part of a slab), so a
+//! linear overflow out of the last slab faults instead of running into the
+//! next mapping. A cache's segments are those of its mode
+//! ([`crate::slab::is_hardened`]).
+//!
+//! Each segment list is guarded by its own lock, taken only when a cache
 //! needs a new slab or releases one (never on the magazine paths). Lock
 //! order: a cache's slab lock, then this lock.
 
@@ -36,7 +45,9 @@ use heapkit_core::lock::SpinLock;
 use heapkit_core::os;
 use heapkit_core::segment::{segment_of, SegmentTag, SEGMENT_ALIGN};
 
-use crate::slab::SlabMeta;
+use heapkit_core::harden::{Hardened, Policy};
+
+use crate::slab::{is_hardened, SlabMeta};
 
 /// log2 of [`CHUNK`].
 pub const CHUNK_SHIFT: usize = 14;
@@ -52,9 +63,12 @@ const BITMAP_WORDS: usize = CHUNKS / 64;
 /// The start of every slab segment.
 #[repr(C)]
 pub struct SegmentHeader {
-    /// Always [`SegmentTag::SLAB`]; first, so `heapkit_core::segment::tag_of`
-    /// reads it.
+    /// [`SegmentTag::SLAB`] or [`SegmentTag::SLAB_HARDENED`]; first, so
+    /// `heapkit_core::segment::tag_of` reads it.
     tag: SegmentTag,
+    /// The key of the hardened mode's marks, canaries and links (0 in the
+    /// default mode); on the tag's cache line, which a free reads anyway.
+    key: usize,
     /// Cache index owning each chunk, or [`NO_CLASS`]. Written under the
     /// segment lock before any object of the chunk is handed out; read
     /// without a lock by `free` of a live object (which cannot race with a
@@ -99,10 +113,47 @@ unsafe impl Linked for SegmentHeader {
     }
 }
 
-static SEGMENTS: SpinLock<SegmentList> = SpinLock::new(SegmentList {
-    list: List::EMPTY,
-    spare: 0,
-});
+/// The default mode's segments, then the hardened mode's.
+static SEGMENTS: [SpinLock<SegmentList>; 2] = [const {
+    SpinLock::new(SegmentList {
+        list: List::EMPTY,
+        spare: 0,
+    })
+}; 2];
+
+/// The segment list of a cache's (or a segment's) mode.
+fn segments(hardened: bool) -> &'static SpinLock<SegmentList> {
+    &SEGMENTS[hardened as usize]
+}
+
+/// Chunks at the end of a hardened segment kept inaccessible: at least one,
+/// and whole OS pages.
+fn guard_chunks() -> usize {
+    os::page_size().div_ceil(CHUNK).max(1)
+}
+
+/// The hardened mode's key of segment `seg` (0 in the default mode).
+///
+/// # Safety
+/// `seg` must be a live slab segment.
+#[inline(always)]
+pub unsafe fn key(seg: *const SegmentHeader) -> usize {
+    // SAFETY: a live segment's header is initialised (caller) and its key
+    // never changes.
+    unsafe { ptr::addr_of!((*seg).key).read() }
+}
+
+/// The offset of `p` from the start of its slab.
+///
+/// # Safety
+/// `p` must lie in a chunk of a live slab segment `seg` that a slab owns.
+#[inline(always)]
+pub unsafe fn offset_in_slab(seg: *const SegmentHeader, p: *const u8) -> usize {
+    let chunk = (p as usize - seg as usize) >> CHUNK_SHIFT;
+    // SAFETY: chunk < CHUNKS (p lies in seg); the header is initialised.
+    let first = unsafe { *ptr::addr_of!((*seg).chunk_first).cast::<u8>().add(chunk) };
+    p as usize - seg as usize - ((first as usize) << CHUNK_SHIFT)
+}
 
 /// The metadata of the slab holding `p`.
 ///
@@ -163,19 +214,48 @@ fn find_run(bits: &[u64; BITMAP_WORDS], n: usize, align: usize) -> Option<usize>
     None
 }
 
-/// Maps and initialises a new segment; null on exhaustion.
-fn new_segment() -> *mut SegmentHeader {
+/// Maps and initialises a new segment of the default or the hardened mode;
+/// null on exhaustion.
+fn new_segment(hardened: bool) -> *mut SegmentHeader {
     let seg = heapkit_core::large::map_segments(SEGMENT_ALIGN).cast::<SegmentHeader>();
     if seg.is_null() {
         return seg;
     }
+    let guard = if hardened { guard_chunks() } else { 0 };
+    if guard > 0 {
+        // SAFETY: the last `guard` chunks are whole pages of this fresh
+        // mapping, which nothing uses; they never become free chunks.
+        let ok = unsafe {
+            os::protect(
+                seg.cast::<u8>().add((CHUNKS - guard) * CHUNK),
+                guard * CHUNK,
+                false,
+            )
+        };
+        if !ok {
+            // SAFETY: the fresh mapping is on no list and nobody uses it.
+            unsafe { heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN) };
+            return ptr::null_mut();
+        }
+    }
     // SAFETY: seg is a fresh, zeroed, exclusively owned mapping larger than
     // the header; zero is a valid SlabMeta, pointer and integer.
     unsafe {
-        ptr::addr_of_mut!((*seg).tag).write(SegmentTag::SLAB);
+        let (tag, key) = if hardened {
+            (SegmentTag::SLAB_HARDENED, Hardened::key_for(seg.cast()))
+        } else {
+            (SegmentTag::SLAB, 0)
+        };
+        ptr::addr_of_mut!((*seg).tag).write(tag);
+        ptr::addr_of_mut!((*seg).key).write(key);
         ptr::addr_of_mut!((*seg).chunk_class).write([NO_CLASS; CHUNKS]);
         let mut free = [0u64; BITMAP_WORDS];
-        set_bits(&mut free, HEADER_CHUNKS, CHUNKS - HEADER_CHUNKS, true);
+        set_bits(
+            &mut free,
+            HEADER_CHUNKS,
+            CHUNKS - HEADER_CHUNKS - guard,
+            true,
+        );
         ptr::addr_of_mut!((*seg).free).write(free);
     }
     seg
@@ -215,7 +295,8 @@ unsafe fn set_owner(seg: *mut SegmentHeader, first: usize, n: usize, class: u8) 
 /// slab of cache `cache`, and returns that slab's (reset) metadata with
 /// `start` and `chunks` set; null on exhaustion.
 pub fn alloc_run(n: usize, align: usize, cache: u8) -> *mut SlabMeta {
-    let mut list = SEGMENTS.lock();
+    let hardened = is_hardened(cache as usize);
+    let mut list = segments(hardened).lock();
     let mut seg = list.list.first;
     let mut found = None;
     while !seg.is_null() {
@@ -231,7 +312,7 @@ pub fn alloc_run(n: usize, align: usize, cache: u8) -> *mut SlabMeta {
     let first = match found {
         Some(first) => first,
         None => {
-            seg = new_segment();
+            seg = new_segment(hardened);
             if seg.is_null() {
                 return ptr::null_mut();
             }
@@ -261,6 +342,7 @@ pub fn alloc_run(n: usize, align: usize, cache: u8) -> *mut SlabMeta {
         fresh.start = seg.cast::<u8>().add(first * CHUNK);
         fresh.chunks = n as u8;
         fresh.cache = cache;
+        fresh.key = *field!(seg, key);
         meta.write(fresh);
         meta
     }
@@ -283,7 +365,9 @@ pub unsafe fn release_run(meta: *mut SlabMeta) {
     let first = (start as usize - seg as usize) >> CHUNK_SHIFT;
     let mut unmap = false;
     {
-        let mut list = SEGMENTS.lock();
+        // SAFETY: the segment is live; its tag never changes.
+        let hardened = unsafe { *field!(seg, tag) } == SegmentTag::SLAB_HARDENED;
+        let mut list = segments(hardened).lock();
         // SAFETY: the segment is live; the lock guards its bookkeeping and
         // links; the chunks belong to the dead slab only.
         unsafe {
@@ -309,32 +393,40 @@ pub unsafe fn release_run(meta: *mut SlabMeta) {
 
 /// Number of mapped slab segments (for tests and invariants).
 pub fn segment_count() -> usize {
-    let list = SEGMENTS.lock();
     let mut n = 0;
-    let mut seg = list.list.first;
-    while !seg.is_null() {
-        n += 1;
-        // SAFETY: segments on the list are live; the lock guards links.
-        seg = unsafe { *field!(seg, next) };
+    for segs in &SEGMENTS {
+        let list = segs.lock();
+        let mut seg = list.list.first;
+        while !seg.is_null() {
+            n += 1;
+            // SAFETY: segments on the list are live; the lock guards links.
+            seg = unsafe { *field!(seg, next) };
+        }
     }
     n
 }
 
-/// Fork support: take the segment lock.
+/// Fork support: take the segment locks.
 pub fn lock_for_fork() {
-    SEGMENTS.raw().lock();
+    for segs in &SEGMENTS {
+        segs.raw().lock();
+    }
 }
 
-/// Fork support: release the lock in the parent.
+/// Fork support: release the locks in the parent.
 pub fn unlock_after_fork() {
-    // SAFETY: lock_for_fork took it in this thread.
-    unsafe { SEGMENTS.raw().unlock() };
+    for segs in &SEGMENTS {
+        // SAFETY: lock_for_fork took it in this thread.
+        unsafe { segs.raw().unlock() };
+    }
 }
 
-/// Fork support: reset the lock in the child.
+/// Fork support: reset the locks in the child.
 pub fn reset_after_fork() {
-    // SAFETY: only called in the single-threaded child.
-    unsafe { SEGMENTS.raw().reset_after_fork() };
+    for segs in &SEGMENTS {
+        // SAFETY: only called in the single-threaded child.
+        unsafe { segs.raw().reset_after_fork() };
+    }
 }
 
 #[cfg(test)]

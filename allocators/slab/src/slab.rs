@@ -13,15 +13,31 @@
 
 use core::ptr;
 
+use heapkit_core::harden::{Hardened, Policy};
 use heapkit_core::size_class::{CLASS_COUNT, SIZES};
 
 use crate::magazine::Magazine;
 use crate::segment::{CHUNK, CHUNKS, HEADER_CHUNKS};
 
-/// Index of the internal cache that holds magazines (after the size classes).
-pub const MAGAZINE_CACHE: usize = CLASS_COUNT;
-/// Number of caches: one per size class plus the magazine cache.
-pub const CACHE_COUNT: usize = CLASS_COUNT + 1;
+/// Caches of objects: one per size class in each mode, the default mode's
+/// first (cache `c` serves class `c`), then the hardened mode's (cache
+/// [`HARDENED_BASE`]` + c`). The two modes never share a cache, a slab or
+/// a segment (`crate::segment` keeps a list per mode), and a cache's mode
+/// follows from its index: the slab layer needs no type parameter.
+pub const OBJECT_CACHES: usize = 2 * CLASS_COUNT;
+/// The hardened mode's first cache (see [`OBJECT_CACHES`]).
+pub const HARDENED_BASE: usize = CLASS_COUNT;
+/// Index of the internal cache that holds magazines (after the object
+/// caches; default mode's segments hold it).
+pub const MAGAZINE_CACHE: usize = OBJECT_CACHES;
+/// Number of caches: the object caches plus the magazine cache.
+pub const CACHE_COUNT: usize = OBJECT_CACHES + 1;
+
+/// Whether cache `c` belongs to the hardened mode.
+#[inline]
+pub const fn is_hardened(c: usize) -> bool {
+    c >= HARDENED_BASE && c < MAGAZINE_CACHE
+}
 
 /// Which list of its cache a slab is on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,10 +83,16 @@ pub struct FreeObject {
 /// Invariants (checked by `Slab::check_invariants`):
 /// - `in_use + free_list_len + (capacity - carved) == capacity`;
 /// - objects with index `>= carved` read as zero;
-/// - for a slab on a list, `list` is [`SlabList::for_count`] of `in_use`.
+/// - for a slab on a list, `list` is [`SlabList::for_count`] of `in_use`;
+/// - hardened (`key != 0`): every object on the free list bears its
+///   free mark (`heapkit_core::harden::FreeMark`, in its second word), and
+///   every link decodes to null or to a carved object of the slab; an
+///   object taken from the list gets the first word of its seal back
+///   (`crate::mode::seal`).
 #[repr(C)]
 pub struct SlabMeta {
-    /// Free objects given back, linked through their first word.
+    /// Free objects given back, linked through their first word (the link
+    /// [`Hardened::encode`]d with `key` in hardened mode).
     pub free: *mut FreeObject,
     /// First byte of the slab (a chunk boundary).
     pub start: *mut u8,
@@ -88,6 +110,9 @@ pub struct SlabMeta {
     pub chunks: u8,
     /// Which cache list the slab is on.
     pub list: SlabList,
+    /// The hardened mode's key (its segment's), or 0 in the default mode:
+    /// links are stored plain and carved objects are not marked.
+    pub key: usize,
 }
 
 // SAFETY: `next` and `prev` are the slab's own cache-list links; only the
@@ -115,6 +140,7 @@ impl SlabMeta {
         cache: 0,
         chunks: 0,
         list: SlabList::None,
+        key: 0,
     };
 
     /// Takes one object; returns it and whether it is known to be zero, or
@@ -125,7 +151,16 @@ impl SlabMeta {
         if !head.is_null() {
             // SAFETY: free-list entries are free objects of this slab, whose
             // first word is the link.
-            self.free = unsafe { (*head).next };
+            let stored = unsafe { (*head).next };
+            self.free = if self.key == 0 {
+                stored
+            } else {
+                let next = self.checked_link(head, stored, layout);
+                // SAFETY: head is a free object (of at least 16 bytes) the
+                // caller now owns.
+                unsafe { crate::mode::reseal_first_word(head.cast(), self.key) };
+                next
+            };
             self.in_use += 1;
             return (head.cast(), false);
         }
@@ -134,9 +169,36 @@ impl SlabMeta {
             let p = unsafe { self.start.add(self.carved as usize * layout.size) };
             self.carved += 1;
             self.in_use += 1;
+            if self.key != 0 {
+                // SAFETY: p is a fresh object of at least 16 bytes that
+                // the caller now owns; the seal is what a free leaves (the
+                // handout clears it, so a carved object reads as zero
+                // again).
+                unsafe { crate::mode::seal(p, self.key) };
+            }
             return (p, true);
         }
         (ptr::null_mut(), false)
+    }
+
+    /// The next free object after `head`, decoded from `stored` (hardened):
+    /// null or a carved object of this slab, else the list was written
+    /// after a free and the program stops.
+    #[inline]
+    fn checked_link(
+        &self,
+        head: *mut FreeObject,
+        stored: *mut FreeObject,
+        layout: &CacheLayout,
+    ) -> *mut FreeObject {
+        let next = Hardened::decode(stored.cast(), self.key);
+        let off = (next as usize).wrapping_sub(self.start as usize);
+        if !next.is_null()
+            && (off >= self.carved as usize * layout.size || !off.is_multiple_of(layout.size))
+        {
+            crate::mode::corrupted(head.cast(), layout.size);
+        }
+        next.cast()
     }
 
     /// Gives object `p` back.
@@ -146,8 +208,15 @@ impl SlabMeta {
     #[inline]
     pub unsafe fn give(&mut self, p: *mut u8) {
         let obj = p.cast::<FreeObject>();
-        // SAFETY: p is an object of at least 16 bytes nobody uses (caller).
-        unsafe { obj.write(FreeObject { next: self.free }) };
+        let next = if self.key == 0 {
+            self.free
+        } else {
+            Hardened::encode(self.free.cast(), self.key).cast()
+        };
+        // SAFETY: p is an object of at least 16 bytes nobody uses (caller);
+        // only its first word is written (a hardened object's free mark,
+        // in the second, stays).
+        unsafe { obj.write(FreeObject { next }) };
         self.free = obj;
         self.in_use -= 1;
     }
@@ -202,8 +271,8 @@ const fn layout_for(size: usize) -> CacheLayout {
 const fn build_layouts() -> [CacheLayout; CACHE_COUNT] {
     let mut out = [layout_for(16); CACHE_COUNT];
     let mut c = 0;
-    while c < CLASS_COUNT {
-        out[c] = layout_for(SIZES[c] as usize);
+    while c < OBJECT_CACHES {
+        out[c] = layout_for(SIZES[c % CLASS_COUNT] as usize);
         c += 1;
     }
     out[MAGAZINE_CACHE] = layout_for(core::mem::size_of::<Magazine>().next_multiple_of(16));
@@ -218,7 +287,9 @@ const _: () = {
     while c < CACHE_COUNT {
         let l = LAYOUTS[c];
         // A slab fits a segment after the header, aligned as required.
-        assert!(l.chunks + HEADER_CHUNKS.next_multiple_of(l.align_chunks) <= CHUNKS);
+        // (Hardened segments end with a guard of up to 4 chunks: 64 KiB
+        // pages.)
+        assert!(l.chunks + HEADER_CHUNKS.next_multiple_of(l.align_chunks) + 4 <= CHUNKS);
         assert!(l.capacity >= 4);
         assert!(l.chunks < 256);
         // Power-of-two objects are aligned to their size.

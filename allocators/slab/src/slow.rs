@@ -24,7 +24,6 @@ use crate::heap::{self, depot, STATS};
 use crate::magazine::capacity_of;
 use crate::slab::layout;
 use crate::thread::{self, ThreadCache};
-use crate::Slab;
 
 /// Allocates from class `c` with the loaded magazine empty.
 #[cold]
@@ -51,14 +50,14 @@ pub fn allocate(c: usize) -> *mut u8 {
         if !prev.is_null() && (*prev).rounds == cap {
             slot.prev.set(loaded);
             slot.load(prev, cap);
-            return Slab::allocate_small(c);
+            return crate::allocate_small(c);
         }
         let (full, surplus) = depot(c).take_full(prev, t.id());
         heap::settle(c, surplus);
         if !full.is_null() {
             slot.prev.set(loaded);
             slot.load(full, cap);
-            return Slab::allocate_small(c);
+            return crate::allocate_small(c);
         }
         // Refill: reuse the loaded or previous (empty) magazine, or get one.
         let m = if !loaded.is_null() {
@@ -79,7 +78,7 @@ pub fn allocate(c: usize) -> *mut u8 {
             return ptr::null_mut();
         }
     }
-    Slab::allocate_small(c)
+    crate::allocate_small(c)
 }
 
 /// Frees `p` of class `c` with the loaded magazine full.
@@ -125,7 +124,7 @@ pub unsafe fn free(c: usize, p: *mut u8) {
         if !prev.is_null() && (*prev).rounds == 0 {
             slot.prev.set(loaded);
             slot.load(prev, cap);
-            return Slab::free_small(c, p);
+            return crate::free_small(c, p);
         }
         if loaded.is_null() {
             let m = heap::empty_magazine(c);
@@ -133,7 +132,7 @@ pub unsafe fn free(c: usize, p: *mut u8) {
                 return free_direct(c, p);
             }
             slot.load(m, cap);
-            return Slab::free_small(c, p);
+            return crate::free_small(c, p);
         }
         // loaded is full; prev is full or null.
         if !prev.is_null() {
@@ -148,7 +147,7 @@ pub unsafe fn free(c: usize, p: *mut u8) {
                 heap::drain(c, loaded);
                 slot.prev.set(prev);
                 slot.load(loaded, cap);
-                return Slab::free_small(c, p);
+                return crate::free_small(c, p);
             }
         }
         let empty = if prev.is_null() {
@@ -165,7 +164,7 @@ pub unsafe fn free(c: usize, p: *mut u8) {
             slot.prev.set(loaded);
             slot.load(empty, cap);
         }
-        Slab::free_small(c, p)
+        crate::free_small(c, p)
     }
 }
 
@@ -249,7 +248,7 @@ unsafe fn wind_down(
             // allocates it again.
             return free_direct(c, p);
         }
-        Slab::free_small(c, p)
+        crate::free_small(c, p)
     }
 }
 

@@ -26,11 +26,11 @@ use core::mem::offset_of;
 use core::ptr;
 
 use heapkit_core::os;
-use heapkit_core::size_class::CLASS_COUNT;
 use heapkit_core::ThreadStats;
 
 use crate::heap::{self, STATS};
 use crate::magazine::{capacity_of, Magazine};
+use crate::slab::OBJECT_CACHES;
 
 /// Thread life cycle.
 pub const NEW: u8 = 0;
@@ -112,7 +112,7 @@ impl ClassSlot {
 
 /// One thread's caches.
 pub struct ThreadCache {
-    slots: [ClassSlot; CLASS_COUNT],
+    slots: [ClassSlot; OBJECT_CACHES],
     /// Unflushed counters.
     pub stats: ThreadStats,
     /// [`NEW`], [`INIT`], [`ACTIVE`] or [`DONE`].
@@ -125,7 +125,7 @@ pub struct ThreadCache {
 impl ThreadCache {
     const fn new() -> Self {
         Self {
-            slots: [ClassSlot::NEW; CLASS_COUNT],
+            slots: [ClassSlot::NEW; OBJECT_CACHES],
             stats: ThreadStats::new(),
             state: Cell::new(NEW),
             slow_calls: Cell::new(0),
@@ -141,15 +141,16 @@ impl ThreadCache {
     /// The slot of class `c`.
     #[inline]
     pub fn slot(&self, c: usize) -> &ClassSlot {
-        debug_assert!(c < CLASS_COUNT);
-        // SAFETY: every class index is < CLASS_COUNT (class_for, or a byte of
+        debug_assert!(c < OBJECT_CACHES);
+        // SAFETY: every object cache index is < OBJECT_CACHES (class_for,
+        // plus HARDENED_BASE in hardened mode, or a byte of
         // chunk_class written from one).
         unsafe { self.slots.get_unchecked(c) }
     }
 
     /// Hands every magazine to the depots (or its objects to the slabs).
     pub fn flush_magazines(&self) {
-        for c in 0..CLASS_COUNT {
+        for c in 0..OBJECT_CACHES {
             let slot = self.slot(c);
             let cap = capacity_of(c);
             for m in [slot.unload(), slot.prev.replace(ptr::null_mut())] {

@@ -1,2 +1,2 @@
 //! Cell binary: see `heapkit_bench::cell_main!`.
-heapkit_bench::cell_main!(heapkit_slab::Slab = heapkit_slab::Slab::new());
+heapkit_bench::cell_main!(heapkit_slab::Slab<heapkit_slab::Fast> = heapkit_slab::Slab::fast());
