@@ -110,7 +110,7 @@ macro_rules! with_allocators {
                 "heapkit bump allocator (per-thread chunks, frees only the last block)";
             slab: ::heapkit_slab::Slab<::heapkit_slab::Fast> = ::heapkit_slab::Slab::fast(),
                 "heapkit slab allocator (per-thread magazines, depot)";
-            pool: ::heapkit_pool::Pool = ::heapkit_pool::Pool::new(),
+            pool: ::heapkit_pool::Pool<::heapkit_pool::Fast> = ::heapkit_pool::Pool::fast(),
                 "heapkit pool allocator (segregated free lists, thread caches)";
             sizeclass: ::heapkit_sizeclass::SizeClass<::heapkit_sizeclass::Fast> =
                 ::heapkit_sizeclass::SizeClass::fast(),
@@ -121,6 +121,9 @@ macro_rules! with_allocators {
             slab_hardened: ::heapkit_slab::Slab<::heapkit_slab::Hardened> =
                 ::heapkit_slab::Slab::hardened(),
                 "slab in hardened mode (every double/interior free detected, encoded lists, canaries, guard pages)";
+            pool_hardened: ::heapkit_pool::Pool<::heapkit_pool::Hardened> =
+                ::heapkit_pool::Pool::hardened(),
+                "pool in hardened mode (every double/interior free detected, encoded lists, canaries, guard pages)";
         }
     };
 }

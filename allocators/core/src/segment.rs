@@ -39,6 +39,9 @@ impl SegmentTag {
     pub const SLAB_HARDENED: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:slabH"));
     /// A chunk of `heapkit-pool`.
     pub const POOL: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:pool_"));
+    /// A segment of `heapkit-pool` in hardened mode (guarded; its blocks
+    /// carry canaries, free marks and encoded links).
+    pub const POOL_HARDENED: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:poolH"));
     /// A segment of `heapkit-sizeclass`.
     pub const SIZECLASS: SegmentTag = SegmentTag(u64::from_le_bytes(*b"hk:sizec"));
     /// A segment of `heapkit-sizeclass` in hardened mode (its blocks are

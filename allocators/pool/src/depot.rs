@@ -38,8 +38,8 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering::Relaxed, Ordering::Release};
 
 use heapkit_core::lock::RawSpinLock;
-use heapkit_core::size_class::CLASS_COUNT;
 
+use crate::class::CLASSES;
 use crate::segment::ADDRESS_BITS;
 
 /// The first two words of a free block.
@@ -76,14 +76,14 @@ pub struct Depot {
 // SAFETY: every field is either atomic or accessed only under `lock`.
 unsafe impl Sync for Depot {}
 
-/// The depots, one per class.
-pub static DEPOTS: [Depot; CLASS_COUNT] = [const { Depot::new() }; CLASS_COUNT];
+/// The depots, one per class index (both modes).
+pub static DEPOTS: [Depot; CLASSES] = [const { Depot::new() }; CLASSES];
 
 /// The depot of `class`.
 #[inline]
 pub fn depot(class: usize) -> &'static Depot {
-    debug_assert!(class < CLASS_COUNT);
-    // SAFETY: classes come from size_class, below CLASS_COUNT.
+    debug_assert!(class < CLASSES);
+    // SAFETY: class indices are below CLASSES.
     unsafe { DEPOTS.get_unchecked(class) }
 }
 
@@ -236,12 +236,17 @@ impl Default for Depot {
     }
 }
 
-/// Walks a taken batch stack: calls `f` on every block (after reading its
-/// links, so `f` may overwrite the block).
+/// Walks a taken batch stack of class index `class`: calls `f` on every
+/// block (after reading its links, so `f` may overwrite the block).
 ///
 /// # Safety
-/// `top` must be a stack returned by [`Depot::take_all`] that the caller owns.
-pub unsafe fn for_each_taken_block(top: *mut FreeBlock, mut f: impl FnMut(*mut FreeBlock)) {
+/// `top` must be a stack returned by [`Depot::take_all`] of `class`'s
+/// depot that the caller owns.
+pub unsafe fn for_each_taken_block(
+    top: *mut FreeBlock,
+    class: usize,
+    mut f: impl FnMut(*mut FreeBlock),
+) {
     let mut batch = top;
     while !batch.is_null() {
         // SAFETY: batch is the first block of an owned batch.
@@ -249,7 +254,7 @@ pub unsafe fn for_each_taken_block(top: *mut FreeBlock, mut f: impl FnMut(*mut F
         let mut block = batch;
         while !block.is_null() {
             // SAFETY: block is an owned free block of the batch.
-            let next = unsafe { (*block).next };
+            let next = unsafe { crate::mode::next_of(block, class) };
             f(block);
             block = next;
         }

@@ -1,9 +1,10 @@
 //! `fork()` safety: every lock of the pool is held across `fork`.
 //!
-//! The pool has 97 locks, all on slow paths: [`CHUNKS`] and one per
-//! [`Depot`](crate::depot::Depot). `prepare` takes them all, in the one
-//! order every other path nests them (`CHUNKS` before a depot; no path holds
-//! two depots), plus the large-path cache lock; the parent releases them and
+//! The pool has 194 locks, all on slow paths: one [`CHUNKS`] list per mode
+//! and one per [`Depot`](crate::depot::Depot). `prepare` takes them all,
+//! in the one order every other path nests them (the default mode's
+//! `CHUNKS`, the hardened mode's, then the depots; no path holds two
+//! depots or two `CHUNKS`), plus the large-path cache lock; the parent releases them and
 //! the child, where the threads that might have held them do not exist,
 //! re-initialises them. The child can therefore allocate and free at once,
 //! including blocks that threads absent in the child allocated; what those
@@ -38,7 +39,9 @@ pub fn register_handlers() {
 }
 
 unsafe extern "C" fn prepare() {
-    CHUNKS.raw().lock();
+    for c in &CHUNKS {
+        c.raw().lock();
+    }
     for d in &DEPOTS {
         d.raw_lock().lock();
     }
@@ -51,8 +54,10 @@ unsafe extern "C" fn parent() {
         // SAFETY: prepare took every depot lock in this thread.
         unsafe { d.raw_lock().unlock() };
     }
-    // SAFETY: prepare took it in this thread.
-    unsafe { CHUNKS.raw().unlock() };
+    for c in CHUNKS.iter().rev() {
+        // SAFETY: prepare took it in this thread.
+        unsafe { c.raw().unlock() };
+    }
 }
 
 unsafe extern "C" fn child() {
@@ -61,6 +66,8 @@ unsafe extern "C" fn child() {
         // SAFETY: the child is single-threaded, inside its atfork handler.
         unsafe { d.raw_lock().reset_after_fork() };
     }
-    // SAFETY: as above.
-    unsafe { CHUNKS.raw().reset_after_fork() };
+    for c in &CHUNKS {
+        // SAFETY: as above.
+        unsafe { c.raw().reset_after_fork() };
+    }
 }

@@ -20,10 +20,23 @@
 //! assert!(!p.is_null());
 //! // SAFETY: p is a live block of POOL.
 //! unsafe {
-//!     assert_eq!(POOL.usable_size(p), 112); // the class of 100 bytes
+//!     // The class of 100 bytes (hardened: the request itself).
+//!     assert!(POOL.usable_size(p) == 112 || POOL.usable_size(p) == 100);
 //!     POOL.free(p); // no layout needed
 //! }
 //! ```
+//!
+//! # Hardened mode
+//!
+//! `Pool::hardened()` (or the crate's `hardened` feature, which makes
+//! `Pool::new()` hardened; `HEAPKIT_HARDEN=1` under the shim) stops the
+//! program with one line at every double free, every free of a pointer
+//! that is not a block's start, a write after free that reached a free
+//! list's link or a free block's mark, and an overflow past the requested
+//! size (a canary); free-list links are encoded with a random key, and
+//! segments and large blocks end with an inaccessible guard. The two modes
+//! keep separate lists, depots and segments (see `mode.rs`), so a program
+//! may use both. Hardened blocks are at least 32 bytes.
 //!
 //! Installed as the global allocator it is one line:
 //!
@@ -117,23 +130,27 @@
 pub mod class;
 pub mod depot;
 mod fork;
+mod mode;
 mod segment;
 mod slow;
 mod thread_cache;
 pub mod trim;
 
 use core::alloc::Layout;
+use core::marker::PhantomData;
 use core::ptr;
 
-use heapkit_core::segment::SegmentTag;
-use heapkit_core::size_class::{class_for, MAX_SIZE};
+/// The two modes (see [`Pool`]).
+pub use heapkit_core::harden::{Fast, Hardened, Policy};
+use heapkit_core::size_class::MAX_SIZE;
 use heapkit_core::GlobalStats;
 /// The contract and the statistics type, re-exported so that reading
 /// [`stats`] needs no other dependency.
 pub use heapkit_core::{HeapAlloc, Stats};
 
 /// The allocator's statistics (every thread's counts, exact for the calling
-/// thread and for exited ones), whether or not it is the global allocator.
+/// thread and for exited ones; both modes together), whether or not it is
+/// the global allocator.
 ///
 /// ```
 /// use core::alloc::Layout;
@@ -150,126 +167,199 @@ pub use heapkit_core::{HeapAlloc, Stats};
 /// assert_eq!(heapkit_pool::stats().live_bytes, before.live_bytes);
 /// ```
 pub fn stats() -> Stats {
-    HeapAlloc::stats(&Pool::new())
+    HeapAlloc::stats(&Pool::fast())
 }
 
 use crate::class::block_size;
+use crate::mode::Mode;
 use crate::segment::{class_of_block, header_of, CHUNKS};
 
 /// The counters of every thread, merged.
 static STATS: GlobalStats = GlobalStats::new();
 
-/// The segregated free-list pool allocator. All values share one
-/// process-wide pool.
-pub struct Pool {
-    _private: (),
+/// The policy [`Pool::new`] uses: [`Fast`], or [`Hardened`] when the
+/// crate's `hardened` feature is on.
+#[cfg(not(feature = "hardened"))]
+pub type DefaultPolicy = Fast;
+/// The policy [`Pool::new`] uses: [`Fast`], or [`Hardened`] when the
+/// crate's `hardened` feature is on.
+#[cfg(feature = "hardened")]
+pub type DefaultPolicy = Hardened;
+
+/// The segregated free-list pool allocator, in the mode `P` names:
+/// [`Fast`] (the default) or [`Hardened`], which detects every double,
+/// interior and foreign free at the call, encodes its free lists, puts a
+/// canary after every block and ends every segment and large block with a
+/// guard (see `heapkit_core::harden`). The two modes keep separate lists,
+/// depots and segments, so both may be used in one program. All values of
+/// a mode share one process-wide pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pool<P: Policy = DefaultPolicy>(PhantomData<P>);
+
+impl Pool<DefaultPolicy> {
+    /// The pool (usable in a `static`), in the [`DefaultPolicy`] mode.
+    pub const fn new() -> Self {
+        Pool(PhantomData)
+    }
 }
 
-impl Pool {
-    /// The pool (usable in a `static`).
-    pub const fn new() -> Self {
-        Self { _private: () }
+impl Pool<Hardened> {
+    /// The pool in hardened mode, whatever the crate's features:
+    ///
+    /// ```
+    /// #[global_allocator]
+    /// static GLOBAL: heapkit_pool::Pool<heapkit_pool::Hardened> =
+    ///     heapkit_pool::Pool::hardened();
+    ///
+    /// let v: Vec<u32> = (0..100).collect();
+    /// assert_eq!(v[99], 99);
+    /// ```
+    pub const fn hardened() -> Self {
+        Pool(PhantomData)
     }
+}
 
-    /// Releases every chunk whose blocks are all free, after flushing the
-    /// calling thread's cache, and empties the large-block cache. Returns
-    /// the bytes of chunks released. See [`trim`] for the cost.
+impl Pool<Fast> {
+    /// The pool in the default (fast) mode, whatever the crate's features.
+    pub const fn fast() -> Self {
+        Pool(PhantomData)
+    }
+}
+
+impl<P: Policy> Pool<P> {
+    /// Releases every chunk whose blocks are all free (of both modes),
+    /// after flushing the calling thread's cache, and empties the
+    /// large-block cache. Returns the bytes of chunks released. See
+    /// [`trim`] for the cost.
     pub fn trim(&self) -> usize {
         trim::trim()
     }
 
     /// Bytes of all chunks currently cut from segments (live, cached or free
-    /// blocks alike): what [`Pool::trim`] could at most give back.
+    /// blocks alike, both modes): what [`Pool::trim`] could at most give
+    /// back.
     pub fn chunk_bytes(&self) -> usize {
-        CHUNKS.lock().chunk_bytes_in_use()
+        CHUNKS.iter().map(|c| c.lock().chunk_bytes_in_use()).sum()
     }
-}
 
-impl Default for Pool {
-    fn default() -> Self {
-        Self::new()
+    /// The class of `ptr` if it is a block of this mode's segments (else a
+    /// large block, or a foreign pointer, which the large path reports).
+    ///
+    /// # Safety
+    /// `ptr`'s segment must be mapped (true of any pointer into a heapkit
+    /// mapping).
+    #[inline(always)]
+    unsafe fn pool_class(ptr: *const u8) -> Option<usize> {
+        // SAFETY: every heapkit mapping starts with its tag (caller); a
+        // pool segment's page_class is initialised.
+        unsafe {
+            if ptr::addr_of!((*header_of(ptr)).tag).read() == P::TAG {
+                Some(class_of_block(ptr))
+            } else {
+                None
+            }
+        }
     }
-}
-
-/// Whether `ptr` (a live block of the pool) is in a pool segment rather than
-/// a large mapping.
-///
-/// # Safety
-/// `ptr` must be a live block of the pool.
-#[inline]
-unsafe fn is_pool_block(ptr: *const u8) -> bool {
-    // SAFETY: every block lies in a mapped, tagged segment (pool or large).
-    unsafe { ptr::addr_of!((*header_of(ptr)).tag).read() == SegmentTag::POOL }
 }
 
 // SAFETY: blocks come from disjoint slots of chunks (or the large path), are
-// at least class-size long and aligned as `class_for` requires (chunks are
-// aligned to their power-of-two size); every path returns null on
-// exhaustion and none allocates through the global allocator or panics.
-unsafe impl HeapAlloc for Pool {
+// at least class-size long (the request plus the hardened canary) and
+// aligned as `class_for` requires (chunks are aligned to their power-of-two
+// size); free and usable_size find the owner by the segment tag (each mode
+// has its own); every path returns null on exhaustion and none allocates
+// through the global allocator or panics.
+unsafe impl<P: Policy> HeapAlloc for Pool<P> {
     const SEGMENTED: bool = true;
 
     #[inline]
     fn allocate(&self, layout: Layout) -> *mut u8 {
-        match class_for(layout) {
-            Some(class) => thread_cache::current().alloc(class),
-            None => slow::alloc_large(layout, false),
+        match P::class_for(layout) {
+            Some(class) => {
+                let p = thread_cache::current().alloc::<P>(class);
+                if !p.is_null() {
+                    // SAFETY: p is a fresh block of class, holding the
+                    // size plus the canary.
+                    unsafe { P::on_handout(p, class, layout.size()) };
+                }
+                p
+            }
+            None => slow::alloc_large(layout, false, P::GUARD_PAGES),
         }
     }
 
     #[inline]
     fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
-        match class_for(layout) {
-            Some(class) => thread_cache::current().alloc_zeroed(class, layout.size()),
-            None => slow::alloc_large(layout, true),
+        match P::class_for(layout) {
+            Some(class) => {
+                let p = thread_cache::current().alloc_zeroed::<P>(class, layout.size());
+                if !p.is_null() {
+                    // SAFETY: as in `allocate`; the canary starts where the
+                    // zeroed bytes end.
+                    unsafe { P::on_handout(p, class, layout.size()) };
+                }
+                p
+            }
+            None => slow::alloc_large(layout, true, P::GUARD_PAGES),
         }
     }
 
     #[inline]
     unsafe fn free(&self, ptr: *mut u8) {
-        // SAFETY: ptr is a live block (caller).
-        if !unsafe { is_pool_block(ptr) } {
-            // SAFETY: not a pool segment, so a large block.
+        // SAFETY: ptr is in a heapkit mapping (caller).
+        let Some(class) = (unsafe { Self::pool_class(ptr) }) else {
+            // SAFETY: not a segment of this mode, so a large block (or a
+            // foreign one, which the large path reports).
             return unsafe { slow::free_large(ptr) };
+        };
+        // SAFETY: ptr lies in a page of `class` of this mode's segment;
+        // the hardened checks stop anything but a live block, which the
+        // caller gives up.
+        unsafe {
+            P::on_free("free", class, ptr);
+            thread_cache::current().free::<P>(ptr, class)
         }
-        // SAFETY: a live block of a pool segment.
-        let class = unsafe { class_of_block(ptr) };
-        // SAFETY: the block is live, of `class`, and given up by the caller.
-        unsafe { thread_cache::current().free(ptr, class) }
     }
 
     #[inline]
     unsafe fn usable_size(&self, ptr: *mut u8) -> usize {
         // SAFETY: ptr is a live block (caller).
         unsafe {
-            if is_pool_block(ptr) {
-                block_size(class_of_block(ptr))
-            } else {
-                heapkit_core::large::usable_size(ptr)
+            match Self::pool_class(ptr) {
+                Some(class) => P::usable(ptr, class),
+                None => heapkit_core::large::usable_size(ptr),
             }
         }
     }
 
     unsafe fn reallocate(&self, ptr: *mut u8, old_layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: ptr is a live block (caller).
-        let pool = unsafe { is_pool_block(ptr) };
-        let usable = if pool {
-            // SAFETY: a live pool block.
-            let usable = block_size(unsafe { class_of_block(ptr) });
-            // In place while the class fits and at least half of it is used
-            // (so shrinking a big block to a small one does frees memory).
-            if new_size <= usable && new_size >= usable / 2 {
-                slow::count_realloc(usable, usable);
-                return ptr;
+        let usable = match unsafe { Self::pool_class(ptr) } {
+            Some(class) => {
+                // SAFETY: ptr lies in a page of `class`; checked live
+                // (hardened) before anything is read.
+                unsafe { P::check("realloc", class, ptr) };
+                let size = block_size(class);
+                let needed = new_size.saturating_add(P::TRAILER);
+                // In place while the class fits and at least half of it is
+                // used (so shrinking a big block to a small one frees
+                // memory).
+                if needed <= size && needed >= size / 2 {
+                    // SAFETY: a live block of class holding `needed` bytes.
+                    unsafe { P::on_resize(class, ptr, new_size) };
+                    slow::count_realloc(size, size);
+                    return ptr;
+                }
+                // SAFETY: a live block of class (checked).
+                unsafe { P::usable(ptr, class) }
             }
-            usable
-        } else {
-            if new_size > MAX_SIZE {
-                // SAFETY: a live large block; large keeps its alignment.
-                return unsafe { slow::realloc_large(ptr, new_size) };
+            None => {
+                if new_size > MAX_SIZE {
+                    // SAFETY: a live large block; large keeps its alignment.
+                    return unsafe { slow::realloc_large(ptr, new_size) };
+                }
+                // SAFETY: a live large block.
+                unsafe { heapkit_core::large::usable_size(ptr) }
             }
-            // SAFETY: a live large block.
-            unsafe { heapkit_core::large::usable_size(ptr) }
         };
         let Ok(new_layout) = Layout::from_size_align(new_size, old_layout.align()) else {
             return ptr::null_mut();
@@ -298,7 +388,7 @@ unsafe impl HeapAlloc for Pool {
     }
 }
 
-heapkit_core::global_alloc!(Pool);
+heapkit_core::global_alloc!(<P: Policy> Pool<P>);
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

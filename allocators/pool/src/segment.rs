@@ -12,9 +12,13 @@
 //! class   = segment.page_class[(ptr - segment) >> 16]   // one load
 //! ```
 //!
-//! There is no per-object header. The segment list, the page bitmap and the
-//! trim counters are guarded by one spin lock ([`CHUNKS`]) that only chunk
-//! carving, [`crate::Pool::trim`] and fork take; `tag` and `page_class` of a
+//! There is no per-object header. Each mode has its own segments: the
+//! default mode's are tagged [`SegmentTag::POOL`], the hardened mode's
+//! [`SegmentTag::POOL_HARDENED`], and these keep their last page
+//! inaccessible (a guard: a linear overflow out of the last chunk faults).
+//! A mode's segment list, page bitmaps and trim counters are guarded by one
+//! spin lock ([`chunks`]) that only chunk carving, [`crate::Pool::trim`]
+//! and fork take; `tag` and `page_class` of a
 //! page are written under it before any block of that page is handed out,
 //! and rewritten only when the chunk has no block outside the trimmer's
 //! hands, so lock-free readers (`free`, `usable_size`) never race a writer of
@@ -29,7 +33,7 @@ use heapkit_core::lock::SpinLock;
 use heapkit_core::os;
 use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
 
-use crate::class::{chunk_bytes, CHUNK_PAGES, PAGE, PAGE_SHIFT};
+use crate::class::{chunk_bytes, is_hardened, CHUNK_PAGES, CLASSES, PAGE, PAGE_SHIFT};
 
 /// Pages in a segment.
 pub const PAGES: usize = SEGMENT_ALIGN / PAGE;
@@ -42,12 +46,12 @@ pub const HEADER_PAGE: u8 = 0xFE;
 pub const ADDRESS_BITS: u32 = 48;
 
 const _: () = assert!(PAGES == 64);
-const _: () = assert!(heapkit_core::size_class::CLASS_COUNT < HEADER_PAGE as usize);
+const _: () = assert!(CLASSES < HEADER_PAGE as usize);
 
 /// The start of every pool segment.
 #[repr(C)]
 pub struct SegmentHeader {
-    /// Always [`SegmentTag::POOL`].
+    /// [`SegmentTag::POOL`] or [`SegmentTag::POOL_HARDENED`].
     pub tag: SegmentTag,
     /// Class of every page's chunk, [`FREE_PAGE`] or [`HEADER_PAGE`].
     /// Read without the lock by `free`; see the module docs for why that
@@ -56,8 +60,11 @@ pub struct SegmentHeader {
     // --- everything below is guarded by CHUNKS ---
     /// Next segment in [`CHUNKS`]' list.
     next: *mut SegmentHeader,
-    /// Bit `i` set: page `i` is in a chunk (bit 0, the header, always).
+    /// Bit `i` set: page `i` is in a chunk or `reserved`.
     used: u64,
+    /// Pages never in a chunk: the header (bit 0) and, hardened, the guard
+    /// (the last page).
+    reserved: u64,
     /// Scratch for trim: free blocks counted per chunk, at its first page.
     pub trim_count: [u32; PAGES],
     /// Scratch for trim: bit at the first page of every chunk to release.
@@ -74,11 +81,25 @@ pub struct SegmentList {
 // access to the guarded fields.
 unsafe impl Send for SegmentList {}
 
-/// Every pool segment; taken to carve or release chunks (never on a fast
-/// path).
-pub static CHUNKS: SpinLock<SegmentList> = SpinLock::new(SegmentList {
-    first: ptr::null_mut(),
-});
+/// Every pool segment of each mode (default, hardened); taken to carve or
+/// release chunks (never on a fast path).
+pub static CHUNKS: [SpinLock<SegmentList>; 2] = [const {
+    SpinLock::new(SegmentList {
+        first: ptr::null_mut(),
+    })
+}; 2];
+
+/// The segment list of the default (`false`) or hardened mode.
+#[inline]
+pub fn chunks(hardened: bool) -> &'static SpinLock<SegmentList> {
+    &CHUNKS[hardened as usize]
+}
+
+/// The segment list class index `class` carves from.
+#[inline]
+pub fn chunks_of(class: usize) -> &'static SpinLock<SegmentList> {
+    chunks(is_hardened(class))
+}
 
 /// The header of the segment holding `ptr`.
 #[inline]
@@ -128,7 +149,7 @@ impl SegmentList {
                 seg = (*seg).next;
             }
         }
-        let seg = new_segment();
+        let seg = new_segment(is_hardened(class));
         if seg.is_null() {
             return ptr::null_mut();
         }
@@ -162,7 +183,7 @@ impl SegmentList {
                         .cast::<u8>()
                         .add(first)
                         .read() as usize;
-                    let pages = CHUNK_PAGES[class % CHUNK_PAGES.len()] as usize;
+                    let pages = CHUNK_PAGES[class % CLASSES] as usize;
                     let start = seg.cast::<u8>().add(first * PAGE);
                     os::purge(start, pages * PAGE);
                     set_page_class(seg, first, pages, FREE_PAGE);
@@ -171,7 +192,7 @@ impl SegmentList {
                 }
                 (*seg).release = 0;
                 (*seg).trim_count = [0; PAGES];
-                if (*seg).used == 1 {
+                if (*seg).used == (*seg).reserved {
                     *link = (*seg).next;
                     heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN);
                 } else {
@@ -189,7 +210,7 @@ impl SegmentList {
         while !seg.is_null() {
             // SAFETY: listed segments are live and guarded by us.
             unsafe {
-                total += ((*seg).used.count_ones() as usize - 1) * PAGE;
+                total += ((*seg).used & !(*seg).reserved).count_ones() as usize * PAGE;
                 seg = (*seg).next;
             }
         }
@@ -241,8 +262,9 @@ unsafe fn take_run(seg: *mut SegmentHeader, first: usize, pages: usize, class: u
     }
 }
 
-/// Maps and initialises a segment; null on failure.
-fn new_segment() -> *mut SegmentHeader {
+/// Maps and initialises a segment of the default or the hardened mode;
+/// null on failure.
+fn new_segment(hardened: bool) -> *mut SegmentHeader {
     let base = heapkit_core::large::map_segments(SEGMENT_ALIGN);
     if base.is_null() {
         return ptr::null_mut();
@@ -257,13 +279,31 @@ fn new_segment() -> *mut SegmentHeader {
     let seg = base.cast::<SegmentHeader>();
     let mut page_class = [FREE_PAGE; PAGES];
     page_class[0] = HEADER_PAGE;
+    let mut reserved = 1;
+    if hardened {
+        // SAFETY: the last page is whole OS pages (64 KiB) of this fresh,
+        // unused mapping; it is reserved, so no chunk ever covers it.
+        if !unsafe { os::protect(base.add((PAGES - 1) * PAGE), PAGE, false) } {
+            // SAFETY: base is the mapping just made, unused.
+            unsafe { heapkit_core::large::unmap_segments(base, SEGMENT_ALIGN) };
+            return ptr::null_mut();
+        }
+        page_class[PAGES - 1] = HEADER_PAGE;
+        reserved |= 1 << (PAGES - 1);
+    }
+    let tag = if hardened {
+        SegmentTag::POOL_HARDENED
+    } else {
+        SegmentTag::POOL
+    };
     // SAFETY: base is a fresh mapping large enough for the header.
     unsafe {
         seg.write(SegmentHeader {
-            tag: SegmentTag::POOL,
+            tag,
             page_class,
             next: ptr::null_mut(),
-            used: 1,
+            used: reserved,
+            reserved,
             trim_count: [0; PAGES],
             release: 0,
         })

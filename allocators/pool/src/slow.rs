@@ -24,9 +24,10 @@ use core::ptr;
 
 use heapkit_core::{large, os};
 
-use crate::class::{batch, block_size, CHUNK_BLOCKS};
+use crate::class::{batch, block_size, CHUNK_BLOCKS, CLASSES};
 use crate::depot::{depot, FreeBlock};
-use crate::segment::CHUNKS;
+use crate::mode;
+use crate::segment::chunks_of;
 use crate::thread_cache::{self, ThreadCache, ACTIVE, EXITED, INITIALIZING, UNINIT};
 use crate::{fork, STATS};
 
@@ -66,7 +67,7 @@ unsafe extern "C" fn on_thread_exit(_: *mut c_void) {
 /// Hands every cached block and fresh region of `t` to the depots and flushes
 /// its counters. Leaves every `limit` at 0 (the next free re-arms it).
 pub fn flush_all(t: &ThreadCache) {
-    for class in 0..heapkit_core::size_class::CLASS_COUNT {
+    for class in 0..CLASSES {
         let d = depot(class);
         let cc = t.class(class);
         let head = cc.head.replace(ptr::null_mut());
@@ -125,14 +126,12 @@ fn refill(t: &ThreadCache, class: usize) -> Refill {
     }
     let (mut start, mut end) = d.pop_region();
     if start.is_null() {
-        start = CHUNKS.lock().carve(class);
+        start = chunks_of(class).lock().carve(class);
         if start.is_null() {
             return Refill::Failed;
         }
         // SAFETY: the chunk holds CHUNK_BLOCKS[class] blocks.
-        end = unsafe {
-            start.add(CHUNK_BLOCKS[class % CHUNK_BLOCKS.len()] as usize * block_size(class))
-        };
+        end = unsafe { start.add(CHUNK_BLOCKS[class % CLASSES] as usize * block_size(class)) };
     }
     fresh.cur.set(start);
     fresh.end.set(end);
@@ -149,7 +148,8 @@ fn carve_fresh(t: &ThreadCache, class: usize) {
     debug_assert!(n > 0);
     let cc = t.class(class);
     // SAFETY: cur..cur + n * size lies in our fresh region; each block gets
-    // its link to the next, the last one the current (empty) list head.
+    // its link to the next, the last one the current (empty) list head,
+    // and (hardened) the free mark every listed block bears.
     unsafe {
         for i in 0..n {
             let block = cur.add(i * size).cast::<FreeBlock>();
@@ -158,7 +158,8 @@ fn carve_fresh(t: &ThreadCache, class: usize) {
             } else {
                 cc.head.get()
             };
-            ptr::addr_of_mut!((*block).next).write(next);
+            mode::set_next(block, next, class);
+            mode::mark_carved(block.cast(), class);
         }
         cc.head.set(cur.cast());
         fresh.cur.set(cur.add(n * size));
@@ -177,7 +178,7 @@ pub fn alloc(class: usize) -> *mut u8 {
     ensure_init(t);
     if !t.class(class).head.get().is_null() {
         // A re-entrant call during set-up refilled the list.
-        return t.alloc(class);
+        return t.alloc_any(class);
     }
     match refill(t, class) {
         Refill::List => {}
@@ -185,7 +186,7 @@ pub fn alloc(class: usize) -> *mut u8 {
         Refill::Failed => return ptr::null_mut(),
     }
     t.stats.maybe_flush(&STATS);
-    t.alloc(class)
+    t.alloc_any(class)
 }
 
 /// Slow path of `alloc_zeroed`: the list of `class` is empty.
@@ -198,10 +199,10 @@ pub fn alloc_zeroed(class: usize, size: usize) -> *mut u8 {
     }
     ensure_init(t);
     if !t.class(class).head.get().is_null() {
-        return t.alloc_zeroed(class, size);
+        return t.alloc_zeroed_any(class, size);
     }
     match refill(t, class) {
-        Refill::List => t.alloc_zeroed(class, size),
+        Refill::List => t.alloc_zeroed_any(class, size),
         Refill::Fresh => {
             // Never used, so already zero: no memset.
             let fresh = t.fresh(class);
@@ -246,7 +247,7 @@ pub unsafe fn free(block: *mut u8, class: usize) {
         t.stats.maybe_flush(&STATS);
     }
     // SAFETY: forwarded caller guarantee; len < limit now.
-    unsafe { t.free(block, class) }
+    unsafe { t.free_any(block, class) }
 }
 
 /// `alloc` for a thread whose exit hook ran: one block from the depot.
@@ -257,9 +258,11 @@ fn alloc_exited(class: usize, zeroed: bool) -> *mut u8 {
     let size = block_size(class);
     let (head, n) = d.pop_batch();
     let block: *mut u8 = if !head.is_null() {
-        // SAFETY: we own the popped batch; its rest goes back.
+        // SAFETY: we own the popped batch; its rest goes back, its head
+        // leaves the list.
         unsafe {
-            let rest = (*head).next;
+            let rest = mode::next_of(head, class);
+            mode::take(head.cast(), class);
             if n > 1 {
                 d.push_batch(rest, n - 1);
             }
@@ -271,12 +274,12 @@ fn alloc_exited(class: usize, zeroed: bool) -> *mut u8 {
     } else {
         let (mut start, mut end) = d.pop_region();
         if start.is_null() {
-            start = CHUNKS.lock().carve(class);
+            start = chunks_of(class).lock().carve(class);
             if start.is_null() {
                 return ptr::null_mut();
             }
             // SAFETY: the chunk holds CHUNK_BLOCKS[class] blocks.
-            end = unsafe { start.add(CHUNK_BLOCKS[class % CHUNK_BLOCKS.len()] as usize * size) };
+            end = unsafe { start.add(CHUNK_BLOCKS[class % CLASSES] as usize * size) };
         }
         // SAFETY: start..end is an owned zero region of whole blocks; its
         // first block is ours, the rest goes back.
@@ -297,7 +300,7 @@ unsafe fn free_exited(block: *mut u8, class: usize) {
     let block = block.cast::<FreeBlock>();
     // SAFETY: the dead block becomes a one-block batch we hand over.
     unsafe {
-        ptr::addr_of_mut!((*block).next).write(ptr::null_mut());
+        mode::set_next(block, ptr::null_mut(), class);
         depot(class).push_batch(block, 1);
     }
     STATS.add(0, 1, 0, -(block_size(class) as i64));
@@ -334,11 +337,16 @@ pub fn count_realloc(old: usize, new: usize) {
     }
 }
 
-/// Allocates above the classes (or beyond their alignment).
+/// Allocates above the classes (or beyond their alignment); `guarded`
+/// (hardened): the block ends right before an inaccessible page.
 #[cold]
 #[inline(never)]
-pub fn alloc_large(layout: Layout, zeroed: bool) -> *mut u8 {
-    let p = large::allocate(layout, zeroed);
+pub fn alloc_large(layout: Layout, zeroed: bool, guarded: bool) -> *mut u8 {
+    let p = if guarded {
+        large::allocate_guarded(layout, zeroed)
+    } else {
+        large::allocate(layout, zeroed)
+    };
     if !p.is_null() {
         // SAFETY: p is a live large block.
         count(unsafe { large::usable_size(p) }, false);

@@ -26,11 +26,13 @@
 use core::cell::Cell;
 use core::ptr;
 
-use heapkit_core::size_class::CLASS_COUNT;
 use heapkit_core::ThreadStats;
 
-use crate::class::block_size;
+use heapkit_core::harden::{Fast, Hardened};
+
+use crate::class::{block_size, is_hardened, CLASSES};
 use crate::depot::FreeBlock;
+use crate::mode::Mode;
 use crate::slow;
 use crate::STATS;
 
@@ -80,9 +82,9 @@ pub struct FreshRegion {
 
 /// All of one thread's pool state.
 pub struct ThreadCache {
-    classes: [ClassCache; CLASS_COUNT],
-    fresh: [FreshRegion; CLASS_COUNT],
-    spare: [SpareBatch; CLASS_COUNT],
+    classes: [ClassCache; CLASSES],
+    fresh: [FreshRegion; CLASSES],
+    spare: [SpareBatch; CLASSES],
     /// This thread's counters (heapkit-core's one mechanism: two adds per
     /// operation, flushed into `STATS` by slow paths and at exit).
     pub stats: ThreadStats,
@@ -125,68 +127,71 @@ impl ThreadCache {
                     len: Cell::new(0),
                     limit: Cell::new(0),
                 }
-            }; CLASS_COUNT],
+            }; CLASSES],
             fresh: [const {
                 FreshRegion {
                     cur: Cell::new(ptr::null_mut()),
                     end: Cell::new(ptr::null_mut()),
                 }
-            }; CLASS_COUNT],
+            }; CLASSES],
             spare: [const {
                 SpareBatch {
                     head: Cell::new(ptr::null_mut()),
                     len: Cell::new(0),
                 }
-            }; CLASS_COUNT],
+            }; CLASSES],
             stats: ThreadStats::new(),
             state: Cell::new(UNINIT),
         }
     }
 
-    /// The cache of `class` (< CLASS_COUNT).
+    /// The cache of `class` (< CLASSES).
     #[inline(always)]
     pub fn class(&self, class: usize) -> &ClassCache {
-        debug_assert!(class < CLASS_COUNT);
-        // SAFETY: every class index comes from size_class and is below
-        // CLASS_COUNT.
+        debug_assert!(class < CLASSES);
+        // SAFETY: every class index is below CLASSES (see crate::class).
         unsafe { self.classes.get_unchecked(class) }
     }
 
-    /// The fresh region of `class` (< CLASS_COUNT).
+    /// The fresh region of `class` (< CLASSES).
     #[inline]
     pub fn fresh(&self, class: usize) -> &FreshRegion {
-        debug_assert!(class < CLASS_COUNT);
+        debug_assert!(class < CLASSES);
         // SAFETY: as for `class`.
         unsafe { self.fresh.get_unchecked(class) }
     }
 
-    /// The spare batch of `class` (< CLASS_COUNT).
+    /// The spare batch of `class` (< CLASSES).
     #[inline]
     pub fn spare(&self, class: usize) -> &SpareBatch {
-        debug_assert!(class < CLASS_COUNT);
+        debug_assert!(class < CLASSES);
         // SAFETY: as for `class`.
         unsafe { self.spare.get_unchecked(class) }
     }
 
-    /// Fast path of `malloc` for `class`.
+    /// Fast path of `malloc` for `class` (of mode `P`).
     #[inline]
-    pub fn alloc(&self, class: usize) -> *mut u8 {
+    pub fn alloc<P: Mode>(&self, class: usize) -> *mut u8 {
         let cc = self.class(class);
         let block = cc.head.get();
         if block.is_null() {
             return slow::alloc(class);
         }
         // SAFETY: block heads our list, so it is a free block of ours whose
-        // first word is the next link.
-        cc.head.set(unsafe { (*block).next });
+        // first word is the next link; it leaves the list here.
+        unsafe {
+            cc.head.set(P::next_of(block));
+            P::on_take(block.cast(), class);
+        }
         cc.len.set(cc.len.get() - 1);
         self.stats.on_alloc(&STATS, block_size(class));
         block.cast()
     }
 
-    /// Fast path of `calloc` for `class`: `size` bytes are zeroed.
+    /// Fast path of `calloc` for `class` (of mode `P`): `size` bytes are
+    /// zeroed.
     #[inline]
-    pub fn alloc_zeroed(&self, class: usize, size: usize) -> *mut u8 {
+    pub fn alloc_zeroed<P: Mode>(&self, class: usize, size: usize) -> *mut u8 {
         let cc = self.class(class);
         let block = cc.head.get();
         if block.is_null() {
@@ -194,7 +199,8 @@ impl ThreadCache {
         }
         // SAFETY: as in `alloc`; the block then has at least `size` bytes.
         unsafe {
-            cc.head.set((*block).next);
+            cc.head.set(P::next_of(block));
+            P::on_take(block.cast(), class);
             block.cast::<u8>().write_bytes(0, size);
         }
         cc.len.set(cc.len.get() - 1);
@@ -202,12 +208,12 @@ impl ThreadCache {
         block.cast()
     }
 
-    /// Fast path of `free` for a block of `class`.
+    /// Fast path of `free` for a block of `class` (of mode `P`).
     ///
     /// # Safety
     /// `block` must be a live pool block of `class`, not used afterwards.
     #[inline]
-    pub unsafe fn free(&self, block: *mut u8, class: usize) {
+    pub unsafe fn free<P: Mode>(&self, block: *mut u8, class: usize) {
         let cc = self.class(class);
         let len = cc.len.get();
         if len >= cc.limit.get() {
@@ -216,10 +222,44 @@ impl ThreadCache {
         }
         let block = block.cast::<FreeBlock>();
         // SAFETY: the block is dead and at least 16 bytes; it joins our list.
-        unsafe { ptr::addr_of_mut!((*block).next).write(cc.head.get()) };
+        unsafe { P::set_next(block, cc.head.get()) };
         cc.head.set(block);
         cc.len.set(len + 1);
         self.stats.on_free(block_size(class));
+    }
+
+    /// [`ThreadCache::alloc`] in the mode of class index `class` (the slow
+    /// paths' retry).
+    pub fn alloc_any(&self, class: usize) -> *mut u8 {
+        if is_hardened(class) {
+            self.alloc::<Hardened>(class)
+        } else {
+            self.alloc::<Fast>(class)
+        }
+    }
+
+    /// [`ThreadCache::alloc_zeroed`] in the mode of class index `class`.
+    pub fn alloc_zeroed_any(&self, class: usize, size: usize) -> *mut u8 {
+        if is_hardened(class) {
+            self.alloc_zeroed::<Hardened>(class, size)
+        } else {
+            self.alloc_zeroed::<Fast>(class, size)
+        }
+    }
+
+    /// [`ThreadCache::free`] in the mode of class index `class`.
+    ///
+    /// # Safety
+    /// As for [`ThreadCache::free`].
+    pub unsafe fn free_any(&self, block: *mut u8, class: usize) {
+        // SAFETY: forwarded caller guarantee.
+        unsafe {
+            if is_hardened(class) {
+                self.free::<Hardened>(block, class)
+            } else {
+                self.free::<Fast>(block, class)
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! stores. `trim` is the explicit way back:
 //!
 //! 1. the calling thread flushes its own cache to the depots;
-//! 2. under the chunk lock, every depot is emptied at once;
+//! 2. under each mode's chunk lock in turn, every depot of the mode is emptied at once;
 //! 3. every block taken is walked to count the free blocks of its chunk
 //!    (in the segment header's scratch counters), plus the blocks of the
 //!    abandoned regions;
@@ -33,33 +33,44 @@ use core::ptr;
 use heapkit_core::large;
 use heapkit_core::size_class::CLASS_COUNT;
 
-use crate::class::{batch, block_size, CHUNK_BLOCKS};
+use crate::class::{batch, block_size, CHUNK_BLOCKS, HARDENED_BASE};
 use crate::depot::{depot, for_each_taken_block, for_each_taken_region, FreeBlock};
-use crate::segment::{chunk_of, CHUNKS};
+use crate::mode;
+use crate::segment::{chunk_of, chunks_of};
 use crate::slow::flush_all;
 use crate::thread_cache::{self, EXITED};
 
-/// Releases every entirely free chunk; returns the bytes released.
+/// Releases every entirely free chunk of both modes; returns the bytes
+/// released.
 pub fn trim() -> usize {
     let t = thread_cache::bound();
     if t.state.get() != EXITED {
         flush_all(t);
     }
-    let mut chunks = CHUNKS.lock();
+    let released = trim_mode(0) + trim_mode(HARDENED_BASE);
+    let _ = large::trim(false);
+    released
+}
+
+/// Steps 2 to 5 for the classes `base..base + CLASS_COUNT` (one mode),
+/// under that mode's chunk lock.
+fn trim_mode(base: usize) -> usize {
+    let mut chunks = chunks_of(base).lock();
     let mut batches = [ptr::null_mut::<FreeBlock>(); CLASS_COUNT];
     let mut regions = [ptr::null_mut::<u8>(); CLASS_COUNT];
-    for class in 0..CLASS_COUNT {
-        let taken = depot(class).take_all();
-        batches[class] = taken.batches;
-        regions[class] = taken.regions;
+    for c in 0..CLASS_COUNT {
+        let taken = depot(base + c).take_all();
+        batches[c] = taken.batches;
+        regions[c] = taken.regions;
     }
     // Pass 1: count the free blocks of every chunk.
-    for (class, (&b, &r)) in batches.iter().zip(regions.iter()).enumerate() {
+    for (c, (&b, &r)) in batches.iter().zip(regions.iter()).enumerate() {
+        let class = base + c;
         let size = block_size(class);
-        // SAFETY: we own what take_all returned, and hold CHUNKS, which
+        // SAFETY: we own what take_all returned, and hold the mode's chunk lock, which
         // guards the trim counters of every segment.
         unsafe {
-            for_each_taken_block(b, |block| {
+            for_each_taken_block(b, class, |block| {
                 let (seg, first) = chunk_of(block.cast(), class);
                 (*seg).trim_count[first] += 1;
             });
@@ -70,7 +81,8 @@ pub fn trim() -> usize {
         }
     }
     // Pass 2: keep the blocks of partly used chunks, mark the others.
-    for (class, (&b, &r)) in batches.iter().zip(regions.iter()).enumerate() {
+    for (c, (&b, &r)) in batches.iter().zip(regions.iter()).enumerate() {
+        let class = base + c;
         let full = CHUNK_BLOCKS[class];
         let per_batch = batch(class);
         let d = depot(class);
@@ -80,13 +92,13 @@ pub fn trim() -> usize {
         // closure relinks it, and a kept batch is pushed only once all of
         // its blocks have been visited.
         unsafe {
-            for_each_taken_block(b, |block| {
+            for_each_taken_block(b, class, |block| {
                 let (seg, first) = chunk_of(block.cast(), class);
                 if (*seg).trim_count[first] == full {
                     (*seg).release |= 1 << first;
                     return;
                 }
-                (*block).next = head;
+                mode::set_next(block, head, class);
                 head = block;
                 len += 1;
                 if len == per_batch {
@@ -111,8 +123,5 @@ pub fn trim() -> usize {
             });
         }
     }
-    let released = chunks.release_marked();
-    drop(chunks);
-    let _ = large::trim(false);
-    released
+    chunks.release_marked()
 }

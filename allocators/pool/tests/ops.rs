@@ -106,9 +106,11 @@ fn randomized_ops_fill_and_verify() {
 }
 
 /// Every size maps to its class's usable size; realloc stays in place while
-/// the class still fits and at least half of it is used.
+/// the class still fits and at least half of it is used (the default mode:
+/// hardened, the usable size is the request).
 #[test]
 fn usable_size_is_the_class_and_realloc_stays_in_place() {
+    static POOL: Pool<heapkit_pool::Fast> = Pool::fast();
     for class in 0..CLASS_COUNT {
         let size = class_size(class);
         let layout = Layout::from_size_align(size, 16).unwrap();

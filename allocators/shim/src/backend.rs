@@ -18,8 +18,8 @@
 //! can run.
 //!
 //! `HEAPKIT_HARDEN=1` selects the hardened twin of the named backend
-//! (`sizeclass` and `slab` have one; asking it of another backend is
-//! refused with one line, like an unknown name).
+//! (`sizeclass`, `slab` and `pool` have one; asking it of another backend
+//! is refused with one line, like an unknown name).
 //!
 //! Adding a backend: a constant below, a line in [`BACKENDS`] and an arm in
 //! [`dispatch!`].
@@ -51,6 +51,8 @@ pub const MIMALLOC: u8 = 7;
 pub const SIZECLASS_HARDENED: u8 = 8;
 /// `slab` in hardened mode (`HEAPKIT_HARDEN=1`).
 pub const SLAB_HARDENED: u8 = 9;
+/// `pool` in hardened mode (`HEAPKIT_HARDEN=1`).
+pub const POOL_HARDENED: u8 = 10;
 
 /// Every accepted `HEAPKIT_ALLOC` value and its id, heapkit's own first.
 pub const BACKENDS: &[(&str, u8)] = &[
@@ -71,6 +73,7 @@ pub const DEFAULT: u8 = SIZECLASS;
 const HARDENED: &[(u8, u8, &str)] = &[
     (SIZECLASS, SIZECLASS_HARDENED, "sizeclass (hardened)"),
     (SLAB, SLAB_HARDENED, "slab (hardened)"),
+    (POOL, POOL_HARDENED, "pool (hardened)"),
 ];
 
 /// The heapkit allocators, as `const`-initialised statics (peers are unit
@@ -86,7 +89,10 @@ pub static SLAB_HEAP: heapkit_slab::Slab<heapkit_slab::Fast> = heapkit_slab::Sla
 pub static SLAB_HARDENED_HEAP: heapkit_slab::Slab<heapkit_slab::Hardened> =
     heapkit_slab::Slab::hardened();
 /// See [`SIZECLASS_HEAP`].
-pub static POOL_HEAP: heapkit_pool::Pool = heapkit_pool::Pool::new();
+pub static POOL_HEAP: heapkit_pool::Pool<heapkit_pool::Fast> = heapkit_pool::Pool::fast();
+/// See [`SIZECLASS_HEAP`].
+pub static POOL_HARDENED_HEAP: heapkit_pool::Pool<heapkit_pool::Hardened> =
+    heapkit_pool::Pool::hardened();
 /// See [`SIZECLASS_HEAP`].
 pub static BUMP_HEAP: heapkit_bump::Bump = heapkit_bump::Bump::new();
 
@@ -139,6 +145,10 @@ macro_rules! dispatch {
             }
             $crate::backend::POOL => {
                 let $a = &$crate::backend::POOL_HEAP;
+                $body
+            }
+            $crate::backend::POOL_HARDENED => {
+                let $a = &$crate::backend::POOL_HARDENED_HEAP;
                 $body
             }
             $crate::backend::BUMP => {
@@ -283,7 +293,7 @@ fn no_hardened_mode(id: u8) -> ! {
     let mut line = StackText::<256>::new();
     let _ = writeln!(
         line,
-        "heapkit: HEAPKIT_HARDEN=1: the {} backend has no hardened mode (sizeclass and slab have)",
+        "heapkit: HEAPKIT_HARDEN=1: the {} backend has no hardened mode (sizeclass, slab and pool have)",
         name(id)
     );
     os::write_stderr(line.as_bytes());

@@ -30,7 +30,7 @@
 //!   by this library's constructor, whichever runs first (the dynamic loader
 //!   allocates before constructors run). An unknown name prints the accepted
 //!   ones and exits with status 2. `HEAPKIT_HARDEN=1` picks the backend's
-//!   hardened mode (sizeclass, slab).
+//!   hardened mode (sizeclass, slab, pool).
 //! - [`system`], [`jemalloc`], [`mimalloc`]: the peers as
 //!   [`HeapAlloc`](heapkit_core::HeapAlloc) impls.
 //! - [`exit_report`]: `HEAPKIT_STATS=1` prints the backend's

@@ -876,9 +876,10 @@ fn misuse_outcome(case: &str, backend: &str) -> Outcome {
 }
 
 /// The backends with a hardened mode (`HEAPKIT_HARDEN=1`).
-const HARDENED_BACKENDS: [&str; 2] = ["sizeclass", "slab"];
+const HARDENED_BACKENDS: [&str; 3] = ["sizeclass", "slab", "pool"];
 
-/// The promises of hardened mode (`HEAPKIT_HARDEN=1`, sizeclass and slab):
+/// The promises of hardened mode (`HEAPKIT_HARDEN=1`, sizeclass, slab and
+/// pool):
 /// every case detected at the call that does it, or recovered from.
 fn hardened_outcome(case: &str) -> Outcome {
     match case {
@@ -992,7 +993,7 @@ fn misuse_default_mode() {
     each_backend(|b| check_misuse(&dir, &bin, b, false, |case| misuse_outcome(case, b)));
 }
 
-/// The same cases under `sizeclass` and `slab` with `HEAPKIT_HARDEN=1`:
+/// The same cases under `sizeclass`, `slab` and `pool` with `HEAPKIT_HARDEN=1`:
 /// every one detected (double and interior frees of every size, a forged
 /// free-list link, a one-byte overflow, a realloc of a freed block) or
 /// recovered.
@@ -1009,7 +1010,7 @@ fn misuse_hardened_mode() {
             .unwrap_or_else(|e| panic!("\n{backend}:\n{e}"));
     }
     for (backend, value, text) in [
-        ("pool", "1", "the pool backend has no hardened mode"),
+        ("bump", "1", "the bump backend has no hardened mode"),
         (
             "sizeclass",
             "maybe",

@@ -1,2 +1,2 @@
 //! Cell binary: see `heapkit_bench::cell_main!`.
-heapkit_bench::cell_main!(heapkit_pool::Pool = heapkit_pool::Pool::new());
+heapkit_bench::cell_main!(heapkit_pool::Pool<heapkit_pool::Fast> = heapkit_pool::Pool::fast());
