@@ -34,7 +34,7 @@ use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use heapkit_core::harden::{Fast, FreeMark, Hardened, Policy, Trailer};
 use heapkit_core::misuse::{self, Misuse};
 use heapkit_core::segment::{SegmentTag, REGIONS};
-use heapkit_core::size_class::{class_for, CLASS_COUNT};
+use heapkit_core::size_class::{class_for, CLASS_COUNT, DIVISORS};
 
 use crate::class::{block_size, chunk_bytes, is_hardened, CHUNK_BLOCKS, CLASSES, HARDENED_BASE};
 use crate::depot::FreeBlock;
@@ -291,7 +291,9 @@ mod checks {
         let size = block_size(class);
         // Chunks are aligned to their size.
         let off = p as usize & (chunk_bytes(class) - 1);
-        if !off.is_multiple_of(size) || off >= CHUNK_BLOCKS[class % CLASSES] as usize * size {
+        if off >= CHUNK_BLOCKS[class % CLASSES] as usize * size
+            || !DIVISORS[class - HARDENED_BASE].divides(off as u32)
+        {
             report(call, Misuse::InteriorPointer, p, size);
         }
         let key = link_key(p.cast());

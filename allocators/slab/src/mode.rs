@@ -32,7 +32,7 @@ use core::alloc::Layout;
 use heapkit_core::harden::{FreeMark, Hardened, Policy, Trailer};
 use heapkit_core::misuse::{self, Misuse};
 use heapkit_core::segment::{segment_of, SegmentTag};
-use heapkit_core::size_class::{class_for, CLASS_COUNT};
+use heapkit_core::size_class::{class_for, CLASS_COUNT, DIVISORS};
 
 use crate::segment::{self, SegmentHeader};
 use crate::slab::{layout, HARDENED_BASE};
@@ -199,7 +199,8 @@ mod checks {
         // byte names one), whose offset and objects are readable.
         unsafe {
             let off = segment::offset_in_slab(seg, p);
-            if !off.is_multiple_of(l.size) || off >= l.capacity as usize * l.size {
+            let class = c - HARDENED_BASE;
+            if off >= l.capacity as usize * l.size || !DIVISORS[class].divides(off as u32) {
                 report(call, Misuse::InteriorPointer, p, l.size);
             }
             let key = segment::key(seg);
