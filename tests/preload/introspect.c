@@ -56,7 +56,10 @@ int main(int argc, char **argv) {
     long rss_trimmed = rss_bytes();
     printf("rss: full %ld, freed %ld, after malloc_trim %ld (returned %d)\n", rss_full, rss_freed,
            rss_trimmed, trimmed);
-    if (trim && (rss_trimmed > rss_freed || rss_full - rss_trimmed < (long)usable / 2)) {
+    /* malloc_trim may fault in a few pages of its own (code run for the
+     * first time, metadata it walks): 64 KiB of slack, far below the 20 MB
+     * the program freed. */
+    if (trim && (rss_trimmed > rss_freed + (64 << 10) || rss_full - rss_trimmed < (long)usable / 2)) {
         printf("FAIL: freeing and malloc_trim(0) did not give the memory back\n");
         return 1;
     }

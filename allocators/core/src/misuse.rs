@@ -119,6 +119,23 @@ pub fn report(call: &str, what: Misuse, ptr: *const u8, context: &str) -> ! {
     os::abort()
 }
 
+/// [`report`] about a small block, with `<allocator>, <size>-byte class`
+/// as the context (`heapkit: free(): double free of 0x... (slab, 48-byte
+/// class)`).
+#[cold]
+#[inline(never)]
+pub fn report_in_class(
+    call: &str,
+    what: Misuse,
+    ptr: *const u8,
+    allocator: &str,
+    size: usize,
+) -> ! {
+    let mut context = Context::new();
+    let _ = write!(context, "{allocator}, {size}-byte class");
+    report(call, what, ptr, context.as_str())
+}
+
 /// The report line, newline included.
 fn format_line(call: &str, what: Misuse, ptr: *const u8, context: &str) -> Line {
     let mut line = Line {

@@ -384,12 +384,9 @@ fn invalid(call: &str, p: *mut u8) -> ! {
 #[cold]
 #[inline(never)]
 fn report(call: &str, what: Misuse, p: *mut u8, size: usize) -> ! {
-    use core::fmt::Write;
-    let mut context = misuse::Context::new();
     if size == 0 {
-        let _ = write!(context, "pool");
+        misuse::report(call, what, p, "pool")
     } else {
-        let _ = write!(context, "pool, {size}-byte class");
+        misuse::report_in_class(call, what, p, "pool", size)
     }
-    misuse::report(call, what, p, context.as_str())
 }

@@ -387,10 +387,7 @@ unsafe fn corrupted(page: *mut Page, block: *mut Block) -> ! {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn report_block(call: &str, what: Misuse, page: *mut Page, ptr: *mut u8) -> ! {
-    use core::fmt::Write;
     // SAFETY: page is mapped metadata.
     let size = unsafe { (*page).shared_size };
-    let mut context = heapkit_core::misuse::Context::new();
-    let _ = write!(context, "sizeclass, {size}-byte class");
-    misuse::report(call, what, ptr, context.as_str())
+    misuse::report_in_class(call, what, ptr, "sizeclass", size as usize)
 }

@@ -22,7 +22,7 @@
 //! ever held together.
 
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use heapkit_core::harden::{FreeMark, Hardened, Policy};
 use heapkit_core::lock::SpinLock;
@@ -119,6 +119,11 @@ pub struct Cache {
     /// of the slabs' `in_use`, written under the lock, read without it by
     /// [`Cache::in_use`] (a hint: the idle test of `slow::free`).
     in_use: AtomicUsize,
+    /// Set when the cache makes its first slab, never cleared: trim and
+    /// the purger skip the caches a program never used (most of them: one
+    /// per class and mode) without touching their locks, whose pages would
+    /// otherwise become resident on the first `malloc_trim`.
+    used: AtomicBool,
 }
 
 /// Slabs released at once after the lock is dropped (more wait for the next
@@ -155,7 +160,14 @@ impl Cache {
                 empty: List::new(),
             }),
             in_use: AtomicUsize::new(0),
+            used: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the cache ever made a slab (see the field).
+    #[inline]
+    pub fn was_used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
     }
 
     /// Objects of this cache handed out (live or sitting in magazines), as
@@ -195,6 +207,7 @@ impl Cache {
                 if s.is_null() {
                     break;
                 }
+                self.used.store(true, Ordering::Relaxed);
             }
             // SAFETY: s is a live slab of this cache with free objects (or
             // fresh, on no list), under the lock.
@@ -258,6 +271,9 @@ impl Cache {
     /// background purger) every one. The purges run outside the lock, a
     /// batch at a time.
     pub fn release_empty(&self, all: bool) {
+        if !self.was_used() {
+            return;
+        }
         loop {
             let mut batch = [ptr::null_mut::<SlabMeta>(); RELEASE_BATCH];
             let mut n = 0;

@@ -386,6 +386,10 @@ impl<P: Policy> Slab<P> {
     /// `malloc_trim`. Magazines of live threads are untouched.
     pub fn trim(&self) {
         for c in 0..slab::OBJECT_CACHES {
+            // A class never used has nothing in its depot.
+            if !heap::cache(c).was_used() {
+                continue;
+            }
             let s = heap::depot(c).take_all();
             // SAFETY: the surplus comes from depot(c).
             unsafe { heap::settle(c, s) };
@@ -479,11 +483,11 @@ unsafe impl<P: Policy> HeapAlloc for Slab<P> {
             (allocate_small(c), false)
         };
         if !p.is_null() {
-            // SAFETY: p is a fresh block of cache c, of at least
-            // layout.size() bytes plus the canary; the handout (which
-            // clears a carved object's free mark, so it reads as zero
-            // again) comes first, and the zeroing stops where the canary
-            // starts.
+            // The handout (which clears a carved object's seal, so it
+            // reads as zero again) comes first; the zeroing stops where
+            // the canary starts.
+            // SAFETY: p is a fresh block of cache c, of layout.size()
+            // bytes plus the canary.
             unsafe {
                 P::on_handout(p, c, layout.size());
                 if !zero {

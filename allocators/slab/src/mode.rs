@@ -274,8 +274,5 @@ fn invalid(call: &str, p: *mut u8) -> ! {
 #[cold]
 #[inline(never)]
 fn report(call: &str, what: Misuse, p: *mut u8, size: usize) -> ! {
-    use core::fmt::Write;
-    let mut context = misuse::Context::new();
-    let _ = write!(context, "slab, {size}-byte class");
-    misuse::report(call, what, p, context.as_str())
+    misuse::report_in_class(call, what, p, "slab", size)
 }

@@ -71,7 +71,7 @@ pub(crate) fn round() {
 fn give_back_idle() {
     for c in 0..OBJECT_CACHES {
         let depot = heap::depot(c);
-        if depot.full_count() > 0 {
+        if heap::cache(c).was_used() && depot.full_count() > 0 {
             // SAFETY: the surplus comes from depot(c).
             unsafe { heap::settle(c, depot.take_all()) };
         }

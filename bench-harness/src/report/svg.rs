@@ -109,6 +109,10 @@ pub fn colour_of(name: &str) -> RGBColor {
         "slab" => RGBColor(39, 174, 96),
         "pool" => RGBColor(22, 160, 170),
         "bump" => RGBColor(150, 110, 60),
+        // A hardened mode: a light shade of its allocator's colour.
+        "sizeclass_hardened" => RGBColor(140, 175, 235),
+        "slab_hardened" => RGBColor(150, 220, 175),
+        "pool_hardened" => RGBColor(140, 215, 220),
         other => {
             let h = other
                 .bytes()
