@@ -998,7 +998,9 @@ impl ThreadBuf {
         self.rng ^= self.rng << 17;
         // u in (0, 1]
         let u = ((self.rng >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        (-u.ln() * rate as f64).min(i64::MAX as f64 / 2.0) as i64 + 1
+        // libm's log, not f64::ln: std's calls libm.so, whose pages every
+        // process under libheapkit.so would then carry.
+        (-libm::log(u) * rate as f64).min(i64::MAX as f64 / 2.0) as i64 + 1
     }
 
     /// Profiles: decides whether the allocation of `size` bytes at `ptr`
@@ -1016,9 +1018,10 @@ impl ThreadBuf {
                 return false;
             }
             // The sampled block stands for size / P(sampled), with
-            // P = 1 - exp(-size / rate).
+            // P = 1 - exp(-size / rate) (as -expm1, exact for small sizes;
+            // libm's, see next_interval).
             let rate = RATE.load(Ordering::Relaxed) as f64;
-            let p = 1.0 - (-(size as f64) / rate).exp();
+            let p = -libm::expm1(-(size as f64) / rate);
             (size as f64 / p.max(1e-12)) as u64
         } else {
             size as u64
