@@ -110,8 +110,9 @@ pub struct SlabMeta {
     pub chunks: u8,
     /// Which cache list the slab is on.
     pub list: SlabList,
-    /// The hardened mode's key (its segment's), or 0 in the default mode:
-    /// links are stored plain and carved objects are not marked.
+    /// The hardened mode's key (its segment's, copied at creation so the
+    /// slab's methods read no header), or 0 in the default mode: links are
+    /// stored plain and carved objects are not marked.
     pub key: usize,
 }
 
