@@ -237,6 +237,12 @@ impl ThreadStats {
         allocs >= Self::FLUSH_OPS
     }
 
+    /// Allocations counted since the last flush (a flush clears it).
+    #[inline]
+    pub fn pending_allocs(&self) -> u64 {
+        self.allocs.get()
+    }
+
     /// Counts one free of `bytes` usable bytes (no flush: a thread that only
     /// frees is flushed by its slow paths and at exit).
     #[inline(always)]

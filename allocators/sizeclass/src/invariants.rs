@@ -117,6 +117,9 @@ unsafe fn check_page<P: Mode>(p: *mut Page) -> Result<(), &'static str> {
         if cap > (*p).reserved as usize || (*p).reserved as usize > 64 * 64 {
             return Err("capacity out of range");
         }
+        if (*p).dirty_end > (*p).reserved {
+            return Err("dirty tail past the page's blocks");
+        }
         let mut count = 0usize;
         for head in [(*p).free, (*p).local_free] {
             let mut b: *mut Block = head;

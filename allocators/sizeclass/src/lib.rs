@@ -93,6 +93,8 @@
 #[cfg(not(loom))]
 mod alloc_impl;
 #[cfg(not(loom))]
+mod carve;
+#[cfg(not(loom))]
 mod heap;
 #[cfg(all(not(loom), any(test, feature = "debug-invariants")))]
 mod invariants;

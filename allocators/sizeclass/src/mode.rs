@@ -46,6 +46,12 @@ pub(crate) trait Mode: Policy {
     const TAG: SegmentTag;
     /// Inaccessible bytes at the end of each segment.
     const GUARD_BYTES: usize;
+    /// An emptied medium or big page that stays its class's page gives
+    /// its carved blocks back as a purgeable dirty tail
+    /// ([`Page::reset_carve`]). Not in hardened mode: a free block there
+    /// keeps its free mark, which a purge would erase, and a double free
+    /// of a block in a purged tail would then go unseen.
+    const RECARVE_EMPTY: bool;
 
     /// The calling thread's heap of this mode, possibly the never-written
     /// sentinel (fast paths only read it).
@@ -130,6 +136,7 @@ impl<P: Policy> Mode for P {
         SegmentTag::SIZECLASS
     };
     const GUARD_BYTES: usize = if P::GUARD_PAGES { 4096 } else { 0 };
+    const RECARVE_EMPTY: bool = !P::BLOCK_STATE;
 
     #[inline(always)]
     fn heap() -> *mut Heap {

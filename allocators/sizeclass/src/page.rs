@@ -12,7 +12,10 @@
 //! Blocks are carved lazily: `capacity` blocks exist (are on a list or
 //! handed out) out of `reserved`, and [`Page::extend`] carves one OS page
 //! worth more when the lists run dry, so a fresh page costs no memory it
-//! does not use.
+//! does not use. An emptied page that stays its class's page gives its
+//! carved blocks but the first few back to the uncarved part as a *dirty
+//! tail* ([`Page::reset_carve`]), which a purger may purge under the heap's
+//! lock even while the owner allocates from the page.
 //!
 //! Invariant (checked by `check_invariants`): `|free| + |local_free| +
 //! |thread_free| + (blocks live in the program) == capacity`, `used` counts
@@ -47,13 +50,6 @@ pub(crate) enum PageState {
 /// free tests "the page is now empty, or was full" with one compare of the
 /// count it just decremented (mimalloc folds its page flags the same way).
 pub(crate) const FULL_FLAG: u32 = 1 << 31;
-
-/// How many bytes of blocks [`Page::extend`] carves at once...
-const EXTEND_BYTES: usize = 4096;
-/// ...but never fewer blocks than this (while the page has room): with one
-/// block per OS page (classes of 4 KiB and up), carving one at a time sent
-/// every fresh block through the allocation slow path.
-const EXTEND_MIN_BLOCKS: usize = 4;
 
 /// Page metadata; lives in its segment's header.
 ///
@@ -106,12 +102,26 @@ pub(crate) struct Page {
     pub shared_size: u32,
     /// Index of this page in its segment.
     pub index: u32,
-    /// When the page became free (monotonic ns), for decay.
+    /// When the page became free, or (a queued page) when
+    /// [`Page::reset_carve`] last left it a dirty tail (monotonic ns), for
+    /// decay.
     pub freed_at_ns: u64,
     /// The page was kept empty as its class's only page and its bytes are
     /// counted in the heap's `idle_bytes` (owner only; cleared when the
     /// page is freed or the heap purges).
     pub retained: bool,
+    /// Blocks `capacity..dirty_end` are the page's *dirty tail*: carved
+    /// once, given back to the uncarved part by [`Page::reset_carve`], on
+    /// no list and still resident until [`Page::purge_tail`]. No tail when
+    /// `dirty_end <= capacity`. Written with the heap's lock held (the
+    /// owner's slow paths or a purger), never by a fast path, so a purger
+    /// may purge the tail of a page its owner keeps allocating from.
+    pub dirty_end: u32,
+    /// The owner's count of allocations (`ThreadStats::pending_allocs`)
+    /// when it last took this page's blocks back after a park: how its
+    /// slow path tells a loop that empties the page every few allocations
+    /// (reset it) from rounds that use it whole (park it again).
+    pub unparked_allocs: u32,
     /// See `next` (slow paths only, so out of the owner's line).
     pub prev: *mut Page,
     /// `key`, for remote freers.
@@ -142,6 +152,8 @@ impl Page {
             prev: ptr::null_mut(),
             freed_at_ns: 0,
             retained: false,
+            dirty_end: 0,
+            unparked_allocs: 0,
             key: 0,
             thread_free: ThreadFree::new(),
             shared_size: 0,
@@ -176,6 +188,12 @@ impl Page {
             (*page).dirty = true;
             (*page).capacity = 0;
             (*page).reserved = (span / stride) as u32;
+            (*page).dirty_end = 0;
+            (*page).unparked_allocs = 0;
+            // A page freed outside its heap (thread exit, an abandoned
+            // segment tidied) may keep a stale flag: its segment can come
+            // back as another kind, where it means nothing.
+            (*page).retained = false;
             (*page).stride = stride as u32;
             (*page).start = start;
             (*page).next = ptr::null_mut();
@@ -342,35 +360,6 @@ impl Page {
             let used = (*page).used.load(Relaxed);
             (*page).used.store(used - n, Relaxed);
             true
-        }
-    }
-
-    /// Carves one OS page of fresh blocks (at least [`EXTEND_MIN_BLOCKS`])
-    /// onto the empty `free` list.
-    ///
-    /// # Safety
-    /// The caller must own `page`, with `free` empty and
-    /// `capacity < reserved`.
-    unsafe fn extend<P: Mode>(page: *mut Page) {
-        // SAFETY: blocks capacity..capacity+n lie inside the page's span
-        // (n <= reserved - capacity) and were never handed out.
-        unsafe {
-            let size = (*page).stride as usize;
-            let room = ((*page).reserved - (*page).capacity) as usize;
-            let n = (EXTEND_BYTES / size).max(EXTEND_MIN_BLOCKS).min(room);
-            debug_assert!(n >= 1);
-            let first = (*page).start.add((*page).capacity as usize * size);
-            let mut b = first;
-            for _ in 1..n {
-                let next = b.add(size);
-                Self::link::<P>(page, b.cast(), next.cast());
-                P::mark_free(b, (*page).key);
-                b = next;
-            }
-            Self::link::<P>(page, b.cast(), ptr::null_mut());
-            P::mark_free(b, (*page).key);
-            (*page).free = first.cast();
-            (*page).capacity += n as u32;
         }
     }
 

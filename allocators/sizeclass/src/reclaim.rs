@@ -200,7 +200,7 @@ unsafe fn visit<P: Mode>(list: &HeapList, skip: *mut Heap, decay: bool) {
 /// With `idle`: retires and purges every page of `h` (not current) whose
 /// blocks have all been freed by other threads, or that is empty (a page
 /// kept for its class while its owner sleeps). With `decay`: purges free
-/// pages older than the purge delay. Releases emptied segments (all but
+/// pages and dirty tails (`Page::reset_carve`) older than the purge delay. Releases emptied segments (all but
 /// the last of a kind, as the owner would).
 ///
 /// # Safety
@@ -230,6 +230,28 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
                             h.idle_bytes = h.idle_bytes.saturating_sub(len);
                         }
                         continue;
+                    }
+                    if decay
+                        && (*page).state == PageState::Queued
+                        && Page::has_dirty_tail(page)
+                        && now.saturating_sub((*page).freed_at_ns) >= delay
+                    {
+                        // Even the current page's: no fast path touches
+                        // the tail, and carving it again needs the lock.
+                        Page::purge_tail(seg, page);
+                    }
+                    if P::RECARVE_EMPTY
+                        && idle
+                        && (*page).state == PageState::Queued
+                        && h.current[(*page).class as usize] == page
+                        && Page::is_parked(page)
+                    {
+                        // The sleeping owner's current page, emptied and
+                        // parked: no fast path touches it, and its owner's
+                        // slow paths wait for the lock we hold.
+                        let keep = Page::keep_on_reset((*page).stride as usize, (*seg).kind);
+                        Page::reset_carve::<P>(page, keep, now);
+                        Page::purge_tail(seg, page);
                     }
                     if !idle || h.current[(*page).class as usize] == page {
                         continue;
@@ -352,5 +374,82 @@ mod tests {
             left.len(),
             segs.len()
         );
+    }
+
+    /// A thread fills a small page, frees every block and sleeps: the
+    /// page stays its class's current page, keeps one carving's worth of
+    /// blocks, and the purger's round purges the rest (its dirty tail)
+    /// while the thread sleeps; the thread then allocates from the page
+    /// again, and blocks carved anew do not overlap the ones kept.
+    #[test]
+    fn the_purger_purges_the_tail_of_a_sleeping_threads_current_page() {
+        use std::sync::mpsc::channel;
+        const SIZE: usize = 1000;
+        const N: usize = 48;
+        let layout = Layout::from_size_align(SIZE, 8).unwrap();
+        let (to_main, from_thread) = channel::<(usize, usize)>();
+        let (to_thread, from_main) = channel::<()>();
+        let t = std::thread::spawn(move || {
+            let a = SizeClass::new();
+            let blocks: Vec<usize> = (0..N).map(|_| a.allocate(layout) as usize).collect();
+            let page = {
+                let p = blocks[0] as *mut u8;
+                // SAFETY: a live block of ours: its segment and page are mapped.
+                unsafe { Segment::page_of(segment_of(p).cast(), p) as usize }
+            };
+            for &b in &blocks {
+                // SAFETY: live blocks of SIZE bytes, each freed once below.
+                unsafe { (b as *mut u8).write_bytes(0xAB, SIZE) };
+            }
+            for &b in &blocks {
+                // SAFETY: freed once.
+                unsafe { a.free(b as *mut u8) };
+            }
+            let last = *blocks.iter().max().unwrap();
+            to_main.send((page, last)).unwrap();
+            from_main.recv().unwrap();
+            // Awake again: the page serves the class as before.
+            let again: Vec<usize> = (0..N).map(|_| a.allocate(layout) as usize).collect();
+            let mut sorted = again.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), N, "a block handed out twice");
+            for &b in &again {
+                // SAFETY: live blocks of SIZE bytes, freed once below.
+                unsafe { (b as *mut u8).write_bytes(0x5A, SIZE) };
+            }
+            for &b in &again {
+                // SAFETY: as above.
+                unsafe { assert_eq!(*(b as *const u8).add(SIZE - 1), 0x5A) };
+                // SAFETY: freed once.
+                unsafe { a.free(b as *mut u8) };
+            }
+        });
+        let (page, last) = from_thread.recv().unwrap();
+        let page = page as *mut Page;
+        // Two rounds: the first sees the heap, the second finds it idle.
+        purge_round::<Fast>();
+        std::thread::sleep(std::time::Duration::from_nanos(2 * IDLE_NS));
+        purge_round::<Fast>();
+        // SAFETY: the page's thread sleeps on the channel; its segment stays
+        // mapped (a page in use); the block read is inside the segment.
+        unsafe {
+            assert_eq!((*page).state, PageState::Queued);
+            assert_eq!(Page::in_use(page), 0);
+            let keep = Page::keep_on_reset((*page).stride as usize, 0);
+            assert_eq!(
+                (*page).capacity,
+                keep,
+                "the emptied page kept all its blocks"
+            );
+            assert!(!Page::has_dirty_tail(page), "the tail was not purged");
+            assert_eq!(
+                *(last as *const u8).add(SIZE - 1),
+                0,
+                "the last block's bytes are still resident"
+            );
+        }
+        to_thread.send(()).unwrap();
+        t.join().unwrap();
     }
 }

@@ -110,7 +110,11 @@ fn find_page<P: Mode>(h: &mut Heap, class: usize) -> bool {
         while !page.is_null() {
             // SAFETY: pages on our queues are ours.
             unsafe {
+                let parked = Page::is_parked(page);
                 Page::collect::<P>(page);
+                if parked {
+                    (*page).unparked_allocs = h.stats.pending_allocs() as u32;
+                }
                 if !(*page).free.is_null() {
                     h.current[class] = page;
                     return true;
@@ -301,10 +305,13 @@ pub(crate) unsafe fn page_freed<P: Mode>(h: *mut Heap, page: *mut Page) {
             && (*page).state == PageState::Queued
             && (*page).retained
             && Page::in_use(page) == 0
+            && (!P::RECARVE_EMPTY
+                || (*page).capacity <= Page::keep_on_reset((*page).stride as usize, 0))
         {
-            // The class's only page, emptied again and already counted as
-            // idle: nothing to do, and no lock to take (the common case of
-            // an allocate/free loop).
+            // The class's only page, emptied again, already counted as
+            // idle and with no more blocks carved than a reset keeps:
+            // nothing to do, and no lock to take (the common case of an
+            // allocate/free loop).
             return;
         }
     }
@@ -352,10 +359,11 @@ unsafe fn page_freed_locked<P: Mode>(h: &mut Heap, page: *mut Page) {
             // exit. Only small pages count as idle: a lone medium or big
             // page alone would pass the budget, and purging it on every
             // empty made programs that cycle big blocks re-fault (large:
-            // +7% faults, +10% time). (The current page stays out of the
-            // background purger's reach while its thread sleeps; making it
-            // non-current so the purger could retire it cost a slow path
-            // per allocation: hk-stress 1.2x.)
+            // +7% faults, +10% time). The class's current page is parked
+            // or reset instead (`empty_page_kept`), so that the purger can
+            // reach it while its thread sleeps (making every emptied page
+            // non-current cost a slow path per allocation: hk-stress 1.2x).
+            crate::purge::empty_page_kept::<P>(h, page);
             if !(*page).retained && (*seg).kind == 0 {
                 (*page).retained = true;
                 h.idle_bytes += 1 << (*seg).page_shift;

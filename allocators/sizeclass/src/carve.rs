@@ -1,0 +1,211 @@
+//! How a page carves its blocks and gives them back.
+//!
+//! A page's blocks are carved lazily ([`Page::extend`], one OS page worth
+//! at a time, from the allocation slow path), so a fresh page costs only
+//! the memory it hands out. The reverse matters when a page empties but
+//! stays its class's page: its carved blocks are all free, resident, and
+//! on lists its owner's fast paths pop without a lock, so no other thread
+//! may purge them. Two moves make them purgeable (see
+//! `purge::empty_page_kept` for when each is used):
+//!
+//! - [`Page::park`]: the free blocks move to `local_free`, where no fast
+//!   path looks; the owner's next allocation from the page takes the slow
+//!   path, under the heap's lock, and moves them back.
+//! - [`Page::reset_carve`]: the page keeps its first blocks and gives the
+//!   others back to its uncarved part as a *dirty tail*
+//!   (`Page::dirty_end`), which [`Page::purge_tail`] purges under the
+//!   heap's lock (the decay, the reclaimer, the background purger), since
+//!   only a slow path carves.
+
+use core::ptr;
+
+use crate::mode::Mode;
+use crate::page::Page;
+use crate::segment::Segment;
+
+/// How many bytes of blocks [`Page::extend`] carves at once...
+const EXTEND_BYTES: usize = 4096;
+/// ...but never fewer blocks than this (while the page has room): with one
+/// block per OS page (classes of 4 KiB and up), carving one at a time sent
+/// every fresh block through the allocation slow path.
+const EXTEND_MIN_BLOCKS: usize = 4;
+
+impl Page {
+    /// How many blocks [`Page::reset_carve`] keeps carved in a page of
+    /// segment kind `kind`: one carving's worth ([`Page::extend`]) for a
+    /// small page, so that a loop that never holds more than that many
+    /// blocks of the class at once keeps them; one block (8 KiB and up)
+    /// for the others.
+    #[inline]
+    pub(crate) fn keep_on_reset(stride: usize, kind: u32) -> u32 {
+        if kind == 0 {
+            (EXTEND_BYTES / stride).max(EXTEND_MIN_BLOCKS) as u32
+        } else {
+            1
+        }
+    }
+
+    /// Parks an empty page: its free blocks move from `free` to
+    /// `local_free`, so the owner's next allocation from it takes the slow
+    /// path (which moves them back, under the heap's lock). While a page is
+    /// parked ([`Page::is_parked`]) no fast path reads or writes it, and a
+    /// purger holding the heap's lock may [`Page::reset_carve`] it even if
+    /// it is its class's current page.
+    ///
+    /// # Safety
+    /// The caller must own `page`, hold its heap's lock, and the page must
+    /// have no block in use.
+    pub(crate) unsafe fn park<P: Mode>(page: *mut Page) {
+        // SAFETY: caller guarantee: the lists are the owner's, and with no
+        // block in use no one else pushes to them.
+        unsafe {
+            debug_assert_eq!(Self::in_use(page), 0);
+            let free = (*page).free;
+            if free.is_null() {
+                return;
+            }
+            let local = (*page).local_free;
+            if local.is_null() {
+                (*page).local_free = free;
+            } else {
+                // Rare (remote frees collected, then local ones): append
+                // `free` after `local_free`'s last block.
+                let mut tail = local;
+                loop {
+                    let next = Self::next_free::<P>(page, tail);
+                    if next.is_null() {
+                        break;
+                    }
+                    tail = next;
+                }
+                Self::link::<P>(page, tail, free);
+            }
+            (*page).free = ptr::null_mut();
+        }
+    }
+
+    /// True when the page is parked: nothing in use, every carved block on
+    /// `local_free`, `free` empty.
+    ///
+    /// # Safety
+    /// `page` must be an in-use page, read with its heap's lock held.
+    #[inline]
+    pub(crate) unsafe fn is_parked(page: *const Page) -> bool {
+        // SAFETY: caller guarantee.
+        unsafe {
+            (*page).free.is_null() && !(*page).local_free.is_null() && Self::in_use(page) == 0
+        }
+    }
+
+    /// Gives the carved blocks of an empty page from block `keep` on back
+    /// to its uncarved part, as its dirty tail (see `dirty_end`), which a
+    /// purger may then purge ([`Page::purge_tail`]) while the page stays
+    /// its class's current page. Blocks `0..keep` become `local_free`, in
+    /// address order, and `free` is left empty, so the page stays parked
+    /// until its owner's next allocation from it (a slow path) takes them
+    /// and carves the others again ([`Page::extend`]). Nothing to do when
+    /// at most `keep` blocks are carved.
+    ///
+    /// # Safety
+    /// The caller must hold the lock of the heap that owns `page`; the page
+    /// must have no block in use, and either be parked or the caller be its
+    /// owner; `keep >= 1`.
+    pub(crate) unsafe fn reset_carve<P: Mode>(page: *mut Page, keep: u32, now: u64) {
+        // SAFETY: caller guarantee: with nothing in use, blocks 0..keep
+        // (carved, as capacity > keep) are free; the owner's fast paths do
+        // not touch a parked page, and its slow paths wait for the lock.
+        unsafe {
+            debug_assert_eq!(Self::in_use(page), 0);
+            debug_assert!(keep >= 1);
+            if (*page).capacity <= keep {
+                return;
+            }
+            (*page).dirty_end = (*page).dirty_end.max((*page).capacity);
+            let stride = (*page).stride as usize;
+            let first = (*page).start;
+            let mut b = first;
+            for _ in 1..keep {
+                let next = b.add(stride);
+                Self::link::<P>(page, b.cast(), next.cast());
+                P::mark_free(b, (*page).key);
+                b = next;
+            }
+            Self::link::<P>(page, b.cast(), ptr::null_mut());
+            P::mark_free(b, (*page).key);
+            (*page).free = ptr::null_mut();
+            (*page).local_free = first.cast();
+            (*page).capacity = keep;
+            (*page).is_zero = false;
+            (*page).freed_at_ns = now;
+        }
+    }
+
+    /// True when the page has a dirty tail (see `dirty_end`).
+    ///
+    /// # Safety
+    /// `page` must be metadata of a mapped segment, read with the heap's
+    /// lock held.
+    #[inline]
+    pub(crate) unsafe fn has_dirty_tail(page: *const Page) -> bool {
+        // SAFETY: caller guarantee.
+        unsafe { (*page).dirty_end > (*page).capacity }
+    }
+
+    /// Purges the page's dirty tail (the OS pages wholly past block
+    /// `capacity - 1`); returns the bytes purged.
+    ///
+    /// # Safety
+    /// The caller must hold the lock of the heap that owns `page` (in use,
+    /// in segment `seg`): no one carves meanwhile.
+    pub(crate) unsafe fn purge_tail(seg: *mut Segment, page: *mut Page) -> usize {
+        // SAFETY: caller guarantee: blocks capacity..dirty_end are on no
+        // list and handed to no one, and the range stays inside the page's
+        // span (its end is the span's, clamped).
+        unsafe {
+            let os_page = heapkit_core::os::page_size();
+            let stride = (*page).stride as usize;
+            let (span, len) = Segment::purgeable(seg, (*page).index as usize);
+            let span_end = span as usize + len;
+            let start = (*page).start as usize;
+            let from = (start + (*page).capacity as usize * stride).next_multiple_of(os_page);
+            let to = (start + (*page).dirty_end as usize * stride)
+                .next_multiple_of(os_page)
+                .min(span_end);
+            (*page).dirty_end = (*page).capacity;
+            if to <= from {
+                return 0;
+            }
+            heapkit_core::os::purge(from as *mut u8, to - from);
+            to - from
+        }
+    }
+
+    /// Carves one OS page of fresh blocks (at least [`EXTEND_MIN_BLOCKS`])
+    /// onto the empty `free` list.
+    ///
+    /// # Safety
+    /// The caller must own `page`, with `free` empty and
+    /// `capacity < reserved`.
+    pub(crate) unsafe fn extend<P: Mode>(page: *mut Page) {
+        // SAFETY: blocks capacity..capacity+n lie inside the page's span
+        // (n <= reserved - capacity) and were never handed out.
+        unsafe {
+            let size = (*page).stride as usize;
+            let room = ((*page).reserved - (*page).capacity) as usize;
+            let n = (EXTEND_BYTES / size).max(EXTEND_MIN_BLOCKS).min(room);
+            debug_assert!(n >= 1);
+            let first = (*page).start.add((*page).capacity as usize * size);
+            let mut b = first;
+            for _ in 1..n {
+                let next = b.add(size);
+                Self::link::<P>(page, b.cast(), next.cast());
+                P::mark_free(b, (*page).key);
+                b = next;
+            }
+            Self::link::<P>(page, b.cast(), ptr::null_mut());
+            P::mark_free(b, (*page).key);
+            (*page).free = first.cast();
+            (*page).capacity += n as u32;
+        }
+    }
+}
