@@ -21,6 +21,7 @@ use core::ptr;
 
 use crate::mode::Mode;
 use crate::page::Page;
+use crate::remote::Block;
 use crate::segment::Segment;
 
 /// How many bytes of blocks [`Page::extend`] carves at once...
@@ -121,19 +122,8 @@ impl Page {
                 return;
             }
             (*page).dirty_end = (*page).dirty_end.max((*page).capacity);
-            let stride = (*page).stride as usize;
-            let first = (*page).start;
-            let mut b = first;
-            for _ in 1..keep {
-                let next = b.add(stride);
-                Self::link::<P>(page, b.cast(), next.cast());
-                P::mark_free(b, (*page).key);
-                b = next;
-            }
-            Self::link::<P>(page, b.cast(), ptr::null_mut());
-            P::mark_free(b, (*page).key);
             (*page).free = ptr::null_mut();
-            (*page).local_free = first.cast();
+            (*page).local_free = Self::link_run::<P>(page, 0, keep as usize);
             (*page).capacity = keep;
             (*page).is_zero = false;
             (*page).freed_at_ns = now;
@@ -194,18 +184,32 @@ impl Page {
             let room = ((*page).reserved - (*page).capacity) as usize;
             let n = (EXTEND_BYTES / size).max(EXTEND_MIN_BLOCKS).min(room);
             debug_assert!(n >= 1);
-            let first = (*page).start.add((*page).capacity as usize * size);
+            (*page).free = Self::link_run::<P>(page, (*page).capacity as usize, n);
+            (*page).capacity += n as u32;
+        }
+    }
+
+    /// Links blocks `from..from + n` of the page into a list in address
+    /// order, each with its free mark; returns its head.
+    ///
+    /// # Safety
+    /// The caller must own `page` and blocks `from..from + n` (inside the
+    /// page's span, on no list, handed to no one); `n >= 1`.
+    unsafe fn link_run<P: Mode>(page: *mut Page, from: usize, n: usize) -> *mut Block {
+        // SAFETY: caller guarantee: every block written lies in the span.
+        unsafe {
+            let stride = (*page).stride as usize;
+            let first = (*page).start.add(from * stride);
             let mut b = first;
             for _ in 1..n {
-                let next = b.add(size);
+                let next = b.add(stride);
                 Self::link::<P>(page, b.cast(), next.cast());
                 P::mark_free(b, (*page).key);
                 b = next;
             }
             Self::link::<P>(page, b.cast(), ptr::null_mut());
             P::mark_free(b, (*page).key);
-            (*page).free = first.cast();
-            (*page).capacity += n as u32;
+            first.cast()
         }
     }
 }

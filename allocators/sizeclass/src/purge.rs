@@ -222,8 +222,9 @@ pub(crate) unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
 
 /// Decay: purges free pages and the dirty tails of queued pages (see
 /// `Page::reset_carve`) older than the purge delay ([`purge_delay_ns`])
-/// (all of them if `all`) and re-queues full pages with remote frees a lost notification
-/// left behind. Runs at most every half delay unless `all`.
+/// (all of them if `all`) and re-queues full pages with remote frees a
+/// lost notification left behind. Runs at most every half delay unless
+/// `all`.
 pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
     let now = os::monotonic_ns();
     if !all && now < h.next_sweep_ns {

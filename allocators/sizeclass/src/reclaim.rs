@@ -199,9 +199,11 @@ unsafe fn visit<P: Mode>(list: &HeapList, skip: *mut Heap, decay: bool) {
 
 /// With `idle`: retires and purges every page of `h` (not current) whose
 /// blocks have all been freed by other threads, or that is empty (a page
-/// kept for its class while its owner sleeps). With `decay`: purges free
-/// pages and dirty tails (`Page::reset_carve`) older than the purge delay. Releases emptied segments (all but
-/// the last of a kind, as the owner would).
+/// kept for its class while its owner sleeps), and resets and purges its
+/// current pages that its own frees emptied and parked (`Page::park`).
+/// With `decay`: purges free pages and dirty tails (`Page::reset_carve`)
+/// older than the purge delay. Releases emptied segments (all but the
+/// last of a kind, as the owner would).
 ///
 /// # Safety
 /// The caller holds `h.lock` (and the registry lock), and `h` is of mode
