@@ -163,6 +163,12 @@ fn leaks_are_found_by_function_exactly_and_sampled() {
             "{name}: {stdout}"
         );
         assert!(stdout.contains("4096 blocks"), "{stdout}");
+        // What the program frees (blocks grown by realloc included) is not
+        // reported as leaked.
+        assert!(
+            !stdout.contains("allocate_and_free") && !stdout.contains("grow_and_free"),
+            "{stdout}"
+        );
         let report = dir.join(format!("out/every-{name}"));
         let md = std::fs::read_to_string(report.join("REPORT.md")).unwrap();
         assert!(md.contains(LEAK_FN) && md.contains("leak.c"), "{md}");
@@ -215,6 +221,12 @@ fn leaks_are_found_by_function_exactly_and_sampled() {
         assert!(
             (got / want - 1.0).abs() < 0.25,
             "{name}: estimated {got} of {want}: {stdout}"
+        );
+        // The sampled blocks that were freed (by free, or by the realloc
+        // that grew them) were seen to be freed.
+        assert!(
+            !stdout.contains("allocate_and_free") && !stdout.contains("grow_and_free"),
+            "{stdout}"
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

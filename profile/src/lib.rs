@@ -15,7 +15,7 @@
 //!
 //! **What it costs.** Without `HEAPKIT_PROFILE`, one relaxed load per call
 //! more than the wrapped allocator. Sampled, a byte countdown per
-//! allocation and, for a free, one load from a 4 KiB filter; a sample
+//! allocation and, for a free, one load from a 256 KiB filter; a sample
 //! walks the stack with heapkit's cached DWARF unwinder (no frame pointers
 //! needed) and writes a record to a per-thread buffer: about 1.0x the
 //! unprofiled time on an allocation-heavy python3 run (1.02-1.08x; sqlite3

@@ -114,22 +114,37 @@ fn mode() -> Mode {
 /// The live sampled blocks (sampled profiles): an open-addressing set of
 /// addresses in its own mapping, so that a free records only what was
 /// sampled. Slots hold an address, 0 (never used) or [`TOMBSTONE`].
+///
+/// Invariant: an address in the set lies within [`MAX_PROBE`] slots of its
+/// home slot. Probes are bounded by that instead of a count of live
+/// entries: such a count was one cache line written by every thread's
+/// samples and sampled frees.
 struct SampledSet {
     slots: core::sync::atomic::AtomicPtr<AtomicU64>,
-    live: AtomicUsize,
-    /// How many live sampled addresses hash to each of these buckets: a
+    /// How many live sampled addresses fall in each of these buckets: a
     /// free whose bucket is 0 was not sampled, found in one load from a
-    /// 4 KiB table that stays in cache (most frees end here).
+    /// line of the table that the program's other frees in the same
+    /// 256 KiB keep in cache (most frees end here).
     filter: [core::sync::atomic::AtomicU8; FILTER_BUCKETS],
 }
 
-const FILTER_BUCKETS: usize = 4096;
+/// Filter buckets: one per 4 KiB page of 1 GiB of addresses, which wrap.
+/// A 4 KiB table (16 MiB) made the same offsets of every 4 MiB-aligned
+/// segment share buckets: a third of a multi-threaded C program's
+/// profiling cost went to frees that a sampled block elsewhere sent to
+/// the set. In the library's zero-initialised data: no page of it is
+/// resident unless a profile runs.
+const FILTER_BUCKETS: usize = 1 << 18;
 
 const SAMPLED_SLOTS: usize = 1 << 18;
 const TOMBSTONE: u64 = 1;
+/// The farthest from its home slot an address is placed: at the set's
+/// usual load (a live heap of G GiB holds about 2048 G samples of 512 KiB,
+/// a few percent of the slots) a probe ends after one or two slots; an
+/// insert that finds no free slot this near drops the sample.
+const MAX_PROBE: usize = 64;
 static SAMPLED: SampledSet = SampledSet {
     slots: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
-    live: AtomicUsize::new(0),
     filter: [const { core::sync::atomic::AtomicU8::new(0) }; FILTER_BUCKETS],
 };
 
@@ -158,12 +173,18 @@ impl SampledSet {
         &SAMPLED.filter[(addr >> 12) as usize % FILTER_BUCKETS]
     }
 
-    /// Adds `addr`; false (nothing added) when the set is three-quarters
-    /// full, so that every sampled block's free can be found.
-    fn insert(&self, addr: u64) -> bool {
-        if self.live.load(Ordering::Relaxed) >= SAMPLED_SLOTS / 4 * 3 {
-            return false;
+    /// Writes one byte of each page of the filter (a zero over a zero), so
+    /// that its pages are the process's own before frees read them.
+    fn touch_filter(&self) {
+        let page = os::page_size();
+        for i in (0..FILTER_BUCKETS).step_by(page) {
+            self.filter[i].fetch_add(0, Ordering::Relaxed);
         }
+    }
+
+    /// Adds `addr`; false (nothing added) when no slot within
+    /// [`MAX_PROBE`] of its home is free, or its filter bucket is full.
+    fn insert(&self, addr: u64) -> bool {
         let bucket = Self::bucket(addr);
         if bucket.load(Ordering::Relaxed) == u8::MAX {
             return false;
@@ -172,9 +193,9 @@ impl SampledSet {
         // never skips the table.
         bucket.fetch_add(1, Ordering::AcqRel);
         let home = Self::home(addr);
-        for i in 0..SAMPLED_SLOTS {
+        for i in 0..MAX_PROBE {
             let Some(slot) = self.slot(home + i) else {
-                return false;
+                break;
             };
             let cur = slot.load(Ordering::Relaxed);
             if (cur == 0 || cur == TOMBSTONE)
@@ -182,7 +203,6 @@ impl SampledSet {
                     .compare_exchange(cur, addr, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
-                self.live.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
         }
@@ -204,7 +224,7 @@ impl SampledSet {
             return false;
         }
         let home = Self::home(addr);
-        for i in 0..SAMPLED_SLOTS {
+        for i in 0..MAX_PROBE {
             let Some(slot) = self.slot(home + i) else {
                 return false;
             };
@@ -217,7 +237,6 @@ impl SampledSet {
                     .compare_exchange(cur, TOMBSTONE, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
-                self.live.fetch_sub(1, Ordering::Relaxed);
                 bucket.fetch_sub(1, Ordering::AcqRel);
                 return true;
             }
@@ -226,26 +245,86 @@ impl SampledSet {
     }
 }
 
+heapkit_core::thread_pointer! {
+    /// Sampled profiles: bytes this thread still allocates before its next
+    /// sample, an `isize` kept in a pointer-sized initial-exec slot (no
+    /// buffer to load, no atomic). Zero in a new thread, so its first
+    /// allocation takes the slow path, which makes its buffer and draws
+    /// its first interval.
+    static COUNTDOWN: *mut u8 = null, symbol = "heapkit_trace_sample_countdown";
+}
+
+#[inline(always)]
+fn countdown() -> isize {
+    COUNTDOWN::get().addr() as isize
+}
+
+#[inline(always)]
+fn set_countdown(bytes: isize) {
+    COUNTDOWN::set(core::ptr::without_provenance_mut(bytes as usize));
+}
+
 /// Sampled profiles, before anything else: counts `size` down on the
-/// thread's countdown, without taking the buffer (no atomic); true when
-/// this allocation is to be sampled (or the thread has no buffer yet).
-#[inline]
-fn sample_due(size: usize) -> bool {
-    let p = BUF::get() as usize;
-    if p <= UNAVAILABLE {
-        return true;
+/// thread's countdown; true when it reached zero (this allocation is due a
+/// sample, or the thread has not drawn an interval yet). A signal handler's
+/// allocation between the load and the store is counted or lost, which
+/// moves one sample by its size: harmless.
+#[inline(always)]
+fn count_down(size: usize) -> bool {
+    let left = countdown().wrapping_sub(size as isize);
+    set_countdown(left);
+    left <= 0
+}
+
+/// Whether a sampled heap profile runs (`HEAPKIT_PROFILE` with a non-zero
+/// rate): the shim then calls [`sampled_alloc`] and [`sampled_free`]
+/// inline, without [`enabled`] first.
+pub fn sampled_profile() -> bool {
+    enabled() && mode() == Mode::ProfileSampled
+}
+
+/// A sampled profile's allocation hook, inline in the shim's exports: an
+/// allocation of `size` bytes returned `ptr` (null: failed). Counts the
+/// bytes down and calls the recorder only for a sample.
+#[inline(always)]
+pub fn sampled_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
+    if count_down(size) {
+        sample_alloc(ptr, size, align, zeroed);
     }
-    // SAFETY: values above UNAVAILABLE are this thread's buffer, mapped for
-    // the life of the process; `countdown` is only ever touched by its
-    // thread (finish() never reads it), so the plain access is race-free.
-    let buf = unsafe { &mut *(p as *mut ThreadBuf) };
-    buf.countdown -= size as i64;
-    if buf.countdown > 0 {
-        return false;
+}
+
+/// A sampled profile's free hook, inline in the shim's exports: call
+/// before the backend frees `ptr`. One load from the set's filter; records
+/// the free of a sampled block.
+#[inline(always)]
+pub fn sampled_free(ptr: *mut u8) {
+    if SAMPLED.may_hold(ptr as u64) {
+        record_free(ptr);
     }
-    // Restore: ThreadBuf::profile counts it again under the busy flag.
-    buf.countdown += size as i64;
-    true
+}
+
+/// False when `ptr` is certainly not a sampled block (a sampled profile's
+/// `realloc` takes the recording path only for those).
+#[inline(always)]
+pub fn sampled_may_hold(ptr: *mut u8) -> bool {
+    SAMPLED.may_hold(ptr as u64)
+}
+
+/// [`sampled_alloc`]'s slow path: the countdown reached zero.
+#[cold]
+#[inline(never)]
+fn sample_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
+    if ptr.is_null() {
+        // A failed allocation allocated nothing.
+        set_countdown(countdown().wrapping_add(size as isize));
+        return;
+    }
+    if !enabled() {
+        // Recording ended (exit, or a forked child): never again.
+        set_countdown(isize::MAX);
+        return;
+    }
+    record_alloc(ptr, size, align, zeroed);
 }
 
 /// Starts a heap profile into `path` (`%p` = pid, as [`start`]): every
@@ -259,10 +338,16 @@ pub fn start_profile(path: &CStr, rate: u64) -> bool {
     let mut frames = [0usize; 4];
     let _ = os::backtrace(&mut frames);
     if rate > 0 {
-        let table = os::map(SAMPLED_SLOTS * core::mem::size_of::<AtomicU64>());
+        // Populated, and the filter's pages written, here: both are read
+        // on every free before anything is written to them, and a page
+        // first read maps the zero page, whose replacement at the first
+        // write flushes the TLB of every CPU running the process (about a
+        // tenth of a multi-threaded C program's profiling cost).
+        let table = os::map_populated(SAMPLED_SLOTS * core::mem::size_of::<AtomicU64>());
         if table.is_null() {
             return false;
         }
+        SAMPLED.touch_filter();
         SAMPLED.slots.store(table.cast(), Ordering::Release);
         RATE.store(rate, Ordering::Relaxed);
         MODE.store(Mode::ProfileSampled as u8, Ordering::Relaxed);
@@ -384,8 +469,6 @@ struct ThreadBuf {
     prev_ticks: u64,
     prev_addr: u64,
     len: usize,
-    /// Sampled profiles: bytes still to allocate before the next sample.
-    countdown: i64,
     /// Sampled profiles: this thread's random state (xorshift64).
     rng: u64,
     /// Profiles: this thread's unwind rules and recorded stacks, mapped at
@@ -599,7 +682,7 @@ pub fn on_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
     if ptr.is_null() {
         return;
     }
-    if mode() == Mode::ProfileSampled && !sample_due(size) {
+    if mode() == Mode::ProfileSampled && !count_down(size) {
         return;
     }
     record_alloc(ptr, size, align, zeroed);
@@ -607,7 +690,14 @@ pub fn on_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
 
 #[inline(never)]
 fn record_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
-    let Some(buf) = enter() else { return };
+    let Some(buf) = enter() else {
+        if mode() == Mode::ProfileSampled {
+            // No buffer (re-entrant call, no memory): the next sample is
+            // due in a mean interval, not at the next allocation.
+            set_countdown(RATE.load(Ordering::Relaxed) as isize);
+        }
+        return;
+    };
     if mode() != Mode::Trace && !buf.profile(ptr, size) {
         leave(buf);
         return;
@@ -920,14 +1010,13 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
             prev_ticks: now,
             prev_addr: 0,
             len: 0,
-            countdown: 0,
             rng: (mem as u64) ^ now ^ 0x9e37_79b9_7f4a_7c15,
             stack_memory: core::ptr::null_mut(),
             stack_memory_tried: false,
         })
     };
     // SAFETY: initialised just above, not shared yet.
-    unsafe { (*buf_ptr).countdown = (*buf_ptr).next_interval() };
+    set_countdown(unsafe { (*buf_ptr).next_interval() });
     {
         let mut head = REGISTRY.lock();
         // SAFETY: buf_ptr was initialised above and is not shared yet.
@@ -988,7 +1077,7 @@ impl ThreadBuf {
 
     /// A random interval in bytes, exponentially distributed with mean
     /// `RATE` (jemalloc's and tcmalloc's sampling).
-    fn next_interval(&mut self) -> i64 {
+    fn next_interval(&mut self) -> isize {
         let rate = RATE.load(Ordering::Relaxed);
         if rate == 0 {
             return 0;
@@ -1000,7 +1089,7 @@ impl ThreadBuf {
         let u = ((self.rng >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
         // libm's log, not f64::ln: std's calls libm.so, whose pages every
         // process under libheapkit.so would then carry.
-        (-libm::log(u) * rate as f64).min(i64::MAX as f64 / 2.0) as i64 + 1
+        (-libm::log(u) * rate as f64).min(isize::MAX as f64 / 2.0) as isize + 1
     }
 
     /// Profiles: decides whether the allocation of `size` bytes at `ptr`
@@ -1009,11 +1098,13 @@ impl ThreadBuf {
     #[inline]
     fn profile(&mut self, ptr: *mut u8, size: usize) -> bool {
         let weight = if mode() == Mode::ProfileSampled {
-            self.countdown -= size as i64;
-            if self.countdown > 0 {
+            // The caller counted `size` down to zero or below. A thread's
+            // first interval is drawn when its buffer is made, after the
+            // allocation that made it was counted: not a sample.
+            if countdown() > 0 {
                 return false;
             }
-            self.countdown = self.next_interval();
+            set_countdown(self.next_interval());
             if !SAMPLED.insert(ptr as u64) {
                 return false;
             }
@@ -1093,7 +1184,9 @@ impl ThreadBuf {
     fn backtrace(&mut self, frames: &mut [usize]) -> usize {
         if self.stack_memory.is_null() && !self.stack_memory_tried {
             self.stack_memory_tried = true;
-            self.stack_memory = os::map(core::mem::size_of::<StackMemory>()).cast();
+            // Populated: the unwind cache is looked up before it is filled
+            // (see `start_profile` on pages read before written).
+            self.stack_memory = os::map_populated(core::mem::size_of::<StackMemory>()).cast();
         }
         if self.stack_memory.is_null() {
             return os::backtrace(frames);

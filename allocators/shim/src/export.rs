@@ -10,6 +10,7 @@
 //!
 //! ```text
 //! malloc(n) ─► match SELECTED ─ id ─► capi::malloc(&Backend, n) ─► Backend::allocate (inlined)
+//!                 ├─ id + SAMPLED ─► sampled::malloc::<Backend> ─► the same, then a countdown
 //!                 └─ UNRESOLVED or TRACED ─► cold::malloc ─► resolve, dispatch, record
 //! ```
 //!
@@ -45,7 +46,11 @@ use crate::backend::with_backend;
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    with_backend!(|a| capi::malloc(a, size), else cold::malloc(size))
+    with_backend!(
+        |a| capi::malloc(a, size),
+        sampled |a| sampled::malloc(a, size),
+        else cold::malloc(size)
+    )
 }
 
 /// `calloc(n, size)`.
@@ -54,7 +59,11 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 /// See the module docs.
 #[no_mangle]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    with_backend!(|a| capi::calloc(a, n, size), else cold::calloc(n, size))
+    with_backend!(
+        |a| capi::calloc(a, n, size),
+        sampled |a| sampled::calloc(a, n, size),
+        else cold::calloc(n, size)
+    )
 }
 
 /// `free(ptr)`.
@@ -64,7 +73,13 @@ pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
     // SAFETY: ptr is null or a live block of the selected backend (C contract).
-    unsafe { with_backend!(|a| capi::free(a, ptr), else cold::free(ptr)) }
+    unsafe {
+        with_backend!(
+            |a| capi::free(a, ptr),
+            sampled |a| sampled::free(a, ptr),
+            else cold::free(ptr)
+        )
+    }
 }
 
 /// `cfree(ptr)`: the obsolete alias of `free`.
@@ -84,7 +99,13 @@ pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: ptr is null or a live block of the selected backend (C contract).
-    unsafe { with_backend!(|a| capi::realloc(a, ptr, size), else cold::realloc(ptr, size)) }
+    unsafe {
+        with_backend!(
+            |a| capi::realloc(a, ptr, size),
+            sampled |a| sampled::realloc(a, ptr, size),
+            else cold::realloc(ptr, size)
+        )
+    }
 }
 
 /// `reallocarray(ptr, n, size)`.
@@ -183,6 +204,64 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
     // SAFETY: ptr is null or a live block of the selected backend (C contract).
     unsafe {
         with_backend!(|a| capi::malloc_usable_size(a, ptr), else cold::malloc_usable_size(ptr))
+    }
+}
+
+/// The exports' twins for a sampled heap profile (`SAMPLED` in the
+/// selected byte): one per backend (generic), each the backend's fast path
+/// inlined as in the export, plus the recorder's inline part, which calls
+/// the recorder only for a sample. Out of line (the export jumps here) so
+/// that the exports' own fast paths keep their registers and code.
+mod sampled {
+    use core::ffi::c_void;
+
+    use heapkit_core::capi;
+    use heapkit_core::HeapAlloc;
+    use heapkit_trace::record;
+
+    #[inline(never)]
+    pub(super) fn malloc<A: HeapAlloc>(a: &A, size: usize) -> *mut c_void {
+        let p = capi::malloc(a, size);
+        record::sampled_alloc(p.cast(), size, 0, false);
+        p
+    }
+
+    #[inline(never)]
+    pub(super) fn calloc<A: HeapAlloc>(a: &A, n: usize, size: usize) -> *mut c_void {
+        let p = capi::calloc(a, n, size);
+        // An overflowing n * size fails (null result), which records nothing.
+        record::sampled_alloc(p.cast(), n.wrapping_mul(size), 0, true);
+        p
+    }
+
+    /// # Safety
+    /// As for `free`, with `a` the selected backend.
+    #[inline(never)]
+    pub(super) unsafe fn free<A: HeapAlloc>(a: &A, ptr: *mut c_void) {
+        // Before the backend frees it (another thread may get it).
+        record::sampled_free(ptr.cast());
+        // SAFETY: ptr is null or a live block of `a`, the selected backend.
+        unsafe { capi::free(a, ptr) }
+    }
+
+    /// # Safety
+    /// As for `realloc`, with `a` the selected backend.
+    #[inline(never)]
+    pub(super) unsafe fn realloc<A: HeapAlloc>(
+        a: &A,
+        ptr: *mut c_void,
+        size: usize,
+    ) -> *mut c_void {
+        if record::sampled_may_hold(ptr.cast()) {
+            // Perhaps a sampled block: the recording path ends it.
+            // SAFETY: as for this function.
+            return unsafe { super::cold::realloc(ptr, size) };
+        }
+        // A sampled profile sees a realloc as a new allocation.
+        // SAFETY: ptr is null or a live block of `a`, the selected backend.
+        let p = unsafe { capi::realloc(a, ptr, size) };
+        record::sampled_alloc(p.cast(), size, 0, false);
+        p
     }
 }
 

@@ -25,10 +25,24 @@ __attribute__((noinline)) void allocate_and_free(int n) {
     }
 }
 
+/* Grows blocks by realloc to 1 MiB and frees them: nothing of it leaks
+ * (a sampled profile must see the frees of blocks a realloc made). */
+__attribute__((noinline)) void grow_and_free(int n) {
+    for (int i = 0; i < n; i++) {
+        char *p = malloc(64);
+        for (size_t size = 128; size <= (1 << 20); size *= 2) {
+            p = realloc(p, size);
+            p[size - 1] = 1;
+        }
+        free(p);
+    }
+}
+
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 4096;
     if (n > (1 << 16)) n = 1 << 16;
     allocate_and_free(100000);
+    grow_and_free(200);
     size_t size = argc > 3 ? (size_t)atol(argv[3]) : 4096;
     leak_in_named_function(n, size);
     for (int i = 0; i < n; i++) keep[i] = 0; /* the last pointers are gone */

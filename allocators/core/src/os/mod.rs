@@ -112,8 +112,27 @@ pub fn map(size: usize) -> *mut u8 {
     p
 }
 
+/// [`map`] with every page faulted in by the `mmap` itself
+/// (`MAP_POPULATE`), for tables that are read before they are written. A
+/// fresh page that is read first maps the shared zero page, and the first
+/// write to it then replaces that mapping: a copy-on-write fault whose TLB
+/// flush interrupts every other CPU running the process. Costs the whole
+/// size in resident memory at once.
+pub fn map_populated(size: usize) -> *mut u8 {
+    let p = map_with(size, libc::MAP_POPULATE);
+    if !p.is_null() {
+        add_mapped(size);
+    }
+    p
+}
+
 /// [`map`] without counting the bytes as mapped.
 fn map_uncounted(size: usize) -> *mut u8 {
+    map_with(size, 0)
+}
+
+/// An anonymous private read-write mapping with `extra` `mmap` flags.
+fn map_with(size: usize, extra: c_int) -> *mut u8 {
     if size == 0 || size > isize::MAX as usize {
         return ptr::null_mut();
     }
@@ -124,7 +143,7 @@ fn map_uncounted(size: usize) -> *mut u8 {
             ptr::null_mut(),
             size,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
             -1,
             0,
         )
