@@ -65,7 +65,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsiz
 
 use heapkit_core::lock::{RawSpinLock, SpinLock};
 use heapkit_core::os;
-use heapkit_core::os::unwind::UnwindCache;
+use heapkit_core::os::unwind::{FrameState, UnwindCache};
 
 use crate::format::{self, put_varint, zigzag};
 
@@ -286,10 +286,13 @@ pub fn sampled_profile() -> bool {
 /// A sampled profile's allocation hook, inline in the shim's exports: an
 /// allocation of `size` bytes returned `ptr` (null: failed). Counts the
 /// bytes down and calls the recorder only for a sample.
+// The pointers are recorded as addresses, never dereferenced.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 #[inline(always)]
 pub fn sampled_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
     if count_down(size) {
-        sample_alloc(ptr, size, align, zeroed);
+        // SAFETY: taken in the frame that calls sample_alloc.
+        unsafe { sample_alloc(FrameState::here(), ptr, size, align, zeroed) };
     }
 }
 
@@ -311,9 +314,12 @@ pub fn sampled_may_hold(ptr: *mut u8) -> bool {
 }
 
 /// [`sampled_alloc`]'s slow path: the countdown reached zero.
+///
+/// # Safety
+/// As for [`record_alloc`].
 #[cold]
 #[inline(never)]
-fn sample_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
+unsafe fn sample_alloc(start: FrameState, ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
     if ptr.is_null() {
         // A failed allocation allocated nothing.
         set_countdown(countdown().wrapping_add(size as isize));
@@ -324,7 +330,8 @@ fn sample_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
         set_countdown(isize::MAX);
         return;
     }
-    record_alloc(ptr, size, align, zeroed);
+    // SAFETY: `start` is live (this function's contract).
+    unsafe { record_alloc(start, ptr, size, align, zeroed) };
 }
 
 /// Starts a heap profile into `path` (`%p` = pid, as [`start`]): every
@@ -484,6 +491,9 @@ struct ThreadBuf {
 struct StackMemory {
     unwind: UnwindCache,
     recorded: RecordedStacks,
+    /// The walk's return addresses: here rather than in an array on the
+    /// stack, which was zeroed (a `memset` call) before every walk.
+    frames: [usize; format::MAX_FRAMES],
 }
 
 /// Slots of [`RecordedStacks`] (a power of two).
@@ -515,9 +525,13 @@ struct RecordedStack {
 /// A 64-bit hash of a stack (never 0): a repeat is taken for the same
 /// stack, which a 2^-64 collision would misattribute.
 ///
-/// Four lanes of one multiply each per frame, mixed at the end: a chain of
-/// one full mix per frame cost more than the rest of a repeated stack's
-/// record (48 dependent multiplies of 3 cycles each, twice).
+/// Four lanes of one multiply each per frame, folded at the end by one
+/// 64x64->128-bit multiply (whose high half depends on every bit of both
+/// factors, so the table index, the low bits, does too): a chain of one
+/// full mix per frame cost more than the rest of a repeated stack's record
+/// (48 dependent multiplies of 3 cycles each, twice), and a final chain of
+/// four mixes (eight dependent multiplies) still took a tenth of a
+/// recorded allocation.
 fn stack_hash(frames: &[usize]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut lanes = [
@@ -535,11 +549,10 @@ fn stack_hash(frames: &[usize]) -> u64 {
     for (lane, &f) in lanes.iter_mut().zip(chunks.remainder()) {
         *lane = (*lane ^ f as u64).wrapping_mul(K).rotate_left(29);
     }
-    let mut h = 0u64;
-    for lane in lanes {
-        h = os::mix64(h ^ lane);
-    }
-    h.max(1)
+    let a = lanes[0] ^ lanes[2].rotate_left(32);
+    let b = lanes[1] ^ lanes[3].rotate_left(32) ^ K;
+    let m = u128::from(a) * u128::from(b);
+    ((m as u64) ^ ((m >> 64) as u64)).max(1)
 }
 
 const _: () = assert!(core::mem::size_of::<ThreadBuf>() <= BLOCK_AT);
@@ -677,6 +690,8 @@ fn cannot_create(path: &CStr, err: c_int) {
 ///
 /// A sampled profile's unsampled call ends in this inline part (a
 /// countdown); the rest is out of line.
+// The pointers are recorded as addresses, never dereferenced.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 #[inline]
 pub fn on_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
     if ptr.is_null() {
@@ -685,11 +700,18 @@ pub fn on_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
     if mode() == Mode::ProfileSampled && !count_down(size) {
         return;
     }
-    record_alloc(ptr, size, align, zeroed);
+    // SAFETY: taken in the frame that makes this call (this function is
+    // inlined into its caller, or is itself that frame).
+    unsafe { record_alloc(FrameState::here(), ptr, size, align, zeroed) };
 }
 
+/// Records an allocation (a profile: with the stack from `start` out).
+///
+/// # Safety
+/// `start` was taken on this thread in a frame that is still live (see
+/// `os::unwind::backtrace_from`).
 #[inline(never)]
-fn record_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
+unsafe fn record_alloc(start: FrameState, ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
     let Some(buf) = enter() else {
         if mode() == Mode::ProfileSampled {
             // No buffer (re-entrant call, no memory): the next sample is
@@ -698,7 +720,8 @@ fn record_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
         }
         return;
     };
-    if mode() != Mode::Trace && !buf.profile(ptr, size) {
+    // SAFETY: `start` is live (this function's contract).
+    if mode() != Mode::Trace && !unsafe { buf.profile(start, ptr, size) } {
         leave(buf);
         return;
     }
@@ -752,6 +775,8 @@ fn record_free(ptr: *mut u8) {
 /// Handles the C edge cases: a failed realloc (null `new`, non-zero
 /// `size`) keeps `old` alive and records nothing; `realloc(p, 0)` returning
 /// null records a free; `realloc(NULL, n)` records an allocation.
+// The pointers are recorded as addresses, never dereferenced.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 #[inline]
 pub fn on_realloc(old: *mut u8, new: *mut u8, size: usize) {
     if new.is_null() && size != 0 {
@@ -772,8 +797,11 @@ pub fn on_realloc(old: *mut u8, new: *mut u8, size: usize) {
         on_alloc(new, size, 0, false);
         return;
     }
+    let start = FrameState::here();
     let Some(buf) = enter() else { return };
-    if mode() == Mode::ProfileEvery && !buf.profile(new, size) {
+    // SAFETY: `start` was taken in this frame (or the one this is inlined
+    // into), which makes the call.
+    if mode() == Mode::ProfileEvery && !unsafe { buf.profile(start, new, size) } {
         leave(buf);
         return;
     }
@@ -1094,9 +1122,13 @@ impl ThreadBuf {
 
     /// Profiles: decides whether the allocation of `size` bytes at `ptr`
     /// is recorded and, if so, writes its STACK record (the ALLOC or
-    /// REALLOC follows). False: not sampled, record nothing.
+    /// REALLOC follows), the stack walked from `start`. False: not
+    /// sampled, record nothing.
+    ///
+    /// # Safety
+    /// As for [`record_alloc`].
     #[inline]
-    fn profile(&mut self, ptr: *mut u8, size: usize) -> bool {
+    unsafe fn profile(&mut self, start: FrameState, ptr: *mut u8, size: usize) -> bool {
         let weight = if mode() == Mode::ProfileSampled {
             // The caller counted `size` down to zero or below. A thread's
             // first interval is drawn when its buffer is made, after the
@@ -1117,24 +1149,71 @@ impl ThreadBuf {
         } else {
             size as u64
         };
-        self.write_stack(weight);
+        // SAFETY: `start` is live (this function's contract).
+        unsafe { self.write_stack(start, weight) };
         true
     }
 
+    /// Walks the calling thread's stack from `start` and writes its STACK
+    /// (or SAME_STACK) record: by the cached unwinder when the thread's
+    /// stack memory could be mapped (a fresh mapping is an empty cache),
+    /// else by libgcc's (from here: heapkit's frames are dropped by the
+    /// reader), every stack then written in full.
+    ///
+    /// # Safety
+    /// As for [`record_alloc`].
     #[cold]
-    fn write_stack(&mut self, weight: u64) {
-        let mut frames = [0usize; format::MAX_FRAMES];
-        let n = self.backtrace(&mut frames);
+    unsafe fn write_stack(&mut self, start: FrameState, weight: u64) {
+        if self.stack_memory.is_null() && !self.stack_memory_tried {
+            self.stack_memory_tried = true;
+            // Populated: the unwind cache is looked up before it is filled
+            // (see `start_profile` on pages read before written).
+            self.stack_memory = os::map_populated(core::mem::size_of::<StackMemory>()).cast();
+        }
+        let memory = self.stack_memory;
+        if memory.is_null() {
+            let mut frames = [0usize; format::MAX_FRAMES];
+            let n = os::backtrace(&mut frames);
+            self.write_stack_record(weight, &frames[..n], None);
+            return;
+        }
+        // SAFETY: a non-null stack_memory is this thread's own mapping,
+        // used only under the busy flag (which the caller holds); the three
+        // references are to disjoint fields, taken without a reference to
+        // the whole.
+        let (frames, unwind, recorded) = unsafe {
+            (
+                &mut (*memory).frames,
+                &mut (*memory).unwind,
+                &mut (*memory).recorded,
+            )
+        };
+        // The function that took `start` (the allocator entry that called
+        // the recorder, or the Rust function it is inlined into) is the
+        // first frame, then its callers'.
+        frames[0] = start.ip();
+        // SAFETY: `start` is live (this function's contract).
+        let n = 1 + unsafe { os::unwind::backtrace_from(start, &mut frames[1..], unwind) };
+        self.write_stack_record(weight, &frames[..n], Some(recorded));
+    }
+
+    /// Writes the STACK record of `frames`, or a SAME_STACK record when
+    /// `recorded` holds its hash (remembering it there otherwise).
+    #[inline(always)]
+    fn write_stack_record(
+        &mut self,
+        weight: u64,
+        frames: &[usize],
+        recorded: Option<&mut RecordedStacks>,
+    ) {
+        let n = frames.len();
         if self.len + format::MAX_STACK_RECORD_LEN + format::MAX_RECORD_LEN > PAYLOAD_CAP {
             flush(self);
         }
         // The stack takes the time of the ALLOC or REALLOC record that
         // follows it: dt 0 here, no second clock read per sampled call.
         let dt = 0;
-        let hash = stack_hash(&frames[..n]);
-        // SAFETY: a non-null stack_memory is this thread's own mapping,
-        // used only under the busy flag.
-        let recorded = unsafe { self.stack_memory.as_mut() }.map(|m| &mut m.recorded);
+        let hash = stack_hash(frames);
         // The id of this stack's earlier STACK record, or None: it is
         // written in full (and, with a table, remembered under a new id).
         let same = recorded.and_then(|r| {
@@ -1169,7 +1248,7 @@ impl ThreadBuf {
             } else {
                 at += put_varint(out.add(at), n as u64);
                 let mut prev = 0u64;
-                for &f in &frames[..n] {
+                for &f in frames {
                     at += put_varint(out.add(at), zigzag((f as u64).wrapping_sub(prev) as i64));
                     prev = f as u64;
                 }
@@ -1177,23 +1256,6 @@ impl ThreadBuf {
         }
         self.len = at;
         self.records += 1;
-    }
-
-    /// The calling thread's stack, by the cached unwinder when its memory
-    /// could be mapped (a fresh mapping is an empty cache).
-    fn backtrace(&mut self, frames: &mut [usize]) -> usize {
-        if self.stack_memory.is_null() && !self.stack_memory_tried {
-            self.stack_memory_tried = true;
-            // Populated: the unwind cache is looked up before it is filled
-            // (see `start_profile` on pages read before written).
-            self.stack_memory = os::map_populated(core::mem::size_of::<StackMemory>()).cast();
-        }
-        if self.stack_memory.is_null() {
-            return os::backtrace(frames);
-        }
-        // SAFETY: the memory is this thread's own mapping, used only here
-        // under the busy flag.
-        os::unwind::backtrace_cached(frames, unsafe { &mut (*self.stack_memory).unwind })
     }
 
     /// Unmaps the stack memory (later stacks: libgcc's unwinder, written
@@ -1253,9 +1315,19 @@ impl ThreadBuf {
         if self.len + format::MAX_RECORD_LEN > PAYLOAD_CAP {
             flush(self);
         }
-        let now = now_ticks_for_record();
-        let dt = now.saturating_sub(self.prev_ticks);
-        self.prev_ticks = self.prev_ticks.max(now);
+        // A profile reads the clock for one record in CLOCK_EVERY (the
+        // others take the time of the one before): a profile's times place
+        // the peak and the timeline, where a few records' spacing is
+        // noise, and the clock was a third of a recorded free. A trace
+        // (replayed with its timing) stamps every record.
+        let dt = if mode() == Mode::Trace || self.records.is_multiple_of(CLOCK_EVERY) {
+            let now = now_ticks_for_record();
+            let dt = now.saturating_sub(self.prev_ticks);
+            self.prev_ticks = self.prev_ticks.max(now);
+            dt
+        } else {
+            0
+        };
         let at = self.len;
         // SAFETY: at + MAX_RECORD_LEN <= PAYLOAD_CAP.
         unsafe { self.payload().add(at).write(op) };
@@ -1267,6 +1339,10 @@ impl ThreadBuf {
         w
     }
 }
+
+/// A profile's records read the clock once in this many (see
+/// [`ThreadBuf::begin`]).
+const CLOCK_EVERY: u32 = 8;
 
 /// Appends the fields of one record; [`RecordWriter::end`] commits it.
 struct RecordWriter<'a> {
@@ -1387,7 +1463,56 @@ fn now_ticks_for_record() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::expand_pid;
+    use super::{expand_pid, stack_hash, RECORDED_SLOTS};
+
+    /// Stacks that differ in one frame, by order, or by length hash apart,
+    /// and spread evenly over the recorded-stacks table (its index is the
+    /// hash's low bits).
+    #[test]
+    fn stack_hashes_tell_near_stacks_apart_and_spread() {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut slots = vec![0u32; RECORDED_SLOTS];
+        let mut add = |frames: &[usize]| {
+            let h = stack_hash(frames);
+            assert_ne!(h, 0);
+            assert!(seen.insert(h), "collision at {frames:x?}");
+            slots[h as usize & (RECORDED_SLOTS - 1)] += 1;
+        };
+        let mut hashed = 0;
+        for _ in 0..2000 {
+            // Return addresses as a program has them: close together.
+            let n = 1 + (next() % 48) as usize;
+            let base = 0x5555_0000_0000usize + (next() % (1 << 24)) as usize;
+            let frames: Vec<usize> = (0..n).map(|_| base + (next() % 4096) as usize).collect();
+            add(&frames);
+            for i in 0..n {
+                let mut one = frames.clone();
+                one[i] += 1;
+                add(&one);
+                hashed += 1;
+            }
+            if n > 1 {
+                add(&frames[..n - 1]);
+                let mut swapped = frames.clone();
+                swapped.swap(0, n - 1);
+                if swapped != frames {
+                    add(&swapped);
+                }
+                hashed += 2;
+            }
+            hashed += 1;
+        }
+        let mean = hashed as f64 / RECORDED_SLOTS as f64;
+        let max = *slots.iter().max().unwrap() as f64;
+        assert!(max < mean * 3.0 + 10.0, "max {max} per slot, mean {mean}");
+    }
 
     #[test]
     fn pid_expansion() {

@@ -75,6 +75,27 @@ pub const SLAB_HARDENED_SAMPLED: u8 = SLAB_HARDENED | SAMPLED;
 /// See [`SIZECLASS_SAMPLED`].
 pub const POOL_HARDENED_SAMPLED: u8 = POOL_HARDENED | SAMPLED;
 
+/// Each backend's id with [`TRACED`] set: the traced arms of [`dispatch!`].
+pub const SIZECLASS_TRACED: u8 = SIZECLASS | TRACED;
+/// See [`SIZECLASS_TRACED`].
+pub const SLAB_TRACED: u8 = SLAB | TRACED;
+/// See [`SIZECLASS_TRACED`].
+pub const POOL_TRACED: u8 = POOL | TRACED;
+/// See [`SIZECLASS_TRACED`].
+pub const BUMP_TRACED: u8 = BUMP | TRACED;
+/// See [`SIZECLASS_TRACED`].
+pub const SYSTEM_TRACED: u8 = SYSTEM | TRACED;
+/// See [`SIZECLASS_TRACED`].
+pub const JEMALLOC_TRACED: u8 = JEMALLOC | TRACED;
+/// See [`SIZECLASS_TRACED`].
+pub const MIMALLOC_TRACED: u8 = MIMALLOC | TRACED;
+/// See [`SIZECLASS_TRACED`].
+pub const SIZECLASS_HARDENED_TRACED: u8 = SIZECLASS_HARDENED | TRACED;
+/// See [`SIZECLASS_TRACED`].
+pub const SLAB_HARDENED_TRACED: u8 = SLAB_HARDENED | TRACED;
+/// See [`SIZECLASS_TRACED`].
+pub const POOL_HARDENED_TRACED: u8 = POOL_HARDENED | TRACED;
+
 /// Every accepted `HEAPKIT_ALLOC` value and its id, heapkit's own first.
 pub const BACKENDS: &[(&str, u8)] = &[
     ("sizeclass", SIZECLASS),
@@ -157,7 +178,8 @@ pub fn name(id: u8) -> &'static str {
 /// value. Each arm names a static of a concrete type, so the backend's
 /// code is inlined into the caller. The second form adds an arm per
 /// backend for its id with [`SAMPLED`] set, running `$sampled` with `$s`
-/// bound to the same backend; in the first form those ids are `$other`.
+/// bound to the same backend, and one for its id with [`TRACED`] set,
+/// running `$traced`; in the first form those ids are `$other`.
 macro_rules! dispatch {
     ($id:expr, |$a:ident| $body:expr, $other:expr) => {
         match $id {
@@ -204,7 +226,7 @@ macro_rules! dispatch {
             _ => $other,
         }
     };
-    ($id:expr, |$a:ident| $body:expr, sampled |$s:ident| $sampled:expr, $other:expr) => {
+    ($id:expr, |$a:ident| $body:expr, sampled |$s:ident| $sampled:expr, traced |$t:ident| $traced:expr, $other:expr) => {
         match $id {
             $crate::backend::SIZECLASS => {
                 let $a = &$crate::backend::SIZECLASS_HEAP;
@@ -286,6 +308,46 @@ macro_rules! dispatch {
                 let $s = &$crate::mimalloc::Mimalloc;
                 $sampled
             }
+            $crate::backend::SIZECLASS_TRACED => {
+                let $t = &$crate::backend::SIZECLASS_HEAP;
+                $traced
+            }
+            $crate::backend::SIZECLASS_HARDENED_TRACED => {
+                let $t = &$crate::backend::SIZECLASS_HARDENED_HEAP;
+                $traced
+            }
+            $crate::backend::SLAB_TRACED => {
+                let $t = &$crate::backend::SLAB_HEAP;
+                $traced
+            }
+            $crate::backend::SLAB_HARDENED_TRACED => {
+                let $t = &$crate::backend::SLAB_HARDENED_HEAP;
+                $traced
+            }
+            $crate::backend::POOL_TRACED => {
+                let $t = &$crate::backend::POOL_HEAP;
+                $traced
+            }
+            $crate::backend::POOL_HARDENED_TRACED => {
+                let $t = &$crate::backend::POOL_HARDENED_HEAP;
+                $traced
+            }
+            $crate::backend::BUMP_TRACED => {
+                let $t = &$crate::backend::BUMP_HEAP;
+                $traced
+            }
+            $crate::backend::SYSTEM_TRACED => {
+                let $t = &$crate::system::System;
+                $traced
+            }
+            $crate::backend::JEMALLOC_TRACED => {
+                let $t = &$crate::jemalloc::Jemalloc;
+                $traced
+            }
+            $crate::backend::MIMALLOC_TRACED => {
+                let $t = &$crate::mimalloc::Mimalloc;
+                $traced
+            }
             _ => $other,
         }
     };
@@ -299,8 +361,10 @@ pub(crate) use dispatch;
 ///   plain backend id (not resolved yet, [`TRACED`] or [`SAMPLED`])
 ///   evaluates `cold` instead, an out-of-line function that resolves,
 ///   dispatches with the last form and records.
-/// - `with_backend!(|a| body, sampled |s| sampled_body, else cold)`: the
-///   same, but an id with [`SAMPLED`] runs `sampled_body` inline.
+/// - `with_backend!(|a| body, sampled |s| sampled_body, traced |t|
+///   traced_body, else cold)`: the same, but an id with [`SAMPLED`] runs
+///   `sampled_body`, one with [`TRACED`] `traced_body`, with the backend
+///   bound as for `body`.
 /// - `with_backend!(|a| body)`: resolves the choice first if nobody has,
 ///   and ignores [`TRACED`] and [`SAMPLED`].
 macro_rules! with_backend {
@@ -311,11 +375,12 @@ macro_rules! with_backend {
             $cold
         )
     };
-    (|$a:ident| $body:expr, sampled |$s:ident| $sampled:expr, else $cold:expr) => {
+    (|$a:ident| $body:expr, sampled |$s:ident| $sampled:expr, traced |$t:ident| $traced:expr, else $cold:expr) => {
         $crate::backend::dispatch!(
             $crate::backend::SELECTED.load(::core::sync::atomic::Ordering::Relaxed),
             |$a| $body,
             sampled | $s | $sampled,
+            traced | $t | $traced,
             $cold
         )
     };

@@ -11,7 +11,8 @@
 //! ```text
 //! malloc(n) ─► match SELECTED ─ id ─► capi::malloc(&Backend, n) ─► Backend::allocate (inlined)
 //!                 ├─ id + SAMPLED ─► sampled::malloc::<Backend> ─► the same, then a countdown
-//!                 └─ UNRESOLVED or TRACED ─► cold::malloc ─► resolve, dispatch, record
+//!                 ├─ id + TRACED ─► traced::malloc::<Backend> ─► the same, then the record
+//!                 └─ UNRESOLVED (or any other call recorded) ─► cold::malloc ─► resolve, dispatch, record
 //! ```
 //!
 //! Per call that is one relaxed byte load and one jump: no thread-local
@@ -49,6 +50,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     with_backend!(
         |a| capi::malloc(a, size),
         sampled |a| sampled::malloc(a, size),
+            traced |a| traced::malloc(a, size),
         else cold::malloc(size)
     )
 }
@@ -62,6 +64,7 @@ pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     with_backend!(
         |a| capi::calloc(a, n, size),
         sampled |a| sampled::calloc(a, n, size),
+            traced |a| traced::calloc(a, n, size),
         else cold::calloc(n, size)
     )
 }
@@ -77,6 +80,7 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
         with_backend!(
             |a| capi::free(a, ptr),
             sampled |a| sampled::free(a, ptr),
+            traced |a| traced::free(a, ptr),
             else cold::free(ptr)
         )
     }
@@ -103,6 +107,7 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         with_backend!(
             |a| capi::realloc(a, ptr, size),
             sampled |a| sampled::realloc(a, ptr, size),
+            traced |a| traced::realloc(a, ptr, size),
             else cold::realloc(ptr, size)
         )
     }
@@ -261,6 +266,66 @@ mod sampled {
         // SAFETY: ptr is null or a live block of `a`, the selected backend.
         let p = unsafe { capi::realloc(a, ptr, size) };
         record::sampled_alloc(p.cast(), size, 0, false);
+        p
+    }
+}
+
+/// The exports' twins for a recording process (`TRACED`: `HEAPKIT_TRACE`,
+/// or a heap profile of every allocation), one per backend (generic): the
+/// backend's fast path inlined as in the export, then the record. The
+/// generic twins in [`cold`] pay a second dispatch and a call on each
+/// call: a fifth of CPython's time with the recorder doing nothing.
+mod traced {
+    use core::ffi::c_void;
+
+    use heapkit_core::capi;
+    use heapkit_core::HeapAlloc;
+    use heapkit_trace::record;
+
+    #[inline(never)]
+    pub(super) fn malloc<A: HeapAlloc>(a: &A, size: usize) -> *mut c_void {
+        let p = capi::malloc(a, size);
+        if record::enabled() {
+            record::on_alloc(p.cast(), size, 0, false);
+        }
+        p
+    }
+
+    #[inline(never)]
+    pub(super) fn calloc<A: HeapAlloc>(a: &A, n: usize, size: usize) -> *mut c_void {
+        let p = capi::calloc(a, n, size);
+        if record::enabled() {
+            // An overflowing n * size fails (null result), which records nothing.
+            record::on_alloc(p.cast(), n.wrapping_mul(size), 0, true);
+        }
+        p
+    }
+
+    /// # Safety
+    /// As for `free`, with `a` the selected backend.
+    #[inline(never)]
+    pub(super) unsafe fn free<A: HeapAlloc>(a: &A, ptr: *mut c_void) {
+        // Recorded before the block is released (another thread may get it).
+        if record::enabled() {
+            record::on_free(ptr.cast());
+        }
+        // SAFETY: ptr is null or a live block of `a`, the selected backend.
+        unsafe { capi::free(a, ptr) }
+    }
+
+    /// # Safety
+    /// As for `realloc`, with `a` the selected backend.
+    #[inline(never)]
+    pub(super) unsafe fn realloc<A: HeapAlloc>(
+        a: &A,
+        ptr: *mut c_void,
+        size: usize,
+    ) -> *mut c_void {
+        // SAFETY: ptr is null or a live block of `a`, the selected backend.
+        let p = unsafe { capi::realloc(a, ptr, size) };
+        if record::enabled() {
+            record::on_realloc(ptr.cast(), p.cast(), size);
+        }
         p
     }
 }

@@ -321,6 +321,51 @@ fn find_rule(ip: usize) -> Option<Rule> {
     Rule::new(cfa_from_rbp, cfa_offset, ra_offset, rbp_offset)
 }
 
+/// A frame's registers at one instruction: where a walk can start.
+///
+/// Taken with [`FrameState::here`] in a function that then calls, directly
+/// or not, [`backtrace_from`]: the walk starts at that function's frame,
+/// and the frames between (the recorder's own) are neither walked nor
+/// written. A recorded allocation walked four such frames (a quarter of
+/// CPython's walk) before this.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameState {
+    ip: usize,
+    sp: usize,
+    bp: usize,
+}
+
+impl FrameState {
+    /// The registers of the frame this is inlined into, at this point.
+    #[inline(always)]
+    pub fn here() -> FrameState {
+        let (ip, sp, bp): (usize, usize, usize);
+        // SAFETY: reads three registers; no memory is touched. The rip
+        // read is the address of the next instruction, in the function this
+        // is inlined into, and rsp its stack pointer at that instruction:
+        // the CFI for that address describes exactly this state.
+        unsafe {
+            asm!(
+                "lea {ip}, [rip]",
+                "mov {sp}, rsp",
+                "mov {bp}, rbp",
+                ip = out(reg) ip,
+                sp = out(reg) sp,
+                bp = out(reg) bp,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        FrameState { ip, sp, bp }
+    }
+
+    /// The instruction the state was taken at (inside the function that
+    /// took it; a walk from it starts with that function's caller).
+    #[inline]
+    pub fn ip(&self) -> usize {
+        self.ip
+    }
+}
+
 /// Fills `frames` with the return addresses of the calling thread's stack,
 /// innermost first (the first is inside this function's caller... as with
 /// [`super::backtrace`], the reader drops heapkit's own frames), using and
@@ -333,22 +378,30 @@ fn find_rule(ip: usize) -> Option<Rule> {
 /// is not the stack).
 #[inline(never)]
 pub fn backtrace_cached(frames: &mut [usize], cache: &mut UnwindCache) -> usize {
-    let (mut ip, mut sp, mut bp): (usize, usize, usize);
-    // SAFETY: reads three registers; no memory is touched. The rip read is
-    // the address of the next instruction, inside this function, and rsp
-    // is this function's stack pointer at that instruction (the body's
-    // stack frame is fixed once the prologue has run).
-    unsafe {
-        asm!(
-            "lea {ip}, [rip]",
-            "mov {sp}, rsp",
-            "mov {bp}, rbp",
-            ip = out(reg) ip,
-            sp = out(reg) sp,
-            bp = out(reg) bp,
-            options(nomem, nostack, preserves_flags),
-        );
-    }
+    let start = FrameState::here();
+    // SAFETY: taken in this very frame, live during the walk.
+    unsafe { backtrace_from(start, frames, cache) }
+}
+
+/// [`backtrace_cached`] from the frame `start` was taken in: the first
+/// return address is that frame's.
+///
+/// # Safety
+/// `start` was taken by [`FrameState::here`] on this thread, in a function
+/// that has not returned since (this call is made from it, directly or
+/// through others): the walk reads the stack slots its frame's CFI names,
+/// which are this thread's live stack only while that frame is.
+#[inline(never)]
+pub unsafe fn backtrace_from(
+    start: FrameState,
+    frames: &mut [usize],
+    cache: &mut UnwindCache,
+) -> usize {
+    let FrameState {
+        mut ip,
+        mut sp,
+        mut bp,
+    } = start;
     let first_ip = ip;
     let cap = frames.len().min(LAST_STEPS);
     // This walk's steps until it joins the previous walk (which `cache.last`
@@ -488,7 +541,10 @@ fn rejoin(
     let reused = i - from;
     #[cfg(test)]
     tests::note_rejoin(reused, i < end);
-    steps.copy_within(from..i, at);
+    if from != at {
+        // Another depth than last time (a `memmove` call: not when equal).
+        steps.copy_within(from..i, at);
+    }
     for (slot, s) in steps[..at].iter_mut().zip(fresh) {
         // SAFETY: the caller's fresh[..at] were written by its walk.
         *slot = unsafe { s.assume_init() };
