@@ -253,6 +253,37 @@ fn a_killed_process_is_read_with_a_warning() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Blocks one thread allocates in bursts and another frees right after a
+/// wait: in a profile of every allocation nothing is reported leaked and
+/// the peak is one burst (frees stamped with a clock read from before the
+/// wait, as when every record skipped most reads, came before their
+/// allocations and made the peak all twenty bursts).
+#[test]
+fn blocks_freed_by_another_thread_after_a_pause_are_not_leaks() {
+    let Some(lib) = shim() else { return };
+    let dir = tmp("handoff");
+    let Some(exe) = build_program(&dir, "handoff.c", "handoff", &["-pthread"]) else {
+        return;
+    };
+    let (stdout, _) = profile(
+        &lib,
+        &dir.join("out"),
+        &["--every", "--name", "handoff"],
+        &[exe.to_str().unwrap(), "20"],
+    );
+    assert!(!stdout.contains("allocate_burst"), "{stdout}");
+    // One burst (2000 blocks of 16-215 bytes) is live at a time: a peak of
+    // several bursts means frees were ordered after later allocations.
+    let peak_mib: f64 = stdout
+        .split("peak heap ")
+        .nth(1)
+        .and_then(|rest| rest.split(" MiB").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak: {stdout}"));
+    assert!(peak_mib < 1.0, "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn python_frames_show_where_python_allocates() {
     let Some(lib) = shim() else { return };

@@ -478,6 +478,8 @@ struct ThreadBuf {
     len: usize,
     /// Sampled profiles: this thread's random state (xorshift64).
     rng: u64,
+    /// Profiles: allocations still to skip the clock for (see `begin`).
+    clock_skip: u32,
     /// Profiles: this thread's unwind rules and recorded stacks, mapped at
     /// the first stack (null before, or if that mapping failed: libgcc's
     /// unwinder then walks the stacks and each is written in full).
@@ -1039,6 +1041,7 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
             prev_addr: 0,
             len: 0,
             rng: (mem as u64) ^ now ^ 0x9e37_79b9_7f4a_7c15,
+            clock_skip: 0,
             stack_memory: core::ptr::null_mut(),
             stack_memory_tried: false,
         })
@@ -1315,17 +1318,25 @@ impl ThreadBuf {
         if self.len + format::MAX_RECORD_LEN > PAYLOAD_CAP {
             flush(self);
         }
-        // A profile reads the clock for one record in CLOCK_EVERY (the
-        // others take the time of the one before): a profile's times place
-        // the peak and the timeline, where a few records' spacing is
-        // noise, and the clock was a third of a recorded free. A trace
-        // (replayed with its timing) stamps every record.
-        let dt = if mode() == Mode::Trace || self.records.is_multiple_of(CLOCK_EVERY) {
+        // A profile's allocations read the clock once in CLOCK_EVERY
+        // while the thread records fast (the others take the time of the
+        // one before): their times only place the peak and the timeline,
+        // and `rdtsc` was a third of a record. A record that ends a block
+        // (FREE, REALLOC) always reads it: stamped early, it could come
+        // before its allocation on another thread by more than the
+        // reader's window. A trace (replayed with its timing) stamps every
+        // record.
+        let op_kind = op & format::KIND_MASK;
+        let dt = if self.clock_skip == 0 || op_kind != format::KIND_ALLOC || mode() == Mode::Trace {
             let now = now_ticks_for_record();
             let dt = now.saturating_sub(self.prev_ticks);
             self.prev_ticks = self.prev_ticks.max(now);
+            // Fast (records closer than STALE_TICKS): skip the next
+            // allocations' reads; slow: read at the next one.
+            self.clock_skip = if dt < STALE_TICKS { CLOCK_EVERY - 1 } else { 0 };
             dt
         } else {
+            self.clock_skip -= 1;
             0
         };
         let at = self.len;
@@ -1340,9 +1351,14 @@ impl ThreadBuf {
     }
 }
 
-/// A profile's records read the clock once in this many (see
-/// [`ThreadBuf::begin`]).
-const CLOCK_EVERY: u32 = 8;
+/// A profile's allocations read the clock once in this many while their
+/// thread records fast (see [`ThreadBuf::begin`]).
+const CLOCK_EVERY: u32 = 16;
+
+/// Clock ticks between two reads under which a thread counts as recording
+/// fast: 16 us or less for any clock of 1 GHz and up, so an allocation
+/// skipped is stamped at most about that early.
+const STALE_TICKS: u64 = 1 << 14;
 
 /// Appends the fields of one record; [`RecordWriter::end`] commits it.
 struct RecordWriter<'a> {
