@@ -1,4 +1,4 @@
-//! The heapkit trace format (`.hkt`), version 1.
+//! The heapkit trace format (`.hkt`), version 3.
 //!
 //! A trace is what one process did with its heap: every `malloc`, `calloc`,
 //! `realloc`, `free`, `memalign`... call the [`record`](crate::record)er saw,
@@ -19,7 +19,7 @@
 //!
 //! header (32 bytes)
 //!   0   magic        [u8; 8]  b"HKTRACE\0"
-//!   8   version      u16      1 (readers reject any other value)
+//!   8   version      u16      1 to 3 (readers reject any other value)
 //!   10  header_len   u16      32
 //!   12  pid          u32      process id of the recorded process
 //!   16  start_ns     u64      CLOCK_MONOTONIC when recording started
@@ -58,11 +58,12 @@
 //! deltas are zigzag-encoded (`(d << 1) ^ (d >> 63)`).
 //!
 //! ```text
-//! opcode byte:  bits 0-2 kind, bit 3 ZEROED (calloc), bit 4 ALIGNED, bits 5-7 zero
+//! opcode byte:  bits 0-2 kind, bit 3 ZEROED (calloc), bit 4 ALIGNED,
+//!               bit 5 STACK_ID, bits 6-7 zero
 //!
-//! kind 1 ALLOC    dt, zz(addr - prev), size [, align_log2 if ALIGNED]
+//! kind 1 ALLOC    dt, zz(addr - prev), size [, align_log2 if ALIGNED] [, id if STACK_ID]
 //! kind 2 FREE     dt, zz(addr - prev)
-//! kind 3 REALLOC  dt, zz(old - prev), zz(new - old), size
+//! kind 3 REALLOC  dt, zz(old - prev), zz(new - old), size [, id if STACK_ID]
 //! kind 4 STACK    dt, weight, n, zz(frame[0]), zz(frame[1] - frame[0]), ...
 //! kind 5 SAME_STACK dt, weight, id
 //! ```
@@ -74,7 +75,10 @@
 //! SAME_STACK (version 2) does the same with a stack the thread recorded
 //! before: `id` counts the thread's STACK records from 0 (a thread repeats
 //! a few thousand stacks millions of times; a repeated stack costs 4-6
-//! bytes instead of 50-300). A
+//! bytes instead of 50-300). An ALLOC or REALLOC with STACK_ID (version 3,
+//! profiles of every allocation) names its stack the same way without a
+//! record of its own, its weight being its size: the SAME_STACK record's
+//! opcode, dt and weight were a quarter of such a profile's bytes. A
 //! profile also holds **metadata blocks** (tag `HKM1`, `records` 0, the
 //! payload text): a first line `mode every` or `mode sampled <mean bytes>`,
 //! and the process's `/proc/self/maps`, for symbolising the frames.
@@ -117,7 +121,7 @@
 pub const MAGIC: [u8; 8] = *b"HKTRACE\0";
 /// The format version this crate writes (it reads this and
 /// [`OLDEST_VERSION`]..).
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// The oldest version this crate reads (version 1 has no SAME_STACK).
 pub const OLDEST_VERSION: u16 = 1;
 /// Size of the file header.
@@ -156,10 +160,15 @@ pub const KIND_MASK: u8 = 0b111;
 pub const FLAG_ZEROED: u8 = 1 << 3;
 /// Opcode flag: an alignment (log2) follows the size.
 pub const FLAG_ALIGNED: u8 = 1 << 4;
+/// Opcode flag (ALLOC, REALLOC; version 3): the record ends with the id of
+/// one of the thread's STACK records, the allocation's stack; its weight is
+/// its size.
+pub const FLAG_STACK_ID: u8 = 1 << 5;
 /// Alignments up to this are the default and not recorded.
 pub const DEFAULT_ALIGN: usize = 16;
-/// The longest encoded record: opcode + four 10-byte varints + align byte.
-pub const MAX_RECORD_LEN: usize = 1 + 4 * 10 + 1;
+/// The longest encoded record: opcode + five 10-byte varints (dt, address,
+/// size, stack id; or dt, two addresses, size, stack id) + align byte.
+pub const MAX_RECORD_LEN: usize = 1 + 5 * 10 + 1;
 /// Thread indices above this are rejected as corrupt.
 pub const MAX_THREADS: u32 = 1 << 20;
 

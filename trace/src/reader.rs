@@ -546,13 +546,22 @@ fn decode_block(
     for _ in 0..records {
         let offset = c.pos;
         let opcode = c.byte()?;
-        if opcode & !(format::KIND_MASK | format::FLAG_ZEROED | format::FLAG_ALIGNED) != 0 {
+        if opcode
+            & !(format::KIND_MASK
+                | format::FLAG_ZEROED
+                | format::FLAG_ALIGNED
+                | format::FLAG_STACK_ID)
+            != 0
+        {
             return err(offset, format!("bad opcode {opcode:#04x}"));
         }
         let kind = opcode & format::KIND_MASK;
         let zeroed = opcode & format::FLAG_ZEROED != 0;
         let aligned = opcode & format::FLAG_ALIGNED != 0;
-        if (zeroed || aligned) && kind != format::KIND_ALLOC {
+        let stack_id = opcode & format::FLAG_STACK_ID != 0;
+        if (zeroed || aligned) && kind != format::KIND_ALLOC
+            || stack_id && kind != format::KIND_ALLOC && kind != format::KIND_REALLOC
+        {
             return err(
                 offset,
                 format!("flags on a non-allocation opcode {opcode:#04x}"),
@@ -625,7 +634,21 @@ fn decode_block(
             }
             _ => return err(offset, format!("bad record kind {kind}")),
         }
-        if kind != format::KIND_FREE {
+        if stack_id {
+            // The stack named in the record, weighing the record's size.
+            let at = c.pos;
+            let n = c.varint()?;
+            let Some(&id) = usize::try_from(n).ok().and_then(|n| thread_stacks.get(n)) else {
+                return err(
+                    at,
+                    format!("reference to stack {n}, which the thread has not recorded"),
+                );
+            };
+            if pending.is_some() {
+                return err(offset, "an allocation with two stacks");
+            }
+            e.stack = Some((id, e.size));
+        } else if kind != format::KIND_FREE {
             e.stack = pending.take();
         }
         out.push(e);
@@ -879,8 +902,12 @@ mod tests {
                     put(&mut payload, zigzag(b.wrapping_sub(a) as i64));
                     prev = b;
                 }
-                if kind != format::KIND_FREE {
+                if kind & format::KIND_MASK != format::KIND_FREE {
                     put(&mut payload, size);
+                }
+                // An ALLOC with STACK_ID: `b` is the stack id.
+                if kind & format::FLAG_STACK_ID != 0 {
+                    put(&mut payload, b);
                 }
             }
             out.extend_from_slice(&format::BLOCK_TAG.to_le_bytes());
@@ -1013,6 +1040,44 @@ mod tests {
         ];
         let e = Trace::parse(&encode(&[bad])).unwrap_err();
         assert!(e.message.contains("reference to stack 1"), "{e}");
+    }
+
+    /// Version 3: an allocation names its thread's earlier stack itself,
+    /// and weighs its own size.
+    #[test]
+    fn an_allocation_names_its_stack_by_id() {
+        const S: u8 = format::KIND_STACK;
+        const A_ID: u8 = format::KIND_ALLOC | format::FLAG_STACK_ID;
+        let t0: &[Rec] = &[
+            (S, 1, 8, 0x400000, 2),
+            (A, 2, 0x1000, 0, 8),
+            (S, 3, 16, 0x500000, 1),
+            (A, 4, 0x2000, 0, 16),
+            (A_ID, 5, 0x3000, 0, 40),
+            (A_ID, 6, 0x4000, 1, 24),
+        ];
+        let t = Trace::parse(&encode(&[t0])).unwrap();
+        let stack_of = |obj: usize| &t.stacks[t.objects[obj].stack as usize];
+        assert_eq!(stack_of(2), &[0x400000, 0x400001]);
+        assert_eq!(t.objects[2].weight, 40);
+        assert_eq!(stack_of(3), &[0x500000]);
+        assert_eq!(t.objects[3].weight, 24);
+        let bad: &[Rec] = &[
+            (S, 1, 8, 0x400000, 1),
+            (A, 2, 0x1000, 0, 8),
+            (A_ID, 3, 0x2000, 1, 8),
+        ];
+        let e = Trace::parse(&encode(&[bad])).unwrap_err();
+        assert!(e.message.contains("reference to stack 1"), "{e}");
+        // A STACK record and a STACK_ID for one allocation: corrupt.
+        let twice: &[Rec] = &[
+            (S, 1, 8, 0x400000, 1),
+            (A, 2, 0x1000, 0, 8),
+            (S, 3, 8, 0x500000, 1),
+            (A_ID, 4, 0x2000, 0, 8),
+        ];
+        let e = Trace::parse(&encode(&[twice])).unwrap_err();
+        assert!(e.message.contains("two stacks"), "{e}");
     }
 
     #[test]

@@ -498,6 +498,16 @@ struct StackMemory {
     frames: [usize; format::MAX_FRAMES],
 }
 
+/// How a profiled allocation's stack was recorded.
+#[derive(Clone, Copy)]
+enum StackRef {
+    /// A STACK or SAME_STACK record was written just before the allocation's.
+    Written,
+    /// The stack is the thread's `id`-th STACK record: the allocation's
+    /// record names it (`FLAG_STACK_ID`).
+    Id(u32),
+}
+
 /// Slots of [`RecordedStacks`] (a power of two).
 const RECORDED_SLOTS: usize = 4096;
 
@@ -722,12 +732,22 @@ unsafe fn record_alloc(start: FrameState, ptr: *mut u8, size: usize, align: usiz
         }
         return;
     };
-    // SAFETY: `start` is live (this function's contract).
-    if mode() != Mode::Trace && !unsafe { buf.profile(start, ptr, size) } {
-        leave(buf);
-        return;
-    }
+    let stack = if mode() == Mode::Trace {
+        StackRef::Written
+    } else {
+        // SAFETY: `start` is live (this function's contract).
+        match unsafe { buf.profile(start, ptr, size) } {
+            Some(stack) => stack,
+            None => {
+                leave(buf);
+                return;
+            }
+        }
+    };
     let mut op = format::KIND_ALLOC;
+    if let StackRef::Id(_) = stack {
+        op |= format::FLAG_STACK_ID;
+    }
     if zeroed {
         op |= format::FLAG_ZEROED;
     }
@@ -740,6 +760,9 @@ unsafe fn record_alloc(start: FrameState, ptr: *mut u8, size: usize, align: usiz
     w.value(size as u64);
     if aligned {
         w.value(align.trailing_zeros() as u64);
+    }
+    if let StackRef::Id(id) = stack {
+        w.value(u64::from(id));
     }
     w.end();
     leave(buf);
@@ -801,16 +824,30 @@ pub fn on_realloc(old: *mut u8, new: *mut u8, size: usize) {
     }
     let start = FrameState::here();
     let Some(buf) = enter() else { return };
-    // SAFETY: `start` was taken in this frame (or the one this is inlined
-    // into), which makes the call.
-    if mode() == Mode::ProfileEvery && !unsafe { buf.profile(start, new, size) } {
-        leave(buf);
-        return;
+    let stack = if mode() == Mode::ProfileEvery {
+        // SAFETY: `start` was taken in this frame (or the one this is
+        // inlined into), which makes the call.
+        match unsafe { buf.profile(start, new, size) } {
+            Some(stack) => stack,
+            None => {
+                leave(buf);
+                return;
+            }
+        }
+    } else {
+        StackRef::Written
+    };
+    let mut op = format::KIND_REALLOC;
+    if let StackRef::Id(_) = stack {
+        op |= format::FLAG_STACK_ID;
     }
-    let mut w = buf.begin(format::KIND_REALLOC);
+    let mut w = buf.begin(op);
     w.addr(old);
     w.addr(new);
     w.value(size as u64);
+    if let StackRef::Id(id) = stack {
+        w.value(u64::from(id));
+    }
     w.end();
     leave(buf);
 }
@@ -1125,23 +1162,23 @@ impl ThreadBuf {
 
     /// Profiles: decides whether the allocation of `size` bytes at `ptr`
     /// is recorded and, if so, writes its STACK record (the ALLOC or
-    /// REALLOC follows), the stack walked from `start`. False: not
-    /// sampled, record nothing.
+    /// REALLOC follows, or names it: see [`StackRef`]), the stack walked
+    /// from `start`. None: not sampled, record nothing.
     ///
     /// # Safety
     /// As for [`record_alloc`].
     #[inline]
-    unsafe fn profile(&mut self, start: FrameState, ptr: *mut u8, size: usize) -> bool {
+    unsafe fn profile(&mut self, start: FrameState, ptr: *mut u8, size: usize) -> Option<StackRef> {
         let weight = if mode() == Mode::ProfileSampled {
             // The caller counted `size` down to zero or below. A thread's
             // first interval is drawn when its buffer is made, after the
             // allocation that made it was counted: not a sample.
             if countdown() > 0 {
-                return false;
+                return None;
             }
             set_countdown(self.next_interval());
             if !SAMPLED.insert(ptr as u64) {
-                return false;
+                return None;
             }
             // The sampled block stands for size / P(sampled), with
             // P = 1 - exp(-size / rate) (as -expm1, exact for small sizes;
@@ -1153,8 +1190,7 @@ impl ThreadBuf {
             size as u64
         };
         // SAFETY: `start` is live (this function's contract).
-        unsafe { self.write_stack(start, weight) };
-        true
+        Some(unsafe { self.write_stack(start, weight) })
     }
 
     /// Walks the calling thread's stack from `start` and writes its STACK
@@ -1166,7 +1202,7 @@ impl ThreadBuf {
     /// # Safety
     /// As for [`record_alloc`].
     #[cold]
-    unsafe fn write_stack(&mut self, start: FrameState, weight: u64) {
+    unsafe fn write_stack(&mut self, start: FrameState, weight: u64) -> StackRef {
         if self.stack_memory.is_null() && !self.stack_memory_tried {
             self.stack_memory_tried = true;
             // Populated: the unwind cache is looked up before it is filled
@@ -1177,8 +1213,7 @@ impl ThreadBuf {
         if memory.is_null() {
             let mut frames = [0usize; format::MAX_FRAMES];
             let n = os::backtrace(&mut frames);
-            self.write_stack_record(weight, &frames[..n], None);
-            return;
+            return self.write_stack_record(weight, &frames[..n], None);
         }
         // SAFETY: a non-null stack_memory is this thread's own mapping,
         // used only under the busy flag (which the caller holds); the three
@@ -1197,18 +1232,20 @@ impl ThreadBuf {
         frames[0] = start.ip();
         // SAFETY: `start` is live (this function's contract).
         let n = 1 + unsafe { os::unwind::backtrace_from(start, &mut frames[1..], unwind) };
-        self.write_stack_record(weight, &frames[..n], Some(recorded));
+        self.write_stack_record(weight, &frames[..n], Some(recorded))
     }
 
-    /// Writes the STACK record of `frames`, or a SAME_STACK record when
-    /// `recorded` holds its hash (remembering it there otherwise).
+    /// Writes the STACK record of `frames`, or, when `recorded` holds its
+    /// hash (remembering it there otherwise), a SAME_STACK record; in a
+    /// profile of every allocation (whose weights are the sizes) nothing,
+    /// the id going into the allocation's own record instead.
     #[inline(always)]
     fn write_stack_record(
         &mut self,
         weight: u64,
         frames: &[usize],
         recorded: Option<&mut RecordedStacks>,
-    ) {
+    ) -> StackRef {
         let n = frames.len();
         if self.len + format::MAX_STACK_RECORD_LEN + format::MAX_RECORD_LEN > PAYLOAD_CAP {
             flush(self);
@@ -1232,6 +1269,11 @@ impl ThreadBuf {
             r.next_id += 1;
             None
         });
+        if let Some(id) = same {
+            if mode() == Mode::ProfileEvery {
+                return StackRef::Id(id);
+            }
+        }
         let mut at = self.len;
         let out = self.payload();
         // SAFETY: MAX_STACK_RECORD_LEN bytes are free from `at` (checked
@@ -1259,6 +1301,7 @@ impl ThreadBuf {
         }
         self.len = at;
         self.records += 1;
+        StackRef::Written
     }
 
     /// Unmaps the stack memory (later stacks: libgcc's unwinder, written

@@ -174,10 +174,11 @@ fn corrupt_traces_are_rejected(good: &[u8]) {
     assert_eq!(t.op_count(), whole.op_count());
     // Wrong version.
     let mut v = good.to_vec();
-    v[8] = 3;
+    let next = heapkit_trace::format::VERSION + 1;
+    v[8] = next as u8;
     let e = Trace::parse(&v).unwrap_err();
     assert_eq!(e.offset, 8);
-    assert!(e.to_string().contains("version 3"), "{e}");
+    assert!(e.to_string().contains(&format!("version {next}")), "{e}");
     // Flipped bytes: never a panic; inside a block payload always an error
     // (checksum), and the error names an offset inside the file.
     let mut rejected = 0;

@@ -173,6 +173,13 @@ struct LastWalk {
     len: usize,
     /// The instruction the walk started from (inside `backtrace_cached`).
     first_ip: usize,
+    /// The walk stopped at its last state because no step leads on from
+    /// it (no rule for its instruction, or one whose CFA is not above its
+    /// stack pointer: both decided by the state alone), not at its
+    /// caller's capacity: a walk that reuses its steps to the end stops
+    /// there too, without looking up the outermost frame's rule again (a
+    /// probe that missed the cache on every walk).
+    ended: bool,
 }
 
 impl LastWalk {
@@ -409,10 +416,13 @@ pub unsafe fn backtrace_from(
     let mut fresh = [const { MaybeUninit::<Step>::uninit() }; LAST_STEPS];
     let prev_len = cache.last.len;
     debug_assert!(prev_len <= LAST_STEPS);
+    let prev_ended = cache.last.ended;
     // The previous walk's first step whose CFA is not below `sp`.
     let mut cursor = 0;
     let mut n = 0;
     let mut joined = false;
+    // Stopped before `cap` (see `LastWalk::ended`).
+    let mut ended = false;
     while n < cap {
         if n > 0 && !joined {
             let last = &cache.last.steps[..prev_len];
@@ -436,6 +446,11 @@ pub unsafe fn backtrace_from(
                         (ip, sp, bp) = (s.ra, s.cfa, s.bp);
                     }
                     joined = true;
+                    if prev_ended && cursor + 1 + reused == prev_len {
+                        // The previous walk stopped in this very state.
+                        ended = true;
+                        break;
+                    }
                     continue;
                 }
             }
@@ -451,6 +466,7 @@ pub unsafe fn backtrace_from(
         if rule.is_none() {
             rule = cache.rule_for(lookup);
             if rule.is_none() {
+                ended = true;
                 break;
             }
         }
@@ -458,6 +474,7 @@ pub unsafe fn backtrace_from(
         let cfa = base.wrapping_add_signed(rule.cfa_offset());
         // The caller's frame is above this one, and not absurdly far.
         if cfa <= sp || cfa - sp > MAX_FRAME || !cfa.is_multiple_of(8) {
+            ended = true;
             break;
         }
         let mut step = Step {
@@ -476,6 +493,8 @@ pub unsafe fn backtrace_from(
             }
         }
         if step.ra == 0 {
+            // Not `ended`: a slot the next walk would read again, which it
+            // does not check when it reuses the steps below it.
             break;
         }
         if joined {
@@ -496,6 +515,7 @@ pub unsafe fn backtrace_from(
     }
     cache.last.len = n;
     cache.last.first_ip = first_ip;
+    cache.last.ended = ended;
     debug_assert!(cache.last.steps[..n]
         .windows(2)
         .all(|w| w[0].cfa < w[1].cfa));
