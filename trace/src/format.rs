@@ -100,6 +100,12 @@
 //!   waits up to 50 us of trace time for that address's allocation on
 //!   another thread. One still not live then names a block allocated
 //!   before recording started (e.g. by the dynamic loader).
+//! - A profile's recorder reads the clock for one record in 32 while its
+//!   thread records fast; the others have `dt` 0 and carry the time of the
+//!   read before. Such a record happened by its thread's next record with
+//!   a `dt` above 0 (or the end of the recording), and a reader waits that
+//!   long, plus the 50 us, before it takes a FREE or REALLOC of an address
+//!   not live for a block from before the recording.
 //! - `size` is the size the program asked for (`nmemb * size` for calloc).
 //!   ALIGNED allocations (alignment above 16 bytes: `memalign`,
 //!   `posix_memalign`, `aligned_alloc`, `valloc`) carry `log2(alignment)`.

@@ -189,6 +189,11 @@ pub struct Trace {
 struct RawEvent {
     offset: usize,
     ticks: u64,
+    /// The record read the clock (`dt` > 0); else it carries the time of
+    /// an earlier record of its thread, and happened at or before the next
+    /// record that read it (a profile's recorder skips reads while its
+    /// thread records fast).
+    fresh: bool,
     kind: u8,
     zeroed: bool,
     align_log2: u8,
@@ -575,6 +580,7 @@ fn decode_block(
         let mut e = RawEvent {
             offset,
             ticks,
+            fresh: dt > 0,
             kind,
             zeroed,
             align_log2: 0,
@@ -666,18 +672,53 @@ fn decode_block(
 /// An allocation (or a realloc's new address) at an address that is still
 /// live waits until that address is freed: the free is then on another
 /// thread with a nearly equal time (the realloc case of the format docs).
-/// A free or realloc of an address not live is held back for
-/// [`EARLY_FREE_WINDOW_NS`] of trace time: the recorder stamps a free with a
-/// clock read that the CPU may run a little early, so the allocation on
-/// another thread that handed it the block can carry a slightly later
-/// time. If that allocation comes within the window the free follows it;
-/// otherwise the block is from before the recording.
+/// A free or realloc of an address not live is held back until
+/// [`EARLY_FREE_WINDOW_NS`] of trace time after the latest it can have
+/// happened: the recorder stamps a free with a clock read that the CPU may
+/// run a little early, and a profile's record without a read of its own
+/// (dt 0) carries its thread's last read, so it happened by the thread's
+/// next read (or the end of the recording); the allocation on another
+/// thread that handed it the block can carry a later time. If that
+/// allocation comes within the hold the free follows it (and is given its
+/// time if it was stamped earlier); otherwise the block is from before the
+/// recording.
 fn resolve(
     trace: &mut Trace,
     raw: Vec<Vec<RawEvent>>,
     to_ns: impl Fn(u64) -> u64,
 ) -> Result<(), TraceError> {
     let threads = raw.len();
+    // Per record: the latest tick it can have happened at (its own, or the
+    // next clock read of its thread; none: u64::MAX).
+    let latest: Vec<Vec<u64>> = raw
+        .iter()
+        .map(|list| {
+            let mut bound = u64::MAX;
+            let mut out = vec![0; list.len()];
+            for (i, e) in list.iter().enumerate().rev() {
+                if e.fresh {
+                    bound = e.ticks;
+                }
+                out[i] = bound.max(e.ticks);
+            }
+            out
+        })
+        .collect();
+    // With no clock read after it in its thread, a record happened before
+    // the recording ended.
+    let end_ns = trace.end_ns;
+    let hold_end = |t: usize, i: usize| -> u64 {
+        match latest[t][i] {
+            u64::MAX => end_ns,
+            ticks => to_ns(ticks),
+        }
+        .saturating_add(EARLY_FREE_WINDOW_NS)
+    };
+    // Event times: an object's end is not before its start, and a
+    // thread's events keep their order (a record without its own clock
+    // read may carry an earlier time than the allocation it ends).
+    let mut born: Vec<u64> = Vec::new();
+    let mut thread_ts = vec![0u64; threads];
     let mut live: HashMap<u64, u32> = HashMap::new();
     let mut next = vec![0usize; threads];
     let mut ready: BinaryHeap<Reverse<(u64, u32)>> = BinaryHeap::new();
@@ -765,11 +806,7 @@ fn resolve(
                 }
                 None if !released[ti] => {
                     held.entry(e.a).or_default().push(t);
-                    held_until.push(Reverse((
-                        to_ns(e.ticks).saturating_add(EARLY_FREE_WINDOW_NS),
-                        t,
-                        next[ti],
-                    )));
+                    held_until.push(Reverse((hold_end(ti, next[ti]), t, next[ti])));
                     continue;
                 }
                 None => Op::FreeUnknown,
@@ -781,11 +818,7 @@ fn resolve(
                 }
                 if !released[ti] && !live.contains_key(&e.a) {
                     held.entry(e.a).or_default().push(t);
-                    held_until.push(Reverse((
-                        to_ns(e.ticks).saturating_add(EARLY_FREE_WINDOW_NS),
-                        t,
-                        next[ti],
-                    )));
+                    held_until.push(Reverse((hold_end(ti, next[ti]), t, next[ti])));
                     continue;
                 }
                 let old = live.remove(&e.a);
@@ -805,10 +838,21 @@ fn resolve(
                 }
             }
         };
-        trace.threads[ti].push(Event {
-            ts: to_ns(e.ticks),
-            op,
-        });
+        let mut ts = to_ns(e.ticks).max(thread_ts[ti]);
+        match op {
+            Op::Free { obj } | Op::Realloc { old: obj, .. } => {
+                ts = ts.max(born[obj as usize]);
+            }
+            _ => {}
+        }
+        if let Some(obj) = op.creates() {
+            if born.len() <= obj as usize {
+                born.resize(obj as usize + 1, 0);
+            }
+            born[obj as usize] = ts;
+        }
+        thread_ts[ti] = ts;
+        trace.threads[ti].push(Event { ts, op });
         released[ti] = false;
         next[ti] += 1;
         if let Some(n) = raw[ti].get(next[ti]) {
@@ -960,6 +1004,31 @@ mod tests {
         assert!(matches!(t.threads[1][3].op, Op::Alloc { size: 4, .. }));
         let s = crate::summary::Summary::of(&t).unwrap();
         assert_eq!((s.frees, s.unknown_frees), (1, 1));
+    }
+
+    /// A profile's record without its own clock read (dt 0) carries its
+    /// thread's last read: a free stamped that way may come long before
+    /// the allocation it ends on another thread, and is held until its
+    /// thread's next read, not only 50 us.
+    #[test]
+    fn a_free_without_its_own_clock_read_waits_for_its_threads_next() {
+        let t0: &[Rec] = &[(A, 200_000, 0x5000, 0, 8)];
+        let t1: &[Rec] = &[
+            (A, 100, 0x9000, 0, 8),
+            // Stamped with the read before (dt 0); happened after t0's
+            // allocation, before this thread's next read.
+            (F, 100, 0x5000, 0, 0),
+            (A, 300_000, 0xa000, 0, 8),
+        ];
+        let t = Trace::parse(&encode(&[t0, t1])).unwrap();
+        let Op::Alloc { obj, .. } = t.threads[0][0].op else {
+            panic!("{:?}", t.threads[0][0]);
+        };
+        assert_eq!(t.threads[1][1].op, Op::Free { obj });
+        // Its time is not before the allocation's.
+        assert!(t.threads[1][1].ts >= t.threads[0][0].ts);
+        let s = crate::summary::Summary::of(&t).unwrap();
+        assert_eq!(s.unknown_frees, 0);
     }
 
     #[test]

@@ -1361,16 +1361,14 @@ impl ThreadBuf {
         if self.len + format::MAX_RECORD_LEN > PAYLOAD_CAP {
             flush(self);
         }
-        // A profile's allocations read the clock once in CLOCK_EVERY
-        // while the thread records fast (the others take the time of the
-        // one before): their times only place the peak and the timeline,
-        // and `rdtsc` was a third of a record. A record that ends a block
-        // (FREE, REALLOC) always reads it: stamped early, it could come
-        // before its allocation on another thread by more than the
-        // reader's window. A trace (replayed with its timing) stamps every
-        // record.
-        let op_kind = op & format::KIND_MASK;
-        let dt = if self.clock_skip == 0 || op_kind != format::KIND_ALLOC || mode() == Mode::Trace {
+        // A profile's records read the clock once in CLOCK_EVERY while the
+        // thread records fast (the others take the time of the one before,
+        // with dt 0): `rdtsc` was a third of a record. The reader takes a
+        // record without its own read to have happened by its thread's
+        // next read, and waits that long for the allocation a FREE or
+        // REALLOC ends (on another thread, it may carry a later time). A
+        // trace (replayed with its timing) stamps every record.
+        let dt = if self.clock_skip == 0 || mode() == Mode::Trace {
             let now = now_ticks_for_record();
             let dt = now.saturating_sub(self.prev_ticks);
             self.prev_ticks = self.prev_ticks.max(now);
@@ -1394,14 +1392,16 @@ impl ThreadBuf {
     }
 }
 
-/// A profile's allocations read the clock once in this many while their
+/// A profile's records read the clock once in this many while their
 /// thread records fast (see [`ThreadBuf::begin`]).
-const CLOCK_EVERY: u32 = 16;
+const CLOCK_EVERY: u32 = 32;
 
 /// Clock ticks between two reads under which a thread counts as recording
-/// fast: 16 us or less for any clock of 1 GHz and up, so an allocation
-/// skipped is stamped at most about that early.
-const STALE_TICKS: u64 = 1 << 14;
+/// fast: 33 us or less for any clock of 1 GHz and up, so a record that
+/// skipped its read is stamped at most about that early while its thread
+/// keeps that pace (after a pause, up to CLOCK_EVERY records are stamped
+/// before it: the reader holds a FREE until its thread's next read).
+const STALE_TICKS: u64 = 1 << 15;
 
 /// Appends the fields of one record; [`RecordWriter::end`] commits it.
 struct RecordWriter<'a> {
