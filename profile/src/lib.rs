@@ -17,10 +17,11 @@
 //! more than the wrapped allocator. Sampled, a byte countdown per
 //! allocation and, for a free, one load from a 256 KiB filter; a sample
 //! walks the stack with heapkit's cached DWARF unwinder (no frame pointers
-//! needed) and writes a record to a per-thread buffer: about 1.0x the
-//! unprofiled time on an allocation-heavy python3 run (1.02-1.08x; sqlite3
-//! 1.0x, a C stress program that allocates 25 GiB/s 1.06-1.11x), 2.7x
-//! recording every allocation (sqlite3 1.3x, the C stress program 2.3x). The recorder never allocates through the global allocator
+//! needed) and writes a record to a per-thread buffer. Under
+//! `libheapkit.so`: 1.04x the unprofiled time on an allocation-heavy
+//! python3 run (sqlite3 1.01x, a C stress program that allocates 25 GiB/s
+//! 1.03-1.06x), 2.0x recording every allocation (sqlite3 1.17x, the C
+//! stress program 1.45x). The recorder never allocates through the global allocator
 //! (its buffers are its own mappings), so it cannot recurse.
 //!
 //! ```no_run
