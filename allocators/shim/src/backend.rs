@@ -21,8 +21,9 @@
 //! (`sizeclass`, `slab` and `pool` have one; asking it of another backend
 //! is refused with one line, like an unknown name).
 //!
-//! Adding a backend: a constant below, a line in [`BACKENDS`] and an arm in
-//! [`dispatch!`].
+//! Adding a backend: a constant below with its `_SAMPLED` and `_TRACED`
+//! twins, a line in [`BACKENDS`], and its arm in each form of
+//! [`dispatch!`] (one in the first, three in the second).
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
