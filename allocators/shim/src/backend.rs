@@ -183,49 +183,13 @@ pub fn name(id: u8) -> &'static str {
 /// running `$traced`; in the first form those ids are `$other`.
 macro_rules! dispatch {
     ($id:expr, |$a:ident| $body:expr, $other:expr) => {
-        match $id {
-            $crate::backend::SIZECLASS => {
-                let $a = &$crate::backend::SIZECLASS_HEAP;
-                $body
-            }
-            $crate::backend::SIZECLASS_HARDENED => {
-                let $a = &$crate::backend::SIZECLASS_HARDENED_HEAP;
-                $body
-            }
-            $crate::backend::SLAB => {
-                let $a = &$crate::backend::SLAB_HEAP;
-                $body
-            }
-            $crate::backend::SLAB_HARDENED => {
-                let $a = &$crate::backend::SLAB_HARDENED_HEAP;
-                $body
-            }
-            $crate::backend::POOL => {
-                let $a = &$crate::backend::POOL_HEAP;
-                $body
-            }
-            $crate::backend::POOL_HARDENED => {
-                let $a = &$crate::backend::POOL_HARDENED_HEAP;
-                $body
-            }
-            $crate::backend::BUMP => {
-                let $a = &$crate::backend::BUMP_HEAP;
-                $body
-            }
-            $crate::backend::SYSTEM => {
-                let $a = &$crate::system::System;
-                $body
-            }
-            $crate::backend::JEMALLOC => {
-                let $a = &$crate::jemalloc::Jemalloc;
-                $body
-            }
-            $crate::backend::MIMALLOC => {
-                let $a = &$crate::mimalloc::Mimalloc;
-                $body
-            }
-            _ => $other,
-        }
+        $crate::backend::dispatch!(
+            $id,
+            |$a| $body,
+            sampled | $a | $other,
+            traced | $a | $other,
+            $other
+        )
     };
     ($id:expr, |$a:ident| $body:expr, sampled |$s:ident| $sampled:expr, traced |$t:ident| $traced:expr, $other:expr) => {
         match $id {
@@ -270,82 +234,102 @@ macro_rules! dispatch {
                 $body
             }
             $crate::backend::SIZECLASS_SAMPLED => {
+                #[allow(unused_variables)]
                 let $s = &$crate::backend::SIZECLASS_HEAP;
                 $sampled
             }
             $crate::backend::SIZECLASS_HARDENED_SAMPLED => {
+                #[allow(unused_variables)]
                 let $s = &$crate::backend::SIZECLASS_HARDENED_HEAP;
                 $sampled
             }
             $crate::backend::SLAB_SAMPLED => {
+                #[allow(unused_variables)]
                 let $s = &$crate::backend::SLAB_HEAP;
                 $sampled
             }
             $crate::backend::SLAB_HARDENED_SAMPLED => {
+                #[allow(unused_variables)]
                 let $s = &$crate::backend::SLAB_HARDENED_HEAP;
                 $sampled
             }
             $crate::backend::POOL_SAMPLED => {
+                #[allow(unused_variables)]
                 let $s = &$crate::backend::POOL_HEAP;
                 $sampled
             }
             $crate::backend::POOL_HARDENED_SAMPLED => {
+                #[allow(unused_variables)]
                 let $s = &$crate::backend::POOL_HARDENED_HEAP;
                 $sampled
             }
             $crate::backend::BUMP_SAMPLED => {
+                #[allow(unused_variables)]
                 let $s = &$crate::backend::BUMP_HEAP;
                 $sampled
             }
             $crate::backend::SYSTEM_SAMPLED => {
+                #[allow(unused_variables)]
                 let $s = &$crate::system::System;
                 $sampled
             }
             $crate::backend::JEMALLOC_SAMPLED => {
+                #[allow(unused_variables)]
                 let $s = &$crate::jemalloc::Jemalloc;
                 $sampled
             }
             $crate::backend::MIMALLOC_SAMPLED => {
+                #[allow(unused_variables)]
                 let $s = &$crate::mimalloc::Mimalloc;
                 $sampled
             }
             $crate::backend::SIZECLASS_TRACED => {
+                #[allow(unused_variables)]
                 let $t = &$crate::backend::SIZECLASS_HEAP;
                 $traced
             }
             $crate::backend::SIZECLASS_HARDENED_TRACED => {
+                #[allow(unused_variables)]
                 let $t = &$crate::backend::SIZECLASS_HARDENED_HEAP;
                 $traced
             }
             $crate::backend::SLAB_TRACED => {
+                #[allow(unused_variables)]
                 let $t = &$crate::backend::SLAB_HEAP;
                 $traced
             }
             $crate::backend::SLAB_HARDENED_TRACED => {
+                #[allow(unused_variables)]
                 let $t = &$crate::backend::SLAB_HARDENED_HEAP;
                 $traced
             }
             $crate::backend::POOL_TRACED => {
+                #[allow(unused_variables)]
                 let $t = &$crate::backend::POOL_HEAP;
                 $traced
             }
             $crate::backend::POOL_HARDENED_TRACED => {
+                #[allow(unused_variables)]
                 let $t = &$crate::backend::POOL_HARDENED_HEAP;
                 $traced
             }
             $crate::backend::BUMP_TRACED => {
+                #[allow(unused_variables)]
                 let $t = &$crate::backend::BUMP_HEAP;
                 $traced
             }
             $crate::backend::SYSTEM_TRACED => {
+                #[allow(unused_variables)]
                 let $t = &$crate::system::System;
                 $traced
             }
             $crate::backend::JEMALLOC_TRACED => {
+                #[allow(unused_variables)]
                 let $t = &$crate::jemalloc::Jemalloc;
                 $traced
             }
             $crate::backend::MIMALLOC_TRACED => {
+                #[allow(unused_variables)]
                 let $t = &$crate::mimalloc::Mimalloc;
                 $traced
             }

@@ -331,12 +331,13 @@ mod traced {
 }
 
 /// The exports' out-of-line twins, for every call that finds [`SELECTED`]
-/// not a plain backend id: the first calls (from the dynamic loader, before
-/// the constructor chose a backend) and every call of a process that
-/// records (`HEAPKIT_TRACE`, `HEAPKIT_PROFILE`), which they record around
-/// the dispatch. Not `#[cold]`: for a recording process they are the hot
-/// path (cold code is optimised for size, which cost a sampled profile
-/// about 5% more); `#[inline(never)]` keeps them out of the exports.
+/// not a plain backend id and has no twin in [`sampled`] or [`traced`]: the
+/// first calls (from the dynamic loader, before the constructor chose a
+/// backend) and, in a recording process, the rarer entries (`memalign`,
+/// `posix_memalign`, ...), which they record around the dispatch. Not
+/// `#[cold]`: for a recording process some are on its hot path (cold code
+/// is optimised for size, which cost a sampled profile about 5% more);
+/// `#[inline(never)]` keeps them out of the exports.
 ///
 /// [`SELECTED`]: crate::backend::SELECTED
 mod cold {
@@ -347,34 +348,25 @@ mod cold {
 
     use crate::backend::with_backend;
 
+    // The four with a traced twin: resolve, then that twin (which records
+    // only when the recorder runs).
+
     #[inline(never)]
     pub(super) fn malloc(size: usize) -> *mut c_void {
-        let p = with_backend!(|a| capi::malloc(a, size));
-        if record::enabled() {
-            record::on_alloc(p.cast(), size, 0, false);
-        }
-        p
+        with_backend!(|a| super::traced::malloc(a, size))
     }
 
     #[inline(never)]
     pub(super) fn calloc(n: usize, size: usize) -> *mut c_void {
-        let p = with_backend!(|a| capi::calloc(a, n, size));
-        if record::enabled() {
-            record::on_alloc(p.cast(), n.wrapping_mul(size), 0, true);
-        }
-        p
+        with_backend!(|a| super::traced::calloc(a, n, size))
     }
 
     /// # Safety
     /// As for `free`.
     #[inline(never)]
     pub(super) unsafe fn free(ptr: *mut c_void) {
-        // Recorded before the block is released (another thread may get it).
-        if record::enabled() {
-            record::on_free(ptr.cast());
-        }
         // SAFETY: ptr is null or a live block of the selected backend.
-        with_backend!(|a| unsafe { capi::free(a, ptr) })
+        with_backend!(|a| unsafe { super::traced::free(a, ptr) })
     }
 
     /// # Safety
@@ -382,11 +374,7 @@ mod cold {
     #[inline(never)]
     pub(super) unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         // SAFETY: ptr is null or a live block of the selected backend.
-        let p = with_backend!(|a| unsafe { capi::realloc(a, ptr, size) });
-        if record::enabled() {
-            record::on_realloc(ptr.cast(), p.cast(), size);
-        }
-        p
+        with_backend!(|a| unsafe { super::traced::realloc(a, ptr, size) })
     }
 
     /// # Safety
