@@ -277,15 +277,16 @@ fn count_down(size: usize) -> bool {
 }
 
 /// Whether a sampled heap profile runs (`HEAPKIT_PROFILE` with a non-zero
-/// rate): the shim then calls [`sampled_alloc`] and [`sampled_free`]
-/// inline, without [`enabled`] first.
+/// rate): the shim's sampled twins then call [`sampled_alloc`] and
+/// [`sampled_free`], without [`enabled`] first.
 pub fn sampled_profile() -> bool {
     enabled() && mode() == Mode::ProfileSampled
 }
 
-/// A sampled profile's allocation hook, inline in the shim's exports: an
-/// allocation of `size` bytes returned `ptr` (null: failed). Counts the
-/// bytes down and calls the recorder only for a sample.
+/// A sampled profile's allocation hook, inlined into the shim's sampled
+/// twins (the backend's fast path and this, per backend): an allocation
+/// of `size` bytes returned `ptr` (null: failed). Counts the bytes down
+/// and calls the recorder only for a sample.
 // The pointers are recorded as addresses, never dereferenced.
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
 #[inline(always)]
@@ -296,9 +297,9 @@ pub fn sampled_alloc(ptr: *mut u8, size: usize, align: usize, zeroed: bool) {
     }
 }
 
-/// A sampled profile's free hook, inline in the shim's exports: call
-/// before the backend frees `ptr`. One load from the set's filter; records
-/// the free of a sampled block.
+/// A sampled profile's free hook, inlined into the shim's sampled twins:
+/// call before the backend frees `ptr`. One load from the set's filter;
+/// records the free of a sampled block.
 #[inline(always)]
 pub fn sampled_free(ptr: *mut u8) {
     if SAMPLED.may_hold(ptr as u64) {

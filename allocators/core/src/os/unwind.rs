@@ -682,6 +682,39 @@ mod tests {
         core::hint::black_box(r)
     }
 
+    /// A walk from a state an outer function took starts at that
+    /// function's caller: the frames between are skipped, the rest are the
+    /// full walk's. Twice, so the second walk reuses the first's steps.
+    #[test]
+    fn a_walk_from_an_outer_frame_skips_the_frames_inside_it() {
+        #[inline(never)]
+        fn outer(cache: &mut UnwindCache) -> (Vec<usize>, Vec<usize>) {
+            let start = FrameState::here();
+            let r = inner(start, cache);
+            core::hint::black_box(r)
+        }
+        #[inline(never)]
+        fn inner(start: FrameState, cache: &mut UnwindCache) -> (Vec<usize>, Vec<usize>) {
+            let mut full = [0usize; 64];
+            let n = backtrace_cached(&mut full, cache);
+            let mut from = [0usize; 64];
+            // SAFETY: `start` was taken by our caller, which is still live.
+            let m = unsafe { backtrace_from(start, &mut from, cache) };
+            core::hint::black_box((full[..n].to_vec(), from[..m].to_vec()))
+        }
+        let cache = super::super::map(UnwindCache::BYTES).cast::<UnwindCache>();
+        assert!(!cache.is_null());
+        // SAFETY: a fresh zeroed mapping is an empty cache.
+        let cache = unsafe { &mut *cache };
+        for round in 0..2 {
+            let (full, from) = outer(cache);
+            // full: backtrace_cached's return into inner, inner's into
+            // outer, outer's into this test, ...; from: outer's first.
+            assert!(from.len() >= 3, "round {round}: {from:x?}");
+            assert_eq!(full[2..], from[..], "round {round}: {full:x?} vs {from:x?}");
+        }
+    }
+
     #[test]
     fn a_remembered_walk_gives_the_same_stack_as_a_fresh_one() {
         let map = || {
