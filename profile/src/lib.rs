@@ -20,9 +20,10 @@
 //! needed) and writes a record to a per-thread buffer. Under
 //! `libheapkit.so`: 1.04x the unprofiled time on an allocation-heavy
 //! python3 run (sqlite3 1.01x, a C stress program that allocates 25 GiB/s
-//! 1.03-1.06x), 2.0x recording every allocation (sqlite3 1.17x, the C
-//! stress program 1.45x). The recorder never allocates through the global allocator
-//! (its buffers are its own mappings), so it cannot recurse.
+//! 1.03-1.06x), 2.02-2.04x recording every allocation (sqlite3 1.17x, the
+//! C stress program 1.44-1.47x; `reports/profile-overhead-20261127-b`).
+//! The recorder never allocates through the global allocator (its buffers
+//! are its own mappings), so it cannot recurse.
 //!
 //! ```no_run
 //! use heapkit_profile::Profiled;
