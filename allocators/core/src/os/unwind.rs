@@ -33,7 +33,7 @@
 //! reuse and the walk goes on as usual from there.
 //!
 //! Cost: a hit is a hash probe; a miss about 1-3 us; a reused frame two
-//! loads. The cache is about 100 KiB per thread (mapped by the caller).
+//! loads. The cache is about 70 KiB per thread (mapped by the caller).
 
 use core::arch::asm;
 use core::ffi::c_void;
@@ -163,13 +163,22 @@ impl Step {
 
 /// The thread's previous walk.
 ///
-/// Invariant: `steps[..len]` are the steps of the last completed walk, in
-/// order (`steps[i].cfa` strictly increasing), the first taken from
-/// instruction `first_ip`, each other from the state the one before it
-/// leads to; `len <= LAST_STEPS`. Zero is no walk.
+/// Its steps sit at `slots[base..base + len]`, wherever the walk before
+/// left the steps this one reused: a walk that joins the previous one at
+/// another depth (most do: consecutive allocations come from different
+/// call sites, at different depths, under the same outer frames) moves
+/// `base` instead of the reused steps, whose `memmove` was 4% of a CPython
+/// profile of every allocation.
+///
+/// Invariant: `slots[base..base + len]` are the steps of the last
+/// completed walk, in order (`cfa` strictly increasing), the first taken
+/// from instruction `first_ip`, each other from the state the one before
+/// it leads to; `len <= LAST_STEPS` and `base <= LAST_STEPS` (so the next
+/// walk's steps fit above any `base`). Zero is no walk.
 #[repr(C)]
 struct LastWalk {
-    steps: [Step; LAST_STEPS],
+    slots: [Step; 2 * LAST_STEPS],
+    base: usize,
     len: usize,
     /// The instruction the walk started from (inside `backtrace_cached`).
     first_ip: usize,
@@ -183,25 +192,29 @@ struct LastWalk {
 }
 
 impl LastWalk {
-    /// The rule the previous walk followed at step `n`, if it started that
-    /// step from instruction `ip` too: the innermost frames (heapkit's own,
-    /// the program's allocation wrappers) are mostly the same functions at
-    /// other depths, and this saves their table lookups.
+    /// The walk's steps.
     #[inline]
-    fn rule_at(&self, n: usize, ip: usize) -> Rule {
-        if n >= self.len {
-            return Rule::NONE;
-        }
-        let prev_ip = if n == 0 {
-            self.first_ip
-        } else {
-            self.steps[n - 1].ra
-        };
-        if prev_ip == ip {
-            self.steps[n].rule
-        } else {
-            Rule::NONE
-        }
+    fn steps(&self) -> &[Step] {
+        debug_assert!(self.base <= LAST_STEPS && self.len <= LAST_STEPS);
+        &self.slots[self.base..self.base + self.len]
+    }
+}
+
+/// The rule the previous walk (`steps`, started at `first_ip`) followed at
+/// step `n`, if it started that step from instruction `ip` too: the
+/// innermost frames (heapkit's own, the program's allocation wrappers) are
+/// mostly the same functions at other depths, and this saves their table
+/// lookups.
+#[inline]
+fn rule_at(steps: &[Step], first_ip: usize, n: usize, ip: usize) -> Rule {
+    if n >= steps.len() {
+        return Rule::NONE;
+    }
+    let prev_ip = if n == 0 { first_ip } else { steps[n - 1].ra };
+    if prev_ip == ip {
+        steps[n].rule
+    } else {
+        Rule::NONE
     }
 }
 
@@ -210,19 +223,28 @@ impl LastWalk {
 /// valid empty cache, so a fresh anonymous mapping can be used as one.
 #[repr(C)]
 pub struct UnwindCache {
-    entries: [Entry; CACHE_ENTRIES],
+    rules: RuleTable,
     last: LastWalk,
 }
 
 impl UnwindCache {
     /// Bytes to map for one cache.
     pub const BYTES: usize = core::mem::size_of::<UnwindCache>();
+}
 
+/// Rules by instruction address, direct-mapped. All zero is empty.
+#[repr(C)]
+struct RuleTable {
+    entries: [Entry; CACHE_ENTRIES],
+}
+
+impl RuleTable {
     #[inline]
     fn slot(ip: usize) -> usize {
         ((ip as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize & (CACHE_ENTRIES - 1)
     }
 
+    /// The rule of the code at `ip` (looked up in the CFI on a miss).
     #[inline]
     fn rule_for(&mut self, ip: usize) -> Rule {
         let e = &mut self.entries[Self::slot(ip)];
@@ -404,171 +426,219 @@ pub unsafe fn backtrace_from(
     frames: &mut [usize],
     cache: &mut UnwindCache,
 ) -> usize {
-    let FrameState {
-        mut ip,
-        mut sp,
-        mut bp,
-    } = start;
-    let first_ip = ip;
     let cap = frames.len().min(LAST_STEPS);
-    // This walk's steps until it joins the previous walk (which `cache.last`
-    // holds until then).
+    let frames = &mut frames[..cap];
+    let UnwindCache { rules, last } = cache;
+    let prev_len = last.len;
+    // Three phases, each its own loop (one loop with a `joined` flag kept
+    // six induction variables, half of them on the stack): fresh steps
+    // until the walk reaches a state the previous walk passed through;
+    // that walk's steps from there, checked against the stack; fresh steps
+    // again after the first slot that changed.
+    //
+    // Phase 1: this walk's steps go to `fresh` (`last` holds the previous
+    // walk until the join).
     let mut fresh = [const { MaybeUninit::<Step>::uninit() }; LAST_STEPS];
-    let prev_len = cache.last.len;
-    debug_assert!(prev_len <= LAST_STEPS);
-    let prev_ended = cache.last.ended;
-    // The previous walk's first step whose CFA is not below `sp`.
+    let mut state = (start.ip, start.sp, start.bp);
+    // The previous walk's first step whose CFA is not below the state's
+    // stack pointer.
     let mut cursor = 0;
     let mut n = 0;
-    let mut joined = false;
-    // Stopped before `cap` (see `LastWalk::ended`).
-    let mut ended = false;
-    while n < cap {
-        if n > 0 && !joined {
-            let last = &cache.last.steps[..prev_len];
-            while cursor < prev_len && last[cursor].cfa < sp {
+    let prev = last.steps();
+    let phase1 = loop {
+        if n == cap {
+            break Next::Cut;
+        }
+        let (ip, sp, bp) = state;
+        if n > 0 {
+            while cursor < prev.len() && prev[cursor].cfa < sp {
                 cursor += 1;
             }
-            if cursor < prev_len {
-                let at = last[cursor];
+            if let Some(at) = prev.get(cursor) {
                 if at.cfa == sp && at.ra == ip && at.bp == bp {
-                    // Step `cursor` led the previous walk to this very state.
-                    let reused = rejoin(cache, cursor + 1, prev_len, cap - n, &fresh[..n], n);
-                    for (f, s) in frames[n..n + reused]
-                        .iter_mut()
-                        .zip(&cache.last.steps[n..n + reused])
-                    {
-                        *f = s.ra;
-                    }
-                    n += reused;
-                    if reused > 0 {
-                        let s = cache.last.steps[n - 1];
-                        (ip, sp, bp) = (s.ra, s.cfa, s.bp);
-                    }
-                    joined = true;
-                    if prev_ended && cursor + 1 + reused == prev_len {
-                        // The previous walk stopped in this very state.
-                        ended = true;
-                        break;
-                    }
-                    continue;
+                    // Step `cursor` led the previous walk to this very
+                    // state.
+                    break Next::Joined;
                 }
             }
         }
-        // A return address points after its call: look up the call itself
-        // (it may be a function's last instruction).
-        let lookup = if n == 0 { ip } else { ip - 1 };
-        let mut rule = if joined {
-            Rule::NONE
-        } else {
-            cache.last.rule_at(n, ip)
-        };
+        let mut rule = rule_at(prev, last.first_ip, n, ip);
         if rule.is_none() {
-            rule = cache.rule_for(lookup);
-            if rule.is_none() {
-                ended = true;
-                break;
+            // A return address points after its call: look up the call
+            // itself (it may be a function's last instruction).
+            rule = rules.rule_for(if n == 0 { ip } else { ip - 1 });
+        }
+        // SAFETY: `state` is the walk's state: the start frame (live, by
+        // this function's contract) or one a checked step led to.
+        match unsafe { take_step(rule, state) } {
+            Next::Step(step) => {
+                fresh[n].write(step);
+                frames[n] = step.ra;
+                n += 1;
+                state = (step.ra, step.cfa, step.bp);
+            }
+            other => break other,
+        }
+    };
+    let ended = match phase1 {
+        Next::Joined => {
+            // Phase 2.
+            let from = cursor + 1;
+            let reused = rejoin(last, from, &fresh[..n], &mut frames[n..], &mut state);
+            n += reused;
+            if last.ended && from + reused == prev_len {
+                // The previous walk stopped in this very state.
+                true
+            } else {
+                // Phase 3: the previous walk is consumed; record straight
+                // into it.
+                loop {
+                    if n == cap {
+                        break false;
+                    }
+                    // n > 0: a join follows a step.
+                    let rule = rules.rule_for(state.0 - 1);
+                    // SAFETY: as in phase 1.
+                    match unsafe { take_step(rule, state) } {
+                        Next::Step(step) => {
+                            last.slots[last.base + n] = step;
+                            frames[n] = step.ra;
+                            n += 1;
+                            state = (step.ra, step.cfa, step.bp);
+                        }
+                        other => break matches!(other, Next::Ended),
+                    }
+                }
             }
         }
-        let base = if rule.cfa_from_rbp() { bp } else { sp };
-        let cfa = base.wrapping_add_signed(rule.cfa_offset());
-        // The caller's frame is above this one, and not absurdly far.
-        if cfa <= sp || cfa - sp > MAX_FRAME || !cfa.is_multiple_of(8) {
-            ended = true;
-            break;
-        }
-        let mut step = Step {
-            ra: 0,
-            cfa,
-            bp,
-            rule,
-        };
-        // SAFETY: the CFI of the code at `lookup` says the return address
-        // (and the saved rbp) are stored at these offsets from the CFA, which
-        // lies in this thread's stack above the current frame (checked).
-        unsafe {
-            step.ra = (step.ra_at() as *const usize).read();
-            if let Some(bp_at) = step.bp_at() {
-                step.bp = (bp_at as *const usize).read();
+        other => {
+            let base = last.base;
+            for (slot, s) in last.slots[base..base + n].iter_mut().zip(&fresh[..n]) {
+                // SAFETY: fresh[..n] were written by phase 1.
+                *slot = unsafe { s.assume_init() };
             }
+            matches!(other, Next::Ended)
         }
-        if step.ra == 0 {
-            // Not `ended`: a slot the next walk would read again, which it
-            // does not check when it reuses the steps below it.
-            break;
-        }
-        if joined {
-            // The previous walk is consumed: record straight into it.
-            cache.last.steps[n] = step;
-        } else {
-            fresh[n].write(step);
-        }
-        frames[n] = step.ra;
-        n += 1;
-        (ip, sp, bp) = (step.ra, step.cfa, step.bp);
-    }
-    if !joined {
-        for (slot, s) in cache.last.steps[..n].iter_mut().zip(&fresh[..n]) {
-            // SAFETY: fresh[..n] were written by the loop above.
-            *slot = unsafe { s.assume_init() };
-        }
-    }
-    cache.last.len = n;
-    cache.last.first_ip = first_ip;
-    cache.last.ended = ended;
-    debug_assert!(cache.last.steps[..n]
-        .windows(2)
-        .all(|w| w[0].cfa < w[1].cfa));
+    };
+    last.len = n;
+    last.first_ip = start.ip;
+    last.ended = ended;
+    debug_assert!(last.steps().windows(2).all(|w| w[0].cfa < w[1].cfa));
     n
 }
 
-/// Continues a walk through the previous one: the current walk, `at`
-/// steps so far (`fresh`), is in the state the previous walk's step
-/// `from - 1` led to. Checks the previous walk's steps `from..prev_len`
-/// (at most `room`) against the stack as it is now, stopping at the first
-/// whose slots changed, and rebuilds `cache.last` as this walk so far:
-/// `fresh`, then the steps that still hold. Returns how many held.
+/// What a walk does next.
+enum Next {
+    /// Takes this step.
+    Step(Step),
+    /// Stops: no step leads on from the state (no rule for its
+    /// instruction, or a CFA not above its stack pointer; see
+    /// [`LastWalk::ended`]).
+    Ended,
+    /// Stops for another reason: a null return address (a slot the next
+    /// walk would read again), or no room for more frames.
+    Cut,
+    /// Reached a state of the previous walk (phase 1 only).
+    Joined,
+}
+
+/// The step by `rule` from the state `(ip, sp, bp)`.
+///
+/// # Safety
+/// The state is a live frame of this thread's stack whose code `rule`
+/// describes (the walk's start, or a state a checked step led to): the
+/// slots it names lie in this thread's stack above `sp`.
+#[inline(always)]
+unsafe fn take_step(rule: Rule, (_, sp, bp): (usize, usize, usize)) -> Next {
+    if rule.is_none() {
+        return Next::Ended;
+    }
+    let base = if rule.cfa_from_rbp() { bp } else { sp };
+    let cfa = base.wrapping_add_signed(rule.cfa_offset());
+    // The caller's frame is above this one, and not absurdly far.
+    if cfa <= sp || cfa - sp > MAX_FRAME || !cfa.is_multiple_of(8) {
+        return Next::Ended;
+    }
+    let mut step = Step {
+        ra: 0,
+        cfa,
+        bp,
+        rule,
+    };
+    // SAFETY: the CFI of the frame's code says the return address (and
+    // the saved rbp) are stored at these offsets from the CFA, which lies
+    // in this thread's stack above the current frame (checked).
+    unsafe {
+        step.ra = (step.ra_at() as *const usize).read();
+        if let Some(bp_at) = step.bp_at() {
+            step.bp = (bp_at as *const usize).read();
+        }
+    }
+    if step.ra == 0 {
+        return Next::Cut;
+    }
+    Next::Step(step)
+}
+
+/// Continues a walk through the previous one: the current walk, `fresh`
+/// so far, is in the state the previous walk's step `from - 1` led to.
+/// Checks the previous walk's steps from `from` (at most `frames.len()`)
+/// against the stack as it is now, stopping at the first whose slots
+/// changed, writes the return addresses of those that held to `frames`,
+/// and makes `last` this walk so far: `fresh`, then the steps that held
+/// (left where they are: `base` moves). Returns how many held; `state`
+/// becomes the state the last of them led to.
 #[inline]
 fn rejoin(
-    cache: &mut UnwindCache,
+    last: &mut LastWalk,
     from: usize,
-    prev_len: usize,
-    room: usize,
     fresh: &[MaybeUninit<Step>],
-    at: usize,
+    frames: &mut [usize],
+    state: &mut (usize, usize, usize),
 ) -> usize {
-    let steps = &mut cache.last.steps;
-    let end = prev_len.min(from + room);
-    let mut i = from;
-    while i < end {
-        let s = &steps[i];
-        // This walk is in the state from which the previous walk took step
-        // i (induction: the state matched at `from`, and each step that
+    let at = fresh.len();
+    let held = &last.steps()[from..];
+    let mut reused = 0;
+    for (s, frame) in held.iter().zip(frames.iter_mut()) {
+        // This walk is in the state from which the previous walk took this
+        // step (induction: the state matched at `from`, and each step that
         // held leads to the same next state), so a fresh step would read
         // the same addresses with the same rule.
         // SAFETY: those addresses are slots of this thread's stack above
         // the current frame, whose CFA passed the walk's bounds check.
-        let held = unsafe {
+        let same = unsafe {
             (s.ra_at() as *const usize).read() == s.ra
                 && s.bp_at()
                     .is_none_or(|at| (at as *const usize).read() == s.bp)
         };
-        if !held {
+        if !same {
             break;
         }
-        i += 1;
+        *frame = s.ra;
+        *state = (s.ra, s.cfa, s.bp);
+        reused += 1;
     }
-    let reused = i - from;
     #[cfg(test)]
-    tests::note_rejoin(reused, i < end);
-    if from != at {
-        // Another depth than last time (a `memmove` call: not when equal).
-        steps.copy_within(from..i, at);
-    }
-    for (slot, s) in steps[..at].iter_mut().zip(fresh) {
+    tests::note_rejoin(reused, reused < held.len().min(frames.len()));
+    // Step `from` of the previous walk is step `at` of this one.
+    let held_at = last.base + from;
+    let base = match held_at.checked_sub(at) {
+        Some(base) if base <= LAST_STEPS => base,
+        _ => {
+            // Out of room (a long drift one way): move the held steps to
+            // the middle.
+            let base = LAST_STEPS / 2;
+            #[cfg(test)]
+            tests::note_recentre();
+            last.slots.copy_within(held_at..held_at + reused, base + at);
+            base
+        }
+    };
+    for (slot, s) in last.slots[base..base + at].iter_mut().zip(fresh) {
         // SAFETY: the caller's fresh[..at] were written by its walk.
         *slot = unsafe { s.assume_init() };
     }
+    last.base = base;
     reused
 }
 
@@ -582,6 +652,15 @@ mod tests {
         /// This thread's walks that joined the previous one: (frames
         /// reused, joins cut short by a changed slot).
         static REJOINS: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    }
+
+    std::thread_local! {
+        /// This thread's joins that moved the held steps (out of room).
+        static RECENTRES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub(super) fn note_recentre() {
+        RECENTRES.with(|r| r.set(r.get() + 1));
     }
 
     pub(super) fn note_rejoin(reused: usize, cut_short: bool) {
@@ -736,6 +815,22 @@ mod tests {
         let (reused, cut_short) = REJOINS.with(|r| r.get());
         assert!(reused > 100, "{reused} frames reused");
         assert!(cut_short > 0, "no remembered walk was cut short");
+        // Walks far deeper and shallower in turn (after 40 levels, the
+        // outer steps a 0-level walk keeps sit 40 slots up), so the kept
+        // steps run out of room both ways and are moved.
+        let moved = RECENTRES.with(|r| r.get());
+        for round in 0..24 {
+            let levels = [40, 0, 30, 2][round % 4];
+            let (a, b) = walk_twice(levels, warm, cold);
+            assert!(
+                a.len() >= levels + 2,
+                "deep round {round}: {} frames",
+                a.len()
+            );
+            assert_eq!(a, b, "deep round {round}, {levels} levels");
+        }
+        let moved = RECENTRES.with(|r| r.get()) - moved;
+        assert!(moved >= 12, "kept steps moved {moved} times");
     }
 
     #[test]
