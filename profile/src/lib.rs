@@ -18,10 +18,10 @@
 //! allocation and, for a free, one load from a 256 KiB filter; a sample
 //! walks the stack with heapkit's cached DWARF unwinder (no frame pointers
 //! needed) and writes a record to a per-thread buffer. Under
-//! `libheapkit.so`: 1.04x the unprofiled time on an allocation-heavy
+//! `libheapkit.so`: 1.03-1.04x the unprofiled time on an allocation-heavy
 //! python3 run (sqlite3 1.01x, a C stress program that allocates 25 GiB/s
-//! 1.03-1.06x), 2.02-2.04x recording every allocation (sqlite3 1.17x, the
-//! C stress program 1.44-1.47x; `reports/profile-overhead-20261127-b`).
+//! 1.00-1.02x), 1.89-1.92x recording every allocation (sqlite3 1.15-1.16x,
+//! the C stress program 1.38-1.42x; `reports/profile-overhead-20261127-c`).
 //! The recorder never allocates through the global allocator (its buffers
 //! are its own mappings), so it cannot recurse.
 //!
