@@ -22,7 +22,7 @@ use core::ptr;
 use crate::mode::Mode;
 use crate::page::Page;
 use crate::remote::Block;
-use crate::segment::Segment;
+use crate::segment::{Segment, SegmentKind};
 
 /// How many bytes of blocks [`Page::extend`] carves at once...
 const EXTEND_BYTES: usize = 4096;
@@ -38,8 +38,8 @@ impl Page {
     /// blocks of the class at once keeps them; one block (8 KiB and up)
     /// for the others.
     #[inline]
-    pub(crate) fn keep_on_reset(stride: usize, kind: u32) -> u32 {
-        if kind == 0 {
+    pub(crate) fn keep_on_reset(stride: usize, kind: SegmentKind) -> u32 {
+        if kind == SegmentKind::Small {
             (EXTEND_BYTES / stride).max(EXTEND_MIN_BLOCKS) as u32
         } else {
             1

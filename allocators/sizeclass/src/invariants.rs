@@ -9,7 +9,7 @@ use crate::heap::EMPTY;
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::remote::Block;
-use crate::segment::{self, Segment};
+use crate::segment::{Segment, SegmentKind};
 use heapkit_core::harden::FreeMark;
 
 /// Walks every page of the calling thread's heap and checks:
@@ -70,8 +70,8 @@ pub fn check_invariants_of<P: Policy>() -> Result<(), &'static str> {
         }
         let mut in_use = 0usize;
         let mut dirty = 0usize;
-        for kind in 0..segment::KINDS {
-            let mut seg = h.segments[kind].first;
+        for kind in SegmentKind::ALL {
+            let mut seg = h.segments[kind.index()].first;
             while !seg.is_null() {
                 if (*seg).owner.load(core::sync::atomic::Ordering::Relaxed) != h.id {
                     return Err("owned segment names another owner");

@@ -22,7 +22,7 @@ use heapkit_core::segment::segment_of;
 use crate::heap::{Heap, EMPTY};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
-use crate::segment::{self, Segment};
+use crate::segment::{self, Segment, SegmentKind};
 use crate::slow::{requeue_if_full, take_pending};
 
 /// How long a free page's memory stays resident before it is purged: the
@@ -73,7 +73,7 @@ pub(crate) unsafe fn retire_page(h: &mut Heap, page: *mut Page, now: u64) {
         h.dirty_free += 1;
         h.idle_bytes += 1 << (*seg).page_shift;
         h.claimed_bytes = h.claimed_bytes.saturating_sub(1 << (*seg).page_shift);
-        let kind = (*seg).kind as usize;
+        let kind = (*seg).kind.index();
         // An emptied segment goes back at once (purged into the reserve or
         // unmapped), except the heap's last of its kind: measured, keeping
         // more only raised RSS after free-all without saving time.
@@ -179,7 +179,7 @@ pub(crate) unsafe fn empty_page_kept<P: Mode>(h: &mut Heap, page: *mut Page) {
         let seg = segment_of(page).cast::<Segment>();
         let kind = (*seg).kind;
         let keep = Page::keep_on_reset((*page).stride as usize, kind);
-        if kind == 2 {
+        if kind == SegmentKind::Big {
             Page::reset_carve::<P>(page, keep, os::monotonic_ns());
             let class = (*page).class as usize;
             if h.current[class] == page {
@@ -215,7 +215,7 @@ pub(crate) unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
                 h.idle_bytes = h.idle_bytes.saturating_sub(1 << (*seg).page_shift);
             }
         }
-        h.segments[(*seg).kind as usize].remove(seg);
+        h.segments[(*seg).kind.index()].remove(seg);
         segment::release(seg);
     }
 }
@@ -236,7 +236,8 @@ pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
         h.purge_budget = (h.purge_budget / 2).max(PURGE_BUDGET_MIN);
         h.refaulting = false;
     }
-    for kind in 0..segment::KINDS {
+    for kind in SegmentKind::ALL {
+        let kind = kind.index();
         let mut seg = h.segments[kind].first;
         while !seg.is_null() {
             // SAFETY: our segments and pages.

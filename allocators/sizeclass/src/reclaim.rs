@@ -47,7 +47,7 @@ use crate::heap::{Heap, HeapState};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::purge::{purge_delay_ns, release_segment};
-use crate::segment::{self, Segment};
+use crate::segment::{self, Segment, SegmentKind};
 
 /// A thread looks for pages to reclaim after freeing this many bytes into
 /// other threads' pages.
@@ -210,7 +210,8 @@ unsafe fn visit<P: Mode>(list: &HeapList, skip: *mut Heap, decay: bool) {
 /// `P`.
 unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64) {
     let delay = purge_delay_ns();
-    for kind in 0..segment::KINDS {
+    for kind in SegmentKind::ALL {
+        let kind = kind.index();
         let mut seg = h.segments[kind].first;
         while !seg.is_null() {
             // SAFETY: h's segments and pages; the lock keeps the owner's slow
@@ -438,7 +439,7 @@ mod tests {
         unsafe {
             assert_eq!((*page).state, PageState::Queued);
             assert_eq!(Page::in_use(page), 0);
-            let keep = Page::keep_on_reset((*page).stride as usize, 0);
+            let keep = Page::keep_on_reset((*page).stride as usize, SegmentKind::Small);
             assert_eq!(
                 (*page).capacity,
                 keep,

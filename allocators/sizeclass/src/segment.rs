@@ -41,8 +41,41 @@ use crate::remote::PendingPages;
 pub(crate) const KINDS: usize = 3;
 /// Most pages in a segment (the small kind).
 pub(crate) const MAX_PAGES: usize = 64;
-/// `page_shift` of each kind.
-const PAGE_SHIFT: [u32; KINDS] = [16, 19, 22];
+
+/// What a segment is cut into: the size of its pages, which decides the
+/// classes it serves ([`KIND_OF`]). A heap keeps one segment list per kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum SegmentKind {
+    /// 64 pages of 64 KiB: classes up to 8 KiB. The zero value: a fresh
+    /// (zeroed) segment header reads as this kind until `acquire` sets it.
+    Small = 0,
+    /// 8 pages of 512 KiB: classes up to 64 KiB.
+    Medium = 1,
+    /// One page, the whole segment: classes up to 256 KiB.
+    Big = 2,
+}
+
+impl SegmentKind {
+    /// Every kind, in index order.
+    pub(crate) const ALL: [SegmentKind; KINDS] =
+        [SegmentKind::Small, SegmentKind::Medium, SegmentKind::Big];
+
+    /// The kind's index (in a heap's segment lists).
+    #[inline]
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// `log2` of the kind's page size.
+    const fn page_shift(self) -> u32 {
+        match self {
+            SegmentKind::Small => 16,
+            SegmentKind::Medium => 19,
+            SegmentKind::Big => 22,
+        }
+    }
+}
 /// Owner id of an abandoned segment (no heap has it).
 pub(crate) const ABANDONED: u64 = u64::MAX;
 /// Empty segments kept mapped (purged) for reuse.
@@ -89,17 +122,17 @@ pub(crate) const fn heap_class_stride(c: usize) -> usize {
 }
 
 /// The kind serving heap class `c`.
-pub(crate) const KIND_OF: [u8; HEAP_CLASSES] = {
-    let mut k = [0u8; HEAP_CLASSES];
+pub(crate) const KIND_OF: [SegmentKind; HEAP_CLASSES] = {
+    let mut k = [SegmentKind::Small; HEAP_CLASSES];
     let mut c = 0;
     while c < HEAP_CLASSES {
         let s = heap_class_size(c);
         k[c] = if s <= 8 << 10 {
-            0
+            SegmentKind::Small
         } else if s <= 64 << 10 {
-            1
+            SegmentKind::Medium
         } else {
-            2
+            SegmentKind::Big
         };
         c += 1;
     }
@@ -119,8 +152,8 @@ pub(crate) struct Segment {
     pub page_shift: u32,
     /// Pages in this segment.
     pub page_count: u32,
-    /// Kind index.
-    pub kind: u32,
+    /// What the segment is cut into (set by `acquire`).
+    pub kind: SegmentKind,
     /// Pages not [`PageState::Free`] (owner only).
     pub used_pages: u32,
     /// Inaccessible bytes at the end (`Mode::GUARD_BYTES`).
@@ -257,7 +290,7 @@ static RESERVE: SpinLock<SegmentList> = SpinLock::new(SegmentList::EMPTY);
 
 /// A fresh segment of `kind` for mode `P`, owned by `owner`: from the
 /// reserve or the OS. Null on exhaustion.
-pub(crate) fn acquire<P: Mode>(kind: usize, owner: u64) -> *mut Segment {
+pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
     let mut seg = {
         let mut r = RESERVE.lock();
         // SAFETY: reserve segments are owned by the reserve (locked).
@@ -290,9 +323,9 @@ pub(crate) fn acquire<P: Mode>(kind: usize, owner: u64) -> *mut Segment {
             (*seg).guard_bytes = P::GUARD_BYTES as u32;
         }
         ptr::addr_of_mut!((*seg).tag).write(P::TAG);
-        (*seg).page_shift = PAGE_SHIFT[kind];
-        (*seg).page_count = (SEGMENT_ALIGN >> PAGE_SHIFT[kind]) as u32;
-        (*seg).kind = kind as u32;
+        (*seg).page_shift = kind.page_shift();
+        (*seg).page_count = (SEGMENT_ALIGN >> kind.page_shift()) as u32;
+        (*seg).kind = kind;
         (*seg).used_pages = 0;
         (*seg).next = ptr::null_mut();
         (*seg).prev = ptr::null_mut();
@@ -438,7 +471,7 @@ mod tests {
     #[test]
     fn every_class_fits_at_least_eight_blocks_in_a_page_of_its_kind() {
         for c in 0..CLASS_COUNT {
-            let page = 1usize << PAGE_SHIFT[KIND_OF[c] as usize];
+            let page = 1usize << KIND_OF[c].page_shift();
             let size = SIZES[c] as usize;
             // Page 0 loses the header (rounded to the block's power of two).
             let pow2 = size & size.wrapping_neg();
@@ -447,15 +480,18 @@ mod tests {
             assert!(first / size >= 6, "class {c} ({size}) in page 0");
             assert!(size <= u32::MAX as usize);
         }
-        assert_eq!(KIND_OF[class_of(8 << 10)], 0);
-        assert_eq!(KIND_OF[class_of((8 << 10) + 1)], 1);
-        assert_eq!(KIND_OF[class_of(64 << 10)], 1);
-        assert_eq!(KIND_OF[class_of(256 << 10)], 2);
+        assert_eq!(KIND_OF[class_of(8 << 10)], SegmentKind::Small);
+        assert_eq!(KIND_OF[class_of((8 << 10) + 1)], SegmentKind::Medium);
+        assert_eq!(KIND_OF[class_of(64 << 10)], SegmentKind::Medium);
+        assert_eq!(KIND_OF[class_of(256 << 10)], SegmentKind::Big);
+        for (i, kind) in SegmentKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
     }
 
     #[test]
     fn spans_tile_the_segment_and_align_power_of_two_blocks() {
-        for kind in 0..KINDS {
+        for kind in SegmentKind::ALL {
             let seg = acquire::<heapkit_core::harden::Fast>(kind, 42);
             assert!(!seg.is_null());
             // SAFETY: seg is ours until released below.
@@ -465,12 +501,12 @@ mod tests {
                 assert_eq!(count << (*seg).page_shift, SEGMENT_ALIGN);
                 for shift in 4..=18 {
                     let size = 1usize << shift;
-                    if KIND_OF[class_of(size)] as usize != kind {
+                    if KIND_OF[class_of(size)] != kind {
                         continue;
                     }
                     for i in 0..count {
                         let (start, len) = Segment::span(seg, i, size);
-                        assert_eq!(start as usize % size, 0, "kind {kind} page {i} size {size}");
+                        assert_eq!(start as usize % size, 0, "{kind:?} page {i} size {size}");
                         assert!(start as usize >= seg as usize + HEADER_BYTES);
                         let end = start as usize + len;
                         assert_eq!(end, seg as usize + ((i + 1) << (*seg).page_shift));
@@ -494,7 +530,7 @@ mod tests {
     #[test]
     fn hardened_segments_end_in_a_guard_page_and_default_ones_do_not() {
         use heapkit_core::harden::{Fast, Hardened};
-        for kind in 0..KINDS {
+        for kind in SegmentKind::ALL {
             let seg = acquire::<Hardened>(kind, 43);
             assert!(!seg.is_null());
             // SAFETY: seg is ours until released; the child only writes the

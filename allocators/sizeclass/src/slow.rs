@@ -25,7 +25,7 @@ use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::purge::{free_page, over_budget, purge_idle, release_segment, sweep};
 use crate::purge::{purge_delay_ns, PURGE_BUDGET_MAX};
-use crate::segment::{self, heap_class_size, heap_class_stride, Segment, KIND_OF};
+use crate::segment::{self, heap_class_size, heap_class_stride, Segment, SegmentKind, KIND_OF};
 
 /// The clock is read on every this many slow-path calls.
 const CLOCK_EVERY: u32 = 16;
@@ -136,8 +136,7 @@ fn find_page<P: Mode>(h: &mut Heap, class: usize) -> bool {
             break;
         }
     }
-    let kind = KIND_OF[class] as usize;
-    let Some(page) = take_free_page::<P>(h, kind) else {
+    let Some(page) = take_free_page::<P>(h, KIND_OF[class]) else {
         return false;
     };
     let size = heap_class_size(class);
@@ -157,8 +156,8 @@ fn find_page<P: Mode>(h: &mut Heap, class: usize) -> bool {
 /// go back on their queue. True if any did.
 pub(crate) fn take_pending<P: Mode>(h: &mut Heap) -> bool {
     let mut requeued = false;
-    for kind in 0..segment::KINDS {
-        let mut seg = h.segments[kind].first;
+    for kind in SegmentKind::ALL {
+        let mut seg = h.segments[kind.index()].first;
         while !seg.is_null() {
             // SAFETY: our segments; pages flagged pending are ours.
             unsafe {
@@ -228,7 +227,7 @@ fn adopt_one<P: Mode>(h: &mut Heap) -> bool {
                 h.claimed_bytes += 1 << (*seg).page_shift;
             }
         }
-        h.segments[(*seg).kind as usize].push_front(seg);
+        h.segments[(*seg).kind.index()].push_front(seg);
         if (*seg).used_pages == 0 {
             release_segment(h, seg);
         }
@@ -237,8 +236,8 @@ fn adopt_one<P: Mode>(h: &mut Heap) -> bool {
 }
 
 /// A free page of `kind` from our segments, a reserved or a new segment.
-fn take_free_page<P: Mode>(h: &mut Heap, kind: usize) -> Option<*mut Page> {
-    let mut seg = h.segments[kind].first;
+fn take_free_page<P: Mode>(h: &mut Heap, kind: SegmentKind) -> Option<*mut Page> {
+    let mut seg = h.segments[kind.index()].first;
     while !seg.is_null() {
         // SAFETY: our segment.
         unsafe {
@@ -254,7 +253,7 @@ fn take_free_page<P: Mode>(h: &mut Heap, kind: usize) -> Option<*mut Page> {
     }
     // SAFETY: a fresh segment, ours.
     unsafe {
-        h.segments[kind].push_front(seg);
+        h.segments[kind.index()].push_front(seg);
         Some(claim(h, seg, 0))
     }
 }
@@ -305,8 +304,10 @@ pub(crate) unsafe fn page_freed<P: Mode>(h: *mut Heap, page: *mut Page) {
             && (*page).state == PageState::Queued
             && (*page).retained
             && Page::in_use(page) == 0
+            // (`retained` is set on small pages only.)
             && (!P::RECARVE_EMPTY
-                || (*page).capacity <= Page::keep_on_reset((*page).stride as usize, 0))
+                || (*page).capacity
+                    <= Page::keep_on_reset((*page).stride as usize, SegmentKind::Small))
         {
             // The class's only page, emptied again, already counted as
             // idle and with no more blocks carved than a reset keeps:
@@ -345,7 +346,7 @@ unsafe fn page_freed_locked<P: Mode>(h: &mut Heap, page: *mut Page) {
         }
         let q = &mut h.queues[class];
         let seg = segment_of(page).cast::<Segment>();
-        if (*seg).kind == 0 || (q.first == page && (*page).next.is_null()) {
+        if (*seg).kind == SegmentKind::Small || (q.first == page && (*page).next.is_null()) {
             // Keep it queued: a small page (and a class's only page of any
             // kind), so the next allocations of the class reuse it instead
             // of retiring it now and claiming it back (glibc-simple 0.84x,
@@ -364,7 +365,7 @@ unsafe fn page_freed_locked<P: Mode>(h: &mut Heap, page: *mut Page) {
             // reach it while its thread sleeps (making every emptied page
             // non-current cost a slow path per allocation: hk-stress 1.2x).
             crate::purge::empty_page_kept::<P>(h, page);
-            if !(*page).retained && (*seg).kind == 0 {
+            if !(*page).retained && (*seg).kind == SegmentKind::Small {
                 (*page).retained = true;
                 h.idle_bytes += 1 << (*seg).page_shift;
                 if over_budget(h) {
