@@ -192,152 +192,60 @@ macro_rules! dispatch {
         )
     };
     ($id:expr, |$a:ident| $body:expr, sampled |$s:ident| $sampled:expr, traced |$t:ident| $traced:expr, $other:expr) => {
+        // The one list of backends: each one's ids (plain, sampled,
+        // traced) and its static.
+        $crate::backend::dispatch_match!(
+            $id, |$a| $body, |$s| $sampled, |$t| $traced, $other;
+            SIZECLASS, SIZECLASS_SAMPLED, SIZECLASS_TRACED => $crate::backend::SIZECLASS_HEAP;
+            SIZECLASS_HARDENED, SIZECLASS_HARDENED_SAMPLED, SIZECLASS_HARDENED_TRACED =>
+                $crate::backend::SIZECLASS_HARDENED_HEAP;
+            SLAB, SLAB_SAMPLED, SLAB_TRACED => $crate::backend::SLAB_HEAP;
+            SLAB_HARDENED, SLAB_HARDENED_SAMPLED, SLAB_HARDENED_TRACED =>
+                $crate::backend::SLAB_HARDENED_HEAP;
+            POOL, POOL_SAMPLED, POOL_TRACED => $crate::backend::POOL_HEAP;
+            POOL_HARDENED, POOL_HARDENED_SAMPLED, POOL_HARDENED_TRACED =>
+                $crate::backend::POOL_HARDENED_HEAP;
+            BUMP, BUMP_SAMPLED, BUMP_TRACED => $crate::backend::BUMP_HEAP;
+            SYSTEM, SYSTEM_SAMPLED, SYSTEM_TRACED => $crate::system::System;
+            JEMALLOC, JEMALLOC_SAMPLED, JEMALLOC_TRACED => $crate::jemalloc::Jemalloc;
+            MIMALLOC, MIMALLOC_SAMPLED, MIMALLOC_TRACED => $crate::mimalloc::Mimalloc
+        )
+    };
+}
+pub(crate) use dispatch;
+
+/// [`dispatch!`]'s `match`, one arm per id of the list it is given.
+macro_rules! dispatch_match {
+    (
+        $id:expr, |$a:ident| $body:expr, |$s:ident| $sampled:expr, |$t:ident| $traced:expr,
+        $other:expr; $($plain:ident, $samp:ident, $trac:ident => $heap:path);* $(;)?
+    ) => {
         match $id {
-            $crate::backend::SIZECLASS => {
-                let $a = &$crate::backend::SIZECLASS_HEAP;
-                $body
-            }
-            $crate::backend::SIZECLASS_HARDENED => {
-                let $a = &$crate::backend::SIZECLASS_HARDENED_HEAP;
-                $body
-            }
-            $crate::backend::SLAB => {
-                let $a = &$crate::backend::SLAB_HEAP;
-                $body
-            }
-            $crate::backend::SLAB_HARDENED => {
-                let $a = &$crate::backend::SLAB_HARDENED_HEAP;
-                $body
-            }
-            $crate::backend::POOL => {
-                let $a = &$crate::backend::POOL_HEAP;
-                $body
-            }
-            $crate::backend::POOL_HARDENED => {
-                let $a = &$crate::backend::POOL_HARDENED_HEAP;
-                $body
-            }
-            $crate::backend::BUMP => {
-                let $a = &$crate::backend::BUMP_HEAP;
-                $body
-            }
-            $crate::backend::SYSTEM => {
-                let $a = &$crate::system::System;
-                $body
-            }
-            $crate::backend::JEMALLOC => {
-                let $a = &$crate::jemalloc::Jemalloc;
-                $body
-            }
-            $crate::backend::MIMALLOC => {
-                let $a = &$crate::mimalloc::Mimalloc;
-                $body
-            }
-            $crate::backend::SIZECLASS_SAMPLED => {
-                #[allow(unused_variables)]
-                let $s = &$crate::backend::SIZECLASS_HEAP;
-                $sampled
-            }
-            $crate::backend::SIZECLASS_HARDENED_SAMPLED => {
-                #[allow(unused_variables)]
-                let $s = &$crate::backend::SIZECLASS_HARDENED_HEAP;
-                $sampled
-            }
-            $crate::backend::SLAB_SAMPLED => {
-                #[allow(unused_variables)]
-                let $s = &$crate::backend::SLAB_HEAP;
-                $sampled
-            }
-            $crate::backend::SLAB_HARDENED_SAMPLED => {
-                #[allow(unused_variables)]
-                let $s = &$crate::backend::SLAB_HARDENED_HEAP;
-                $sampled
-            }
-            $crate::backend::POOL_SAMPLED => {
-                #[allow(unused_variables)]
-                let $s = &$crate::backend::POOL_HEAP;
-                $sampled
-            }
-            $crate::backend::POOL_HARDENED_SAMPLED => {
-                #[allow(unused_variables)]
-                let $s = &$crate::backend::POOL_HARDENED_HEAP;
-                $sampled
-            }
-            $crate::backend::BUMP_SAMPLED => {
-                #[allow(unused_variables)]
-                let $s = &$crate::backend::BUMP_HEAP;
-                $sampled
-            }
-            $crate::backend::SYSTEM_SAMPLED => {
-                #[allow(unused_variables)]
-                let $s = &$crate::system::System;
-                $sampled
-            }
-            $crate::backend::JEMALLOC_SAMPLED => {
-                #[allow(unused_variables)]
-                let $s = &$crate::jemalloc::Jemalloc;
-                $sampled
-            }
-            $crate::backend::MIMALLOC_SAMPLED => {
-                #[allow(unused_variables)]
-                let $s = &$crate::mimalloc::Mimalloc;
-                $sampled
-            }
-            $crate::backend::SIZECLASS_TRACED => {
-                #[allow(unused_variables)]
-                let $t = &$crate::backend::SIZECLASS_HEAP;
-                $traced
-            }
-            $crate::backend::SIZECLASS_HARDENED_TRACED => {
-                #[allow(unused_variables)]
-                let $t = &$crate::backend::SIZECLASS_HARDENED_HEAP;
-                $traced
-            }
-            $crate::backend::SLAB_TRACED => {
-                #[allow(unused_variables)]
-                let $t = &$crate::backend::SLAB_HEAP;
-                $traced
-            }
-            $crate::backend::SLAB_HARDENED_TRACED => {
-                #[allow(unused_variables)]
-                let $t = &$crate::backend::SLAB_HARDENED_HEAP;
-                $traced
-            }
-            $crate::backend::POOL_TRACED => {
-                #[allow(unused_variables)]
-                let $t = &$crate::backend::POOL_HEAP;
-                $traced
-            }
-            $crate::backend::POOL_HARDENED_TRACED => {
-                #[allow(unused_variables)]
-                let $t = &$crate::backend::POOL_HARDENED_HEAP;
-                $traced
-            }
-            $crate::backend::BUMP_TRACED => {
-                #[allow(unused_variables)]
-                let $t = &$crate::backend::BUMP_HEAP;
-                $traced
-            }
-            $crate::backend::SYSTEM_TRACED => {
-                #[allow(unused_variables)]
-                let $t = &$crate::system::System;
-                $traced
-            }
-            $crate::backend::JEMALLOC_TRACED => {
-                #[allow(unused_variables)]
-                let $t = &$crate::jemalloc::Jemalloc;
-                $traced
-            }
-            $crate::backend::MIMALLOC_TRACED => {
-                #[allow(unused_variables)]
-                let $t = &$crate::mimalloc::Mimalloc;
-                $traced
-            }
+            $(
+                $crate::backend::$plain => {
+                    let $a = &$heap;
+                    $body
+                }
+            )*
+            $(
+                $crate::backend::$samp => {
+                    #[allow(unused_variables)]
+                    let $s = &$heap;
+                    $sampled
+                }
+            )*
+            $(
+                $crate::backend::$trac => {
+                    #[allow(unused_variables)]
+                    let $t = &$heap;
+                    $traced
+                }
+            )*
             _ => $other,
         }
     };
 }
-pub(crate) use dispatch;
+pub(crate) use dispatch_match;
 
 /// Runs `$body` with `$a` bound to the selected backend.
 ///
