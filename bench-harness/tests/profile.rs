@@ -253,6 +253,35 @@ fn a_killed_process_is_read_with_a_warning() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A process killed after a slow stretch: its leak, recorded before the
+/// stretch into a buffer far from full, reached the file on time (a block
+/// is written once it is about a second old), so the exact bytes are
+/// reported; without that, the last buffer dies with the process.
+#[test]
+fn a_killed_process_keeps_what_it_recorded_a_second_before() {
+    let Some(lib) = shim() else { return };
+    let dir = tmp("pause-kill");
+    let Some(exe) = build(&dir, "leak", &[]) else {
+        return;
+    };
+    let (stdout, stderr) = profile(
+        &lib,
+        &dir.join("out"),
+        &["--every"],
+        &[exe.to_str().unwrap(), "100", "pause-kill"],
+    );
+    assert!(stderr.contains("salvaged"), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(LEAK_FN))
+        .unwrap_or_else(|| panic!("no leak line: {stdout}"));
+    assert!(
+        line.contains(" 409600 bytes") && line.contains(" 100 blocks"),
+        "{line}\n{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Blocks one thread allocates in bursts and another frees right after a
 /// wait: in a profile of every allocation nothing is reported leaked and
 /// the peak is one burst (frees stamped with a clock read from before the

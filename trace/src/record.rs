@@ -29,7 +29,10 @@
 //!   libc calls that might allocate (registering the thread-exit key) run
 //!   while the thread's buffer pointer holds the `INITIALISING` sentinel, so
 //!   a re-entrant call on that thread is dropped instead of recursing.
-//! - Buffers are flushed when full, when their thread exits
+//! - Buffers are flushed when full, when a record ends about a second
+//!   after the block's start (so a killed process loses at most that much
+//!   of a thread's recent records, not a buffer's worth: minutes of a
+//!   slow thread; see `thread_buf::FLUSH_TICKS`), when their thread exits
 //!   ([`os::ThreadExitKey`]) and at process exit ([`finish`], registered
 //!   with `atexit` by [`start`]), which walks a lock-protected registry of
 //!   every thread buffer. A buffer is never unmapped (its exit hook unmaps

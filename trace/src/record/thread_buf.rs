@@ -358,11 +358,32 @@ impl RecordWriter<'_> {
         self.value(zigzag(delta));
     }
 
+    /// Commits the record; writes the block out if its first record is
+    /// [`FLUSH_TICKS`] old.
     #[inline]
     pub(super) fn end(self) {
-        self.buf.len = self.at;
-        self.buf.records += 1;
+        let buf = self.buf;
+        buf.len = self.at;
+        buf.records += 1;
+        if buf.prev_ticks.saturating_sub(buf.base_ticks) > FLUSH_TICKS {
+            flush_old(buf);
+        }
     }
+}
+
+/// A block is written once the clock read by one of its records is this
+/// many ticks past the block's start (2^31: 0.7 s at 3 GHz, 2 s at 1 GHz),
+/// full or not, at the end of that record (never between a STACK record
+/// and the allocation it belongs to). A thread that allocates slowly then
+/// leaves at most that much of its recent past in memory, where a SIGKILL
+/// (the OOM killer's) loses it: a buffer holds 128 KiB of records, minutes
+/// of a slow thread. A thread recording fast fills its block sooner.
+const FLUSH_TICKS: u64 = 1 << 31;
+
+#[cold]
+#[inline(never)]
+fn flush_old(buf: &mut ThreadBuf) {
+    flush(buf);
 }
 
 /// Writes the buffer's records as one block (if any) and empties it. The
