@@ -232,25 +232,30 @@ fn leaks_are_found_by_function_exactly_and_sampled() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Profiles every allocation of `leak ARGS...` (which kills itself), in
+/// the temporary directory `name`; checks that the profile was salvaged
+/// with a warning and returns the leak summary. None: no C compiler.
+fn profile_killed_leak(name: &str, args: &[&str]) -> Option<String> {
+    let lib = shim()?;
+    let dir = tmp(name);
+    let exe = build(&dir, "leak", &[])?;
+    let mut command = vec![exe.to_str().unwrap()];
+    command.extend_from_slice(args);
+    let (stdout, stderr) = profile(&lib, &dir.join("out"), &["--every"], &command);
+    assert!(stderr.contains("salvaged"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(stdout)
+}
+
 #[test]
 fn a_killed_process_is_read_with_a_warning() {
-    let Some(lib) = shim() else { return };
-    let dir = tmp("killed");
-    let Some(exe) = build(&dir, "leak", &[]) else {
+    // Enough records that some leave the last, unwritten buffer (up to
+    // 128 KiB of records per thread, about 20000 allocations with repeated
+    // stacks, are lost with a killed process).
+    let Some(stdout) = profile_killed_leak("killed", &["65536", "kill", "64"]) else {
         return;
     };
-    let (stdout, stderr) = profile(
-        &lib,
-        &dir.join("out"),
-        &["--every"],
-        // Enough records that some leave the last, unwritten buffer (up to
-        // 128 KiB of records per thread, about 20000 allocations with
-        // repeated stacks, are lost with a killed process).
-        &[exe.to_str().unwrap(), "65536", "kill", "64"],
-    );
-    assert!(stderr.contains("salvaged"), "{stderr}");
     assert!(stdout.contains(LEAK_FN), "{stdout}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A process killed after a slow stretch: its leak, recorded before the
@@ -259,18 +264,9 @@ fn a_killed_process_is_read_with_a_warning() {
 /// reported; without that, the last buffer dies with the process.
 #[test]
 fn a_killed_process_keeps_what_it_recorded_a_second_before() {
-    let Some(lib) = shim() else { return };
-    let dir = tmp("pause-kill");
-    let Some(exe) = build(&dir, "leak", &[]) else {
+    let Some(stdout) = profile_killed_leak("pause-kill", &["100", "pause-kill"]) else {
         return;
     };
-    let (stdout, stderr) = profile(
-        &lib,
-        &dir.join("out"),
-        &["--every"],
-        &[exe.to_str().unwrap(), "100", "pause-kill"],
-    );
-    assert!(stderr.contains("salvaged"), "{stderr}");
     let line = stdout
         .lines()
         .find(|l| l.contains(LEAK_FN))
@@ -279,7 +275,6 @@ fn a_killed_process_keeps_what_it_recorded_a_second_before() {
         line.contains(" 409600 bytes") && line.contains(" 100 blocks"),
         "{line}\n{stdout}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Blocks one thread allocates in bursts and another frees right after a
