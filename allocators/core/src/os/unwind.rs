@@ -167,8 +167,9 @@ impl Step {
 /// left the steps this one reused: a walk that joins the previous one at
 /// another depth (most do: consecutive allocations come from different
 /// call sites, at different depths, under the same outer frames) moves
-/// `base` instead of the reused steps, whose `memmove` was 4% of a CPython
-/// profile of every allocation.
+/// `base` instead of the reused steps, whose `memmove` took a point of all
+/// samples in a CPython profile of every allocation (2.9% -> 1.8%, the
+/// rest CPython's own).
 ///
 /// Invariant: `slots[base..base + len]` are the steps of the last
 /// completed walk, in order (`cfa` strictly increasing), the first taken
