@@ -317,7 +317,7 @@ mod tests {
 
     /// Allocates `n` blocks of 64 B through `a` on this thread, then frees
     /// them all.
-    fn fill_and_free(a: &SizeClass, n: usize) {
+    fn fill_and_free(a: &SizeClass<Fast>, n: usize) {
         let layout = Layout::from_size_align(64, 8).unwrap();
         let blocks: std::vec::Vec<*mut u8> = (0..n).map(|_| a.allocate(layout)).collect();
         for &p in &blocks {
@@ -340,7 +340,7 @@ mod tests {
     #[test]
     fn a_thread_that_frees_everything_gets_its_memory_back_without_more_calls() {
         std::thread::spawn(|| {
-            let a = SizeClass::new();
+            let a = SizeClass::fast();
             fill_and_free(&a, 50_000); // 3.2 MiB: 49 pages of one segment
                                        // No collect(), no further allocation: the frees themselves
                                        // purged all but a budget's worth.
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn a_program_that_frees_and_reallocates_soon_stops_purging() {
         std::thread::spawn(|| {
-            let a = SizeClass::new();
+            let a = SizeClass::fast();
             for _ in 0..6 {
                 fill_and_free(&a, 50_000); // 3.2 MiB per round
             }

@@ -350,7 +350,7 @@ mod tests {
     fn the_purger_releases_abandoned_segments_emptied_by_remote_frees() {
         let layout = Layout::from_size_align(1000, 8).unwrap();
         let blocks: Vec<usize> = std::thread::spawn(move || {
-            let a = SizeClass::new();
+            let a = SizeClass::fast();
             (0..6000).map(|_| a.allocate(layout) as usize).collect()
         })
         .join()
@@ -364,7 +364,7 @@ mod tests {
         segs.dedup();
         // (Another test's thread may adopt some of them meanwhile: then
         // they are not abandoned either, which is what is checked.)
-        let a = SizeClass::new();
+        let a = SizeClass::fast();
         for &p in &blocks {
             // SAFETY: live blocks, freed once (remote frees: their owner is gone).
             unsafe { a.free(p as *mut u8) };
@@ -393,7 +393,7 @@ mod tests {
         let (to_main, from_thread) = channel::<(usize, usize)>();
         let (to_thread, from_main) = channel::<()>();
         let t = std::thread::spawn(move || {
-            let a = SizeClass::new();
+            let a = SizeClass::fast();
             let blocks: Vec<usize> = (0..N).map(|_| a.allocate(layout) as usize).collect();
             let page = {
                 let p = blocks[0] as *mut u8;
