@@ -18,9 +18,9 @@
 //! allocation and, for a free, one load from a 256 KiB filter; a sample
 //! walks the stack with heapkit's cached DWARF unwinder (no frame pointers
 //! needed) and writes a record to a per-thread buffer. Under
-//! `libheapkit.so`: 1.03-1.04x the unprofiled time on an allocation-heavy
+//! `libheapkit.so`: 1.03-1.05x the unprofiled time on an allocation-heavy
 //! python3 run (sqlite3 1.01x, a C stress program that allocates 25 GiB/s
-//! 1.00-1.02x), 1.89-1.96x recording every allocation (sqlite3 1.15-1.16x,
+//! 1.00-1.02x, one noisy run 1.09x), 1.89-1.96x recording every allocation (sqlite3 1.15-1.16x,
 //! the C stress program 1.38-1.46x; `reports/profile-overhead-20261127-c`).
 //! The recorder never allocates through the global allocator (its buffers
 //! are its own mappings), so it cannot recurse.
