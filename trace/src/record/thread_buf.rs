@@ -1,5 +1,6 @@
 //! One thread's record buffer: the records it appends (their clock, their
-//! stacks) and the blocks it writes to the trace file when full.
+//! stacks) and the blocks it writes to the trace file when full or a second
+//! old ([`FLUSH_TICKS`]).
 
 use core::ffi::c_int;
 use core::sync::atomic::{AtomicBool, Ordering};
