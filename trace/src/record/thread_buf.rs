@@ -58,8 +58,8 @@ const _: () = assert!(core::mem::size_of::<ThreadBuf>() <= BLOCK_AT);
 
 impl ThreadBuf {
     /// Takes the buffer for a record, on its owner thread: false if it is
-    /// taken (a re-entrant call from a signal handler) or [`finish`] has
-    /// begun. [`leave`] gives it back.
+    /// taken (a re-entrant call from a signal handler) or [`finish`](super::finish) has
+    /// begun. [`leave`](super::leave) gives it back.
     #[inline]
     pub(super) fn take(&self) -> bool {
         if !ASYMMETRIC.load(Ordering::Relaxed) {
@@ -106,7 +106,7 @@ impl ThreadBuf {
     /// from `start`. None: not sampled, record nothing.
     ///
     /// # Safety
-    /// As for [`record_alloc`].
+    /// As for [`record_alloc`](super::record_alloc).
     #[inline]
     pub(super) unsafe fn profile(
         &mut self,
@@ -145,7 +145,7 @@ impl ThreadBuf {
     /// reader), every stack then written in full.
     ///
     /// # Safety
-    /// As for [`record_alloc`].
+    /// As for [`record_alloc`](super::record_alloc).
     #[cold]
     unsafe fn write_stack(&mut self, start: FrameState, weight: u64) -> StackRef {
         if self.stack_memory.is_null() && !self.stack_memory_tried {
