@@ -47,7 +47,10 @@ fn einval() -> *mut c_void {
 }
 
 /// Allocates with `align >= MIN_ALIGN`; sets ENOMEM on failure.
-#[inline]
+// Always (and the function below): `calloc`'s export, once the default
+// backend's arm stood alone, called them out of line with `zeroed` passed
+// at run time.
+#[inline(always)]
 fn allocate<A: HeapAlloc + ?Sized>(a: &A, size: usize, align: usize, zeroed: bool) -> *mut c_void {
     let p = allocate_keeping_errno(a, size, align, zeroed);
     if p.is_null() {
@@ -58,7 +61,7 @@ fn allocate<A: HeapAlloc + ?Sized>(a: &A, size: usize, align: usize, zeroed: boo
 
 /// Allocates with `align >= MIN_ALIGN`; null on failure, `errno` untouched
 /// (heapkit's allocators never change it; see [`HeapAlloc::free`]).
-#[inline]
+#[inline(always)]
 fn allocate_keeping_errno<A: HeapAlloc + ?Sized>(
     a: &A,
     size: usize,
@@ -83,7 +86,7 @@ pub fn malloc<A: HeapAlloc + ?Sized>(a: &A, size: usize) -> *mut c_void {
 }
 
 /// `calloc(n, size)`.
-#[inline]
+#[inline(always)]
 pub fn calloc<A: HeapAlloc + ?Sized>(a: &A, n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
         Some(total) => allocate(a, total, MIN_ALIGN, true),
@@ -129,7 +132,7 @@ fn foreign(call: &str, ptr: *mut c_void) -> ! {
 ///
 /// # Safety
 /// `ptr` must be null or a live block of `a`.
-#[inline]
+#[inline(always)]
 pub unsafe fn realloc<A: HeapAlloc + ?Sized>(a: &A, ptr: *mut c_void, size: usize) -> *mut c_void {
     if ptr.is_null() {
         return malloc(a, size);

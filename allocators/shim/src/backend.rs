@@ -25,8 +25,11 @@
 //! twins, a line in [`BACKENDS`], and its arm in each form of
 //! [`dispatch!`] (one in the first, three in the second).
 
+use core::alloc::Layout;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+use heapkit_core::{HeapAlloc, Stats};
 
 use heapkit_core::os;
 
@@ -119,25 +122,96 @@ const HARDENED: &[(u8, u8, &str)] = &[
     (POOL, POOL_HARDENED, "pool (hardened)"),
 ];
 
-/// The heapkit allocators, as `const`-initialised statics (peers are unit
-/// structs and need none).
+/// The backends, as `const`-initialised statics. The hardened modes,
+/// bump and the peers are reached through [`OutOfLine`] (see there).
 pub static SIZECLASS_HEAP: heapkit_sizeclass::SizeClass<heapkit_sizeclass::Fast> =
     heapkit_sizeclass::SizeClass::fast();
 /// See [`SIZECLASS_HEAP`].
-pub static SIZECLASS_HARDENED_HEAP: heapkit_sizeclass::SizeClass<heapkit_sizeclass::Hardened> =
-    heapkit_sizeclass::SizeClass::hardened();
+pub static SIZECLASS_HARDENED_HEAP: OutOfLine<
+    heapkit_sizeclass::SizeClass<heapkit_sizeclass::Hardened>,
+> = OutOfLine(heapkit_sizeclass::SizeClass::hardened());
 /// See [`SIZECLASS_HEAP`].
 pub static SLAB_HEAP: heapkit_slab::Slab<heapkit_slab::Fast> = heapkit_slab::Slab::fast();
 /// See [`SIZECLASS_HEAP`].
-pub static SLAB_HARDENED_HEAP: heapkit_slab::Slab<heapkit_slab::Hardened> =
-    heapkit_slab::Slab::hardened();
+pub static SLAB_HARDENED_HEAP: OutOfLine<heapkit_slab::Slab<heapkit_slab::Hardened>> =
+    OutOfLine(heapkit_slab::Slab::hardened());
 /// See [`SIZECLASS_HEAP`].
 pub static POOL_HEAP: heapkit_pool::Pool<heapkit_pool::Fast> = heapkit_pool::Pool::fast();
 /// See [`SIZECLASS_HEAP`].
-pub static POOL_HARDENED_HEAP: heapkit_pool::Pool<heapkit_pool::Hardened> =
-    heapkit_pool::Pool::hardened();
+pub static POOL_HARDENED_HEAP: OutOfLine<heapkit_pool::Pool<heapkit_pool::Hardened>> =
+    OutOfLine(heapkit_pool::Pool::hardened());
 /// See [`SIZECLASS_HEAP`].
-pub static BUMP_HEAP: heapkit_bump::Bump = heapkit_bump::Bump::new();
+pub static BUMP_HEAP: OutOfLine<heapkit_bump::Bump> = OutOfLine(heapkit_bump::Bump::new());
+/// See [`SIZECLASS_HEAP`].
+pub static SYSTEM_HEAP: OutOfLine<crate::system::System> = OutOfLine(crate::system::System);
+/// See [`SIZECLASS_HEAP`].
+pub static JEMALLOC_HEAP: OutOfLine<crate::jemalloc::Jemalloc> =
+    OutOfLine(crate::jemalloc::Jemalloc);
+/// See [`SIZECLASS_HEAP`].
+pub static MIMALLOC_HEAP: OutOfLine<crate::mimalloc::Mimalloc> =
+    OutOfLine(crate::mimalloc::Mimalloc);
+
+/// A backend whose operations the exports call instead of inlining.
+///
+/// Every export's dispatch is one function holding every backend's arm,
+/// so it saves the registers that its most demanding arm needs: the
+/// hardened modes' checks, bump's thread set-up and the peers' calls into
+/// their libraries kept values across calls, and made every `free` push
+/// and pop five registers. Behind this wrapper those arms are one call
+/// each, and the default modes of slab and pool stay inlined with the
+/// prologue of one register (checked with `objdump -d`).
+pub struct OutOfLine<A>(pub A);
+
+// SAFETY: every operation forwards to `A`, which keeps the contract.
+unsafe impl<A: HeapAlloc> HeapAlloc for OutOfLine<A> {
+    const SEGMENTED: bool = A::SEGMENTED;
+
+    #[inline(never)]
+    fn allocate(&self, layout: Layout) -> *mut u8 {
+        self.0.allocate(layout)
+    }
+
+    #[inline(never)]
+    fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.0.allocate_zeroed(layout)
+    }
+
+    #[inline(never)]
+    unsafe fn deallocate(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's guarantee (a live block of this allocator,
+        // of `layout`) is `A`'s.
+        unsafe { self.0.deallocate(ptr, layout) }
+    }
+
+    #[inline(never)]
+    unsafe fn free(&self, ptr: *mut u8) {
+        // SAFETY: the caller's guarantee (a live block of this allocator)
+        // is `A`'s.
+        unsafe { self.0.free(ptr) }
+    }
+
+    #[inline(never)]
+    unsafe fn usable_size(&self, ptr: *mut u8) -> usize {
+        // SAFETY: the caller's guarantee (a live block of this allocator)
+        // is `A`'s.
+        unsafe { self.0.usable_size(ptr) }
+    }
+
+    #[inline(never)]
+    unsafe fn reallocate(&self, ptr: *mut u8, old_layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's guarantee (a live block of `old_layout`,
+        // a size that does not overflow) is `A`'s.
+        unsafe { self.0.reallocate(ptr, old_layout, new_size) }
+    }
+
+    fn trim(&self) -> bool {
+        self.0.trim()
+    }
+
+    fn stats(&self) -> Stats {
+        self.0.stats()
+    }
+}
 
 /// Set in [`SELECTED`] beside the backend id while `HEAPKIT_TRACE` records
 /// (or a heap profile records every allocation): every export then takes
@@ -206,9 +280,9 @@ macro_rules! dispatch {
             POOL_HARDENED, POOL_HARDENED_SAMPLED, POOL_HARDENED_TRACED =>
                 $crate::backend::POOL_HARDENED_HEAP;
             BUMP, BUMP_SAMPLED, BUMP_TRACED => $crate::backend::BUMP_HEAP;
-            SYSTEM, SYSTEM_SAMPLED, SYSTEM_TRACED => $crate::system::System;
-            JEMALLOC, JEMALLOC_SAMPLED, JEMALLOC_TRACED => $crate::jemalloc::Jemalloc;
-            MIMALLOC, MIMALLOC_SAMPLED, MIMALLOC_TRACED => $crate::mimalloc::Mimalloc
+            SYSTEM, SYSTEM_SAMPLED, SYSTEM_TRACED => $crate::backend::SYSTEM_HEAP;
+            JEMALLOC, JEMALLOC_SAMPLED, JEMALLOC_TRACED => $crate::backend::JEMALLOC_HEAP;
+            MIMALLOC, MIMALLOC_SAMPLED, MIMALLOC_TRACED => $crate::backend::MIMALLOC_HEAP
         )
     };
 }
