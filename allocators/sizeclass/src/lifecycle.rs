@@ -3,8 +3,9 @@
 //!
 //! - [`init`]: a unique id, the process's fork handlers (once) and the
 //!   thread-exit key.
-//! - [`thread_exit`]: collect, purge, release empty segments and abandon the
-//!   rest for live threads to adopt ([`crate::slow`]).
+//! - [`thread_exit`]: collect, purge what passes [`EXIT_KEEP_BYTES`],
+//!   release empty segments and abandon the rest for live threads to adopt
+//!   ([`crate::slow`]).
 //! - Fork: every global lock is taken around `fork()`; in the child,
 //!   segments of threads that do not exist there are left to their dead
 //!   owners (never adopted: a page may be half-updated), so frees into them
@@ -21,10 +22,21 @@ use heapkit_core::harden::{Fast, Hardened};
 use crate::heap::{Heap, HeapState, STATS};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
+use crate::purge::purge_delay_ns;
 use crate::reclaim;
 use crate::segment::{self, Segment};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Bytes of free pages an exiting thread leaves unpurged in the segments it
+/// abandons: the thread that adopts them next (threads that start where
+/// others exited: worker pools, the standard `larson` and `mstress`
+/// programs) finds them resident, and its decay purges what it does not
+/// use. Purging them all made `larson` fault 5570 pages where mimalloc,
+/// which keeps them, faults 1492. What passes this is purged at once, so a
+/// thread that freed much and exited does not leave it resident until an
+/// adoption. (Empty segments go to the reserve, see `segment::release`.)
+pub(crate) const EXIT_KEEP_BYTES: usize = 2 << 20;
 static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
 static ATFORK: AtomicBool = AtomicBool::new(false);
 
@@ -84,6 +96,7 @@ pub(crate) fn exit_heap<P: Mode>() {
 /// segments and abandons the others.
 fn abandon_all<P: Mode>(h: &mut Heap) {
     let now = os::monotonic_ns();
+    let mut keep = EXIT_KEEP_BYTES;
     for kind in 0..segment::KINDS {
         loop {
             // SAFETY: our segments; after the loop body each is released or
@@ -93,26 +106,29 @@ fn abandon_all<P: Mode>(h: &mut Heap) {
                 if seg.is_null() {
                     break;
                 }
-                if tidy_segment::<P>(seg, now) {
-                    segment::release(seg);
+                if tidy_segment::<P>(seg, now, &mut keep) {
+                    segment::release(seg, now);
                 } else {
                     segment::abandon(seg);
                 }
             }
         }
     }
+    segment::purge_reserve(now, purge_delay_ns(), false);
     let _ = large::trim(true);
 }
 
 /// Collects the remote frees of every page of `seg`, frees the pages with
-/// no live block left and purges every free page; returns whether the
-/// segment is now empty (no page in use).
+/// no live block left and purges every free page but the first `keep`
+/// bytes of them (`keep` is lowered by what is kept; kept pages stay dirty
+/// with the time they were freed, for the next owner's decay); returns
+/// whether the segment is now empty (no page in use).
 ///
 /// # Safety
 /// The caller owns `seg` exclusively (its heap's, being abandoned, or
 /// taken off the abandoned list) and it is of mode `P`; no heap's queues
 /// refer to its pages.
-pub(crate) unsafe fn tidy_segment<P: Mode>(seg: *mut Segment, now: u64) -> bool {
+pub(crate) unsafe fn tidy_segment<P: Mode>(seg: *mut Segment, now: u64, keep: &mut usize) -> bool {
     // SAFETY: caller guarantee: the segment and its pages are ours; remote
     // frees only push onto `thread_free`, which `collect_remote` takes.
     unsafe {
@@ -127,8 +143,12 @@ pub(crate) unsafe fn tidy_segment<P: Mode>(seg: *mut Segment, now: u64) -> bool 
             }
             if (*page).state == PageState::Free && (*page).dirty {
                 let (p, len) = Segment::purgeable(seg, i);
-                os::purge(p, len);
-                (*page).dirty = false;
+                if len <= *keep {
+                    *keep -= len;
+                } else {
+                    os::purge(p, len);
+                    (*page).dirty = false;
+                }
             }
         }
         (*seg).used_pages == 0

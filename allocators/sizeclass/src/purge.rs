@@ -216,7 +216,7 @@ pub(crate) unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
             }
         }
         h.segments[(*seg).kind.index()].remove(seg);
-        segment::release(seg);
+        segment::release(seg, os::monotonic_ns());
     }
 }
 
@@ -282,11 +282,12 @@ pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
             }
         }
     }
+    segment::purge_reserve(now, delay, all);
     let _ = large::trim(true);
 }
 
-/// Purges every free page of the calling thread's heap and releases what it
-/// can (for `SizeClass::collect`).
+/// Purges every free page of the calling thread's heap and the segment
+/// reserve, and releases what it can (for `SizeClass::collect`).
 pub(crate) fn collect_now<P: Mode>() {
     let h = P::bound_heap();
     // SAFETY: our heap, not re-entered; its lock keeps reclaimers out.
@@ -302,6 +303,9 @@ pub(crate) fn collect_now<P: Mode>() {
             (*h).lock.unlock();
         }
     }
+    // What exited threads left in the reserve, whether or not this thread
+    // ever allocated.
+    segment::purge_reserve(0, 0, true);
     let _ = large::trim(false);
 }
 

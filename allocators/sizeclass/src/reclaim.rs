@@ -143,6 +143,7 @@ fn purge_round<P: Mode>() {
 fn tidy_abandoned<P: Mode>() {
     let mut taken = segment::take_abandoned::<P>();
     let now = os::monotonic_ns();
+    segment::purge_reserve(now, purge_delay_ns(), false);
     loop {
         // SAFETY: the segments taken are ours alone (off every list) and of
         // mode `P`.
@@ -151,8 +152,8 @@ fn tidy_abandoned<P: Mode>() {
             if seg.is_null() {
                 return;
             }
-            if crate::lifecycle::tidy_segment::<P>(seg, now) {
-                segment::release(seg);
+            if crate::lifecycle::tidy_segment::<P>(seg, now, &mut 0) {
+                segment::release(seg, now);
             } else {
                 segment::abandon(seg);
             }

@@ -21,7 +21,13 @@
 //!
 //! Globals (all behind [`SpinLock`]s, touched only on slow paths): abandoned
 //! segments wait on `ABANDONED` for a live heap to adopt them, and a few
-//! empty, purged segments wait in `RESERVE` to spare the next mapping.
+//! empty segments wait in `RESERVE` to spare the next mapping. At most
+//! [`RESERVE_UNPURGED_MAX`] of those keep their memory (unpurged) for the
+//! purge delay, so that a thread that starts where another one exited, or
+//! a heap that empties a segment and fills one again soon, finds its pages
+//! resident instead of faulting them in again; any heap's decay sweep and
+//! the background purger purge them once the delay has passed
+//! ([`purge_reserve`]).
 
 use core::mem::size_of;
 use core::ptr;
@@ -78,8 +84,12 @@ impl SegmentKind {
 }
 /// Owner id of an abandoned segment (no heap has it).
 pub(crate) const ABANDONED: u64 = u64::MAX;
-/// Empty segments kept mapped (purged) for reuse.
-const RESERVE_MAX: usize = 2;
+/// Empty segments kept mapped for reuse.
+const RESERVE_MAX: usize = 8;
+/// Of those, how many may keep their memory unpurged until the purge delay
+/// has passed (the rest are purged as they enter): what a program that
+/// stops calling the allocator may keep resident in the reserve.
+pub(crate) const RESERVE_UNPURGED_MAX: usize = 2;
 
 /// Heap class ids: core's classes `0..CLASS_COUNT`, then one "aligned"
 /// twin of each power-of-two class (16 B ..= 256 KiB, 15 of them). Pages of
@@ -158,6 +168,12 @@ pub(crate) struct Segment {
     pub used_pages: u32,
     /// Inaccessible bytes at the end (`Mode::GUARD_BYTES`).
     pub guard_bytes: u32,
+    /// In the reserve with memory not purged since its pages were last
+    /// used (at most [`RESERVE_UNPURGED_MAX`] such; see
+    /// [`RESERVE_UNPURGED`]). Reserve only.
+    pub unpurged: bool,
+    /// When the segment entered the reserve (monotonic ns). Reserve only.
+    pub released_ns: u64,
     /// Pages that may have remote frees.
     pub pending: PendingPages,
     /// Links in the owner's segment list, or the abandoned list.
@@ -285,16 +301,29 @@ pub(crate) type SegmentList = List<Segment>;
 pub(crate) static ABANDONED_LIST: SpinLock<SegmentList> = SpinLock::new(SegmentList::EMPTY);
 /// Cheap "is anything abandoned" hint.
 pub(crate) static ABANDONED_COUNT: AtomicU64 = AtomicU64::new(0);
-/// Empty purged segments (at most `RESERVE_MAX`; the list counts them).
+/// Empty segments (at most `RESERVE_MAX`; the list counts them).
 static RESERVE: SpinLock<SegmentList> = SpinLock::new(SegmentList::EMPTY);
+/// Reserve segments with `unpurged` set (changed under `RESERVE`'s lock;
+/// read without it as a hint).
+static RESERVE_UNPURGED: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh segment of `kind` for mode `P`, owned by `owner`: from the
 /// reserve or the OS. Null on exhaustion.
 pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
+    let mut unpurged = None;
     let mut seg = {
         let mut r = RESERVE.lock();
-        // SAFETY: reserve segments are owned by the reserve (locked).
-        unsafe { r.pop_front() }
+        // SAFETY: reserve segments are owned by the reserve (locked); a
+        // popped one is ours.
+        unsafe {
+            let seg = r.pop_front();
+            if !seg.is_null() && (*seg).unpurged {
+                (*seg).unpurged = false;
+                RESERVE_UNPURGED.fetch_sub(1, Relaxed);
+                unpurged = Some((*seg).released_ns);
+            }
+            seg
+        }
     };
     if seg.is_null() {
         seg = heapkit_core::large::map_segments(SEGMENT_ALIGN).cast();
@@ -333,36 +362,91 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
             let p = Segment::page(seg, i);
             (*p).index = i as u32;
             Page::set_state(p, PageState::Free);
+            if let Some(released_ns) = unpurged {
+                // The pages of the new kind need not be those of the old
+                // one: every page may hold old bytes (not zero, purged by
+                // the new owner's decay if it stays unused).
+                (*p).dirty = i < (*seg).page_count as usize;
+                (*p).freed_at_ns = released_ns;
+            }
         }
         (*seg).owner.store(owner, Relaxed);
     }
     seg
 }
 
-/// Returns an empty segment: purged into the reserve, or unmapped.
+/// Returns an empty segment at time `now`: into the reserve (unpurged
+/// while fewer than [`RESERVE_UNPURGED_MAX`] are, else purged), or
+/// unmapped when the reserve is full.
 ///
 /// # Safety
 /// The caller owns `seg`, every page of it is free, and nothing refers to
 /// it any more.
-pub(crate) unsafe fn release(seg: *mut Segment) {
+pub(crate) unsafe fn release(seg: *mut Segment, now: u64) {
     // SAFETY: caller guarantee.
     unsafe {
         let dirty = (0..MAX_PAGES).any(|i| (*Segment::page(seg, i)).dirty);
         let mut r = RESERVE.lock();
         if r.len < RESERVE_MAX {
             (*seg).owner.store(ABANDONED, Relaxed);
-            if dirty {
-                let end = SEGMENT_ALIGN - (*seg).guard_bytes as usize;
-                os::purge(seg.cast::<u8>().add(HEADER_BYTES), end - HEADER_BYTES);
-                for i in 0..MAX_PAGES {
-                    (*Segment::page(seg, i)).dirty = false;
-                }
+            (*seg).released_ns = now;
+            if dirty && RESERVE_UNPURGED.load(Relaxed) < RESERVE_UNPURGED_MAX as u64 {
+                (*seg).unpurged = true;
+                RESERVE_UNPURGED.fetch_add(1, Relaxed);
+            } else if dirty {
+                purge_whole(seg);
             }
             r.push_front(seg);
             return;
         }
         drop(r);
         heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN);
+    }
+}
+
+/// Purges the reserve's unpurged segments that entered it at least
+/// `delay` ns before `now` (all of them with `all`). Never waits for the
+/// reserve's lock unless `all`; returns at once when none is unpurged.
+pub(crate) fn purge_reserve(now: u64, delay: u64, all: bool) {
+    if RESERVE_UNPURGED.load(Relaxed) == 0 {
+        return;
+    }
+    let r = if all {
+        RESERVE.lock()
+    } else {
+        let Some(r) = RESERVE.try_lock() else {
+            return;
+        };
+        r
+    };
+    // SAFETY: the reserve is locked: its segments are the reserve's, alive
+    // and empty.
+    unsafe {
+        let mut seg = r.first;
+        while !seg.is_null() {
+            if (*seg).unpurged && (all || now.saturating_sub((*seg).released_ns) >= delay) {
+                purge_whole(seg);
+                (*seg).unpurged = false;
+                RESERVE_UNPURGED.fetch_sub(1, Relaxed);
+            }
+            seg = (*seg).next;
+        }
+    }
+}
+
+/// Purges every page of an empty segment and marks them clean.
+///
+/// # Safety
+/// The caller owns `seg` (or holds the reserve that does); no page is in
+/// use.
+unsafe fn purge_whole(seg: *mut Segment) {
+    // SAFETY: caller guarantee: nothing past the header is live.
+    unsafe {
+        let end = SEGMENT_ALIGN - (*seg).guard_bytes as usize;
+        os::purge(seg.cast::<u8>().add(HEADER_BYTES), end - HEADER_BYTES);
+        for i in 0..MAX_PAGES {
+            (*Segment::page(seg, i)).dirty = false;
+        }
     }
 }
 
@@ -522,7 +606,7 @@ mod tests {
                 (*seg).used_pages = (*seg).page_count;
                 assert_eq!(Segment::find_free_page(seg), None);
                 (*seg).used_pages = 0;
-                release(seg);
+                release(seg, 0);
             }
         }
     }
@@ -555,7 +639,7 @@ mod tests {
                     libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV,
                     "a write to the guard page must fault (status {status:#x})"
                 );
-                release(seg);
+                release(seg, 0);
             }
             // A default segment (perhaps the one just released, from the
             // reserve) has no guard: its last byte is usable.
@@ -566,7 +650,7 @@ mod tests {
                 assert_eq!((*seg).tag, SegmentTag::SIZECLASS);
                 seg.cast::<u8>().add(SEGMENT_ALIGN - 1).write_volatile(1);
                 seg.cast::<u8>().add(SEGMENT_ALIGN - 1).write_volatile(0);
-                release(seg);
+                release(seg, 0);
             }
         }
     }
