@@ -137,7 +137,7 @@ pub fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
         let user = hand_out(base, map_size, offset, 0);
         if zeroed && recycled {
             // Only the requested bytes must read as zero (C's calloc).
-            user.write_bytes(0, layout.size());
+            os::zero_dead(user, layout.size());
         }
         user
     }
@@ -239,7 +239,7 @@ pub fn allocate_guarded(layout: Layout, zeroed: bool) -> *mut u8 {
         unsafe {
             let user = hand_out(cached, cached_size, cached_size - body, page);
             if zeroed {
-                user.write_bytes(0, layout.size());
+                os::zero_dead(user, layout.size());
             }
             return user;
         }

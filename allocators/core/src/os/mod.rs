@@ -355,6 +355,42 @@ pub unsafe fn remap_to(ptr: *mut u8, old_size: usize, new_size: usize, dest: *mu
     true
 }
 
+/// Ranges of at least this many whole pages are zeroed by [`zero_dead`]
+/// with a purge instead of a memset.
+pub const ZERO_BY_PURGE_MIN: usize = 64 << 10;
+
+/// Zeroes `len` bytes at `p`, memory whose contents are dead (a block
+/// about to be handed out by `calloc`): the whole pages by purging them
+/// (they then read as zero and take no memory until touched; jemalloc
+/// zeroes recycled extents the same way), the partial pages at either end,
+/// and ranges under [`ZERO_BY_PURGE_MIN`], by memset. A `calloc` of a
+/// reused block of which the program writes a few bytes otherwise writes,
+/// and faults in, every page of it: most of the C stress program's page
+/// faults.
+///
+/// # Safety
+/// `p..p + len` is writable memory of one block whose contents are dead,
+/// in a private anonymous mapping.
+pub unsafe fn zero_dead(p: *mut u8, len: usize) {
+    let page = page_size();
+    let start = p as usize;
+    let end = start + len;
+    let first = (start + page - 1) & !(page - 1);
+    let last = end & !(page - 1);
+    if last <= first || last - first < ZERO_BY_PURGE_MIN {
+        // SAFETY: caller guarantee.
+        unsafe { p.write_bytes(0, len) };
+        return;
+    }
+    // SAFETY: caller guarantee; `first..last` lies inside `p..p + len`. A
+    // failed purge writes the zeros itself.
+    unsafe {
+        p.write_bytes(0, first - start);
+        (last as *mut u8).write_bytes(0, end - last);
+        purge(first as *mut u8, last - first);
+    }
+}
+
 /// Returns the physical pages behind `ptr..ptr+size` to the OS. The range
 /// stays mapped and reads as zero afterwards (private anonymous memory).
 ///
