@@ -283,6 +283,7 @@ pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
         }
     }
     segment::purge_reserve(now, delay, all);
+    crate::reclaim::purge_due(h, now);
     let _ = large::trim(true);
 }
 

@@ -58,6 +58,10 @@ pub(crate) const IDLE_NS: u64 = 1_000_000;
 /// Pages reclaimed so far (process-wide; for tests and `HEAPKIT_STATS`).
 pub(crate) static RECLAIMED_PAGES: AtomicU64 = AtomicU64::new(0);
 
+/// When the pages retired unpurged by the last reclaim are due for their
+/// purge (monotonic ns; 0: none pending). See [`purge_due`].
+static PURGE_DUE_NS: AtomicU64 = AtomicU64::new(0);
+
 /// A registry of heaps (core's intrusive list).
 pub(crate) type HeapList = List<Heap>;
 
@@ -124,6 +128,33 @@ pub(crate) fn remote_frees_piled_up<P: Mode>(h: *mut Heap) {
     unsafe { visit::<P>(&list, h, false) };
 }
 
+/// Called from a heap's decay sweep (`h` its own heap, locked): once the
+/// pages a reclaim retired unpurged are past the purge delay, looks at
+/// every heap of both modes with the decay (their owners may sleep, so no
+/// sweep of theirs would purge them). Never waits for a lock.
+pub(crate) fn purge_due(h: *mut Heap, now: u64) {
+    let due = PURGE_DUE_NS.load(Relaxed);
+    if due == 0 || now < due {
+        return;
+    }
+    let fast = visit_all::<Fast>(h);
+    let hardened = visit_all::<Hardened>(h);
+    if !(fast && hardened) {
+        return; // A registry or a heap was busy: the next sweep tries again.
+    }
+    let _ = PURGE_DUE_NS.compare_exchange(due, 0, Relaxed, Relaxed);
+}
+
+/// [`visit`]s mode `P`'s registry with the decay, skipping `skip`; false if
+/// the registry or a heap was busy.
+fn visit_all<P: Mode>(skip: *mut Heap) -> bool {
+    let Some(list) = P::registry().try_lock() else {
+        return false;
+    };
+    // SAFETY: the registry is locked.
+    unsafe { visit::<P>(&list, skip, true) }
+}
+
 /// One round of the background purger for mode `P` (see [`start_purger`]):
 /// every registered heap visited, then the abandoned segments tidied.
 fn purge_round<P: Mode>() {
@@ -165,12 +196,14 @@ fn tidy_abandoned<P: Mode>() {
 /// for [`IDLE_NS`] between two looks) whose lock is free has its pages
 /// reclaimed ([`reclaim_heap`]); with `decay`, every heap whose lock is
 /// free also has its free pages purged once the purge delay has passed
-/// (what its owner's sweep would do, were it running).
+/// (what its owner's sweep would do, were it running). Returns false when
+/// a heap it meant to look at was locked (and so skipped).
 ///
 /// # Safety
 /// `list` is the locked registry of mode `P`.
-unsafe fn visit<P: Mode>(list: &HeapList, skip: *mut Heap, decay: bool) {
+unsafe fn visit<P: Mode>(list: &HeapList, skip: *mut Heap, decay: bool) -> bool {
     let now = os::monotonic_ns();
+    let mut complete = true;
     let mut other = list.first;
     while !other.is_null() {
         // SAFETY: registered heaps stay alive while the registry is locked;
@@ -186,16 +219,21 @@ unsafe fn visit<P: Mode>(list: &HeapList, skip: *mut Heap, decay: bool) {
                 } else {
                     now.saturating_sub((*other).observed_at_ns) >= IDLE_NS
                 };
-                if (idle || decay) && (*other).lock.try_lock() {
-                    if (*other).state == HeapState::Active {
-                        reclaim_heap::<P>(&mut *other, idle, decay, now);
+                if idle || decay {
+                    if (*other).lock.try_lock() {
+                        if (*other).state == HeapState::Active {
+                            reclaim_heap::<P>(&mut *other, idle, decay, now);
+                        }
+                        (*other).lock.unlock();
+                    } else {
+                        complete = false;
                     }
-                    (*other).lock.unlock();
                 }
             }
             other = next;
         }
     }
+    complete
 }
 
 /// With `idle`: retires and purges every page of `h` (not current) whose
@@ -211,6 +249,10 @@ unsafe fn visit<P: Mode>(list: &HeapList, skip: *mut Heap, decay: bool) {
 /// `P`.
 unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64) {
     let delay = purge_delay_ns();
+    // Idle for the purge delay, not only for `IDLE_NS`: a thread that waits
+    // for a CPU looks idle too, and purging its pages makes it fault them
+    // in again (see the retirement below).
+    let long_idle = idle && now.saturating_sub(h.observed_at_ns) >= delay;
     for kind in SegmentKind::ALL {
         let kind = kind.index();
         let mut seg = h.segments[kind].first;
@@ -245,7 +287,7 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
                         Page::purge_tail(seg, page);
                     }
                     if P::RECARVE_EMPTY
-                        && idle
+                        && long_idle
                         && (*page).state == PageState::Queued
                         && h.current[(*page).class as usize] == page
                         && Page::is_parked(page)
@@ -274,17 +316,30 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
                     } else {
                         h.queues[class].remove(page);
                     }
-                    if (*page).dirty {
+                    // Purged at once only when the owner has been idle for the
+                    // purge delay; before that, "idle" may be a thread that
+                    // waits for a CPU (4 threads on 2 cores: the C stress
+                    // program faulted these pages in again and again, 1.15x
+                    // libmimalloc's time against 0.97x), so the page is
+                    // retired dirty, for the owner to reuse resident, and a
+                    // later sweep purges it once the delay has passed
+                    // ([`purge_due`]).
+                    if (*page).dirty && long_idle {
                         let (p, len) = Segment::purgeable(seg, i);
                         os::purge(p, len);
                         (*page).dirty = false;
                     }
-                    // A free, purged page: nothing idle to count.
                     Segment::free_page(seg, page, now);
                     RECLAIMED_PAGES.fetch_add(1, Relaxed);
                     if (*page).retained {
                         (*page).retained = false;
                         h.idle_bytes = h.idle_bytes.saturating_sub(1 << (*seg).page_shift);
+                    }
+                    if (*page).dirty {
+                        // A free dirty page, counted as the owner's own.
+                        h.dirty_free += 1;
+                        h.idle_bytes += 1 << (*seg).page_shift;
+                        PURGE_DUE_NS.fetch_max(now + delay, Relaxed);
                     }
                     h.claimed_bytes = h.claimed_bytes.saturating_sub(1 << (*seg).page_shift);
                 }
@@ -431,9 +486,12 @@ mod tests {
         });
         let (page, last) = from_thread.recv().unwrap();
         let page = page as *mut Page;
-        // Two rounds: the first sees the heap, the second finds it idle.
+        // Two rounds: the first sees the heap, the second finds it idle
+        // for longer than the purge delay.
         purge_round::<Fast>();
-        std::thread::sleep(std::time::Duration::from_nanos(2 * IDLE_NS));
+        std::thread::sleep(std::time::Duration::from_nanos(
+            purge_delay_ns() + 2 * IDLE_NS,
+        ));
         purge_round::<Fast>();
         // SAFETY: the page's thread sleeps on the channel; its segment stays
         // mapped (a page in use); the block read is inside the segment.

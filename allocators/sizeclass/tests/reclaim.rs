@@ -37,6 +37,17 @@ fn owner_frees_while_others_free_and_reclaim<P: Policy>(a: SizeClass<P>) {
                 thread::sleep(Duration::from_millis(2));
             }
         }
+        // The pages retired above stay resident until the owner has been
+        // idle for the purge delay (it may only be waiting for a CPU); then
+        // any thread's decay sweep purges them, ours here (a few, as a
+        // sweep skips a heap whose lock its owner holds at that moment).
+        thread::sleep(Duration::from_millis(
+            heapkit_core::options::DEFAULT_PURGE_DELAY_MS + 5,
+        ));
+        for _ in 0..10 {
+            a.collect();
+            thread::sleep(Duration::from_millis(2));
+        }
         done_tx.send(()).unwrap();
     });
     // Sent and kept blocks interleave, so most pages hold both.
