@@ -220,11 +220,14 @@ pub(crate) unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
     }
 }
 
-/// Decay: purges free pages and the dirty tails of queued pages (see
-/// `Page::reset_carve`) older than the purge delay ([`purge_delay_ns`])
-/// (all of them if `all`) and re-queues full pages with remote frees a
-/// lost notification left behind. Runs at most every half delay unless
-/// `all`.
+/// Decay: purges free pages older than the purge delay
+/// ([`purge_delay_ns`]), neighbours in one call (all of them if `all`,
+/// and then the dirty tails of queued pages too, see
+/// `Page::reset_carve`: a running owner carves those again, the reclaimer
+/// and the purger purge a sleeping one's), re-queues full pages with
+/// remote frees a lost notification left behind, and purges what is due
+/// in the segment reserve and from reclaims. Runs at most every half delay
+/// unless `all`.
 pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
     let now = os::monotonic_ns();
     if !all && now < h.next_sweep_ns {
@@ -253,6 +256,7 @@ pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
                     seg = next;
                     continue;
                 }
+                let mut run = os::PurgeRun::new();
                 for i in 0..(*seg).page_count as usize {
                     let page = Segment::page(seg, i);
                     match (*page).state {
@@ -260,16 +264,15 @@ pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
                             if (*page).dirty
                                 && (all || now.saturating_sub((*page).freed_at_ns) >= delay) =>
                         {
+                            // Neighbouring free pages go in one `madvise`
+                            // (sqlite3 made 3264 of them, libmimalloc 96).
                             let (p, len) = Segment::purgeable(seg, i);
-                            os::purge(p, len);
+                            run.push(p, len);
                             (*page).dirty = false;
                             h.dirty_free -= 1;
                             h.idle_bytes = h.idle_bytes.saturating_sub(len);
                         }
-                        PageState::Queued
-                            if Page::has_dirty_tail(page)
-                                && (all || now.saturating_sub((*page).freed_at_ns) >= delay) =>
-                        {
+                        PageState::Queued if all && Page::has_dirty_tail(page) => {
                             Page::purge_tail(seg, page);
                         }
                         PageState::Full if Page::has_remote(page) => {
@@ -278,6 +281,8 @@ pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
                         _ => {}
                     }
                 }
+                // Before the segment can be released or its pages claimed.
+                run.finish();
                 seg = (*seg).next;
             }
         }
