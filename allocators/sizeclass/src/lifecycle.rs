@@ -33,10 +33,12 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// others exited: worker pools, the standard `larson` and `mstress`
 /// programs) finds them resident, and its decay purges what it does not
 /// use. Purging them all made `larson` fault 5570 pages where mimalloc,
-/// which keeps them, faults 1492. What passes this is purged at once, so a
-/// thread that freed much and exited does not leave it resident until an
-/// adoption. (Empty segments go to the reserve, see `segment::release`.)
-pub(crate) const EXIT_KEEP_BYTES: usize = 2 << 20;
+/// which keeps them, faults 1492 (its exiting threads left 360 KiB each).
+/// What passes this is purged at once, so a thread that freed much and
+/// exited does not leave it resident until an adoption (2 MiB raised the
+/// harness's RSS after free-all on larson ×4 from 8.2 to 9.9 MiB). Empty
+/// segments go to the reserve, see `segment::release`.
+pub(crate) const EXIT_KEEP_BYTES: usize = 1 << 20;
 static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
 static ATFORK: AtomicBool = AtomicBool::new(false);
 
@@ -107,7 +109,7 @@ fn abandon_all<P: Mode>(h: &mut Heap) {
                     break;
                 }
                 if tidy_segment::<P>(seg, now, &mut keep) {
-                    segment::release(seg, now);
+                    segment::release(seg, now, true);
                 } else {
                     segment::abandon(seg);
                 }

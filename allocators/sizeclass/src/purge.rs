@@ -216,7 +216,7 @@ pub(crate) unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
             }
         }
         h.segments[(*seg).kind.index()].remove(seg);
-        segment::release(seg, os::monotonic_ns());
+        segment::release(seg, os::monotonic_ns(), false);
     }
 }
 

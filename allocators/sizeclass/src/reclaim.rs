@@ -184,7 +184,7 @@ fn tidy_abandoned<P: Mode>() {
                 return;
             }
             if crate::lifecycle::tidy_segment::<P>(seg, now, &mut 0) {
-                segment::release(seg, now);
+                segment::release(seg, now, false);
             } else {
                 segment::abandon(seg);
             }
