@@ -35,9 +35,11 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// use. Purging them all made `larson` fault 5570 pages where mimalloc,
 /// which keeps them, faults 1492 (its exiting threads left 360 KiB each).
 /// What passes this is purged at once, so a thread that freed much and
-/// exited does not leave it resident until an adoption (2 MiB raised the
-/// harness's RSS after free-all on larson ×4 from 8.2 to 9.9 MiB). Empty
-/// segments go to the reserve, see `segment::release`.
+/// exited does not leave it resident until an adoption (with 2 MiB, and
+/// running heaps' segments kept unpurged in the reserve too, the harness's
+/// RSS after free-all on larson ×4 went from 8.2 to 9.9 MiB; with 1 MiB
+/// and only exiting threads' segments kept, 8.6 MiB). Empty segments go to
+/// the reserve, see `segment::release`.
 pub(crate) const EXIT_KEEP_BYTES: usize = 1 << 20;
 static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
 static ATFORK: AtomicBool = AtomicBool::new(false);

@@ -319,8 +319,8 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
                     // Purged at once only when the owner has been idle for the
                     // purge delay; before that, "idle" may be a thread that
                     // waits for a CPU (4 threads on 2 cores: the C stress
-                    // program faulted these pages in again and again, 1.15x
-                    // libmimalloc's time against 0.97x), so the page is
+                    // program faulted these pages in again and again, 1.13x
+                    // libmimalloc's time, 1.08x since), so the page is
                     // retired dirty, for the owner to reuse resident, and a
                     // later sweep purges it once the delay has passed
                     // ([`purge_due`]).
