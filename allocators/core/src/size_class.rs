@@ -71,7 +71,7 @@ pub const TABLE_MAX: usize = 1024;
 
 /// `CLASS_BY_16[(size + 15) / 16]` is the class of every `size <=`
 /// [`TABLE_MAX`] (index 0, `size` 0, is class 0). Requests of random sizes
-/// made the arithmetic of [`class_of_computed`] branch on whether the size
+/// made the arithmetic (`class_of_computed`) branch on whether the size
 /// was above 256 B at random (a mispredicted branch on a quarter to a third
 /// of the `malloc`s of the standard `larson` program); mimalloc looks its
 /// small sizes up the same way.
