@@ -410,7 +410,7 @@ impl PurgeRun {
 
 /// Ranges of at least this many whole pages are zeroed by [`zero_dead`]
 /// with a purge instead of a memset.
-pub const ZERO_BY_PURGE_MIN: usize = 64 << 10;
+const ZERO_BY_PURGE_MIN: usize = 64 << 10;
 
 /// Zeroes `len` bytes at `p`, memory whose contents are dead (a block
 /// about to be handed out by `calloc`): the whole pages by purging them
