@@ -80,16 +80,16 @@ impl<P: Policy> SizeClass<P> {
     /// zeroed if asked.
     #[inline(always)]
     fn allocate_small(size: usize, zeroed: bool) -> *mut u8 {
-        let p = heap::alloc::<P>(class_of(size + Self::TRAILER));
+        let (p, page) = heap::alloc::<P>(class_of(size + Self::TRAILER));
         if !p.is_null() {
-            // SAFETY: p was just handed out for `size` bytes. Zeroing may
-            // write a whole first word, so it comes before the trailer's
-            // pattern bytes (which may start inside that word).
+            // SAFETY: p was just handed out from `page` for `size` bytes.
+            // Zeroing may write a whole first word, so it comes before the
+            // trailer's pattern bytes (which may start inside that word).
             unsafe {
                 if zeroed {
-                    zero_block(p, size);
+                    zero_block(page, p, size);
                 }
-                P::on_handout(p, size);
+                P::on_handout(page, p, size);
             }
         }
         p
@@ -109,15 +109,15 @@ impl<P: Policy> SizeClass<P> {
                 } else {
                     class
                 };
-                let p = heap::alloc::<P>(class);
+                let (p, page) = heap::alloc::<P>(class);
                 if !p.is_null() {
-                    // SAFETY: p is a fresh block of its class, which holds
-                    // the size plus the trailer.
+                    // SAFETY: p is a fresh block of `page`'s class, which
+                    // holds the size plus the trailer.
                     unsafe {
                         if zeroed {
-                            zero_block(p, layout.size());
+                            zero_block(page, p, layout.size());
                         }
-                        P::on_handout(p, layout.size());
+                        P::on_handout(page, p, layout.size());
                     }
                 }
                 p
@@ -156,12 +156,11 @@ impl<P: Policy> SizeClass<P> {
 /// word when its page's free blocks are known to be zero.
 ///
 /// # Safety
-/// `p` must be a block just allocated from a page, of at least `size` bytes.
+/// `p` must be a block just allocated from `page`, of at least `size` bytes.
 #[inline]
-unsafe fn zero_block(p: *mut u8, size: usize) {
+unsafe fn zero_block(page: *mut Page, p: *mut u8, size: usize) {
     // SAFETY: caller guarantee; the page is ours and live.
     unsafe {
-        let page: *mut Page = heap::page_of(p);
         if (*page).is_zero {
             // Only the free-list link was ever written (and, hardened, the
             // trailer, which lies past `size`).

@@ -174,9 +174,12 @@ pub(crate) const EMPTY: *mut Page = ptr::addr_of!(EMPTY_PAGE.0).cast_mut();
 /// Counters of every thread.
 pub(crate) static STATS: GlobalStats = GlobalStats::new();
 
-/// Allocates a block of `class` from mode `P`'s heap; null on exhaustion.
+/// Allocates a block of `class` from mode `P`'s heap: the block and its
+/// page (callers that write into the block's page metadata, the trailer
+/// and `calloc`'s zeroing, need not find it again); the block is null on
+/// exhaustion (and the page then meaningless).
 #[inline(always)]
-pub(crate) fn alloc<P: Mode>(class: usize) -> *mut u8 {
+pub(crate) fn alloc<P: Mode>(class: usize) -> (*mut u8, *mut Page) {
     let h = P::heap();
     // SAFETY: h is this thread's heap, used by no one else and not
     // re-entered here; class < HEAP_CLASSES (callers get it from class_of or
@@ -197,7 +200,7 @@ pub(crate) fn alloc<P: Mode>(class: usize) -> *mut u8 {
         if (*h).stats.count_alloc((*page).block_size as usize) {
             slow::heartbeat::<P>(h);
         }
-        block.cast()
+        (block.cast(), page)
     }
 }
 
@@ -310,14 +313,4 @@ unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page,
             slow::free_remote_unbound::<P>(size);
         }
     }
-}
-
-/// The page holding a block of ours that is not large.
-///
-/// # Safety
-/// `ptr` must be a live small block.
-#[inline]
-pub(crate) unsafe fn page_of(ptr: *mut u8) -> *mut Page {
-    // SAFETY: caller guarantee.
-    unsafe { Segment::page_of(segment_of(ptr).cast(), ptr) }
 }

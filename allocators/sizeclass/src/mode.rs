@@ -97,12 +97,13 @@ pub(crate) trait Mode: Policy {
     /// `block` is a block of at least 16 bytes the caller owns.
     unsafe fn mark_free(block: *mut u8, key: usize);
 
-    /// A small block was just allocated for `requested` bytes (at most its
-    /// block size minus [`Policy::TRAILER`]).
+    /// A small block was just allocated from `page` for `requested` bytes
+    /// (at most its block size minus [`Policy::TRAILER`]).
     ///
     /// # Safety
-    /// `ptr` is a block just handed out by `heap::alloc::<Self>`.
-    unsafe fn on_handout(ptr: *mut u8, requested: usize);
+    /// `ptr` is a block just handed out from `page` by
+    /// `heap::alloc::<Self>`.
+    unsafe fn on_handout(page: *mut Page, ptr: *mut u8, requested: usize);
 
     /// Bytes of the small block `ptr` (of `block_size` bytes) the program
     /// may use: all of them by default, the requested size when hardened.
@@ -218,14 +219,11 @@ impl<P: Policy> Mode for P {
     }
 
     #[inline(always)]
-    unsafe fn on_handout(ptr: *mut u8, requested: usize) {
+    unsafe fn on_handout(page: *mut Page, ptr: *mut u8, requested: usize) {
         if P::TRAILER != 0 {
-            // SAFETY: ptr is a fresh block of a page of this mode, which
-            // holds requested + TRAILER bytes.
-            unsafe {
-                let page = crate::heap::page_of(ptr);
-                Trailer::write(ptr, (*page).block_size as usize, requested, (*page).key);
-            }
+            // SAFETY: ptr is a fresh block of `page` (ours, of this mode),
+            // which holds requested + TRAILER bytes.
+            unsafe { Trailer::write(ptr, (*page).block_size as usize, requested, (*page).key) }
         }
     }
 

@@ -36,7 +36,7 @@ const CLOCK_EVERY: u32 = 16;
 /// `class < HEAP_CLASSES`.
 #[cold]
 #[inline(never)]
-pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> *mut u8 {
+pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> (*mut u8, *mut Page) {
     let h = P::bound_heap();
     // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
@@ -52,7 +52,7 @@ pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> *mut u8 {
         let found = find_page::<P>(&mut *h, class);
         (*h).lock.unlock();
         if !found {
-            return ptr::null_mut();
+            return (ptr::null_mut(), heap::EMPTY);
         }
     }
     heap::alloc::<P>(class)
