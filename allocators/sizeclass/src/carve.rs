@@ -18,6 +18,7 @@
 //!   only a slow path carves.
 
 use core::ptr;
+use core::sync::atomic::Ordering::Relaxed;
 
 use crate::mode::Mode;
 use crate::page::Page;
@@ -120,6 +121,15 @@ impl Page {
             debug_assert!(keep >= 1);
             if (*page).capacity <= keep {
                 return;
+            }
+            // Blocks dropped over holes (`holes.rs`) are taken back or
+            // become tail with the others: none is counted any more (with
+            // nothing live, the owner's fast paths do not write `used`).
+            let dropped = (*page).dropped.load(Relaxed);
+            if dropped != 0 {
+                let used = (*page).used.load(Relaxed);
+                (*page).used.store(used.saturating_sub(dropped), Relaxed);
+                Self::forget_holes(page);
             }
             (*page).dirty_end = (*page).dirty_end.max((*page).capacity);
             (*page).free = ptr::null_mut();

@@ -140,8 +140,12 @@ unsafe fn check_page<P: Mode>(p: *mut Page) -> Result<(), &'static str> {
                 b = Page::next_free::<P>(p, b);
             }
         }
-        if count + Page::in_use(p) as usize != cap {
+        let dropped = (*p).dropped.load(core::sync::atomic::Ordering::Relaxed) as usize;
+        if count + Page::in_use(p) as usize + dropped != cap {
             return Err("free + local_free + used != capacity");
+        }
+        if ((*p).holes == 0) != (dropped == 0) {
+            return Err("blocks dropped without holes, or holes without dropped blocks");
         }
         if ((*p).state == PageState::Full)
             != ((*p).used.load(core::sync::atomic::Ordering::Relaxed) & crate::page::FULL_FLAG != 0)

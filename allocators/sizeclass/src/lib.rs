@@ -96,6 +96,8 @@ mod alloc_impl;
 mod carve;
 #[cfg(not(loom))]
 mod heap;
+#[cfg(not(loom))]
+mod holes;
 #[cfg(all(not(loom), any(test, feature = "debug-invariants")))]
 mod invariants;
 #[cfg(not(loom))]

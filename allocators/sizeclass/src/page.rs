@@ -126,6 +126,14 @@ pub(crate) struct Page {
     pub prev: *mut Page,
     /// `key`, for remote freers.
     pub shared_key: usize,
+    /// OS pages of the span purged while every block over them was free
+    /// and off the owner's lists (bit `u`: the span's OS page `u`; see
+    /// `holes.rs`). Written with the heap's lock held only.
+    pub holes: u32,
+    /// Blocks over `holes`: on no list, still counted in `used` (see
+    /// `holes.rs`). Written with the heap's lock held only; atomic so that
+    /// [`Page::in_use`] may read it anywhere.
+    pub dropped: AtomicU32,
 }
 
 const _: () = assert!(core::mem::offset_of!(Page, thread_free) == 64);
@@ -158,6 +166,8 @@ impl Page {
             thread_free: ThreadFree::new(),
             shared_size: 0,
             shared_key: 0,
+            holes: 0,
+            dropped: AtomicU32::new(0),
         }
     }
 
@@ -190,6 +200,7 @@ impl Page {
             (*page).reserved = (span / stride) as u32;
             (*page).dirty_end = 0;
             (*page).unparked_allocs = 0;
+            Page::forget_holes(page);
             // A page freed outside its heap (thread exit, an abandoned
             // segment tidied) may keep a stale flag: its segment can come
             // back as another kind, where it means nothing.
@@ -223,15 +234,20 @@ impl Page {
         unsafe { Block::set_next(block, P::encode(next.cast(), (*page).key).cast()) }
     }
 
-    /// Blocks of the page not on `free` or `local_free` (live, or on
-    /// `thread_free`).
+    /// Blocks of the page that are live or on `thread_free`: `used`
+    /// without [`FULL_FLAG`] and without the blocks dropped over holes
+    /// (`holes.rs`).
     ///
     /// # Safety
     /// `page` must be metadata of a mapped segment.
     #[inline]
     pub(crate) unsafe fn in_use(page: *const Page) -> u32 {
         // SAFETY: caller guarantee.
-        unsafe { (*page).used.load(Relaxed) & !FULL_FLAG }
+        unsafe {
+            // (Saturating: only a double free of a dropped block could
+            // make it fall below.)
+            ((*page).used.load(Relaxed) & !FULL_FLAG).saturating_sub((*page).dropped.load(Relaxed))
+        }
     }
 
     /// Moves the page to `state`, setting or clearing [`FULL_FLAG`].
@@ -264,6 +280,7 @@ impl Page {
         // are ours after the swap.
         unsafe {
             Self::collect_remote::<P>(page);
+            Self::fill_holes::<P>(page);
             if (*page).free.is_null() {
                 if !(*page).local_free.is_null() {
                     (*page).free = (*page).local_free;
@@ -303,7 +320,10 @@ impl Page {
     /// # Safety
     /// `list` was taken from `page`'s `thread_free` by the caller, who owns
     /// the page (or holds its heap's lock).
-    unsafe fn walk_remote<P: Mode>(page: *mut Page, list: *mut Block) -> (*mut Block, u32) {
+    pub(crate) unsafe fn walk_remote<P: Mode>(
+        page: *mut Page,
+        list: *mut Block,
+    ) -> (*mut Block, u32) {
         // SAFETY: caller guarantee: the taken blocks are the caller's.
         unsafe {
             let in_use = Self::in_use(page);

@@ -240,6 +240,9 @@ unsafe fn visit<P: Mode>(list: &HeapList, skip: *mut Heap, decay: bool) -> bool 
 /// blocks have all been freed by other threads, or that is empty (a page
 /// kept for its class while its owner sleeps), and resets and purges its
 /// current pages that its own frees emptied and parked (`Page::park`).
+/// Once the owner has slept for the purge delay, the OS pages that other
+/// threads' frees emptied in its other pages, current ones included,
+/// become holes (`holes.rs`).
 /// With `decay`: purges free pages and dirty tails (`Page::reset_carve`)
 /// older than the purge delay. Releases emptied segments (all but the
 /// last of a kind, as the owner would).
@@ -299,7 +302,14 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
                         Page::reset_carve::<P>(page, keep, now);
                         Page::purge_tail(seg, page);
                     }
-                    if !idle || h.current[(*page).class as usize] == page {
+                    let current = h.current[(*page).class as usize] == page;
+                    if !idle || current {
+                        if long_idle && current && Page::has_remote(page) {
+                            // Its owner's fast path pops `free` without a
+                            // lock: give back only what other threads freed
+                            // (`holes.rs`).
+                            Page::purge_holes::<P>(seg, page);
+                        }
                         continue;
                     }
                     let empty = if Page::has_remote(page) {
@@ -308,6 +318,11 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
                         Page::in_use(page) == 0
                     };
                     if !empty {
+                        if long_idle && Page::has_remote(page) {
+                            // Blocks still live: give back the OS pages
+                            // that other threads' frees emptied.
+                            Page::purge_holes::<P>(seg, page);
+                        }
                         continue;
                     }
                     let class = (*page).class as usize;
@@ -510,6 +525,96 @@ mod tests {
                 0,
                 "the last block's bytes are still resident"
             );
+        }
+        to_thread.send(()).unwrap();
+        t.join().unwrap();
+    }
+
+    /// A thread allocates three pages' worth of blocks, keeps one block in
+    /// fifty and hands the others to another thread, which frees them
+    /// (remote frees), then sleeps. The purger's rounds cannot retire its
+    /// pages (a block live in each, and the current page's `free` list is
+    /// the sleeping owner's), but purge the OS pages whose blocks all came
+    /// back (`holes.rs`): their bytes read zero, the kept blocks keep
+    /// theirs. Awake, the owner gets the dropped blocks back: every block
+    /// counted once, none handed out twice.
+    #[test]
+    fn the_purger_purges_what_other_threads_freed_from_a_sleeping_threads_pages() {
+        use crate::invariants::check_invariants_of;
+        use std::sync::mpsc::channel;
+        const SIZE: usize = 1000;
+        const N: usize = 150;
+        let layout = Layout::from_size_align(SIZE, 8).unwrap();
+        let (to_main, from_thread) = channel::<(Vec<usize>, Vec<usize>)>();
+        let (to_thread, from_main) = channel::<()>();
+        let t = std::thread::spawn(move || {
+            let a = SizeClass::fast();
+            let blocks: Vec<usize> = (0..N).map(|_| a.allocate(layout) as usize).collect();
+            for &b in &blocks {
+                // SAFETY: live blocks of SIZE bytes.
+                unsafe { (b as *mut u8).write_bytes(0xAB, SIZE) };
+            }
+            let kept: Vec<usize> = blocks.iter().step_by(50).copied().collect();
+            let given: Vec<usize> = blocks
+                .iter()
+                .copied()
+                .filter(|b| !kept.contains(b))
+                .collect();
+            to_main.send((kept.clone(), given)).unwrap();
+            from_main.recv().unwrap();
+            check_invariants_of::<Fast>().unwrap();
+            for &b in &kept {
+                // SAFETY: live, never purged.
+                unsafe {
+                    assert!((0..SIZE).all(|i| *(b as *const u8).add(i) == 0xAB));
+                    a.free(b as *mut u8);
+                }
+            }
+            let again: Vec<usize> = (0..2 * N).map(|_| a.allocate(layout) as usize).collect();
+            let mut sorted = again.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 2 * N, "a block handed out twice");
+            for (i, &b) in again.iter().enumerate() {
+                // SAFETY: live blocks of SIZE bytes.
+                unsafe { (b as *mut u8).write_bytes(i as u8, SIZE) };
+            }
+            check_invariants_of::<Fast>().unwrap();
+            for (i, &b) in again.iter().enumerate() {
+                // SAFETY: as above; freed once.
+                unsafe {
+                    assert!((0..SIZE).all(|j| *(b as *const u8).add(j) == i as u8));
+                    a.free(b as *mut u8);
+                }
+            }
+            check_invariants_of::<Fast>().unwrap();
+        });
+        let (kept, given) = from_thread.recv().unwrap();
+        let a = SizeClass::fast();
+        for &b in &given {
+            // SAFETY: live blocks handed over, freed once (remote frees).
+            unsafe { a.free(b as *mut u8) };
+        }
+        purge_round::<Fast>();
+        std::thread::sleep(std::time::Duration::from_nanos(
+            purge_delay_ns() + 2 * IDLE_NS,
+        ));
+        purge_round::<Fast>();
+        // SAFETY: the owner sleeps on the channel and its pages stay in use
+        // (blocks live in each), so their memory stays mapped: reading a
+        // freed block reads its bytes, or zero where it was purged.
+        let zeroed = given
+            .iter()
+            .filter(|&&b| unsafe { *(b as *const u8).add(SIZE / 2) } == 0)
+            .count();
+        assert!(
+            zeroed >= given.len() / 2,
+            "only {zeroed} of {} freed blocks purged",
+            given.len()
+        );
+        for &b in &kept {
+            // SAFETY: live blocks (the owner reads them only after we send).
+            unsafe { assert_eq!(*(b as *const u8).add(SIZE / 2), 0xAB) };
         }
         to_thread.send(()).unwrap();
         t.join().unwrap();

@@ -244,6 +244,10 @@ impl Segment {
         unsafe {
             debug_assert!(Page::in_use(page) == 0 && (*page).state != PageState::Free);
             Page::set_state(page, PageState::Free);
+            // What is left in `used` are blocks dropped over holes
+            // (`holes.rs`), gone with the page.
+            (*page).used.store(0, Relaxed);
+            Page::forget_holes(page);
             (*page).free = ptr::null_mut();
             (*page).local_free = ptr::null_mut();
             (*page).freed_at_ns = now;
@@ -443,15 +447,31 @@ pub(crate) fn purge_reserve(now: u64, delay: u64, all: bool) {
 /// The caller owns `seg` (or holds the reserve that does); no page is in
 /// use.
 unsafe fn purge_whole(seg: *mut Segment) {
-    // SAFETY: caller guarantee: nothing past the header is live.
+    // SAFETY: caller guarantee: nothing past the header is live, and no
+    // page is in use, so the metadata of every page is that of a free,
+    // clean page.
     unsafe {
         let end = SEGMENT_ALIGN - (*seg).guard_bytes as usize;
         os::purge(seg.cast::<u8>().add(HEADER_BYTES), end - HEADER_BYTES);
         for i in 0..MAX_PAGES {
             (*Segment::page(seg, i)).dirty = false;
         }
+        // The header's OS pages after its first hold page metadata only
+        // (8 KiB of a segment's 12 KiB header stayed resident in each of
+        // the eight reserve segments). An all-zero `Page` is a free, clean
+        // one (state `Free`, no lists, nothing dirty), what `acquire`
+        // expects of a purged reserve segment; a failed purge leaves the
+        // same metadata as it was.
+        let os_page = os::page_size();
+        let first = core::mem::offset_of!(Segment, pages).next_multiple_of(os_page);
+        if first < HEADER_BYTES {
+            os::purge(seg.cast::<u8>().add(first), HEADER_BYTES - first);
+        }
     }
 }
+
+// `purge_whole` relies on these: an all-zero page is free and clean.
+const _: () = assert!(PageState::Free as u8 == 0);
 
 /// Pushes `seg` onto the abandoned list.
 ///
