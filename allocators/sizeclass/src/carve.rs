@@ -20,6 +20,8 @@
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
 
+use heapkit_core::misuse::{self, Misuse};
+
 use crate::mode::Mode;
 use crate::page::Page;
 use crate::remote::Block;
@@ -72,13 +74,26 @@ impl Page {
             } else {
                 // Rare (remote frees collected, then local ones): append
                 // `free` after `local_free`'s last block.
+                // Bounded: remote frees are collected by count, unwalked,
+                // so a block freed twice by other threads (not in a row)
+                // can leave a loop here; it is reported, not spun on.
                 let mut tail = local;
+                let mut steps = 0u32;
                 loop {
                     let next = Self::next_free::<P>(page, tail);
                     if next.is_null() {
                         break;
                     }
                     tail = next;
+                    steps += 1;
+                    if steps > (*page).capacity {
+                        misuse::report(
+                            "free",
+                            Misuse::CorruptedFreeList,
+                            local.cast(),
+                            "sizeclass: a page's collected frees",
+                        );
+                    }
                 }
                 Self::link::<P>(page, tail, free);
             }

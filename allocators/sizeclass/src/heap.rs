@@ -298,11 +298,16 @@ unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page,
         // and reading it here pulled that line away from the owner on
         // every hardened remote free.
         let key = (*page).shared_key;
-        (*page).thread_free.push(
+        let pushed = (*page).thread_free.push(
             ptr.cast(),
             |head| P::encode(head.cast(), key).cast(),
             || (*seg).pending.notify(index),
         );
+        if !pushed {
+            // Still the top of the stack: freed twice in a row (the owner
+            // no longer walks the stack, which found the cycle).
+            remote_double_free(page, ptr);
+        }
         if (*h).state.is_set_up() {
             (*h).stats.on_free(size);
             (*h).remote_freed += size;
@@ -313,4 +318,19 @@ unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page,
             slow::free_remote_unbound::<P>(size);
         }
     }
+}
+
+/// A block pushed twice onto its page's remote stack.
+#[cold]
+#[inline(never)]
+fn remote_double_free(page: *mut Page, ptr: *mut u8) -> ! {
+    // SAFETY: the page is mapped metadata (the block's segment is ours).
+    let size = unsafe { (*page).shared_size } as usize;
+    heapkit_core::misuse::report_in_class(
+        "free",
+        heapkit_core::misuse::Misuse::DoubleFree,
+        ptr,
+        "sizeclass",
+        size,
+    )
 }

@@ -136,12 +136,20 @@ impl Page {
             let Some(g) = Geometry::of(seg, page) else {
                 return 0;
             };
-            let list = (*page).thread_free.take_all();
+            let (list, count) = (*page).thread_free.take_all();
             if list.is_null() {
                 return 0;
             }
             // Bounded: a list that loops (a block freed twice) is reported.
             let (_, taken) = Self::walk_remote::<P>(page, list);
+            if taken != count {
+                misuse::report(
+                    "free",
+                    Misuse::CorruptedFreeList,
+                    list.cast(),
+                    "sizeclass: remote frees of one page",
+                );
+            }
             let holes = (*page).holes as u64;
             // Per OS page: carved blocks over it, and those that are free
             // off the lists (taken now, or dropped over an earlier hole).
@@ -244,17 +252,19 @@ impl Page {
         // SAFETY: caller guarantee: the chain is ours until pushed.
         unsafe {
             let mut tail = list;
+            let mut n = 1;
             loop {
                 let next = Self::next_free::<P>(page, tail);
                 if next.is_null() {
                     break;
                 }
                 tail = next;
+                n += 1;
             }
             let key = (*page).shared_key;
             (*page)
                 .thread_free
-                .push_chain(list, tail, |head| P::encode(head.cast(), key).cast());
+                .push_chain(list, tail, n, |head| P::encode(head.cast(), key).cast());
         }
     }
     /// The owner takes back the blocks dropped over the page's holes: each

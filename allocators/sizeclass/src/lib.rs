@@ -108,6 +108,7 @@ mod mode;
 mod page;
 #[cfg(not(loom))]
 mod purge;
+#[cfg(not(loom))]
 mod quarantine;
 #[cfg(not(loom))]
 mod reclaim;

@@ -300,12 +300,28 @@ impl Page {
     pub(crate) unsafe fn collect_remote<P: Mode>(page: *mut Page) {
         // SAFETY: as for collect.
         unsafe {
-            let list = (*page).thread_free.take_all();
+            let (list, count) = (*page).thread_free.take_all();
             if list.is_null() {
                 return;
             }
-            let (tail, n) = Self::walk_remote::<P>(page, list);
-            Self::link::<P>(page, tail, (*page).local_free);
+            let n = if !P::BLOCK_STATE && (*page).local_free.is_null() {
+                // The freers' count: no walk over links other cores just
+                // wrote (see `ThreadFree`). A count beyond the blocks in
+                // use means a block was freed twice.
+                if count > Self::in_use(page) {
+                    corrupted_remote_list(list);
+                }
+                count
+            } else {
+                // Appended to `local_free` (its tail is needed), or
+                // hardened (each block is checked as it is collected).
+                let (tail, n) = Self::walk_remote::<P>(page, list);
+                if n != count {
+                    corrupted_remote_list(list);
+                }
+                Self::link::<P>(page, tail, (*page).local_free);
+                n
+            };
             (*page).local_free = list;
             let used = (*page).used.load(Relaxed);
             (*page).used.store(used - n, Relaxed);
@@ -338,12 +354,7 @@ impl Page {
                 tail = next;
                 n += 1;
                 if n > in_use {
-                    misuse::report(
-                        "free",
-                        Misuse::CorruptedFreeList,
-                        list.cast(),
-                        "sizeclass: remote frees of one page",
-                    );
+                    corrupted_remote_list(list);
                 }
                 P::on_collect(page, tail);
             }
@@ -363,18 +374,23 @@ impl Page {
         // paths touch a non-current page only to free a live block of it,
         // and `used` only falls while the page is not current.
         unsafe {
-            let list = (*page).thread_free.take_all();
+            let (list, count) = (*page).thread_free.take_all();
             if list.is_null() {
                 return false;
             }
             let in_use = Self::in_use(page);
+            // Walked, not counted: this retires the page, and a count a
+            // double free inflated would retire it under a live block.
             let (tail, n) = Self::walk_remote::<P>(page, list);
+            if n != count {
+                corrupted_remote_list(list);
+            }
             if n != in_use {
                 // Live blocks remain: the owner collects these later.
                 let key = (*page).shared_key;
                 (*page)
                     .thread_free
-                    .push_chain(list, tail, |head| P::encode(head.cast(), key).cast());
+                    .push_chain(list, tail, n, |head| P::encode(head.cast(), key).cast());
                 return false;
             }
             let used = (*page).used.load(Relaxed);
@@ -392,6 +408,19 @@ impl Page {
         // SAFETY: caller guarantee.
         unsafe { (*page).thread_free.is_pending() }
     }
+}
+
+/// A page's remote stack that loops, or holds more blocks than its count
+/// or its blocks in use: a block freed twice by other threads.
+#[cold]
+#[inline(never)]
+fn corrupted_remote_list(list: *mut Block) -> ! {
+    misuse::report(
+        "free",
+        Misuse::CorruptedFreeList,
+        list.cast(),
+        "sizeclass: remote frees of one page",
+    )
 }
 
 // SAFETY: `next` and `prev` are the page's own queue links; only the heap
@@ -443,7 +472,7 @@ mod tests {
                     (*p).local_free = b;
                     (*p).used.fetch_sub(1, Relaxed);
                 } else {
-                    (*p).thread_free.push(b, |h| h, || {});
+                    assert!((*p).thread_free.push(b, |h| h, || {}));
                 }
             }
             assert_eq!((*p).used.load(Relaxed), 32);

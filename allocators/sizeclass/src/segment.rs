@@ -333,6 +333,16 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
         if seg.is_null() {
             return seg;
         }
+        if seg as usize >> 48 != 0 {
+            // `ThreadFree` packs a count above 48 address bits. Linux maps
+            // nothing there unless asked to (a hint above 2^47), and
+            // heapkit never asks; should it happen, the segment is not
+            // used.
+            // SAFETY: the mapping was just made by map_segments and is
+            // referred to by nothing.
+            unsafe { heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN) };
+            return ptr::null_mut();
+        }
         // SAFETY: fresh zeroed mapping; the header fits in it.
         unsafe {
             ptr::addr_of_mut!((*seg).pending).write(PendingPages::new());
