@@ -304,17 +304,19 @@ impl Page {
             if list.is_null() {
                 return;
             }
-            let n = if !P::BLOCK_STATE && (*page).local_free.is_null() {
+            let n = if (*page).local_free.is_null() {
                 // The freers' count: no walk over links other cores just
                 // wrote (see `ThreadFree`). A count beyond the blocks in
-                // use means a block was freed twice.
+                // use means a block was freed twice. (Hardened, each block
+                // is still checked when it is handed out, `Mode::on_pop`:
+                // a block listed twice lacks its free mark the second
+                // time.)
                 if count > Self::in_use(page) {
                     corrupted_remote_list(list);
                 }
                 count
             } else {
-                // Appended to `local_free` (its tail is needed), or
-                // hardened (each block is checked as it is collected).
+                // Appended to `local_free`: its tail is needed.
                 let (tail, n) = Self::walk_remote::<P>(page, list);
                 if n != count {
                     corrupted_remote_list(list);
