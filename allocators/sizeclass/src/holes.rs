@@ -143,12 +143,7 @@ impl Page {
             // Bounded: a list that loops (a block freed twice) is reported.
             let (_, taken) = Self::walk_remote::<P>(page, list);
             if taken != count {
-                misuse::report(
-                    "free",
-                    Misuse::CorruptedFreeList,
-                    list.cast(),
-                    "sizeclass: remote frees of one page",
-                );
+                crate::page::corrupted_remote_list(list);
             }
             let holes = (*page).holes as u64;
             // Per OS page: carved blocks over it, and those that are free

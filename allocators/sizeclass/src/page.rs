@@ -416,7 +416,7 @@ impl Page {
 /// or its blocks in use: a block freed twice by other threads.
 #[cold]
 #[inline(never)]
-fn corrupted_remote_list(list: *mut Block) -> ! {
+pub(crate) fn corrupted_remote_list(list: *mut Block) -> ! {
     misuse::report(
         "free",
         Misuse::CorruptedFreeList,
