@@ -23,6 +23,7 @@ use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use heapkit_core::large;
 use heapkit_core::list::Linked;
 use heapkit_core::lock::RawSpinLock;
+use heapkit_core::misuse::Misuse;
 use heapkit_core::segment::segment_of;
 use heapkit_core::{GlobalStats, ThreadStats};
 
@@ -308,7 +309,7 @@ unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page,
         if !pushed {
             // Still the top of the stack: freed twice in a row (the owner
             // no longer walks the stack, which found the cycle).
-            remote_double_free(page, ptr);
+            crate::mode::report_block("free", Misuse::DoubleFree, page, ptr);
         }
         if (*h).state.is_set_up() {
             (*h).stats.on_free(size);
@@ -320,19 +321,4 @@ unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page,
             slow::free_remote_unbound::<P>(size);
         }
     }
-}
-
-/// A block pushed twice onto its page's remote stack.
-#[cold]
-#[inline(never)]
-fn remote_double_free(page: *mut Page, ptr: *mut u8) -> ! {
-    // SAFETY: the page is mapped metadata (the block's segment is ours).
-    let size = unsafe { (*page).shared_size } as usize;
-    heapkit_core::misuse::report_in_class(
-        "free",
-        heapkit_core::misuse::Misuse::DoubleFree,
-        ptr,
-        "sizeclass",
-        size,
-    )
 }

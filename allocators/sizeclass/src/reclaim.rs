@@ -600,12 +600,15 @@ mod tests {
             purge_delay_ns() + 2 * IDLE_NS,
         ));
         purge_round::<Fast>();
-        // SAFETY: the owner sleeps on the channel and its pages stay in use
-        // (blocks live in each), so their memory stays mapped: reading a
-        // freed block reads its bytes, or zero where it was purged.
         let zeroed = given
             .iter()
-            .filter(|&&b| unsafe { *(b as *const u8).add(SIZE / 2) } == 0)
+            .filter(|&&b| {
+                // SAFETY: the owner sleeps on the channel and its pages stay
+                // in use (blocks live in each), so their memory stays
+                // mapped: a freed block reads its bytes, or zero where it
+                // was purged.
+                unsafe { *(b as *const u8).add(SIZE / 2) == 0 }
+            })
             .count();
         assert!(
             zeroed >= given.len() / 2,
