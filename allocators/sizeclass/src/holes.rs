@@ -136,6 +136,11 @@ impl Page {
             let Some(g) = Geometry::of(seg, page) else {
                 return 0;
             };
+            if (*page).thread_free.count() == (*page).holes_tried as u32 {
+                // Nothing freed since the last look (the owner would have
+                // taken the stack, and a push adds one).
+                return 0;
+            }
             let (list, count) = (*page).thread_free.take_all();
             if list.is_null() {
                 return 0;
@@ -187,6 +192,7 @@ impl Page {
             fresh &= !blocked;
             if fresh == 0 {
                 Self::push_back::<P>(page, list);
+                (*page).holes_tried = taken as u16;
                 return 0;
             }
             let holes = holes | fresh;
@@ -206,6 +212,7 @@ impl Page {
                 b = next;
             }
             Self::push_back::<P>(page, back);
+            (*page).holes_tried = (taken - dropped) as u16;
             let before = (*page).dropped.load(Relaxed);
             (*page).dropped.store(before + dropped, Relaxed);
             (*page).holes = holes as u32;
@@ -311,6 +318,7 @@ impl Page {
         unsafe {
             (*page).holes = 0;
             (*page).dropped.store(0, Relaxed);
+            (*page).holes_tried = 0;
         }
     }
 }

@@ -110,6 +110,11 @@ pub(crate) struct Page {
     /// counted in the heap's `idle_bytes` (owner only; cleared when the
     /// page is freed or the heap purges).
     pub retained: bool,
+    /// The number of remote frees [`Page::purge_holes`] last left on
+    /// `thread_free` (with the heap's lock held only): while the stack
+    /// still holds exactly that many, another look finds nothing new to
+    /// purge, and is skipped (it costs a walk of the page's blocks).
+    pub holes_tried: u16,
     /// Blocks `capacity..dirty_end` are the page's *dirty tail*: carved
     /// once, given back to the uncarved part by [`Page::reset_carve`], on
     /// no list and still resident until [`Page::purge_tail`]. No tail when
@@ -168,6 +173,7 @@ impl Page {
             shared_key: 0,
             holes: 0,
             dropped: AtomicU32::new(0),
+            holes_tried: 0,
         }
     }
 

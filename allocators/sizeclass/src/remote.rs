@@ -221,6 +221,13 @@ impl ThreadFree {
         self.head.load(Relaxed) != 0
     }
 
+    /// How many blocks the stack holds now (a hint: others may push
+    /// meanwhile).
+    #[inline]
+    pub(crate) fn count(&self) -> u32 {
+        unpack(self.head.load(Relaxed)).1
+    }
+
     /// Takes every pushed block: the list (null if none) and how many it
     /// holds (saturated at 65535; exact for any list a page can have, so a
     /// caller that walks the list may check it).
