@@ -251,24 +251,17 @@ impl Page {
         if list.is_null() {
             return;
         }
-        // SAFETY: caller guarantee: the chain is ours until pushed.
+        // SAFETY: caller guarantee: the chain is ours until pushed, and no
+        // longer than the page's blocks in use (`walk_remote`'s bound).
         unsafe {
-            let mut tail = list;
-            let mut n = 1;
-            loop {
-                let next = Self::next_free::<P>(page, tail);
-                if next.is_null() {
-                    break;
-                }
-                tail = next;
-                n += 1;
-            }
+            let (tail, n) = Self::walk_remote::<P>(page, list);
             let key = (*page).shared_key;
             (*page)
                 .thread_free
                 .push_chain(list, tail, n, |head| P::encode(head.cast(), key).cast());
         }
     }
+
     /// The owner takes back the blocks dropped over the page's holes: each
     /// goes on `local_free` (its memory reads as zero until written) and
     /// is no longer counted in `used`. Nothing to do without holes.
