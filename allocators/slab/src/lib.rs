@@ -37,7 +37,7 @@
 //! ones stay in core's cache, resident, for up to a quarter second.
 //!
 //! Costs: a thread pins up to two magazines per size class it uses (at most
-//! 64 objects or 4 KiB each), and an object sitting in a magazine keeps its
+//! 64 objects or 16 KiB each), and an object sitting in a magazine keeps its
 //! whole slab resident. Objects above 32 KiB
 //! ([`MAGAZINE_MAX_OBJECT`]) skip the magazines
 //! and take the slab layer's lock on every call. With

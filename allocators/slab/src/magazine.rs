@@ -36,7 +36,7 @@ use crate::slab::layout;
 /// Slots in every magazine (the largest capacity).
 pub const MAGAZINE_SLOTS: usize = 64;
 /// A magazine holds at most this many bytes of objects.
-const MAGAZINE_BYTES: usize = 4 << 10;
+const MAGAZINE_BYTES: usize = 16 << 10;
 /// Empty magazines a depot keeps (more go back to the magazine cache).
 const DEPOT_EMPTY_MAX: usize = 16;
 /// Full magazines a depot keeps at most while other threads consume them.
@@ -50,7 +50,7 @@ const FULL_MAX: usize = 8;
 /// big structure, like a tree).
 const FULL_MAX_SAME_THREAD: usize = 1;
 /// The most a single thread's limit grows to (4096 magazines of at most
-/// 4 KiB). What the depot holds stays bounded by recent demand, and the
+/// 16 KiB). What the depot holds stays bounded by recent demand, and the
 /// free path's wind-down empties it when the class is freed away.
 const FULL_MAX_SAME_THREAD_GROWN: usize = 4096;
 
@@ -307,7 +307,8 @@ mod tests {
     #[test]
     fn capacities_are_bounded_by_bytes() {
         assert_eq!(capacity(16), MAGAZINE_SLOTS);
-        assert_eq!(capacity(1024), 4);
+        assert_eq!(capacity(1024), 16);
+        assert_eq!(capacity(4096), 4);
         assert_eq!(capacity(256 << 10), 1);
     }
 

@@ -104,6 +104,18 @@ fn settle<P: Policy>(a: &Slab<P>) -> Census {
     a.check_invariants().expect("invariants")
 }
 
+/// The cache `a` serves `l` from (in hardened mode, the hardened twin of
+/// the class).
+fn cache_of(a: &Slab, l: Layout) -> usize {
+    let p = a.allocate(l);
+    // SAFETY: p is a live object of `a`.
+    unsafe {
+        let c = Slab::<DefaultPolicy>::class_of_block(p).expect("a slab object");
+        a.deallocate(p, l);
+        c
+    }
+}
+
 fn is_slab_block(b: &Block) -> bool {
     // SAFETY: the block is live.
     unsafe { Slab::<DefaultPolicy>::class_of_block(b.ptr) }.is_some()
@@ -593,6 +605,115 @@ fn freeing_everything_winds_the_magazines_down() {
         held == 0,
         "{held} objects still held after freeing everything"
     );
+}
+
+/// A thread that frees an object another thread allocated, before it ever
+/// allocated that size itself, does not get that object back from its
+/// next allocations (it sits in the outbox): both threads would write its
+/// cache line otherwise (the hand-off of the cache-scratch test). Once a
+/// magazine's worth of such frees filled the outbox, it goes on to the
+/// depot and the freer's frees use magazines again; every count stays
+/// exact.
+#[test]
+fn a_handed_over_object_is_not_the_receivers_next_one() {
+    let _g = serial();
+    let a = Slab::new();
+    let l = Layout::from_size_align(24, 8).unwrap();
+    let c = cache_of(&a, l);
+    let cap = magazine::capacity_of(c);
+    let l2 = Layout::from_size_align(200, 8).unwrap();
+    let c2 = cache_of(&a, l2);
+    let base = settle(&a).in_use;
+    // Back to back from this thread's magazine: neighbours.
+    let handed: Vec<usize> = (0..cap + 1).map(|_| a.allocate(l) as usize).collect();
+    let held = std::thread::spawn(move || {
+        let a = Slab::new();
+        let first = handed[0] as *mut u8;
+        // SAFETY: a live object of `a`, handed over.
+        unsafe { a.deallocate(first, l) };
+        for _ in 0..100 {
+            let p = a.allocate(l);
+            assert_ne!(p, first, "the handed-over object came straight back");
+            // SAFETY: p is live with l.
+            unsafe { a.deallocate(p, l) };
+        }
+        // A pure freer of another class (this thread never allocates it):
+        // the outbox fills once and goes on; later frees take the fast path.
+        let cap2 = magazine::capacity_of(c2);
+        let others: Vec<usize> = std::thread::spawn(move || {
+            let a = Slab::new();
+            (0..2 * cap2).map(|_| a.allocate(l2) as usize).collect()
+        })
+        .join()
+        .unwrap();
+        for &p in &others {
+            // SAFETY: live objects of `a`, handed over.
+            unsafe { a.deallocate(p as *mut u8, l2) };
+        }
+        let slot = thread::bound().slot(c2);
+        assert!(slot.outbox_sent.get() && slot.outbox.get().is_null());
+        // SAFETY: top and base point into this thread's loaded magazine
+        // (slot invariant), top at or past base.
+        let rounds = unsafe { slot.top.get().offset_from(slot.base.get()) } as usize;
+        assert_eq!(
+            rounds, cap2,
+            "frees after the outbox went on should fill a magazine"
+        );
+        for &p in &handed[1..] {
+            // SAFETY: live objects of `a`, handed over.
+            unsafe { a.deallocate(p as *mut u8, l) };
+        }
+        a.flush_thread_cache();
+        a.check_invariants().expect("invariants").in_use
+    })
+    .join()
+    .unwrap();
+    let after = settle(&a);
+    assert_eq!(
+        after.in_use, base,
+        "objects lost: {held} in use at the thread's end"
+    );
+}
+
+/// A thread that keeps a few objects of a class live and allocates and
+/// frees a batch of it again and again keeps the batch in its magazines:
+/// the free path's wind-down (for a class being freed away) leaves a class
+/// the thread allocated since its last free slow path alone. (Larson's
+/// threads hold a few dozen objects of each of many classes; winding them
+/// down sent every magazineful to the slabs and took it back, a third of
+/// the run.)
+#[test]
+fn a_batch_freed_and_allocated_again_stays_in_the_magazines() {
+    let _g = serial();
+    let a = Slab::new();
+    let l = Layout::from_size_align(256, 8).unwrap();
+    let c = cache_of(&a, l);
+    let cap = magazine::capacity_of(c);
+    let batch = cap + cap / 2;
+    let base = settle(&a).in_use;
+    std::thread::spawn(move || {
+        let a = Slab::new();
+        let kept: Vec<usize> = (0..16).map(|_| a.allocate(l) as usize).collect();
+        for round in 0..20 {
+            let ps: Vec<usize> = (0..batch).map(|_| a.allocate(l) as usize).collect();
+            for &p in &ps {
+                // SAFETY: live objects of `a`.
+                unsafe { a.deallocate(p as *mut u8, l) };
+            }
+            let out = heap::cache(c).in_use() - base;
+            assert!(
+                out >= kept.len() + batch,
+                "round {round}: the batch went back to the slabs ({out} objects out)"
+            );
+        }
+        for &p in &kept {
+            // SAFETY: live objects of `a`.
+            unsafe { a.deallocate(p as *mut u8, l) };
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(settle(&a).in_use, base);
 }
 
 /// The background purger's round gives back what an idle allocator holds:

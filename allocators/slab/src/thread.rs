@@ -58,6 +58,21 @@ pub struct ClassSlot {
     /// (a pure freer, like a consumer thread, never winds down: its
     /// magazines feed the depot).
     pub allocates: Cell<bool>,
+    /// Whether this thread took the allocation slow path of the class since
+    /// its last free slow path (the class is in steady use, not being freed
+    /// away: `slow::free` does not wind it down then).
+    pub allocated_since_free: Cell<bool>,
+    /// Objects of the class this thread freed before it ever allocated it
+    /// (null or a partly filled magazine, `rounds` accurate): most likely
+    /// handed over by the thread that allocated them, whose live objects
+    /// share their cache lines. This thread's allocations never pop them
+    /// (reusing one would make both threads write one line: passive false
+    /// sharing); a full outbox goes to the depot (`slow::free_to_outbox`).
+    pub outbox: Cell<*mut Magazine>,
+    /// The outbox filled once and went to the depot: from then on the
+    /// thread's frees of the class take magazines as usual (a pure freer,
+    /// like a consumer, pays the outbox's slow path for one magazine only).
+    pub outbox_sent: Cell<bool>,
 }
 
 impl ClassSlot {
@@ -70,6 +85,9 @@ impl ClassSlot {
         limit: Cell::new(ptr::null_mut()),
         prev: Cell::new(ptr::null_mut()),
         allocates: Cell::new(false),
+        allocated_since_free: Cell::new(false),
+        outbox: Cell::new(ptr::null_mut()),
+        outbox_sent: Cell::new(false),
     };
 
     /// Detaches the loaded magazine (null if none), writing back its rounds.
@@ -153,7 +171,11 @@ impl ThreadCache {
         for c in 0..OBJECT_CACHES {
             let slot = self.slot(c);
             let cap = capacity_of(c);
-            for m in [slot.unload(), slot.prev.replace(ptr::null_mut())] {
+            for m in [
+                slot.unload(),
+                slot.prev.replace(ptr::null_mut()),
+                slot.outbox.replace(ptr::null_mut()),
+            ] {
                 if !m.is_null() {
                     // SAFETY: the magazine was this thread's, rounds accurate.
                     unsafe { heap::retire(c, m, cap) };
