@@ -153,8 +153,37 @@ pub unsafe fn settle(c: usize, s: Surplus) {
     }
 }
 
-/// Offers a magazine of cache `c` with `capacity` rounds to the depot (as
-/// an exiting thread: id 0, never an allocating thread's): a full one is
+/// Empties the depot of `c` for good: the full magazines' objects go back
+/// to their slabs and every magazine (full or empty) is freed, so the
+/// magazine cache's slabs can empty too (`trim`, and the purger's idle
+/// round; `settle` alone keeps a drained magazine as the depot's empty).
+pub fn release_depot(c: usize) {
+    let s = depot(c).take_all();
+    let mut m = s.full;
+    while !m.is_null() {
+        // SAFETY: the depot handed its full magazines over; each holds
+        // `rounds` free objects of cache c.
+        unsafe {
+            let next = (*m).next;
+            drain(c, m);
+            free_magazine(m);
+            m = next;
+        }
+    }
+    let mut m = s.empty;
+    while !m.is_null() {
+        // SAFETY: the depot handed its empty magazines over.
+        unsafe {
+            let next = (*m).next;
+            free_magazine(m);
+            m = next;
+        }
+    }
+}
+
+/// Offers a magazine of cache `c` to the depot (as
+/// an exiting thread: id 0, never an allocating thread's): a full one (at
+/// least `capacity` rounds, its owner's size) is
 /// kept if the depot wants it; otherwise it is drained into the
 /// slabs and kept as an empty one or freed.
 ///
@@ -164,7 +193,7 @@ pub unsafe fn settle(c: usize, s: Surplus) {
 pub unsafe fn retire(c: usize, m: *mut Magazine, capacity: usize) {
     // SAFETY: the caller owns m.
     unsafe {
-        if (*m).rounds == capacity {
+        if (*m).rounds >= capacity {
             let (kept, surplus) = depot(c).put_full(m, 0);
             settle(c, surplus);
             if kept {

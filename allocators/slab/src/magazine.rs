@@ -28,6 +28,7 @@
 //! a leaf (nothing else is locked while it is held).
 
 use core::ptr;
+use core::sync::atomic::{AtomicIsize, AtomicUsize, Ordering::Relaxed};
 
 use heapkit_core::lock::SpinLock;
 
@@ -35,8 +36,10 @@ use crate::slab::layout;
 
 /// Slots in every magazine (the largest capacity).
 pub const MAGAZINE_SLOTS: usize = 64;
-/// A magazine holds at most this many bytes of objects.
+/// A grown magazine holds at most this many bytes of objects.
 const MAGAZINE_BYTES: usize = 16 << 10;
+/// A small magazine holds at most this many bytes of objects.
+const SMALL_MAGAZINE_BYTES: usize = 4 << 10;
 /// Empty magazines a depot keeps (more go back to the magazine cache).
 const DEPOT_EMPTY_MAX: usize = 16;
 /// Full magazines a depot keeps at most while other threads consume them.
@@ -56,7 +59,8 @@ const FULL_MAX_SAME_THREAD_GROWN: usize = 4096;
 
 /// A LIFO of free objects of one cache.
 ///
-/// Invariant: `rounds <= capacity(cache) <= MAGAZINE_SLOTS` and
+/// Invariant: `rounds <= capacity_at(size of the cache's objects, Grown)
+/// <= MAGAZINE_SLOTS` and
 /// `objs[..rounds]` are free objects of the cache. While a magazine is a
 /// thread's loaded magazine, the thread keeps the count in its own `top`
 /// pointer and `rounds` is stale.
@@ -70,11 +74,33 @@ pub struct Magazine {
     pub objs: [*mut u8; MAGAZINE_SLOTS],
 }
 
-/// Rounds a magazine of cache `c` holds: by bytes, between 1 and
-/// [`MAGAZINE_SLOTS`].
+/// How big a thread's magazines of one class are (`ClassSlot::size`).
+///
+/// A thread starts every class with small magazines (4 KiB of objects) and
+/// grows them (16 KiB) once it frees the class and then allocates it
+/// again: the ping-pong between the two slow paths that magazines exist
+/// for (larson's threads, at 1 KiB a small magazine held 4 objects and a
+/// thread went to the depot every few calls). A thread that only builds
+/// and then frees (a program's main thread setting up and tearing down)
+/// never grows them, so what it keeps in them when it goes idle stays
+/// small; the wind-down shrinks them again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MagazineSize {
+    /// At most [`SMALL_MAGAZINE_BYTES`] of objects.
+    Small,
+    /// At most [`MAGAZINE_BYTES`] of objects (and [`MAGAZINE_SLOTS`]).
+    Grown,
+}
+
+/// Rounds a magazine of objects of `size` bytes holds at `mag` size: by
+/// bytes, between 1 and [`MAGAZINE_SLOTS`].
 #[inline]
-pub const fn capacity(size: usize) -> usize {
-    let n = MAGAZINE_BYTES / size;
+pub const fn capacity_at(size: usize, mag: MagazineSize) -> usize {
+    let bytes = match mag {
+        MagazineSize::Small => SMALL_MAGAZINE_BYTES,
+        MagazineSize::Grown => MAGAZINE_BYTES,
+    };
+    let n = bytes / size;
     if n < 1 {
         1
     } else if n > MAGAZINE_SLOTS {
@@ -84,10 +110,10 @@ pub const fn capacity(size: usize) -> usize {
     }
 }
 
-/// Capacity of magazines of cache `c`.
+/// Rounds a magazine of cache `c` holds at `mag` size.
 #[inline]
-pub fn capacity_of(c: usize) -> usize {
-    capacity(layout(c).size)
+pub fn capacity_of_at(c: usize, mag: MagazineSize) -> usize {
+    capacity_at(layout(c).size, mag)
 }
 
 struct DepotLists {
@@ -111,6 +137,17 @@ unsafe impl Send for DepotLists {}
 /// A cache's depot of full and empty magazines.
 pub struct Depot {
     lists: SpinLock<DepotLists>,
+    /// Objects in the full magazines (their rounds summed: a magazine is
+    /// full at its filler's size, see [`MagazineSize`]). Written under the
+    /// lock, read without it (a hint for the free path's wind-down).
+    objects: AtomicUsize,
+    /// Objects in live threads' magazines (and outboxes) of the class, as
+    /// each thread last published them at a slow path
+    /// (`ThreadCache::publish`): stale by at most what a thread's fast
+    /// paths did since. Lets a thread that frees a class away tell other
+    /// threads' cached objects from live ones, even while threads that
+    /// just finished their work have not flushed their magazines yet.
+    in_threads: AtomicIsize,
 }
 
 /// Magazines a depot hands back to be emptied into slabs or freed.
@@ -135,6 +172,8 @@ impl Depot {
                 same_thread_limit: FULL_MAX_SAME_THREAD,
                 refused: false,
             }),
+            objects: AtomicUsize::new(0),
+            in_threads: AtomicIsize::new(0),
         }
     }
 
@@ -164,7 +203,10 @@ impl Depot {
             return (full, surplus);
         }
         // SAFETY: magazines on the list are owned by the depot.
-        d.full = unsafe { (*full).next };
+        unsafe {
+            d.full = (*full).next;
+            self.count_objects(-((*full).rounds as isize));
+        }
         d.n_full -= 1;
         if !empty.is_null() {
             surplus.empty = push_empty(&mut d, empty);
@@ -184,7 +226,10 @@ impl Depot {
         };
         if d.n_full < d.demand {
             // SAFETY: the caller hands the magazine over.
-            unsafe { (*full).next = d.full };
+            unsafe {
+                (*full).next = d.full;
+                self.count_objects((*full).rounds as isize);
+            }
             d.full = full;
             d.n_full += 1;
             return (true, surplus);
@@ -196,6 +241,7 @@ impl Depot {
             // SAFETY: n_full > 0, so m is a magazine owned by the depot.
             unsafe {
                 d.full = (*m).next;
+                self.count_objects(-((*m).rounds as isize));
                 (*m).next = surplus.full;
             }
             surplus.full = m;
@@ -232,13 +278,37 @@ impl Depot {
         d.full = ptr::null_mut();
         d.empty = ptr::null_mut();
         d.n_full = 0;
+        self.objects.store(0, Relaxed);
         d.n_empty = 0;
         s
     }
 
-    /// Objects held in full magazines.
+    /// Full magazines held.
     pub fn full_count(&self) -> usize {
         self.lists.lock().n_full
+    }
+
+    /// Objects held in full magazines (read without the lock: exact only
+    /// while nothing trades with the depot).
+    pub fn full_objects(&self) -> usize {
+        self.objects.load(Relaxed)
+    }
+
+    /// Adds `delta` to the objects this class has in threads' magazines.
+    pub fn publish(&self, delta: isize) {
+        self.in_threads.fetch_add(delta, Relaxed);
+    }
+
+    /// Objects of the class in threads' magazines, as last published.
+    pub fn in_threads(&self) -> usize {
+        self.in_threads.load(Relaxed).max(0) as usize
+    }
+
+    /// Adds `delta` to [`objects`](Self::objects); the caller holds the
+    /// lock (so a load and a store suffice).
+    fn count_objects(&self, delta: isize) {
+        let n = self.objects.load(Relaxed).wrapping_add_signed(delta);
+        self.objects.store(n, Relaxed);
     }
 
     /// Fork support.
@@ -306,10 +376,12 @@ mod tests {
 
     #[test]
     fn capacities_are_bounded_by_bytes() {
-        assert_eq!(capacity(16), MAGAZINE_SLOTS);
-        assert_eq!(capacity(1024), 16);
-        assert_eq!(capacity(4096), 4);
-        assert_eq!(capacity(256 << 10), 1);
+        use MagazineSize::{Grown, Small};
+        assert_eq!(capacity_at(16, Small), MAGAZINE_SLOTS);
+        assert_eq!(capacity_at(1024, Small), 4);
+        assert_eq!(capacity_at(1024, Grown), 16);
+        assert_eq!(capacity_at(4096, Grown), 4);
+        assert_eq!(capacity_at(256 << 10, Grown), 1);
     }
 
     #[test]

@@ -66,14 +66,12 @@ pub(crate) fn round() {
     let _ = large::trim(true);
 }
 
-/// What an idle allocator holds for nothing: full depot magazines and
-/// empty slabs.
+/// What an idle allocator holds for nothing: the depots' magazines (full
+/// and empty) and empty slabs.
 fn give_back_idle() {
     for c in 0..OBJECT_CACHES {
-        let depot = heap::depot(c);
-        if heap::cache(c).was_used() && depot.full_count() > 0 {
-            // SAFETY: the surplus comes from depot(c).
-            unsafe { heap::settle(c, depot.take_all()) };
+        if heap::cache(c).was_used() {
+            heap::release_depot(c);
         }
     }
     for c in 0..CACHE_COUNT {

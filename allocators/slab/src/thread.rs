@@ -29,7 +29,7 @@ use heapkit_core::os;
 use heapkit_core::ThreadStats;
 
 use crate::heap::{self, STATS};
-use crate::magazine::{capacity_of, Magazine};
+use crate::magazine::{capacity_of_at, Magazine, MagazineSize};
 use crate::slab::OBJECT_CACHES;
 
 /// Thread life cycle.
@@ -44,11 +44,13 @@ pub const DONE: u8 = 3;
 /// The loaded and previous magazines of one class.
 ///
 /// Invariants: `base`, `top`, `limit` are all null, or `base` is
-/// `&mag.objs[0]` of the loaded magazine, `limit = base + capacity` (or a
-/// lower limit, possibly 0, set by `slow::wind_down`) and
+/// `&mag.objs[0]` of the loaded magazine, `limit = base + max(capacity,
+/// rounds when loaded)` (`capacity` at the slot's `size`; a magazine
+/// filled at the grown size may be loaded into a small slot), or a lower
+/// limit, possibly 0, set by `slow::wind_down` (then `lowered`), and
 /// `base <= top <= limit` (`top - base` is the rounds held). `prev` is null
-/// or a magazine that is full or empty (never partly filled), its `rounds`
-/// accurate.
+/// or a magazine that is empty or full (at the size it was filled at, so
+/// any non-zero `rounds` means full), its `rounds` accurate.
 pub struct ClassSlot {
     pub top: Cell<*mut *mut u8>,
     pub base: Cell<*mut *mut u8>,
@@ -73,6 +75,17 @@ pub struct ClassSlot {
     /// thread's frees of the class take magazines as usual (a pure freer,
     /// like a consumer, pays the outbox's slow path for one magazine only).
     pub outbox_sent: Cell<bool>,
+    /// Whether this thread took the free slow path of the class since its
+    /// last allocation slow path (the next allocation slow path then grows
+    /// the magazines).
+    pub freed_since_alloc: Cell<bool>,
+    /// How many objects this thread's magazines of the class hold.
+    pub size: Cell<MagazineSize>,
+    /// The loaded magazine's limit was lowered by `slow::wind_down`.
+    pub lowered: Cell<bool>,
+    /// Objects this thread last published as held in its magazines of
+    /// the class (see `Depot::publish`).
+    pub published: Cell<usize>,
 }
 
 impl ClassSlot {
@@ -88,7 +101,17 @@ impl ClassSlot {
         allocated_since_free: Cell::new(false),
         outbox: Cell::new(ptr::null_mut()),
         outbox_sent: Cell::new(false),
+        freed_since_alloc: Cell::new(false),
+        size: Cell::new(MagazineSize::Small),
+        lowered: Cell::new(false),
+        published: Cell::new(0),
     };
+
+    /// Rounds this thread's magazines of cache `c` hold (at its `size`).
+    #[inline]
+    pub fn capacity(&self, c: usize) -> usize {
+        capacity_of_at(c, self.size.get())
+    }
 
     /// Detaches the loaded magazine (null if none), writing back its rounds.
     pub fn unload(&self) -> *mut Magazine {
@@ -109,21 +132,80 @@ impl ClassSlot {
         m
     }
 
-    /// Makes `m` (rounds accurate) the loaded magazine for a class whose
-    /// magazines hold `capacity` rounds; null unloads.
+    /// Objects held in this slot's magazines (loaded, previous, outbox).
+    pub fn held(&self) -> usize {
+        let base = self.base.get();
+        let loaded = if base.is_null() {
+            0
+        } else {
+            // SAFETY: top and base point into the loaded magazine (slot
+            // invariant), top at or past base.
+            unsafe { self.top.get().offset_from(base) as usize }
+        };
+        let rounds = |m: *mut Magazine| {
+            if m.is_null() {
+                0
+            } else {
+                // SAFETY: prev and outbox are this thread's magazines, their
+                // rounds accurate (slot invariant).
+                unsafe { (*m).rounds }
+            }
+        };
+        loaded + rounds(self.prev.get()) + rounds(self.outbox.get())
+    }
+
+    /// Publishes what this slot's magazines of cache `c` hold to the
+    /// class's depot (see `Depot::publish`): one atomic add on a line the
+    /// slow path mostly touches anyway, and none if nothing changed.
+    pub fn publish(&self, c: usize) {
+        let now = self.held();
+        let before = self.published.replace(now);
+        if now != before {
+            crate::heap::depot(c).publish(now as isize - before as isize);
+        }
+    }
+
+    /// Makes `m` (rounds accurate) the loaded magazine, with room up to
+    /// `capacity` rounds (or its rounds, if more: a magazine filled at the
+    /// grown size); null unloads.
     ///
     /// # Safety
-    /// Nothing may be loaded; `m` is null or a magazine owned by this thread.
+    /// Nothing may be loaded; `m` is null or a magazine owned by this thread,
+    /// `capacity <= MAGAZINE_SLOTS`.
     pub unsafe fn load(&self, m: *mut Magazine, capacity: usize) {
+        self.lowered.set(false);
+        // SAFETY: forwarded caller guarantee.
+        unsafe { self.set_loaded(m, capacity) }
+    }
+
+    /// As [`load`](Self::load), with a limit `slow::wind_down` lowered
+    /// below the slot's capacity (`lowered` set).
+    ///
+    /// # Safety
+    /// As for [`load`](Self::load).
+    pub unsafe fn load_limited(&self, m: *mut Magazine, limit: usize) {
+        self.lowered.set(true);
+        // SAFETY: forwarded caller guarantee.
+        unsafe { self.set_loaded(m, limit) }
+    }
+
+    /// Loads `m` with room up to `limit` rounds (or its rounds, if more).
+    ///
+    /// # Safety
+    /// As for [`load`](Self::load).
+    unsafe fn set_loaded(&self, m: *mut Magazine, limit: usize) {
         if m.is_null() {
             return;
         }
-        // SAFETY: m is a live magazine; rounds <= capacity <= MAGAZINE_SLOTS.
+        // SAFETY: m is a live magazine; rounds <= MAGAZINE_SLOTS (magazine
+        // invariant) and limit <= MAGAZINE_SLOTS (caller), so both stay
+        // inside its array.
         unsafe {
+            let rounds = (*m).rounds;
             let base = ptr::addr_of_mut!((*m).objs).cast::<*mut u8>();
             self.base.set(base);
-            self.top.set(base.add((*m).rounds));
-            self.limit.set(base.add(capacity));
+            self.top.set(base.add(rounds));
+            self.limit.set(base.add(limit.max(rounds)));
         }
     }
 }
@@ -170,7 +252,7 @@ impl ThreadCache {
     pub fn flush_magazines(&self) {
         for c in 0..OBJECT_CACHES {
             let slot = self.slot(c);
-            let cap = capacity_of(c);
+            let cap = slot.capacity(c);
             for m in [
                 slot.unload(),
                 slot.prev.replace(ptr::null_mut()),
@@ -181,6 +263,7 @@ impl ThreadCache {
                     unsafe { heap::retire(c, m, cap) };
                 }
             }
+            slot.publish(c);
         }
     }
 }
