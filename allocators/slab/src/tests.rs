@@ -864,6 +864,11 @@ fn an_idle_round_empties_the_depots_and_the_empty_slabs() {
         (0, 0),
         "before {before:?}, after {after:?}"
     );
+    // The depots' magazines themselves are freed too (not kept as empties).
+    assert!(
+        after.magazines + 2 <= before.magazines,
+        "the depot kept its magazines: before {before:?}, after {after:?}"
+    );
 }
 
 /// Hardened mode: objects leave and come back through magazines, the depot
