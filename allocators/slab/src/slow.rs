@@ -154,7 +154,14 @@ unsafe fn exchange(c: usize, p: *mut u8) {
         let live = heap::cache(c)
             .in_use()
             .saturating_sub(loaded_rounds + prev_rounds + depot(c).full_objects() + others);
-        let limit = live / WIND_DOWN;
+        // Fewer than a magazine's worth left: the rest go home one by one
+        // (at most `cap` locked frees). What a thread that stops freeing
+        // keeps is at most the limit of its last visit, each object
+        // pinning a slab: a sixteenth of what was live then (a quarter
+        // before; larson's main thread kept 18 of the 2000 objects it
+        // freed in `tests::freeing_away_is_seen_past_other_threads_magazines`,
+        // now 3).
+        let limit = if live < cap { 0 } else { live / WIND_DOWN };
         // A class the thread allocated since its last free slow path, with
         // grown magazines (it freed and allocated it again before), is in
         // steady use (larson's threads hold a few dozen objects of each of
@@ -305,18 +312,19 @@ unsafe fn free_unmagazined(t: &ThreadCache, c: usize, p: *mut u8) {
 
 /// A free of class `c` lowers the loaded magazine's limit to the class's
 /// live objects (outside this thread's magazines) divided by this.
-const WIND_DOWN: usize = 4;
+const WIND_DOWN: usize = 16;
 
 /// The decay of the free path. When a thread that allocates class `c`
 /// finds few objects of it live beyond the ones its magazines hold, and
 /// has not allocated it since its last free slow path (the program is
-/// freeing the class away), the loaded magazine's free limit drops to a quarter of
-/// them and both magazines (and the depot's full ones) are drained into the
-/// slabs, so their slabs can empty and go back to the OS. Each such visit
-/// re-measures, so the limit shrinks geometrically with the class, down to
-/// 0 once fewer than four objects are live: the last ones go straight home
-/// (`free_direct`), and a program that frees everything leaves no object
-/// in its magazines, at the cost of O(log n) extra slow paths. (A limit of
+/// freeing the class away), the loaded magazine's free limit drops to a
+/// sixteenth of them and both magazines (and the depot's full ones) are
+/// drained into the slabs, so their slabs can empty and go back to the OS.
+/// Each such visit re-measures, so the limit shrinks geometrically with
+/// the class, down to 0 once fewer than a magazine's worth are live: the
+/// last ones go straight home (`free_direct`), and a program that frees
+/// everything leaves no object in its magazines, at the cost of O(log n)
+/// extra slow paths (about 16 ln n). (A limit of
 /// 1 kept one object per class, and a thread that then slept kept a whole
 /// slab of each big class resident, out of reach of the background purger,
 /// which cannot touch a live thread's magazines.) The next allocation slow

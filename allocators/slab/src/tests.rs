@@ -642,7 +642,10 @@ fn a_handed_over_object_is_not_the_receivers_next_one() {
         let cap2 = magazine::capacity_of_at(c2, magazine::MagazineSize::Small);
         let others: Vec<usize> = std::thread::spawn(move || {
             let a = Slab::new();
-            (0..2 * cap2).map(|_| a.allocate(l2) as usize).collect()
+            let ps = (0..2 * cap2).map(|_| a.allocate(l2) as usize).collect();
+            // Flushed before the join returns (an exit hook may run after).
+            a.flush_thread_cache();
+            ps
         })
         .join()
         .unwrap();
@@ -713,6 +716,7 @@ fn a_batch_freed_and_allocated_again_stays_in_the_magazines() {
             // SAFETY: live objects of `a`.
             unsafe { a.deallocate(p as *mut u8, l) };
         }
+        a.flush_thread_cache();
     })
     .join()
     .unwrap();
@@ -735,7 +739,7 @@ fn magazines_grow_in_steady_use_and_shrink_when_a_class_is_freed_away() {
     let base = settle(&a).in_use;
     std::thread::spawn(move || {
         let a = Slab::new();
-        let held = || heap::cache(c).in_use() - base;
+        let held = || thread::bound().slot(c).held();
         for build in 0..3 {
             let ps: Vec<usize> = (0..300).map(|_| a.allocate(l) as usize).collect();
             let slot = thread::bound().slot(c);
@@ -752,6 +756,7 @@ fn magazines_grow_in_steady_use_and_shrink_when_a_class_is_freed_away() {
                 held()
             );
         }
+        a.flush_thread_cache();
     })
     .join()
     .unwrap();
@@ -788,6 +793,7 @@ fn freeing_away_is_seen_past_other_threads_magazines() {
                 let held = thread::bound().slot(c).held();
                 done_tx.send(()).unwrap();
                 let _ = go_rx.lock().unwrap().recv();
+                a.flush_thread_cache();
                 held
             })
         })
@@ -803,7 +809,7 @@ fn freeing_away_is_seen_past_other_threads_magazines() {
     let theirs: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
     assert!(theirs >= 64, "the workers hold only {theirs} objects");
     assert!(
-        kept <= 32,
+        kept <= 4,
         "{kept} objects kept in this thread's magazines after freeing the class away \
          (the workers held {theirs})"
     );
