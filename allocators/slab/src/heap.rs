@@ -127,29 +127,34 @@ pub unsafe fn retire_empty(c: usize, m: *mut Magazine) {
     }
 }
 
+/// Hands each magazine of a `next`-linked list to `f`, reading its link
+/// first (so `f` may free it).
+///
+/// # Safety
+/// The list's magazines must be the caller's, linked by `next`, null-ended.
+unsafe fn each_magazine(mut m: *mut Magazine, mut f: impl FnMut(*mut Magazine)) {
+    while !m.is_null() {
+        // SAFETY: m is one of the caller's magazines (caller), not yet
+        // handed to f.
+        let next = unsafe { (*m).next };
+        f(m);
+        m = next;
+    }
+}
+
 /// Drains and frees what a depot handed back.
 ///
 /// # Safety
 /// `s` must come from `depot(c)`.
 pub unsafe fn settle(c: usize, s: Surplus) {
-    let mut m = s.full;
-    while !m.is_null() {
-        // SAFETY: surplus magazines are owned by the caller now.
-        unsafe {
-            let next = (*m).next;
+    // SAFETY: surplus magazines are owned by the caller now; the full ones
+    // hold `rounds` free objects of cache c.
+    unsafe {
+        each_magazine(s.full, |m| {
             drain(c, m);
             retire_empty(c, m);
-            m = next;
-        }
-    }
-    let mut m = s.empty;
-    while !m.is_null() {
-        // SAFETY: as above.
-        unsafe {
-            let next = (*m).next;
-            free_magazine(m);
-            m = next;
-        }
+        });
+        each_magazine(s.empty, |m| free_magazine(m));
     }
 }
 
@@ -159,25 +164,14 @@ pub unsafe fn settle(c: usize, s: Surplus) {
 /// round; `settle` alone keeps a drained magazine as the depot's empty).
 pub fn release_depot(c: usize) {
     let s = depot(c).take_all();
-    let mut m = s.full;
-    while !m.is_null() {
-        // SAFETY: the depot handed its full magazines over; each holds
-        // `rounds` free objects of cache c.
-        unsafe {
-            let next = (*m).next;
+    // SAFETY: the depot handed every magazine over; the full ones hold
+    // `rounds` free objects of cache c.
+    unsafe {
+        each_magazine(s.full, |m| {
             drain(c, m);
             free_magazine(m);
-            m = next;
-        }
-    }
-    let mut m = s.empty;
-    while !m.is_null() {
-        // SAFETY: the depot handed its empty magazines over.
-        unsafe {
-            let next = (*m).next;
-            free_magazine(m);
-            m = next;
-        }
+        });
+        each_magazine(s.empty, |m| free_magazine(m));
     }
 }
 
