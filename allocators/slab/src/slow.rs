@@ -23,7 +23,7 @@ use core::ptr;
 use crate::heap::{self, depot, STATS};
 use crate::magazine::MagazineSize;
 use crate::slab::layout;
-use crate::thread::{self, ThreadCache};
+use crate::thread::{self, SlowPath, ThreadCache};
 
 /// Allocates from class `c` with the loaded magazine empty, then publishes
 /// what the thread's magazines of the class hold.
@@ -62,8 +62,7 @@ fn refill(c: usize) -> *mut u8 {
     }
     let slot = t.slot(c);
     slot.allocates.set(true);
-    slot.allocated_since_free.set(true);
-    if slot.freed_since_alloc.replace(false) {
+    if slot.last_slow_path.replace(SlowPath::Allocate) == SlowPath::Free {
         slot.size.set(MagazineSize::Grown);
     }
     let cap = slot.capacity(c);
@@ -130,7 +129,7 @@ unsafe fn exchange(c: usize, p: *mut u8) {
         // allocation slow path, or a sent outbox, loads a magazine).
         return unsafe { free_to_outbox(t, c, p) };
     }
-    slot.freed_since_alloc.set(true);
+    let after_allocate = slot.last_slow_path.replace(SlowPath::Free) == SlowPath::Allocate;
     let cap = slot.capacity(c);
     let mut prev = slot.prev.get();
     let loaded = slot.unload();
@@ -171,8 +170,7 @@ unsafe fn exchange(c: usize, p: *mut u8) {
         // that built a structure and now frees it has small magazines, and
         // winds down at its first free slow path (a main thread freeing
         // a magazine's worth of a class would otherwise keep them all).
-        let steady =
-            slot.allocated_since_free.replace(false) && slot.size.get() == MagazineSize::Grown;
+        let steady = after_allocate && slot.size.get() == MagazineSize::Grown;
         if !loaded.is_null()
             && ((limit < cap && slot.allocates.get() && !steady) || slot.lowered.get())
         {

@@ -41,6 +41,17 @@ pub const ACTIVE: u8 = 2;
 /// The exit hook ran, or set-up failed: direct path only.
 pub const DONE: u8 = 3;
 
+/// A magazine slow path of one class (`ClassSlot::last_slow_path`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SlowPath {
+    /// Neither yet.
+    None,
+    /// `slow::allocate`: the loaded magazine was empty.
+    Allocate,
+    /// `slow::free` with magazines (not the outbox): the loaded one was full.
+    Free,
+}
+
 /// The loaded and previous magazines of one class.
 ///
 /// Invariants: `base`, `top`, `limit` are all null, or `base` is
@@ -60,10 +71,10 @@ pub struct ClassSlot {
     /// (a pure freer, like a consumer thread, never winds down: its
     /// magazines feed the depot).
     pub allocates: Cell<bool>,
-    /// Whether this thread took the allocation slow path of the class since
-    /// its last free slow path (the class is in steady use, not being freed
-    /// away: `slow::free` does not wind it down then).
-    pub allocated_since_free: Cell<bool>,
+    /// Which of the class's two magazine slow paths this thread took last:
+    /// an allocation after a free grows the magazines, a free after an
+    /// allocation is steady use, not a wind-down (see `slow::free`).
+    pub last_slow_path: Cell<SlowPath>,
     /// Objects of the class this thread freed before it ever allocated it
     /// (null or a partly filled magazine, `rounds` accurate): most likely
     /// handed over by the thread that allocated them, whose live objects
@@ -75,11 +86,7 @@ pub struct ClassSlot {
     /// thread's frees of the class take magazines as usual (a pure freer,
     /// like a consumer, pays the outbox's slow path for one magazine only).
     pub outbox_sent: Cell<bool>,
-    /// Whether this thread took the free slow path of the class since its
-    /// last allocation slow path (the next allocation slow path then grows
-    /// the magazines).
-    pub freed_since_alloc: Cell<bool>,
-    /// How many objects this thread's magazines of the class hold.
+    /// How big this thread's magazines of the class are.
     pub size: Cell<MagazineSize>,
     /// The loaded magazine's limit was lowered by `slow::wind_down`.
     pub lowered: Cell<bool>,
@@ -98,10 +105,9 @@ impl ClassSlot {
         limit: Cell::new(ptr::null_mut()),
         prev: Cell::new(ptr::null_mut()),
         allocates: Cell::new(false),
-        allocated_since_free: Cell::new(false),
+        last_slow_path: Cell::new(SlowPath::None),
         outbox: Cell::new(ptr::null_mut()),
         outbox_sent: Cell::new(false),
-        freed_since_alloc: Cell::new(false),
         size: Cell::new(MagazineSize::Small),
         lowered: Cell::new(false),
         published: Cell::new(0),
