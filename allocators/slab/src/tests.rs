@@ -808,8 +808,12 @@ fn freeing_away_is_seen_past_other_threads_magazines() {
     drop(go_tx);
     let theirs: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
     assert!(theirs >= 64, "the workers hold only {theirs} objects");
+    // Without the published counts this thread kept both magazines (128);
+    // with them, the wind-down's tail: a sixteenth of what was live at its
+    // last free slow path (3 to 6 objects, by how the workers' own
+    // wind-downs interleaved).
     assert!(
-        kept <= 4,
+        kept < 16,
         "{kept} objects kept in this thread's magazines after freeing the class away \
          (the workers held {theirs})"
     );
