@@ -136,6 +136,49 @@ static int remote_double(void) {
     return 0;
 }
 
+/* Thread B frees one of thread A's 200-byte blocks, which A overflowed by
+ * one byte (or B frees a pointer into its middle). Past 64 bytes, sizeclass
+ * leaves the check of a remote free's canary to the block's owner, which
+ * makes it before it hands the block out again, or before it retires the
+ * block's page: `reuse` has A allocate 200-byte blocks on (the block comes
+ * back), otherwise A frees the page's other blocks and allocates another
+ * size (the page empties and retires). */
+static char *volatile remote_target;
+static void *remote_freer(void *arg) {
+    (void)arg;
+    free(launder(remote_target));
+    return NULL;
+}
+
+static int remote_misuse(int interior, int reuse) {
+    enum { KEEP = 64, MORE = 2000 };
+    static void *keep[KEEP], *more[MORE];
+    for (int i = 0; i < KEEP; i++) keep[i] = malloc(200);
+    char *p = malloc(200);
+    memset(p, 8, 200);
+    if (interior) {
+        remote_target = p + 16;
+    } else {
+        ((volatile char *)launder(p))[200] = 'x';
+        remote_target = p;
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, remote_freer, NULL);
+    pthread_join(t, NULL);
+    if (reuse) {
+        for (int i = 0; i < MORE; i++) more[i] = malloc(200);
+        for (int i = 0; i < MORE; i++) free(more[i]);
+    } else {
+        /* Blocks of another size, enough to need new pages: the owner's
+         * slow path collects the remote free, and the page empties. */
+        for (int i = 0; i < KEEP; i++) free(keep[i]);
+        for (int i = 0; i < MORE; i++) more[i] = malloc(48);
+        for (int i = 0; i < MORE; i++) free(more[i]);
+    }
+    printf("remote %s went unnoticed\n", interior ? "interior free" : "one-byte overflow");
+    return 0;
+}
+
 /* A small block freed twice by its owner; then two allocations of its
  * size (the same pointer twice means the heap hands one block out twice). */
 static int small_double(size_t size) {
@@ -274,6 +317,9 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "large-double")) return large_double();
     if (!strcmp(c, "large-interior")) return large_interior();
     if (!strcmp(c, "remote-double")) return remote_double();
+    if (!strcmp(c, "remote-overflow")) return remote_misuse(0, 1);
+    if (!strcmp(c, "remote-overflow-retire")) return remote_misuse(0, 0);
+    if (!strcmp(c, "remote-interior")) return remote_misuse(1, 1);
     if (!strcmp(c, "exhaust-recover")) return exhaust_recover();
     if (!strcmp(c, "small-double-32")) return small_double(32);
     if (!strcmp(c, "small-double-100k")) return small_double(100000);
@@ -283,6 +329,6 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "large-overflow")) return large_overflow();
     if (!strcmp(c, "quarantine-uaf")) return quarantine_uaf();
     if (!strcmp(c, "realloc-freed")) return realloc_freed();
-    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|exhaust-recover|small-double-32|small-double-100k|small-interior|uaf-write|overflow|large-overflow|quarantine-uaf|realloc-freed\n");
+    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|remote-overflow|remote-overflow-retire|remote-interior|exhaust-recover|small-double-32|small-double-100k|small-interior|uaf-write|overflow|large-overflow|quarantine-uaf|realloc-freed\n");
     return 2;
 }

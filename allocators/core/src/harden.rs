@@ -12,7 +12,10 @@
 //!   [`Policy::encode`]d with a random per-page key, so a use-after-free
 //!   write cannot steer a later `malloc` to an address of the attacker's
 //!   choosing: the decoded link lands outside its page and is reported;
-//! - **a canary** ([`Trailer`]) after the requested size, checked on free;
+//! - **a canary** ([`Trailer`]) after the requested size, checked on free
+//!   (an allocator may leave the check of another thread's free to the
+//!   block's owner, with [`FreeMark::set_unchecked`], as long as the owner
+//!   checks before it reuses the block);
 //! - **guard pages** at the end of every segment (and large block), so a
 //!   linear overflow faults instead of running into the next mapping.
 //!
@@ -162,6 +165,9 @@ fn process_secret() -> u64 {
 ///     FreeMark::set(p, 0x1234);
 ///     assert!(FreeMark::is_set(p, 0x1234));
 ///     assert!(!FreeMark::is_set(p, 0x4321), "another key reads no mark");
+///     FreeMark::set_unchecked(p, 0x1234);
+///     assert!(!FreeMark::is_set(p, 0x1234) && FreeMark::is_unchecked(p, 0x1234));
+///     assert!(FreeMark::is_set_any(p, 0x1234) && !FreeMark::is_set_any(p, 0x4321));
 ///     FreeMark::clear(p);
 ///     assert!(!FreeMark::is_set(p, 0x1234));
 /// }
@@ -193,6 +199,47 @@ impl FreeMark {
     pub unsafe fn is_set(block: *const u8, key: usize) -> bool {
         // SAFETY: the block is readable for 16 bytes (caller guarantee).
         unsafe { block.add(8).cast::<usize>().read() == Self::value(block, key) }
+    }
+
+    /// Marks `block` free with its canary not checked yet: a free by a
+    /// thread that does not own the block's page, which leaves the check
+    /// (the block's last bytes, on a line it would otherwise not touch) to
+    /// the owner. [`FreeMark::is_set_any`] sees this mark as a free mark,
+    /// [`FreeMark::is_set`] does not.
+    ///
+    /// # Safety
+    /// As for [`FreeMark::set`].
+    #[inline(always)]
+    pub unsafe fn set_unchecked(block: *mut u8, key: usize) {
+        // SAFETY: as for `set`.
+        unsafe {
+            block
+                .add(8)
+                .cast::<usize>()
+                .write(Self::value(block, key) ^ 1)
+        }
+    }
+
+    /// Whether `block` bears either free mark (checked or not) under `key`:
+    /// one compare more than [`FreeMark::is_set`] would cost, none (the two
+    /// marks differ in the lowest bit only).
+    ///
+    /// # Safety
+    /// As for [`FreeMark::is_set`].
+    #[inline(always)]
+    pub unsafe fn is_set_any(block: *const u8, key: usize) -> bool {
+        // SAFETY: as for `is_set`.
+        unsafe { block.add(8).cast::<usize>().read() ^ Self::value(block, key) <= 1 }
+    }
+
+    /// Whether `block` bears the mark [`FreeMark::set_unchecked`] writes.
+    ///
+    /// # Safety
+    /// As for [`FreeMark::is_set`].
+    #[inline(always)]
+    pub unsafe fn is_unchecked(block: *const u8, key: usize) -> bool {
+        // SAFETY: as for `is_set`.
+        unsafe { block.add(8).cast::<usize>().read() == Self::value(block, key) ^ 1 }
     }
 
     /// Clears the mark (the block is being handed out).
@@ -282,6 +329,26 @@ impl Trailer {
     /// `block` must be readable for `block_size >= BYTES` bytes.
     #[inline]
     pub unsafe fn check(block: *const u8, block_size: usize, key: usize) -> Option<usize> {
+        // SAFETY: forwarded caller guarantee; nothing clobbered.
+        unsafe { Self::check_past(block, block_size, key, 0) }
+    }
+
+    /// [`Trailer::check`] for a block whose first `clobbered` bytes were
+    /// overwritten since its trailer was written (a free block's link and
+    /// free mark): the pattern bytes among them are not compared. The
+    /// trailer itself must lie past them.
+    ///
+    /// # Safety
+    /// `block` must be readable for `block_size` bytes, and
+    /// `clobbered + BYTES <= block_size`.
+    #[inline]
+    pub unsafe fn check_past(
+        block: *const u8,
+        block_size: usize,
+        key: usize,
+        clobbered: usize,
+    ) -> Option<usize> {
+        debug_assert!(clobbered + Self::BYTES <= block_size);
         let tail = block_size - Self::BYTES;
         // SAFETY: caller guarantee; the pattern word is read only once the
         // recorded size is known to leave 8 bytes before the block's end.
@@ -293,7 +360,13 @@ impl Trailer {
             }
             let (check, pattern) = Self::words(block, requested, key);
             let found = block.add(requested as usize).cast::<u64>().read_unaligned();
-            let mask = Self::slack_mask(tail - requested as usize);
+            let mut mask = Self::slack_mask(tail - requested as usize);
+            let lost = clobbered.saturating_sub(requested as usize);
+            if lost >= 8 {
+                mask = 0;
+            } else {
+                mask &= u64::MAX << (lost * 8);
+            }
             if (trailer >> 32) as u32 != check || (found ^ pattern) & mask != 0 {
                 return None;
             }
@@ -365,6 +438,51 @@ mod tests {
             }
             let zeros = [0u8; 64];
             assert!(Trailer::check(zeros.as_ptr(), 64, 7).is_none());
+        }
+    }
+
+    #[test]
+    fn trailer_checked_past_clobbered_bytes_ignores_only_them() {
+        let mut block = [0u8; 96];
+        let p = block.as_mut_ptr();
+        // SAFETY: p is our 96-byte block.
+        unsafe {
+            for requested in [0, 3, 12, 16, 40, 88] {
+                Trailer::write(p, 96, requested, 9);
+                // A free block's link and mark overwrite bytes 0..16.
+                p.cast::<[u8; 16]>().write([0xa5; 16]);
+                assert_eq!(Trailer::check_past(p, 96, 9, 16), Some(requested));
+                // The first canary byte past the clobbered ones, if any
+                // (the canary is the 8 bytes after the requested ones).
+                let first = requested.max(16);
+                if first < (requested + 8).min(88) {
+                    *p.add(first) ^= 1;
+                    assert!(Trailer::check_past(p, 96, 9, 16).is_none(), "{requested}");
+                    *p.add(first) ^= 1;
+                }
+                *p.add(90) ^= 1;
+                assert!(Trailer::check_past(p, 96, 9, 16).is_none());
+                *p.add(90) ^= 1;
+            }
+        }
+    }
+
+    #[test]
+    fn the_two_free_marks_differ_and_both_read_as_free() {
+        let mut block = [0u64; 4];
+        let p = block.as_mut_ptr().cast::<u8>();
+        // SAFETY: p is our 32-byte block.
+        unsafe {
+            FreeMark::set_unchecked(p, 0x77);
+            assert!(FreeMark::is_set_any(p, 0x77) && FreeMark::is_unchecked(p, 0x77));
+            assert!(!FreeMark::is_set(p, 0x77));
+            FreeMark::set(p, 0x77);
+            assert!(FreeMark::is_set_any(p, 0x77) && !FreeMark::is_unchecked(p, 0x77));
+            FreeMark::clear(p);
+            assert!(!FreeMark::is_set_any(p, 0x77));
+            // Neither mark reads as set under a key one bit away.
+            FreeMark::set(p, 0x77);
+            assert!(!FreeMark::is_set_any(p, 0x76));
         }
     }
 }

@@ -134,7 +134,7 @@ unsafe fn check_page<P: Mode>(p: *mut Page) -> Result<(), &'static str> {
                 }
                 seen[i / 64] |= 1 << (i % 64);
                 count += 1;
-                if P::BLOCK_STATE && !FreeMark::is_set(b.cast::<u8>(), (*p).key) {
+                if P::BLOCK_STATE && !FreeMark::is_set_any(b.cast::<u8>(), (*p).key) {
                     return Err("a listed block lacks its free mark");
                 }
                 b = Page::next_free::<P>(p, b);

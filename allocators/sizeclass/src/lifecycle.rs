@@ -142,7 +142,7 @@ pub(crate) unsafe fn tidy_segment<P: Mode>(seg: *mut Segment, now: u64, keep: &m
             if (*page).state != PageState::Free {
                 Page::collect_remote::<P>(page);
                 if Page::in_use(page) == 0 {
-                    Segment::free_page(seg, page, now);
+                    Segment::free_page::<P>(seg, page, now);
                 }
             }
             if (*page).state == PageState::Free && (*page).dirty {

@@ -110,6 +110,11 @@ pub(crate) struct Page {
     /// counted in the heap's `idle_bytes` (owner only; cleared when the
     /// page is freed or the heap purges).
     pub retained: bool,
+    /// Hardened mode: blocks other threads freed without checking their
+    /// canary (`Mode::on_remote_free`) may be on `free` or `local_free`;
+    /// they are checked when the page empties (`Mode::on_empty`). Owner
+    /// only; set when it collects such frees, cleared by that check.
+    pub unchecked_frees: bool,
     /// The number of remote frees [`Page::purge_holes`] last left on
     /// `thread_free` (with the heap's lock held only): while the stack
     /// still holds exactly that many, another look finds nothing new to
@@ -165,6 +170,7 @@ impl Page {
             prev: ptr::null_mut(),
             freed_at_ns: 0,
             retained: false,
+            unchecked_frees: false,
             dirty_end: 0,
             unparked_allocs: 0,
             key: 0,
@@ -211,6 +217,7 @@ impl Page {
             // segment tidied) may keep a stale flag: its segment can come
             // back as another kind, where it means nothing.
             (*page).retained = false;
+            (*page).unchecked_frees = false;
             (*page).stride = stride as u32;
             (*page).start = start;
             (*page).next = ptr::null_mut();
@@ -316,7 +323,8 @@ impl Page {
                 // use means a block was freed twice. (Hardened, each block
                 // is still checked when it is handed out, `Mode::on_pop`:
                 // a block listed twice lacks its free mark the second
-                // time.)
+                // time, and a block whose freer left its canary to the
+                // owner is checked there.)
                 if count > Self::in_use(page) {
                     corrupted_remote_list(list);
                 }
@@ -333,6 +341,12 @@ impl Page {
             (*page).local_free = list;
             let used = (*page).used.load(Relaxed);
             (*page).used.store(used - n, Relaxed);
+            if P::BLOCK_STATE {
+                (*page).unchecked_frees |= P::remote_frees_unchecked((*page).block_size as usize);
+                if Self::in_use(page) == 0 {
+                    P::on_empty(page);
+                }
+            }
         }
     }
 

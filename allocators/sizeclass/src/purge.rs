@@ -51,7 +51,7 @@ const BUDGET_RELAX_NS: u64 = 1_000_000_000;
 /// As for [`retire_page`].
 pub(crate) unsafe fn free_page<P: Mode>(h: &mut Heap, page: *mut Page, now: u64) {
     // SAFETY: caller guarantee.
-    unsafe { retire_page(h, page, now) };
+    unsafe { retire_page::<P>(h, page, now) };
     if over_budget(h) {
         purge_idle::<P>(h);
     } else if now >= h.next_sweep_ns {
@@ -64,11 +64,11 @@ pub(crate) unsafe fn free_page<P: Mode>(h: &mut Heap, page: *mut Page, now: u64)
 ///
 /// # Safety
 /// `page` is ours, empty and on no list.
-pub(crate) unsafe fn retire_page(h: &mut Heap, page: *mut Page, now: u64) {
+pub(crate) unsafe fn retire_page<P: Mode>(h: &mut Heap, page: *mut Page, now: u64) {
     // SAFETY: caller guarantee.
     unsafe {
         let seg = segment_of(page).cast::<Segment>();
-        Segment::free_page(seg, page, now);
+        Segment::free_page::<P>(seg, page, now);
         (*page).retained = false;
         h.dirty_free += 1;
         h.idle_bytes += 1 << (*seg).page_shift;
@@ -125,7 +125,7 @@ pub(crate) fn purge_idle<P: Mode>(h: &mut Heap) {
                     if h.current[class] == page {
                         h.current[class] = EMPTY;
                     }
-                    retire_page(h, page, now);
+                    retire_page::<P>(h, page, now);
                 }
                 page = next;
             }

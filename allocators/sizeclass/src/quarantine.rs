@@ -137,7 +137,7 @@ pub(crate) unsafe fn hold<P: Mode>(ptr: *mut u8) {
         }
         let page = Segment::page_of(segment_of(ptr).cast(), ptr);
         let (size, key) = ((*page).shared_size as usize, (*page).shared_key);
-        if (*h).quarantine.holds(ptr) || FreeMark::is_set(ptr, key) {
+        if (*h).quarantine.holds(ptr) || FreeMark::is_set_any(ptr, key) {
             report_block("free", Misuse::DoubleFree, page, ptr);
         }
         check_trailer_of("free", page, ptr, size, key);

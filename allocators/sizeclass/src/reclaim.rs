@@ -339,12 +339,16 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
                     // retired dirty, for the owner to reuse resident, and a
                     // later sweep purges it once the delay has passed
                     // ([`purge_due`]).
+                    // Hardened: the lists' unchecked blocks are checked
+                    // before the purge zeroes them (`free_page` would be
+                    // too late).
+                    P::on_empty(page);
                     if (*page).dirty && long_idle {
                         let (p, len) = Segment::purgeable(seg, i);
                         os::purge(p, len);
                         (*page).dirty = false;
                     }
-                    Segment::free_page(seg, page, now);
+                    Segment::free_page::<P>(seg, page, now);
                     RECLAIMED_PAGES.fetch_add(1, Relaxed);
                     if (*page).retained {
                         (*page).retained = false;

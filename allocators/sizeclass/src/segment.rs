@@ -234,15 +234,18 @@ impl Segment {
 
     /// Returns `page`, empty, to its segment's free pool: state `Free`,
     /// lists cleared, `freed_at_ns = now` (for the decay), one page fewer in
-    /// use. The heap's own accounting is the caller's.
+    /// use. The heap's own accounting is the caller's. Hardened, the
+    /// blocks on the lists are checked first ([`Mode::on_empty`]; a caller
+    /// that purges the page's span before this must check them itself).
     ///
     /// # Safety
     /// The caller owns `seg` and `page` (a page of it, in use, no block live
     /// or on its remote list).
-    pub(crate) unsafe fn free_page(seg: *mut Segment, page: *mut Page, now: u64) {
+    pub(crate) unsafe fn free_page<P: Mode>(seg: *mut Segment, page: *mut Page, now: u64) {
         // SAFETY: caller guarantee.
         unsafe {
             debug_assert!(Page::in_use(page) == 0 && (*page).state != PageState::Free);
+            P::on_empty(page);
             Page::set_state(page, PageState::Free);
             // What is left in `used` are blocks dropped over holes
             // (`holes.rs`), gone with the page.
