@@ -141,8 +141,8 @@ static int remote_double(void) {
  * leaves the check of a remote free's canary to the block's owner, which
  * makes it before it hands the block out again, or before it retires the
  * block's page: `reuse` has A allocate 200-byte blocks on (the block comes
- * back), otherwise A frees the page's other blocks and allocates another
- * size (the page empties and retires). */
+ * back), otherwise A frees the page's other blocks, allocates another size
+ * (the page empties) and calls malloc_trim (the page retires). */
 static char *volatile remote_target;
 static void *remote_freer(void *arg) {
     (void)arg;
@@ -170,10 +170,12 @@ static int remote_misuse(int interior, int reuse) {
         for (int i = 0; i < MORE; i++) free(more[i]);
     } else {
         /* Blocks of another size, enough to need new pages: the owner's
-         * slow path collects the remote free, and the page empties. */
+         * slow path collects the remote free, and the page empties; the
+         * trim retires it. */
         for (int i = 0; i < KEEP; i++) free(keep[i]);
         for (int i = 0; i < MORE; i++) more[i] = malloc(48);
         for (int i = 0; i < MORE; i++) free(more[i]);
+        malloc_trim(0);
     }
     printf("remote %s went unnoticed\n", interior ? "interior free" : "one-byte overflow");
     return 0;

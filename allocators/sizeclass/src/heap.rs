@@ -193,7 +193,28 @@ pub(crate) fn alloc<P: Mode>(class: usize) -> (*mut u8, *mut Page) {
             return slow::alloc::<P>(class);
         }
         let next = Page::next_free::<P>(page, block);
-        P::on_pop(page, block, next);
+        if !P::on_pop(page, block, next) {
+            return pop_unchecked::<P>(h, page, block, next);
+        }
+        pop::<P>(h, page, block, next)
+    }
+}
+
+/// Takes `block` off `page`'s free list, `next` its successor, and counts
+/// the allocation.
+///
+/// # Safety
+/// `h` is the calling thread's heap, `page` one of its pages, `block` the
+/// head of its free list, checked by the mode.
+#[inline(always)]
+unsafe fn pop<P: Mode>(
+    h: *mut Heap,
+    page: *mut Page,
+    block: *mut Block,
+    next: *mut Block,
+) -> (*mut u8, *mut Page) {
+    // SAFETY: caller guarantee.
+    unsafe {
         (*page).free = next;
         let used = (*page).used.load(Relaxed);
         (*page).used.store(used + 1, Relaxed);
@@ -202,6 +223,26 @@ pub(crate) fn alloc<P: Mode>(class: usize) -> (*mut u8, *mut Page) {
             slow::heartbeat::<P>(h);
         }
         (block.cast(), page)
+    }
+}
+
+/// [`pop`] of a block whose canary the mode still has to check
+/// (`Mode::on_pop` returned false): out of line, so that the fast path
+/// keeps nothing live across a call.
+///
+/// # Safety
+/// As for [`pop`].
+#[inline(never)]
+unsafe fn pop_unchecked<P: Mode>(
+    h: *mut Heap,
+    page: *mut Page,
+    block: *mut Block,
+    next: *mut Block,
+) -> (*mut u8, *mut Page) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe {
+        P::on_pop_unchecked(page, block);
+        pop::<P>(h, page, block, next)
     }
 }
 

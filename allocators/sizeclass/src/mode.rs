@@ -43,6 +43,7 @@ use crate::heap::Heap;
 use crate::page::Page;
 use crate::reclaim::HeapList;
 use crate::remote::Block;
+use crate::segment::STRIDE_DIVISOR;
 
 /// What differs between sizeclass's modes (see the module docs).
 ///
@@ -72,12 +73,21 @@ pub(crate) trait Mode: Policy {
     /// The registry of this mode's active heaps (`reclaim.rs`).
     fn registry() -> &'static SpinLock<HeapList>;
 
-    /// `block` was just popped from `page`'s free list; `next` is the
-    /// decoded link it held.
+    /// `block`, the head of `page`'s free list, is being popped; `next` is
+    /// the decoded link it holds. Returns false if the block bears the
+    /// unchecked free mark (a remote free left its canary to the owner):
+    /// the caller then calls [`Mode::on_pop_unchecked`], out of line.
     ///
     /// # Safety
-    /// `page` is the caller's, `block` was the head of its `free` list.
-    unsafe fn on_pop(page: *mut Page, block: *mut Block, next: *mut Block);
+    /// `page` is the caller's, `block` the head of its `free` list.
+    unsafe fn on_pop(page: *mut Page, block: *mut Block, next: *mut Block) -> bool;
+
+    /// Checks `block`, for which [`Mode::on_pop`] returned false, and
+    /// clears its mark.
+    ///
+    /// # Safety
+    /// As for [`Mode::on_pop`].
+    unsafe fn on_pop_unchecked(page: *mut Page, block: *mut Block);
 
     /// The owner frees `ptr` of `page`.
     ///
@@ -199,10 +209,24 @@ impl<P: Policy> Mode for P {
     }
 
     #[inline(always)]
-    unsafe fn on_pop(page: *mut Page, block: *mut Block, next: *mut Block) {
+    unsafe fn on_pop(page: *mut Page, block: *mut Block, next: *mut Block) -> bool {
         if P::BLOCK_STATE {
             // SAFETY: forwarded caller guarantee.
             unsafe { checks::on_pop(page, block, next) }
+        } else {
+            true
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn on_pop_unchecked(page: *mut Page, block: *mut Block) {
+        if P::BLOCK_STATE {
+            // SAFETY: forwarded caller guarantee: `on_pop` checked the
+            // links that led to the block.
+            unsafe {
+                checks::check_unchecked("malloc", page, block.cast());
+                FreeMark::clear(block.cast());
+            }
         }
     }
 
@@ -305,7 +329,7 @@ mod checks {
     use super::*;
 
     #[inline(always)]
-    pub(super) unsafe fn on_pop(page: *mut Page, block: *mut Block, next: *mut Block) {
+    pub(super) unsafe fn on_pop(page: *mut Page, block: *mut Block, next: *mut Block) -> bool {
         // SAFETY: caller guarantee: the page is ours and block was its head.
         unsafe {
             // The link must be null or a granule of the same segment (a
@@ -318,9 +342,15 @@ mod checks {
                 corrupted(page, block);
             }
             if !FreeMark::is_set(block.cast(), (*page).key) {
-                check_deferred("malloc", page, block.cast());
+                // To the caller's out-of-line pop: checked here, or in a
+                // call that returns here, the fast path saved two more
+                // registers (1.5-3% on churn, larson and trees); checked
+                // out of line and popped again from the start, the
+                // producer/consumer workload took 15% longer.
+                return false;
             }
             FreeMark::clear(block.cast());
+            true
         }
     }
 
@@ -403,18 +433,30 @@ mod checks {
         }
     }
 
+    /// [`check_unchecked`], then the block bears the checked mark.
+    ///
+    /// # Safety
+    /// As for [`check_unchecked`].
+    #[inline(never)]
+    unsafe fn check_deferred(call: &str, page: *mut Page, block: *mut u8) {
+        // SAFETY: forwarded caller guarantee.
+        unsafe {
+            check_unchecked(call, page, block);
+            FreeMark::set(block, (*page).key);
+        }
+    }
+
     /// A free block without the checked free mark, about to be handed out
     /// (by `call`), collected or found on an emptied page: it must bear
     /// the unchecked one (a remote free left its canary to the owner),
-    /// start a block, and keep its canary. Then it bears the checked mark.
-    /// A misuse is reported as found by `call`, which is not the free that
-    /// did it.
+    /// start a block, and keep its canary. A misuse is reported as found
+    /// by `call`, which is not the free that did it.
     ///
     /// # Safety
     /// The caller owns `page` (or holds its heap's lock); `block` lies
     /// among its blocks, at a 16-byte granule.
-    #[inline(never)]
-    unsafe fn check_deferred(call: &str, page: *mut Page, block: *mut u8) {
+    #[inline(always)]
+    pub(super) unsafe fn check_unchecked(call: &str, page: *mut Page, block: *mut u8) {
         // SAFETY: caller guarantee: block lies among the page's blocks,
         // which are at least 16 bytes; the canary is read only from a block
         // start, so within the page's span.
@@ -423,8 +465,11 @@ mod checks {
             if !FreeMark::is_unchecked(block, key) {
                 corrupted(page, block.cast());
             }
-            let off = (block as usize).wrapping_sub((*page).start as usize);
-            if !off.is_multiple_of((*page).stride as usize) {
+            // A block start: `off` is a multiple of the stride (one
+            // multiply, no division; offsets are below 2^32).
+            let off = (block as usize).wrapping_sub((*page).start as usize) as u64;
+            let divisor = STRIDE_DIVISOR[(*page).class as usize];
+            if off.wrapping_mul(divisor) >= divisor {
                 report_block(call, Misuse::InteriorPointer, page, block);
             }
             // The link and the free mark overwrote the first 16 bytes.
@@ -432,7 +477,6 @@ mod checks {
             if Trailer::check_past(block, size, key, 16).is_none() {
                 report_block(call, Misuse::Overflow, page, block);
             }
-            FreeMark::set(block, key);
         }
     }
 }

@@ -342,10 +342,10 @@ impl Page {
             let used = (*page).used.load(Relaxed);
             (*page).used.store(used - n, Relaxed);
             if P::BLOCK_STATE {
+                // (Not checked here when this empties the page: a walk of
+                // every block collected, the cost `Mode::on_pop` avoids;
+                // the page's retirement checks what was not handed out.)
                 (*page).unchecked_frees |= P::remote_frees_unchecked((*page).block_size as usize);
-                if Self::in_use(page) == 0 {
-                    P::on_empty(page);
-                }
             }
         }
     }

@@ -130,6 +130,21 @@ pub(crate) const fn heap_class_stride(c: usize) -> usize {
     }
 }
 
+/// For each heap class, `ceil(2^64 / stride)`: an offset `n < 2^32` is a
+/// multiple of the class's stride exactly when `n * d mod 2^64 < d`
+/// (Lemire, Kaser and Kurz, "Faster remainder by direct computation"),
+/// one multiply where `%` is a division (hardened mode's block-boundary
+/// check on the allocation path).
+pub(crate) const STRIDE_DIVISOR: [u64; HEAP_CLASSES] = {
+    let mut d = [0u64; HEAP_CLASSES];
+    let mut c = 0;
+    while c < HEAP_CLASSES {
+        d[c] = u64::MAX / heap_class_stride(c) as u64 + 1;
+        c += 1;
+    }
+    d
+};
+
 /// The kind serving heap class `c`.
 pub(crate) const KIND_OF: [SegmentKind; HEAP_CLASSES] = {
     let mut k = [SegmentKind::Small; HEAP_CLASSES];
@@ -711,6 +726,24 @@ mod tests {
             assert_eq!(stride == size, size < COLOUR_MIN, "class {c}");
             // Colouring wastes at most 1/64 of a block.
             assert!((stride - size) * 64 <= size);
+        }
+    }
+
+    #[test]
+    fn stride_divisors_tell_block_starts_from_other_offsets() {
+        for (c, &d) in STRIDE_DIVISOR.iter().enumerate() {
+            let stride = heap_class_stride(c) as u64;
+            // Every granule of the first blocks, and offsets up to a
+            // segment's end.
+            let last = (SEGMENT_ALIGN as u64 / stride) * stride;
+            let near_end = [last - 16, last, last + 16, SEGMENT_ALIGN as u64 - 16];
+            for n in (0..4 * stride).step_by(16).chain(near_end) {
+                assert_eq!(
+                    n.wrapping_mul(d) < d,
+                    n.is_multiple_of(stride),
+                    "class {c}, offset {n}"
+                );
+            }
         }
     }
 }
