@@ -9,7 +9,7 @@
 //! only description of their frames. What is slow is finding and
 //! interpreting it, and a program calls `malloc` from a few thousand places,
 //! so [`backtrace_cached`] does that once per return address and keeps the
-//! result, a [`Rule`] of three numbers (where the caller's stack pointer,
+//! result, a `Rule` of three numbers (where the caller's stack pointer,
 //! return address and frame pointer are), in a per-thread [`UnwindCache`].
 //! A walk is then a hash lookup and two or three loads per frame, as in
 //! framehop (samply) and bytehound.
