@@ -9,10 +9,11 @@ use heapkit_core::segment::segment_of;
 use heapkit_core::size_class::{class_for, class_of, MAX_SIZE, MIN_ALIGN};
 use heapkit_core::{global_alloc, large, realloc_by_copy, HeapAlloc, Stats};
 
+use crate::classes::aligned_twin;
 use crate::heap::{self, STATS};
 use crate::mode::Mode;
 use crate::page::Page;
-use crate::segment::{aligned_twin, Segment};
+use crate::segment::Segment;
 
 /// The policy [`SizeClass::new`] uses: [`Fast`], or [`Hardened`] when the
 /// crate's `hardened` feature is on.

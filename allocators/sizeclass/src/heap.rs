@@ -29,9 +29,10 @@ use heapkit_core::{GlobalStats, ThreadStats};
 
 use crate::mode::Mode;
 
+use crate::classes::HEAP_CLASSES;
 use crate::page::{Page, PageList, FULL_FLAG};
 use crate::remote::Block;
-use crate::segment::{Segment, SegmentList, HEAP_CLASSES, KINDS};
+use crate::segment::{Segment, SegmentList, KINDS};
 use crate::slow;
 
 /// Where a heap is in its life.

@@ -1,7 +1,7 @@
 //! `check_invariants`: an expensive walk of the calling thread's heap
 //! (tests and the `debug-invariants` feature).
 
-use crate::segment::{heap_class_size, HEAP_CLASSES};
+use crate::classes::{heap_class_size, HEAP_CLASSES};
 
 use heapkit_core::harden::Policy;
 

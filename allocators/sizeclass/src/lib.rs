@@ -95,6 +95,8 @@ mod alloc_impl;
 #[cfg(not(loom))]
 mod carve;
 #[cfg(not(loom))]
+mod classes;
+#[cfg(not(loom))]
 mod heap;
 #[cfg(not(loom))]
 mod holes;

@@ -39,11 +39,11 @@ use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
 
 use heapkit_core::lock::SpinLock;
 
+use crate::classes::STRIDE_DIVISOR;
 use crate::heap::Heap;
 use crate::page::Page;
 use crate::reclaim::HeapList;
 use crate::remote::Block;
-use crate::segment::STRIDE_DIVISOR;
 
 /// What differs between sizeclass's modes (see the module docs).
 ///

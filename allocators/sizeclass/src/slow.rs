@@ -19,13 +19,14 @@ use core::sync::atomic::Ordering::Relaxed;
 use heapkit_core::os;
 use heapkit_core::segment::segment_of;
 
+use crate::classes::{heap_class_size, heap_class_stride, KIND_OF};
 use crate::heap::{self, Heap, EMPTY, STATS};
 use crate::lifecycle::init;
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::purge::{free_page, over_budget, purge_idle, release_segment, sweep};
 use crate::purge::{purge_delay_ns, PURGE_BUDGET_MAX};
-use crate::segment::{self, heap_class_size, heap_class_stride, Segment, SegmentKind, KIND_OF};
+use crate::segment::{self, Segment, SegmentKind};
 
 /// The clock is read on every this many slow-path calls.
 const CLOCK_EVERY: u32 = 16;
