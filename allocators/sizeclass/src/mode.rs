@@ -31,7 +31,7 @@
 //! ([`FreeMark::set_unchecked`]), and the owner checks the block's boundary
 //! and canary before it hands the block out again ([`Mode::on_pop`]), when
 //! a walk of the remote list takes it ([`Mode::on_collect`]), or when the
-//! page empties ([`Mode::on_empty`]), whichever comes first.
+//! page is retired ([`Mode::on_empty`]), whichever comes first.
 
 use heapkit_core::harden::{FreeMark, Hardened, Policy, Trailer};
 use heapkit_core::misuse::{self, Misuse};
@@ -112,9 +112,10 @@ pub(crate) trait Mode: Policy {
     /// canary to the owner (see [`CHECK_REMOTE_FREE_MAX`]).
     fn remote_frees_unchecked(block_size: usize) -> bool;
 
-    /// `page` has no block live or on its remote list (it is being retired,
-    /// or kept empty): checks the canaries remote freers left to the owner
-    /// on blocks that were not handed out again since.
+    /// `page` has no block live or on its remote list and is being retired:
+    /// checks the canaries remote freers left to the owner on blocks that
+    /// were not handed out again since (a walk of its lists, only if
+    /// [`Page::unchecked_frees`] says there may be any).
     ///
     /// # Safety
     /// The caller owns `page` (or holds its heap's lock), in use and empty.
@@ -486,7 +487,7 @@ mod checks {
 /// wrote it when it handed the block out: a transfer between cores, 14% of
 /// the producer/consumer workload's time), and is left to the owner, which
 /// checks it before the block is handed out again ([`Mode::on_pop`]), when
-/// its page empties ([`Mode::on_empty`]) or when a walk of the remote list
+/// its page is retired ([`Mode::on_empty`]) or when a walk of the remote list
 /// takes it ([`Mode::on_collect`]). A block of at most this size may
 /// hold its requested bytes' end and its canary within its first 16
 /// bytes, which the link and the mark overwrite. (Checking at collection

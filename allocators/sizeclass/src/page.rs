@@ -112,8 +112,12 @@ pub(crate) struct Page {
     pub retained: bool,
     /// Hardened mode: blocks other threads freed without checking their
     /// canary (`Mode::on_remote_free`) may be on `free` or `local_free`;
-    /// they are checked when the page empties (`Mode::on_empty`). Owner
-    /// only; set when it collects such frees, cleared by that check.
+    /// they are checked when the page is retired (`Mode::on_empty`, from
+    /// `Segment::free_page`, or before a reclaimer purges it); an emptied
+    /// page kept queued keeps them for its next allocations, which check
+    /// each as they pop it. Set by the owner when it collects such frees;
+    /// cleared by that check (the owner's, or a reclaimer's holding the
+    /// heap's lock).
     pub unchecked_frees: bool,
     /// The number of remote frees [`Page::purge_holes`] last left on
     /// `thread_free` (with the heap's lock held only): while the stack

@@ -312,8 +312,6 @@ pub(crate) unsafe fn page_freed<P: Mode>(h: *mut Heap, page: *mut Page) {
             && (*page).state == PageState::Queued
             && (*page).retained
             && Page::in_use(page) == 0
-            // Hardened: blocks to check (`Mode::on_empty`, under the lock).
-            && !(P::BLOCK_STATE && (*page).unchecked_frees)
             // (`retained` is set on small pages only.)
             && (!P::RECARVE_EMPTY
                 || (*page).capacity
@@ -354,9 +352,6 @@ unsafe fn page_freed_locked<P: Mode>(h: &mut Heap, page: *mut Page) {
         if Page::in_use(page) != 0 {
             return;
         }
-        // Under the lock: a reclaimer may retire an emptied page that is
-        // not current (it then checks it itself, in `free_page`).
-        P::on_empty(page);
         let q = &mut h.queues[class];
         let seg = segment_of(page).cast::<Segment>();
         if (*seg).kind == SegmentKind::Small || (q.first == page && (*page).next.is_null()) {
