@@ -932,18 +932,26 @@ const HARDENED_BACKENDS: [&str; 3] = ["sizeclass", "slab", "pool"];
 /// pool): every case detected at the call that does it (or, for the
 /// remote cases in sizeclass, before the block is reused), or recovered
 /// from.
-fn hardened_outcome(case: &str) -> Outcome {
+fn hardened_outcome(case: &str, backend: &str) -> Outcome {
     match case {
         "remote-double" | "small-double-32" | "small-double-100k" => {
             Outcome::Detected("free(): double free of")
         }
         "small-interior" => Outcome::Detected("free(): pointer into the middle of a block"),
         // Blocks past 64 bytes freed by another thread: sizeclass's owner
-        // finds these when it hands the block out again (`malloc()`) or
-        // the block's page empties; slab and pool at the free.
-        "remote-interior" => Outcome::Detected("(): pointer into the middle of a block"),
+        // finds these before it hands the block out again (`malloc()`; a
+        // later `free()` of the handed-out block would be too late) or
+        // when it retires the page (`malloc_trim` here); slab and pool at
+        // the free.
+        "remote-interior" if backend == "sizeclass" => {
+            Outcome::Detected("malloc(): pointer into the middle of a block")
+        }
+        "remote-overflow" if backend == "sizeclass" => {
+            Outcome::Detected("malloc(): heap overflow past the end of the block")
+        }
+        "remote-interior" => Outcome::Detected("free(): pointer into the middle of a block"),
         "remote-overflow" | "remote-overflow-retire" => {
-            Outcome::Detected("(): heap overflow past the end of the block")
+            Outcome::Detected("free(): heap overflow past the end of the block")
         }
         "uaf-write" => Outcome::Detected("malloc(): corrupted free list"),
         "overflow" => Outcome::Detected("free(): heap overflow"),
@@ -1064,8 +1072,10 @@ fn misuse_hardened_mode() {
         return;
     };
     for backend in HARDENED_BACKENDS {
-        check_misuse(&dir, &bin, backend, true, hardened_outcome)
-            .unwrap_or_else(|e| panic!("\n{backend}:\n{e}"));
+        check_misuse(&dir, &bin, backend, true, |case| {
+            hardened_outcome(case, backend)
+        })
+        .unwrap_or_else(|e| panic!("\n{backend}:\n{e}"));
     }
     for (backend, value, text) in [
         ("bump", "1", "the bump backend has no hardened mode"),
