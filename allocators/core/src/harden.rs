@@ -220,9 +220,9 @@ impl FreeMark {
         }
     }
 
-    /// Whether `block` bears either free mark (checked or not) under `key`:
-    /// one compare more than [`FreeMark::is_set`] would cost, none (the two
-    /// marks differ in the lowest bit only).
+    /// Whether `block` bears either free mark (checked or not) under `key`.
+    /// The two marks differ in the lowest bit only, so this costs what
+    /// [`FreeMark::is_set`] costs plus one instruction.
     ///
     /// # Safety
     /// As for [`FreeMark::is_set`].
