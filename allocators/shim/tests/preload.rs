@@ -1428,3 +1428,38 @@ fn options_from_the_environment() {
         assert!(r.stderr.lines().any(|l| l == line), "{line} missing: {}", r.stderr);
     }
 }
+
+/// The peers linked into the library (jemalloc, mimalloc) initialise at
+/// load only when one of them is the backend: their constructors are
+/// skipped otherwise (`heapkit_core::os::constructors`), and the library
+/// says so under `HEAPKIT_VERBOSE=1`. A link that moved them from after the
+/// shim's own constructor fails here, where it would otherwise cost every
+/// process a fifth of its start-up unnoticed.
+#[test]
+fn peers_initialise_only_when_they_run() {
+    let Some(sh) = find("peers_initialise_only_when_they_run", "sh") else {
+        return;
+    };
+    let dir = scratch("peer-constructors");
+    const SKIPPED: &str = "heapkit: the peers' constructors were skipped (jemalloc, mimalloc)";
+    for backend in [
+        "sizeclass",
+        "slab",
+        "pool",
+        "bump",
+        "system",
+        "jemalloc",
+        "mimalloc",
+    ] {
+        let mut cmd = under(backend, &sh);
+        // A fork and an exec under the backend, so that a peer left without
+        // its constructor would have to start on its first call.
+        cmd.args(["-c", "echo started | cat; exit 0"])
+            .env("HEAPKIT_VERBOSE", "1");
+        let r = run(cmd, &dir, backend, MINUTE);
+        assert!(r.ok && r.stdout.contains("started"), "{}", r.describe());
+        let skipped = r.stderr.lines().any(|l| l == SKIPPED);
+        let peer = matches!(backend, "jemalloc" | "mimalloc");
+        assert_eq!(skipped, !peer, "{backend}: {}", r.stderr);
+    }
+}

@@ -7,8 +7,9 @@
 //!
 //! One file per kind of call: `memory` (mapping, purging, protecting),
 //! `threads` (threads, fork and exit handlers, barriers), `process` (the
-//! environment, files, stderr, ending the process); random bits, `errno`
-//! and the clock here.
+//! environment, files, stderr, ending the process), `symbols` (a loaded
+//! library's own symbols), `constructors` (skipping a library's later
+//! constructors); random bits, `errno` and the clock here.
 //!
 //! Mapping calls are counted in process-wide `Relaxed` counters that
 //! [`os_counters`] reads; they feed the `os_*` and `mapped_bytes` fields of
@@ -16,6 +17,7 @@
 
 use core::ffi::c_int;
 
+pub mod constructors;
 mod memory;
 mod process;
 pub mod symbols;
