@@ -137,6 +137,10 @@ pub(crate) unsafe fn tidy_segment<P: Mode>(seg: *mut Segment, now: u64, keep: &m
     // frees only push onto `thread_free`, which `collect_remote` takes.
     unsafe {
         (*seg).pending.take();
+        // Neighbouring pages purged with one call (a thread that used one
+        // page of a segment other threads had filled made 48 calls of
+        // 64 KiB at its exit).
+        let mut run = os::PurgeRun::new();
         for i in 0..(*seg).page_count as usize {
             let page = Segment::page(seg, i);
             if (*page).state != PageState::Free {
@@ -150,11 +154,12 @@ pub(crate) unsafe fn tidy_segment<P: Mode>(seg: *mut Segment, now: u64, keep: &m
                 if len <= *keep {
                     *keep -= len;
                 } else {
-                    os::purge(p, len);
+                    run.push(p, len);
                     (*page).dirty = false;
                 }
             }
         }
+        run.finish();
         (*seg).used_pages == 0
     }
 }

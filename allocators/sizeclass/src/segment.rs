@@ -308,6 +308,17 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
             }
             (*seg).guard_bytes = P::GUARD_BYTES as u32;
         }
+        // Which bytes of an unpurged segment hold old contents: its old
+        // pages' dirty flags, read before the new kind's pages replace them.
+        let old_shift = (*seg).page_shift;
+        let mut old_dirty = 0u64;
+        if unpurged.is_some() {
+            for i in 0..MAX_PAGES {
+                if (*Segment::page(seg, i)).dirty {
+                    old_dirty |= 1 << i;
+                }
+            }
+        }
         ptr::addr_of_mut!((*seg).tag).write(P::TAG);
         (*seg).page_shift = kind.page_shift();
         (*seg).page_count = (SEGMENT_ALIGN >> kind.page_shift()) as u32;
@@ -320,16 +331,33 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
             (*p).index = i as u32;
             Page::set_state(p, PageState::Free);
             if let Some(released_ns) = unpurged {
-                // The pages of the new kind need not be those of the old
-                // one: every page may hold old bytes (not zero, purged by
-                // the new owner's decay if it stays unused).
-                (*p).dirty = i < (*seg).page_count as usize;
+                // A page holds old bytes (not zero; purged by the new
+                // owner's decay if it stays unused) where an old page it
+                // overlaps was dirty. Every page was, before: a thread that
+                // took such a segment and used one page of it purged 48 at
+                // its exit, page by page.
+                (*p).dirty = i < (*seg).page_count as usize
+                    && old_dirty & overlapped(i, (*seg).page_shift, old_shift) != 0;
                 (*p).freed_at_ns = released_ns;
             }
         }
         (*seg).owner.store(owner, Relaxed);
     }
     seg
+}
+
+/// The pages of page size `1 << old_shift` that page `i` of page size
+/// `1 << shift` overlaps, as a mask of their indices (both cut the same
+/// segment from its start).
+fn overlapped(i: usize, shift: u32, old_shift: u32) -> u64 {
+    let first = (i << shift) >> old_shift;
+    let last = ((((i + 1) << shift) - 1) >> old_shift).min(MAX_PAGES - 1);
+    if first > last {
+        return 0;
+    }
+    let n = last - first + 1;
+    let ones = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+    ones << first
 }
 
 /// Returns an empty segment at time `now`: into the reserve (purged, or,
@@ -529,6 +557,42 @@ mod tests {
     use super::*;
     use crate::classes::KIND_OF;
     use heapkit_core::size_class::{class_of, CLASS_COUNT, SIZES};
+
+    #[test]
+    fn a_reused_segments_pages_are_dirty_where_its_old_pages_were() {
+        let (small, medium, big) = (
+            SegmentKind::Small.page_shift(),
+            SegmentKind::Medium.page_shift(),
+            SegmentKind::Big.page_shift(),
+        );
+        // Same kind: each page is itself.
+        for i in 0..64 {
+            assert_eq!(overlapped(i, small, small), 1 << i);
+        }
+        // Smaller pages than before: the one old page holding them.
+        assert_eq!(overlapped(0, small, medium), 1);
+        assert_eq!(overlapped(9, small, medium), 1 << 1);
+        assert_eq!(overlapped(63, small, medium), 1 << 7);
+        assert_eq!(overlapped(63, small, big), 1);
+        // Larger pages: every old page inside.
+        assert_eq!(overlapped(0, medium, small), 0xff);
+        assert_eq!(overlapped(7, medium, small), 0xff << 56);
+        assert_eq!(overlapped(0, big, small), u64::MAX);
+        assert_eq!(overlapped(0, big, medium), 0xff);
+        // Every byte of the segment is covered by exactly the old pages
+        // that hold it, for every pair of kinds.
+        for new in SegmentKind::ALL {
+            for old in SegmentKind::ALL {
+                let (ns, os) = (new.page_shift(), old.page_shift());
+                let pages = SEGMENT_ALIGN >> ns;
+                for i in 0..pages {
+                    for byte in [i << ns, ((i + 1) << ns) - 1] {
+                        assert!(overlapped(i, ns, os) & (1 << (byte >> os)) != 0);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_class_fits_at_least_eight_blocks_in_a_page_of_its_kind() {
