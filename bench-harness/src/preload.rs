@@ -360,6 +360,18 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
                 // alternate the column order between repetitions
                 let c = if rep % 2 == 0 { k } else { cols.len() - 1 - k };
                 let col = &cols[c];
+                if k == 0 {
+                    // One unmeasured run first: the kernel finishes what the
+                    // previous command left (hundreds of exited processes'
+                    // teardown, written files) on the next process, and
+                    // without this the first column of every row paid for
+                    // it (gcc and `python3 -c pass` 2.1-2.3x on alternate
+                    // repetitions, the first column and the last in turn).
+                    session
+                        .progress
+                        .starting(&format!("{} settling", short(&row.label)));
+                    let _ = measure(row, col, &lib, timeout);
+                }
                 let what = format!(
                     "{} under {} rep {}/{repetitions}",
                     short(&row.label),

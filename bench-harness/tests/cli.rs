@@ -399,3 +399,39 @@ fn idle_rss_with_the_background_purger() {
     assert!(md.contains("RSS after idle, per RSS at start"), "{md}");
     let _ = std::fs::remove_dir_all(&out_dir);
 }
+
+/// `preload` runs each command once, unmeasured, before each repetition of
+/// it: what the previous command left for the kernel to finish lands on
+/// that run instead of on whichever column comes first. Counted with a
+/// command that appends a line to a file: two columns, two repetitions,
+/// so 2 x (1 + 2) runs.
+#[test]
+fn preload_settles_each_command_before_measuring_it() {
+    let source_lib =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/libheapkit.so");
+    if !source_lib.is_file() {
+        println!("SKIP: no release libheapkit.so (the README's test command builds it)");
+        return;
+    }
+    let out_dir = tmp("settle");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let log = out_dir.join("runs.log");
+    let out = bench()
+        .args(["preload", "--allocators", "system,native", "--repetitions", "2"])
+        .arg("--lib")
+        .arg(&source_lib)
+        .args(["--name", "s", "--sh"])
+        .arg(format!("echo run >> {}", log.display()))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let runs = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert_eq!(runs, 6, "runs of the command");
+    let report = heapkit_bench::report::json::read(&out_dir.join("s/results.json")).unwrap();
+    for cell in &report.cells {
+        assert_eq!(cell.samples.len(), 2, "{}: measured runs", cell.allocator);
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+}

@@ -106,7 +106,7 @@ pub fn render(
     let _ = writeln!(out, "## How it ran\n");
     let _ = writeln!(
         out,
-        "Each command ran {} times under each column (a fresh process each time, columns alternating), \
+        "Each command ran {} times under each column (a fresh process each time, columns alternating, after one unmeasured run of the command), \
          with `LD_PRELOAD={}` and `HEAPKIT_ALLOC=<column>`; `native` has no preload, `jemalloc-so` / \
          `mimalloc-so` preload Debian's libraries. Started {} UTC, took {:.0} s. Ratios are to **{}**; \
          all values are medians.\n",
