@@ -417,7 +417,13 @@ fn preload_settles_each_command_before_measuring_it() {
     std::fs::create_dir_all(&out_dir).unwrap();
     let log = out_dir.join("runs.log");
     let out = bench()
-        .args(["preload", "--allocators", "system,native", "--repetitions", "2"])
+        .args([
+            "preload",
+            "--allocators",
+            "system,native",
+            "--repetitions",
+            "2",
+        ])
         .arg("--lib")
         .arg(&source_lib)
         .args(["--name", "s", "--sh"])
