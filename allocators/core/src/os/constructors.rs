@@ -25,20 +25,12 @@
 
 use core::ffi::{c_int, c_void};
 
+use super::symbols::{absolute, dynamic_values, program_headers};
 use super::{keeping_errno, page_size};
 
-/// `Elf64_Dyn` (not in the libc crate): a tag and a value or address.
-#[repr(C)]
-struct Elf64Dyn {
-    d_tag: i64,
-    d_un: u64,
-}
-
-const DT_NULL: i64 = 0;
 const DT_INIT_ARRAY: i64 = 25;
 const DT_INIT_ARRAYSZ: i64 = 27;
 const PT_LOAD: u32 = 1;
-const PT_DYNAMIC: u32 = 2;
 const PT_GNU_RELRO: u32 = 0x6474_e552;
 const PF_W: u32 = 2;
 
@@ -97,9 +89,8 @@ unsafe extern "C" fn visit(
     // SAFETY: data is the Request passed by skip_after; info is the
     // loader's description of one loaded object, valid during the call.
     let (r, info) = unsafe { (&mut *data.cast::<Request>(), &*info) };
-    // SAFETY: dlpi_phdr points to dlpi_phnum program headers of a loaded
-    // object, mapped read-only for as long as it is loaded.
-    let phdrs = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+    // SAFETY: info describes a loaded object, mapped during the call.
+    let phdrs = unsafe { program_headers(info) };
     let base = info.dlpi_addr as usize;
     let holds = |addr: usize, kind: u32| {
         phdrs.iter().any(|p| {
@@ -111,29 +102,16 @@ unsafe extern "C" fn visit(
     if !holds(r.own, PT_LOAD) {
         return 0;
     }
-    let Some(dynamic) = phdrs.iter().find(|p| p.p_type == PT_DYNAMIC) else {
+    // SAFETY: as above.
+    let Some([array, bytes]) = (unsafe { dynamic_values(info, [DT_INIT_ARRAY, DT_INIT_ARRAYSZ]) })
+    else {
         return 1;
     };
-    let (mut array, mut bytes) = (0usize, 0usize);
-    let mut d = (base + dynamic.p_vaddr as usize) as *const Elf64Dyn;
-    // SAFETY: the dynamic section is mapped and ends with DT_NULL.
-    unsafe {
-        while (*d).d_tag != DT_NULL {
-            match (*d).d_tag {
-                DT_INIT_ARRAY => array = (*d).d_un as usize,
-                DT_INIT_ARRAYSZ => bytes = (*d).d_un as usize,
-                _ => {}
-            }
-            d = d.add(1);
-        }
-    }
     if array == 0 {
         return 1;
     }
-    // The loader adds the load address to DT_INIT_ARRAY when it calls the
-    // array (it does not rewrite this tag in place).
-    let entries = (base + array) as *mut usize;
-    let len = bytes / size_of::<usize>();
+    let entries = absolute(base, array) as *mut usize;
+    let len = bytes as usize / size_of::<usize>();
     // SAFETY: DT_INIT_ARRAY/SZ describe `len` relocated function pointers
     // in the object's data, mapped while it is loaded.
     let Some(at) = (0..len).find(|&i| unsafe { entries.add(i).read() } == r.own) else {

@@ -71,6 +71,57 @@ const DT_SYMTAB: i64 = 6;
 const DT_GNU_HASH: i64 = 0x6fff_fef5;
 const PT_DYNAMIC: u32 = 2;
 
+/// The program headers of the loaded object `info` describes.
+///
+/// # Safety
+/// `info` must describe a loaded object (mapped for as long as the slice
+/// is used).
+pub(super) unsafe fn program_headers(info: &libc::dl_phdr_info) -> &[libc::Elf64_Phdr] {
+    // SAFETY: caller guarantee: dlpi_phdr points to dlpi_phnum headers.
+    unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+}
+
+/// The values of `tags` in the dynamic section of the loaded object
+/// `info` describes (0 for a tag it lacks; the last entry wins), or `None`
+/// without a dynamic section. Addresses come as stored: see [`absolute`].
+///
+/// # Safety
+/// `info` must describe a loaded object (mapped for the whole call).
+pub(super) unsafe fn dynamic_values<const N: usize>(
+    info: &libc::dl_phdr_info,
+    tags: [i64; N],
+) -> Option<[u64; N]> {
+    let mut values = [0u64; N];
+    // SAFETY: caller guarantee; the dynamic section is mapped and ends
+    // with DT_NULL.
+    unsafe {
+        let dynamic = program_headers(info)
+            .iter()
+            .find(|p| p.p_type == PT_DYNAMIC)?;
+        let mut d = (info.dlpi_addr as usize + dynamic.p_vaddr as usize) as *const Elf64Dyn;
+        while (*d).d_tag != DT_NULL {
+            if let Some(i) = tags.iter().position(|&t| t == (*d).d_tag) {
+                values[i] = (*d).d_un;
+            }
+            d = d.add(1);
+        }
+    }
+    Some(values)
+}
+
+/// An address read from the dynamic section of the object loaded at
+/// `base`, made absolute: glibc relocates some of them in place on x86-64
+/// (`DT_STRTAB`, `DT_SYMTAB`, `DT_GNU_HASH`) and not others
+/// (`DT_INIT_ARRAY`); one below the load base is still relative.
+pub(super) fn absolute(base: usize, address: u64) -> usize {
+    let p = address as usize;
+    if p < base {
+        p + base
+    } else {
+        p
+    }
+}
+
 /// The GNU hash of a symbol name (the dynamic linker's `dl_new_hash`).
 fn gnu_hash(name: &[u8]) -> u32 {
     name.iter()
@@ -83,36 +134,19 @@ fn gnu_hash(name: &[u8]) -> u32 {
 /// `info` must describe a loaded object (mapped for the whole call).
 unsafe fn lookup(info: &libc::dl_phdr_info, name: &[u8]) -> Option<usize> {
     let base = info.dlpi_addr as usize;
-    // The loader relocates the dynamic section's addresses in place on
-    // x86-64 glibc; an address below the load base is still relative.
-    let absolute = |p: u64| {
-        let p = p as usize;
-        if p < base {
-            p + base
-        } else {
-            p
-        }
-    };
     // SAFETY: every table read below is part of the loaded object (the
     // caller's guarantee), located through its own dynamic section; the
     // chain walk stops at the entry with the end bit, as the format says.
     unsafe {
-        let phdrs = core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
-        let dynamic = phdrs.iter().find(|p| p.p_type == PT_DYNAMIC)?;
-        let mut d = (base + dynamic.p_vaddr as usize) as *const Elf64Dyn;
-        let (mut strtab, mut symtab, mut hash) = (0usize, 0usize, 0usize);
-        while (*d).d_tag != DT_NULL {
-            match (*d).d_tag {
-                DT_STRTAB => strtab = absolute((*d).d_un),
-                DT_SYMTAB => symtab = absolute((*d).d_un),
-                DT_GNU_HASH => hash = absolute((*d).d_un),
-                _ => {}
-            }
-            d = d.add(1);
-        }
+        let [strtab, symtab, hash] = dynamic_values(info, [DT_STRTAB, DT_SYMTAB, DT_GNU_HASH])?;
         if strtab == 0 || symtab == 0 || hash == 0 {
             return None;
         }
+        let (strtab, symtab, hash) = (
+            absolute(base, strtab),
+            absolute(base, symtab),
+            absolute(base, hash),
+        );
         let header = hash as *const u32;
         let (nbuckets, symoffset, bloom_words) = (*header, *header.add(1), *header.add(2));
         if nbuckets == 0 {
