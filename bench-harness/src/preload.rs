@@ -365,8 +365,9 @@ pub fn preload(args: &PreloadArgs) -> Result<()> {
                     // previous command left (hundreds of exited processes'
                     // teardown, written files) on the next process, and
                     // without this the first column of every row paid for
-                    // it (gcc and `python3 -c pass` 2.1-2.3x on alternate
-                    // repetitions, the first column and the last in turn).
+                    // it (gcc -c about 2.2x, `python3 -c pass` about 1.7x,
+                    // on alternate repetitions: the first column and the
+                    // last in turn).
                     session
                         .progress
                         .starting(&format!("{} settling", short(&row.label)));

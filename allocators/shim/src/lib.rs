@@ -80,7 +80,7 @@ extern "C" fn on_load() {
         // SAFETY: on_load is this library's constructor and is running; the
         // entries after it are the peers' (the static C libraries are linked
         // after every Rust object), and each peer initialises itself on its
-        // first call, which never comes while another backend runs.
+        // first call, should one come while another backend runs.
         Some(unsafe { heapkit_core::os::constructors::skip_after(on_load, PEER_CONSTRUCTORS) })
     };
     exit_report::register_if_requested();

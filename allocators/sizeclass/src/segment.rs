@@ -579,8 +579,8 @@ mod tests {
         assert_eq!(overlapped(7, medium, small), 0xff << 56);
         assert_eq!(overlapped(0, big, small), u64::MAX);
         assert_eq!(overlapped(0, big, medium), 0xff);
-        // Every byte of the segment is covered by exactly the old pages
-        // that hold it, for every pair of kinds.
+        // Every byte of a new page (its first and its last are checked)
+        // lies in an old page of its mask, for every pair of kinds.
         for new in SegmentKind::ALL {
             for old in SegmentKind::ALL {
                 let (ns, os) = (new.page_shift(), old.page_shift());
