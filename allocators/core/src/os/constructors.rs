@@ -92,14 +92,16 @@ unsafe extern "C" fn visit(
     // SAFETY: info describes a loaded object, mapped during the call.
     let phdrs = unsafe { program_headers(info) };
     let base = info.dlpi_addr as usize;
-    let holds = |addr: usize, kind: u32| {
+    // Whether a loadable segment (writable if `write`) holds `from..to`.
+    let loaded = |from: usize, to: usize, write: bool| {
         phdrs.iter().any(|p| {
-            p.p_type == kind
-                && addr >= base + p.p_vaddr as usize
-                && addr < base + (p.p_vaddr + p.p_memsz) as usize
+            p.p_type == PT_LOAD
+                && (!write || p.p_flags & PF_W != 0)
+                && from >= base + p.p_vaddr as usize
+                && to <= base + (p.p_vaddr + p.p_memsz) as usize
         })
     };
-    if !holds(r.own, PT_LOAD) {
+    if !loaded(r.own, r.own + 1, false) {
         return 0;
     }
     // SAFETY: as above.
@@ -137,19 +139,9 @@ unsafe extern "C" fn visit(
     let protected = match relro {
         Some((lo, hi)) if start >= lo && end <= hi => true,
         Some((lo, hi)) if start < hi && end > lo => return 1, // straddles: leave it
-        _ => {
-            // Outside RELRO: writable only in a writable segment.
-            let writable = phdrs.iter().any(|p| {
-                p.p_type == PT_LOAD
-                    && p.p_flags & PF_W != 0
-                    && first >= base + p.p_vaddr as usize
-                    && last <= base + (p.p_vaddr + p.p_memsz) as usize
-            });
-            if !writable {
-                return 1;
-            }
-            false
-        }
+        // Outside RELRO: writable only in a writable segment.
+        _ if loaded(first, last, true) => false,
+        _ => return 1,
     };
     if protected {
         // SAFETY: whole pages of the object's own relocated data, made
