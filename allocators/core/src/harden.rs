@@ -255,12 +255,22 @@ impl FreeMark {
 
 /// The canary written after a hardened small block's requested bytes.
 ///
-/// The last [`Trailer::BYTES`] of the block hold the requested size and a
-/// check word derived from the page key, the block's address and that
-/// size; the (up to 8) bytes right after the requested size hold a pattern
-/// from the same hash (one multiply, one 8-byte store each). [`Trailer::check`] on free finds an overflow
-/// by one byte as well as one that reached the trailer, and a trailer that
-/// was never written (a pointer that was not handed out).
+/// The 4 bytes right after the requested size hold a canary derived from
+/// the page key, the block's address and that size (one multiply); the
+/// last 4 bytes of the block hold the requested size (its low
+/// [`Trailer::SIZE_BITS`] bits) and the canary's top bits, so that a free,
+/// which is not told the size, finds the canary, and a check that cannot
+/// see the canary ([`Trailer::check_past`]) still sees a size overwritten. [`Trailer::check`] on free finds
+/// an overflow by one byte (every write past the requested bytes crosses
+/// the canary first), a size field that was overwritten (the canary is
+/// then looked for at another place, with another expected value), and a
+/// trailer that was never written (a pointer that was not handed out, or
+/// one into a block: the words it reads are not a trailer). Each canary
+/// byte has its top bit set, so a string's terminating zero or ASCII text
+/// written one past the end never leaves it intact.
+///
+/// Cost: a multiply, two 4-byte stores on allocation, two loads and a
+/// compare on free; [`Trailer::BYTES`] more per block.
 ///
 /// ```
 /// use heapkit_core::harden::Trailer;
@@ -278,47 +288,46 @@ impl FreeMark {
 pub struct Trailer;
 
 impl Trailer {
-    /// Bytes of the trailer (the requested size and the check, 4 each).
+    /// Bytes of the trailer: the canary and the requested size, 4 each
+    /// (apart when the block has more slack than that).
     pub const BYTES: usize = 8;
 
-    /// The check word and the pattern for `block` and `requested`: one
-    /// multiply (this runs on every hardened allocation and free).
+    /// Bits of the size field that hold the requested size (every small
+    /// block of every allocator is smaller than 1 MiB); the others hold
+    /// the canary's.
+    pub const SIZE_BITS: u32 = 20;
+    const SIZE_MASK: u32 = (1 << Self::SIZE_BITS) - 1;
+
+    /// The canary for `block` and `requested`: one multiply (this runs on
+    /// every hardened allocation and free).
     #[inline(always)]
-    fn words(block: *const u8, requested: u32, key: usize) -> (u32, u64) {
+    fn canary(block: *const u8, requested: u32, key: usize) -> u32 {
         let x =
             ((block as u64) ^ key as u64 ^ requested as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        ((x >> 32) as u32, x.rotate_left(17) | 0x8080_8080_8080_8080)
-    }
-
-    /// Which bytes of the 8 after the requested size belong to the slack
-    /// (the rest are the trailer's), as a mask of a little-endian word.
-    #[inline(always)]
-    fn slack_mask(slack: usize) -> u64 {
-        if slack >= 8 {
-            u64::MAX
-        } else {
-            (1u64 << (slack * 8)) - 1
-        }
+        (x >> 32) as u32 | 0x8080_8080
     }
 
     /// Writes the trailer of a block of `block_size` bytes handed out for
     /// `requested` bytes.
     ///
     /// # Safety
-    /// `block` must be writable for `block_size` bytes, and
-    /// `requested + BYTES <= block_size`.
+    /// `block` must be writable for `block_size` bytes,
+    /// `requested + BYTES <= block_size` and `block_size <= 1 << SIZE_BITS`.
     #[inline]
     pub unsafe fn write(block: *mut u8, block_size: usize, requested: usize, key: usize) {
         debug_assert!(requested + Self::BYTES <= block_size);
-        let tail = block_size - Self::BYTES;
-        let (check, pattern) = Self::words(block, requested as u32, key);
-        // SAFETY: caller guarantee: requested + 8 <= block_size, so both
-        // words lie inside the block. The pattern goes first: where the
-        // slack is shorter than 8 bytes, the trailer overwrites its end.
+        debug_assert!(block_size <= 1 << Self::SIZE_BITS);
+        let canary = Self::canary(block, requested as u32, key);
+        let field = requested as u32 | (canary & !Self::SIZE_MASK);
+        // SAFETY: caller guarantee: requested + 8 <= block_size, so the
+        // canary (requested..+4) and the size (block_size-4..) lie inside
+        // the block and apart.
         unsafe {
-            block.add(requested).cast::<u64>().write_unaligned(pattern);
-            let trailer = (requested as u64) | ((check as u64) << 32);
-            block.add(tail).cast::<u64>().write_unaligned(trailer);
+            block.add(requested).cast::<u32>().write_unaligned(canary);
+            block
+                .add(block_size - 4)
+                .cast::<u32>()
+                .write_unaligned(field);
         }
     }
 
@@ -329,14 +338,25 @@ impl Trailer {
     /// `block` must be readable for `block_size >= BYTES` bytes.
     #[inline]
     pub unsafe fn check(block: *const u8, block_size: usize, key: usize) -> Option<usize> {
-        // SAFETY: forwarded caller guarantee; nothing clobbered.
-        unsafe { Self::check_past(block, block_size, key, 0) }
+        // SAFETY: caller guarantee; the canary is read only once the
+        // recorded size is known to leave 8 bytes before the block's end.
+        unsafe {
+            let requested = Self::requested(block, block_size);
+            if requested > block_size - Self::BYTES {
+                return None;
+            }
+            let found = block.add(requested).cast::<u32>().read_unaligned();
+            if found != Self::canary(block, requested as u32, key) {
+                return None;
+            }
+            Some(requested)
+        }
     }
 
     /// [`Trailer::check`] for a block whose first `clobbered` bytes were
     /// overwritten since its trailer was written (a free block's link and
-    /// free mark): the pattern bytes among them are not compared. The
-    /// trailer itself must lie past them.
+    /// free mark): the canary bytes among them are not compared. The size
+    /// field must lie past them.
     ///
     /// # Safety
     /// `block` must be readable for `block_size` bytes, and
@@ -349,28 +369,24 @@ impl Trailer {
         clobbered: usize,
     ) -> Option<usize> {
         debug_assert!(clobbered + Self::BYTES <= block_size);
-        let tail = block_size - Self::BYTES;
-        // SAFETY: caller guarantee; the pattern word is read only once the
-        // recorded size is known to leave 8 bytes before the block's end.
+        // SAFETY: as for `check`.
         unsafe {
-            let trailer = block.add(tail).cast::<u64>().read_unaligned();
-            let requested = trailer as u32;
-            if requested as usize > tail {
+            let field = Self::field(block, block_size);
+            let requested = (field & Self::SIZE_MASK) as usize;
+            if requested > block_size - Self::BYTES {
                 return None;
             }
-            let (check, pattern) = Self::words(block, requested, key);
-            let found = block.add(requested as usize).cast::<u64>().read_unaligned();
-            let mut mask = Self::slack_mask(tail - requested as usize);
-            let lost = clobbered.saturating_sub(requested as usize);
-            if lost >= 8 {
-                mask = 0;
-            } else {
-                mask &= u64::MAX << (lost * 8);
-            }
-            if (trailer >> 32) as u32 != check || (found ^ pattern) & mask != 0 {
+            let canary = Self::canary(block, requested as u32, key);
+            if (field ^ canary) & !Self::SIZE_MASK != 0 {
                 return None;
             }
-            Some(requested as usize)
+            let lost = clobbered.saturating_sub(requested);
+            let mask = if lost >= 4 { 0 } else { u32::MAX << (lost * 8) };
+            let found = block.add(requested).cast::<u32>().read_unaligned();
+            if (found ^ canary) & mask != 0 {
+                return None;
+            }
+            Some(requested)
         }
     }
 
@@ -380,13 +396,18 @@ impl Trailer {
     /// As for [`Trailer::check`].
     #[inline]
     pub unsafe fn requested(block: *const u8, block_size: usize) -> usize {
-        // SAFETY: caller guarantee.
-        unsafe {
-            block
-                .add(block_size - Self::BYTES)
-                .cast::<u32>()
-                .read_unaligned() as usize
-        }
+        // SAFETY: forwarded caller guarantee.
+        (unsafe { Self::field(block, block_size) } & Self::SIZE_MASK) as usize
+    }
+
+    /// The size field: the block's last 4 bytes.
+    ///
+    /// # Safety
+    /// As for [`Trailer::check`].
+    #[inline(always)]
+    unsafe fn field(block: *const u8, block_size: usize) -> u32 {
+        // SAFETY: caller guarantee: the block holds block_size >= 4 bytes.
+        unsafe { block.add(block_size - 4).cast::<u32>().read_unaligned() }
     }
 }
 
@@ -432,6 +453,7 @@ mod tests {
                     assert!(Trailer::check(p, 64, 7).is_none(), "{requested}");
                     *p.add(requested) = saved;
                 }
+                // The size field (its low byte).
                 *p.add(60) ^= 1;
                 assert!(Trailer::check(p, 64, 7).is_none());
                 *p.add(60) ^= 1;
@@ -453,16 +475,17 @@ mod tests {
                 p.cast::<[u8; 16]>().write([0xa5; 16]);
                 assert_eq!(Trailer::check_past(p, 96, 9, 16), Some(requested));
                 // The first canary byte past the clobbered ones, if any
-                // (the canary is the 8 bytes after the requested ones).
+                // (the canary is the 4 bytes after the requested ones).
                 let first = requested.max(16);
-                if first < (requested + 8).min(88) {
+                if first < requested + 4 {
                     *p.add(first) ^= 1;
                     assert!(Trailer::check_past(p, 96, 9, 16).is_none(), "{requested}");
                     *p.add(first) ^= 1;
                 }
-                *p.add(90) ^= 1;
+                // The size field.
+                *p.add(92) ^= 1;
                 assert!(Trailer::check_past(p, 96, 9, 16).is_none());
-                *p.add(90) ^= 1;
+                *p.add(92) ^= 1;
             }
         }
     }
