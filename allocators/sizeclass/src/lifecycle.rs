@@ -63,7 +63,9 @@ pub(crate) unsafe fn init<P: Mode>(h: *mut Heap) {
             reclaim::register::<P>(h);
         }
     }
-    if !ATFORK.swap(true, Relaxed) {
+    // (A load first: every thread's heap comes here once, and a swap is a
+    // locked write to a line all of them share.)
+    if !ATFORK.load(Relaxed) && !ATFORK.swap(true, Relaxed) {
         os::register_atfork(before_fork, after_fork_parent, after_fork_child);
     }
     EXIT_KEY.register(thread_exit, std::ptr::dangling_mut::<c_void>());

@@ -114,6 +114,10 @@ pub(crate) struct Segment {
     pub unpurged: bool,
     /// When the segment entered the reserve (monotonic ns). Reserve only.
     pub released_ns: u64,
+    /// Pages with `dirty` set, as [`acquire`] hands the segment out (its
+    /// new owner counts them as dirty free pages without a pass over the
+    /// pages); counted by [`release`] for a segment kept unpurged.
+    pub dirty_pages: u32,
     /// Pages that may have remote frees.
     pub pending: PendingPages,
     /// Links in the owner's segment list, or the abandoned list.
@@ -308,6 +312,27 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
             }
             (*seg).guard_bytes = P::GUARD_BYTES as u32;
         }
+        if unpurged.is_some() && (*seg).tag == P::TAG && (*seg).kind == kind {
+            // An unpurged segment of this mode and kind (a thread's, given
+            // back at its exit, taken by the next thread): its pages are
+            // laid out as wanted, every one free, with exact dirty flags
+            // and the time each was freed. Nothing to redo: re-laying its
+            // 64 pages' metadata (two passes over 64 cache lines) was most
+            // of a short thread's first allocation.
+            debug_assert_eq!((*seg).used_pages, 0);
+            debug_assert!((0..(*seg).page_count as usize)
+                .all(|i| (*Segment::page(seg, i)).state == PageState::Free));
+            debug_assert_eq!(
+                (*seg).dirty_pages as usize,
+                (0..MAX_PAGES)
+                    .filter(|&i| (*Segment::page(seg, i)).dirty)
+                    .count()
+            );
+            (*seg).next = ptr::null_mut();
+            (*seg).prev = ptr::null_mut();
+            (*seg).owner.store(owner, Relaxed);
+            return seg;
+        }
         // Which bytes of an unpurged segment hold old contents: its old
         // pages' dirty flags, read before the new kind's pages replace them.
         let old_shift = (*seg).page_shift;
@@ -326,6 +351,7 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
         (*seg).used_pages = 0;
         (*seg).next = ptr::null_mut();
         (*seg).prev = ptr::null_mut();
+        (*seg).dirty_pages = 0;
         for i in 0..MAX_PAGES {
             let p = Segment::page(seg, i);
             (*p).index = i as u32;
@@ -338,6 +364,7 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
                 // its exit, page by page.
                 (*p).dirty = i < (*seg).page_count as usize
                     && old_dirty & overlapped(i, (*seg).page_shift, old_shift) != 0;
+                (*seg).dirty_pages += (*p).dirty as u32;
                 (*p).freed_at_ns = released_ns;
             }
         }
@@ -374,15 +401,19 @@ fn overlapped(i: usize, shift: u32, old_shift: u32) -> u64 {
 pub(crate) unsafe fn release(seg: *mut Segment, now: u64, keep: bool) {
     // SAFETY: caller guarantee.
     unsafe {
-        let dirty = (0..MAX_PAGES).any(|i| (*Segment::page(seg, i)).dirty);
+        let dirty = (0..MAX_PAGES)
+            .filter(|&i| (*Segment::page(seg, i)).dirty)
+            .count() as u32;
         let mut r = RESERVE.lock();
         if r.len < RESERVE_MAX {
             (*seg).owner.store(ABANDONED, Relaxed);
             (*seg).released_ns = now;
-            if dirty && keep && RESERVE_UNPURGED.load(Relaxed) < RESERVE_UNPURGED_MAX as u64 {
+            (*seg).dirty_pages = 0;
+            if dirty != 0 && keep && RESERVE_UNPURGED.load(Relaxed) < RESERVE_UNPURGED_MAX as u64 {
                 (*seg).unpurged = true;
+                (*seg).dirty_pages = dirty;
                 RESERVE_UNPURGED.fetch_add(1, Relaxed);
-            } else if dirty {
+            } else if dirty != 0 {
                 purge_whole(seg);
             }
             r.push_front(seg);
@@ -438,6 +469,7 @@ unsafe fn purge_whole(seg: *mut Segment) {
         for i in 0..MAX_PAGES {
             (*Segment::page(seg, i)).dirty = false;
         }
+        (*seg).dirty_pages = 0;
         // The header's OS pages after its first hold page metadata only
         // (8 KiB of a segment's 12 KiB header stayed resident in each of
         // the eight reserve segments). An all-zero `Page` is a free, clean

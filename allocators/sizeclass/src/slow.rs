@@ -256,11 +256,7 @@ fn take_free_page<P: Mode>(h: &mut Heap, kind: SegmentKind) -> Option<*mut Page>
     // with its pages unpurged (dirty, stamped with the time it entered the
     // reserve): they count as our dirty free pages, which our decay purges.
     unsafe {
-        for i in 0..(*seg).page_count as usize {
-            if (*Segment::page(seg, i)).dirty {
-                h.dirty_free += 1;
-            }
-        }
+        h.dirty_free += (*seg).dirty_pages as usize;
         h.segments[kind.index()].push_front(seg);
         Some(claim(h, seg, 0))
     }
