@@ -136,6 +136,12 @@ pub(crate) struct Page {
     /// slow path tells a loop that empties the page every few allocations
     /// (reset it) from rounds that use it whole (park it again).
     pub unparked_allocs: u32,
+    /// No more blocks are carved than [`Page::reset_carve`] keeps, as
+    /// `slow::page_freed` last found it (owner only): cleared when the
+    /// page starts and whenever [`Page::extend`] carves more, so that an
+    /// allocate/free loop emptying the page at every free tests a flag,
+    /// not the counts.
+    pub carve_kept: bool,
     /// See `next` (slow paths only, so out of the owner's line).
     pub prev: *mut Page,
     /// `key`, for remote freers.
@@ -177,6 +183,7 @@ impl Page {
             unchecked_frees: false,
             dirty_end: 0,
             unparked_allocs: 0,
+            carve_kept: false,
             key: 0,
             thread_free: ThreadFree::new(),
             shared_size: 0,
@@ -216,6 +223,7 @@ impl Page {
             (*page).reserved = (span / stride) as u32;
             (*page).dirty_end = 0;
             (*page).unparked_allocs = 0;
+            (*page).carve_kept = false;
             Page::forget_holes(page);
             // A page freed outside its heap (thread exit, an abandoned
             // segment tidied) may keep a stale flag: its segment can come

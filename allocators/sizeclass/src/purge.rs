@@ -360,6 +360,57 @@ mod tests {
         .unwrap();
     }
 
+    /// The page an emptying free leaves alone (`slow::page_freed`'s
+    /// common case) is reset or parked again once it has carved more
+    /// blocks than a reset keeps: `Page::carve_kept`, which spares that
+    /// case the counts, is forgotten when the page carves more.
+    #[test]
+    fn an_emptied_page_that_carved_more_gives_its_tail_back_again() {
+        std::thread::spawn(|| {
+            let a = SizeClass::fast();
+            let layout = Layout::from_size_align(64, 8).unwrap();
+            // An allocate/free loop: the page empties at every free, and
+            // from the second one on that is the quiet case.
+            let mut page = core::ptr::null_mut::<Page>();
+            for _ in 0..4 {
+                let p = a.allocate(layout);
+                assert!(!p.is_null());
+                // SAFETY: a live block of `a`: its segment and page are
+                // mapped metadata of ours.
+                unsafe {
+                    page = Segment::page_of(segment_of(p).cast(), p);
+                    a.free(p);
+                }
+            }
+            // SAFETY: our page (the class's current one), read while the
+            // allocator is idle.
+            let (keep, kept) = unsafe {
+                let keep = Page::keep_on_reset((*page).stride as usize, SegmentKind::Small);
+                (keep, (*page).capacity <= keep)
+            };
+            assert!(kept);
+            // Four carvings' worth at once, then all freed.
+            let blocks: std::vec::Vec<*mut u8> =
+                (0..4 * keep).map(|_| a.allocate(layout)).collect();
+            // SAFETY: as above.
+            assert!(unsafe { (*page).capacity } > keep);
+            for &p in &blocks {
+                // SAFETY: live blocks of `a`.
+                unsafe { a.free(p) };
+            }
+            // SAFETY: as above.
+            unsafe {
+                assert!(
+                    (*page).capacity <= keep || Page::is_parked(page),
+                    "capacity {} > {keep}, not parked: the emptied page kept its carve",
+                    (*page).capacity
+                );
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn a_program_that_frees_and_reallocates_soon_stops_purging() {
         std::thread::spawn(|| {
