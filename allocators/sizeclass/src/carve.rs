@@ -49,20 +49,6 @@ impl Page {
         }
     }
 
-    /// Whether `carved` blocks of `stride` bytes in a page of segment kind
-    /// `kind` are no more than [`Page::keep_on_reset`] keeps, without its
-    /// division (see `slow::page_freed`).
-    #[inline]
-    pub(crate) fn within_reset_keep(carved: u32, stride: usize, kind: SegmentKind) -> bool {
-        let within = if kind == SegmentKind::Small {
-            carved as usize <= EXTEND_MIN_BLOCKS || carved as usize * stride <= EXTEND_BYTES
-        } else {
-            carved <= 1
-        };
-        debug_assert_eq!(within, carved <= Self::keep_on_reset(stride, kind));
-        within
-    }
-
     /// Parks an empty page: its free blocks move from `free` to
     /// `local_free`, so the owner's next allocation from it takes the slow
     /// path (which moves them back, under the heap's lock). While a page is

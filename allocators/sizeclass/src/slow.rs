@@ -316,7 +316,7 @@ pub(crate) unsafe fn page_freed<P: Mode>(h: *mut Heap, page: *mut Page) {
             // nothing to do, and no lock to take (the common case of an
             // allocate/free loop). The test reads no counts it can avoid
             // (`used` before `dropped`; the `carve_kept` flag before
-            // capacity and stride, and no division): in programs whose own
+            // capacity and stride and their division): in programs whose own
             // loop runs between such a malloc and free (cache-scratch,
             // cache-thrash), reading them and dividing cost about 15 ns a
             // free, 5-6% of those programs, where in a tight loop they
@@ -334,7 +334,8 @@ pub(crate) unsafe fn page_freed<P: Mode>(h: *mut Heap, page: *mut Page) {
 }
 
 /// Whether `page` has no more blocks carved than a reset keeps; if so,
-/// [`Page::carve_kept`] says it until the page carves more.
+/// [`Page::carve_kept`] says it until the page carves more (so the
+/// division runs once per carving, not once per emptying free).
 ///
 /// # Safety
 /// The caller owns `page`.
@@ -342,11 +343,8 @@ pub(crate) unsafe fn page_freed<P: Mode>(h: *mut Heap, page: *mut Page) {
 unsafe fn carve_within_keep(page: *mut Page) -> bool {
     // SAFETY: caller guarantee.
     unsafe {
-        let kept = Page::within_reset_keep(
-            (*page).capacity,
-            (*page).stride as usize,
-            SegmentKind::Small,
-        );
+        let kept =
+            (*page).capacity <= Page::keep_on_reset((*page).stride as usize, SegmentKind::Small);
         (*page).carve_kept = kept;
         kept
     }
