@@ -260,8 +260,9 @@ impl FreeMark {
 /// last 4 bytes of the block hold the requested size (its low
 /// [`Trailer::SIZE_BITS`] bits) and the canary's top bits, so that a free,
 /// which is not told the size, finds the canary, and a check that cannot
-/// see the canary ([`Trailer::check_past`]) still sees a size overwritten. [`Trailer::check`] on free finds
-/// an overflow by one byte (every write past the requested bytes crosses
+/// see the canary ([`Trailer::check_past`]) still sees a size overwritten.
+/// [`Trailer::check`] on free finds an overflow by one byte (every write
+/// past the requested bytes crosses
 /// the canary first), a size field that was overwritten (the canary is
 /// then looked for at another place, with another expected value), and a
 /// trailer that was never written (a pointer that was not handed out, or
@@ -286,6 +287,9 @@ impl FreeMark {
 /// }
 /// ```
 pub struct Trailer;
+
+// Every small block (at most core's largest class) fits the size field.
+const _: () = assert!(crate::size_class::MAX_SIZE <= 1 << Trailer::SIZE_BITS);
 
 impl Trailer {
     /// Bytes of the trailer: the canary and the requested size, 4 each
@@ -338,6 +342,9 @@ impl Trailer {
     /// `block` must be readable for `block_size >= BYTES` bytes.
     #[inline]
     pub unsafe fn check(block: *const u8, block_size: usize, key: usize) -> Option<usize> {
+        // (The size field's canary bits are not compared here: the canary
+        // depends on the size, so a size written over fails below anyway;
+        // `check_past` compares them because it may not see the canary.)
         // SAFETY: caller guarantee; the canary is read only once the
         // recorded size is known to leave 8 bytes before the block's end.
         unsafe {
