@@ -17,6 +17,7 @@
 //! - [`stats`]: one [`Stats`] shape, counted per thread and merged on read.
 //! - [`list`]: the intrusive doubly linked list of pages, segments, slabs.
 //! - [`lock`]: a spin lock for slow paths.
+//! - [`thread_slots`]: storage for per-thread state outside the TLS block.
 //! - [`misuse`]: one-line reports of detected heap misuse, then abort.
 //! - [`harden`]: the hardening policies ([`harden::Fast`],
 //!   [`harden::Hardened`]) allocators are generic over.
@@ -46,6 +47,7 @@ pub mod size_class;
 pub mod stats;
 #[cfg(test)]
 mod testing;
+pub mod thread_slots;
 
 pub use contract::{realloc_by_copy, HeapAlloc};
 pub use stats::{GlobalStats, Stats, ThreadStats};

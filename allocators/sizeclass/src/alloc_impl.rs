@@ -133,12 +133,7 @@ impl<P: Policy> SizeClass<P> {
                 if !p.is_null() {
                     // SAFETY: p is a live large block.
                     let size = unsafe { large::usable_size(p) };
-                    let h = P::bound_heap();
-                    // SAFETY: the calling thread's own counters.
-                    unsafe {
-                        (*h).stats.on_alloc(&STATS, size);
-                        (*h).stats.maybe_flush(&STATS);
-                    }
+                    heap::count::<P>(|s| s.on_alloc(&STATS, size));
                 }
                 p
             }
@@ -147,9 +142,7 @@ impl<P: Policy> SizeClass<P> {
 
     /// Counts an in-place realloc.
     fn count_realloc(old: usize, new: usize) {
-        let h = P::bound_heap();
-        // SAFETY: the calling thread's own counters.
-        unsafe { (*h).stats.on_realloc(&STATS, old, new) };
+        heap::count::<P>(|s| s.on_realloc(&STATS, old, new));
     }
 }
 

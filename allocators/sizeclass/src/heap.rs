@@ -35,21 +35,21 @@ use crate::remote::Block;
 use crate::segment::{Segment, SegmentList, KINDS};
 use crate::slow;
 
-/// Where a heap is in its life.
+/// Where a heap is in its life. (A heap lives in a slot of its mode's
+/// pool from its thread's first slow path to its exit hook, which gives
+/// the slot back: there is no state after that.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum HeapState {
-    /// Not set up yet: no id, no segments, no exit hook.
+    /// Not set up yet: no id, no segments.
     Uninit,
-    /// Set up: has an id, may own segments; its thread's exit hook will
-    /// abandon them.
+    /// Set up and registered for reclaim: has an id, may own segments; its
+    /// thread's exit hook will abandon them.
     Active,
-    /// Torn down by its thread's exit hook. If the thread allocates again
-    /// (a later thread-exit destructor), the heap is set up again but not
-    /// registered for reclaim: the exit hook may not run a second time, and
-    /// the registry must never hold a heap whose thread is gone.
-    Exited,
-    /// Set up again after [`HeapState::Exited`] (see there); abandoned by
-    /// the exit hook if it runs again.
+    /// Set up by a thread whose exit hook already ran once (a later
+    /// thread-exit destructor allocates): served, but not registered for
+    /// reclaim, since the hook may not run again and the registry must
+    /// never hold a heap whose thread is gone. Abandoned by the hook if it
+    /// does run again.
     Reactivated,
 }
 
@@ -175,6 +175,49 @@ pub(crate) const EMPTY: *mut Page = ptr::addr_of!(EMPTY_PAGE.0).cast_mut();
 
 /// Counters of every thread.
 pub(crate) static STATS: GlobalStats = GlobalStats::new();
+
+/// Runs `f` on the calling thread's counters (then flushes them if due):
+/// its heap's, binding it first if need be (see [`count_unbound`]).
+#[inline]
+pub(crate) fn count<P: Mode>(f: impl FnOnce(&ThreadStats)) {
+    let h = P::heap();
+    if P::heap_is_idle(h) {
+        return count_unbound::<P>(f);
+    }
+    // SAFETY: h is the calling thread's own heap (not the sentinel); its
+    // counters are written by this thread only.
+    unsafe {
+        f(&(*h).stats);
+        (*h).stats.maybe_flush(&STATS);
+    }
+}
+
+/// [`count`] for a thread with no heap bound: binds one (so a thread that
+/// only frees writes no shared line after this), unless the thread gave
+/// its heap back already (a free from a destructor after its exit hook, or
+/// from glibc's own thread teardown: a heap bound then might never be
+/// given back) or none can be mapped; the count then goes straight into
+/// [`STATS`].
+#[cold]
+#[inline(never)]
+pub(crate) fn count_unbound<P: Mode>(f: impl FnOnce(&ThreadStats)) {
+    let h = if P::heap_released() {
+        ptr::null_mut()
+    } else {
+        P::bound_heap()
+    };
+    if h.is_null() {
+        let once = ThreadStats::new();
+        f(&once);
+        once.flush(&STATS);
+        return;
+    }
+    // SAFETY: as for `count`.
+    unsafe {
+        f(&(*h).stats);
+        (*h).stats.maybe_flush(&STATS);
+    }
+}
 
 /// Allocates a block of `class` from mode `P`'s heap: the block and its
 /// page (callers that write into the block's page metadata, the trailer
@@ -316,9 +359,7 @@ unsafe fn free_large<P: Mode>(ptr: *mut u8) {
     // SAFETY: caller guarantee.
     unsafe {
         let size = large::size_to_free(ptr);
-        let h = P::bound_heap();
-        (*h).stats.on_free(size);
-        (*h).stats.maybe_flush(&STATS);
+        count::<P>(|s| s.on_free(size));
         large::free(ptr);
     }
 }

@@ -171,6 +171,21 @@ pub fn hardened_stats() -> Stats {
 #[cfg(all(not(loom), any(test, feature = "debug-invariants")))]
 pub use invariants::{check_invariants, check_invariants_of};
 
+/// Where the calling thread's heap of mode `P` lives (0 before its first
+/// slow path binds one): for tests that check heaps live outside the TLS
+/// block and are reused after their thread exits. Not an API.
+#[doc(hidden)]
+#[cfg(not(loom))]
+pub fn thread_heap_address<P: Policy>() -> usize {
+    use crate::mode::Mode;
+    let h = P::heap();
+    if P::heap_is_idle(h) {
+        0
+    } else {
+        h as usize
+    }
+}
+
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

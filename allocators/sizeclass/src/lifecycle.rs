@@ -44,8 +44,20 @@ pub(crate) const EXIT_KEEP_BYTES: usize = 1 << 20;
 static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
 static ATFORK: AtomicBool = AtomicBool::new(false);
 
-/// Sets the heap up. Re-entrant allocations (from key registration or
-/// atfork under the shim) see an active heap already.
+/// Called when a thread binds a heap of either mode (a slot of the mode's
+/// pool, see `heapkit_core::thread_slots`): registers the thread-exit hook,
+/// which gives the slot back. Every bound heap needs it, set up or not (a
+/// thread that only counts a large free binds one). A heap bound again by
+/// a destructor after the hook ran registers it again, so the hook runs in
+/// glibc's next destructor round if there is one.
+pub(crate) fn on_bind(_h: *mut Heap) {
+    // (Under the shim, registration may allocate: the heap is bound
+    // already, so that allocation takes the usual slow path.)
+    EXIT_KEY.register(thread_exit, std::ptr::dangling_mut::<c_void>());
+}
+
+/// Sets the heap up. Re-entrant allocations (from atfork registration
+/// under the shim) see an active heap already.
 ///
 /// # Safety
 /// `h` must be the calling thread's heap.
@@ -54,9 +66,9 @@ pub(crate) unsafe fn init<P: Mode>(h: *mut Heap) {
     // stays registered until its thread's exit hook.
     unsafe {
         (*h).id = NEXT_ID.fetch_add(1, Relaxed);
-        if (*h).state == HeapState::Exited {
+        if P::heap_released() {
             // A destructor after our exit hook allocates: serve it, but
-            // keep this heap out of the registry (see HeapState::Exited).
+            // keep this heap out of the registry (see HeapState::Reactivated).
             (*h).state = HeapState::Reactivated;
         } else {
             (*h).state = HeapState::Active;
@@ -68,7 +80,6 @@ pub(crate) unsafe fn init<P: Mode>(h: *mut Heap) {
     if !ATFORK.load(Relaxed) && !ATFORK.swap(true, Relaxed) {
         os::register_atfork(before_fork, after_fork_parent, after_fork_child);
     }
-    EXIT_KEY.register(thread_exit, std::ptr::dangling_mut::<c_void>());
 }
 
 /// Thread-exit hook (pthread key destructor): hand everything back, in
@@ -78,9 +89,10 @@ unsafe extern "C" fn thread_exit(_value: *mut c_void) {
     Hardened::thread_exit();
 }
 
-/// Abandons the calling thread's heap of mode `P` (at thread exit).
+/// Abandons the calling thread's heap of mode `P` and gives its slot back
+/// (at thread exit; the caller checked that the thread bound one).
 pub(crate) fn exit_heap<P: Mode>() {
-    let h = P::bound_heap();
+    let h = P::heap();
     // SAFETY: runs on the exiting thread; its heap is not in use, and once
     // unregistered no reclaimer touches it.
     unsafe {
@@ -88,13 +100,15 @@ pub(crate) fn exit_heap<P: Mode>() {
         crate::quarantine::flush::<P>(h);
         match (*h).state {
             HeapState::Active => reclaim::unregister::<P>(h),
-            HeapState::Reactivated => {}
-            HeapState::Uninit | HeapState::Exited => return,
+            HeapState::Reactivated | HeapState::Uninit => {}
         }
-        abandon_all::<P>(&mut *h);
+        if (*h).state.is_set_up() {
+            abandon_all::<P>(&mut *h);
+        }
         (*h).stats.flush(&STATS);
-        h.write(Heap::new());
-        (*h).state = HeapState::Exited;
+        // Unregistered, its segments released or abandoned: nothing
+        // refers to the heap any more.
+        P::release_heap();
     }
 }
 
@@ -173,9 +187,17 @@ unsafe extern "C" fn before_fork() {
     reclaim::HARDENED_HEAPS.raw().lock();
     segment::lock_all();
     large::before_fork();
+    // Leaf locks (held only around a free-list pop or a mapping).
+    Fast::heap_pool().lock_for_fork().lock();
+    Hardened::heap_pool().lock_for_fork().lock();
 }
 
 unsafe extern "C" fn after_fork_parent() {
+    // SAFETY: before_fork took these in this thread.
+    unsafe {
+        Hardened::heap_pool().lock_for_fork().unlock();
+        Fast::heap_pool().lock_for_fork().unlock();
+    }
     large::after_fork_parent();
     segment::unlock_all();
     // SAFETY: before_fork took these in this thread.
@@ -186,6 +208,13 @@ unsafe extern "C" fn after_fork_parent() {
 }
 
 unsafe extern "C" fn after_fork_child() {
+    // SAFETY: the child is single-threaded; the pools' free slots are as
+    // the parent left them (the lock was held across fork), and the other
+    // threads' slots stay taken (those threads do not exist here).
+    unsafe {
+        Hardened::heap_pool().lock_for_fork().reset_after_fork();
+        Fast::heap_pool().lock_for_fork().reset_after_fork();
+    }
     large::after_fork_child();
     segment::after_fork_child();
     // SAFETY: the child is single-threaded: the other threads' heaps are

@@ -65,8 +65,23 @@ pub(crate) trait Mode: Policy {
     /// The calling thread's heap of this mode, possibly the never-written
     /// sentinel (fast paths only read it).
     fn heap() -> *mut Heap;
-    /// The calling thread's own heap of this mode, bound on first use.
+    /// The calling thread's own heap of this mode, bound on first use;
+    /// null when no memory could be mapped for it.
     fn bound_heap() -> *mut Heap;
+    /// Whether `h` is the never-written sentinel [`Mode::heap`] returns
+    /// before the thread binds a heap.
+    fn heap_is_idle(h: *const Heap) -> bool;
+    /// Whether the calling thread has given a heap of this mode back
+    /// before (at an earlier run of its exit hook).
+    fn heap_released() -> bool;
+    /// Gives the calling thread's heap back to its pool (at thread exit,
+    /// once nothing refers to it).
+    ///
+    /// # Safety
+    /// The heap is unregistered, owns nothing and is not used again.
+    unsafe fn release_heap();
+    /// The pool the heaps of this mode live in (for the fork handlers).
+    fn heap_pool() -> &'static heapkit_core::thread_slots::SlotPool;
     /// Abandons the calling thread's heap of this mode, if it bound one
     /// (at thread exit).
     fn thread_exit();
@@ -152,13 +167,16 @@ pub(crate) trait Mode: Policy {
 }
 
 heapkit_core::thread_state! {
-    /// Each thread's heap in the default mode.
-    mod fast_heap: Heap = Heap::new(), symbol = "heapkit_sizeclass_heap";
+    /// Each thread's heap in the default mode (pooled: not in the TLS
+    /// block, see `heapkit_core::thread_slots`).
+    mod fast_heap: Heap = Heap::new(), symbol = "heapkit_sizeclass_heap",
+        pooled, on_bind = crate::lifecycle::on_bind;
 }
 
 heapkit_core::thread_state! {
-    /// Each thread's heap in hardened mode.
-    mod hardened_heap: Heap = Heap::new(), symbol = "heapkit_sizeclass_hardened_heap";
+    /// Each thread's heap in hardened mode (pooled, as above).
+    mod hardened_heap: Heap = Heap::new(), symbol = "heapkit_sizeclass_hardened_heap",
+        pooled, on_bind = crate::lifecycle::on_bind;
 }
 
 impl<P: Policy> Mode for P {
@@ -188,6 +206,42 @@ impl<P: Policy> Mode for P {
         }
     }
 
+    #[inline(always)]
+    fn heap_is_idle(h: *const Heap) -> bool {
+        if P::BLOCK_STATE {
+            hardened_heap::is_idle(h)
+        } else {
+            fast_heap::is_idle(h)
+        }
+    }
+
+    fn heap_released() -> bool {
+        if P::BLOCK_STATE {
+            hardened_heap::released()
+        } else {
+            fast_heap::released()
+        }
+    }
+
+    unsafe fn release_heap() {
+        // SAFETY: forwarded caller guarantee.
+        unsafe {
+            if P::BLOCK_STATE {
+                hardened_heap::release()
+            } else {
+                fast_heap::release()
+            }
+        }
+    }
+
+    fn heap_pool() -> &'static heapkit_core::thread_slots::SlotPool {
+        if P::BLOCK_STATE {
+            hardened_heap::pool()
+        } else {
+            fast_heap::pool()
+        }
+    }
+
     #[inline]
     fn registry() -> &'static SpinLock<HeapList> {
         if P::BLOCK_STATE {
@@ -198,13 +252,8 @@ impl<P: Policy> Mode for P {
     }
 
     fn thread_exit() {
-        let idle = if P::BLOCK_STATE {
-            hardened_heap::is_idle(hardened_heap::current())
-        } else {
-            fast_heap::is_idle(fast_heap::current())
-        };
         // A thread that never bound this mode's heap has nothing to give.
-        if !idle {
+        if !P::heap_is_idle(P::heap()) {
             crate::lifecycle::exit_heap::<P>();
         }
     }

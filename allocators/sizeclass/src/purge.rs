@@ -295,10 +295,13 @@ pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
 /// Purges every free page of the calling thread's heap and the segment
 /// reserve, and releases what it can (for `SizeClass::collect`).
 pub(crate) fn collect_now<P: Mode>() {
-    let h = P::bound_heap();
-    // SAFETY: our heap, not re-entered; its lock keeps reclaimers out.
+    let h = P::heap();
+    // SAFETY: our heap (or the never-written sentinel, which is never set
+    // up and holds nothing), not re-entered; its lock keeps reclaimers out.
     unsafe {
-        crate::quarantine::flush::<P>(h);
+        if !P::heap_is_idle(h) {
+            crate::quarantine::flush::<P>(h);
+        }
         if (*h).state.is_set_up() {
             (*h).lock.lock();
             take_pending::<P>(&mut *h);

@@ -127,10 +127,12 @@ fn budget() -> usize {
 #[inline(never)]
 pub(crate) unsafe fn hold<P: Mode>(ptr: *mut u8) {
     let budget = budget();
-    let h = P::bound_heap();
-    // SAFETY: h is the calling thread's heap; the block's segment and page
-    // are mapped (a small block of ours); only the page's shared fields
-    // (fixed while it is in use) are read.
+    // (Not bound here: the never-written sentinel is not active either.)
+    let h = P::heap();
+    // SAFETY: h is the calling thread's heap or the sentinel, only read
+    // unless active; the block's segment and page are mapped (a small
+    // block of ours); only the page's shared fields (fixed while it is in
+    // use) are read.
     unsafe {
         if budget == 0 || (*h).state != HeapState::Active {
             return heap::free_small::<P>(ptr);

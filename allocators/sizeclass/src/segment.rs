@@ -415,6 +415,10 @@ pub(crate) unsafe fn release(seg: *mut Segment, now: u64, keep: bool) {
                 RESERVE_UNPURGED.fetch_add(1, Relaxed);
             } else if dirty != 0 {
                 purge_whole(seg);
+            } else {
+                // Its pages were purged one by one (a tidied abandoned
+                // segment): the page metadata they wrote is left.
+                purge_page_metadata(seg);
             }
             r.push_front(seg);
             return;
@@ -470,17 +474,26 @@ unsafe fn purge_whole(seg: *mut Segment) {
             (*Segment::page(seg, i)).dirty = false;
         }
         (*seg).dirty_pages = 0;
-        // The header's OS pages after its first hold page metadata only
-        // (8 KiB of a segment's 12 KiB header stayed resident in each of
-        // the eight reserve segments). An all-zero `Page` is a free, clean
-        // one (state `Free`, no lists, nothing dirty), what `acquire`
-        // expects of a purged reserve segment; a failed purge leaves the
-        // same metadata as it was.
-        let os_page = os::page_size();
-        let first = core::mem::offset_of!(Segment, pages).next_multiple_of(os_page);
-        if first < HEADER_BYTES {
-            os::purge(seg.cast::<u8>().add(first), HEADER_BYTES - first);
-        }
+        purge_page_metadata(seg);
+    }
+}
+
+/// Purges the header's OS pages after its first, which hold page metadata
+/// only (8 KiB of a segment's 12 KiB header stayed resident in each of the
+/// eight reserve segments). An all-zero `Page` is a free, clean one (state
+/// `Free`, no lists, nothing dirty), what `acquire` expects of a purged
+/// reserve segment; a failed purge leaves the same metadata as it was.
+///
+/// # Safety
+/// The caller owns `seg` (or holds the reserve that does); every page is
+/// free and clean.
+unsafe fn purge_page_metadata(seg: *mut Segment) {
+    let os_page = os::page_size();
+    let first = core::mem::offset_of!(Segment, pages).next_multiple_of(os_page);
+    if first < HEADER_BYTES {
+        // SAFETY: caller guarantee: the range is inside the header, and
+        // zeroed metadata describes the free, clean pages there are.
+        unsafe { os::purge(seg.cast::<u8>().add(first), HEADER_BYTES - first) };
     }
 }
 

@@ -39,6 +39,9 @@ const CLOCK_EVERY: u32 = 16;
 #[inline(never)]
 pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> (*mut u8, *mut Page) {
     let h = P::bound_heap();
+    if h.is_null() {
+        return (ptr::null_mut(), heap::EMPTY); // no memory for a heap
+    }
     // SAFETY: h is this thread's own heap, not re-entered here.
     unsafe {
         if !(*h).state.is_set_up() {
@@ -85,12 +88,16 @@ pub(crate) unsafe fn heartbeat<P: Mode>(h: *mut Heap) {
 
 /// Counts a remote free by a thread whose heap is not set up (a thread
 /// that only frees): sets it up, so the count goes to the thread's own
-/// counters (flushed at its exit), not to a shared cache line.
+/// counters (flushed at its exit), not to a shared cache line; see
+/// [`heap::count_unbound`] for a thread whose heap was given back.
 #[cold]
 #[inline(never)]
 pub(crate) fn free_remote_unbound<P: Mode>(size: usize) {
-    let h = P::bound_heap();
-    // SAFETY: h is this thread's own heap, not re-entered here.
+    let h = P::heap();
+    if P::heap_is_idle(h) {
+        return heap::count_unbound::<P>(|s| s.on_free(size));
+    }
+    // SAFETY: h is this thread's own heap (bound), not re-entered here.
     unsafe {
         if !(*h).state.is_set_up() {
             init::<P>(h);

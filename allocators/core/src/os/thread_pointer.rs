@@ -226,8 +226,143 @@ macro_rules! __thread_pointer_slot {
 /// allocators get that for free by giving the sentinel empty free lists,
 /// so their fast paths find nothing to pop or push and go slow, where they
 /// call `bound()`. The crate invoking it must link `std`.
+///
+/// # Pooled storage
+///
+/// ```text
+/// thread_state! {
+///     pub(crate) mod thread_heap: ThreadHeap = ThreadHeap::new(),
+///         symbol = "unique_symbol_name", pooled, on_bind = register_exit_hook;
+/// }
+/// ```
+///
+/// keeps the states in a [`SlotPool`](crate::thread_slots::SlotPool)
+/// instead of the TLS block (see [`thread_slots`](crate::thread_slots) for
+/// why): only the thread pointer and a one-byte flag are thread-local.
+/// `bound()` then takes a slot, copies the sentinel's bytes into it (the
+/// initial value must own nothing: a bitwise copy is a valid state) and
+/// calls `on_bind`, which must arrange for `release()` to run when the
+/// thread exits; `bound()` returns **null** when no slot can be mapped.
+/// Three more functions:
+///
+/// - `release()` (unsafe): the thread gives its state back and points at
+///   the sentinel again; a later `bound()` takes a fresh slot;
+/// - `released() -> bool`: whether this thread has released a state (so
+///   that state bound after it, by a late thread-exit destructor, can be
+///   told apart);
+/// - `pool()`: the pool, for fork handlers.
 #[macro_export]
 macro_rules! thread_state {
+    ($(#[$attr:meta])* $vis:vis mod $module:ident: $ty:ty = $init:expr,
+        symbol = $sym:literal, pooled, on_bind = $on_bind:path;) => {
+        $(#[$attr])*
+        $vis mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// Where bound states live.
+            static POOL: $crate::thread_slots::SlotPool = $crate::thread_slots::SlotPool::new();
+            const _: () = assert!(
+                ::core::mem::align_of::<$ty>() <= $crate::thread_slots::SLOT_ALIGN
+            );
+
+            ::std::thread_local! {
+                /// This thread has released a state (see `release`).
+                static RELEASED: ::core::cell::Cell<bool> =
+                    const { ::core::cell::Cell::new(false) };
+            }
+
+            /// The state every thread starts with: never written.
+            #[repr(transparent)]
+            struct Idle($ty);
+            // SAFETY: nothing writes the sentinel (the macro's contract:
+            // writers use `bound()`); any thread may read it.
+            unsafe impl Sync for Idle {}
+            static IDLE: Idle = Idle($init);
+
+            $crate::thread_pointer! {
+                static SLOT: *mut $ty = &IDLE, symbol = $sym;
+            }
+
+            /// This thread's state, or the never-written sentinel until the
+            /// thread is bound (see [`bound`]).
+            #[inline(always)]
+            #[allow(dead_code)]
+            pub fn current() -> *mut $ty {
+                SLOT::get()
+            }
+
+            /// Whether `p` is the idle sentinel.
+            #[inline(always)]
+            #[allow(dead_code)]
+            pub fn is_idle(p: *const $ty) -> bool {
+                ::core::ptr::eq(p, ::core::ptr::addr_of!(IDLE.0))
+            }
+
+            /// This thread's own state, bound on first use; null when no
+            /// slot could be mapped.
+            #[inline(always)]
+            #[allow(dead_code)]
+            pub fn bound() -> *mut $ty {
+                let p = current();
+                if is_idle(p) {
+                    return bind();
+                }
+                p
+            }
+
+            #[cold]
+            #[inline(never)]
+            fn bind() -> *mut $ty {
+                let p = POOL
+                    .take(::core::mem::size_of::<$ty>(), ::core::mem::align_of::<$ty>())
+                    .cast::<$ty>();
+                if p.is_null() {
+                    return p;
+                }
+                // SAFETY: p is a slot of at least size_of::<$ty>() bytes,
+                // suitably aligned and ours alone; IDLE is never written, so
+                // its bytes are the initial value, which owns nothing (the
+                // macro's contract): a bitwise copy is a valid state.
+                unsafe { ::core::ptr::copy_nonoverlapping(::core::ptr::addr_of!(IDLE.0), p, 1) };
+                SLOT::set(p);
+                $on_bind(p);
+                p
+            }
+
+            /// Gives the calling thread's state back to the pool and points
+            /// the thread at the sentinel again (no-op if unbound).
+            ///
+            /// # Safety
+            /// Nothing uses the state any more: no reference or pointer to
+            /// it is kept (by this thread or a registry that others walk).
+            #[allow(dead_code)]
+            pub unsafe fn release() {
+                let p = current();
+                if is_idle(p) {
+                    return;
+                }
+                SLOT::set(::core::ptr::addr_of!(IDLE.0).cast_mut());
+                RELEASED.with(|r| r.set(true));
+                // SAFETY: p came from POOL.take (bound above), is given back
+                // once (the slot now names the sentinel), and the caller
+                // guarantees nothing uses it.
+                unsafe { POOL.give(p.cast()) };
+            }
+
+            /// Whether this thread has released a state before.
+            #[allow(dead_code)]
+            pub fn released() -> bool {
+                RELEASED.with(|r| r.get())
+            }
+
+            /// The slot pool, for fork handlers.
+            #[allow(dead_code)]
+            pub fn pool() -> &'static $crate::thread_slots::SlotPool {
+                &POOL
+            }
+        }
+    };
     ($(#[$attr:meta])* $vis:vis mod $module:ident: $ty:ty = $init:expr,
         symbol = $sym:literal $(, on_bind = $on_bind:path)? ;) => {
         $(#[$attr])*

@@ -1,0 +1,240 @@
+//! Per-thread state kept outside the TLS block.
+//!
+//! # What it is for
+//!
+//! A `thread_local!` lives in the static TLS block that glibc gives every
+//! thread of the process: at each `pthread_create` the whole TLS image is
+//! copied (`.tdata`) or zeroed (`.tbss`) into the new thread's stack
+//! mapping, where it stays resident as long as the stack (glibc caches the
+//! stacks of exited threads). A thread heap of several KiB there costs
+//! every thread its size in copying and in resident memory, whether or not
+//! the thread ever allocates, and in `libheapkit.so` every backend's
+//! state is in every thread's image, whichever backend runs. sizeclass's
+//! two heaps made each thread's stack mapping 16 KiB larger than under
+//! mimalloc, whose heaps are allocated and whose TLS holds one pointer.
+//!
+//! A [`SlotPool`] hands out fixed-size slots for such state instead: the
+//! thread pointer ([`thread_pointer!`](crate::thread_pointer)) that the
+//! fast paths read already names the state, so they pay nothing more; a
+//! thread takes a slot on its first slow path and gives it back when it
+//! exits, and the next thread takes the same (resident) memory.
+//!
+//! # What it costs
+//!
+//! Slow paths only: a spin lock around a free list; slots are carved from
+//! 64 KiB anonymous mappings (more for states larger than that), which are
+//! never unmapped (a slot of a thread that never gave it back, one that
+//! allocated after its last exit hook, is not reused either: that thread
+//! may still be running). Nothing here allocates through the global
+//! allocator.
+//!
+//! # Example
+//!
+//! ```
+//! use heapkit_core::thread_slots::SlotPool;
+//!
+//! static POOL: SlotPool = SlotPool::new();
+//! let a = POOL.take(3000, 8);
+//! assert!(!a.is_null() && a as usize % 64 == 0);
+//! // SAFETY: `a` came from POOL.take and is given back once.
+//! unsafe { POOL.give(a) };
+//! assert_eq!(POOL.take(3000, 8), a); // the slot is reused
+//! ```
+
+use core::ptr;
+
+use crate::list::{Linked, List};
+use crate::lock::{RawSpinLock, SpinLock};
+use crate::os;
+
+/// Slots are aligned (and their sizes rounded) to this: a cache line, so
+/// two threads' states never share one.
+pub const SLOT_ALIGN: usize = 64;
+
+/// Bytes mapped at a time (at least one slot's worth).
+const CHUNK_BYTES: usize = 64 << 10;
+
+/// A slot on the free list: its first bytes hold the links.
+struct FreeSlot {
+    next: *mut FreeSlot,
+    prev: *mut FreeSlot,
+}
+
+// SAFETY: `next` and `prev` are the free slot's own links, used only by
+// the pool's list under its lock.
+unsafe impl Linked for FreeSlot {
+    unsafe fn next(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: node is a free slot of the pool (the trait's contract).
+        unsafe { ptr::addr_of_mut!((*node).next) }
+    }
+    unsafe fn prev(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: as above.
+        unsafe { ptr::addr_of_mut!((*node).prev) }
+    }
+}
+
+/// What the lock protects.
+struct Slots {
+    /// Slots given back.
+    free: List<FreeSlot>,
+    /// The never-used rest of the last mapping: `next..end`.
+    next: *mut u8,
+    /// See `next`.
+    end: *mut u8,
+    /// The slot size this pool serves (0 until the first `take`).
+    stride: usize,
+}
+
+// SAFETY: the pointers name memory the pool owns; the lock serialises them.
+unsafe impl Send for Slots {}
+
+/// A pool of equal-sized, cache-line-aligned slots for per-thread state
+/// (see the [module docs](self)). One pool serves one size: every `take`
+/// must ask for the same size.
+pub struct SlotPool {
+    slots: SpinLock<Slots>,
+}
+
+impl SlotPool {
+    /// An empty pool (nothing mapped until the first [`SlotPool::take`]).
+    pub const fn new() -> Self {
+        Self {
+            slots: SpinLock::new(Slots {
+                free: List::EMPTY,
+                next: ptr::null_mut(),
+                end: ptr::null_mut(),
+                stride: 0,
+            }),
+        }
+    }
+
+    /// A slot of at least `size` bytes aligned to `align` (at most
+    /// [`SLOT_ALIGN`]): one given back before if there is one (its bytes
+    /// as they were left), else a fresh, zeroed one. Null when no memory
+    /// can be mapped.
+    pub fn take(&self, size: usize, align: usize) -> *mut u8 {
+        debug_assert!(
+            align <= SLOT_ALIGN,
+            "thread state aligned beyond a cache line"
+        );
+        let stride = size.max(size_of::<FreeSlot>()).next_multiple_of(SLOT_ALIGN);
+        let mut s = self.slots.lock();
+        debug_assert!(s.stride == 0 || s.stride == stride, "one size per pool");
+        s.stride = stride;
+        // SAFETY: the free list holds slots of this pool, given back and
+        // no longer used by anyone (`give`'s contract).
+        let reused = unsafe { s.free.pop_front() };
+        if !reused.is_null() {
+            return reused.cast();
+        }
+        if (s.end as usize) - (s.next as usize) < stride {
+            let Some(bytes) = os::round_to_pages(stride.max(CHUNK_BYTES)) else {
+                return ptr::null_mut();
+            };
+            let chunk = os::map(bytes);
+            if chunk.is_null() {
+                return ptr::null_mut();
+            }
+            // (The old chunk's unused tail, less than a slot, is left.)
+            s.next = chunk;
+            // SAFETY: chunk is a fresh mapping of `bytes` bytes.
+            s.end = unsafe { chunk.add(bytes) };
+        }
+        let slot = s.next;
+        // SAFETY: slot + stride <= end, inside the mapping.
+        s.next = unsafe { slot.add(stride) };
+        slot
+    }
+
+    /// Gives a slot back for another thread to take.
+    ///
+    /// # Safety
+    /// `slot` came from this pool's [`SlotPool::take`], is given back once,
+    /// and nothing reads or writes it any more (its first 16 bytes become
+    /// the pool's links).
+    pub unsafe fn give(&self, slot: *mut u8) {
+        debug_assert_eq!(slot as usize % SLOT_ALIGN, 0);
+        let mut s = self.slots.lock();
+        // SAFETY: caller guarantee: the slot is ours again, at least
+        // `size_of::<FreeSlot>()` bytes and cache-line aligned.
+        unsafe { s.free.push_front(slot.cast::<FreeSlot>()) };
+    }
+
+    /// The pool's lock, for fork handlers: held across `fork()` so that the
+    /// child never inherits it locked by a thread that does not exist there.
+    pub fn lock_for_fork(&self) -> &RawSpinLock {
+        self.slots.raw()
+    }
+}
+
+impl Default for SlotPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::vec::Vec;
+
+    #[test]
+    fn slots_are_aligned_disjoint_zeroed_and_reused() {
+        static POOL: SlotPool = SlotPool::new();
+        let size = 7_000;
+        let taken: Vec<*mut u8> = (0..40).map(|_| POOL.take(size, 8)).collect();
+        let mut seen = HashSet::new();
+        for (i, &p) in taken.iter().enumerate() {
+            assert!(!p.is_null());
+            assert_eq!(p as usize % SLOT_ALIGN, 0);
+            // SAFETY: each slot is size bytes of pool memory, ours alone.
+            unsafe {
+                assert!(core::slice::from_raw_parts(p, size).iter().all(|&b| b == 0));
+                p.write_bytes(i as u8, size);
+            }
+            assert!(seen.insert(p as usize));
+        }
+        // No overlap: every slot still holds its own pattern.
+        for (i, &p) in taken.iter().enumerate() {
+            // SAFETY: as above.
+            let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+            assert!(bytes.iter().all(|&b| b == i as u8), "slot {i} overwritten");
+        }
+        for &p in &taken {
+            // SAFETY: taken above, given back once, no longer used.
+            unsafe { POOL.give(p) };
+        }
+        // Every slot comes back before anything new is mapped.
+        let again: HashSet<usize> = (0..40).map(|_| POOL.take(size, 8) as usize).collect();
+        assert_eq!(again, seen);
+    }
+
+    #[test]
+    fn threads_take_and_give_concurrently() {
+        static POOL: SlotPool = SlotPool::new();
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for round in 0..2_000u32 {
+                        let p = POOL.take(200, 16);
+                        assert!(!p.is_null());
+                        let mark = t.wrapping_mul(31).wrapping_add(round as u8);
+                        // SAFETY: the slot is ours until given back.
+                        unsafe {
+                            p.write_bytes(mark, 200);
+                            std::thread::yield_now();
+                            assert!(core::slice::from_raw_parts(p, 200)
+                                .iter()
+                                .all(|&b| b == mark));
+                            POOL.give(p);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
