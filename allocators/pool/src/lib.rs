@@ -85,9 +85,10 @@
 //!   class ([`depot`]), taken once per batch, never per allocation; it is
 //!   ABA-free by construction.
 //! - A `pthread` key destructor hands an exiting thread's lists, spare
-//!   batches and unused chunk tails to the depots. Allocations and frees the
-//!   thread makes after that (from later TLS destructors) go straight
-//!   through the depots.
+//!   batches and unused chunk tails to the depots, and its cache (a slot of
+//!   a pool, not thread-local storage) back to the pool. Allocations and
+//!   frees the thread makes after that (from later TLS destructors) go
+//!   straight through the depots.
 //! - `fork` handlers hold every lock of the pool across `fork`, so a child
 //!   of a busy parent allocates and frees at once.
 //!

@@ -28,7 +28,7 @@ use crate::class::{batch, block_size, CHUNK_BLOCKS, CLASSES};
 use crate::depot::{depot, FreeBlock};
 use crate::mode;
 use crate::segment::chunks_of;
-use crate::thread_cache::{self, ThreadCache, ACTIVE, EXITED, INITIALIZING, UNINIT};
+use crate::thread_cache::{self, ThreadCache, ACTIVE, INITIALIZING, UNINIT};
 use crate::{fork, STATS};
 
 /// Runs [`on_thread_exit`] in every thread that allocated or freed.
@@ -50,18 +50,28 @@ fn ensure_init(t: &ThreadCache) {
 fn init_thread(t: &ThreadCache) {
     t.state.set(INITIALIZING);
     fork::register_handlers();
-    // If the key cannot be created, the thread's cached blocks are lost when
-    // it exits (a leak, not an error): nothing better can be done here.
-    let _ = EXIT_KEY.register(on_thread_exit, ptr::NonNull::<c_void>::dangling().as_ptr());
     t.state.set(ACTIVE);
 }
 
+/// Called when a thread binds a cache (a slot of the pool): registers the
+/// exit hook, which gives the slot back, and the fork handlers, which hold
+/// the pool's lock across `fork()`. If the key cannot be created, the
+/// thread's cache is lost when it exits (a leak, not an error): nothing
+/// better can be done here.
+pub fn on_bind(_t: *mut ThreadCache) {
+    fork::register_handlers();
+    let _ = EXIT_KEY.register(on_thread_exit, ptr::NonNull::<c_void>::dangling().as_ptr());
+}
+
 /// The exit hook: returns the dying thread's lists and regions to the
-/// depots; later calls from this thread use the exited paths.
+/// depots and gives its cache back; later calls from this thread use the
+/// exited paths.
 unsafe extern "C" fn on_thread_exit(_: *mut c_void) {
-    let t = thread_cache::bound();
-    flush_all(t);
-    t.state.set(EXITED);
+    if let Some(t) = thread_cache::own() {
+        flush_all(t);
+        // SAFETY: flushed; nothing refers to the cache any more.
+        unsafe { thread_cache::release() };
+    }
 }
 
 /// Hands every cached block and fresh region of `t` to the depots and flushes
@@ -171,10 +181,9 @@ fn carve_fresh(t: &ThreadCache, class: usize) {
 #[cold]
 #[inline(never)]
 pub fn alloc(class: usize) -> *mut u8 {
-    let t = thread_cache::bound();
-    if t.state.get() == EXITED {
+    let Some(t) = thread_cache::bound() else {
         return alloc_exited(class, false);
-    }
+    };
     ensure_init(t);
     if !t.class(class).head.get().is_null() {
         // A re-entrant call during set-up refilled the list.
@@ -193,10 +202,9 @@ pub fn alloc(class: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 pub fn alloc_zeroed(class: usize, size: usize) -> *mut u8 {
-    let t = thread_cache::bound();
-    if t.state.get() == EXITED {
+    let Some(t) = thread_cache::bound() else {
         return alloc_exited(class, true);
-    }
+    };
     ensure_init(t);
     if !t.class(class).head.get().is_null() {
         return t.alloc_zeroed_any(class, size);
@@ -224,11 +232,10 @@ pub fn alloc_zeroed(class: usize, size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 pub unsafe fn free(block: *mut u8, class: usize) {
-    let t = thread_cache::bound();
-    if t.state.get() == EXITED {
+    let Some(t) = thread_cache::bound() else {
         // SAFETY: forwarded caller guarantee.
         return unsafe { free_exited(block, class) };
-    }
+    };
     ensure_init(t);
     let cc = t.class(class);
     if cc.limit.get() == 0 {
@@ -309,8 +316,7 @@ unsafe fn free_exited(block: *mut u8, class: usize) {
 /// Counts an allocation (`freed = false`) or free of `bytes` outside the
 /// thread-cache fast paths.
 fn count(bytes: usize, freed: bool) {
-    let t = thread_cache::bound();
-    if t.state.get() == EXITED {
+    let Some(t) = thread_cache::bound() else {
         let delta = bytes as i64;
         if freed {
             STATS.add(0, 1, 0, -delta);
@@ -318,7 +324,7 @@ fn count(bytes: usize, freed: bool) {
             STATS.add(1, 0, 0, delta);
         }
         return;
-    }
+    };
     if freed {
         t.stats.on_free(bytes);
     } else {
@@ -329,11 +335,9 @@ fn count(bytes: usize, freed: bool) {
 
 /// Counts a reallocation from `old` to `new` usable bytes.
 pub fn count_realloc(old: usize, new: usize) {
-    let t = thread_cache::bound();
-    if t.state.get() == EXITED {
-        STATS.add(0, 0, 1, new as i64 - old as i64);
-    } else {
-        t.stats.on_realloc(&STATS, old, new);
+    match thread_cache::bound() {
+        None => STATS.add(0, 0, 1, new as i64 - old as i64),
+        Some(t) => t.stats.on_realloc(&STATS, old, new),
     }
 }
 

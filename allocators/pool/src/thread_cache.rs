@@ -16,12 +16,14 @@
 //!   thread exits (so its later frees go to the depot instead of a cache
 //!   nobody will flush).
 //!
-//! The state is a `const`-initialised native `thread_local!` without `Drop`
-//! (no lazy registration and no destructor that could run at an awkward
-//! time), found through [`current`], an initial-exec thread pointer: two
-//! instructions, no `__tls_get_addr` call even in `libheapkit.so`. Only [`Cell`]s are
-//! used, so a re-entrant call (the slow path registering the exit hook may
-//! call `malloc` under `LD_PRELOAD`) never aliases a `&mut`.
+//! The state is a slot of a pool (`heapkit_core::thread_slots`; not in the
+//! TLS block, which glibc copies into every thread of the process, this
+//! backend in use or not), taken on the thread's first slow path and given
+//! back by its exit hook; it is found through [`current`], an initial-exec
+//! thread pointer: two instructions, no `__tls_get_addr` call even in
+//! `libheapkit.so`. Only [`Cell`]s are used, so a re-entrant call (the slow
+//! path registering the exit hook may call `malloc` under `LD_PRELOAD`)
+//! never aliases a `&mut`.
 
 use core::cell::Cell;
 use core::ptr;
@@ -42,8 +44,6 @@ pub const UNINIT: u8 = 0;
 pub const INITIALIZING: u8 = 1;
 /// Set up; the exit hook will flush the cache.
 pub const ACTIVE: u8 = 2;
-/// The exit hook ran; this thread allocates and frees through the depots.
-pub const EXITED: u8 = 3;
 
 /// One class of one thread.
 pub struct ClassCache {
@@ -88,15 +88,18 @@ pub struct ThreadCache {
     /// This thread's counters (heapkit-core's one mechanism: two adds per
     /// operation, flushed into `STATS` by slow paths and at exit).
     pub stats: ThreadStats,
-    /// [`UNINIT`], [`INITIALIZING`], [`ACTIVE`] or [`EXITED`].
+    /// [`UNINIT`], [`INITIALIZING`] or [`ACTIVE`] (a thread whose exit hook
+    /// ran has no cache: see [`bound`]).
     pub state: Cell<u8>,
 }
 
 heapkit_core::thread_state! {
-    /// This thread's cache: storage, the idle sentinel (empty lists and zero
-    /// limits, so both fast paths go slow, where they bind) and the thread
-    /// pointer.
-    mod state: ThreadCache = ThreadCache::new(), symbol = "heapkit_pool_thread_cache";
+    /// This thread's cache: a slot of a pool, not in the TLS block (see
+    /// `heapkit_core::thread_slots`), the idle sentinel (empty lists and
+    /// zero limits, so both fast paths go slow, where they bind) and the
+    /// thread pointer.
+    mod state: ThreadCache = ThreadCache::new(), symbol = "heapkit_pool_thread_cache",
+        pooled, on_bind = crate::slow::on_bind;
 }
 
 /// The calling thread's cache for the fast paths: an initial-exec thread
@@ -104,17 +107,47 @@ heapkit_core::thread_state! {
 /// never-written idle cache until a slow path binds it.
 #[inline(always)]
 pub fn current() -> &'static ThreadCache {
-    // SAFETY: the idle static or this thread's own cache, which lives as
-    // long as the thread and is only used through Cells, by this thread.
+    // SAFETY: the idle static or this thread's own cache, which lives
+    // until the thread's exit hook gives it back and is only used through
+    // Cells, by this thread.
     unsafe { &*state::current() }
 }
 
-/// The calling thread's own cache, bound on first use: what every path
-/// that writes thread state or counters uses.
+/// The calling thread's own cache for a slow path, bound on first use.
+/// `None` for a thread whose exit hook has run (it gave its cache back)
+/// or when no memory can be mapped for one: such calls go through the
+/// depots directly (`slow::alloc_exited`, `slow::free_exited`).
 #[inline]
-pub fn bound() -> &'static ThreadCache {
+pub fn bound() -> Option<&'static ThreadCache> {
+    let p = state::current();
+    if state::is_idle(p) && state::released() {
+        return None;
+    }
+    // SAFETY: as for `current`; `state::bound` is this thread's own cache
+    // (the sentinel only when null, excluded).
+    unsafe { state::bound().as_ref() }
+}
+
+/// The calling thread's cache if it has bound one (no binding).
+pub fn own() -> Option<&'static ThreadCache> {
+    let p = state::current();
     // SAFETY: as for `current`.
-    unsafe { &*state::bound() }
+    (!state::is_idle(p)).then(|| unsafe { &*p })
+}
+
+/// Gives the calling thread's cache back (its exit hook, once the cache is
+/// flushed); later calls from the thread go through the depots.
+///
+/// # Safety
+/// Nothing refers to the cache any more.
+pub unsafe fn release() {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { state::release() }
+}
+
+/// The pool the caches live in (for the fork handlers).
+pub fn pool() -> &'static heapkit_core::thread_slots::SlotPool {
+    state::pool()
 }
 
 impl ThreadCache {

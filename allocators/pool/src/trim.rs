@@ -38,13 +38,12 @@ use crate::depot::{depot, for_each_taken_block, for_each_taken_region, FreeBlock
 use crate::mode;
 use crate::segment::{chunk_of, chunks_of};
 use crate::slow::flush_all;
-use crate::thread_cache::{self, EXITED};
+use crate::thread_cache;
 
 /// Releases every entirely free chunk of both modes; returns the bytes
 /// released.
 pub fn trim() -> usize {
-    let t = thread_cache::bound();
-    if t.state.get() != EXITED {
+    if let Some(t) = thread_cache::own() {
         flush_all(t);
     }
     let released = trim_mode(0) + trim_mode(HARDENED_BASE);

@@ -1498,3 +1498,30 @@ fn brings_no_other_shared_object() {
         );
     }
 }
+
+/// The library's static TLS block is small: glibc copies (and zeroes) it
+/// into every thread of the process, whichever backend runs, and it stays
+/// resident in each thread's stack mapping. The backends' thread states
+/// live in slot pools (`heapkit_core::thread_slots`), so only their thread
+/// pointers are thread-local; the block was 38 KiB with sizeclass's two
+/// heaps, slab's and pool's caches in it (jemalloc's `tsd`, 2.6 KiB, is
+/// most of what is left).
+#[test]
+fn static_tls_block_is_small() {
+    let elf = std::fs::read(library()).expect("read libheapkit.so");
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "not a 64-bit ELF file");
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    const PT_TLS: u32 = 7;
+    let tls = (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .find(|&h| u32::from_le_bytes(elf[h..h + 4].try_into().unwrap()) == PT_TLS)
+        .expect("no PT_TLS program header");
+    let (file_size, mem_size) = (u64_at(tls + 0x20), u64_at(tls + 0x28));
+    assert!(
+        mem_size <= 4096,
+        "libheapkit.so's TLS block is {mem_size} bytes ({file_size} initialised): \
+         a thread state moved into thread-local storage?"
+    );
+}

@@ -293,21 +293,33 @@ unsafe fn free_small(c: usize, p: *mut u8) {
 
 /// Counts a large allocation or free in the calling thread's statistics.
 fn count_large(alloc: bool, bytes: usize) {
-    let t = thread::bound();
-    if t.state.get() == thread::DONE {
-        let b = bytes as i64;
-        if alloc {
-            STATS.add(1, 0, 0, b)
-        } else {
-            STATS.add(0, 1, 0, -b)
+    match thread::bound().filter(|t| t.state.get() != thread::DONE) {
+        None => {
+            let b = bytes as i64;
+            if alloc {
+                STATS.add(1, 0, 0, b)
+            } else {
+                STATS.add(0, 1, 0, -b)
+            }
         }
-    } else {
-        if alloc {
-            t.stats.on_alloc(&STATS, bytes);
-        } else {
-            t.stats.on_free(bytes);
+        Some(t) => {
+            if alloc {
+                t.stats.on_alloc(&STATS, bytes);
+            } else {
+                t.stats.on_free(bytes);
+            }
+            t.stats.maybe_flush(&STATS);
         }
-        t.stats.maybe_flush(&STATS);
+    }
+}
+
+/// Counts a reallocation from `old` to `new` usable bytes in the calling
+/// thread's statistics (straight into [`STATS`] for a thread whose
+/// counters are no longer flushed).
+fn count_realloc(old: usize, new: usize) {
+    match thread::bound().filter(|t| t.state.get() != thread::DONE) {
+        None => STATS.add(0, 0, 1, new as i64 - old as i64),
+        Some(t) => t.stats.on_realloc(&STATS, old, new),
     }
 }
 
@@ -378,7 +390,9 @@ impl<P: Policy> Slab<P> {
     /// Hands the calling thread's magazines to the depots (as its exit
     /// would). The thread gets new ones on its next allocation.
     pub fn flush_thread_cache(&self) {
-        thread::bound().flush_magazines();
+        if let Some(t) = thread::own() {
+            t.flush_magazines();
+        }
     }
 
     /// Returns every object sitting in a depot to its slab (freeing the
@@ -471,11 +485,9 @@ unsafe impl<P: Policy> HeapAlloc for Slab<P> {
         let (p, zero) = if size >= ZERO_DIRECT {
             let (p, zero) = heap::take_direct(c);
             if !p.is_null() {
-                let t = thread::bound();
-                if t.state.get() == thread::ACTIVE {
-                    t.stats.on_alloc(&STATS, size)
-                } else {
-                    STATS.add(1, 0, 0, size as i64)
+                match thread::bound().filter(|t| t.state.get() == thread::ACTIVE) {
+                    Some(t) => t.stats.on_alloc(&STATS, size),
+                    None => STATS.add(1, 0, 0, size as i64),
                 }
             }
             (p, zero)
@@ -549,7 +561,7 @@ unsafe impl<P: Policy> HeapAlloc for Slab<P> {
                     // SAFETY: a live object of cache c (checked), which
                     // holds `needed` bytes.
                     unsafe { P::on_resize(seg, c, ptr, new_size) };
-                    thread::bound().stats.on_realloc(&STATS, size, size);
+                    count_realloc(size, size);
                     return ptr;
                 }
                 // SAFETY: a live object of cache c (checked).
@@ -564,7 +576,7 @@ unsafe impl<P: Policy> HeapAlloc for Slab<P> {
                 if !q.is_null() {
                     // SAFETY: q is the live resized block.
                     let new = unsafe { large::usable_size(q) };
-                    thread::bound().stats.on_realloc(&STATS, old, new);
+                    count_realloc(old, new);
                 }
                 return q;
             }
@@ -580,7 +592,7 @@ unsafe impl<P: Policy> HeapAlloc for Slab<P> {
                 ptr::copy_nonoverlapping(ptr, q, keep.min(new_size));
                 self.free(ptr);
             }
-            thread::bound().stats.on_realloc(&STATS, 0, 0);
+            count_realloc(0, 0);
         }
         q
     }

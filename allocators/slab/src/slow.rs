@@ -31,7 +31,9 @@ use crate::thread::{self, SlowPath, ThreadCache};
 #[inline(never)]
 pub fn allocate(c: usize) -> *mut u8 {
     let p = refill(c);
-    thread::bound().slot(c).publish(c);
+    if let Some(t) = thread::own() {
+        t.slot(c).publish(c);
+    }
     p
 }
 
@@ -45,13 +47,17 @@ pub fn allocate(c: usize) -> *mut u8 {
 pub unsafe fn free(c: usize, p: *mut u8) {
     // SAFETY: forwarded caller guarantee.
     unsafe { exchange(c, p) };
-    thread::bound().slot(c).publish(c);
+    if let Some(t) = thread::own() {
+        t.slot(c).publish(c);
+    }
 }
 
 /// The allocation slow path proper.
 #[inline(always)]
 fn refill(c: usize) -> *mut u8 {
-    let t = thread::bound();
+    let Some(t) = thread::bound() else {
+        return allocate_direct(c);
+    };
     t.stats.maybe_flush(&STATS);
     if !ready(t) {
         return allocate_direct(c);
@@ -112,7 +118,10 @@ fn refill(c: usize) -> *mut u8 {
 /// `p` must be a live object of class `c`.
 #[inline(always)]
 unsafe fn exchange(c: usize, p: *mut u8) {
-    let t = thread::bound();
+    let Some(t) = thread::bound() else {
+        // SAFETY: forwarded caller guarantee.
+        return unsafe { free_direct(c, p) };
+    };
     t.stats.maybe_flush(&STATS);
     if !ready(t) {
         // SAFETY: forwarded caller guarantee.

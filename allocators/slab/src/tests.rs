@@ -653,7 +653,7 @@ fn a_handed_over_object_is_not_the_receivers_next_one() {
             // SAFETY: live objects of `a`, handed over.
             unsafe { a.deallocate(p as *mut u8, l2) };
         }
-        let slot = thread::bound().slot(c2);
+        let slot = thread::bound().unwrap().slot(c2);
         assert!(slot.outbox_sent.get() && slot.outbox.get().is_null());
         // SAFETY: top and base point into this thread's loaded magazine
         // (slot invariant), top at or past base.
@@ -739,10 +739,10 @@ fn magazines_grow_in_steady_use_and_shrink_when_a_class_is_freed_away() {
     let base = settle(&a).in_use;
     std::thread::spawn(move || {
         let a = Slab::new();
-        let held = || thread::bound().slot(c).held();
+        let held = || thread::bound().unwrap().slot(c).held();
         for build in 0..3 {
             let ps: Vec<usize> = (0..300).map(|_| a.allocate(l) as usize).collect();
-            let slot = thread::bound().slot(c);
+            let slot = thread::bound().unwrap().slot(c);
             let expect = if build == 0 { Small } else { Grown };
             assert_eq!(slot.size.get(), expect, "build {build}");
             for &p in &ps {
@@ -790,7 +790,7 @@ fn freeing_away_is_seen_past_other_threads_magazines() {
                         unsafe { a.deallocate(p as *mut u8, l) };
                     }
                 }
-                let held = thread::bound().slot(c).held();
+                let held = thread::bound().unwrap().slot(c).held();
                 done_tx.send(()).unwrap();
                 let _ = go_rx.lock().unwrap().recv();
                 a.flush_thread_cache();
@@ -804,7 +804,7 @@ fn freeing_away_is_seen_past_other_threads_magazines() {
         // SAFETY: live objects of `a`.
         unsafe { a.deallocate(p as *mut u8, l) };
     }
-    let kept = thread::bound().slot(c).held();
+    let kept = thread::bound().unwrap().slot(c).held();
     drop(go_tx);
     let theirs: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
     assert!(theirs >= 64, "the workers hold only {theirs} objects");

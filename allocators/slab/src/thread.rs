@@ -1,10 +1,12 @@
 //! Per-thread state: two magazines per size class and the thread's
-//! statistics, in a `const`-initialised native thread-local with no
-//! destructor, reached on the fast paths through [`current`], an
-//! initial-exec thread pointer (`heapkit_core::thread_pointer!`: no
-//! `__tls_get_addr` call even in `libheapkit.so`). Until a thread's first
-//! slow path binds it ([`bound`]), the pointer names a static idle
-//! cache, never written, whose null magazines send both fast paths slow.
+//! statistics, in a slot of a pool (`heapkit_core::thread_slots`; not in
+//! the TLS block, which glibc copies into every thread of the process,
+//! this backend in use or not), reached on the fast paths through
+//! [`current`], an initial-exec thread pointer
+//! (`heapkit_core::thread_pointer!`: no `__tls_get_addr` call even in
+//! `libheapkit.so`). Until a thread's first slow path binds it ([`bound`]),
+//! the pointer names a static idle cache, never written, whose null
+//! magazines send both fast paths slow.
 //!
 //! The loaded magazine of each class is kept as three pointers into its
 //! object array (`base <= top <= limit`), so the fast paths are one compare
@@ -15,10 +17,11 @@
 //!
 //! A thread that has no magazine yet holds three null pointers, which send
 //! both paths to the slow path (the sentinel: no null test on the fast
-//! path). The thread is registered with an [`os::ThreadExitKey`] on its
-//! first slow path; when it exits, its magazines go to the depots (or their
-//! objects back to the slabs), and anything it allocates or frees after that
-//! takes the locked path straight to the slabs.
+//! path). The thread is registered with an [`os::ThreadExitKey`] when it
+//! binds its cache; when it exits, its magazines go to the depots (or their
+//! objects back to the slabs) and the cache back to the pool, and anything
+//! it allocates or frees after that takes the locked path straight to the
+//! slabs.
 
 use core::cell::Cell;
 use core::ffi::c_void;
@@ -34,11 +37,9 @@ use crate::slab::OBJECT_CACHES;
 
 /// Thread life cycle.
 pub const NEW: u8 = 0;
-/// Being set up (a re-entrant call takes the direct path).
-pub const INIT: u8 = 1;
 /// Magazines in use.
 pub const ACTIVE: u8 = 2;
-/// The exit hook ran, or set-up failed: direct path only.
+/// The exit hook is running, or set-up failed: direct path only.
 pub const DONE: u8 = 3;
 
 /// A magazine slow path of one class (`ClassSlot::last_slow_path`).
@@ -275,50 +276,85 @@ impl ThreadCache {
 }
 
 heapkit_core::thread_state! {
-    /// This thread's caches: storage, the idle sentinel (null magazines, so
-    /// both fast paths go slow, where they bind) and the thread pointer.
-    mod state: ThreadCache = ThreadCache::new(), symbol = "heapkit_slab_thread_cache";
+    /// This thread's caches: a slot of a pool (see the module docs), the
+    /// idle sentinel (null magazines, so both fast paths go slow, where
+    /// they bind) and the thread pointer.
+    mod state: ThreadCache = ThreadCache::new(), symbol = "heapkit_slab_thread_cache",
+        pooled, on_bind = on_bind;
 }
 
 /// The calling thread's cache for the fast paths: the never-written idle
 /// cache until a slow path binds it.
 #[inline(always)]
 pub fn current() -> &'static ThreadCache {
-    // SAFETY: the idle static or this thread's own cache, which lives as
-    // long as the thread and is only used through Cells, by this thread.
+    // SAFETY: the idle static or this thread's own cache, which lives until
+    // its exit hook gives it back and is only used through Cells, by this
+    // thread.
     unsafe { &*state::current() }
 }
 
 /// The calling thread's own cache, bound on first use: what every path
-/// that writes thread state or counters uses.
+/// that writes thread state or counters uses. `None` for a thread whose
+/// exit hook has run (it gave its cache back) or when no memory can be
+/// mapped for one: such calls take the direct path and count into
+/// [`STATS`].
 #[inline]
-pub fn bound() -> &'static ThreadCache {
+pub fn bound() -> Option<&'static ThreadCache> {
+    let p = state::current();
+    if state::is_idle(p) && state::released() {
+        return None;
+    }
+    // SAFETY: as for `current`; `state::bound` is this thread's own cache
+    // (the sentinel only when null, excluded).
+    unsafe { state::bound().as_ref() }
+}
+
+/// The calling thread's cache if it has bound one (no binding).
+pub fn own() -> Option<&'static ThreadCache> {
+    let p = state::current();
     // SAFETY: as for `current`.
-    unsafe { &*state::bound() }
+    (!state::is_idle(p)).then(|| unsafe { &*p })
+}
+
+/// The pool the caches live in (for the fork handlers).
+pub fn pool() -> &'static heapkit_core::thread_slots::SlotPool {
+    state::pool()
 }
 
 static THREAD_EXIT: os::ThreadExitKey = os::ThreadExitKey::new();
 
-/// Sets the calling thread up: fork handlers (once per process), then the
-/// exit key. Returns the new state.
+/// Called when a thread binds its cache (a slot of the pool): the fork
+/// handlers (once per process), which hold the pool's lock across
+/// `fork()`, and the exit key, whose hook gives the cache back. If the key
+/// cannot be created the thread uses the direct path only (nothing is
+/// ever left in magazines that no hook would flush).
+fn on_bind(t: *mut ThreadCache) {
+    crate::fork::ensure_registered();
+    // Any non-null value: the destructor reads the thread pointer itself.
+    if !THREAD_EXIT.register(on_thread_exit, core::ptr::dangling_mut::<c_void>()) {
+        // SAFETY: t is the calling thread's cache, just bound; Cells only.
+        unsafe { (*t).state.set(DONE) };
+    }
+}
+
+/// Starts using magazines (a thread's first magazine slow path); returns
+/// the new state.
 #[cold]
 pub fn init(t: &ThreadCache) -> u8 {
-    t.state.set(INIT);
-    crate::fork::ensure_registered();
-    // Any non-null value: the destructor reads the thread-local itself.
-    let state = if THREAD_EXIT.register(on_thread_exit, core::ptr::dangling_mut::<c_void>()) {
-        ACTIVE
-    } else {
-        DONE
-    };
-    t.state.set(state);
-    state
+    if t.state.get() == NEW {
+        t.state.set(ACTIVE);
+    }
+    t.state.get()
 }
 
 /// The exit hook: magazines to the depots, counters to the global stats.
 unsafe extern "C" fn on_thread_exit(_: *mut c_void) {
-    let t = bound();
+    let Some(t) = own() else {
+        return;
+    };
     t.state.set(DONE);
     t.flush_magazines();
     t.stats.flush(&STATS);
+    // SAFETY: flushed; nothing refers to the cache any more.
+    unsafe { state::release() };
 }
