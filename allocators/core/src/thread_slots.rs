@@ -44,7 +44,7 @@
 use core::ptr;
 
 use crate::list::{Linked, List};
-use crate::lock::{RawSpinLock, SpinLock};
+use crate::lock::SpinLock;
 use crate::os;
 
 /// Slots are aligned (and their sizes rounded) to this: a cache line, so
@@ -160,10 +160,28 @@ impl SlotPool {
         unsafe { s.free.push_front(slot.cast::<FreeSlot>()) };
     }
 
-    /// The pool's lock, for fork handlers: held across `fork()` so that the
-    /// child never inherits it locked by a thread that does not exist there.
-    pub fn lock_for_fork(&self) -> &RawSpinLock {
-        self.slots.raw()
+    /// In a forked child: starts the pool afresh, unlocked and empty. The
+    /// parent's free slots and the rest of its last mapping are left
+    /// unused here (a few KiB; most children `exec` soon), so the lock
+    /// need not be held across `fork()` (a thread may have been popping
+    /// the free list), and no fork writes the pool's page: holding it
+    /// would cost a copy-on-write fault in the parent and the child. Slots
+    /// bound by threads are unaffected: the forking thread's stays its
+    /// own, the others' belong to threads that do not exist in the child.
+    ///
+    /// # Safety
+    /// Only in a `pthread_atfork` child handler, where the child is
+    /// single-threaded.
+    pub unsafe fn forget_after_fork(&self) {
+        // SAFETY: caller guarantee: no other thread exists to hold the
+        // lock or use the lists.
+        unsafe {
+            self.slots.raw().reset_after_fork();
+            let s = self.slots.get_unchecked();
+            s.free = List::EMPTY;
+            s.next = ptr::null_mut();
+            s.end = ptr::null_mut();
+        }
     }
 }
 
@@ -208,6 +226,30 @@ mod tests {
         // Every slot comes back before anything new is mapped.
         let again: HashSet<usize> = (0..40).map(|_| POOL.take(size, 8) as usize).collect();
         assert_eq!(again, seen);
+    }
+
+    #[test]
+    fn a_forked_child_starts_the_pool_afresh() {
+        static POOL: SlotPool = SlotPool::new();
+        let held = POOL.take(500, 8);
+        let given = [POOL.take(500, 8), POOL.take(500, 8)];
+        for p in given {
+            // SAFETY: taken above, given back once.
+            unsafe { POOL.give(p) };
+        }
+        // SAFETY: no other thread uses this pool (what the child handler
+        // guarantees).
+        unsafe { POOL.forget_after_fork() };
+        let fresh = POOL.take(500, 8);
+        assert!(!fresh.is_null());
+        assert!(
+            !given.contains(&fresh) && fresh != held,
+            "a slot reused after the reset"
+        );
+        // SAFETY: a 500-byte slot of ours: fresh memory, zeroed.
+        assert!(unsafe { core::slice::from_raw_parts(fresh, 500) }
+            .iter()
+            .all(|&b| b == 0));
     }
 
     #[test]

@@ -46,13 +46,9 @@ unsafe extern "C" fn prepare() {
         d.raw_lock().lock();
     }
     large::before_fork();
-    // A leaf lock (held only around a free-list pop or a mapping).
-    crate::thread_cache::pool().lock_for_fork().lock();
 }
 
 unsafe extern "C" fn parent() {
-    // SAFETY: prepare took it in this thread.
-    unsafe { crate::thread_cache::pool().lock_for_fork().unlock() };
     large::after_fork_parent();
     for d in DEPOTS.iter().rev() {
         // SAFETY: prepare took every depot lock in this thread.
@@ -66,11 +62,7 @@ unsafe extern "C" fn parent() {
 
 unsafe extern "C" fn child() {
     // SAFETY: the child is single-threaded, inside its atfork handler.
-    unsafe {
-        crate::thread_cache::pool()
-            .lock_for_fork()
-            .reset_after_fork()
-    };
+    unsafe { crate::thread_cache::pool().forget_after_fork() };
     large::after_fork_child();
     for d in &DEPOTS {
         // SAFETY: the child is single-threaded, inside its atfork handler.

@@ -187,17 +187,9 @@ unsafe extern "C" fn before_fork() {
     reclaim::HARDENED_HEAPS.raw().lock();
     segment::lock_all();
     large::before_fork();
-    // Leaf locks (held only around a free-list pop or a mapping).
-    Fast::heap_pool().lock_for_fork().lock();
-    Hardened::heap_pool().lock_for_fork().lock();
 }
 
 unsafe extern "C" fn after_fork_parent() {
-    // SAFETY: before_fork took these in this thread.
-    unsafe {
-        Hardened::heap_pool().lock_for_fork().unlock();
-        Fast::heap_pool().lock_for_fork().unlock();
-    }
     large::after_fork_parent();
     segment::unlock_all();
     // SAFETY: before_fork took these in this thread.
@@ -208,12 +200,10 @@ unsafe extern "C" fn after_fork_parent() {
 }
 
 unsafe extern "C" fn after_fork_child() {
-    // SAFETY: the child is single-threaded; the pools' free slots are as
-    // the parent left them (the lock was held across fork), and the other
-    // threads' slots stay taken (those threads do not exist here).
+    // SAFETY: the child is single-threaded.
     unsafe {
-        Hardened::heap_pool().lock_for_fork().reset_after_fork();
-        Fast::heap_pool().lock_for_fork().reset_after_fork();
+        Hardened::heap_pool().forget_after_fork();
+        Fast::heap_pool().forget_after_fork();
     }
     large::after_fork_child();
     segment::after_fork_child();

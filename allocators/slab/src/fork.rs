@@ -45,13 +45,9 @@ unsafe extern "C" fn prepare() {
     }
     segment::lock_for_fork();
     large::before_fork();
-    // A leaf lock (held only around a free-list pop or a mapping).
-    crate::thread::pool().lock_for_fork().lock();
 }
 
 unsafe extern "C" fn parent() {
-    // SAFETY: prepare took it in this thread.
-    unsafe { crate::thread::pool().lock_for_fork().unlock() };
     large::after_fork_parent();
     segment::unlock_after_fork();
     for c in CACHES.iter() {
@@ -64,7 +60,7 @@ unsafe extern "C" fn parent() {
 
 unsafe extern "C" fn child() {
     // SAFETY: the child is single-threaded, inside its atfork handler.
-    unsafe { crate::thread::pool().lock_for_fork().reset_after_fork() };
+    unsafe { crate::thread::pool().forget_after_fork() };
     large::after_fork_child();
     segment::reset_after_fork();
     for c in CACHES.iter() {
