@@ -35,7 +35,7 @@
 //!
 //! static POOL: SlotPool = SlotPool::new();
 //! let a = POOL.take(3000, 8);
-//! assert!(!a.is_null() && a as usize % 128 == 0);
+//! assert!(!a.is_null() && a as usize % 64 == 0);
 //! // SAFETY: `a` came from POOL.take and is given back once.
 //! unsafe { POOL.give(a) };
 //! assert_eq!(POOL.take(3000, 8), a); // the slot is reused
@@ -47,27 +47,12 @@ use crate::list::{Linked, List};
 use crate::lock::SpinLock;
 use crate::os;
 
-/// Slots are aligned (and their sizes rounded) to this: two cache lines,
-/// so two threads' states never share a line, nor a pair of lines that the
-/// adjacent-line prefetcher of x86 cores fetches together (one thread's
-/// counters at the end of its slot and the next thread's first class
-/// at the start of its own, written on every call: pool's larson x4 and
-/// prodcons x4 were 1.06x the TLS-block layout with 64).
-pub const SLOT_ALIGN: usize = 128;
+/// Slots are aligned (and their sizes rounded) to this: a cache line, so
+/// two threads' states never share one.
+pub const SLOT_ALIGN: usize = 64;
 
 /// Bytes mapped at a time (at least one slot's worth).
 const CHUNK_BYTES: usize = 64 << 10;
-
-/// Where a mapping's first slot starts: not at the page boundary, so the
-/// hot first lines of a state do not share their offset within a page
-/// with page-aligned data every thread touches as often (its stack's top
-/// frames): loads and stores 4 KiB apart are taken for dependent by the
-/// core (4K aliasing). With the first slot at offset 0, pool's larson x4
-/// and prodcons x4 ran 1.06x their time with the caches in the TLS block
-/// (21 interleaved runs); at this offset 1.01x and 1.00x, and sizeclass and
-/// slab as before.
-const FIRST_SLOT_OFFSET: usize = 0x880;
-const _: () = assert!(FIRST_SLOT_OFFSET.is_multiple_of(SLOT_ALIGN));
 
 /// A slot on the free list: its first bytes hold the links.
 struct FreeSlot {
@@ -98,12 +83,15 @@ struct Slots {
     end: *mut u8,
     /// The slot size this pool serves (0 until the first `take`).
     stride: usize,
+    /// Where a mapping's first slot starts (see
+    /// [`SlotPool::with_first_slot_offset`]).
+    first_offset: usize,
 }
 
 // SAFETY: the pointers name memory the pool owns; the lock serialises them.
 unsafe impl Send for Slots {}
 
-/// A pool of equal-sized, 128-byte-aligned slots for per-thread state
+/// A pool of equal-sized, cache-line-aligned slots for per-thread state
 /// (see the [module docs](self)). One pool serves one size: every `take`
 /// must ask for the same size.
 pub struct SlotPool {
@@ -113,12 +101,27 @@ pub struct SlotPool {
 impl SlotPool {
     /// An empty pool (nothing mapped until the first [`SlotPool::take`]).
     pub const fn new() -> Self {
+        Self::with_first_slot_offset(0)
+    }
+
+    /// An empty pool whose mappings start their first slot `offset` bytes
+    /// in (a multiple of [`SLOT_ALIGN`]), which moves every slot's offset
+    /// within its page. Where a thread's state sits in its page decides
+    /// which of its hot lines share their page offset with other hot data
+    /// (a loop's stack frames, page metadata): a load 4 KiB away from a
+    /// pending store waits for it (4K aliasing). Measured, not derived:
+    /// pool's caches at offset 0 ran larson x4 and prodcons x4 1.06x their
+    /// time in the TLS block (21 interleaved runs), and 0.97-1.01x at
+    /// 0x100, 0x880 or 0xc00.
+    pub const fn with_first_slot_offset(offset: usize) -> Self {
+        assert!(offset.is_multiple_of(SLOT_ALIGN) && offset < CHUNK_BYTES / 2);
         Self {
             slots: SpinLock::new(Slots {
                 free: List::EMPTY,
                 next: ptr::null_mut(),
                 end: ptr::null_mut(),
                 stride: 0,
+                first_offset: offset,
             }),
         }
     }
@@ -130,7 +133,7 @@ impl SlotPool {
     pub fn take(&self, size: usize, align: usize) -> *mut u8 {
         debug_assert!(
             align <= SLOT_ALIGN,
-            "thread state aligned beyond two cache lines"
+            "thread state aligned beyond a cache line"
         );
         let stride = size.max(size_of::<FreeSlot>()).next_multiple_of(SLOT_ALIGN);
         let mut s = self.slots.lock();
@@ -143,8 +146,7 @@ impl SlotPool {
             return reused.cast();
         }
         if (s.end as usize) - (s.next as usize) < stride {
-            let Some(bytes) = os::round_to_pages((stride + FIRST_SLOT_OFFSET).max(CHUNK_BYTES))
-            else {
+            let Some(bytes) = os::round_to_pages((stride + s.first_offset).max(CHUNK_BYTES)) else {
                 return ptr::null_mut();
             };
             let chunk = os::map(bytes);
@@ -155,7 +157,7 @@ impl SlotPool {
             // SAFETY: chunk is a fresh mapping of `bytes` bytes, more than
             // the offset and a slot.
             unsafe {
-                s.next = chunk.add(FIRST_SLOT_OFFSET);
+                s.next = chunk.add(s.first_offset);
                 s.end = chunk.add(bytes);
             }
         }

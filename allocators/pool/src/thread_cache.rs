@@ -99,7 +99,7 @@ heapkit_core::thread_state! {
     /// zero limits, so both fast paths go slow, where they bind) and the
     /// thread pointer.
     mod state: ThreadCache = ThreadCache::new(), symbol = "heapkit_pool_thread_cache",
-        pooled, on_bind = crate::slow::on_bind;
+        pooled, on_bind = crate::slow::on_bind, first_slot_offset = 0x880;
 }
 
 /// The calling thread's cache for the fast paths: an initial-exec thread

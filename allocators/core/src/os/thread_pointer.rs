@@ -236,6 +236,9 @@ macro_rules! __thread_pointer_slot {
 /// }
 /// ```
 ///
+/// (optionally with `, first_slot_offset = N`: see
+/// [`SlotPool::with_first_slot_offset`](crate::thread_slots::SlotPool::with_first_slot_offset))
+///
 /// keeps the states in a [`SlotPool`](crate::thread_slots::SlotPool)
 /// instead of the TLS block (see [`thread_slots`](crate::thread_slots) for
 /// why): only the thread pointer and a one-byte flag are thread-local.
@@ -254,14 +257,16 @@ macro_rules! __thread_pointer_slot {
 #[macro_export]
 macro_rules! thread_state {
     ($(#[$attr:meta])* $vis:vis mod $module:ident: $ty:ty = $init:expr,
-        symbol = $sym:literal, pooled, on_bind = $on_bind:path;) => {
+        symbol = $sym:literal, pooled, on_bind = $on_bind:path
+        $(, first_slot_offset = $offset:expr)?;) => {
         $(#[$attr])*
         $vis mod $module {
             #[allow(unused_imports)]
             use super::*;
 
             /// Where bound states live.
-            static POOL: $crate::thread_slots::SlotPool = $crate::thread_slots::SlotPool::new();
+            static POOL: $crate::thread_slots::SlotPool =
+                $crate::thread_slots::SlotPool::with_first_slot_offset(0 $(+ $offset)?);
             const _: () = assert!(
                 ::core::mem::align_of::<$ty>() <= $crate::thread_slots::SLOT_ALIGN
             );
