@@ -119,20 +119,14 @@ pub fn current() -> &'static ThreadCache {
 /// depots directly (`slow::alloc_exited`, `slow::free_exited`).
 #[inline]
 pub fn bound() -> Option<&'static ThreadCache> {
-    let p = state::current();
-    if state::is_idle(p) && state::released() {
-        return None;
-    }
-    // SAFETY: as for `current`; `state::bound` is this thread's own cache
-    // (the sentinel only when null, excluded).
-    unsafe { state::bound().as_ref() }
+    // SAFETY: as for `current` (null excluded).
+    unsafe { state::bound_unless_released().as_ref() }
 }
 
 /// The calling thread's cache if it has bound one (no binding).
 pub fn own() -> Option<&'static ThreadCache> {
-    let p = state::current();
-    // SAFETY: as for `current`.
-    (!state::is_idle(p)).then(|| unsafe { &*p })
+    // SAFETY: as for `current` (null excluded).
+    unsafe { state::own().as_ref() }
 }
 
 /// Gives the calling thread's cache back (its exit hook, once the cache is

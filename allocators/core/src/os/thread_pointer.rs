@@ -246,13 +246,16 @@ macro_rules! __thread_pointer_slot {
 /// initial value must own nothing: a bitwise copy is a valid state) and
 /// calls `on_bind`, which must arrange for `release()` to run when the
 /// thread exits; `bound()` returns **null** when no slot can be mapped.
-/// Three more functions:
+/// More functions:
 ///
 /// - `release()` (unsafe): the thread gives its state back and points at
 ///   the sentinel again; a later `bound()` takes a fresh slot;
 /// - `released() -> bool`: whether this thread has released a state (so
 ///   that state bound after it, by a late thread-exit destructor, can be
 ///   told apart);
+/// - `own()`: the thread's state if bound, else null;
+/// - `bound_unless_released()`: `bound()`, but null for a thread that
+///   released its state (for paths that run after the exit hook);
 /// - `pool()`: the pool, for fork handlers.
 #[macro_export]
 macro_rules! thread_state {
@@ -277,44 +280,8 @@ macro_rules! thread_state {
                     const { ::core::cell::Cell::new(false) };
             }
 
-            /// The state every thread starts with: never written.
-            #[repr(transparent)]
-            struct Idle($ty);
-            // SAFETY: nothing writes the sentinel (the macro's contract:
-            // writers use `bound()`); any thread may read it.
-            unsafe impl Sync for Idle {}
-            static IDLE: Idle = Idle($init);
-
-            $crate::thread_pointer! {
-                static SLOT: *mut $ty = &IDLE, symbol = $sym;
-            }
-
-            /// This thread's state, or the never-written sentinel until the
-            /// thread is bound (see [`bound`]).
-            #[inline(always)]
-            #[allow(dead_code)]
-            pub fn current() -> *mut $ty {
-                SLOT::get()
-            }
-
-            /// Whether `p` is the idle sentinel.
-            #[inline(always)]
-            #[allow(dead_code)]
-            pub fn is_idle(p: *const $ty) -> bool {
-                ::core::ptr::eq(p, ::core::ptr::addr_of!(IDLE.0))
-            }
-
-            /// This thread's own state, bound on first use; null when no
-            /// slot could be mapped.
-            #[inline(always)]
-            #[allow(dead_code)]
-            pub fn bound() -> *mut $ty {
-                let p = current();
-                if is_idle(p) {
-                    return bind();
-                }
-                p
-            }
+            $crate::__thread_state_sentinel!($ty, $init, $sym,
+                "This thread's own state, bound on first use; null when no slot could be mapped.");
 
             #[cold]
             #[inline(never)]
@@ -361,6 +328,36 @@ macro_rules! thread_state {
                 RELEASED.with(|r| r.get())
             }
 
+            /// This thread's state if it has bound one, else null (never
+            /// binds).
+            #[inline]
+            #[allow(dead_code)]
+            pub fn own() -> *mut $ty {
+                let p = current();
+                if is_idle(p) {
+                    ::core::ptr::null_mut()
+                } else {
+                    p
+                }
+            }
+
+            /// `bound()` for a path that may run after the thread's exit
+            /// hook: null, not a new slot, for a thread that released its
+            /// state (no hook might give that slot back), or when no slot
+            /// can be mapped.
+            #[inline]
+            #[allow(dead_code)]
+            pub fn bound_unless_released() -> *mut $ty {
+                let p = current();
+                if !is_idle(p) {
+                    return p;
+                }
+                if released() {
+                    return ::core::ptr::null_mut();
+                }
+                bind()
+            }
+
             /// The slot pool, for fork handlers.
             #[allow(dead_code)]
             pub fn pool() -> &'static $crate::thread_slots::SlotPool {
@@ -380,43 +377,8 @@ macro_rules! thread_state {
                     const { ::core::cell::UnsafeCell::new($init) };
             }
 
-            /// The state every thread starts with: never written.
-            #[repr(transparent)]
-            struct Idle($ty);
-            // SAFETY: nothing writes the sentinel (the macro's contract:
-            // writers use `bound()`); any thread may read it.
-            unsafe impl Sync for Idle {}
-            static IDLE: Idle = Idle($init);
-
-            $crate::thread_pointer! {
-                static SLOT: *mut $ty = &IDLE, symbol = $sym;
-            }
-
-            /// This thread's state, or the never-written sentinel until the
-            /// thread is bound (see [`bound`]).
-            #[inline(always)]
-            #[allow(dead_code)]
-            pub fn current() -> *mut $ty {
-                SLOT::get()
-            }
-
-            /// Whether `p` is the idle sentinel.
-            #[inline(always)]
-            #[allow(dead_code)]
-            pub fn is_idle(p: *const $ty) -> bool {
-                ::core::ptr::eq(p, ::core::ptr::addr_of!(IDLE.0))
-            }
-
-            /// This thread's own state, bound on first use.
-            #[inline(always)]
-            #[allow(dead_code)]
-            pub fn bound() -> *mut $ty {
-                let p = current();
-                if is_idle(p) {
-                    return bind();
-                }
-                p
-            }
+            $crate::__thread_state_sentinel!($ty, $init, $sym,
+                "This thread's own state, bound on first use.");
 
             #[cold]
             #[inline(never)]
@@ -426,6 +388,53 @@ macro_rules! thread_state {
                 $( $on_bind(p); )?
                 p
             }
+        }
+    };
+}
+
+/// What both forms of [`thread_state!`](crate::thread_state) define: the
+/// idle sentinel, the thread pointer and `current`, `is_idle` and `bound`
+/// (which calls the form's own `bind`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __thread_state_sentinel {
+    ($ty:ty, $init:expr, $sym:literal, $bound_doc:literal) => {
+        /// The state every thread starts with: never written.
+        #[repr(transparent)]
+        struct Idle($ty);
+        // SAFETY: nothing writes the sentinel (the macro's contract:
+        // writers use `bound()`); any thread may read it.
+        unsafe impl Sync for Idle {}
+        static IDLE: Idle = Idle($init);
+
+        $crate::thread_pointer! {
+            static SLOT: *mut $ty = &IDLE, symbol = $sym;
+        }
+
+        /// This thread's state, or the never-written sentinel until the
+        /// thread is bound (see [`bound`]).
+        #[inline(always)]
+        #[allow(dead_code)]
+        pub fn current() -> *mut $ty {
+            SLOT::get()
+        }
+
+        /// Whether `p` is the idle sentinel.
+        #[inline(always)]
+        #[allow(dead_code)]
+        pub fn is_idle(p: *const $ty) -> bool {
+            ::core::ptr::eq(p, ::core::ptr::addr_of!(IDLE.0))
+        }
+
+        #[doc = $bound_doc]
+        #[inline(always)]
+        #[allow(dead_code)]
+        pub fn bound() -> *mut $ty {
+            let p = current();
+            if is_idle(p) {
+                return bind();
+            }
+            p
         }
     };
 }
