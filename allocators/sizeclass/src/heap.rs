@@ -201,11 +201,7 @@ pub(crate) fn count<P: Mode>(f: impl FnOnce(&ThreadStats)) {
 #[cold]
 #[inline(never)]
 pub(crate) fn count_unbound<P: Mode>(f: impl FnOnce(&ThreadStats)) {
-    let h = if P::heap_released() {
-        ptr::null_mut()
-    } else {
-        P::bound_heap()
-    };
+    let h = P::bound_heap_unless_released();
     if h.is_null() {
         let once = ThreadStats::new();
         f(&once);

@@ -68,6 +68,9 @@ pub(crate) trait Mode: Policy {
     /// The calling thread's own heap of this mode, bound on first use;
     /// null when no memory could be mapped for it.
     fn bound_heap() -> *mut Heap;
+    /// [`Mode::bound_heap`], but null (no new heap) for a thread that gave
+    /// its heap back at exit, for paths that may run after its exit hook.
+    fn bound_heap_unless_released() -> *mut Heap;
     /// Whether `h` is the never-written sentinel [`Mode::heap`] returns
     /// before the thread binds a heap.
     fn heap_is_idle(h: *const Heap) -> bool;
@@ -203,6 +206,14 @@ impl<P: Policy> Mode for P {
             hardened_heap::bound()
         } else {
             fast_heap::bound()
+        }
+    }
+
+    fn bound_heap_unless_released() -> *mut Heap {
+        if P::BLOCK_STATE {
+            hardened_heap::bound_unless_released()
+        } else {
+            fast_heap::bound_unless_released()
         }
     }
 
