@@ -168,7 +168,7 @@ unsafe fn exchange(c: usize, p: *mut u8) {
         // pinning a slab: a sixteenth of what was live then (a quarter
         // before; larson's main thread kept 18 of the 2000 objects it
         // freed in `tests::freeing_away_is_seen_past_other_threads_magazines`,
-        // now 3).
+        // 3 with two workers beside it, 1 with the four it has now).
         let limit = if live < cap { 0 } else { live / WIND_DOWN };
         // A class the thread allocated since its last free slow path, with
         // grown magazines (it freed and allocated it again before), is in

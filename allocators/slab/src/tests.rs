@@ -773,11 +773,47 @@ fn freeing_away_is_seen_past_other_threads_magazines() {
     let a = Slab::new();
     let l = Layout::from_size_align(64, 8).unwrap();
     let c = cache_of(&a, l);
+    // What the workers hold when this thread frees depends on how their
+    // own wind-downs interleave (and on tests outside the serial lock that
+    // use the class meanwhile): 448 to 512 objects on a quiet machine;
+    // with two workers, 128 to 256, and 63 once under CI's load. The
+    // scenario is set up again until they hold at least 256, so the check
+    // below always tests what it is about.
+    let mut attempts = 0;
+    let (theirs, kept) = loop {
+        attempts += 1;
+        let (theirs, kept) = free_away_past_workers(&a, l, c);
+        settle(&a);
+        if theirs >= 256 || attempts == 8 {
+            break (theirs, kept);
+        }
+    };
+    assert!(
+        theirs >= 256,
+        "the workers held only {theirs} objects in each of {attempts} attempts"
+    );
+    // Without the published counts this thread counted the workers'
+    // objects as live and kept a sixteenth of them (28 of 448-512 held by
+    // four workers; with two workers, 6-14, too close to tell apart); with
+    // them, the wind-down's tail: 1 object.
+    assert!(
+        kept < 12,
+        "{kept} objects kept in this thread's magazines after freeing the class away \
+         (the workers held {theirs})"
+    );
+}
+
+/// One round of `freeing_away_is_seen_past_other_threads_magazines`: four
+/// workers build and free 200 objects of class `c` three times and wait
+/// with their magazines full while this thread frees the 2000 it holds.
+/// Returns what the workers held and what this thread kept.
+fn free_away_past_workers(a: &Slab, l: Layout, c: usize) -> (usize, usize) {
+    const WORKERS: usize = 4;
     let mine: Vec<usize> = (0..2000).map(|_| a.allocate(l) as usize).collect();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let go_rx = std::sync::Arc::new(Mutex::new(go_rx));
-    let workers: Vec<_> = (0..2)
+    let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
             let done_tx = done_tx.clone();
             let go_rx = go_rx.clone();
@@ -798,8 +834,9 @@ fn freeing_away_is_seen_past_other_threads_magazines() {
             })
         })
         .collect();
-    done_rx.recv().unwrap();
-    done_rx.recv().unwrap();
+    for _ in 0..WORKERS {
+        done_rx.recv().unwrap();
+    }
     for &p in &mine {
         // SAFETY: live objects of `a`.
         unsafe { a.deallocate(p as *mut u8, l) };
@@ -807,17 +844,7 @@ fn freeing_away_is_seen_past_other_threads_magazines() {
     let kept = thread::bound().unwrap().slot(c).held();
     drop(go_tx);
     let theirs: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
-    assert!(theirs >= 64, "the workers hold only {theirs} objects");
-    // Without the published counts this thread kept both magazines (128);
-    // with them, the wind-down's tail: a sixteenth of what was live at its
-    // last free slow path (3 to 6 objects, by how the workers' own
-    // wind-downs interleaved).
-    assert!(
-        kept < 16,
-        "{kept} objects kept in this thread's magazines after freeing the class away \
-         (the workers held {theirs})"
-    );
-    settle(&a);
+    (theirs, kept)
 }
 
 /// The background purger's round gives back what an idle allocator holds:
