@@ -75,8 +75,11 @@ unsafe impl Linked for FreeSlot {
 
 /// What the lock protects.
 struct Slots {
-    /// Slots given back.
+    /// Slots given back, as their threads left them (resident).
     free: List<FreeSlot>,
+    /// Slots given back whose whole pages past their links were purged
+    /// ([`SlotPool::purge_free`]); taken after `free`'s.
+    purged: List<FreeSlot>,
     /// The never-used rest of the last mapping: `next..end`.
     next: *mut u8,
     /// See `next`.
@@ -118,6 +121,7 @@ impl SlotPool {
         Self {
             slots: SpinLock::new(Slots {
                 free: List::EMPTY,
+                purged: List::EMPTY,
                 next: ptr::null_mut(),
                 end: ptr::null_mut(),
                 stride: 0,
@@ -128,8 +132,9 @@ impl SlotPool {
 
     /// A slot of at least `size` bytes aligned to `align` (at most
     /// [`SLOT_ALIGN`]): one given back before if there is one (its bytes
-    /// as they were left), else a fresh, zeroed one. Null when no memory
-    /// can be mapped.
+    /// as they were left, or zero where [`SlotPool::purge_free`] gave its
+    /// pages back; a resident one first), else a fresh, zeroed one. Null
+    /// when no memory can be mapped.
     pub fn take(&self, size: usize, align: usize) -> *mut u8 {
         debug_assert!(
             align <= SLOT_ALIGN,
@@ -141,7 +146,11 @@ impl SlotPool {
         s.stride = stride;
         // SAFETY: the free list holds slots of this pool, given back and
         // no longer used by anyone (`give`'s contract).
-        let reused = unsafe { s.free.pop_front() };
+        let mut reused = unsafe { s.free.pop_front() };
+        if reused.is_null() {
+            // SAFETY: as above.
+            reused = unsafe { s.purged.pop_front() };
+        }
         if !reused.is_null() {
             return reused.cast();
         }
@@ -181,6 +190,40 @@ impl SlotPool {
         unsafe { s.free.push_front(slot.cast::<FreeSlot>()) };
     }
 
+    /// Gives back to the OS the whole pages of every free slot, past the
+    /// page that holds its links (a background purger's idle round: the
+    /// slots of exited threads are otherwise resident for good, 11 KiB a
+    /// thread for slab's caches). Each slot is purged once; the next
+    /// thread to take it faults its pages in again. Returns the bytes
+    /// purged.
+    pub fn purge_free(&self) -> usize {
+        let mut s = self.slots.lock();
+        let stride = s.stride;
+        let page = os::page_size();
+        let mut bytes = 0;
+        loop {
+            // SAFETY: the free list holds slots of this pool that nobody
+            // uses (`give`'s contract).
+            let slot = unsafe { s.free.pop_front() };
+            if slot.is_null() {
+                break;
+            }
+            let links_end = slot as usize + size_of::<FreeSlot>();
+            let from = links_end.next_multiple_of(page);
+            let to = (slot as usize + stride) & !(page - 1);
+            if to > from {
+                // SAFETY: whole pages inside a free slot of our mapping,
+                // past its links: nothing in them is needed (a slot is
+                // written in full when it is taken and bound).
+                unsafe { os::purge(from as *mut u8, to - from) };
+                bytes += to - from;
+            }
+            // SAFETY: the slot is still free and ours; it moves lists.
+            unsafe { s.purged.push_front(slot) };
+        }
+        bytes
+    }
+
     /// In a forked child: starts the pool afresh, unlocked and empty. The
     /// parent's free slots and the rest of its last mapping are left
     /// unused here (a few KiB; most children `exec` soon), so the lock
@@ -200,6 +243,7 @@ impl SlotPool {
             self.slots.raw().reset_after_fork();
             let s = self.slots.get_unchecked();
             s.free = List::EMPTY;
+            s.purged = List::EMPTY;
             s.next = ptr::null_mut();
             s.end = ptr::null_mut();
         }
@@ -247,6 +291,62 @@ mod tests {
         // Every slot comes back before anything new is mapped.
         let again: HashSet<usize> = (0..40).map(|_| POOL.take(size, 8) as usize).collect();
         assert_eq!(again, seen);
+    }
+
+    /// Whether the page at `p` is resident.
+    fn resident(p: usize) -> bool {
+        let page = os::page_size();
+        let mut v = 0u8;
+        // SAFETY: one page of our mapping; mincore writes one byte.
+        let rc = unsafe { libc::mincore((p & !(page - 1)) as *mut _, 1, &mut v) };
+        assert_eq!(rc, 0);
+        v & 1 == 1
+    }
+
+    #[test]
+    fn purging_gives_back_free_slots_pages_and_nothing_else() {
+        static POOL: SlotPool = SlotPool::new();
+        let size = 11_000;
+        let taken: Vec<*mut u8> = (0..5).map(|_| POOL.take(size, 8)).collect();
+        for (i, &p) in taken.iter().enumerate() {
+            // SAFETY: each slot is size bytes of pool memory, ours alone.
+            unsafe { p.write_bytes(0x10 + i as u8, size) };
+        }
+        // Slots 1 and 3 are given back; 0, 2 and 4 (their neighbours,
+        // sharing pages with them) stay in use.
+        for i in [1, 3] {
+            // SAFETY: taken above, given back once, no longer used.
+            unsafe { POOL.give(taken[i]) };
+        }
+        let page = os::page_size();
+        let purged = POOL.purge_free();
+        assert!(
+            purged >= 2 * page,
+            "purged {purged} bytes of two 11 KB slots"
+        );
+        assert_eq!(POOL.purge_free(), 0, "a purged slot is purged once");
+        for i in [0, 2, 4] {
+            // SAFETY: a slot still in use, ours.
+            let bytes = unsafe { core::slice::from_raw_parts(taken[i], size) };
+            assert!(
+                bytes.iter().all(|&b| b == 0x10 + i as u8),
+                "slot {i} touched"
+            );
+        }
+        for i in [1, 3] {
+            let p = taken[i] as usize;
+            let inner = (p + 16).next_multiple_of(page);
+            assert!(!resident(inner), "slot {i}: a whole page still resident");
+            // SAFETY: the pool's memory, mapped; nothing else uses the
+            // given-back slot in this test.
+            assert_eq!(unsafe { *(inner as *const u8) }, 0);
+        }
+        // A resident slot given back later is taken before purged ones.
+        // SAFETY: taken above, given back once.
+        unsafe { POOL.give(taken[4]) };
+        assert_eq!(POOL.take(size, 8), taken[4]);
+        let next: HashSet<usize> = (0..2).map(|_| POOL.take(size, 8) as usize).collect();
+        assert_eq!(next, HashSet::from([taken[1] as usize, taken[3] as usize]));
     }
 
     #[test]

@@ -171,10 +171,15 @@ fn purge_round<P: Mode>() {
 /// purger takes them off the list, collects those frees, frees and purges
 /// the pages left empty, releases the segments left empty and abandons the
 /// others again (a thread looking for one meanwhile maps a fresh segment).
+/// The reserve's segments and the exited threads' heap slots are purged
+/// here too.
 fn tidy_abandoned<P: Mode>() {
     let mut taken = segment::take_abandoned::<P>();
     let now = os::monotonic_ns();
     segment::purge_reserve(now, purge_delay_ns(), false);
+    // Exited threads' heaps, kept in their slot pool for the next thread
+    // (each slot's whole pages, once).
+    P::heap_pool().purge_free();
     loop {
         // SAFETY: the segments taken are ours alone (off every list) and of
         // mode `P`.

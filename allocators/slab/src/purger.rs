@@ -3,10 +3,11 @@
 //! slab allocator holds without waiting for its next call.
 //!
 //! Slab already returns memory as a program frees (`slow::wind_down`,
-//! `Cache::give_back`), but three things wait for a call: full magazines
+//! `Cache::give_back`), but four things wait for a call: full magazines
 //! in the depots (kept for the next allocating thread), empty slabs within
-//! a quarter of a cache's working set, and core's cached large blocks.
-//! A round gives back all three once the allocator has been *idle* for a
+//! a quarter of a cache's working set, exited threads' caches (kept in
+//! their slot pool for the next thread) and core's cached large blocks.
+//! A round gives back all four once the allocator has been *idle* for a
 //! whole round, that is, no thread took a slow path (one every 64 small
 //! operations per class, at most) since the round before: [`ACTIVE`] is
 //! set by the first slow path after a round cleared it, so a busy program
@@ -77,4 +78,6 @@ fn give_back_idle() {
     for c in 0..CACHE_COUNT {
         heap::cache(c).release_empty(true);
     }
+    // Exited threads' caches (11 KiB each), kept for the next thread.
+    crate::thread::pool().purge_free();
 }

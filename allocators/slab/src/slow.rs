@@ -180,8 +180,10 @@ unsafe fn exchange(c: usize, p: *mut u8) {
         // winds down at its first free slow path (a main thread freeing
         // a magazine's worth of a class would otherwise keep them all).
         let steady = after_allocate && slot.size.get() == MagazineSize::Grown;
-        if !loaded.is_null()
-            && ((limit < cap && slot.allocates.get() && !steady) || slot.lowered.get())
+        // A slot wound down to nothing holds no magazine (`lowered`, all
+        // null): each free comes here and re-measures.
+        if slot.lowered.get()
+            || (!loaded.is_null() && limit < cap && slot.allocates.get() && !steady)
         {
             return wind_down(t, c, p, loaded, prev, limit);
         }
@@ -338,10 +340,18 @@ const WIND_DOWN: usize = 16;
 /// path loads full capacity again, and a class that grows again gets its
 /// full limit back here.
 ///
+/// At limit 0 the slot gives its (then empty) magazines back too, to the
+/// depot, whose idle empties the background purger frees: a thread that
+/// freed a class away and went idle kept two empty magazines of each such
+/// class, 528 bytes each, which pinned the magazine cache's slabs they lay
+/// in (larson ×4's main thread: 7 of them, 112 KiB resident after the
+/// idle second). The slot is left unloaded and `lowered`, so every free
+/// of the class comes back here until the thread allocates it again.
+///
 /// # Safety
-/// `loaded` (non-null, unloaded, rounds accurate) and `prev` (null, full or
-/// empty) are this thread's magazines of class `c`; `p` is a live object
-/// of class `c`.
+/// `loaded` (null only when the slot is `lowered`; unloaded, rounds
+/// accurate) and `prev` (null, full or empty) are this thread's magazines
+/// of class `c`; `p` is a live object of class `c`.
 #[cold]
 #[inline(never)]
 unsafe fn wind_down(
@@ -358,7 +368,9 @@ unsafe fn wind_down(
     // accurate; draining leaves them empty, which keeps the slot invariant
     // (prev full or empty; loaded rounds 0 <= limit).
     unsafe {
-        heap::drain(c, loaded);
+        if !loaded.is_null() {
+            heap::drain(c, loaded);
+        }
         if !prev.is_null() {
             heap::drain(c, prev);
         }
@@ -368,16 +380,33 @@ unsafe fn wind_down(
         // The class is being freed away: small magazines from now on,
         // until the thread frees and allocates it again.
         slot.size.set(MagazineSize::Small);
-        let small = slot.capacity(c);
-        if limit < small {
-            slot.load_limited(loaded, limit);
-        } else {
-            slot.load(loaded, small);
-        }
         if limit == 0 {
             // Every free of the class takes this path until the thread
-            // allocates it again.
+            // allocates it again; the magazines wait in the depot.
+            slot.prev.set(ptr::null_mut());
+            for m in [loaded, prev] {
+                if !m.is_null() {
+                    heap::retire_empty(c, m);
+                }
+            }
+            slot.lowered.set(true);
             return free_direct(c, p);
+        }
+        let m = if loaded.is_null() {
+            heap::empty_magazine(c)
+        } else {
+            loaded
+        };
+        if m.is_null() {
+            // No memory for a magazine: the slot stays unloaded.
+            return free_direct(c, p);
+        }
+        (*m).rounds = 0;
+        let small = slot.capacity(c);
+        if limit < small {
+            slot.load_limited(m, limit);
+        } else {
+            slot.load(m, small);
         }
         crate::free_small(c, p)
     }

@@ -847,6 +847,52 @@ fn free_away_past_workers(a: &Slab, l: Layout, c: usize) -> (usize, usize) {
     (theirs, kept)
 }
 
+/// A thread that frees a class away gives its magazines of the class back
+/// (to the depot, whose idle empties the purger frees): two empty
+/// magazines per class, kept by a thread that then slept, pinned the
+/// magazine cache's slabs. Its later frees of the class go straight home,
+/// and allocating the class again loads a magazine again.
+#[test]
+fn freeing_a_class_away_gives_its_magazines_back() {
+    let _g = serial();
+    let a = Slab::new();
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let c = cache_of(&a, l);
+    std::thread::spawn(move || {
+        let a = Slab::new();
+        let ps: Vec<usize> = (0..2000).map(|_| a.allocate(l) as usize).collect();
+        let slot = thread::bound().unwrap().slot(c);
+        assert!(!slot.base.get().is_null(), "allocating loads a magazine");
+        for &p in &ps {
+            // SAFETY: live objects of `a`.
+            unsafe { a.deallocate(p as *mut u8, l) };
+        }
+        assert!(
+            slot.base.get().is_null() && slot.prev.get().is_null(),
+            "magazines kept after freeing the class away"
+        );
+        assert_eq!(slot.held(), 0);
+        // Frees of the class now go home one by one, with no magazine.
+        let more: Vec<usize> = (0..3).map(|_| a.allocate(l) as usize).collect();
+        assert!(
+            !slot.base.get().is_null(),
+            "allocating loads a magazine again"
+        );
+        for &p in &more {
+            // SAFETY: live objects of `a`.
+            unsafe { a.deallocate(p as *mut u8, l) };
+        }
+        let p = a.allocate(l);
+        assert!(!p.is_null());
+        // SAFETY: a live object of `a`.
+        unsafe { a.deallocate(p, l) };
+        a.flush_thread_cache();
+    })
+    .join()
+    .unwrap();
+    settle(&a);
+}
+
 /// The background purger's round gives back what an idle allocator holds:
 /// full magazines kept in a depot for a thread that asked for them go
 /// home and every empty slab is purged, once a whole round passed without

@@ -89,7 +89,10 @@ pub struct ClassSlot {
     pub outbox_sent: Cell<bool>,
     /// How big this thread's magazines of the class are.
     pub size: Cell<MagazineSize>,
-    /// The loaded magazine's limit was lowered by `slow::wind_down`.
+    /// The loaded magazine's limit was lowered by `slow::wind_down`, or,
+    /// with no magazine loaded, the class was freed away and the slot gave
+    /// its magazines back (every free of the class takes the slow path
+    /// until the thread allocates it again).
     pub lowered: Cell<bool>,
     /// Objects this thread last published as held in its magazines of
     /// the class (see `Depot::publish`).
@@ -310,7 +313,7 @@ pub fn own() -> Option<&'static ThreadCache> {
     unsafe { state::own().as_ref() }
 }
 
-/// The pool the caches live in (for the fork handlers).
+/// The pool the caches live in (for the fork handlers and the purger).
 pub fn pool() -> &'static heapkit_core::thread_slots::SlotPool {
     state::pool()
 }

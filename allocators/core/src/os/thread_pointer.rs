@@ -358,7 +358,7 @@ macro_rules! thread_state {
                 bind()
             }
 
-            /// The slot pool, for fork handlers.
+            /// The slot pool, for fork handlers and background purgers.
             #[allow(dead_code)]
             pub fn pool() -> &'static $crate::thread_slots::SlotPool {
                 &POOL
