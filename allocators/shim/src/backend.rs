@@ -47,9 +47,11 @@ pub const POOL: u8 = 3;
 pub const BUMP: u8 = 4;
 /// glibc malloc (`system`).
 pub const SYSTEM: u8 = 5;
-/// jemalloc (`jemalloc`).
+/// jemalloc (`jemalloc`; with the `peers` feature).
+#[cfg(feature = "peers")]
 pub const JEMALLOC: u8 = 6;
-/// mimalloc (`mimalloc`).
+/// mimalloc (`mimalloc`; with the `peers` feature).
+#[cfg(feature = "peers")]
 pub const MIMALLOC: u8 = 7;
 /// `sizeclass` in hardened mode (`HEAPKIT_HARDEN=1`).
 pub const SIZECLASS_HARDENED: u8 = 8;
@@ -69,8 +71,10 @@ pub const BUMP_SAMPLED: u8 = BUMP | SAMPLED;
 /// See [`SIZECLASS_SAMPLED`].
 pub const SYSTEM_SAMPLED: u8 = SYSTEM | SAMPLED;
 /// See [`SIZECLASS_SAMPLED`].
+#[cfg(feature = "peers")]
 pub const JEMALLOC_SAMPLED: u8 = JEMALLOC | SAMPLED;
 /// See [`SIZECLASS_SAMPLED`].
+#[cfg(feature = "peers")]
 pub const MIMALLOC_SAMPLED: u8 = MIMALLOC | SAMPLED;
 /// See [`SIZECLASS_SAMPLED`].
 pub const SIZECLASS_HARDENED_SAMPLED: u8 = SIZECLASS_HARDENED | SAMPLED;
@@ -90,8 +94,10 @@ pub const BUMP_TRACED: u8 = BUMP | TRACED;
 /// See [`SIZECLASS_TRACED`].
 pub const SYSTEM_TRACED: u8 = SYSTEM | TRACED;
 /// See [`SIZECLASS_TRACED`].
+#[cfg(feature = "peers")]
 pub const JEMALLOC_TRACED: u8 = JEMALLOC | TRACED;
 /// See [`SIZECLASS_TRACED`].
+#[cfg(feature = "peers")]
 pub const MIMALLOC_TRACED: u8 = MIMALLOC | TRACED;
 /// See [`SIZECLASS_TRACED`].
 pub const SIZECLASS_HARDENED_TRACED: u8 = SIZECLASS_HARDENED | TRACED;
@@ -107,7 +113,9 @@ pub const BACKENDS: &[(&str, u8)] = &[
     ("pool", POOL),
     ("bump", BUMP),
     ("system", SYSTEM),
+    #[cfg(feature = "peers")]
     ("jemalloc", JEMALLOC),
+    #[cfg(feature = "peers")]
     ("mimalloc", MIMALLOC),
 ];
 
@@ -145,9 +153,11 @@ pub static BUMP_HEAP: OutOfLine<heapkit_bump::Bump> = OutOfLine(heapkit_bump::Bu
 /// See [`SIZECLASS_HEAP`].
 pub static SYSTEM_HEAP: OutOfLine<crate::system::System> = OutOfLine(crate::system::System);
 /// See [`SIZECLASS_HEAP`].
+#[cfg(feature = "peers")]
 pub static JEMALLOC_HEAP: OutOfLine<crate::jemalloc::Jemalloc> =
     OutOfLine(crate::jemalloc::Jemalloc);
 /// See [`SIZECLASS_HEAP`].
+#[cfg(feature = "peers")]
 pub static MIMALLOC_HEAP: OutOfLine<crate::mimalloc::Mimalloc> =
     OutOfLine(crate::mimalloc::Mimalloc);
 
@@ -281,7 +291,9 @@ macro_rules! dispatch {
                 $crate::backend::POOL_HARDENED_HEAP;
             BUMP, BUMP_SAMPLED, BUMP_TRACED => $crate::backend::BUMP_HEAP;
             SYSTEM, SYSTEM_SAMPLED, SYSTEM_TRACED => $crate::backend::SYSTEM_HEAP;
+            #[cfg(feature = "peers")]
             JEMALLOC, JEMALLOC_SAMPLED, JEMALLOC_TRACED => $crate::backend::JEMALLOC_HEAP;
+            #[cfg(feature = "peers")]
             MIMALLOC, MIMALLOC_SAMPLED, MIMALLOC_TRACED => $crate::backend::MIMALLOC_HEAP
         )
     };
@@ -292,16 +304,18 @@ pub(crate) use dispatch;
 macro_rules! dispatch_match {
     (
         $id:expr, |$a:ident| $body:expr, |$s:ident| $sampled:expr, |$t:ident| $traced:expr,
-        $other:expr; $($plain:ident, $samp:ident, $trac:ident => $heap:path);* $(;)?
+        $other:expr; $($(#[$cfg:meta])* $plain:ident, $samp:ident, $trac:ident => $heap:path);* $(;)?
     ) => {
         match $id {
             $(
+                $(#[$cfg])*
                 $crate::backend::$plain => {
                     let $a = &$heap;
                     $body
                 }
             )*
             $(
+                $(#[$cfg])*
                 $crate::backend::$samp => {
                     #[allow(unused_variables)]
                     let $s = &$heap;
@@ -309,6 +323,7 @@ macro_rules! dispatch_match {
                 }
             )*
             $(
+                $(#[$cfg])*
                 $crate::backend::$trac => {
                     #[allow(unused_variables)]
                     let $t = &$heap;
@@ -464,10 +479,28 @@ fn no_hardened_mode(id: u8) -> ! {
     os::exit_immediately(2)
 }
 
+/// The peers a library built without the `peers` feature lacks.
+#[cfg(not(feature = "peers"))]
+const PEERS_LEFT_OUT: &[(&str, &str)] = &[
+    ("jemalloc", "libjemalloc.so.2"),
+    ("mimalloc", "libmimalloc.so.2"),
+];
+
 /// Prints the one-line error for an unknown `HEAPKIT_ALLOC` and exits with
-/// status 2, without allocating or running `atexit` handlers.
+/// status 2, without allocating or running `atexit` handlers. A peer left
+/// out of this build is named as such, with the two ways to run it.
 fn reject(value: &[u8]) -> ! {
     let mut line = StackText::<512>::new();
+    #[cfg(not(feature = "peers"))]
+    if let Some((name, library)) = PEERS_LEFT_OUT.iter().find(|(n, _)| n.as_bytes() == value) {
+        let _ = writeln!(
+            line,
+            "heapkit: HEAPKIT_ALLOC={name}: this libheapkit.so was built without the peers \
+             (cargo build --release -p heapkit-shim --features peers), or preload {library} itself"
+        );
+        os::write_stderr(line.as_bytes());
+        os::exit_immediately(2)
+    }
     let _ = line.write_str("heapkit: unknown HEAPKIT_ALLOC=\"");
     line.push_bytes(value);
     let _ = line.write_str("\"; accepted: ");

@@ -93,10 +93,13 @@ extern "C" fn print() {
 fn measured_by_peer(id: u8) -> Option<&'static [&'static str]> {
     match id {
         backend::SYSTEM => Some(&["live_bytes", "mapped_bytes", "resident_bytes"]),
+        #[cfg(feature = "peers")]
         backend::JEMALLOC if crate::jemalloc::has_stats() => {
             Some(&["live_bytes", "mapped_bytes", "resident_bytes"])
         }
+        #[cfg(feature = "peers")]
         backend::JEMALLOC => Some(&["resident_bytes"]),
+        #[cfg(feature = "peers")]
         backend::MIMALLOC => Some(&["mapped_bytes", "peak_mapped_bytes", "resident_bytes"]),
         _ => None,
     }

@@ -64,7 +64,9 @@ mod exit_report;
 mod export;
 mod glibc;
 mod introspect;
+#[cfg(feature = "peers")]
 mod jemalloc;
+#[cfg(feature = "peers")]
 mod mimalloc;
 mod stack_text;
 mod system;
@@ -73,16 +75,7 @@ mod system;
 /// backend if no allocation has yet, and registers the exit report.
 extern "C" fn on_load() {
     let id = backend::resolve();
-    let peer_runs = matches!(backend::name(id), "jemalloc" | "mimalloc");
-    let skipped = if peer_runs {
-        None
-    } else {
-        // SAFETY: on_load is this library's constructor and is running; the
-        // entries after it are the peers' (the static C libraries are linked
-        // after every Rust object), and each peer initialises itself on its
-        // first call, should one come while another backend runs.
-        Some(unsafe { heapkit_core::os::constructors::skip_after(on_load, PEER_CONSTRUCTORS) })
-    };
+    let skipped = skip_peer_constructors(id);
     exit_report::register_if_requested();
     if heapkit_core::options::get().verbose {
         // HEAPKIT_VERBOSE=1: say what runs, with which options.
@@ -141,12 +134,35 @@ extern "C" fn on_load() {
     }
 }
 
+/// With the peers linked in (`peers` feature), skips their constructors
+/// unless one of them is backend `id`; returns whether they were skipped
+/// (`None`: not tried, as when a peer runs or none is linked in).
+#[cfg(feature = "peers")]
+fn skip_peer_constructors(id: u8) -> Option<bool> {
+    if matches!(backend::name(id), "jemalloc" | "mimalloc") {
+        return None;
+    }
+    // SAFETY: on_load is this library's constructor and is running (its
+    // only caller); the entries after it are the peers' (the static C
+    // libraries are linked after every Rust object), and each peer
+    // initialises itself on its first call, should one come while another
+    // backend runs.
+    Some(unsafe { heapkit_core::os::constructors::skip_after(on_load, PEER_CONSTRUCTORS) })
+}
+
+/// Without the peers there is nothing after [`on_load`] to skip.
+#[cfg(not(feature = "peers"))]
+fn skip_peer_constructors(_id: u8) -> Option<bool> {
+    None
+}
+
 /// How many `.init_array` entries follow [`on_load`]: jemalloc's
 /// `jemalloc_constructor` and mimalloc's `mi_process_attach`. Skipped
 /// unless one of them is the backend: they cost every process that loads
 /// the library 57 page faults and about 0.23 ms (a fifth of a preloaded
 /// `/bin/true`), and jemalloc's `fork` handlers on every fork after (see
 /// `heapkit_core::os::constructors`).
+#[cfg(feature = "peers")]
 const PEER_CONSTRUCTORS: usize = 2;
 
 /// Mean bytes between two sampled allocations of a heap profile.

@@ -63,6 +63,12 @@ fn library() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        // Another build of the library, relative to the workspace (CI runs
+        // the suite again against one built with `--features peers`).
+        if let Some(lib) = std::env::var_os("HEAPKIT_TEST_LIBRARY") {
+            return fs::canonicalize(root.join(&lib))
+                .unwrap_or_else(|e| panic!("HEAPKIT_TEST_LIBRARY={lib:?}: {e}"));
+        }
         let target = match std::env::var_os("CARGO_TARGET_DIR") {
             Some(dir) => root.join(dir),
             None => root.join("target"),
@@ -240,10 +246,50 @@ fn unknown_backend_stops_the_program_before_it_runs() {
     assert!(out.stdout.is_empty(), "the program ran");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    for b in ["sizeclass", "system", "jemalloc", "mimalloc"] {
+    for b in ["sizeclass", "slab", "pool", "bump", "system"] {
         assert!(backends().iter().any(|n| n == b), "{b} missing from {err}");
     }
 }
+
+/// A library built without the `peers` feature names a peer asked for
+/// as left out, with the two ways to run it, and stops before the
+/// program runs; one built with it lists both peers.
+#[test]
+fn peers_left_out_say_how_to_get_them() {
+    let built_in = PEERS.map(|p| backends().iter().any(|n| n == p));
+    assert!(
+        built_in == [true, true] || built_in == [false, false],
+        "one peer without the other: {:?}",
+        backends()
+    );
+    if built_in[0] {
+        return;
+    }
+    for (peer, so) in [
+        ("jemalloc", "libjemalloc.so.2"),
+        ("mimalloc", "libmimalloc.so.2"),
+    ] {
+        let out = Command::new("/bin/echo")
+            .arg("RAN")
+            .env("LD_PRELOAD", library())
+            .env("HEAPKIT_ALLOC", peer)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{peer}");
+        assert!(out.stdout.is_empty(), "the program ran under {peer}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("built without the peers")
+                && err.contains("--features peers")
+                && err.contains(so),
+            "{err}"
+        );
+    }
+}
+
+/// The peers a library may be built with (`--features peers`).
+const PEERS: [&str; 2] = ["jemalloc", "mimalloc"];
 
 #[test]
 fn stats_report_at_exit_even_when_stderr_is_closed() {
@@ -1429,8 +1475,8 @@ fn options_from_the_environment() {
     }
 }
 
-/// The peers linked into the library (jemalloc, mimalloc) initialise at
-/// load only when one of them is the backend: their constructors are
+/// The peers linked into a library built with them (jemalloc, mimalloc;
+/// `--features peers`) initialise at load only when one of them is the backend: their constructors are
 /// skipped otherwise (`heapkit_core::os::constructors`), and the library
 /// says so under `HEAPKIT_VERBOSE=1`. A link that moved them from after the
 /// shim's own constructor fails here, where it would otherwise cost every
@@ -1442,15 +1488,9 @@ fn peers_initialise_only_when_they_run() {
     };
     let dir = scratch("peer-constructors");
     const SKIPPED: &str = "heapkit: the peers' constructors were skipped (jemalloc, mimalloc)";
-    for backend in [
-        "sizeclass",
-        "slab",
-        "pool",
-        "bump",
-        "system",
-        "jemalloc",
-        "mimalloc",
-    ] {
+    // Without the peers there is nothing to skip, and nothing is said.
+    let built_in = backends().iter().any(|n| n == PEERS[0]);
+    for backend in backends().iter().map(String::as_str) {
         let mut cmd = under(backend, &sh);
         // A fork and an exec under the backend, so that a peer left without
         // its constructor would have to start on its first call.
@@ -1459,8 +1499,13 @@ fn peers_initialise_only_when_they_run() {
         let r = run(cmd, &dir, backend, MINUTE);
         assert!(r.ok && r.stdout.contains("started"), "{}", r.describe());
         let skipped = r.stderr.lines().any(|l| l == SKIPPED);
-        let peer = matches!(backend, "jemalloc" | "mimalloc");
-        assert_eq!(skipped, !peer, "{backend}: {}", r.stderr);
+        let peer = PEERS.contains(&backend);
+        assert_eq!(skipped, built_in && !peer, "{backend}: {}", r.stderr);
+        assert!(
+            !r.stderr.contains("constructors ran"),
+            "{backend}: {}",
+            r.stderr
+        );
     }
 }
 
