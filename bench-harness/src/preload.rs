@@ -203,6 +203,11 @@ fn columns(args: &PreloadArgs, lib: &Path) -> Result<Vec<Column>> {
                     format!("{b}: {path} is not installed (apt-get install libjemalloc2 libmimalloc2.0)"),
                 )),
                 Some(c) => Ok(c),
+                None if b == "jemalloc" || b == "mimalloc" => Err(Error::new(format!(
+                    "{b}: {} was built without the peers (cargo build --release -p \
+                     heapkit-shim --features peers); {b}-so is Debian's library",
+                    lib.display()
+                ))),
                 None => Err(Error::new(format!(
                     "unknown column {b:?}; accepted: {}, native, jemalloc-so, mimalloc-so",
                     accepted.join(", ")
