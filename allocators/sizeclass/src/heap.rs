@@ -81,6 +81,9 @@ pub(crate) struct Heap {
     pub purge_budget: usize,
     /// Bytes of the pages this heap has in use (claimed, not free).
     pub claimed_bytes: usize,
+    /// The most `claimed_bytes` has been: twice it bounds the purge budget
+    /// when that is more than `PURGE_BUDGET_MAX` (`purge::budget_max`).
+    pub peak_claimed_bytes: usize,
     /// When a page purged early was last needed again (monotonic ns).
     pub last_refault_ns: u64,
     /// A page purged early was needed again within the last
@@ -88,6 +91,11 @@ pub(crate) struct Heap {
     /// purge keeps up to `purge_budget` even when (nearly) nothing is in
     /// use. Cleared by the sweep that relaxes the budget.
     pub refaulting: bool,
+    /// When a free last emptied one of this heap's segments and it was
+    /// released (monotonic ns; 0: never). A segment acquired again within
+    /// the purge delay after that is a refault, as a page purged early and
+    /// claimed again is (`slow::take_free_page`).
+    pub released_segment_ns: u64,
     /// Next time (monotonic ns) the slow path runs the decay sweep.
     pub next_sweep_ns: u64,
     /// Slow-path calls (to read the clock only now and then, and for
@@ -137,7 +145,9 @@ impl Heap {
             purge_budget: crate::purge::PURGE_BUDGET_MIN,
             last_refault_ns: 0,
             refaulting: false,
+            released_segment_ns: 0,
             claimed_bytes: 0,
+            peak_claimed_bytes: 0,
             next_sweep_ns: 0,
             slow_calls: AtomicU32::new(0),
             lock: RawSpinLock::new(),

@@ -24,8 +24,8 @@ use crate::heap::{self, Heap, EMPTY, STATS};
 use crate::lifecycle::init;
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
+use crate::purge::{budget_max, purge_delay_ns};
 use crate::purge::{free_page, over_budget, purge_idle, release_segment, sweep};
-use crate::purge::{purge_delay_ns, PURGE_BUDGET_MAX};
 use crate::segment::{self, Segment, SegmentKind};
 
 /// The clock is read on every this many slow-path calls.
@@ -233,6 +233,7 @@ fn adopt_one<P: Mode>(h: &mut Heap) -> bool {
                 Page::set_state(page, PageState::Queued);
                 h.queues[(*page).class as usize].push_back(page);
                 h.claimed_bytes += 1 << (*seg).page_shift;
+                h.peak_claimed_bytes = h.peak_claimed_bytes.max(h.claimed_bytes);
             }
         }
         h.segments[(*seg).kind.index()].push_front(seg);
@@ -255,6 +256,15 @@ fn take_free_page<P: Mode>(h: &mut Heap, kind: SegmentKind) -> Option<*mut Page>
             seg = (*seg).next;
         }
     }
+    // A segment needed again within the purge delay after a free emptied
+    // and released one: the program rebuilds what it freed (see
+    // `purge::retire_page`, which keeps emptied segments from now on).
+    if h.released_segment_ns != 0 {
+        let now = os::monotonic_ns();
+        if now.saturating_sub(h.released_segment_ns) < purge_delay_ns() {
+            note_refault(h, now);
+        }
+    }
     let seg = segment::acquire::<P>(kind, h.id);
     if seg.is_null() {
         return None;
@@ -267,6 +277,14 @@ fn take_free_page<P: Mode>(h: &mut Heap, kind: SegmentKind) -> Option<*mut Page>
         h.segments[kind.index()].push_front(seg);
         Some(claim(h, seg, 0))
     }
+}
+
+/// Memory given back early was needed again: the eager purge thrashes
+/// this program, so give it more room (see `purge::over_budget`).
+fn note_refault(h: &mut Heap, now: u64) {
+    h.purge_budget = (h.purge_budget * 2).min(budget_max(h));
+    h.last_refault_ns = now;
+    h.refaulting = true;
 }
 
 /// Marks page `i` of `seg` in use.
@@ -285,13 +303,12 @@ unsafe fn claim(h: &mut Heap, seg: *mut Segment, i: usize) -> *mut Page {
             // purge thrashes this program, so give it more room.
             let now = os::monotonic_ns();
             if now.saturating_sub((*page).freed_at_ns) < purge_delay_ns() {
-                h.purge_budget = (h.purge_budget * 2).min(PURGE_BUDGET_MAX);
-                h.last_refault_ns = now;
-                h.refaulting = true;
+                note_refault(h, now);
             }
         }
         (*seg).used_pages += 1;
         h.claimed_bytes += 1 << (*seg).page_shift;
+        h.peak_claimed_bytes = h.peak_claimed_bytes.max(h.claimed_bytes);
         Page::set_state(page, PageState::Queued);
         page
     }
