@@ -60,20 +60,78 @@ impl List {
     }
 }
 
+/// The slab lists of one cache, and what its keep policy remembers.
+///
+/// Invariant: every slab of the cache with an object handed out is on
+/// `partial`, `sparse` or `full` (by its count), every other one it holds
+/// on `empty`; `peak_working <=` the most slabs those three lists ever
+/// held at once.
 struct Slabs {
     partial: List,
     sparse: List,
     full: List,
     empty: List,
+    /// The most slabs `partial`, `sparse` and `full` held together.
+    peak_working: usize,
+    /// When empty slabs were last released beyond the keep (monotonic ns;
+    /// 0: never).
+    released_ns: u64,
+    /// When the cache last needed a new slab within [`REBUILD_WINDOW_NS`]
+    /// of such a release (0: never).
+    rebuilt_ns: u64,
+    /// The program frees this cache's slabs and builds them again (a new
+    /// slab was needed right after empty ones were released, within the
+    /// last [`REBUILD_HOLD_NS`]): [`Slabs::empty_kept`] keeps up to
+    /// `peak_working` empty slabs meanwhile.
+    rebuilding: bool,
 }
+
+/// A new slab needed this soon after empty ones were released means the
+/// program rebuilds what it freed.
+const REBUILD_WINDOW_NS: u64 = 20_000_000;
+/// How long the cache keeps behaving as rebuilding after it was last seen
+/// doing so.
+const REBUILD_HOLD_NS: u64 = 1_000_000_000;
 
 impl Slabs {
     /// Empty slabs kept unpurged for reuse: a quarter of the working ones,
     /// and at least one, so a program that cycles one big object (a slab
-    /// of a few) does not purge and re-fault the slab on every round. The
-    /// background purger and `malloc_trim` release these too.
+    /// of a few) does not purge and re-fault the slab on every round; as
+    /// many as the cache ever had working while the program frees and
+    /// rebuilds (`rebuilding`): the harness's realloc workload, which frees
+    /// 80 MiB of vectors and grows them again six times, faulted all of it
+    /// in again at every round (112,822 faults, 2.2x the mimalloc crate's
+    /// time). The background purger and `malloc_trim` release these too.
     fn empty_kept(&self) -> usize {
-        ((self.partial.0.len + self.sparse.0.len + self.full.0.len) / 4).max(1)
+        let working = self.partial.0.len + self.sparse.0.len + self.full.0.len;
+        let kept = (working / 4).max(1);
+        if self.rebuilding {
+            kept.max(self.peak_working)
+        } else {
+            kept
+        }
+    }
+
+    /// Records that the cache needs a new slab (it had no empty one).
+    fn note_new_slab(&mut self) {
+        if self.released_ns == 0 {
+            return;
+        }
+        let now = heapkit_core::os::monotonic_ns();
+        if now.saturating_sub(self.released_ns) < REBUILD_WINDOW_NS {
+            self.rebuilding = true;
+            self.rebuilt_ns = now;
+        }
+    }
+
+    /// Records a release of empty slabs beyond the keep; stops rebuilding
+    /// once that was last seen long enough ago.
+    fn note_release(&mut self) {
+        let now = heapkit_core::os::monotonic_ns();
+        self.released_ns = now;
+        if self.rebuilding && now.saturating_sub(self.rebuilt_ns) >= REBUILD_HOLD_NS {
+            self.rebuilding = false;
+        }
     }
 
     fn list(&mut self, which: SlabList) -> Option<&mut List> {
@@ -158,6 +216,10 @@ impl Cache {
                 sparse: List::new(),
                 full: List::new(),
                 empty: List::new(),
+                peak_working: 0,
+                released_ns: 0,
+                rebuilt_ns: 0,
+                rebuilding: false,
             }),
             in_use: AtomicUsize::new(0),
             used: AtomicBool::new(false),
@@ -203,6 +265,7 @@ impl Cache {
                 s = st.empty.0.first;
             }
             if s.is_null() {
+                st.note_new_slab();
                 s = segment::alloc_run(l.chunks, l.align_chunks, index as u8);
                 if s.is_null() {
                     break;
@@ -227,6 +290,8 @@ impl Cache {
             // SAFETY: s is on the list it names.
             unsafe { st.place(s, l.capacity) };
         }
+        let working = st.partial.0.len + st.sparse.0.len + st.full.0.len;
+        st.peak_working = st.peak_working.max(working);
         self.in_use
             .store(self.in_use.load(Ordering::Relaxed) + n, Ordering::Relaxed);
         drop(st);
@@ -280,6 +345,9 @@ impl Cache {
             {
                 let mut st = self.slabs.lock();
                 let keep = if all { 0 } else { st.empty_kept() };
+                if !all && st.empty.0.len > keep {
+                    st.note_release();
+                }
                 while st.empty.0.len > keep && n < RELEASE_BATCH {
                     let s = st.empty.0.first;
                     // SAFETY: the empty list is non-empty.
