@@ -80,17 +80,22 @@ struct Slabs {
     /// of such a release (0: never).
     rebuilt_ns: u64,
     /// The program frees this cache's slabs and builds them again (a new
-    /// slab was needed right after empty ones were released, within the
-    /// last [`REBUILD_HOLD_NS`]): [`Slabs::empty_kept`] keeps up to
-    /// `peak_working` empty slabs meanwhile.
+    /// slab was needed right after empty ones were released):
+    /// [`Slabs::empty_kept`] keeps up to `peak_working` empty slabs
+    /// meanwhile. Cleared by the first release that finds the last such
+    /// need [`REBUILD_HOLD_NS`] or more ago.
     rebuilding: bool,
 }
 
 /// A new slab needed this soon after empty ones were released means the
-/// program rebuilds what it freed.
-const REBUILD_WINDOW_NS: u64 = 20_000_000;
-/// How long the cache keeps behaving as rebuilding after it was last seen
-/// doing so.
+/// program rebuilds what it freed. Longer than sizeclass's purge delay:
+/// a program that grows its structures through the classes (realloc's
+/// vectors) empties a small class's slabs early in a round and needs them
+/// again at the next round's start, 40 ms later there; with a 20 ms window
+/// realloc took 58,510 faults, with 100 ms (or 250 ms) 41,788.
+const REBUILD_WINDOW_NS: u64 = 100_000_000;
+/// How long after it was last seen rebuilding a cache may stop keeping
+/// its empty slabs (at its next release beyond the keep).
 const REBUILD_HOLD_NS: u64 = 1_000_000_000;
 
 impl Slabs {
