@@ -91,10 +91,10 @@ pub(crate) struct Heap {
     /// purge keeps up to `purge_budget` even when (nearly) nothing is in
     /// use. Cleared by the sweep that relaxes the budget.
     pub refaulting: bool,
-    /// When a free last emptied one of this heap's segments and it was
-    /// released (monotonic ns; 0: never). A segment acquired again within
-    /// the purge delay after that is a refault, as a page purged early and
-    /// claimed again is (`slow::take_free_page`).
+    /// When this heap last released an empty segment (`purge::release_segment`,
+    /// monotonic ns; 0: never). A segment acquired within the purge delay
+    /// after that is a refault, as a page purged early and claimed again
+    /// is (`slow::take_free_page`).
     pub released_segment_ns: u64,
     /// Next time (monotonic ns) the slow path runs the decay sweep.
     pub next_sweep_ns: u64,

@@ -64,14 +64,15 @@ impl List {
 ///
 /// Invariant: every slab of the cache with an object handed out is on
 /// `partial`, `sparse` or `full` (by its count), every other one it holds
-/// on `empty`; `peak_working <=` the most slabs those three lists ever
-/// held at once.
+/// on `empty`; `peak_working` is the most slabs those three lists held
+/// together at the end of a `Cache::fill`.
 struct Slabs {
     partial: List,
     sparse: List,
     full: List,
     empty: List,
-    /// The most slabs `partial`, `sparse` and `full` held together.
+    /// The most slabs `partial`, `sparse` and `full` held together (as
+    /// `Cache::fill` left them).
     peak_working: usize,
     /// When empty slabs were last released beyond the keep (monotonic ns;
     /// 0: never).
