@@ -142,11 +142,11 @@ fn skip_peer_constructors(id: u8) -> Option<bool> {
     if matches!(backend::name(id), "jemalloc" | "mimalloc") {
         return None;
     }
+    // The entries after on_load are the peers' (the static C libraries are
+    // linked after every Rust object), and each peer initialises itself on
+    // its first call, should one come while another backend runs.
     // SAFETY: on_load is this library's constructor and is running (its
-    // only caller); the entries after it are the peers' (the static C
-    // libraries are linked after every Rust object), and each peer
-    // initialises itself on its first call, should one come while another
-    // backend runs.
+    // only caller), so the entries it replaces have not run yet.
     Some(unsafe { heapkit_core::os::constructors::skip_after(on_load, PEER_CONSTRUCTORS) })
 }
 

@@ -443,16 +443,6 @@ mod tests {
         .unwrap();
     }
 
-    /// Minor page faults of the calling thread so far.
-    fn thread_faults() -> i64 {
-        // SAFETY: getrusage writes the struct it is given.
-        unsafe {
-            let mut ru: libc::rusage = core::mem::zeroed();
-            assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut ru), 0);
-            ru.ru_minflt
-        }
-    }
-
     /// A structure larger than [`PURGE_BUDGET_MAX`] (96 MiB of 256 KiB
     /// blocks, in 24 big segments), freed whole and built again, round
     /// after round: once the rebuilding is seen (segments released and
@@ -470,7 +460,7 @@ mod tests {
             let layout = Layout::from_size_align(BLOCK, 16).unwrap();
             let mut faults = std::vec::Vec::new();
             for _ in 0..5 {
-                let before = thread_faults();
+                let before = os::thread_minor_faults();
                 let blocks: std::vec::Vec<*mut u8> =
                     (0..BLOCKS).map(|_| a.allocate(layout)).collect();
                 for &p in &blocks {
@@ -487,7 +477,7 @@ mod tests {
                     // SAFETY: live blocks of `a`.
                     unsafe { a.free(p) };
                 }
-                faults.push(thread_faults() - before);
+                faults.push(os::thread_minor_faults() - before);
             }
             let h = Fast::heap();
             // SAFETY: our heap, idle.
@@ -497,7 +487,7 @@ mod tests {
                 budget > PURGE_BUDGET_MAX,
                 "budget {budget}, faults {faults:?}"
             );
-            let pages = (BLOCKS * BLOCK / 4096) as i64;
+            let pages = (BLOCKS * BLOCK / 4096) as u64;
             assert!(faults[0] >= pages / 2, "first round: {faults:?}");
             assert!(
                 faults[4] < pages / 8,

@@ -28,12 +28,7 @@ fn all_resident(addrs: &[usize]) -> bool {
 
 /// Minor page faults of the calling thread so far.
 fn thread_faults() -> i64 {
-    // SAFETY: getrusage writes the struct it is given.
-    unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut ru), 0);
-        ru.ru_minflt
-    }
+    heapkit_core::os::thread_minor_faults() as i64
 }
 
 /// Allocates `BLOCKS` blocks, writes them whole, frees them; returns their

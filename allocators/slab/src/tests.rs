@@ -1092,16 +1092,6 @@ fn hardened_segments_end_with_a_guard() {
     settle(&f);
 }
 
-/// Minor page faults of the calling thread so far.
-fn thread_faults() -> i64 {
-    // SAFETY: getrusage writes the struct it is given.
-    unsafe {
-        let mut ru: libc::rusage = core::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut ru), 0);
-        ru.ru_minflt
-    }
-}
-
 /// A cache whose every slab is freed and built again at once, round after
 /// round, keeps its empty slabs once it is seen doing so (a new slab
 /// needed right after empty ones were released), so the rounds stop
@@ -1120,7 +1110,7 @@ fn a_cache_that_frees_and_rebuilds_its_slabs_keeps_them() {
     let mut objs = std::vec![core::ptr::null_mut::<u8>(); OBJECTS];
     let mut faults = Vec::new();
     for _ in 0..5 {
-        let before = thread_faults();
+        let before = os::thread_minor_faults();
         // SAFETY: objs has room for OBJECTS pointers.
         let n = unsafe { cache.fill(c, objs.as_mut_ptr(), OBJECTS, None) };
         assert_eq!(n, OBJECTS);
@@ -1135,9 +1125,9 @@ fn a_cache_that_frees_and_rebuilds_its_slabs_keeps_them() {
         }
         // SAFETY: the objects are distinct, ours, and dead from here on.
         unsafe { cache.give_back(c, objs.as_ptr(), OBJECTS) };
-        faults.push(thread_faults() - before);
+        faults.push(os::thread_minor_faults() - before);
     }
-    let pages = (OBJECTS * SIZE / 4096) as i64;
+    let pages = (OBJECTS * SIZE / 4096) as u64;
     assert!(faults[0] >= pages / 2, "first round: {faults:?}");
     assert!(
         faults[4] < pages / 8,

@@ -36,6 +36,21 @@ pub fn spawn_detached(body: extern "C" fn(*mut c_void) -> *mut c_void, arg: usiz
     true
 }
 
+/// Minor page faults the calling thread has taken so far
+/// (`getrusage(RUSAGE_THREAD)`), or 0 where the kernel refuses: what the
+/// tests that check a policy does not fault its memory in again count.
+pub fn thread_minor_faults() -> u64 {
+    // SAFETY: an all-zero `rusage` is a valid value of the plain C struct,
+    // and getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { core::mem::zeroed() };
+    // SAFETY: `ru` is ours and lives across the call.
+    let r = keeping_errno(|| unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) });
+    if r != 0 {
+        return 0;
+    }
+    ru.ru_minflt.max(0) as u64
+}
+
 /// Gives up the rest of this thread's time slice.
 pub fn yield_now() {
     // SAFETY: sched_yield has no preconditions.
