@@ -291,13 +291,14 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
             unsafe { heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN) };
             return ptr::null_mut();
         }
-        // SAFETY: fresh zeroed mapping; the header fits in it.
-        unsafe {
-            ptr::addr_of_mut!((*seg).pending).write(PendingPages::new());
-            for i in 0..MAX_PAGES {
-                Segment::page(seg, i).write(Page::new());
-            }
-        }
+        // SAFETY: fresh zeroed mapping; the header fits in it. Its page
+        // metadata is left as the zeroes it reads as: an all-zero `Page` is
+        // a free, clean one (see `purge_whole`), and only the kind's
+        // `page_count` of them are laid out below. Writing all 64 touched
+        // the header's three OS pages, two page faults more for every
+        // fresh segment of 8 pages or 1 (medium and big blocks), whose
+        // metadata fits in the first.
+        unsafe { ptr::addr_of_mut!((*seg).pending).write(PendingPages::new()) };
     }
     // SAFETY: seg is exclusively ours (fresh, or taken from the reserve with
     // every page free and purged).
@@ -324,7 +325,7 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
                 .all(|i| (*Segment::page(seg, i)).state == PageState::Free));
             debug_assert_eq!(
                 (*seg).dirty_pages as usize,
-                (0..MAX_PAGES)
+                (0..(*seg).page_count as usize)
                     .filter(|&i| (*Segment::page(seg, i)).dirty)
                     .count()
             );
@@ -338,7 +339,7 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
         let old_shift = (*seg).page_shift;
         let mut old_dirty = 0u64;
         if unpurged.is_some() {
-            for i in 0..MAX_PAGES {
+            for i in 0..(*seg).page_count as usize {
                 if (*Segment::page(seg, i)).dirty {
                     old_dirty |= 1 << i;
                 }
@@ -352,19 +353,25 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
         (*seg).next = ptr::null_mut();
         (*seg).prev = ptr::null_mut();
         (*seg).dirty_pages = 0;
-        for i in 0..MAX_PAGES {
+        // Only the kind's pages: the metadata past `page_count` (left by
+        // an earlier kind with more pages, or never written) describes no
+        // page and is read by nothing until a kind with more pages lays
+        // it out here again.
+        for i in 0..(*seg).page_count as usize {
             let p = Segment::page(seg, i);
             (*p).index = i as u32;
             Page::set_state(p, PageState::Free);
+            // A page holds old bytes (not zero; purged by the new owner's
+            // decay if it stays unused) where an old page it overlaps was
+            // dirty, in an unpurged segment. Every page was, before: a
+            // thread that took such a segment and used one page of it
+            // purged 48 at its exit, page by page. (Set in a purged or
+            // fresh segment too: a page past an earlier kind's
+            // `page_count` may keep a flag from a kind before it.)
+            (*p).dirty =
+                unpurged.is_some() && old_dirty & overlapped(i, (*seg).page_shift, old_shift) != 0;
+            (*seg).dirty_pages += (*p).dirty as u32;
             if let Some(released_ns) = unpurged {
-                // A page holds old bytes (not zero; purged by the new
-                // owner's decay if it stays unused) where an old page it
-                // overlaps was dirty. Every page was, before: a thread that
-                // took such a segment and used one page of it purged 48 at
-                // its exit, page by page.
-                (*p).dirty = i < (*seg).page_count as usize
-                    && old_dirty & overlapped(i, (*seg).page_shift, old_shift) != 0;
-                (*seg).dirty_pages += (*p).dirty as u32;
                 (*p).freed_at_ns = released_ns;
             }
         }
@@ -401,7 +408,7 @@ fn overlapped(i: usize, shift: u32, old_shift: u32) -> u64 {
 pub(crate) unsafe fn release(seg: *mut Segment, now: u64, keep: bool) {
     // SAFETY: caller guarantee.
     unsafe {
-        let dirty = (0..MAX_PAGES)
+        let dirty = (0..(*seg).page_count as usize)
             .filter(|&i| (*Segment::page(seg, i)).dirty)
             .count() as u32;
         let mut r = RESERVE.lock();
@@ -470,7 +477,7 @@ unsafe fn purge_whole(seg: *mut Segment) {
     unsafe {
         let end = SEGMENT_ALIGN - (*seg).guard_bytes as usize;
         os::purge(seg.cast::<u8>().add(HEADER_BYTES), end - HEADER_BYTES);
-        for i in 0..MAX_PAGES {
+        for i in 0..(*seg).page_count as usize {
             (*Segment::page(seg, i)).dirty = false;
         }
         (*seg).dirty_pages = 0;

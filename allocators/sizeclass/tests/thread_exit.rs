@@ -12,17 +12,19 @@ use heapkit_sizeclass::{check_invariants_of, Fast, HeapAlloc, SizeClass};
 const BLOCKS: usize = 96;
 const BLOCK: usize = 1024;
 
-/// Whether every 4 KiB page under `addrs` is resident (`mincore`).
+/// Whether every OS page under `addrs` is resident (`mincore`).
 fn all_resident(addrs: &[usize]) -> bool {
+    let page_mask = heapkit_core::os::page_size() - 1;
     addrs.iter().all(|&a| {
-        let page = a & !4095;
-        let mut v = 0u8;
-        // SAFETY: `page` is inside a heapkit segment, a mapping that stays
-        // mapped (in the reserve, abandoned or in use) for the whole test;
-        // mincore only reads the page tables.
-        let rc = unsafe { libc::mincore(page as *mut libc::c_void, 4096, &mut v) };
-        assert_eq!(rc, 0, "mincore failed");
-        v & 1 == 1
+        let mut resident = [false];
+        // SAFETY: the page is inside a heapkit segment, a mapping that
+        // stays mapped (in the reserve, abandoned or in use) for the whole
+        // test.
+        let ok = unsafe {
+            heapkit_core::os::resident_pages((a & !page_mask) as *const u8, &mut resident)
+        };
+        assert!(ok, "mincore failed");
+        resident[0]
     })
 }
 

@@ -473,6 +473,33 @@ pub unsafe fn advise_huge_pages(ptr: *mut u8, size: usize) -> bool {
     keeping_errno(|| unsafe { libc::madvise(ptr.cast(), size, libc::MADV_HUGEPAGE) }) == 0
 }
 
+/// Which OS pages from `ptr` on are resident (`mincore`): `resident[i]`
+/// for page `i`, as many pages as `resident` holds. False if the kernel
+/// refuses (a range not mapped). For tests and diagnostics that check
+/// what a path touched. Never allocates.
+///
+/// # Safety
+/// `ptr` must be page-aligned.
+pub unsafe fn resident_pages(ptr: *const u8, resident: &mut [bool]) -> bool {
+    let page = page_size();
+    let mut chunk = [0u8; 64];
+    for (n, out) in resident.chunks_mut(chunk.len()).enumerate() {
+        let at = ptr.wrapping_add(n * chunk.len() * page);
+        // SAFETY: mincore only reads the page tables of the range and
+        // writes one byte per page into `chunk`, which holds out.len().
+        let rc = keeping_errno(|| unsafe {
+            libc::mincore(at.cast_mut().cast(), out.len() * page, chunk.as_mut_ptr())
+        });
+        if rc != 0 {
+            return false;
+        }
+        for (o, b) in out.iter_mut().zip(chunk) {
+            *o = b & 1 != 0;
+        }
+    }
+    true
+}
+
 /// Makes `ptr..ptr+size` inaccessible (`accessible == false`: any touch
 /// faults, a guard page) or readable and writable again. Returns whether
 /// the kernel agreed.
