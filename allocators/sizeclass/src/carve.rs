@@ -222,6 +222,47 @@ impl Page {
         }
     }
 
+    /// Whether the page's next carving is a single block, which the
+    /// allocation slow path then takes with [`Page::carve_one`], unwritten,
+    /// instead of listing it: a block of 32 KiB or more (default mode; a
+    /// hardened block bears its free mark from its carving on).
+    ///
+    /// # Safety
+    /// The caller must own `page`, in use.
+    #[inline]
+    pub(crate) unsafe fn carves_singly<P: Mode>(page: *const Page) -> bool {
+        // SAFETY: caller guarantee.
+        unsafe {
+            !P::BLOCK_STATE
+                && (*page).capacity < (*page).reserved
+                && carve_blocks((*page).stride as usize) == 1
+        }
+    }
+
+    /// Carves the page's next block and returns it, for the caller to hand
+    /// out at once, as the pop from `free` would ([`Page::carves_singly`]
+    /// holds). Nothing is written into the block: listed, its link was the
+    /// write that faulted in its first OS page, inside `malloc` (1-3 us on
+    /// this VM for each fresh 64-256 KiB block), where the program's own
+    /// first write now does.
+    ///
+    /// # Safety
+    /// The caller must own `page`, with [`Page::carves_singly`] true, and
+    /// hand the block out (counting it in `used`).
+    pub(crate) unsafe fn carve_one<P: Mode>(page: *mut Page) -> *mut u8 {
+        // SAFETY: caller guarantee: block `capacity` lies inside the page's
+        // span (capacity < reserved) and was never handed out.
+        unsafe {
+            debug_assert!(Self::carves_singly::<P>(page));
+            let block = (*page)
+                .start
+                .add((*page).capacity as usize * (*page).stride as usize);
+            (*page).capacity += 1;
+            (*page).carve_kept = false;
+            block
+        }
+    }
+
     /// Carves one OS page of fresh blocks ([`carve_blocks`])
     /// onto the empty `free` list.
     ///

@@ -266,14 +266,43 @@ unsafe fn pop<P: Mode>(
     // SAFETY: caller guarantee.
     unsafe {
         (*page).free = next;
+        count_handout::<P>(h, page);
+        (block.cast(), page)
+    }
+}
+
+/// Counts a block of `page` handed out: in the page's `used`, and in the
+/// thread's statistics (whose flush may run the heartbeat).
+///
+/// # Safety
+/// `h` is the calling thread's heap, `page` one of its pages, from which a
+/// block (within `capacity`) was just taken.
+#[inline(always)]
+unsafe fn count_handout<P: Mode>(h: *mut Heap, page: *mut Page) {
+    // SAFETY: caller guarantee.
+    unsafe {
         let used = (*page).used.load(Relaxed);
         (*page).used.store(used + 1, Relaxed);
         debug_assert!(used < (*page).capacity);
         if (*h).stats.count_alloc((*page).block_size as usize) {
             slow::heartbeat::<P>(h);
         }
-        (block.cast(), page)
     }
+}
+
+/// Hands out `block`, which the slow path just carved from `page` without
+/// listing it (`Page::carve_one`).
+///
+/// # Safety
+/// As for [`count_handout`]; `block` is that block.
+pub(crate) unsafe fn hand_out_carved<P: Mode>(
+    h: *mut Heap,
+    page: *mut Page,
+    block: *mut u8,
+) -> (*mut u8, *mut Page) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { count_handout::<P>(h, page) };
+    (block, page)
 }
 
 /// [`pop`] of a block whose canary the mode still has to check

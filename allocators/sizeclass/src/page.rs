@@ -296,7 +296,9 @@ impl Page {
 
     /// Moves remote frees to `local_free`, and `local_free` to `free` when
     /// `free` is empty; carves more blocks if both are empty. Afterwards
-    /// `free` is non-empty unless every block of the page is in use.
+    /// the page has a block to hand out ([`Page::has_block`]) unless every
+    /// block of the page is in use: on `free`, or, where the page carves
+    /// blocks singly ([`Page::carves_singly`]), the next one to carve.
     ///
     /// # Safety
     /// The caller must own `page` (it is in use by the caller's heap).
@@ -311,11 +313,22 @@ impl Page {
                     (*page).free = (*page).local_free;
                     (*page).local_free = ptr::null_mut();
                     (*page).is_zero = false;
-                } else if (*page).capacity < (*page).reserved {
+                } else if (*page).capacity < (*page).reserved && !Self::carves_singly::<P>(page) {
                     Self::extend::<P>(page);
                 }
             }
         }
+    }
+
+    /// Whether the allocation slow path can hand out a block of the page:
+    /// one on `free`, or one to carve singly ([`Page::carve_one`]).
+    ///
+    /// # Safety
+    /// The caller must own `page`, in use.
+    #[inline]
+    pub(crate) unsafe fn has_block<P: Mode>(page: *const Page) -> bool {
+        // SAFETY: caller guarantee.
+        unsafe { !(*page).free.is_null() || Self::carves_singly::<P>(page) }
     }
 
     /// Moves remote frees onto `local_free` and un-counts them.

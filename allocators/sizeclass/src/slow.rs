@@ -54,9 +54,21 @@ pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> (*mut u8, *mut Page) {
         }
         (*h).lock.lock();
         let found = find_page::<P>(&mut *h, class);
+        // A page whose blocks are carved singly hands its next one out
+        // here, unwritten (carved under the lock: a purger holding it
+        // purges the uncarved part).
+        let page = *(*h).current.get_unchecked(class);
+        let carved = if found && (*page).free.is_null() {
+            Page::carve_one::<P>(page)
+        } else {
+            ptr::null_mut()
+        };
         (*h).lock.unlock();
         if !found {
             return (ptr::null_mut(), heap::EMPTY);
+        }
+        if !carved.is_null() {
+            return heap::hand_out_carved::<P>(h, page, carved);
         }
     }
     heap::alloc::<P>(class)
@@ -123,7 +135,7 @@ fn find_page<P: Mode>(h: &mut Heap, class: usize) -> bool {
                 if parked {
                     (*page).unparked_allocs = h.stats.pending_allocs() as u32;
                 }
-                if !(*page).free.is_null() {
+                if Page::has_block::<P>(page) {
                     h.current[class] = page;
                     return true;
                 }

@@ -1,9 +1,11 @@
 //! What a fresh segment costs in resident memory: the first OS page of its
-//! header, and the blocks the program asked for. Not the page metadata of
-//! pages its kind does not have (a medium segment has 8 pages, a big one
-//! 1; the header has room for 64), and not blocks carved ahead of their
-//! use when each spans several OS pages. One test in its own process:
-//! the first segments it maps are fresh.
+//! header, and the blocks the program asked for once it writes them. Not
+//! the page metadata of pages its kind does not have (a medium segment has
+//! 8 pages, a big one 1; the header has room for 64), not blocks carved
+//! ahead of their use when each spans several OS pages, and not even the
+//! first page of such a block before the program writes it (carved singly,
+//! it is handed out unwritten). One test in its own process: the first
+//! segments it maps are fresh.
 
 use std::alloc::Layout;
 
@@ -36,11 +38,10 @@ fn a_fresh_segment_touches_its_header_and_the_block_handed_out() {
         let first_block_page = (p as usize - seg) / page;
         let resident = resident_in_segment(p);
         // The header's first page (segment and page metadata of its kind's
-        // pages) and the block's first page (its free-list link, written
-        // when it was carved): nothing else, before the program writes.
+        // pages): nothing else, before the program writes.
         assert_eq!(
             resident,
-            vec![0, first_block_page],
+            vec![0],
             "{size}-byte block at page {first_block_page}: resident pages {resident:?}"
         );
         // SAFETY: p is a live block of `size` bytes.
