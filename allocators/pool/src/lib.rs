@@ -55,6 +55,10 @@
 //! [`depot`]; when the list is empty it takes the spare, or a batch from the
 //! depot, or blocks carved from the thread's current chunk, or a new chunk
 //! cut from a segment. A thread that exits hands all of it to the depots.
+//! What a thread frees of a class it has not allocated (a consumer's frees
+//! of what a producer made) waits in an outbox its allocations never pop,
+//! and goes to the depot a batch at a time: reused by the freeing thread, a
+//! block handed over put two threads' objects on one cache line.
 //!
 //! # Costs and trade-offs
 //!
@@ -109,9 +113,11 @@
 //!     '-- list empty --> slow::alloc
 //!            exited thread -> slow::alloc_exited (depot, one block)
 //!            ensure_init (exit key, fork handlers)
-//!            refill: spare batch | Depot::pop_batch | own fresh region
-//!                    | Depot::pop_region | SegmentList::carve (CHUNKS lock)
-//!            carve_fresh -> ThreadCache::alloc (retry)
+//!            refill: arm the class's limit | spare batch | Depot::pop_batch
+//!                    | own fresh region | Depot::pop_region
+//!                    | SegmentList::carve (CHUNKS lock)
+//!            carve_fresh -> ThreadCache::alloc (retry), or take_fresh
+//!            (32 KiB and up: one block, unwritten)
 //! Pool::allocate_zeroed(layout)
 //!   ThreadCache::alloc_zeroed                [fast: pop + memset]
 //!     '-- slow::alloc_zeroed: a fresh-region block is returned unset
@@ -121,8 +127,9 @@
 //!   ThreadCache::free(ptr, class)            [fast: push]
 //!     '-- len >= limit --> slow::free
 //!            exited thread -> slow::free_exited (one-block batch)
-//!            first free: set limit | list -> spare, old spare ->
+//!            class never allocated (limit 0): outbox, a full one ->
 //!            Depot::push_batch
+//!            else list -> spare, old spare -> Depot::push_batch
 //!            -> ThreadCache::free (retry)
 //! Pool::reallocate: same class and at least half used -> in place;
 //!   large -> large stays: slow::realloc_large (mremap); else move

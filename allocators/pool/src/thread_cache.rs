@@ -10,11 +10,14 @@
 //!
 //! - `alloc`: the list is empty (`head` is null). That is also the state of
 //!   a thread that never allocated and of one whose exit hook already ran.
-//! - `free`: the list holds `limit` blocks. `limit` starts at 0 (so a
-//!   thread's first free of a class goes slow, which initialises the thread
-//!   and sets `limit` to the class's batch) and is reset to 0 when the
-//!   thread exits (so its later frees go to the depot instead of a cache
-//!   nobody will flush).
+//! - `free`: the list holds `limit` blocks. `limit` starts at 0 and is set
+//!   to the class's batch by the thread's first allocation of the class
+//!   (its first refill), so the frees of a class the thread has not
+//!   allocated go slow, into an outbox its allocations never pop (reusing
+//!   an object another thread handed over put both threads on one cache
+//!   line: passive false sharing); it is reset to 0 when the thread exits
+//!   (so its later frees go to the depot instead of a cache nobody will
+//!   flush).
 //!
 //! The state is a slot of a pool (`heapkit_core::thread_slots`; not in the
 //! TLS block, which glibc copies into every thread of the process, this
@@ -85,6 +88,11 @@ pub struct ThreadCache {
     classes: [ClassCache; CLASSES],
     fresh: [FreshRegion; CLASSES],
     spare: [SpareBatch; CLASSES],
+    /// Per class, blocks this thread freed of a class it has not allocated
+    /// since its set-up (its `limit` is still 0): no allocation of the
+    /// thread takes them; a full batch goes to the depot (see
+    /// `slow::free`).
+    outbox: [SpareBatch; CLASSES],
     /// This thread's counters (heapkit-core's one mechanism: two adds per
     /// operation, flushed into `STATS` by slow paths and at exit).
     pub stats: ThreadStats,
@@ -167,6 +175,12 @@ impl ThreadCache {
                     len: Cell::new(0),
                 }
             }; CLASSES],
+            outbox: [const {
+                SpareBatch {
+                    head: Cell::new(ptr::null_mut()),
+                    len: Cell::new(0),
+                }
+            }; CLASSES],
             stats: ThreadStats::new(),
             state: Cell::new(UNINIT),
         }
@@ -186,6 +200,14 @@ impl ThreadCache {
         debug_assert!(class < CLASSES);
         // SAFETY: as for `class`.
         unsafe { self.fresh.get_unchecked(class) }
+    }
+
+    /// The outbox of `class` (< CLASSES).
+    #[inline]
+    pub fn outbox(&self, class: usize) -> &SpareBatch {
+        debug_assert!(class < CLASSES);
+        // SAFETY: as for `class`.
+        unsafe { self.outbox.get_unchecked(class) }
     }
 
     /// The spare batch of `class` (< CLASSES).
