@@ -36,9 +36,10 @@ const EXTEND_MIN_BLOCKS: usize = 4;
 /// ...as long as those blocks span at most this many bytes. Carving writes
 /// each block's first word, so every block carved ahead of its use is a
 /// page faulted in (and resident) before the program asks for it: for
-/// 32 KiB blocks and up, three faults inside one `malloc` (this VM takes
-/// 1-3 us per fault), where the slow path a carving of one block costs
-/// instead is a hundred nanoseconds.
+/// blocks of 32 KiB, three faults inside one `malloc` (this VM takes 1-3 us
+/// per fault), where the slow path a carving of one block costs instead is
+/// a hundred nanoseconds. Strides above 16 KiB carve one block at a time
+/// ([`Page::carves_singly`]).
 const EXTEND_AHEAD_BYTES: usize = 32 * 1024;
 
 /// How many blocks of `stride` bytes one carving takes (while the page has
@@ -224,8 +225,9 @@ impl Page {
 
     /// Whether the page's next carving is a single block, which the
     /// allocation slow path then takes with [`Page::carve_one`], unwritten,
-    /// instead of listing it: a block of 32 KiB or more (default mode; a
-    /// hardened block bears its free mark from its carving on).
+    /// instead of listing it: a stride above 16 KiB (half of
+    /// [`EXTEND_AHEAD_BYTES`]; default mode: a hardened block bears its
+    /// free mark from its carving on).
     ///
     /// # Safety
     /// The caller must own `page`, in use.
@@ -243,7 +245,7 @@ impl Page {
     /// out at once, as the pop from `free` would ([`Page::carves_singly`]
     /// holds). Nothing is written into the block: listed, its link was the
     /// write that faulted in its first OS page, inside `malloc` (1-3 us on
-    /// this VM for each fresh 64-256 KiB block), where the program's own
+    /// this VM for each fresh 16-256 KiB block), where the program's own
     /// first write now does.
     ///
     /// # Safety
