@@ -291,13 +291,13 @@ pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
             unsafe { heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN) };
             return ptr::null_mut();
         }
-        // SAFETY: fresh zeroed mapping; the header fits in it. Its page
-        // metadata is left as the zeroes it reads as: an all-zero `Page` is
-        // a free, clean one (see `purge_whole`), and only the kind's
-        // `page_count` of them are laid out below. Writing all 64 touched
-        // the header's three OS pages, two page faults more for every
-        // fresh segment of 8 pages or 1 (medium and big blocks), whose
-        // metadata fits in the first.
+        // The page metadata is left as the zeroes it reads as: an all-zero
+        // `Page` is a free, clean one (see `purge_whole`), and only the
+        // kind's `page_count` of them are laid out below. Writing all 64
+        // touched the header's three OS pages, two page faults more for
+        // every fresh segment of 8 pages or 1 (medium and big blocks),
+        // whose metadata fits in the first.
+        // SAFETY: fresh zeroed mapping; the header fits in it.
         unsafe { ptr::addr_of_mut!((*seg).pending).write(PendingPages::new()) };
     }
     // SAFETY: seg is exclusively ours (fresh, or taken from the reserve with
