@@ -46,20 +46,9 @@ const EXTEND_AHEAD_BYTES: usize = 32 * 1024;
 /// room): one OS page worth, at least [`EXTEND_MIN_BLOCKS`] while they
 /// span at most [`EXTEND_AHEAD_BYTES`], and at least one.
 #[inline]
-const fn carve_blocks(stride: usize) -> usize {
-    let ahead = EXTEND_AHEAD_BYTES / stride;
-    let ahead = if ahead > EXTEND_MIN_BLOCKS {
-        EXTEND_MIN_BLOCKS
-    } else {
-        ahead
-    };
-    let per_page = EXTEND_BYTES / stride;
-    let n = if per_page > ahead { per_page } else { ahead };
-    if n == 0 {
-        1
-    } else {
-        n
-    }
+fn carve_blocks(stride: usize) -> usize {
+    let ahead = (EXTEND_AHEAD_BYTES / stride).min(EXTEND_MIN_BLOCKS);
+    (EXTEND_BYTES / stride).max(ahead).max(1)
 }
 
 impl Page {
