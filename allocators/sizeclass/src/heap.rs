@@ -427,7 +427,7 @@ unsafe fn free_remote<P: Mode>(h: *mut Heap, seg: *mut Segment, page: *mut Page,
         if !pushed {
             // Still the top of the stack: freed twice in a row (the owner
             // no longer walks the stack, which found the cycle).
-            crate::mode::report_block("free", Misuse::DoubleFree, page, ptr);
+            crate::checks::report_block("free", Misuse::DoubleFree, page, ptr);
         }
         if (*h).state.is_set_up() {
             (*h).stats.on_free(size);

@@ -72,7 +72,7 @@
 //!   │                                                   ├─ init (id, exit key, atfork)
 //!   │                                                   ├─ find_page: queue walk (Page::collect),
 //!   │                                                   │   take_pending, adopt_one, take_free_page
-//!   │                                                   │   (segment::acquire), sweep (purge/decay)
+//!   │                                                   │   (reserve::acquire), sweep (purge/decay)
 //!   │                                                   │   [claim of a page purged early: budget x2]
 //!   │                                                   └─ heap::alloc (retry fast path)
 //!   ├─ align > 16 ─ class_for(layout) ─ heap::alloc    (power-of-two class, aligned carving)
@@ -91,9 +91,13 @@
 #![cfg_attr(loom, allow(dead_code))]
 
 #[cfg(not(loom))]
+mod abandoned;
+#[cfg(not(loom))]
 mod alloc_impl;
 #[cfg(not(loom))]
 mod carve;
+#[cfg(not(loom))]
+mod checks;
 #[cfg(not(loom))]
 mod classes;
 #[cfg(not(loom))]
@@ -115,6 +119,8 @@ mod quarantine;
 #[cfg(not(loom))]
 mod reclaim;
 mod remote;
+#[cfg(not(loom))]
+mod reserve;
 #[cfg(not(loom))]
 mod segment;
 #[cfg(not(loom))]

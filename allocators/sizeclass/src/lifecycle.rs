@@ -19,11 +19,13 @@ use heapkit_core::os::{self, ThreadExitKey};
 
 use heapkit_core::harden::{Fast, Hardened};
 
+use crate::abandoned;
 use crate::heap::{Heap, HeapState, STATS};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::purge::purge_delay_ns;
 use crate::reclaim;
+use crate::reserve;
 use crate::segment::{self, Segment};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -39,7 +41,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// running heaps' segments kept unpurged in the reserve too, the harness's
 /// RSS after free-all on larson ×4 went from 8.2 to 9.9 MiB; with 1 MiB
 /// and only exiting threads' segments kept, 8.6 MiB). Empty segments go to
-/// the reserve, see `segment::release`.
+/// the reserve, see `reserve::release`.
 pub(crate) const EXIT_KEEP_BYTES: usize = 1 << 20;
 static EXIT_KEY: ThreadExitKey = ThreadExitKey::new();
 static ATFORK: AtomicBool = AtomicBool::new(false);
@@ -127,14 +129,14 @@ fn abandon_all<P: Mode>(h: &mut Heap) {
                     break;
                 }
                 if tidy_segment::<P>(seg, now, &mut keep) {
-                    segment::release(seg, now, true);
+                    reserve::release(seg, now, true);
                 } else {
-                    segment::abandon(seg);
+                    abandoned::abandon(seg);
                 }
             }
         }
     }
-    segment::purge_reserve(now, purge_delay_ns(), false);
+    reserve::purge_reserve(now, purge_delay_ns(), false);
     let _ = large::trim(true);
 }
 
@@ -185,13 +187,15 @@ unsafe extern "C" fn before_fork() {
     // lock, then segment locks), so no heap lock is held across fork().
     reclaim::FAST_HEAPS.raw().lock();
     reclaim::HARDENED_HEAPS.raw().lock();
-    segment::lock_all();
+    abandoned::lock();
+    reserve::lock();
     large::before_fork();
 }
 
 unsafe extern "C" fn after_fork_parent() {
     large::after_fork_parent();
-    segment::unlock_all();
+    reserve::unlock();
+    abandoned::unlock();
     // SAFETY: before_fork took these in this thread.
     unsafe {
         reclaim::HARDENED_HEAPS.raw().unlock();
@@ -206,7 +210,8 @@ unsafe extern "C" fn after_fork_child() {
         Fast::heap_pool().forget_after_fork();
     }
     large::after_fork_child();
-    segment::after_fork_child();
+    reserve::after_fork_child();
+    abandoned::after_fork_child();
     // SAFETY: the child is single-threaded: the other threads' heaps are
     // gone from its registries (like their segments, never adopted), and
     // this thread's heaps are registered again.

@@ -25,7 +25,8 @@ use heapkit_core::segment::segment_of;
 use crate::heap::{Heap, EMPTY};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
-use crate::segment::{self, Segment, SegmentKind};
+use crate::reserve;
+use crate::segment::{Segment, SegmentKind};
 use crate::slow::{requeue_if_full, take_pending};
 
 /// How long a free page's memory stays resident before it is purged: the
@@ -245,7 +246,7 @@ pub(crate) unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
         h.segments[(*seg).kind.index()].remove(seg);
         let now = os::monotonic_ns();
         h.released_segment_ns = now;
-        segment::release(seg, now, false);
+        reserve::release(seg, now, false);
     }
 }
 
@@ -316,7 +317,7 @@ pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
             }
         }
     }
-    segment::purge_reserve(now, delay, all);
+    reserve::purge_reserve(now, delay, all);
     crate::reclaim::purge_due(h, now);
     let _ = large::trim(true);
 }
@@ -343,7 +344,7 @@ pub(crate) fn collect_now<P: Mode>() {
     }
     // What exited threads left in the reserve, whether or not this thread
     // ever allocated.
-    segment::purge_reserve(0, 0, true);
+    reserve::purge_reserve(0, 0, true);
     let _ = large::trim(false);
 }
 

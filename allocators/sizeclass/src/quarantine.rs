@@ -23,8 +23,9 @@ use heapkit_core::harden::Trailer;
 use heapkit_core::misuse::Misuse;
 use heapkit_core::segment::segment_of;
 
+use crate::checks::{check_trailer_of, report_block};
 use crate::heap::{self, Heap, HeapState};
-use crate::mode::{check_trailer_of, report_block, Mode};
+use crate::mode::Mode;
 use crate::segment::Segment;
 use heapkit_core::harden::FreeMark;
 

@@ -43,11 +43,13 @@ use heapkit_core::list::List;
 use heapkit_core::lock::SpinLock;
 use heapkit_core::os;
 
+use crate::abandoned;
 use crate::heap::{Heap, HeapState};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::purge::{purge_delay_ns, release_segment};
-use crate::segment::{self, Segment, SegmentKind};
+use crate::reserve;
+use crate::segment::{Segment, SegmentKind};
 
 /// A thread looks for pages to reclaim after freeing this many bytes into
 /// other threads' pages.
@@ -174,9 +176,9 @@ fn purge_round<P: Mode>() {
 /// The reserve's segments and the exited threads' heap slots are purged
 /// here too.
 fn tidy_abandoned<P: Mode>() {
-    let mut taken = segment::take_abandoned::<P>();
+    let mut taken = abandoned::take_abandoned::<P>();
     let now = os::monotonic_ns();
-    segment::purge_reserve(now, purge_delay_ns(), false);
+    reserve::purge_reserve(now, purge_delay_ns(), false);
     // Exited threads' heaps, kept in their slot pool for the next thread
     // (each slot's whole pages, once).
     P::heap_pool().purge_free();
@@ -189,9 +191,9 @@ fn tidy_abandoned<P: Mode>() {
                 return;
             }
             if crate::lifecycle::tidy_segment::<P>(seg, now, &mut 0) {
-                segment::release(seg, now, false);
+                reserve::release(seg, now, false);
             } else {
-                segment::abandon(seg);
+                abandoned::abandon(seg);
             }
         }
     }
@@ -411,7 +413,7 @@ mod tests {
 
     /// Whether `seg` is on the abandoned list.
     fn is_abandoned(seg: *mut Segment) -> bool {
-        let list = segment::ABANDONED_LIST.lock();
+        let list = abandoned::ABANDONED_LIST.lock();
         let mut s = list.first;
         while !s.is_null() {
             if s == seg {

@@ -19,22 +19,15 @@
 //! Blocks of a power-of-two class are therefore aligned to their size, which
 //! is how aligned requests are served.
 //!
-//! Globals (all behind [`SpinLock`]s, touched only on slow paths): abandoned
-//! segments wait on `ABANDONED` for a live heap to adopt them, and a few
-//! empty segments wait in `RESERVE` to spare the next mapping. At most
-//! [`RESERVE_UNPURGED_MAX`] of those, left by exiting threads, keep their
-//! memory (unpurged) for the purge delay, so that a thread that starts
-//! where another one exited finds its pages resident instead of faulting
-//! them in again; any heap's decay sweep and the background purger purge
-//! them once the delay has passed ([`purge_reserve`]).
+//! Where a segment no heap owns waits: empty ones in the reserve
+//! ([`crate::reserve`], which also maps new ones), those of exited threads
+//! that still hold live blocks on the abandoned list ([`crate::abandoned`]).
 
 use core::mem::size_of;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use heapkit_core::list::{Linked, List};
-use heapkit_core::lock::SpinLock;
-use heapkit_core::os;
 use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
 
 use crate::mode::Mode;
@@ -47,7 +40,7 @@ pub(crate) const KINDS: usize = 3;
 pub(crate) const MAX_PAGES: usize = 64;
 
 /// What a segment is cut into: the size of its pages, which decides the
-/// classes it serves ([`KIND_OF`]). A heap keeps one segment list per kind.
+/// classes it serves ([`KIND_OF`](crate::classes::KIND_OF)). A heap keeps one segment list per kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum SegmentKind {
@@ -82,13 +75,6 @@ impl SegmentKind {
 }
 /// Owner id of an abandoned segment (no heap has it).
 pub(crate) const ABANDONED: u64 = u64::MAX;
-/// Empty segments kept mapped for reuse.
-const RESERVE_MAX: usize = 8;
-/// Of those, how many may keep their memory unpurged until the purge delay
-/// has passed (the rest are purged as they enter): what a program that
-/// stops calling the allocator may keep resident in the reserve.
-pub(crate) const RESERVE_UNPURGED_MAX: usize = 2;
-
 /// Segment header.
 #[repr(C)]
 pub(crate) struct Segment {
@@ -109,14 +95,14 @@ pub(crate) struct Segment {
     /// Inaccessible bytes at the end (`Mode::GUARD_BYTES`).
     pub guard_bytes: u32,
     /// In the reserve with memory not purged since its pages were last
-    /// used (at most [`RESERVE_UNPURGED_MAX`] such; see
-    /// [`RESERVE_UNPURGED`]). Reserve only.
+    /// used (at most [`crate::reserve::RESERVE_UNPURGED_MAX`] such).
+    /// Reserve only.
     pub unpurged: bool,
     /// When the segment entered the reserve (monotonic ns). Reserve only.
     pub released_ns: u64,
-    /// Pages with `dirty` set, as [`acquire`] hands the segment out (its
+    /// Pages with `dirty` set, as [`crate::reserve::acquire`] hands the segment out (its
     /// new owner counts them as dirty free pages without a pass over the
-    /// pages); counted by [`release`] for a segment kept unpurged.
+    /// pages); counted by [`crate::reserve::release`] for a segment kept unpurged.
     pub dirty_pages: u32,
     /// Pages that may have remote frees.
     pub pending: PendingPages,
@@ -133,6 +119,85 @@ pub(crate) const HEADER_BYTES: usize = (size_of::<Segment>() + 4095) & !4095;
 const _: () = assert!(HEADER_BYTES <= 12288);
 
 impl Segment {
+    /// Lays `seg` out as a segment of `kind` in mode `P`, every page free:
+    /// the header's fields and the kind's page metadata. `unpurged` is when
+    /// an unpurged reserve segment was released (its pages' dirty flags and
+    /// free times carry over); `None` for a fresh or purged one.
+    ///
+    /// # Safety
+    /// The caller owns `seg` exclusively: fresh (zeroed), or taken from
+    /// the reserve with every page free.
+    pub(crate) unsafe fn lay_out<P: Mode>(
+        seg: *mut Segment,
+        kind: SegmentKind,
+        unpurged: Option<u64>,
+    ) {
+        // SAFETY: caller guarantee.
+        unsafe {
+            if unpurged.is_some() && (*seg).tag == P::TAG && (*seg).kind == kind {
+                // An unpurged segment of this mode and kind (a thread's, given
+                // back at its exit, taken by the next thread): its pages are
+                // laid out as wanted, every one free, with exact dirty flags
+                // and the time each was freed. Nothing to redo: re-laying its
+                // 64 pages' metadata (two passes over 64 cache lines) was most
+                // of a short thread's first allocation.
+                debug_assert_eq!((*seg).used_pages, 0);
+                debug_assert!((0..(*seg).page_count as usize)
+                    .all(|i| (*Segment::page(seg, i)).state == PageState::Free));
+                debug_assert_eq!(
+                    (*seg).dirty_pages as usize,
+                    (0..(*seg).page_count as usize)
+                        .filter(|&i| (*Segment::page(seg, i)).dirty)
+                        .count()
+                );
+                (*seg).next = ptr::null_mut();
+                (*seg).prev = ptr::null_mut();
+                return;
+            }
+            // Which bytes of an unpurged segment hold old contents: its old
+            // pages' dirty flags, read before the new kind's pages replace them.
+            let old_shift = (*seg).page_shift;
+            let mut old_dirty = 0u64;
+            if unpurged.is_some() {
+                for i in 0..(*seg).page_count as usize {
+                    if (*Segment::page(seg, i)).dirty {
+                        old_dirty |= 1 << i;
+                    }
+                }
+            }
+            ptr::addr_of_mut!((*seg).tag).write(P::TAG);
+            (*seg).page_shift = kind.page_shift();
+            (*seg).page_count = (SEGMENT_ALIGN >> kind.page_shift()) as u32;
+            (*seg).kind = kind;
+            (*seg).used_pages = 0;
+            (*seg).next = ptr::null_mut();
+            (*seg).prev = ptr::null_mut();
+            (*seg).dirty_pages = 0;
+            // Only the kind's pages: the metadata past `page_count` (left by
+            // an earlier kind with more pages, or never written) describes no
+            // page and is read by nothing until a kind with more pages lays
+            // it out here again.
+            for i in 0..(*seg).page_count as usize {
+                let p = Segment::page(seg, i);
+                (*p).index = i as u32;
+                Page::set_state(p, PageState::Free);
+                // A page holds old bytes (not zero; purged by the new owner's
+                // decay if it stays unused) where an old page it overlaps was
+                // dirty, in an unpurged segment. Every page was, before: a
+                // thread that took such a segment and used one page of it
+                // purged 48 at its exit, page by page. (Set in a purged or
+                // fresh segment too: a page past an earlier kind's
+                // `page_count` may keep a flag from a kind before it.)
+                (*p).dirty = unpurged.is_some()
+                    && old_dirty & overlapped(i, (*seg).page_shift, old_shift) != 0;
+                (*seg).dirty_pages += (*p).dirty as u32;
+                if let Some(released_ns) = unpurged {
+                    (*p).freed_at_ns = released_ns;
+                }
+            }
+        }
+    }
+
     /// The page holding `ptr`.
     ///
     /// # Safety
@@ -248,138 +313,6 @@ unsafe impl Linked for Segment {
 /// A list of segments (core's one intrusive list).
 pub(crate) type SegmentList = List<Segment>;
 
-/// Segments whose owner exited.
-pub(crate) static ABANDONED_LIST: SpinLock<SegmentList> = SpinLock::new(SegmentList::EMPTY);
-/// Cheap "is anything abandoned" hint.
-pub(crate) static ABANDONED_COUNT: AtomicU64 = AtomicU64::new(0);
-/// Empty segments (at most `RESERVE_MAX`; the list counts them).
-static RESERVE: SpinLock<SegmentList> = SpinLock::new(SegmentList::EMPTY);
-/// Reserve segments with `unpurged` set (changed under `RESERVE`'s lock;
-/// read without it as a hint).
-static RESERVE_UNPURGED: AtomicU64 = AtomicU64::new(0);
-
-/// A fresh segment of `kind` for mode `P`, owned by `owner`: from the
-/// reserve or the OS. Null on exhaustion.
-pub(crate) fn acquire<P: Mode>(kind: SegmentKind, owner: u64) -> *mut Segment {
-    let mut unpurged = None;
-    let mut seg = {
-        let mut r = RESERVE.lock();
-        // SAFETY: reserve segments are owned by the reserve (locked); a
-        // popped one is ours.
-        unsafe {
-            let seg = r.pop_front();
-            if !seg.is_null() && (*seg).unpurged {
-                (*seg).unpurged = false;
-                RESERVE_UNPURGED.fetch_sub(1, Relaxed);
-                unpurged = Some((*seg).released_ns);
-            }
-            seg
-        }
-    };
-    if seg.is_null() {
-        seg = heapkit_core::large::map_segments(SEGMENT_ALIGN).cast();
-        if seg.is_null() {
-            return seg;
-        }
-        if seg as usize >> 48 != 0 {
-            // `ThreadFree` packs a count above 48 address bits. Linux maps
-            // nothing there unless asked to (a hint above 2^47), and
-            // heapkit never asks; should it happen, the segment is not
-            // used.
-            // SAFETY: the mapping was just made by map_segments and is
-            // referred to by nothing.
-            unsafe { heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN) };
-            return ptr::null_mut();
-        }
-        // The page metadata is left as the zeroes it reads as: an all-zero
-        // `Page` is a free, clean one (see `purge_whole`), and only the
-        // kind's `page_count` of them are laid out below. Writing all 64
-        // touched the header's three OS pages, two page faults more for
-        // every fresh segment of 8 pages or 1 (medium and big blocks),
-        // whose metadata fits in the first.
-        // SAFETY: fresh zeroed mapping; the header fits in it.
-        unsafe { ptr::addr_of_mut!((*seg).pending).write(PendingPages::new()) };
-    }
-    // SAFETY: seg is exclusively ours (fresh, or taken from the reserve with
-    // every page free and purged).
-    unsafe {
-        if (*seg).guard_bytes as usize != P::GUARD_BYTES {
-            // A fresh segment (0), or a reserved one of the other mode.
-            let wanted = P::GUARD_BYTES.max((*seg).guard_bytes as usize);
-            let guard = seg.cast::<u8>().add(SEGMENT_ALIGN - wanted);
-            if !os::protect(guard, wanted, P::GUARD_BYTES == 0) {
-                heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN);
-                return ptr::null_mut();
-            }
-            (*seg).guard_bytes = P::GUARD_BYTES as u32;
-        }
-        if unpurged.is_some() && (*seg).tag == P::TAG && (*seg).kind == kind {
-            // An unpurged segment of this mode and kind (a thread's, given
-            // back at its exit, taken by the next thread): its pages are
-            // laid out as wanted, every one free, with exact dirty flags
-            // and the time each was freed. Nothing to redo: re-laying its
-            // 64 pages' metadata (two passes over 64 cache lines) was most
-            // of a short thread's first allocation.
-            debug_assert_eq!((*seg).used_pages, 0);
-            debug_assert!((0..(*seg).page_count as usize)
-                .all(|i| (*Segment::page(seg, i)).state == PageState::Free));
-            debug_assert_eq!(
-                (*seg).dirty_pages as usize,
-                (0..(*seg).page_count as usize)
-                    .filter(|&i| (*Segment::page(seg, i)).dirty)
-                    .count()
-            );
-            (*seg).next = ptr::null_mut();
-            (*seg).prev = ptr::null_mut();
-            (*seg).owner.store(owner, Relaxed);
-            return seg;
-        }
-        // Which bytes of an unpurged segment hold old contents: its old
-        // pages' dirty flags, read before the new kind's pages replace them.
-        let old_shift = (*seg).page_shift;
-        let mut old_dirty = 0u64;
-        if unpurged.is_some() {
-            for i in 0..(*seg).page_count as usize {
-                if (*Segment::page(seg, i)).dirty {
-                    old_dirty |= 1 << i;
-                }
-            }
-        }
-        ptr::addr_of_mut!((*seg).tag).write(P::TAG);
-        (*seg).page_shift = kind.page_shift();
-        (*seg).page_count = (SEGMENT_ALIGN >> kind.page_shift()) as u32;
-        (*seg).kind = kind;
-        (*seg).used_pages = 0;
-        (*seg).next = ptr::null_mut();
-        (*seg).prev = ptr::null_mut();
-        (*seg).dirty_pages = 0;
-        // Only the kind's pages: the metadata past `page_count` (left by
-        // an earlier kind with more pages, or never written) describes no
-        // page and is read by nothing until a kind with more pages lays
-        // it out here again.
-        for i in 0..(*seg).page_count as usize {
-            let p = Segment::page(seg, i);
-            (*p).index = i as u32;
-            Page::set_state(p, PageState::Free);
-            // A page holds old bytes (not zero; purged by the new owner's
-            // decay if it stays unused) where an old page it overlaps was
-            // dirty, in an unpurged segment. Every page was, before: a
-            // thread that took such a segment and used one page of it
-            // purged 48 at its exit, page by page. (Set in a purged or
-            // fresh segment too: a page past an earlier kind's
-            // `page_count` may keep a flag from a kind before it.)
-            (*p).dirty =
-                unpurged.is_some() && old_dirty & overlapped(i, (*seg).page_shift, old_shift) != 0;
-            (*seg).dirty_pages += (*p).dirty as u32;
-            if let Some(released_ns) = unpurged {
-                (*p).freed_at_ns = released_ns;
-            }
-        }
-        (*seg).owner.store(owner, Relaxed);
-    }
-    seg
-}
-
 /// The pages of page size `1 << old_shift` that page `i` of page size
 /// `1 << shift` overlaps, as a mask of their indices (both cut the same
 /// segment from its start).
@@ -392,216 +325,6 @@ fn overlapped(i: usize, shift: u32, old_shift: u32) -> u64 {
     let n = last - first + 1;
     let ones = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
     ones << first
-}
-
-/// Returns an empty segment at time `now`: into the reserve (purged, or,
-/// with `keep` and while fewer than [`RESERVE_UNPURGED_MAX`] are,
-/// unpurged), or unmapped when the reserve is full. Thread exit keeps (the
-/// next thread takes the segment resident); a running heap does not (it
-/// released the segment because it has free pages enough: keeping it
-/// resident raised the harness's RSS after free-all by up to two
-/// segments, `realloc` 21 -> 29 MiB).
-///
-/// # Safety
-/// The caller owns `seg`, every page of it is free, and nothing refers to
-/// it any more.
-pub(crate) unsafe fn release(seg: *mut Segment, now: u64, keep: bool) {
-    // SAFETY: caller guarantee.
-    unsafe {
-        let dirty = (0..(*seg).page_count as usize)
-            .filter(|&i| (*Segment::page(seg, i)).dirty)
-            .count() as u32;
-        let mut r = RESERVE.lock();
-        if r.len < RESERVE_MAX {
-            (*seg).owner.store(ABANDONED, Relaxed);
-            (*seg).released_ns = now;
-            (*seg).dirty_pages = 0;
-            if dirty != 0 && keep && RESERVE_UNPURGED.load(Relaxed) < RESERVE_UNPURGED_MAX as u64 {
-                (*seg).unpurged = true;
-                (*seg).dirty_pages = dirty;
-                RESERVE_UNPURGED.fetch_add(1, Relaxed);
-            } else if dirty != 0 {
-                purge_whole(seg);
-            } else {
-                // Its pages were purged one by one (a tidied abandoned
-                // segment): the page metadata they wrote is left.
-                purge_page_metadata(seg);
-            }
-            r.push_front(seg);
-            return;
-        }
-        drop(r);
-        heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN);
-    }
-}
-
-/// Purges the reserve's unpurged segments that entered it at least
-/// `delay` ns before `now` (all of them with `all`). Never waits for the
-/// reserve's lock unless `all`; returns at once when none is unpurged.
-pub(crate) fn purge_reserve(now: u64, delay: u64, all: bool) {
-    if RESERVE_UNPURGED.load(Relaxed) == 0 {
-        return;
-    }
-    let r = if all {
-        RESERVE.lock()
-    } else {
-        let Some(r) = RESERVE.try_lock() else {
-            return;
-        };
-        r
-    };
-    // SAFETY: the reserve is locked: its segments are the reserve's, alive
-    // and empty.
-    unsafe {
-        let mut seg = r.first;
-        while !seg.is_null() {
-            if (*seg).unpurged && (all || now.saturating_sub((*seg).released_ns) >= delay) {
-                purge_whole(seg);
-                (*seg).unpurged = false;
-                RESERVE_UNPURGED.fetch_sub(1, Relaxed);
-            }
-            seg = (*seg).next;
-        }
-    }
-}
-
-/// Purges every page of an empty segment and marks them clean.
-///
-/// # Safety
-/// The caller owns `seg` (or holds the reserve that does); no page is in
-/// use.
-unsafe fn purge_whole(seg: *mut Segment) {
-    // SAFETY: caller guarantee: nothing past the header is live, and no
-    // page is in use, so the metadata of every page is that of a free,
-    // clean page.
-    unsafe {
-        let end = SEGMENT_ALIGN - (*seg).guard_bytes as usize;
-        os::purge(seg.cast::<u8>().add(HEADER_BYTES), end - HEADER_BYTES);
-        for i in 0..(*seg).page_count as usize {
-            (*Segment::page(seg, i)).dirty = false;
-        }
-        (*seg).dirty_pages = 0;
-        purge_page_metadata(seg);
-    }
-}
-
-/// Purges the header's OS pages after its first, which hold page metadata
-/// only (8 KiB of a segment's 12 KiB header stayed resident in each of the
-/// eight reserve segments). An all-zero `Page` is a free, clean one (state
-/// `Free`, no lists, nothing dirty), what `acquire` expects of a purged
-/// reserve segment; a failed purge leaves the same metadata as it was.
-///
-/// # Safety
-/// The caller owns `seg` (or holds the reserve that does); every page is
-/// free and clean.
-unsafe fn purge_page_metadata(seg: *mut Segment) {
-    let os_page = os::page_size();
-    let first = core::mem::offset_of!(Segment, pages).next_multiple_of(os_page);
-    if first < HEADER_BYTES {
-        // SAFETY: caller guarantee: the range is inside the header, and
-        // zeroed metadata describes the free, clean pages there are.
-        unsafe { os::purge(seg.cast::<u8>().add(first), HEADER_BYTES - first) };
-    }
-}
-
-// `purge_whole` relies on these: an all-zero page is free and clean.
-const _: () = assert!(PageState::Free as u8 == 0);
-
-/// Pushes `seg` onto the abandoned list.
-///
-/// # Safety
-/// The caller owns `seg` and gives it up.
-pub(crate) unsafe fn abandon(seg: *mut Segment) {
-    let mut list = ABANDONED_LIST.lock();
-    // SAFETY: caller gives up seg; the list is locked.
-    unsafe {
-        (*seg).owner.store(ABANDONED, Relaxed);
-        list.push_front(seg);
-    }
-    ABANDONED_COUNT.fetch_add(1, Relaxed);
-}
-
-/// Takes an abandoned segment of mode `P` for `owner` (null if none).
-pub(crate) fn adopt<P: Mode>(owner: u64) -> *mut Segment {
-    if ABANDONED_COUNT.load(Relaxed) == 0 {
-        return ptr::null_mut();
-    }
-    let mut list = ABANDONED_LIST.lock();
-    // SAFETY: the list is locked: its segments are alive and theirs links
-    // stable; a removed segment becomes ours.
-    let seg = unsafe {
-        let mut seg = list.first;
-        while !seg.is_null() && (*seg).tag != P::TAG {
-            seg = (*seg).next;
-        }
-        if !seg.is_null() {
-            list.remove(seg);
-        }
-        seg
-    };
-    if !seg.is_null() {
-        ABANDONED_COUNT.fetch_sub(1, Relaxed);
-        // SAFETY: seg is ours now.
-        unsafe { (*seg).owner.store(owner, Relaxed) };
-    }
-    seg
-}
-
-/// Takes every abandoned segment of mode `P` off the list (the background
-/// purger tidies them, then gives them back or releases them).
-pub(crate) fn take_abandoned<P: Mode>() -> SegmentList {
-    let mut taken = SegmentList::EMPTY;
-    if ABANDONED_COUNT.load(Relaxed) == 0 {
-        return taken;
-    }
-    let mut list = ABANDONED_LIST.lock();
-    // SAFETY: the list is locked: its segments are alive and their links
-    // stable; a removed segment is the caller's.
-    unsafe {
-        let mut seg = list.first;
-        while !seg.is_null() {
-            let next = (*seg).next;
-            if (*seg).tag == P::TAG {
-                list.remove(seg);
-                taken.push_front(seg);
-            }
-            seg = next;
-        }
-    }
-    ABANDONED_COUNT.fetch_sub(taken.len as u64, Relaxed);
-    taken
-}
-
-/// Fork: take every global lock (in a fixed order).
-pub(crate) fn lock_all() {
-    ABANDONED_LIST.raw().lock();
-    RESERVE.raw().lock();
-}
-
-/// Fork, parent: release what [`lock_all`] took.
-pub(crate) fn unlock_all() {
-    // SAFETY: lock_all took these in this thread.
-    unsafe {
-        RESERVE.raw().unlock();
-        ABANDONED_LIST.raw().unlock();
-    }
-}
-
-/// Re-initialises the global locks in a forked child.
-///
-/// Segments of threads that do not exist in the child keep their dead
-/// owners' ids, so no heap ever adopts them: a thread caught mid-allocation
-/// by `fork()` may have left a page half-updated, and reusing it could hand
-/// out a block twice. Frees into those segments stay correct (they are
-/// remote frees: one atomic push onto the page's `thread_free`); the child
-/// just never reuses that memory, as in mimalloc. Most forked children
-/// `exec` soon anyway.
-pub(crate) fn after_fork_child() {
-    // SAFETY: the child is single-threaded.
-    unsafe {
-        RESERVE.raw().reset_after_fork();
-        ABANDONED_LIST.raw().reset_after_fork();
-    }
 }
 
 #[cfg(test)]
@@ -664,88 +387,6 @@ mod tests {
         assert_eq!(KIND_OF[class_of(256 << 10)], SegmentKind::Big);
         for (i, kind) in SegmentKind::ALL.into_iter().enumerate() {
             assert_eq!(kind.index(), i);
-        }
-    }
-
-    #[test]
-    fn spans_tile_the_segment_and_align_power_of_two_blocks() {
-        for kind in SegmentKind::ALL {
-            let seg = acquire::<heapkit_core::harden::Fast>(kind, 42);
-            assert!(!seg.is_null());
-            // SAFETY: seg is ours until released below.
-            unsafe {
-                assert_eq!((*seg).tag, SegmentTag::SIZECLASS);
-                let count = (*seg).page_count as usize;
-                assert_eq!(count << (*seg).page_shift, SEGMENT_ALIGN);
-                for shift in 4..=18 {
-                    let size = 1usize << shift;
-                    if KIND_OF[class_of(size)] != kind {
-                        continue;
-                    }
-                    for i in 0..count {
-                        let (start, len) = Segment::span(seg, i, size);
-                        assert_eq!(start as usize % size, 0, "{kind:?} page {i} size {size}");
-                        assert!(start as usize >= seg as usize + HEADER_BYTES);
-                        let end = start as usize + len;
-                        assert_eq!(end, seg as usize + ((i + 1) << (*seg).page_shift));
-                        // Every byte of the span maps back to page i.
-                        assert_eq!(Segment::page_of(seg, start), Segment::page(seg, i));
-                        assert_eq!(
-                            Segment::page_of(seg, (end - 1) as *mut u8),
-                            Segment::page(seg, i)
-                        );
-                    }
-                }
-                assert_eq!(Segment::find_free_page(seg), Some(0));
-                (*seg).used_pages = (*seg).page_count;
-                assert_eq!(Segment::find_free_page(seg), None);
-                (*seg).used_pages = 0;
-                release(seg, 0, false);
-            }
-        }
-    }
-
-    #[test]
-    fn hardened_segments_end_in_a_guard_page_and_default_ones_do_not() {
-        use heapkit_core::harden::{Fast, Hardened};
-        for kind in SegmentKind::ALL {
-            let seg = acquire::<Hardened>(kind, 43);
-            assert!(!seg.is_null());
-            // SAFETY: seg is ours until released; the child only writes the
-            // guard byte and exits.
-            unsafe {
-                assert_eq!((*seg).tag, SegmentTag::SIZECLASS_HARDENED);
-                assert_eq!((*seg).guard_bytes, 4096);
-                let last = (*seg).page_count as usize - 1;
-                let (start, len) = Segment::span(seg, last, 64);
-                assert_eq!(start as usize + len, seg as usize + SEGMENT_ALIGN - 4096);
-                let (p, n) = Segment::purgeable(seg, last);
-                assert_eq!(p as usize + n, seg as usize + SEGMENT_ALIGN - 4096);
-                let guard = seg.cast::<u8>().add(SEGMENT_ALIGN - 1);
-                let pid = libc::fork();
-                if pid == 0 {
-                    guard.write_volatile(1);
-                    libc::_exit(0);
-                }
-                let mut status = 0;
-                assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
-                assert!(
-                    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV,
-                    "a write to the guard page must fault (status {status:#x})"
-                );
-                release(seg, 0, false);
-            }
-            // A default segment (perhaps the one just released, from the
-            // reserve) has no guard: its last byte is usable.
-            let seg = acquire::<Fast>(kind, 44);
-            // SAFETY: ours until released.
-            unsafe {
-                assert_eq!((*seg).guard_bytes, 0);
-                assert_eq!((*seg).tag, SegmentTag::SIZECLASS);
-                seg.cast::<u8>().add(SEGMENT_ALIGN - 1).write_volatile(1);
-                seg.cast::<u8>().add(SEGMENT_ALIGN - 1).write_volatile(0);
-                release(seg, 0, false);
-            }
         }
     }
 }

@@ -19,6 +19,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use heapkit_core::os;
 use heapkit_core::segment::segment_of;
 
+use crate::abandoned;
 use crate::classes::{heap_class_size, heap_class_stride, KIND_OF};
 use crate::heap::{self, Heap, EMPTY, STATS};
 use crate::lifecycle::init;
@@ -26,7 +27,8 @@ use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::purge::{budget_max, purge_delay_ns};
 use crate::purge::{free_page, over_budget, purge_idle, release_segment, sweep};
-use crate::segment::{self, Segment, SegmentKind};
+use crate::reserve;
+use crate::segment::{Segment, SegmentKind};
 
 /// The clock is read on every this many slow-path calls.
 const CLOCK_EVERY: u32 = 16;
@@ -220,7 +222,7 @@ pub(crate) unsafe fn requeue_if_full<P: Mode>(h: &mut Heap, page: *mut Page) -> 
 /// Adopts one abandoned segment: its pages join our queues, empty ones are
 /// freed. True if a segment was adopted.
 fn adopt_one<P: Mode>(h: &mut Heap) -> bool {
-    let seg = segment::adopt::<P>(h.id);
+    let seg = abandoned::adopt::<P>(h.id);
     if seg.is_null() {
         return false;
     }
@@ -277,7 +279,7 @@ fn take_free_page<P: Mode>(h: &mut Heap, kind: SegmentKind) -> Option<*mut Page>
             note_refault(h, now);
         }
     }
-    let seg = segment::acquire::<P>(kind, h.id);
+    let seg = reserve::acquire::<P>(kind, h.id);
     if seg.is_null() {
         return None;
     }
