@@ -154,7 +154,11 @@ pub(crate) unsafe fn check_unchecked(call: &str, page: *mut Page, block: *mut u8
         // A block start: `off` is a multiple of the stride (one
         // multiply, no division; offsets are below 2^32).
         let off = (block as usize).wrapping_sub((*page).start as usize) as u64;
-        let divisor = STRIDE_DIVISOR[(*page).class as usize];
+        // (Unchecked: an index check would put a panic inside `malloc`.)
+        let class = (*page).class as usize;
+        debug_assert!(class < STRIDE_DIVISOR.len());
+        // SAFETY: a page in use holds a heap class, below HEAP_CLASSES.
+        let divisor = *STRIDE_DIVISOR.get_unchecked(class);
         if off.wrapping_mul(divisor) >= divisor {
             report_block(call, Misuse::InteriorPointer, page, block);
         }
