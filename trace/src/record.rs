@@ -27,7 +27,7 @@
 //! - The recorder never calls `malloc`: buffers are mapped with
 //!   [`os::map`], the file is written with raw `write`. The only
 //!   libc calls that might allocate (registering the thread-exit key) run
-//!   while the thread's buffer pointer holds the `INITIALISING` sentinel, so
+//!   while the thread's buffer slot is `BufSlot::Initialising`, so
 //!   a re-entrant call on that thread is dropped instead of recursing.
 //! - Buffers are flushed when full, when a record ends about a second
 //!   after the block's start (so a killed process loses at most that much
@@ -315,15 +315,50 @@ fn fill_meta_header(block: &mut [u8], len: usize) {
 }
 
 heapkit_core::thread_pointer! {
-    /// This thread's buffer, or one of the values above (initial-exec TLS:
-    /// no `__tls_get_addr` call per record inside `libheapkit.so`).
+    /// This thread's [`BufSlot`], as a pointer (initial-exec TLS: no
+    /// `__tls_get_addr` call per record inside `libheapkit.so`).
     static BUF: *mut ThreadBuf = null, symbol = "heapkit_trace_thread_buf";
 }
 
-/// Thread-local pointer values that are not buffers.
-const NO_BUFFER: usize = 0;
-const INITIALISING: usize = 1;
-const UNAVAILABLE: usize = 2;
+/// What a thread's buffer slot (`BUF`) holds: its buffer, or why it has
+/// none. Stored as one pointer-sized word (the three states are the
+/// addresses 0, 1 and 2, which no mapping has), so the fast path's test
+/// is one compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BufSlot {
+    /// No buffer yet: the thread's next record creates one.
+    Empty,
+    /// Being created: records made meanwhile (by the calls the creation
+    /// makes, which may allocate) are dropped, not recursed into.
+    Initialising,
+    /// Could not be created (no memory): the thread's records are dropped.
+    Unavailable,
+    /// The thread's buffer, mapped for the life of the process.
+    Ready(*mut ThreadBuf),
+}
+
+impl BufSlot {
+    /// The calling thread's slot.
+    #[inline(always)]
+    fn current() -> BufSlot {
+        match BUF::get() as usize {
+            0 => BufSlot::Empty,
+            1 => BufSlot::Initialising,
+            2 => BufSlot::Unavailable,
+            _ => BufSlot::Ready(BUF::get()),
+        }
+    }
+
+    /// Makes `self` the calling thread's slot.
+    fn store(self) {
+        BUF::set(match self {
+            BufSlot::Empty => core::ptr::null_mut(),
+            BufSlot::Initialising => core::ptr::without_provenance_mut(1),
+            BufSlot::Unavailable => core::ptr::without_provenance_mut(2),
+            BufSlot::Ready(buf) => buf,
+        });
+    }
+}
 
 /// The owners of thread buffers take them with the asymmetric fence (see
 /// the module docs): `membarrier` was registered. Changed only while one
@@ -725,15 +760,15 @@ unsafe extern "C" fn fork_child() {
     // parent's records, which the parent writes: empty it, make it thread 0
     // and the only registered buffer. Other threads' buffers are dropped
     // from the registry (their `busy` flags may be stuck taken).
-    let own = BUF::get() as usize;
+    let own = BufSlot::current();
     let mut head = REGISTRY.lock();
     *head = 0;
     NEXT_THREAD.store(0, Ordering::Relaxed);
-    if own > UNAVAILABLE {
-        // SAFETY: values above UNAVAILABLE are this thread's buffer, mapped
-        // for the life of the process (inherited by the child); it is not
-        // busy, because fork is not called from inside a record.
-        let buf = unsafe { &mut *(own as *mut ThreadBuf) };
+    if let BufSlot::Ready(own) = own {
+        // SAFETY: a ready slot holds this thread's buffer, mapped for the
+        // life of the process (inherited by the child); it is not busy,
+        // because fork is not called from inside a record.
+        let buf = unsafe { &mut *own };
         buf.busy.store(false, Ordering::Relaxed);
         buf.forget_recorded_stacks();
         buf.thread = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
@@ -745,7 +780,7 @@ unsafe extern "C" fn fork_child() {
         // header must name the same base.
         buf.base_addr = buf.prev_addr;
         buf.next = 0;
-        *head = own;
+        *head = own as usize;
     }
     drop(head);
     // The registration belongs to the parent's address space; only this
@@ -779,13 +814,12 @@ fn release_fork_locks() {
 /// drops the record (re-entrant call, buffer taken by `finish`, no memory).
 #[inline]
 fn enter() -> Option<&'static mut ThreadBuf> {
-    let p = BUF::get() as usize;
-    if p <= UNAVAILABLE {
-        return enter_slow(p);
-    }
-    // SAFETY: values above UNAVAILABLE are this thread's buffer, mapped for
-    // the life of the process.
-    let buf = unsafe { &mut *(p as *mut ThreadBuf) };
+    let BufSlot::Ready(p) = BufSlot::current() else {
+        return enter_slow(BufSlot::current());
+    };
+    // SAFETY: a ready slot holds this thread's buffer, mapped for the life
+    // of the process.
+    let buf = unsafe { &mut *p };
     if !buf.take() {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return None;
@@ -800,15 +834,15 @@ fn leave(buf: &mut ThreadBuf) {
 
 #[cold]
 #[inline(never)]
-fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
-    if state != NO_BUFFER {
+fn enter_slow(slot: BufSlot) -> Option<&'static mut ThreadBuf> {
+    if slot != BufSlot::Empty {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return None;
     }
-    BUF::set(INITIALISING as *mut ThreadBuf);
+    BufSlot::Initialising.store();
     let mem = os::map(BUF_BYTES);
     if mem.is_null() {
-        BUF::set(UNAVAILABLE as *mut ThreadBuf);
+        BufSlot::Unavailable.store();
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return None;
     }
@@ -842,9 +876,9 @@ fn enter_slow(state: usize) -> Option<&'static mut ThreadBuf> {
         *head = buf_ptr as usize;
     }
     // May call calloc (pthread_setspecific): re-entrant records are dropped
-    // while BUF holds INITIALISING.
+    // while the slot is `Initialising`.
     EXIT_KEY.register(thread_exit, buf_ptr.cast());
-    BUF::set(buf_ptr);
+    BufSlot::Ready(buf_ptr).store();
     enter()
 }
 
