@@ -1,4 +1,4 @@
-//! The two modes the pool compiles in: [`Fast`](heapkit_core::harden::Fast)
+//! The two modes the pool compiles in: [`Fast`]
 //! (the default) and [`Hardened`], as a typed policy
 //! (`heapkit_core::harden`).
 //!

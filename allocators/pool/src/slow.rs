@@ -29,7 +29,7 @@ use crate::class::{batch, block_size, CHUNK_BLOCKS, CLASSES};
 use crate::depot::{depot, FreeBlock};
 use crate::mode;
 use crate::segment::chunks_of;
-use crate::thread_cache::{self, ThreadCache, ACTIVE, INITIALIZING, UNINIT};
+use crate::thread_cache::{self, ThreadCache, ThreadState};
 use crate::{fork, STATS};
 
 /// Runs [`on_thread_exit`] in every thread that allocated or freed.
@@ -37,11 +37,11 @@ static EXIT_KEY: os::ThreadExitKey = os::ThreadExitKey::new();
 
 /// Sets the thread up on its first slow path: registers the exit hook (and
 /// the process's fork handlers). A re-entrant call during registration sees
-/// `INITIALIZING` and proceeds without registering again; the cache is
+/// [`ThreadState::Initializing`] and proceeds without registering again; the cache is
 /// usable in every state.
 #[inline]
 fn ensure_init(t: &ThreadCache) {
-    if t.state.get() == UNINIT {
+    if t.state.get() == ThreadState::Uninit {
         init_thread(t);
     }
 }
@@ -49,9 +49,9 @@ fn ensure_init(t: &ThreadCache) {
 #[cold]
 #[inline(never)]
 fn init_thread(t: &ThreadCache) {
-    t.state.set(INITIALIZING);
+    t.state.set(ThreadState::Initializing);
     fork::register_handlers();
-    t.state.set(ACTIVE);
+    t.state.set(ThreadState::Active);
 }
 
 /// Called when a thread binds a cache (a slot of the pool): registers the

@@ -41,12 +41,18 @@ use crate::mode::Mode;
 use crate::slow;
 use crate::STATS;
 
-/// Thread never set up; its exit hook is not registered.
-pub const UNINIT: u8 = 0;
-/// The exit hook is being registered (a re-entrant call may see this).
-pub const INITIALIZING: u8 = 1;
-/// Set up; the exit hook will flush the cache.
-pub const ACTIVE: u8 = 2;
+/// Where a thread's cache is in its set-up (a thread whose exit hook ran
+/// has no cache: see [`bound`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ThreadState {
+    /// Never set up: the process's fork handlers may not be registered.
+    Uninit,
+    /// Being set up (a re-entrant call from the registration sees this).
+    Initializing,
+    /// Set up; the exit hook will flush the cache.
+    Active,
+}
 
 /// One class of one thread.
 pub struct ClassCache {
@@ -96,9 +102,8 @@ pub struct ThreadCache {
     /// This thread's counters (heapkit-core's one mechanism: two adds per
     /// operation, flushed into `STATS` by slow paths and at exit).
     pub stats: ThreadStats,
-    /// [`UNINIT`], [`INITIALIZING`] or [`ACTIVE`] (a thread whose exit hook
-    /// ran has no cache: see [`bound`]).
-    pub state: Cell<u8>,
+    /// See [`ThreadState`].
+    pub state: Cell<ThreadState>,
 }
 
 heapkit_core::thread_state! {
@@ -182,7 +187,7 @@ impl ThreadCache {
                 }
             }; CLASSES],
             stats: ThreadStats::new(),
-            state: Cell::new(UNINIT),
+            state: Cell::new(ThreadState::Uninit),
         }
     }
 

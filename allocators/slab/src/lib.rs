@@ -293,7 +293,7 @@ unsafe fn free_small(c: usize, p: *mut u8) {
 
 /// Counts a large allocation or free in the calling thread's statistics.
 fn count_large(alloc: bool, bytes: usize) {
-    match thread::bound().filter(|t| t.state.get() != thread::DONE) {
+    match thread::bound().filter(|t| t.state.get() != thread::ThreadState::Done) {
         None => {
             let b = bytes as i64;
             if alloc {
@@ -317,7 +317,7 @@ fn count_large(alloc: bool, bytes: usize) {
 /// thread's statistics (straight into [`STATS`] for a thread whose
 /// counters are no longer flushed).
 fn count_realloc(old: usize, new: usize) {
-    match thread::bound().filter(|t| t.state.get() != thread::DONE) {
+    match thread::bound().filter(|t| t.state.get() != thread::ThreadState::Done) {
         None => STATS.add(0, 0, 1, new as i64 - old as i64),
         Some(t) => t.stats.on_realloc(&STATS, old, new),
     }
@@ -485,7 +485,7 @@ unsafe impl<P: Policy> HeapAlloc for Slab<P> {
         let (p, zero) = if size >= ZERO_DIRECT {
             let (p, zero) = heap::take_direct(c);
             if !p.is_null() {
-                match thread::bound().filter(|t| t.state.get() == thread::ACTIVE) {
+                match thread::bound().filter(|t| t.state.get() == thread::ThreadState::Active) {
                     Some(t) => t.stats.on_alloc(&STATS, size),
                     None => STATS.add(1, 0, 0, size as i64),
                 }

@@ -15,7 +15,8 @@
 //!    full loaded magazine becomes previous and an empty one (from the
 //!    depot or the magazine cache) is loaded.
 //!
-//! A thread without magazines ([`thread::INIT`], [`thread::DONE`]) or
+//! A thread without magazines (not yet [`ThreadState::Active`], or
+//! [`ThreadState::Done`]) or
 //! without memory for one uses the slabs directly, one object per lock.
 
 use core::ptr;
@@ -23,7 +24,7 @@ use core::ptr;
 use crate::heap::{self, depot, STATS};
 use crate::magazine::MagazineSize;
 use crate::slab::layout;
-use crate::thread::{self, SlowPath, ThreadCache};
+use crate::thread::{self, SlowPath, ThreadCache, ThreadState};
 
 /// Allocates from class `c` with the loaded magazine empty, then publishes
 /// what the thread's magazines of the class hold.
@@ -416,9 +417,9 @@ unsafe fn wind_down(
 #[inline]
 fn ready(t: &ThreadCache) -> bool {
     match t.state.get() {
-        thread::ACTIVE => true,
-        thread::NEW => thread::init(t) == thread::ACTIVE,
-        _ => false,
+        ThreadState::Active => true,
+        ThreadState::New => thread::init(t) == ThreadState::Active,
+        ThreadState::Done => false,
     }
 }
 

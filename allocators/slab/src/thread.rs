@@ -35,12 +35,19 @@ use crate::heap::{self, STATS};
 use crate::magazine::{capacity_of_at, Magazine, MagazineSize};
 use crate::slab::OBJECT_CACHES;
 
-/// Thread life cycle.
-pub const NEW: u8 = 0;
-/// Magazines in use.
-pub const ACTIVE: u8 = 2;
-/// The exit hook is running, or set-up failed: direct path only.
-pub const DONE: u8 = 3;
+/// Where a thread's cache is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum ThreadState {
+    /// Bound, no magazine used yet: the thread's first magazine slow path
+    /// starts using them ([`init`]).
+    New,
+    /// Magazines in use.
+    Active,
+    /// The exit hook is running (or ran), or set-up failed: the direct
+    /// path only.
+    Done,
+}
 
 /// A magazine slow path of one class (`ClassSlot::last_slow_path`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -225,8 +232,8 @@ pub struct ThreadCache {
     slots: [ClassSlot; OBJECT_CACHES],
     /// Unflushed counters.
     pub stats: ThreadStats,
-    /// [`NEW`], [`INIT`], [`ACTIVE`] or [`DONE`].
-    pub state: Cell<u8>,
+    /// See [`ThreadState`].
+    pub state: Cell<ThreadState>,
     /// Slow paths taken with magazines (saturating; the background purger
     /// starts after a few, see `crate::purger`).
     pub slow_calls: Cell<u32>,
@@ -237,7 +244,7 @@ impl ThreadCache {
         Self {
             slots: [ClassSlot::NEW; OBJECT_CACHES],
             stats: ThreadStats::new(),
-            state: Cell::new(NEW),
+            state: Cell::new(ThreadState::New),
             slow_calls: Cell::new(0),
         }
     }
@@ -330,16 +337,16 @@ fn on_bind(t: *mut ThreadCache) {
     // Any non-null value: the destructor reads the thread pointer itself.
     if !THREAD_EXIT.register(on_thread_exit, core::ptr::dangling_mut::<c_void>()) {
         // SAFETY: t is the calling thread's cache, just bound; Cells only.
-        unsafe { (*t).state.set(DONE) };
+        unsafe { (*t).state.set(ThreadState::Done) };
     }
 }
 
 /// Starts using magazines (a thread's first magazine slow path); returns
 /// the new state.
 #[cold]
-pub fn init(t: &ThreadCache) -> u8 {
-    if t.state.get() == NEW {
-        t.state.set(ACTIVE);
+pub fn init(t: &ThreadCache) -> ThreadState {
+    if t.state.get() == ThreadState::New {
+        t.state.set(ThreadState::Active);
     }
     t.state.get()
 }
@@ -349,7 +356,7 @@ unsafe extern "C" fn on_thread_exit(_: *mut c_void) {
     let Some(t) = own() else {
         return;
     };
-    t.state.set(DONE);
+    t.state.set(ThreadState::Done);
     t.flush_magazines();
     t.stats.flush(&STATS);
     // SAFETY: flushed; nothing refers to the cache any more.
