@@ -23,7 +23,7 @@ pub struct MatrixArgs {
     /// not measured].
     #[arg(long)]
     pub baseline: Option<String>,
-    /// Report directory name under --out [default: `<kind>-<UTC date-time>`].
+    /// Report directory name under --out (default: `<kind>-<UTC date-time>`).
     #[arg(long)]
     pub name: Option<String>,
     /// Parent directory of report directories.

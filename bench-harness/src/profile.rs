@@ -55,7 +55,7 @@ pub struct ProfileArgs {
     /// Path of libheapkit.so [default: as `preload`].
     #[arg(long)]
     pub lib: Option<PathBuf>,
-    /// Report directory name under --out [default: profile-<program>-<date>].
+    /// Report directory name under --out (default: `profile-<program>-<date>`).
     #[arg(long)]
     pub name: Option<String>,
     /// Parent directory of report directories.

@@ -21,7 +21,7 @@ const SIZES: [usize; 10] = [
 
 const ALIGNS: [usize; 5] = [1, 16, 4096, 64 * 1024, 1 << 20];
 
-/// All [`SIZES`] alive at once (alignment cycling through [`ALIGNS`]):
+/// All `SIZES` alive at once (alignment cycling through `ALIGNS`):
 /// pattern, alignment and disjointness checked, freed in interleaved order;
 /// then each size again through `alloc_zeroed` after the dirty frees, and a
 /// 20 MiB `Vec` built and checked through std.

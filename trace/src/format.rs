@@ -5,7 +5,7 @@
 //! grouped by the thread that made it. It is written by many threads at once
 //! without a global lock on the hot path, so the file is a sequence of
 //! independent, self-describing **blocks**, each holding a run of one
-//! thread's records. It is read back by [`TraceReader`](crate::TraceReader).
+//! thread's records. It is read back by [`Trace`](crate::Trace).
 //!
 //! # Layout
 //!

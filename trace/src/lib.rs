@@ -5,7 +5,7 @@
 //!   `HEAPKIT_TRACE=out.hkt` is set. It never allocates through `malloc`.
 //!   The `heapkit-profile` crate drives it from a `GlobalAlloc` wrapper,
 //!   for a heap profile of a Rust program (`HEAPKIT_PROFILE=path`).
-//! - [`format`]: the versioned `.hkt` binary format, specified in its docs.
+//! - [`format`](mod@format): the versioned `.hkt` binary format, specified in its docs.
 //! - [`Trace`] ([`reader`]): maps, decodes and validates a trace; errors
 //!   name the byte offset.
 //! - [`schedule`]: one global order of a trace's threads, which defines its

@@ -3,7 +3,7 @@
 //! [`Trace::open`] maps the file with `memmap2` (a trace of a long run is
 //! hundreds of megabytes; nothing is copied before decoding) and
 //! [`Trace::parse`] decodes and checks every byte against the
-//! [format](crate::format). Then it links every free and realloc to the
+//! [format](mod@crate::format). Then it links every free and realloc to the
 //! allocation it ends: the records of all threads are taken in time order
 //! with a map of live addresses (an allocation at a still-live address
 //! waits for that address's free, as the format explains). The result is

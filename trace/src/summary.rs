@@ -55,7 +55,7 @@ pub struct Summary {
     /// Requested bytes never freed.
     pub leaked_bytes: u64,
     /// The most requested bytes live at once, in the trace's
-    /// [schedule](crate::schedule).
+    /// [schedule](mod@crate::schedule).
     pub peak_live_bytes: u64,
     /// Allocation counts by size bucket: `size_histogram[i]` counts sizes
     /// in `(8 << i, 16 << i]` (bucket 0 includes 0..=16); the last bucket

@@ -30,7 +30,7 @@
 //! Each thread bumps through its own chunks (no locks, no atomics on the
 //! fast path); a thread's most recent block can be freed or resized in
 //! place, so a growing `Vec` or `String` that nobody allocated after is
-//! extended without a copy. See [`bump`](crate::bump) for the costs.
+//! extended without a copy. See [`bump`] for the costs.
 //!
 //! # `Arena`: scratch memory with one free
 //!
@@ -63,7 +63,7 @@
 //! assert_eq!(v.len(), 3);
 //! ```
 //!
-//! See [`arena`](crate::arena) for the costs.
+//! See [`arena`] for the costs.
 
 pub mod arena;
 pub mod bump;

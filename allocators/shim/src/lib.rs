@@ -11,29 +11,29 @@
 //!
 //! Comparing allocators on real programs, like for like: every backend, the
 //! peers (`system` = glibc, `jemalloc`, `mimalloc`) included, is reached
-//! through the same exported functions ([`export`]), the same glibc
+//! through the same exported functions (`export`), the same glibc
 //! edge-case layer ([`heapkit_core::capi`]) and the same one-branch dispatch
-//! ([`backend`]). A difference between two backends under this library is a
+//! (`backend`). A difference between two backends under this library is a
 //! difference between the allocators, not between the ways they were
 //! plugged in.
 //!
 //! # How it works
 //!
-//! - [`export`]: `malloc`, `free`, `calloc`, `realloc`, `reallocarray`,
+//! - `export`: `malloc`, `free`, `calloc`, `realloc`, `reallocarray`,
 //!   `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`,
 //!   `malloc_usable_size`, `cfree`.
-//! - [`cxx`]: C++'s `operator new`/`delete` in every form; a `new` without
+//! - `cxx`: C++'s `operator new`/`delete` in every form; a `new` without
 //!   memory hands over to the C++ runtime's operator, which throws.
-//! - [`introspect`]: `mallinfo2`, `mallinfo`, `malloc_trim`, `mallopt`,
+//! - `introspect`: `mallinfo2`, `mallinfo`, `malloc_trim`, `mallopt`,
 //!   `malloc_stats`, `malloc_info` over the selected backend.
-//! - [`backend`]: `HEAPKIT_ALLOC` is read once, by the first allocation or
+//! - `backend`: `HEAPKIT_ALLOC` is read once, by the first allocation or
 //!   by this library's constructor, whichever runs first (the dynamic loader
 //!   allocates before constructors run). An unknown name prints the accepted
 //!   ones and exits with status 2. `HEAPKIT_HARDEN=1` picks the backend's
 //!   hardened mode (sizeclass, slab, pool).
-//! - [`system`], [`jemalloc`], [`mimalloc`]: the peers as
+//! - `system`, `jemalloc`, `mimalloc`: the peers as
 //!   [`HeapAlloc`](heapkit_core::HeapAlloc) impls.
-//! - [`exit_report`]: `HEAPKIT_STATS=1` prints the backend's
+//! - `exit_report`: `HEAPKIT_STATS=1` prints the backend's
 //!   [`Stats`](heapkit_core::Stats) at exit without allocating.
 //!
 //! Threads, fork and thread exit are each backend's business (every heapkit
