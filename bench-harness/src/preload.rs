@@ -16,6 +16,14 @@
 //! descendants') user and system time, peak RSS (`ru_maxrss`) and minor
 //! faults, without sampling. Wall time is `Instant` around spawn..reap.
 //!
+//! A backend's hardened mode is a column of its own, `<backend>_hardened`
+//! (`HEAPKIT_HARDEN=1`; sizeclass, slab and pool have one), named as
+//! `heapkit-bench run` names the hardened cells, so what hardening costs a
+//! real program is one command:
+//! `heapkit-bench preload --allocators sizeclass,sizeclass_hardened -- ./app`.
+//! Every other column runs with `HEAPKIT_HARDEN` unset, whatever the
+//! caller's environment holds.
+//!
 //! Extra columns: `native` (no preload: glibc as the program normally runs,
 //! so `system` vs `native` is the shim's own cost), and, where Debian's
 //! `libjemalloc2` / `libmimalloc2.0` are installed, `jemalloc-so` and
@@ -61,9 +69,10 @@ pub struct PreloadArgs {
     /// (it never reuses memory: these programs would exhaust it).
     #[arg(long)]
     pub standard: bool,
-    /// Columns (`--allocators`): backends of libheapkit.so, `native`,
-    /// `jemalloc-so`, `mimalloc-so` [default: every backend the library
-    /// accepts, then the extra columns that are installed]; repetitions,
+    /// Columns (`--allocators`): backends of libheapkit.so, their hardened
+    /// modes (`sizeclass_hardened`, ...), `native`, `jemalloc-so`,
+    /// `mimalloc-so` [default: every backend the library accepts, then the
+    /// extra columns that are installed]; repetitions,
     /// baseline, report name and place, timeout.
     #[command(flatten)]
     pub common: MatrixArgs,
@@ -81,6 +90,9 @@ const MIMALLOC_SO: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
 enum Column {
     /// `LD_PRELOAD=libheapkit.so HEAPKIT_ALLOC=name`.
     Backend(String),
+    /// The same with `HEAPKIT_HARDEN=1`: `backend`'s hardened mode, the
+    /// column `name` (`<backend>_hardened`).
+    Hardened { backend: String, name: String },
     /// No preload at all.
     Native,
     /// `LD_PRELOAD=path` (a real allocator library).
@@ -91,6 +103,7 @@ impl Column {
     fn name(&self) -> &str {
         match self {
             Column::Backend(n) | Column::Library(n, _) => n,
+            Column::Hardened { name, .. } => name,
             Column::Native => "native",
         }
     }
@@ -167,6 +180,19 @@ fn library_backends(lib: &Path) -> Result<Vec<String>> {
     Ok(list.split(", ").map(str::to_owned).collect())
 }
 
+/// Whether `lib`'s `backend` has a hardened mode: the library refuses
+/// `HEAPKIT_HARDEN=1` for one without (exit status 2) at start-up.
+fn has_hardened_mode(lib: &Path, backend: &str) -> Result<bool> {
+    let status = Command::new("/bin/true")
+        .env("LD_PRELOAD", lib)
+        .env("HEAPKIT_ALLOC", backend)
+        .env("HEAPKIT_HARDEN", "1")
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| Error::new(format!("cannot run /bin/true under {}: {e}", lib.display())))?;
+    Ok(status.success())
+}
+
 fn columns(args: &PreloadArgs, lib: &Path) -> Result<Vec<Column>> {
     let accepted = library_backends(lib)?;
     let extra = |name: &str| -> Option<Column> {
@@ -198,6 +224,18 @@ fn columns(args: &PreloadArgs, lib: &Path) -> Result<Vec<Column>> {
             if accepted.contains(b) {
                 return Ok(Column::Backend(b.clone()));
             }
+            if let Some(base) = b.strip_suffix("_hardened").filter(|base| accepted.iter().any(|a| a == base)) {
+                return if has_hardened_mode(lib, base)? {
+                    Ok(Column::Hardened {
+                        backend: base.to_owned(),
+                        name: b.clone(),
+                    })
+                } else {
+                    Err(Error::new(format!(
+                        "{b}: the {base} backend has no hardened mode (sizeclass, slab and pool have)"
+                    )))
+                };
+            }
             match extra(b) {
                 Some(Column::Library(_, path)) if !Path::new(path).exists() => Err(Error::new(
                     format!("{b}: {path} is not installed (apt-get install libjemalloc2 libmimalloc2.0)"),
@@ -209,7 +247,7 @@ fn columns(args: &PreloadArgs, lib: &Path) -> Result<Vec<Column>> {
                     lib.display()
                 ))),
                 None => Err(Error::new(format!(
-                    "unknown column {b:?}; accepted: {}, native, jemalloc-so, mimalloc-so",
+                    "unknown column {b:?}; accepted: {}, <backend>_hardened, native, jemalloc-so, mimalloc-so",
                     accepted.join(", ")
                 ))),
             }
@@ -233,9 +271,14 @@ fn measure(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .env_remove("HEAPKIT_STATS");
+        .env_remove("HEAPKIT_STATS")
+        .env_remove("HEAPKIT_HARDEN");
     match column {
         Column::Backend(b) => cmd.env("LD_PRELOAD", lib).env("HEAPKIT_ALLOC", b),
+        Column::Hardened { backend, .. } => cmd
+            .env("LD_PRELOAD", lib)
+            .env("HEAPKIT_ALLOC", backend)
+            .env("HEAPKIT_HARDEN", "1"),
         Column::Native => cmd.env_remove("LD_PRELOAD"),
         Column::Library(_, path) => cmd.env("LD_PRELOAD", path),
     };

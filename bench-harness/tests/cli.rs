@@ -441,3 +441,71 @@ fn preload_settles_each_command_before_measuring_it() {
     }
     let _ = std::fs::remove_dir_all(&out_dir);
 }
+
+/// `preload --allocators sizeclass,sizeclass_hardened` measures the
+/// backend in both modes: the `_hardened` column runs with
+/// `HEAPKIT_HARDEN=1`, the other without it even when the caller exported
+/// it; a backend without a hardened mode is a one-line error. The command
+/// logs the two variables it was run with.
+#[test]
+fn preload_measures_a_backend_in_both_modes() {
+    let source_lib =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/libheapkit.so");
+    if !source_lib.is_file() {
+        println!("SKIP: no release libheapkit.so (the README's test command builds it)");
+        return;
+    }
+    let out_dir = tmp("hardened-columns");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let log = out_dir.join("env.log");
+    let out = bench()
+        .args([
+            "preload",
+            "--allocators",
+            "sizeclass,sizeclass_hardened",
+            "--repetitions",
+            "1",
+        ])
+        .arg("--lib")
+        .arg(&source_lib)
+        .env("HEAPKIT_HARDEN", "1")
+        .args(["--name", "h", "--sh"])
+        .arg(format!(
+            "echo \"$HEAPKIT_ALLOC:$HEAPKIT_HARDEN\" >> {}",
+            log.display()
+        ))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines, ["sizeclass:", "sizeclass:1"], "runs' environments");
+    let report = heapkit_bench::report::json::read(&out_dir.join("h/results.json")).unwrap();
+    let mut columns: Vec<&str> = report.cells.iter().map(|c| c.allocator.as_str()).collect();
+    columns.sort();
+    assert_eq!(columns, ["sizeclass", "sizeclass_hardened"]);
+    let out = bench()
+        .args([
+            "preload",
+            "--allocators",
+            "bump_hardened",
+            "--repetitions",
+            "1",
+        ])
+        .arg("--lib")
+        .arg(&source_lib)
+        .args(["--out"])
+        .arg(&out_dir)
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "has no hardened mode");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
