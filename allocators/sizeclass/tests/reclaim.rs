@@ -19,10 +19,19 @@ fn owner_frees_while_others_free_and_reclaim<P: Policy>(a: SizeClass<P>) {
     const N: usize = 24_000; // ~25 MB, half of it sent away
     let (to_freer, from_owner) = mpsc::channel::<Vec<usize>>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (owner_done_tx, owner_done_rx) = mpsc::channel::<()>();
     let freer = thread::spawn(move || {
         let blocks = from_owner.recv().unwrap();
         let mut freed = 0;
         for (i, &p) in blocks.iter().enumerate() {
+            // The first third races the owner's own frees; the rest waits
+            // until the owner has finished them, so that two of this
+            // thread's looks (one every 4 MiB freed) see it idle however
+            // the scheduler ran the race (on a loaded machine the owner's
+            // frees could span every look, and nothing was reclaimed).
+            if i == blocks.len() / 3 {
+                owner_done_rx.recv().unwrap();
+            }
             // SAFETY: live blocks of `a`, handed over; each written whole.
             unsafe {
                 let p = p as *mut u8;
@@ -87,6 +96,7 @@ fn owner_frees_while_others_free_and_reclaim<P: Policy>(a: SizeClass<P>) {
             thread::yield_now();
         }
     }
+    owner_done_tx.send(()).unwrap();
     done_rx.recv().unwrap();
     freer.join().unwrap();
     assert!(
