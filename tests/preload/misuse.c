@@ -255,6 +255,22 @@ static int large_overflow(void) {
     return 0;
 }
 
+/* The same past a block that reuses a larger freed one (hardened heapkit
+ * serves it from the cached mapping's start and moves the guard to the
+ * block's end). */
+static int large_overflow_reused(void) {
+    char *big = malloc((3 << 20) / 2);
+    memset(big, 5, (3 << 20) / 2);
+    free(launder(big));
+    char *p = malloc(1 << 20);
+    size_t usable = malloc_usable_size(p);
+    memset(p, 7, usable);
+    ((volatile char *)launder(p))[usable] = 'x';
+    free(launder(p));
+    printf("large overflow went unnoticed\n");
+    return 0;
+}
+
 static int overflow(void) {
     char *p = malloc(24);
     memset(p, 6, 24);
@@ -329,8 +345,9 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "uaf-write")) return uaf_write();
     if (!strcmp(c, "overflow")) return overflow();
     if (!strcmp(c, "large-overflow")) return large_overflow();
+    if (!strcmp(c, "large-overflow-reused")) return large_overflow_reused();
     if (!strcmp(c, "quarantine-uaf")) return quarantine_uaf();
     if (!strcmp(c, "realloc-freed")) return realloc_freed();
-    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|remote-overflow|remote-overflow-retire|remote-interior|exhaust-recover|small-double-32|small-double-100k|small-interior|uaf-write|overflow|large-overflow|quarantine-uaf|realloc-freed\n");
+    fprintf(stderr, "usage: misuse foreign|unmapped-free|unmapped-realloc|unmapped-usable-size|large-double|large-interior|remote-double|remote-overflow|remote-overflow-retire|remote-interior|exhaust-recover|small-double-32|small-double-100k|small-interior|uaf-write|overflow|large-overflow|large-overflow-reused|quarantine-uaf|realloc-freed\n");
     return 2;
 }

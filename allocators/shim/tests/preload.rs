@@ -912,7 +912,7 @@ impl Outcome {
 }
 
 /// Every case of `tests/preload/misuse.c`.
-const MISUSE_CASES: [&str; 18] = [
+const MISUSE_CASES: [&str; 19] = [
     "foreign",
     "unmapped-free",
     "unmapped-realloc",
@@ -930,6 +930,7 @@ const MISUSE_CASES: [&str; 18] = [
     "uaf-write",
     "overflow",
     "large-overflow",
+    "large-overflow-reused",
     "realloc-freed",
 ];
 
@@ -1002,7 +1003,7 @@ fn hardened_outcome(case: &str, backend: &str) -> Outcome {
         "uaf-write" => Outcome::Detected("malloc(): corrupted free list"),
         "overflow" => Outcome::Detected("free(): heap overflow"),
         "realloc-freed" => Outcome::Detected("realloc(): double free of"),
-        "large-overflow" => Outcome::Faults,
+        "large-overflow" | "large-overflow-reused" => Outcome::Faults,
         _ => misuse_outcome(case, "sizeclass"),
     }
 }

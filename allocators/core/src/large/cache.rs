@@ -134,15 +134,11 @@ fn expire(cache: &mut BlockCache, now: u64) {
 /// trimmed: unmapping the resident tail of a cached block took 0.2-0.6 ms
 /// (the kernel frees its pages), inside `malloc` (the `large` workload's
 /// malloc p99 was 90 us with trimming).
-///
-/// `most_bytes` lowers that bound further (a guarded block sits at the end
-/// of its mapping, and its start must stay in the first segment, where the
-/// header is).
-pub(super) fn take_cached(map_size: usize, guard: usize, most_bytes: usize) -> (*mut u8, usize) {
+pub(super) fn take_cached(map_size: usize, guard: usize) -> (*mut u8, usize) {
     let Some(mut cache) = CACHE.try_lock() else {
         return (ptr::null_mut(), 0);
     };
-    let most = map_size.saturating_mul(KEEP_WHOLE_UP_TO).min(most_bytes);
+    let most = map_size.saturating_mul(KEEP_WHOLE_UP_TO);
     let mut best = usize::MAX;
     for i in 0..cache.len {
         let b = cache.blocks[i];
