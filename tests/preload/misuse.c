@@ -255,14 +255,14 @@ static int large_overflow(void) {
     return 0;
 }
 
-/* The same past a block that reuses a larger freed one (hardened heapkit
- * serves it from the cached mapping's start and moves the guard to the
- * block's end). */
+/* The same past a block of more than 4 MiB that reuses a larger freed one
+ * (hardened heapkit serves it from the cached mapping's start and moves
+ * the guard to the block's end). */
 static int large_overflow_reused(void) {
-    char *big = malloc((3 << 20) / 2);
-    memset(big, 5, (3 << 20) / 2);
+    char *big = malloc(6 << 20);
+    memset(big, 5, 6 << 20);
     free(launder(big));
-    char *p = malloc(1 << 20);
+    char *p = malloc((9 << 20) / 2);
     size_t usable = malloc_usable_size(p);
     memset(p, 7, usable);
     ((volatile char *)launder(p))[usable] = 'x';

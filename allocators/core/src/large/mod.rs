@@ -214,16 +214,21 @@ fn allocate_far_aligned(layout: Layout) -> *mut u8 {
 ///
 /// Freed guarded blocks wait in the cache, guard in place, for a guarded
 /// request they fit (a fresh one costs `mmap`, `mprotect` and the page
-/// faults: the `large` workload ran 30x slower without). The reused block
-/// starts where a fresh one would, near the mapping's start, on the pages
-/// the last one used and left resident; when it is shorter than the
-/// mapping, the page right after it is made inaccessible (the *moved
-/// guard*, `LargeHeader::end`), and the last block's moved guard, if
-/// elsewhere, accessible again: at most two `mprotect`s instead of the
-/// page faults of a block placed at the mapping's end. (Placed at the end
-/// and found through a second header, mimalloc-bench's malloc-large, which
-/// writes the first MiB of 2-20 MiB blocks, ran 419 ms and took 216,000
-/// page faults; with the moved guard, see the `preload-hardened` report.)
+/// faults: the `large` workload ran 30x slower without). A reused block
+/// smaller than a segment ([`START_AT_FROM`]) ends at the mapping's guard
+/// if it then still starts in the mapping's first segment, where
+/// `segment_of` finds the header (no syscall). A bigger one (or one that
+/// would not) starts where a fresh one would, near the mapping's start,
+/// on the pages the last block began on, and the page right after it is
+/// made inaccessible (the *moved guard*, `LargeHeader::end`; the last
+/// block's moved guard is made accessible again): up to two `mprotect`s.
+/// (Before, a mapping served no block that would start past its first
+/// segment, and mimalloc-bench's malloc-large, which writes the first MiB
+/// of 2-20 MiB blocks, mapped fresh ones: 3.5x default mode's time, now
+/// 1.12x. Every reused block at the start: 8,900 `mprotect`s in the C
+/// stress program, 1.27x its time. Big blocks at the end too, found
+/// through a second header in the segment they start in: their first
+/// pages were rarely resident, malloc-large 2.6x.)
 pub fn allocate_guarded(layout: Layout, zeroed: bool) -> *mut u8 {
     let page = os::page_size();
     if layout.align() > page {
@@ -247,14 +252,23 @@ pub fn allocate_guarded(layout: Layout, zeroed: bool) -> *mut u8 {
     };
     let (cached, cached_size) = take_cached(map_size, page);
     if !cached.is_null() {
+        // At the mapping's end if the block is small enough and still
+        // starts in its first segment (where `segment_of` finds the
+        // header), else at its start.
+        let end = if body < START_AT_FROM && cached_size - body <= SEGMENT_ALIGN - page {
+            cached_size
+        } else {
+            map_size
+        };
         // SAFETY: a cached guarded mapping of cached_size >= map_size bytes
         // plus its guard, nobody else's.
-        if unsafe { move_guard(cached, cached_size, map_size) } {
-            // SAFETY: as above; the block ends at `map_size`, now a guard
-            // (moved, or the mapping's own).
+        if unsafe { move_guard(cached, cached_size, end) } {
+            // SAFETY: as above; the block ends at `end`, now a guard
+            // (moved, or the mapping's own), and starts at least 64 bytes
+            // into the first segment.
             unsafe {
-                let user = hand_out(cached, cached_size, map_size - body, page);
-                (*cached.cast::<LargeHeader>()).end = map_size;
+                let user = hand_out(cached, cached_size, end - body, page);
+                (*cached.cast::<LargeHeader>()).end = end;
                 if zeroed {
                     os::zero_dead(user, layout.size());
                 }
@@ -305,6 +319,14 @@ unsafe fn move_guard(base: *mut u8, map_size: usize, end: usize) -> bool {
         end == map_size || os::protect(base.add(end), page, false)
     }
 }
+
+/// Guarded blocks of at least this many bytes that reuse a cached mapping
+/// start near its start and get a moved guard (see [`allocate_guarded`]):
+/// one segment. With 2 MiB, the C stress program (blocks up to 2.25 MiB,
+/// of which it writes three bytes) made 1,150 `mprotect`s and ran 1.03x,
+/// malloc-large 1.08x default mode's time; with a segment, 1.00x and
+/// 1.12x.
+const START_AT_FROM: usize = SEGMENT_ALIGN;
 
 /// [`reallocate`] of a guarded block: a new guarded block with the same
 /// alignment (the largest the pointer has, up to a page), the contents
