@@ -197,23 +197,50 @@ fn run(mut cmd: Command, out_dir: &Path, tag: &str, limit: Duration) -> Run {
 }
 
 /// `cmd` set up to run under the shim with `backend`.
+/// `program` under libheapkit.so with `backend`: a name `backends()` lists,
+/// or one of them with `_hardened` appended (`HEAPKIT_HARDEN=1`, see
+/// [`each_mode`]).
 fn under(backend: &str, program: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null())
         .env("LD_PRELOAD", library())
-        .env("HEAPKIT_ALLOC", backend)
         .env_remove("HEAPKIT_STATS");
+    match backend.strip_suffix("_hardened") {
+        Some(b) => cmd.env("HEAPKIT_ALLOC", b).env("HEAPKIT_HARDEN", "1"),
+        None => cmd
+            .env("HEAPKIT_ALLOC", backend)
+            .env_remove("HEAPKIT_HARDEN"),
+    };
     cmd
 }
 
 /// Runs `check` for every backend at once (one thread, and so one child
 /// process, each) and fails with every backend's error.
 fn each_backend(check: impl Fn(&str) -> Result<(), String> + Sync) {
+    check_all(backends().iter().map(String::as_str), check);
+}
+
+/// [`each_backend`], and then each backend with a hardened mode in it
+/// (named `<backend>_hardened`, which [`under`] runs with
+/// `HEAPKIT_HARDEN=1`): the real programs must run as they do by default.
+fn each_mode(check: impl Fn(&str) -> Result<(), String> + Sync) {
+    let hardened: Vec<String> = HARDENED_BACKENDS
+        .iter()
+        .map(|b| format!("{b}_hardened"))
+        .collect();
+    let names = backends().iter().chain(&hardened).map(String::as_str);
+    check_all(names, check);
+}
+
+/// Runs `check` for each name at once (one thread, and so one child
+/// process, each) and fails with every name's error.
+fn check_all<'a>(
+    names: impl Iterator<Item = &'a str>,
+    check: impl Fn(&str) -> Result<(), String> + Sync,
+) {
     let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = backends()
-            .iter()
-            .map(|b| (b, s.spawn(|| check(b))))
-            .collect();
+        let check = &check;
+        let handles: Vec<_> = names.map(|b| (b, s.spawn(move || check(b)))).collect();
         handles
             .into_iter()
             .filter_map(|(b, h)| match h.join() {
@@ -391,7 +418,7 @@ fn c_stress_every_entry_point_threads_fork_dlopen() {
         return;
     };
     let dir = scratch("stress");
-    each_backend(|b| {
+    each_mode(|b| {
         let scale = if b == "bump" { "0.2" } else { "1" };
         let mut cmd = under(b, stress);
         cmd.arg("all").arg(scale).arg(tls);
@@ -418,7 +445,7 @@ fn cxx_new_delete() {
         return;
     };
     let dir = scratch("cxx");
-    each_backend(|b| {
+    each_mode(|b| {
         let r = run(under(b, cxx), &dir, b, MINUTE);
         if r.ok && r.stdout.contains("ok cxx") {
             Ok(())
@@ -510,7 +537,7 @@ fn cpython_test_modules() {
         return;
     };
     let dir = scratch("cpython");
-    each_backend(|b| {
+    each_mode(|b| {
         let modules = if b == "bump" {
             PY_MODULES_BUMP
         } else {
@@ -550,7 +577,7 @@ fn python_alloc_heavy_script_matches_native() {
         .stdin(Stdio::null());
     let want = run(native, &dir, "native", MINUTE);
     assert!(want.ok, "{}", want.describe());
-    each_backend(|b| {
+    each_mode(|b| {
         let mut cmd = under(b, py);
         cmd.arg(&script).env("PYTHONMALLOC", "malloc");
         let r = run(cmd, &dir, b, 2 * MINUTE);
@@ -611,7 +638,7 @@ fn sqlite3_generated_database() {
     let sum = full * (full + 1) / 2 - 10 * (full / 10) * (full / 10 + 1) / 2;
     assert!(want_full.contains(&format!("count|{}|{sum}\n", full - full / 10)));
     assert!(want_full.contains("\nok\n"));
-    each_backend(|b| {
+    each_mode(|b| {
         let (rows, want) = if b == "bump" {
             (light, &want_light)
         } else {
@@ -737,7 +764,7 @@ fn git_init_add_commit_gc_fsck() {
     let (full, light) = (1500, 300);
     let want_full = git_session(&git, &dir.join("native-full"), None, &dir, full).unwrap();
     let want_light = git_session(&git, &dir.join("native-light"), None, &dir, light).unwrap();
-    each_backend(|b| {
+    each_mode(|b| {
         let (files, want) = if b == "bump" {
             (light, &want_light)
         } else {
@@ -781,7 +808,7 @@ fn sort_large_file_matches_checksum() {
     sorted.push('\n');
     let want = checksum(sorted.as_bytes());
     drop(lines);
-    each_backend(|b| {
+    each_mode(|b| {
         let out = dir.join(format!("{b}.sorted"));
         let mut cmd = under(b, &sort);
         cmd.args(["--parallel=2", "-S", "4M", "-T"])
