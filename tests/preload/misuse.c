@@ -242,17 +242,19 @@ static int quarantine_uaf(void) {
     return 0;
 }
 
-/* A write one byte past a large block's usable size: hardened heapkit ends
- * such a block at an inaccessible page, so the write faults. */
-static int large_overflow(void) {
-    size_t size = 1 << 20;
-    char *p = malloc(size);
+/* A write one byte past the usable size of the large block p: hardened
+ * heapkit ends such a block at an inaccessible page, so the write faults. */
+static int write_past_large_block(char *p) {
     size_t usable = malloc_usable_size(p);
     memset(p, 7, usable);
     ((volatile char *)launder(p))[usable] = 'x';
     free(launder(p));
     printf("large overflow went unnoticed\n");
     return 0;
+}
+
+static int large_overflow(void) {
+    return write_past_large_block(malloc(1 << 20));
 }
 
 /* The same past a block of more than 4 MiB that reuses a larger freed one
@@ -262,13 +264,7 @@ static int large_overflow_reused(void) {
     char *big = malloc(6 << 20);
     memset(big, 5, 6 << 20);
     free(launder(big));
-    char *p = malloc((9 << 20) / 2);
-    size_t usable = malloc_usable_size(p);
-    memset(p, 7, usable);
-    ((volatile char *)launder(p))[usable] = 'x';
-    free(launder(p));
-    printf("large overflow went unnoticed\n");
-    return 0;
+    return write_past_large_block(malloc((9 << 20) / 2));
 }
 
 static int overflow(void) {
