@@ -215,7 +215,7 @@ fn allocate_far_aligned(layout: Layout) -> *mut u8 {
 /// Freed guarded blocks wait in the cache, guard in place, for a guarded
 /// request they fit (a fresh one costs `mmap`, `mprotect` and the page
 /// faults: the `large` workload ran 30x slower without). A reused block
-/// smaller than a segment ([`START_AT_FROM`]) ends at the mapping's guard
+/// smaller than a segment (`START_AT_FROM`) ends at the mapping's guard
 /// if it then still starts in the mapping's first segment, where
 /// `segment_of` finds the header (no syscall). A bigger one (or one that
 /// would not) starts where a fresh one would, near the mapping's start,
