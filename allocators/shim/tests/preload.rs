@@ -196,7 +196,6 @@ fn run(mut cmd: Command, out_dir: &Path, tag: &str, limit: Duration) -> Run {
     }
 }
 
-/// `cmd` set up to run under the shim with `backend`.
 /// `program` under libheapkit.so with `backend`: a name `backends()` lists,
 /// or one of them with `_hardened` appended (`HEAPKIT_HARDEN=1`, see
 /// [`each_mode`]).
@@ -214,8 +213,7 @@ fn under(backend: &str, program: &Path) -> Command {
     cmd
 }
 
-/// Runs `check` for every backend at once (one thread, and so one child
-/// process, each) and fails with every backend's error.
+/// [`check_all`] over every backend, in default mode.
 fn each_backend(check: impl Fn(&str) -> Result<(), String> + Sync) {
     check_all(backends().iter().map(String::as_str), check);
 }

@@ -269,6 +269,7 @@ pub fn allocate_guarded(layout: Layout, zeroed: bool) -> *mut u8 {
             unsafe {
                 let user = hand_out(cached, cached_size, end - body, page);
                 (*cached.cast::<LargeHeader>()).end = end;
+                debug_assert_eq!(segment_of(user).cast::<u8>(), cached);
                 if zeroed {
                     os::zero_dead(user, layout.size());
                 }
