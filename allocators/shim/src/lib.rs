@@ -26,6 +26,11 @@
 //!   memory hands over to the C++ runtime's operator, which throws.
 //! - `introspect`: `mallinfo2`, `mallinfo`, `malloc_trim`, `mallopt`,
 //!   `malloc_stats`, `malloc_info` over the selected backend.
+//! - `jemalloc_api`: jemalloc's own API (`mallocx`, `rallocx`, `xallocx`,
+//!   `sallocx`, `dallocx`, `sdallocx`, `nallocx`, `mallctl` and its MIB
+//!   forms, `malloc_stats_print`), for programs linked against
+//!   `libjemalloc.so` (Debian's `redis-server`): their calls reach the
+//!   selected backend, not a jemalloc that serves nothing.
 //! - `backend`: `HEAPKIT_ALLOC` is read once, by the first allocation or
 //!   by this library's constructor, whichever runs first (the dynamic loader
 //!   allocates before constructors run). An unknown name prints the accepted
@@ -66,6 +71,7 @@ mod glibc;
 mod introspect;
 #[cfg(feature = "peers")]
 mod jemalloc;
+mod jemalloc_api;
 #[cfg(feature = "peers")]
 mod mimalloc;
 mod stack_text;

@@ -42,6 +42,18 @@ impl<const N: usize> StackText<N> {
         }
     }
 
+    /// The text as a C string: a NUL is appended, or, if the buffer is
+    /// full, written over the last byte.
+    pub fn nul_terminated(&mut self) -> *const core::ffi::c_char {
+        if self.len < N {
+            self.len += 1;
+        }
+        if let Some(last) = self.len.checked_sub(1).and_then(|i| self.buf.get_mut(i)) {
+            *last = 0;
+        }
+        self.buf.as_ptr().cast()
+    }
+
     /// The text so far.
     pub fn as_bytes(&self) -> &[u8] {
         self.buf.get(..self.len).unwrap_or(&[])

@@ -7,7 +7,9 @@
 //! own test modules, sqlite3 on a generated database (integrity check and
 //! query results equal to a run without the shim), git (tree and commit ids
 //! equal to a run without the shim, `fsck --strict`), sort of a generated
-//! file (checksum computed here in Rust), the C stress program
+//! file (checksum computed here in Rust), redis-server (dataset digests
+//! equal to a run without the shim across a forked save, a reload and a
+//! flush on its lazy-free thread), the C stress program
 //! (`tests/preload/stress.c`, every entry point and edge case, threads,
 //! fork, dlopen of a TLS library) and a C++ new/delete check.
 //!
@@ -19,7 +21,8 @@
 //!
 //! A program that is not installed prints a `SKIP` line and the test passes;
 //! the Debian packages are `python3` (any CPython with its `test` package;
-//! here pyenv's), `sqlite3`, `git`, `coreutils`, `gcc`, `g++`.
+//! here pyenv's), `sqlite3`, `git`, `coreutils`, `redis-server` and
+//! `redis-tools`, `gcc`, `g++`.
 //!
 //! `bump` never reuses memory, so it gets lighter workloads.
 
@@ -672,6 +675,237 @@ fn first_difference(want: &str, got: &str) -> String {
         got.lines().count(),
         got.lines().last()
     )
+}
+
+/// What the redis test needs: the server, its client, and (optional) its
+/// benchmark.
+struct Redis {
+    server: PathBuf,
+    cli: PathBuf,
+    bench: Option<PathBuf>,
+}
+
+impl Redis {
+    /// `redis-cli -s socket args...`: its output, or why it failed.
+    fn cli(&self, socket: &Path, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.cli)
+            .arg("-s")
+            .arg(socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("redis-cli {args:?}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() || text.starts_with("ERR") || text.contains("Could not connect") {
+            return Err(format!("redis-cli {args:?}: {} {text}", out.status));
+        }
+        Ok(text)
+    }
+
+    /// One server (under `backend`, or without the library for `None`) and
+    /// the session the test drives against it; the transcript of its
+    /// deterministic replies.
+    fn session(&self, dir: &Path, tag: &str, backend: Option<&str>) -> Result<String, String> {
+        let work = dir.join(tag);
+        fs::create_dir_all(&work).unwrap();
+        let socket = work.join("redis.sock");
+        let log = work.join("redis.log");
+        let mut cmd = match backend {
+            Some(b) => under(b, &self.server),
+            None => {
+                let mut c = Command::new(&self.server);
+                c.stdin(Stdio::null());
+                c
+            }
+        };
+        cmd.args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&work)
+            .args(["--daemonize", "no", "--enable-debug-command", "yes"])
+            // Big values freed by the lazy-free thread (UNLINK, FLUSHALL
+            // ASYNC). Not `--io-threads`: its threads spin while they wait,
+            // and ten servers of them on two cores took 100 s instead of 21.
+            .args(["--lazyfree-lazy-user-del", "yes"])
+            .arg("--logfile")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(work.join("stderr")).unwrap());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn redis-server: {e}"))?;
+        let result = self.drive(&socket, backend.is_some());
+        // Stop it whatever happened; a crash shows in its status and log.
+        let _ = self.cli(&socket, &["SHUTDOWN", "NOSAVE"]);
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let tail = |p: &Path| {
+            let text = fs::read_to_string(p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(12)..].join("\n")
+        };
+        let why = |what: String| {
+            format!(
+                "{what}\n--- exit: {status:?}\n--- log (tail)\n{}\n--- stderr (tail)\n{}",
+                tail(&log),
+                tail(&work.join("stderr"))
+            )
+        };
+        let transcript = result.map_err(why)?;
+        if !status.is_some_and(|s| s.success()) {
+            return Err(why("redis-server did not exit cleanly".into()));
+        }
+        Ok(transcript)
+    }
+
+    /// The session: a dataset built by a Lua script, churned, digested;
+    /// a forked background save; a reload from it; an asynchronous flush
+    /// and the same dataset again; the benchmark over 20 clients; then, under
+    /// heapkit, the allocator figures redis reads through `mallctl`.
+    fn drive(&self, socket: &Path, heapkit: bool) -> Result<String, String> {
+        let up = Instant::now();
+        while self.cli(socket, &["PING"]).is_err() {
+            if up.elapsed() > Duration::from_secs(20) {
+                return Err("redis-server did not come up".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dataset = fs::read_to_string(sources().join("redis_dataset.lua")).unwrap();
+        let mutate = fs::read_to_string(sources().join("redis_mutate.lua")).unwrap();
+        let (keys, steps) = ("3000", "20000");
+        let mut transcript = String::new();
+        let mut say = |args: &[&str]| -> Result<String, String> {
+            let out = self.cli(socket, args)?;
+            // The command (a script by its first argument only), its reply.
+            let command = if args[0] == "EVAL" {
+                "EVAL"
+            } else {
+                &args.join(" ")
+            };
+            let _ = writeln!(transcript, "{command} -> {}", out.trim());
+            Ok(out)
+        };
+        let build = |say: &mut dyn FnMut(&[&str]) -> Result<String, String>| {
+            say(&["EVAL", &dataset, "0", "42", keys])?;
+            say(&["EVAL", &mutate, "0", "7", steps, keys])?;
+            say(&["DEBUG", "DIGEST"])
+        };
+        let digest = build(&mut say)?;
+        say(&["BGSAVE"])?;
+        let saved = Instant::now();
+        loop {
+            let info = self.cli(socket, &["INFO", "persistence"])?;
+            if info.contains("rdb_bgsave_in_progress:0") {
+                if !info.contains("rdb_last_bgsave_status:ok") {
+                    return Err(format!("background save failed: {info}"));
+                }
+                break;
+            }
+            if saved.elapsed() > 2 * MINUTE {
+                return Err("background save did not end".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        say(&["DEBUG", "RELOAD"])?;
+        if say(&["DEBUG", "DIGEST"])? != digest {
+            return Err("the dataset changed across a save and reload".into());
+        }
+        say(&["FLUSHALL", "ASYNC"])?;
+        say(&["DBSIZE"])?;
+        if build(&mut say)? != digest {
+            return Err("the same script built a different dataset".into());
+        }
+        if let Some(bench) = &self.bench {
+            let out = Command::new(bench)
+                .arg("-s")
+                .arg(socket)
+                .args(["-q", "-n", "20000", "-r", "20000", "-c", "20", "-P", "4"])
+                .args([
+                    "-d",
+                    "200",
+                    "-t",
+                    "set,get,lpush,lpop,sadd,hset,zadd,lrange_100,mset",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("redis-benchmark: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("redis-benchmark: {}", out.status));
+            }
+        }
+        if heapkit {
+            // redis reads its allocator's figures with mallctl: heapkit's,
+            // not those of a jemalloc that serves nothing.
+            let info = self.cli(socket, &["INFO", "memory"])?;
+            let field = |name: &str| -> u64 {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let (used, allocated) = (field("used_memory"), field("allocator_allocated"));
+            if allocated < used / 2 {
+                return Err(format!(
+                    "allocator_allocated {allocated} for used_memory {used}: \
+                     not heapkit's figure"
+                ));
+            }
+            let stats = self.cli(socket, &["MEMORY", "MALLOC-STATS"])?;
+            if !stats.contains("heapkit statistics") {
+                return Err(format!("MEMORY MALLOC-STATS: {stats}"));
+            }
+            self.cli(socket, &["MEMORY", "PURGE"])?;
+        }
+        Ok(transcript)
+    }
+}
+
+/// Debian's redis-server under every backend and mode: the same dataset
+/// digest as without the library (a Lua-built dataset of every type, churned
+/// with appends, trims and deletes), across a forked background save, a
+/// reload and an asynchronous flush (frees on redis's lazy-free thread),
+/// with threaded replies and the benchmark's 20 clients; a clean shutdown.
+/// redis-server is linked against libjemalloc.so: its `mallctl` and
+/// `malloc_stats_print` must reach heapkit (`INFO memory`,
+/// `MEMORY MALLOC-STATS`).
+#[test]
+fn redis_server() {
+    let (Some(server), Some(cli)) = (
+        find("redis_server", "redis-server"),
+        find("redis_server", "redis-cli"),
+    ) else {
+        return;
+    };
+    let redis = Redis {
+        server,
+        cli,
+        bench: find("redis_server", "redis-benchmark"),
+    };
+    let dir = scratch("redis");
+    let want = redis
+        .session(&dir, "native", None)
+        .unwrap_or_else(|e| panic!("redis-server without the library: {e}"));
+    assert!(
+        want.contains("DIGEST -> ") && want.contains("DBSIZE -> 0"),
+        "{want}"
+    );
+    each_mode(|b| {
+        let got = redis.session(&dir, b, Some(b))?;
+        if got == want {
+            Ok(())
+        } else {
+            Err(first_difference(&want, &got))
+        }
+    });
 }
 
 /// Writes `count` deterministic files in nested directories.
@@ -1398,6 +1632,37 @@ fn introspection_api() {
         let r = run(cmd, &dir, b, MINUTE);
         let stats_shown = r.stderr.contains("in use bytes");
         if r.ok && r.stdout.lines().any(|l| l == "ok introspect") && stats_shown {
+            Ok(())
+        } else {
+            Err(r.describe())
+        }
+    });
+}
+
+/// jemalloc's own API (`mallocx` and friends, `nallocx`, `mallctl` and
+/// its MIB forms, `malloc_stats_print`) over every backend and mode: what
+/// a program linked against libjemalloc.so (Debian's redis-server) calls.
+/// Usable sizes must match `nallocx` exactly where the backend's usable
+/// size is a function of the request (not glibc's, nor mimalloc's aligned
+/// blocks), and `stats.allocated` must follow 8 MiB of blocks where the
+/// backend counts live bytes exactly (not the peers').
+#[test]
+fn jemalloc_api() {
+    let Some((dir, bin)) = build_program("jemalloc_api", "cc", "jemalloc_api.c", &["-O1", "-g"])
+    else {
+        return;
+    };
+    each_mode(|b| {
+        let exact: &[&str] = match b {
+            "system" => &["stats"],
+            "jemalloc" => &["sizes"],
+            "mimalloc" => &[],
+            _ => &["sizes", "stats"],
+        };
+        let mut cmd = under(b, &bin);
+        cmd.args(exact);
+        let r = run(cmd, &dir, b, MINUTE);
+        if r.ok && r.stdout.lines().any(|l| l == "ok jemalloc_api") {
             Ok(())
         } else {
             Err(r.describe())
