@@ -780,8 +780,7 @@ impl Redis {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let dataset = fs::read_to_string(sources().join("redis_dataset.lua")).unwrap();
-        let mutate = fs::read_to_string(sources().join("redis_mutate.lua")).unwrap();
+        let script = fs::read_to_string(sources().join("redis_workload.lua")).unwrap();
         let (keys, steps) = ("3000", "20000");
         let mut transcript = String::new();
         let mut say = |args: &[&str]| -> Result<String, String> {
@@ -796,8 +795,8 @@ impl Redis {
             Ok(out)
         };
         let build = |say: &mut dyn FnMut(&[&str]) -> Result<String, String>| {
-            say(&["EVAL", &dataset, "0", "42", keys])?;
-            say(&["EVAL", &mutate, "0", "7", steps, keys])?;
+            say(&["EVAL", &script, "0", "build", "42", keys])?;
+            say(&["EVAL", &script, "0", "churn", "7", steps, keys])?;
             say(&["DEBUG", "DIGEST"])
         };
         let digest = build(&mut say)?;
