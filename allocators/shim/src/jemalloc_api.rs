@@ -126,9 +126,9 @@ pub unsafe extern "C" fn rallocx(ptr: *mut c_void, size: usize, flags: c_int) ->
         let old_usable = export::malloc_usable_size(ptr);
         let q = if align <= MIN_ALIGN {
             export::realloc(ptr, size)
-        } else if ptr as usize & (align - 1) == 0 && old_usable >= size {
-            // Already aligned and big enough: stays (as a shrinking realloc
-            // in place would).
+        } else if ptr as usize & (align - 1) == 0 && old_usable >= size && size >= old_usable / 2 {
+            // Already aligned, big enough and at least half used: stays, as
+            // `realloc` keeps such a block (`heapkit_core::realloc_by_copy`).
             ptr
         } else {
             let q = export::memalign(align, size);
@@ -274,7 +274,7 @@ impl Figure {
 
 /// The words of the names in [`Ctl`]: a MIB component is a word's index
 /// here, or the arena number after `arena`.
-const WORDS: [&str; 17] = [
+const WORDS: [&str; 16] = [
     "epoch",
     "config",
     "stats",
@@ -291,7 +291,6 @@ const WORDS: [&str; 17] = [
     "thread",
     "tcache",
     "flush",
-    "",
 ];
 
 /// One component of a name: a word, or a number (an arena index).
@@ -513,8 +512,8 @@ pub unsafe extern "C" fn mallctlbymib(
             Part::Number(code as u64)
         } else {
             match WORDS.get(code) {
-                Some(w) if !w.is_empty() => Part::Word(w),
-                _ => return libc::ENOENT,
+                Some(w) => Part::Word(w),
+                None => return libc::ENOENT,
             }
         };
         if let Some(slot) = parts.get_mut(i) {
