@@ -1661,7 +1661,8 @@ fn jemalloc_api() {
         let mut cmd = under(b, &bin);
         cmd.args(exact);
         let r = run(cmd, &dir, b, MINUTE);
-        if r.ok && r.stdout.lines().any(|l| l == "ok jemalloc_api") {
+        let printed = r.stderr.contains("___ Begin heapkit statistics ___");
+        if r.ok && r.stdout.lines().any(|l| l == "ok jemalloc_api") && printed {
             Ok(())
         } else {
             Err(r.describe())
