@@ -9,7 +9,9 @@
 //! equal to a run without the shim, `fsck --strict`), sort of a generated
 //! file (checksum computed here in Rust), redis-server (dataset digests
 //! equal to a run without the shim across a forked save, a reload and a
-//! flush on its lazy-free thread), the C stress program
+//! flush on its lazy-free thread), xz and zstd with two threads (round
+//! trips), jq and Tcl (output equal to a run without the shim), the C
+//! stress program
 //! (`tests/preload/stress.c`, every entry point and edge case, threads,
 //! fork, dlopen of a TLS library) and a C++ new/delete check.
 //!
@@ -22,7 +24,7 @@
 //! A program that is not installed prints a `SKIP` line and the test passes;
 //! the Debian packages are `python3` (any CPython with its `test` package;
 //! here pyenv's), `sqlite3`, `git`, `coreutils`, `redis-server` and
-//! `redis-tools`, `gcc`, `g++`.
+//! `redis-tools`, `xz-utils`, `zstd`, `jq`, `tcl`, `gcc`, `g++`.
 //!
 //! `bump` never reuses memory, so it gets lighter workloads.
 
@@ -1016,21 +1018,8 @@ fn sort_large_file_matches_checksum() {
         return;
     };
     let dir = scratch("sort");
-    // ~300k pseudo-random lines (~9 MB); the expected output is sorted here.
-    let mut x: u64 = 0x2545F4914F6CDD1D;
-    let mut input = String::new();
-    for i in 0..300_000u64 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let _ = writeln!(
-            input,
-            "{:x} {} {}",
-            x % 1_000_003,
-            "w".repeat((x >> 50) as usize % 20),
-            i % 977
-        );
-    }
+    // ~9 MB of lines; the expected output is sorted here.
+    let input = pseudo_random_lines(300_000);
     let path = dir.join("input.txt");
     fs::write(&path, &input).unwrap();
     let mut lines: Vec<&str> = input.lines().collect();
@@ -1056,6 +1045,133 @@ fn sort_large_file_matches_checksum() {
             Err(format!("checksum {got:x}, want {want:x}\n{}", r.describe()))
         }
     });
+}
+
+/// `count` deterministic pseudo-random lines (about 30 bytes each).
+fn pseudo_random_lines(count: u64) -> String {
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut text = String::new();
+    for i in 0..count {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let _ = writeln!(
+            text,
+            "{:x} {} {}",
+            x % 1_000_003,
+            "w".repeat((x >> 50) as usize % 20),
+            i % 977
+        );
+    }
+    text
+}
+
+/// Multi-threaded compressors (xz and zstd with two worker threads: blocks
+/// allocated on one thread and freed on another) round-trip a file, and
+/// two interpreters with their own allocation patterns (jq over a 6 MB
+/// JSON array, Tcl building and walking a dictionary of lists) print what
+/// they print without the library, under every backend and mode. Each
+/// program that is missing is skipped alone.
+#[test]
+fn compressors_and_interpreters_match_native() {
+    let dir = scratch("more-programs");
+    let text = dir.join("text.txt");
+    fs::write(&text, pseudo_random_lines(200_000)).unwrap();
+    let want = checksum(&fs::read(&text).unwrap());
+    let mut json = String::from("[");
+    for i in 0..60_000u32 {
+        let sep = if i == 0 { "" } else { "," };
+        let tags: Vec<String> = (0..i % 13).map(|t| format!("\"t{t}\"")).collect();
+        let _ = write!(
+            json,
+            "{sep}{{\"id\":{i},\"name\":\"n{i}\",\"tags\":[{}],\"v\":{}.5}}",
+            tags.join(","),
+            i / 2
+        );
+    }
+    json.push(']');
+    let json_path = dir.join("data.json");
+    fs::write(&json_path, json).unwrap();
+    let tcl_path = dir.join("dict.tcl");
+    fs::write(
+        &tcl_path,
+        "set d [dict create]\n\
+         for {set i 0} {$i < 200000} {incr i} { dict lappend d [expr {$i % 3000}] \"v$i\" }\n\
+         set n 0\n\
+         dict for {k v} $d { incr n [llength $v] }\n\
+         puts \"[dict size $d] $n [string length [join [lsort [dict keys $d]] ,]]\"\n",
+    )
+    .unwrap();
+    // (program, arguments): a round trip through a pipe (compared with the
+    // input's checksum) or a command whose output must equal its output
+    // without the library.
+    // xz at -1 cuts 6 MB into two blocks, zstd's -B1MiB into six jobs: both
+    // compress (and xz decompresses) on two threads.
+    let round_trips = [
+        ("xz", "xz -T2 -1 -c | xz -d -T2 -c"),
+        ("zstd", "zstd -T2 -B1MiB -6 -q -c | zstd -d -q -c"),
+    ];
+    let filter =
+        "[.[] | select(.id % 7 == 0) | {id, n: (.tags | length)}] | length, (map(.n) | add)";
+    let json_arg = json_path.to_str().unwrap();
+    let tcl_arg = tcl_path.to_str().unwrap();
+    let commands: [(&str, Vec<&str>); 2] = [
+        ("jq", vec!["-c", filter, json_arg]),
+        ("tclsh", vec![tcl_arg]),
+    ];
+    for (prog, pipeline) in round_trips {
+        if find("compressors_and_interpreters_match_native", prog).is_none() {
+            continue;
+        }
+        each_mode(|b| {
+            let out = dir.join(format!("{prog}-{b}.out"));
+            let mut cmd = under(b, Path::new("/bin/sh"));
+            cmd.arg("-c").arg(format!(
+                "({pipeline}) < '{}' > '{}'",
+                text.display(),
+                out.display()
+            ));
+            let r = run(cmd, &dir, &format!("{prog}-{b}"), 3 * MINUTE);
+            let got = checksum(&fs::read(&out).unwrap_or_default());
+            if r.ok && got == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{prog}: checksum {got:x}, want {want:x}\n{}",
+                    r.describe()
+                ))
+            }
+        });
+    }
+    for (prog, args) in &commands {
+        let Some(path) = find("compressors_and_interpreters_match_native", prog) else {
+            continue;
+        };
+        let native = Command::new(&path)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            native.status.success(),
+            "{prog} without the library: {native:?}"
+        );
+        let expected = String::from_utf8_lossy(&native.stdout).into_owned();
+        assert!(!expected.trim().is_empty(), "{prog} printed nothing");
+        each_mode(|b| {
+            let mut cmd = under(b, &path);
+            cmd.args(args);
+            let r = run(cmd, &dir, &format!("{prog}-{b}"), 3 * MINUTE);
+            if r.ok && r.stdout == expected {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{prog}: {}",
+                    first_difference(&expected, &r.stdout)
+                ))
+            }
+        });
+    }
 }
 
 /// The instructions of the function `symbol` of `lib` (`objdump -d` from
