@@ -117,6 +117,7 @@ static void allocation(bool exact_sizes) {
     }
     CHECK(nallocx_(0, 0) >= 1);
     CHECK(nallocx_((size_t)1 << 62, 0) == 0);
+    CHECK(nallocx_(16, MALLOCX_LG_ALIGN(63)) == 0 && mallocx_(16, MALLOCX_LG_ALIGN(63)) == NULL);
     /* realloc through rallocx: contents kept across growth and shrinking,
      * the alignment kept, MALLOCX_ZERO zeroes what is new. */
     static const size_t steps[] = {16, 300, 5000, 90000, 600000, 5 << 20, 700, 40};

@@ -211,7 +211,10 @@ pub unsafe extern "C" fn sdallocx(ptr: *mut c_void, size: usize, flags: c_int) {
 /// exports, so a trace or profile does not see it.
 #[no_mangle]
 pub extern "C" fn nallocx(size: usize, flags: c_int) -> usize {
-    let align = align_of(flags).max(MIN_ALIGN);
+    let align = match align_of(flags) {
+        0 => return 0,
+        a => a.max(MIN_ALIGN),
+    };
     let Ok(layout) = core::alloc::Layout::from_size_align(size.max(1), align) else {
         return 0;
     };
@@ -263,7 +266,7 @@ impl Figure {
         let page = os::page_size() as u64;
         let v = match self {
             Figure::Allocated => s.live_bytes,
-            Figure::Active => s.live_bytes.div_ceil(page) * page,
+            Figure::Active => s.live_bytes.div_ceil(page).saturating_mul(page),
             Figure::Resident => s.resident_bytes.min(s.mapped_bytes),
             Figure::Mapped => s.mapped_bytes,
             Figure::Retained => 0,
