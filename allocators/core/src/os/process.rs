@@ -93,14 +93,33 @@ pub fn read_file(path: &CStr, buf: &mut [u8]) -> usize {
 /// `/proc/self/statm`, in pages), or 0 if it cannot be read. Never
 /// allocates.
 pub fn resident_bytes() -> usize {
+    statm_pages([1, 0]).0 * page_size()
+}
+
+/// The process's resident memory that no file backs (its RSS less the
+/// resident pages of files and shared memory: `/proc/self/statm`'s second
+/// field less its third), in bytes: the heap, stacks and other anonymous
+/// mappings, not the program's code and libraries. 0 if it cannot be read.
+/// Never allocates.
+pub fn anonymous_resident_bytes() -> usize {
+    let (resident, shared) = statm_pages([1, 2]);
+    resident.saturating_sub(shared) * page_size()
+}
+
+/// Fields `which` of `/proc/self/statm` (numbers of pages), 0 for any it
+/// cannot read.
+fn statm_pages(which: [usize; 2]) -> (usize, usize) {
     let mut buf = [0u8; 128];
     let len = read_file(c"/proc/self/statm", &mut buf);
-    let mut fields = buf[..len].split(|&b| b == b' ');
-    let pages = fields
-        .nth(1)
-        .and_then(crate::options::parse_number)
-        .unwrap_or(0);
-    pages as usize * page_size()
+    let field = |n: usize| {
+        buf.get(..len)
+            .unwrap_or(&[])
+            .split(|&b| b == b' ')
+            .nth(n)
+            .and_then(crate::options::parse_number)
+            .unwrap_or(0) as usize
+    };
+    (field(which[0]), field(which[1]))
 }
 
 /// Writes all of `bytes` to standard error, ignoring failures.
