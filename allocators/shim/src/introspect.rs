@@ -15,7 +15,7 @@
 //! are found in libc.so.6's symbol table when first called
 //! ([`crate::glibc::GlibcFn`], shared with the `system` backend).
 
-use core::ffi::{c_char, c_int};
+use core::ffi::c_int;
 use core::fmt::Write;
 
 use heapkit_core::{os, HeapAlloc, Stats};
@@ -225,13 +225,13 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) ->
          <system type=\"max\" size=\"{peak}\"/>\n\
          <aspace type=\"total\" size=\"{mapped}\"/>\n\
          <aspace type=\"mprotect\" size=\"{mapped}\"/>\n\
-         </malloc>\n\0",
+         </malloc>\n",
         mapped = s.mapped_bytes,
         peak = s.peak_mapped_bytes,
     );
-    // SAFETY: the text ends with the NUL written above (it fits: under
-    // 1 KiB of XML); stream is valid (caller).
-    let rc = unsafe { libc::fputs(xml.as_bytes().as_ptr().cast::<c_char>(), stream) };
+    // SAFETY: a NUL-terminated string (under 1 KiB of XML: nothing is cut);
+    // stream is valid (caller).
+    let rc = unsafe { libc::fputs(xml.nul_terminated(), stream) };
     if rc < 0 {
         -1
     } else {

@@ -261,6 +261,20 @@ enum Figure {
 }
 
 impl Figure {
+    /// Every figure, by its name under `stats.`.
+    const ALL: [(&'static str, Figure); 5] = [
+        ("allocated", Figure::Allocated),
+        ("active", Figure::Active),
+        ("resident", Figure::Resident),
+        ("mapped", Figure::Mapped),
+        ("retained", Figure::Retained),
+    ];
+
+    /// The figure `stats.<name>` names.
+    fn named(name: &str) -> Option<Figure> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|&(_, f)| f)
+    }
+
     /// This figure from a snapshot of the backend's counters.
     fn of(self, s: &Stats) -> usize {
         let page = os::page_size() as u64;
@@ -316,14 +330,7 @@ fn lookup(parts: &[Part<'_>]) -> Option<Ctl> {
     Some(match *parts {
         [Word("epoch")] => Ctl::Epoch,
         [Word("config"), Word("stats")] => Ctl::ConfigStats,
-        [Word("stats"), Word(figure)] => Ctl::Stat(match figure {
-            "allocated" => Figure::Allocated,
-            "active" => Figure::Active,
-            "resident" => Figure::Resident,
-            "mapped" => Figure::Mapped,
-            "retained" => Figure::Retained,
-            _ => return None,
-        }),
+        [Word("stats"), Word(figure)] => Ctl::Stat(Figure::named(figure)?),
         [Word("arenas"), Word("narenas")] => Ctl::NArenas,
         // Arena 1 (= `arenas.narenas`) is jemalloc's older name for every
         // arena, which redis's `MEMORY PURGE` still uses.
@@ -555,20 +562,13 @@ pub unsafe extern "C" fn malloc_stats_print(
     let stats = with_backend!(|a| a.stats());
     let backend = backend::name(backend::resolve());
     let version = env!("CARGO_PKG_VERSION");
-    let figures = [
-        ("allocated", Figure::Allocated),
-        ("active", Figure::Active),
-        ("resident", Figure::Resident),
-        ("mapped", Figure::Mapped),
-        ("retained", Figure::Retained),
-    ];
     let mut text = StackText::<2048>::new();
     if json {
         let _ = write!(
             text,
             "{{\"heapkit\": {{\"version\": \"{version}\", \"backend\": \"{backend}\", \"stats\": {{"
         );
-        for (i, (name, f)) in figures.iter().enumerate() {
+        for (i, (name, f)) in Figure::ALL.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             let _ = write!(text, "{sep}\"{name}\": {}", f.of(&stats));
         }
@@ -582,7 +582,7 @@ pub unsafe extern "C" fn malloc_stats_print(
         let _ = writeln!(text, "___ Begin heapkit statistics ___");
         let _ = writeln!(text, "Version: \"{version}\"\nBackend: {backend}");
         let _ = write!(text, "Allocated:");
-        for (i, (name, f)) in figures.iter().enumerate() {
+        for (i, (name, f)) in Figure::ALL.iter().enumerate() {
             let sep = if i == 0 { " " } else { ", " };
             let _ = write!(text, "{sep}{name}: {}", f.of(&stats));
         }
