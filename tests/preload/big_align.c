@@ -1,7 +1,7 @@
 /* posix_memalign, aligned_alloc and memalign with alignments from 4 MiB to
  * 1 GiB (glibc, jemalloc and mimalloc serve them), each block written,
  * checked, grown with realloc and freed; then malloc_usable_size and a free
- * of a pointer inside such a block (allocators/shim/tests/preload.rs:
+ * of a pointer inside such a block (allocators/shim/tests/preload/c_api.rs:
  * alignments_up_to_a_gibibyte). */
 #include <malloc.h>
 #include <stdint.h>

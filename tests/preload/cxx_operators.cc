@@ -1,5 +1,5 @@
 // cxx_operators.cc: C++'s operator new/delete in every form, served by
-// libheapkit.so itself (allocators/shim/tests/preload.rs:
+// libheapkit.so itself (allocators/shim/tests/preload/c_api.rs:
 // cxx_operators_are_heapkits): the operators resolve to the library, huge
 // requests throw std::bad_alloc after the new-handler ran, nothrow forms
 // return null, aligned forms align, sized and aligned deletes free.

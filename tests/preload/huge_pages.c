@@ -1,7 +1,7 @@
 /* huge_pages.c: allocates 96 MiB in 64-byte blocks and 8 MiB blocks,
  * touches every byte, and prints the process's AnonHugePages (kB) from
  * /proc/self/smaps_rollup: with HEAPKIT_HUGE_PAGES=1 heapkit asks for
- * transparent huge pages (allocators/shim/tests/preload.rs). */
+ * transparent huge pages (allocators/shim/tests/preload/library.rs). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

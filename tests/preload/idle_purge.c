@@ -1,7 +1,7 @@
 /* A program that allocates 48 MiB in 2 MiB blocks and 16 MiB in small
  * blocks, frees everything and goes idle for a second without calling the
  * allocator. Prints RSS at start, right after the frees, and after the
- * idle second (allocators/shim/tests/preload.rs: background_purger). */
+ * idle second (allocators/shim/tests/preload/c_api.rs: background_purger). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

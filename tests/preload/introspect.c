@@ -1,4 +1,4 @@
-/* glibc's introspection API under the shim (allocators/shim/tests/preload.rs:
+/* glibc's introspection API under the shim (allocators/shim/tests/preload/c_api.rs:
  * introspection_api). `./introspect full` checks that mallinfo2 counts what
  * the program holds (within 1%) and that freeing and malloc_trim(0) give the
  * memory back; `counts` checks mallinfo2 only; `run` only calls everything.

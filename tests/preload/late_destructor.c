@@ -3,7 +3,7 @@
  * then the main thread frees many blocks another thread allocated, so that
  * heapkit walks its registry of heaps for pages to reclaim. A heap left
  * registered after its thread died would be touched after its memory is
- * gone (allocators/shim/tests/preload.rs: late_destructors_allocate_safely). */
+ * gone (allocators/shim/tests/preload/c_api.rs: late_destructors_allocate_safely). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

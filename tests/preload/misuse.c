@@ -1,5 +1,5 @@
 /* Heap misuse cases, one per run, for the misuse test under every backend
- * (allocators/shim/tests/preload.rs: misuse_default_mode). Each case does
+ * (allocators/shim/tests/preload/misuse.rs: misuse_default_mode). Each case does
  * one wrong thing and then keeps using the heap; the expected outcome per
  * backend is in the test: "detected" (the program stops with a one-line
  * message), or, where default mode makes no promise, only that it ends

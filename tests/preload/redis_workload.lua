@@ -1,4 +1,4 @@
--- The redis_server test's workload (allocators/shim/tests/preload.rs), run
+-- The redis_server test's workload (allocators/shim/tests/preload/data_stores.rs), run
 -- with EVAL. ARGV[1] 'build': ARGV[3] keys of every type, small to 1.6 MB
 -- values; 'churn': ARGV[3] steps over ARGV[4] such keys: appends, trims,
 -- deletes (UNLINK frees large collections on redis's lazy-free thread),

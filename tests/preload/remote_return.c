@@ -1,7 +1,7 @@
 /* A worker thread allocates 100 MB of small blocks (64 B-2 KiB) and hands
  * them to the main thread, which frees them all and then goes on with small
  * allocations for a second while the worker stays idle. Prints the peak RSS
- * and the RSS after that second (allocators/shim/tests/preload.rs:
+ * and the RSS after that second (allocators/shim/tests/preload/c_api.rs:
  * remote_frees_of_an_idle_owner_are_given_back). */
 #define _GNU_SOURCE
 #include <pthread.h>
