@@ -30,7 +30,7 @@ use std::process::Command;
 use clap::Args;
 
 use crate::error::{Error, Result};
-use crate::report::profile::{self as render, ProfileSummary, Site};
+use crate::report::profile::{self as render, total, ProfileSummary, Site};
 use crate::report::ReportDir;
 use crate::symbolize::Symbolizer;
 use heapkit_trace::reader::{Op, NO_STACK};
@@ -106,9 +106,24 @@ pub fn profile(args: &ProfileArgs) -> Result<()> {
         s.warning = warning;
         summaries.push(s);
     }
+    // The largest heap first; a command that runs other programs (a shell
+    // script, a build) leaves a profile per process, most of them of
+    // processes that recorded nothing: those get one line, no section.
+    summaries.sort_by(|a, b| {
+        b.peak_bytes
+            .total_cmp(&a.peak_bytes)
+            .then(b.allocated_blocks.total_cmp(&a.allocated_blocks))
+            .then(a.pid.cmp(&b.pid))
+    });
+    let (shown, silent): (Vec<ProfileSummary>, Vec<ProfileSummary>) = summaries
+        .into_iter()
+        .partition(|s| s.allocated_blocks > 0.0 || s.warning.is_some());
     // The leak summary first, on stdout.
-    for s in &summaries {
+    for s in &shown {
         print!("{}", render::leak_summary(s, args.top));
+    }
+    if let Some(line) = render::silent_line(&silent, false) {
+        println!("{line}");
     }
     let command = if args.command.is_empty() {
         format!(
@@ -123,7 +138,7 @@ pub fn profile(args: &ProfileArgs) -> Result<()> {
         shlex::try_join(args.command.iter().map(String::as_str))
             .unwrap_or_else(|_| args.command.join(" "))
     };
-    for s in &summaries {
+    for s in &shown {
         render::flame_graph(
             &dir.join(format!("leaks-{}.svg", s.pid)),
             &format!("Live at exit (leaks), process {}", s.pid),
@@ -144,7 +159,7 @@ pub fn profile(args: &ProfileArgs) -> Result<()> {
     }
     std::fs::write(
         dir.join("REPORT.md"),
-        render::render(&command, &summaries, args.top),
+        render::render(&command, &shown, &silent, args.top),
     )
     .map_err(|e| Error::new(format!("cannot write REPORT.md: {e}")))?;
     println!("{}", dir.join("REPORT.md").display());
@@ -157,6 +172,10 @@ fn run(args: &ProfileArgs, dir: &std::path::Path) -> Result<Vec<PathBuf>> {
     let raw = dir.join("raw");
     std::fs::create_dir_all(&raw)
         .map_err(|e| Error::new(format!("cannot create {}: {e}", raw.display())))?;
+    // Absolute: the command (a script, a build) may change directory before
+    // it, or a program it runs, allocates.
+    let raw = std::path::absolute(&raw)
+        .map_err(|e| Error::new(format!("cannot resolve {}: {e}", raw.display())))?;
     let rate = if args.every { 0 } else { args.rate.max(1) };
     let (program, rest) = args.command.split_first().expect("checked non-empty");
     let status = Command::new(program)
@@ -252,6 +271,7 @@ pub fn summarize(trace: &Trace) -> ProfileSummary {
     ProfileSummary {
         file: String::new(),
         pid: trace.pid,
+        program: program_of(&trace.meta),
         mode,
         leaks,
         sites,
@@ -259,10 +279,21 @@ pub fn summarize(trace: &Trace) -> ProfileSummary {
         peak_bytes: history.peak_bytes,
         peak_at_ns: history.peak_at_ns,
         temporary,
-        allocated_blocks: all.values().map(|v| v.1).sum(),
+        allocated_blocks: total(all.values().map(|v| v.1)),
         timeline: history.timeline,
         warning: None,
     }
+}
+
+/// The program a profile's process ran: the first file in its memory map
+/// (the executable, which the loader maps first), by file name; empty
+/// without a map.
+fn program_of(meta: &str) -> String {
+    meta.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| path.starts_with('/'))
+        .and_then(|path| std::path::Path::new(path).file_name())
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 /// What replaying a profile's events in time order shows.

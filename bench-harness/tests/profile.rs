@@ -232,6 +232,52 @@ fn leaks_are_found_by_function_exactly_and_sampled() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A command that changes directory before the program it runs allocates
+/// (a script, a build), profiled with a relative `--out`: the program's
+/// profile is still written (the path handed to it is absolute) and its
+/// leak found; the shell's own process comes after it (the larger heap
+/// first), and nothing prints a negative zero.
+#[test]
+fn a_command_that_changes_directory_is_profiled_with_a_relative_out() {
+    let Some(lib) = shim() else { return };
+    let dir = tmp("chdir");
+    let Some(exe) = build(&dir, "leak", &[]) else {
+        return;
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_heapkit-bench"))
+        .current_dir(&dir)
+        .args([
+            "profile", "--every", "--out", "out", "--name", "chdir", "--lib",
+        ])
+        .arg(&lib)
+        .args(["--", "sh", "-c", "cd / && \"$0\" 1024; true"])
+        .arg(&exe)
+        .env_remove("CARGO")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("cannot create"), "{stderr}");
+    assert_eq!(
+        leaked_by_function(&stdout),
+        Some(1024.0 * 4096.0),
+        "{stdout}"
+    );
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("(leak)"),
+        "the leaking program first: {stdout}"
+    );
+    assert!(!stdout.contains("-0"), "{stdout}");
+    let md = std::fs::read_to_string(dir.join("out/chdir/REPORT.md")).unwrap();
+    assert!(
+        md.contains("| program |") && md.contains("| leak |"),
+        "{md}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Profiles every allocation of `leak ARGS...` (which kills itself), in
 /// the temporary directory `name`; checks that the profile was salvaged
 /// with a warning and returns the leak summary. None: no C compiler.

@@ -375,24 +375,31 @@ fn forked_children_exit_paths_and_killed_processes() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A trace file that cannot be created: one line naming the path and the
-/// reason, said by the first process of a tree only.
+/// A trace file (or heap profile) that cannot be created: one line naming
+/// the variable, the path and the reason, said by the first process of a
+/// tree only.
 #[test]
 fn an_uncreatable_trace_is_one_error_line() {
     let Some((shim, _)) = artifacts() else {
         return;
     };
-    let out = Command::new("/bin/sh")
-        .args(["-c", "true; ls / >/dev/null; cat /dev/null"])
-        .env("LD_PRELOAD", &shim)
-        .env("HEAPKIT_TRACE", "/nonexistent-dir/x.hkt")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        err.trim(),
-        "heapkit-trace: cannot create the HEAPKIT_TRACE file /nonexistent-dir/x.hkt: \
-         No such file or directory (nothing is recorded)"
-    );
+    for variable in ["HEAPKIT_TRACE", "HEAPKIT_PROFILE"] {
+        let out = Command::new("/bin/sh")
+            .args(["-c", "true; ls / >/dev/null; cat /dev/null"])
+            .env("LD_PRELOAD", &shim)
+            .env_remove("HEAPKIT_TRACE")
+            .env_remove("HEAPKIT_PROFILE")
+            .env(variable, "/nonexistent-dir/x.hkt")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim(),
+            format!(
+                "heapkit-trace: cannot create the {variable} file /nonexistent-dir/x.hkt: \
+                 No such file or directory (nothing is recorded)"
+            )
+        );
+    }
 }

@@ -25,6 +25,9 @@ pub struct ProfileSummary {
     pub file: String,
     /// Process id.
     pub pid: u32,
+    /// The program the process ran (its executable's file name; empty if
+    /// the profile has no memory map).
+    pub program: String,
     /// `every` or `sampled <bytes>`.
     pub mode: String,
     /// Blocks still live at exit, by stack, most bytes first.
@@ -51,8 +54,78 @@ pub struct ProfileSummary {
 impl ProfileSummary {
     /// Total leaked bytes.
     pub fn leaked_bytes(&self) -> f64 {
-        self.leaks.iter().map(|s| s.bytes).sum()
+        total(self.leaks.iter().map(|s| s.bytes))
     }
+
+    /// `process PID (PROGRAM)`, or `process PID` without a program.
+    fn name(&self) -> String {
+        format!("process {}", self.pid_and_program())
+    }
+
+    /// `PID (PROGRAM)`, or `PID` without a program.
+    fn pid_and_program(&self) -> String {
+        if self.program.is_empty() {
+            self.pid.to_string()
+        } else {
+            format!("{} ({})", self.pid, self.program)
+        }
+    }
+}
+
+/// The sum of `values`, 0 when there are none (`Iterator::sum` of no
+/// `f64` is -0.0, which prints as "-0").
+pub fn total(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(0.0, |a, b| a + b)
+}
+
+/// One line counting the processes that recorded no allocation, by
+/// program (a sampled profile records none in a process that allocated
+/// less than about the rate), with their ids when `with_pids`; `None` when
+/// there are none.
+pub fn silent_line(silent: &[ProfileSummary], with_pids: bool) -> Option<String> {
+    let first = silent.first()?;
+    let mut programs: Vec<(&str, Vec<u32>)> = Vec::new();
+    for p in silent {
+        let program = if p.program.is_empty() {
+            "?"
+        } else {
+            p.program.as_str()
+        };
+        match programs.iter_mut().find(|(name, _)| *name == program) {
+            Some((_, pids)) => pids.push(p.pid),
+            None => programs.push((program, vec![p.pid])),
+        }
+    }
+    let groups: Vec<String> = programs
+        .iter()
+        .map(|(program, pids)| {
+            let mut g = program.to_string();
+            if pids.len() > 1 {
+                let _ = write!(g, " x{}", pids.len());
+            }
+            if with_pids {
+                let ids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                let _ = write!(g, " ({})", ids.join(", "));
+            }
+            g
+        })
+        .collect();
+    let hint = if first.mode == "every" {
+        ""
+    } else {
+        " (a sampled profile records about one allocation per --rate bytes; \
+          --every records all)"
+    };
+    Some(format!(
+        "{} more {} recorded no allocation{hint}: {}",
+        silent.len(),
+        if silent.len() == 1 {
+            "process"
+        } else {
+            "processes"
+        },
+        groups.join(", ")
+    ))
 }
 
 /// A stack as one line: `inner <- caller <- ...` (first `depth` frames).
@@ -68,12 +141,12 @@ pub fn stack_line(frames: &[String], depth: usize) -> String {
 /// The leak summary printed on stdout.
 pub fn leak_summary(p: &ProfileSummary, top: usize) -> String {
     let mut out = String::new();
-    let blocks: f64 = p.leaks.iter().map(|s| s.blocks).sum();
+    let blocks = total(p.leaks.iter().map(|s| s.blocks));
     let estimated = if p.mode == "every" { "" } else { "~" };
     let _ = writeln!(
         out,
-        "process {} ({}): leaked at exit {estimated}{} bytes ({}) in {estimated}{:.0} blocks",
-        p.pid,
+        "{} [{}]: leaked at exit {estimated}{} bytes ({}) in {estimated}{:.0} blocks",
+        p.name(),
         p.mode,
         p.leaked_bytes().round(),
         fmt_mib(p.leaked_bytes()),
@@ -100,7 +173,7 @@ pub fn leak_summary(p: &ProfileSummary, top: usize) -> String {
 
 /// `N of M blocks (P%)` freed right after their allocation.
 fn temporary_share(p: &ProfileSummary) -> String {
-    let n: f64 = p.temporary.iter().map(|s| s.blocks).sum();
+    let n = total(p.temporary.iter().map(|s| s.blocks));
     let share = if p.allocated_blocks > 0.0 {
         100.0 * n / p.allocated_blocks
     } else {
@@ -109,13 +182,42 @@ fn temporary_share(p: &ProfileSummary) -> String {
     format!("{n:.0} of {:.0} blocks ({share:.1}%)", p.allocated_blocks)
 }
 
-/// `REPORT.md` of a profile run.
-pub fn render(command: &str, profiles: &[ProfileSummary], top: usize) -> String {
+/// `REPORT.md` of a profile run: a section per process in `profiles`
+/// (largest heap first), one line for the `silent` ones.
+pub fn render(
+    command: &str,
+    profiles: &[ProfileSummary],
+    silent: &[ProfileSummary],
+    top: usize,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# heapkit-bench profile\n");
     let _ = writeln!(out, "Command: `{command}`\n");
+    if profiles.len() > 1 {
+        let _ = writeln!(
+            out,
+            "| process | program | peak heap | leaked at exit | blocks allocated |"
+        );
+        let _ = writeln!(out, "|---:|---|---:|---:|---:|");
+        for p in profiles {
+            let _ = writeln!(
+                out,
+                "| [{pid}](#process-{pid}) | {} | {} | {} | {:.0} |",
+                p.program,
+                fmt_mib(p.peak_bytes),
+                fmt_mib(p.leaked_bytes()),
+                p.allocated_blocks,
+                pid = p.pid
+            );
+        }
+        let _ = writeln!(out);
+    }
+    if let Some(line) = silent_line(silent, true) {
+        let _ = writeln!(out, "{}.\n", line.replace('_', "\\_"));
+    }
     for p in profiles {
-        let _ = writeln!(out, "## Process {} ({})\n", p.pid, p.mode);
+        let _ = writeln!(out, "<a id=\"process-{}\"></a>\n", p.pid);
+        let _ = writeln!(out, "## Process {} [{}]\n", p.pid_and_program(), p.mode);
         if let Some(w) = &p.warning {
             let _ = writeln!(out, "> **Warning**: {w}\n");
         }
@@ -151,6 +253,10 @@ pub fn render(command: &str, profiles: &[ProfileSummary], top: usize) -> String 
             ("Temporary allocations, by stack", &p.temporary),
         ] {
             let _ = writeln!(out, "### {title}\n");
+            if sites.is_empty() {
+                let _ = writeln!(out, "None.\n");
+                continue;
+            }
             let _ = writeln!(out, "| bytes | blocks | stack (allocating call first) |");
             let _ = writeln!(out, "|---:|---:|---|");
             for s in sites.iter().take(top) {
@@ -252,4 +358,57 @@ pub fn flame_graph(path: &Path, title: &str, sites: &[Site]) -> Result<()> {
     }
     inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), file)
         .map_err(|e| Error::new(format!("flame graph {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(pid: u32, program: &str, mode: &str) -> ProfileSummary {
+        ProfileSummary {
+            pid,
+            program: program.into(),
+            mode: mode.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn silent_processes_are_counted_by_program() {
+        assert_eq!(silent_line(&[], false), None);
+        let silent = [
+            process(3, "bash", "sampled 524288"),
+            process(4, "readlink", "sampled 524288"),
+            process(5, "bash", "sampled 524288"),
+        ];
+        let line = silent_line(&silent, false).unwrap();
+        assert!(line.starts_with("3 more processes recorded no allocation (a sampled"));
+        assert!(line.ends_with(": bash x2, readlink"), "{line}");
+        let line = silent_line(&silent, true).unwrap();
+        assert!(line.ends_with(": bash x2 (3, 5), readlink (4)"), "{line}");
+        let line = silent_line(&[process(9, "", "every")], true).unwrap();
+        assert_eq!(line, "1 more process recorded no allocation: ? (9)");
+    }
+
+    #[test]
+    fn an_empty_profile_reads_zero_and_none() {
+        let p = process(7, "app", "every");
+        assert_eq!(p.leaked_bytes().to_string(), "0");
+        let summary = leak_summary(&p, 5);
+        assert!(!summary.contains("-0"), "{summary}");
+        assert!(summary.starts_with("process 7 (app) [every]: leaked at exit 0 bytes"));
+        let mut other = process(8, "tool", "every");
+        other.allocated_blocks = 1.0;
+        let md = render("app", &[p, other], &[process(9, "sh", "every")], 5);
+        assert!(!md.contains("-0"), "{md}");
+        assert!(md.contains("| [7](#process-7) | app |"), "{md}");
+        assert!(
+            md.contains("### Live at exit (leaks), by stack\n\nNone.\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("1 more process recorded no allocation: sh (9)."),
+            "{md}"
+        );
+    }
 }

@@ -7,10 +7,29 @@ use core::sync::atomic::Ordering;
 
 use heapkit_core::os;
 
-use super::{now_ticks, FD, PID};
+use super::{mode, now_ticks, Mode, FD, PID};
 use crate::format;
 
-/// The `HEAPKIT_TRACE` path as given (with `%p`), NUL-terminated.
+/// The environment variable that named the file: `HEAPKIT_TRACE`, or
+/// `HEAPKIT_PROFILE` for a heap profile (the mode is set before the file
+/// is opened).
+fn variable() -> &'static [u8] {
+    match mode() {
+        Mode::Trace => b"HEAPKIT_TRACE",
+        Mode::ProfileEvery | Mode::ProfileSampled => b"HEAPKIT_PROFILE",
+    }
+}
+
+/// `heapkit-trace: <variable> path too long`.
+#[cold]
+fn path_too_long() {
+    os::write_stderr(b"heapkit-trace: ");
+    os::write_stderr(variable());
+    os::write_stderr(b" path too long\n");
+}
+
+/// The `HEAPKIT_TRACE` (or `HEAPKIT_PROFILE`) path as given (with `%p`),
+/// NUL-terminated.
 struct PathTemplate(core::cell::UnsafeCell<[u8; TEMPLATE_CAP]>);
 // SAFETY: written once by `start` before any other thread or fork handler
 // can read it; read-only afterwards.
@@ -27,7 +46,7 @@ static TEMPLATE: PathTemplate = PathTemplate(core::cell::UnsafeCell::new([0; TEM
 pub(super) unsafe fn set_template(path: &CStr) -> bool {
     let template = path.to_bytes_with_nul();
     if template.len() > TEMPLATE_CAP {
-        os::write_stderr(b"heapkit-trace: HEAPKIT_TRACE path too long\n");
+        path_too_long();
         return false;
     }
     // SAFETY: no reader yet (this function's contract); the slice is within
@@ -53,7 +72,7 @@ pub(super) fn per_process() -> bool {
 pub(super) fn open_trace(pid: u32, say_why: bool) -> bool {
     let mut expanded = [0u8; 4096];
     let Some(path) = expand_pid(template(), pid, &mut expanded) else {
-        os::write_stderr(b"heapkit-trace: HEAPKIT_TRACE path too long\n");
+        path_too_long();
         return false;
     };
     let fd = match os::create_append_locked(path) {
@@ -86,19 +105,24 @@ pub(super) fn open_trace(pid: u32, say_why: bool) -> bool {
 }
 
 /// `heapkit-trace: cannot create PATH: REASON`, unless the parent process
-/// runs with the same `HEAPKIT_TRACE` (it failed the same way and said so).
+/// runs with the same `HEAPKIT_TRACE` (or `HEAPKIT_PROFILE`): it failed the
+/// same way and said so.
 #[cold]
 fn cannot_create(path: &CStr, err: c_int) {
-    let mut entry = [0u8; TEMPLATE_CAP + 16];
-    let name = b"HEAPKIT_TRACE=";
+    let mut entry = [0u8; TEMPLATE_CAP + 32];
+    let name = variable();
     let value = template().to_bytes();
+    let len = name.len() + 1 + value.len();
     entry[..name.len()].copy_from_slice(name);
-    entry[name.len()..name.len() + value.len()].copy_from_slice(value);
-    if os::parent_environment_has(&entry[..name.len() + value.len()]) {
+    entry[name.len()] = b'=';
+    entry[name.len() + 1..len].copy_from_slice(value);
+    if os::parent_environment_has(&entry[..len]) {
         return;
     }
     let mut text = [0u8; 128];
-    os::write_stderr(b"heapkit-trace: cannot create the HEAPKIT_TRACE file ");
+    os::write_stderr(b"heapkit-trace: cannot create the ");
+    os::write_stderr(name);
+    os::write_stderr(b" file ");
     os::write_stderr(path.to_bytes());
     os::write_stderr(b": ");
     os::write_stderr(os::error_text(err, &mut text));
