@@ -13,7 +13,10 @@ pub struct Machine {
     pub kernel: String,
     /// rustc that built the harness and cell binaries.
     pub rustc: String,
-    /// `git rev-parse HEAD` of the working directory, `+dirty` if modified.
+    /// The heapkit commit measured: `git rev-parse HEAD` of the source tree
+    /// the harness was built from, `+dirty` if it has changes (wherever the
+    /// harness runs from; the commit it was built at when that tree is
+    /// gone).
     pub git_commit: String,
     /// Host name.
     pub hostname: String,
@@ -35,8 +38,13 @@ impl Machine {
                     .map(|m| m.trim().to_string())
             })
             .unwrap_or_else(unknown);
+        // The workspace the harness was built in, not the directory it runs
+        // in (a user's own project, or no repository at all).
+        let tree = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let git = |args: &[&str]| {
             std::process::Command::new("git")
+                .arg("-C")
+                .arg(tree)
                 .args(args)
                 .output()
                 .ok()
@@ -53,7 +61,7 @@ impl Machine {
                     commit
                 }
             }
-            None => unknown(),
+            None => env!("HEAPKIT_BENCH_COMMIT").to_string(),
         };
         Machine {
             cpu_model,

@@ -306,7 +306,7 @@ pub fn render(report: &Report, charts: &[(String, String)]) -> String {
     }
     out += &machine_rows(m);
     let _ = writeln!(out, "| rustc | {} |", m.rustc);
-    let _ = writeln!(out, "| git commit | `{}` |", m.git_commit);
+    let _ = writeln!(out, "| heapkit commit | `{}` |", m.git_commit);
     let _ = writeln!(out, "| allocators | {} |\n", c.allocators.join(", "));
     let _ = writeln!(
         out,

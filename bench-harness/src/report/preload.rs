@@ -117,7 +117,7 @@ pub fn render(
         c.baseline
     );
     out += &super::markdown::machine_rows(m);
-    let _ = writeln!(out, "| git commit | `{}` |\n", m.git_commit);
+    let _ = writeln!(out, "| heapkit commit | `{}` |\n", m.git_commit);
     let _ = writeln!(
         out,
         "The machine may be shared: compare columns *within* this run (the ratios).\n"
