@@ -166,6 +166,13 @@ impl Symbolizer {
                         None => file,
                     })
                 });
+                // A function inlined into itself (GCC's inline clones: the
+                // debug information names both levels alike, as GNU
+                // addr2line shows) is one frame to a reader: the innermost
+                // level, whose line is the call.
+                if out.last().is_some_and(|f: &Frame| f.function == function) {
+                    continue;
+                }
                 out.push(Frame {
                     function,
                     location,
