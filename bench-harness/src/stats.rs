@@ -53,6 +53,27 @@ pub fn geometric_mean(values: &[f64]) -> Option<f64> {
     Some((logs.iter().sum::<f64>() / logs.len() as f64).exp())
 }
 
+/// The standard error of the median of `values` on a log scale (so a
+/// relative error: 0.02 is about 2%), estimated robustly from the
+/// repetitions: sigma from the median absolute deviation of the logs
+/// (`1.4826 MAD`, the normal distribution's scale), and the median's error
+/// `1.2533 sigma / sqrt(n)`. One outlying repetition barely moves it, where
+/// it sets the range. `None` for fewer than two positive values.
+pub fn median_log_error(values: &[f64]) -> Option<f64> {
+    let logs: Vec<f64> = values
+        .iter()
+        .filter(|v| v.is_finite() && **v > 0.0)
+        .map(|v| v.ln())
+        .collect();
+    if logs.len() < 2 {
+        return None;
+    }
+    let mid = median(&logs)?;
+    let deviations: Vec<f64> = logs.iter().map(|l| (l - mid).abs()).collect();
+    let sigma = 1.4826 * median(&deviations)?;
+    Some(1.2533 * sigma / (logs.len() as f64).sqrt())
+}
+
 /// Relative spread of a set of repetitions: `(max - min) / median`.
 pub fn relative_spread(values: &[f64]) -> Option<f64> {
     let (lo, hi) = min_max(values)?;
@@ -108,6 +129,19 @@ pub fn classify_change(old: &[f64], new: &[f64], floor: f64) -> Option<(f64, Cha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_log_error_ignores_one_outlier() {
+        assert_eq!(median_log_error(&[5.0]), None);
+        assert_eq!(median_log_error(&[5.0, 5.0, 5.0]), Some(0.0));
+        // Nine repetitions within about 1% and one at twice the time: the
+        // error stays about 0.5%, where the range is 100%.
+        let mut v: Vec<f64> = (0..9).map(|i| 100.0 + i as f64 * 0.25).collect();
+        v.push(200.0);
+        let e = median_log_error(&v).unwrap();
+        assert!(e > 0.001 && e < 0.01, "{e}");
+        assert!(relative_spread(&v).unwrap() > 0.9);
+    }
 
     #[test]
     fn median_odd_even_empty() {

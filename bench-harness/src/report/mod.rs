@@ -186,7 +186,7 @@ pub fn utc_stamp(unix: u64) -> String {
 pub(crate) mod tests {
     use super::*;
 
-    fn sample(wall_ms: u64) -> Sample {
+    pub(crate) fn sample(wall_ms: u64) -> Sample {
         Sample {
             wall_ns: wall_ms * 1_000_000,
             ops: 1000,

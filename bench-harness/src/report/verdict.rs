@@ -4,10 +4,13 @@
 //! Each allocator's score on a metric is the geometric mean over the rows of
 //! its median divided by the baseline's median (the tables' last row). An
 //! allocator that failed a row is not ranked. The runner-up ties with the
-//! winner when their scores differ by less than the run-to-run spread:
-//! the median over both allocators' cells of half the relative range
-//! `(max - min) / 2 / median` of their repetitions (with one repetition
-//! there is no spread and only a 1% floor applies).
+//! winner when their scores differ by less than the run-to-run noise: twice
+//! the standard error of the difference of the two scores (on a log scale),
+//! from each cell's repetitions ([`median_log_error`]: the median's error,
+//! from the median absolute deviation, so one wild repetition does not make
+//! a consistent 25% difference a tie, as half the range of the repetitions
+//! did), at least 1%. With one repetition there is no estimate and only
+//! the 1% floor applies.
 //!
 //! "Best balance" ranks the geometric mean of the time and peak-RSS scores,
 //! so halving memory is worth as much as halving time.
@@ -16,7 +19,7 @@ use std::fmt::Write;
 
 use super::summary::{cell_at, columns, rows, RowKey};
 use super::{Cell, Report};
-use crate::stats::{geometric_mean, median, relative_spread};
+use crate::stats::{geometric_mean, median, median_log_error};
 
 /// Differences below this are always ties, whatever the spread.
 const TIE_FLOOR: f64 = 0.01;
@@ -47,8 +50,11 @@ struct Score {
     allocator: String,
     /// Geometric mean of ratios to the baseline.
     ratio: f64,
-    /// Half relative ranges of its cells.
-    spreads: Vec<f64>,
+    /// The variance of `ln(ratio)` from its own cells' noise (the
+    /// baseline's cancels between two allocators: both divide by it).
+    variance: f64,
+    /// Whether any cell had repetitions to estimate noise from.
+    estimated: bool,
 }
 
 fn scores(report: &Report, keys: &[RowKey], criterion: Criterion) -> (Vec<Score>, Vec<String>) {
@@ -57,7 +63,8 @@ fn scores(report: &Report, keys: &[RowKey], criterion: Criterion) -> (Vec<Score>
     let mut unranked = Vec::new();
     for allocator in columns(report) {
         let mut ratios = Vec::new();
-        let mut spreads = Vec::new();
+        let mut variance = 0.0;
+        let mut estimated = false;
         let mut complete = true;
         for key in keys {
             let base = cell_at(report, key, baseline).map(|c| (criterion.value)(c));
@@ -68,8 +75,9 @@ fn scores(report: &Report, keys: &[RowKey], criterion: Criterion) -> (Vec<Score>
             ) {
                 (Some(b), Some(v)) if b > 0.0 && v > 0.0 => {
                     ratios.push(v / b);
-                    if let Some(s) = own.as_deref().and_then(relative_spread) {
-                        spreads.push(s / 2.0);
+                    if let Some(e) = own.as_deref().and_then(median_log_error) {
+                        variance += e * e;
+                        estimated = true;
                     }
                 }
                 (Some(_), _) => complete = false,
@@ -81,7 +89,9 @@ fn scores(report: &Report, keys: &[RowKey], criterion: Criterion) -> (Vec<Score>
             Some(ratio) if complete => ranked.push(Score {
                 allocator,
                 ratio,
-                spreads,
+                // The score is the mean of the rows' logs.
+                variance: variance / (ratios.len() * ratios.len()) as f64,
+                estimated,
             }),
             _ => unranked.push(allocator),
         }
@@ -90,10 +100,10 @@ fn scores(report: &Report, keys: &[RowKey], criterion: Criterion) -> (Vec<Score>
     (ranked, unranked)
 }
 
-/// The spread two scores are compared within.
+/// The relative difference two scores must exceed not to tie: twice the
+/// standard error of their log difference, at least [`TIE_FLOOR`].
 fn tie_margin(a: &Score, b: &Score) -> f64 {
-    let all: Vec<f64> = a.spreads.iter().chain(&b.spreads).copied().collect();
-    median(&all).unwrap_or(0.0).max(TIE_FLOOR)
+    ((2.0 * (a.variance + b.variance).sqrt()).exp() - 1.0).max(TIE_FLOOR)
 }
 
 /// Writes one verdict line: the winner and who ties with it.
@@ -117,11 +127,11 @@ fn line(out: &mut String, title: &str, what: &str, baseline: &str, ranked: &[Sco
     );
     if tied.is_empty() {
         if let Some(next) = ranked.get(1) {
-            let noise = if best.spreads.is_empty() && next.spreads.is_empty() {
+            let noise = if !best.estimated && !next.estimated {
                 "one repetition: not tested against run-to-run noise".to_string()
             } else {
                 format!(
-                    "beyond the ±{:.0}% run-to-run spread",
+                    "beyond the ±{:.0}% run-to-run noise",
                     tie_margin(best, next) * 100.0
                 )
             };
@@ -140,7 +150,7 @@ fn line(out: &mut String, title: &str, what: &str, baseline: &str, ranked: &[Sco
             .collect();
         let _ = write!(
             out,
-            " (a tie: {} {} within the run-to-run spread of ±{:.0}%)",
+            " (a tie: {} {} within the run-to-run noise of ±{:.0}%)",
             list.join(", "),
             if list.len() == 1 { "is" } else { "are" },
             tie_margin(best, tied[0]) * 100.0
@@ -171,7 +181,9 @@ pub fn render(report: &Report) -> String {
             Some(Score {
                 allocator: t.allocator.clone(),
                 ratio: (t.ratio * m.ratio).sqrt(),
-                spreads: t.spreads.iter().chain(&m.spreads).copied().collect(),
+                // Half the sum of the two logs.
+                variance: (t.variance + m.variance) / 4.0,
+                estimated: t.estimated || m.estimated,
             })
         })
         .collect();
@@ -233,5 +245,29 @@ mod tests {
             v.contains("Not ranked (failed or missing on some rows): jemalloc"),
             "{v}"
         );
+    }
+
+    /// A runner-up slower by 25% in every repetition but one is not a tie
+    /// because of that one (each cell has a repetition far out, as on a
+    /// shared machine): the noise is the median's error, not the range.
+    #[test]
+    fn one_wild_repetition_does_not_make_a_tie() {
+        use crate::report::tests::sample;
+        let mut r = report();
+        let times = |base: u64, wild: u64| -> Vec<_> {
+            (0..9)
+                .map(|i| sample(if i == 4 { wild } else { base + i }))
+                .collect()
+        };
+        r.cells[0].samples = times(100, 300);
+        r.cells[1].samples = times(125, 40);
+        let v = render(&r);
+        assert!(v.contains("**Fastest: system**: 1.00x"), "{v}");
+        assert!(v.contains("next jemalloc at 1.2"), "{v}");
+        // The same medians with every repetition spread by a third: a tie.
+        r.cells[0].samples = (0..9).map(|i| sample(70 + i * 8)).collect();
+        r.cells[1].samples = (0..9).map(|i| sample(95 + i * 8)).collect();
+        let v = render(&r);
+        assert!(v.contains("Fastest: system = jemalloc"), "{v}");
     }
 }
