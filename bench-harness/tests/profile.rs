@@ -52,7 +52,13 @@ fn build_program(dir: &Path, source: &str, name: &str, flags: &[&str]) -> Option
 
 /// Runs `heapkit-bench profile ARGS -- CMD`, returning (stdout, stderr).
 fn profile(lib: &Path, out: &Path, args: &[&str], cmd: &[&str]) -> (String, String) {
+    profile_in(Path::new("."), lib, out, args, cmd)
+}
+
+/// [`profile`], run in the directory `cwd` (`out` may be relative to it).
+fn profile_in(cwd: &Path, lib: &Path, out: &Path, args: &[&str], cmd: &[&str]) -> (String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_heapkit-bench"))
+        .current_dir(cwd)
         .arg("profile")
         .args(args)
         .arg("--lib")
@@ -244,20 +250,18 @@ fn a_command_that_changes_directory_is_profiled_with_a_relative_out() {
     let Some(exe) = build(&dir, "leak", &[]) else {
         return;
     };
-    let o = Command::new(env!("CARGO_BIN_EXE_heapkit-bench"))
-        .current_dir(&dir)
-        .args([
-            "profile", "--every", "--out", "out", "--name", "chdir", "--lib",
-        ])
-        .arg(&lib)
-        .args(["--", "sh", "-c", "cd / && \"$0\" 1024; true"])
-        .arg(&exe)
-        .env_remove("CARGO")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = profile_in(
+        &dir,
+        &lib,
+        Path::new("out"),
+        &["--every", "--name", "chdir"],
+        &[
+            "sh",
+            "-c",
+            "cd / && \"$0\" 1024; true",
+            exe.to_str().unwrap(),
+        ],
+    );
     assert!(!stderr.contains("cannot create"), "{stderr}");
     assert_eq!(
         leaked_by_function(&stdout),
