@@ -7,13 +7,17 @@
  * The functions are found with dlsym, so the program also builds and runs
  * without jemalloc; without the library it prints "SKIP".
  *
- *   LD_PRELOAD=libheapkit.so HEAPKIT_ALLOC=x ./jemalloc_api [sizes] [stats]
+ *   LD_PRELOAD=libheapkit.so HEAPKIT_ALLOC=x ./jemalloc_api [sizes] [stats] [active]
  *
  * `sizes`: the backend's usable size is a function of the request (every
  * backend but glibc's, whose chunks keep remainders too small to split),
  * so nallocx must equal the usable size of the block mallocx returns.
  * `stats`: the backend counts live bytes exactly, so stats.allocated must
- * follow an 8 MiB allocation and its free. */
+ * follow an 8 MiB allocation and its free.
+ * `active`: the backend counts the memory holding blocks (stats.active), so
+ * freeing every other one of many small blocks halves stats.allocated and
+ * leaves stats.active where it was (the fragmentation redis reports as
+ * allocator_frag_ratio), and freeing the rest brings it down. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -271,18 +275,50 @@ static void control(bool exact) {
     stats_print_(NULL, NULL, NULL);
 }
 
+/* stats.active against stats.allocated over 12.8 MB of 64-byte blocks. */
+static void active_pages(void) {
+    enum { N = 200000, SIZE = 64 };
+    void **blocks = malloc(N * sizeof *blocks);
+    CHECK(blocks);
+    refresh();
+    size_t allocated0 = stat("stats.allocated"), active0 = stat("stats.active");
+    for (int i = 0; i < N; i++) {
+        blocks[i] = malloc(SIZE);
+        CHECK(blocks[i]);
+        memset(blocks[i], i, SIZE);
+    }
+    refresh();
+    size_t allocated1 = stat("stats.allocated"), active1 = stat("stats.active");
+    size_t added = (size_t)N * SIZE;
+    CHECK(allocated1 >= allocated0 + added - (1 << 20));
+    CHECK(active1 >= allocated1 && active1 >= active0 + added - (1 << 20));
+    for (int i = 0; i < N; i += 2) free(blocks[i]);
+    refresh();
+    size_t allocated2 = stat("stats.allocated"), active2 = stat("stats.active");
+    CHECK(allocated2 + added / 2 <= allocated1 + (1 << 20));
+    CHECK(active2 + (1 << 20) >= active1);
+    CHECK(active2 - allocated2 >= added / 2 - (1 << 20));
+    for (int i = 1; i < N; i += 2) free(blocks[i]);
+    malloc_trim(0);
+    refresh();
+    CHECK(stat("stats.active") + added - (2 << 20) <= active1);
+    free(blocks);
+}
+
 int main(int argc, char **argv) {
     if (!find_all()) {
         printf("SKIP jemalloc_api: no jemalloc API in this process\n");
         return 0;
     }
-    bool sizes = false, stats = false;
+    bool sizes = false, stats = false, active = false;
     for (int i = 1; i < argc; i++) {
         sizes |= !strcmp(argv[i], "sizes");
         stats |= !strcmp(argv[i], "stats");
+        active |= !strcmp(argv[i], "active");
     }
     allocation(sizes);
     control(stats);
+    if (active) active_pages();
     printf("ok jemalloc_api\n");
     return 0;
 }

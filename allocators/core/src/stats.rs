@@ -74,6 +74,11 @@ stats_fields! {
     live_bytes,
     /// The most `live_bytes` seen.
     peak_live_bytes,
+    /// Bytes of memory holding blocks, live or free (jemalloc's
+    /// `stats.active`): the carved blocks of pages in use and the mappings
+    /// of live large blocks; `active_bytes - live_bytes` is what
+    /// fragmentation costs. 0 where the allocator does not count them.
+    active_bytes,
     /// Bytes currently mapped from the OS (process-wide, all of heapkit).
     mapped_bytes,
     /// The most bytes mapped at once (process-wide).

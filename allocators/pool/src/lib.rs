@@ -392,7 +392,11 @@ unsafe impl<P: Policy> HeapAlloc for Pool<P> {
     }
 
     fn stats(&self) -> Stats {
-        STATS.snapshot(Some(&thread_cache::current().stats))
+        let mut s = STATS.snapshot(Some(&thread_cache::current().stats));
+        // Every chunk cut from a segment (live, cached or free blocks: a
+        // chunk goes back only whole, at trim), and the live large mappings.
+        s.active_bytes = (self.chunk_bytes() + heapkit_core::large::live_mapped_bytes()) as u64;
+        s
     }
 }
 

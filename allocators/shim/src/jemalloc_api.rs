@@ -27,7 +27,7 @@
 //! | `epoch` | `uint64_t` rw | a counter, bumped by a write (heapkit's figures are always current) |
 //! | `config.stats` | `bool` r | true |
 //! | `stats.allocated` | `size_t` r | bytes in live blocks (`live_bytes`) |
-//! | `stats.active` | `size_t` r | the same rounded up to whole pages (heapkit does not count the pages that hold live blocks) |
+//! | `stats.active` | `size_t` r | the memory holding blocks, live or free (sizeclass: the blocks carved on its pages in use and the mappings of live large blocks); the others: live bytes rounded up to whole pages |
 //! | `stats.resident` | `size_t` r | the process's resident anonymous bytes (not its code and libraries), at most `stats.mapped` |
 //! | `stats.mapped` | `size_t` r | bytes heapkit has mapped (`mapped_bytes`) |
 //! | `stats.retained` | `size_t` r | 0 (heapkit keeps no unmapped-but-reserved address space) |
@@ -280,6 +280,9 @@ impl Figure {
         let page = os::page_size() as u64;
         let v = match self {
             Figure::Allocated => s.live_bytes,
+            // The backend's count of the memory holding blocks where it
+            // keeps one (sizeclass), else the live bytes in whole pages.
+            Figure::Active if s.active_bytes > 0 => s.active_bytes.max(s.live_bytes),
             Figure::Active => s.live_bytes.div_ceil(page).saturating_mul(page),
             // Not `s.resident_bytes`, the whole RSS: the program's code and
             // libraries are no allocator's, and counting them made redis's

@@ -71,8 +71,11 @@ impl<P: Policy> SizeClass<P> {
     /// the hardened trailer).
     const TRAILER: usize = P::TRAILER;
 
-    /// Purges every free page of the calling thread's heap now and empties
-    /// the large-block cache (what the decay would do later).
+    /// Purges every free page of the calling thread's heap now, tidies the
+    /// segments exited threads left (their pages emptied since by other
+    /// threads' frees are freed and purged, emptied segments released) and
+    /// empties the large-block cache: what the decay and the background
+    /// purger would do later.
     pub fn collect(&self) {
         crate::purge::collect_now::<P>();
     }
@@ -274,7 +277,9 @@ unsafe impl<P: Policy> HeapAlloc for SizeClass<P> {
         // SAFETY: the calling thread's own counters, read without
         // re-entrancy.
         let pending = unsafe { &(*h).stats };
-        STATS.snapshot(Some(pending))
+        let mut s = STATS.snapshot(Some(pending));
+        s.active_bytes = crate::carve::carved_bytes() + large::live_mapped_bytes() as u64;
+        s
     }
 }
 

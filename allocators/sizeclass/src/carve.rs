@@ -18,7 +18,7 @@
 //!   only a slow path carves.
 
 use core::ptr;
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use heapkit_core::misuse::{self, Misuse};
 
@@ -26,6 +26,32 @@ use crate::mode::Mode;
 use crate::page::Page;
 use crate::remote::Block;
 use crate::segment::{Segment, SegmentKind};
+
+/// Bytes of the blocks carved on pages in use, both modes (live, free, or
+/// remotely freed: all hold memory), for `stats.active`. Written where a
+/// page's `capacity` changes, all slow paths (a carving, a reset, a page
+/// retired), never by a fast path; on a line of its own.
+#[repr(align(64))]
+struct CarvedBytes(AtomicI64);
+
+static CARVED: CarvedBytes = CarvedBytes(AtomicI64::new(0));
+
+/// Counts `blocks` blocks of `stride` bytes carved (or, negative, given
+/// back by a reset or with their page).
+#[inline]
+pub(crate) fn count_carved(blocks: i64, stride: usize) {
+    let delta = blocks * stride as i64;
+    let before = CARVED.0.fetch_add(delta, Relaxed);
+    // A page's carvings happen before its give-backs (its owner's, or
+    // handed over with its segment), so the sum never goes below 0 unless
+    // a capacity change went uncounted.
+    debug_assert!(before + delta >= 0, "carved bytes below zero");
+}
+
+/// Bytes of blocks carved on pages in use (see [`count_carved`]).
+pub(crate) fn carved_bytes() -> u64 {
+    CARVED.0.load(Relaxed).max(0) as u64
+}
 
 /// How many bytes of blocks [`Page::extend`] carves at once...
 const EXTEND_BYTES: usize = 4096;
@@ -166,6 +192,10 @@ impl Page {
             (*page).dirty_end = (*page).dirty_end.max((*page).capacity);
             (*page).free = ptr::null_mut();
             (*page).local_free = Self::link_run::<P>(page, 0, keep as usize);
+            count_carved(
+                i64::from(keep) - i64::from((*page).capacity),
+                (*page).stride as usize,
+            );
             (*page).capacity = keep;
             (*page).is_zero = false;
             (*page).freed_at_ns = now;
@@ -250,6 +280,7 @@ impl Page {
                 .add((*page).capacity as usize * (*page).stride as usize);
             (*page).capacity += 1;
             (*page).carve_kept = false;
+            count_carved(1, (*page).stride as usize);
             block
         }
     }
@@ -271,6 +302,7 @@ impl Page {
             (*page).free = Self::link_run::<P>(page, (*page).capacity as usize, n);
             (*page).capacity += n as u32;
             (*page).carve_kept = false;
+            count_carved(n as i64, size);
         }
     }
 

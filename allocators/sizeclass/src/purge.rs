@@ -342,8 +342,11 @@ pub(crate) fn collect_now<P: Mode>() {
             (*h).lock.unlock();
         }
     }
-    // What exited threads left in the reserve, whether or not this thread
-    // ever allocated.
+    // What exited threads left: their segments still holding blocks (the
+    // pages other threads' frees emptied since are freed and purged, the
+    // segments left empty released), then the reserve, whether or not
+    // this thread ever allocated.
+    crate::reclaim::tidy_abandoned::<P>();
     reserve::purge_reserve(0, 0, true);
     let _ = large::trim(false);
 }

@@ -174,8 +174,8 @@ fn purge_round<P: Mode>() {
 /// the pages left empty, releases the segments left empty and abandons the
 /// others again (a thread looking for one meanwhile maps a fresh segment).
 /// The reserve's segments and the exited threads' heap slots are purged
-/// here too.
-fn tidy_abandoned<P: Mode>() {
+/// here too. `malloc_trim` does the same at once ([`crate::purge::collect_now`]).
+pub(crate) fn tidy_abandoned<P: Mode>() {
     let mut taken = abandoned::take_abandoned::<P>();
     let now = os::monotonic_ns();
     reserve::purge_reserve(now, purge_delay_ns(), false);

@@ -265,6 +265,9 @@ impl Segment {
             (*page).local_free = ptr::null_mut();
             (*page).freed_at_ns = now;
             (*seg).used_pages -= 1;
+            // Its carved blocks hold memory no more (`capacity` is reset
+            // when the page is taken again).
+            crate::carve::count_carved(-i64::from((*page).capacity), (*page).stride as usize);
         }
     }
 

@@ -245,6 +245,15 @@ impl Cache {
         self.in_use.load(Ordering::Relaxed)
     }
 
+    /// Bytes of this cache's slabs that hold objects (live or in
+    /// magazines): its partial, sparse and full slabs, not its empty ones.
+    /// Takes the lock (statistics, never a fast path).
+    pub fn slab_bytes_in_use(&self, index: usize) -> usize {
+        let l = layout(index);
+        let st = self.slabs.lock();
+        (st.partial.0.len + st.sparse.0.len + st.full.0.len) * l.chunks * segment::CHUNK
+    }
+
     /// Takes up to `want` objects into `out[..]`; returns how many (0 only
     /// on exhaustion). If `zero` is given, it is set to whether the first
     /// object is known to be zero.

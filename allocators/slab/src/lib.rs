@@ -605,7 +605,15 @@ unsafe impl<P: Policy> HeapAlloc for Slab<P> {
     }
 
     fn stats(&self) -> Stats {
-        STATS.snapshot(Some(&thread::current().stats))
+        let mut s = STATS.snapshot(Some(&thread::current().stats));
+        // The slabs holding objects (magazines are metadata, as jemalloc
+        // counts its own apart), both modes, and the live large mappings.
+        let slabs: usize = (0..slab::OBJECT_CACHES)
+            .filter(|&c| heap::cache(c).was_used())
+            .map(|c| heap::cache(c).slab_bytes_in_use(c))
+            .sum();
+        s.active_bytes = (slabs + large::live_mapped_bytes()) as u64;
+        s
     }
 }
 

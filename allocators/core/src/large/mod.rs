@@ -491,6 +491,13 @@ unsafe fn resize_mapping(base: *mut u8, old: usize, new: usize) -> *mut u8 {
     ptr::null_mut()
 }
 
+/// Bytes of the mappings of live large blocks (every heapkit allocator's,
+/// process-wide): what they hold of the address space and, once written,
+/// of memory.
+pub fn live_mapped_bytes() -> usize {
+    cache::LIVE_BYTES.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// The address space a mapping of `size` bytes made by [`map_segments`]
 /// owns: `size` rounded up to whole segments (None on overflow).
 #[inline]
