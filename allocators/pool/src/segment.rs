@@ -29,6 +29,7 @@
 
 use core::ptr;
 
+use heapkit_core::list::{Linked, List};
 use heapkit_core::lock::SpinLock;
 use heapkit_core::os;
 use heapkit_core::segment::{SegmentTag, SEGMENT_ALIGN};
@@ -60,6 +61,8 @@ pub struct SegmentHeader {
     // --- everything below is guarded by CHUNKS ---
     /// Next segment in [`CHUNKS`]' list.
     next: *mut SegmentHeader,
+    /// Previous segment in [`CHUNKS`]' list.
+    prev: *mut SegmentHeader,
     /// Bit `i` set: page `i` is in a chunk or `reserved`.
     used: u64,
     /// Pages never in a chunk: the header (bit 0) and, hardened, the guard
@@ -71,23 +74,28 @@ pub struct SegmentHeader {
     pub release: u64,
 }
 
-/// The list of all pool segments, and the lock that guards their chunk
-/// bookkeeping.
-pub struct SegmentList {
-    first: *mut SegmentHeader,
+// SAFETY: `next` and `prev` are two distinct fields of the header that only
+// the CHUNKS list holding the segment uses (under its lock).
+unsafe impl Linked for SegmentHeader {
+    unsafe fn next(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: node is a live segment header (the trait's contract).
+        unsafe { ptr::addr_of_mut!((*node).next) }
+    }
+    unsafe fn prev(node: *mut Self) -> *mut *mut Self {
+        // SAFETY: as above.
+        unsafe { ptr::addr_of_mut!((*node).prev) }
+    }
 }
 
-// SAFETY: the segments are mappings owned by the list; the lock serialises
-// access to the guarded fields.
-unsafe impl Send for SegmentList {}
+/// The list of all pool segments of one mode (core's intrusive [`List`]),
+/// inside the lock that guards their chunk bookkeeping. Every listed
+/// segment is a live mapping owned by the list.
+pub struct SegmentList(List<SegmentHeader>);
 
 /// Every pool segment of each mode (default, hardened); taken to carve or
 /// release chunks (never on a fast path).
-pub static CHUNKS: [SpinLock<SegmentList>; 2] = [const {
-    SpinLock::new(SegmentList {
-        first: ptr::null_mut(),
-    })
-}; 2];
+pub static CHUNKS: [SpinLock<SegmentList>; 2] =
+    [const { SpinLock::new(SegmentList(List::EMPTY)) }; 2];
 
 /// The segment list of the default (`false`) or hardened mode.
 #[inline]
@@ -139,7 +147,7 @@ impl SegmentList {
     /// if the OS refuses a new segment.
     pub fn carve(&mut self, class: usize) -> *mut u8 {
         let pages = chunk_bytes(class) >> PAGE_SHIFT;
-        let mut seg = self.first;
+        let mut seg = self.0.first;
         while !seg.is_null() {
             // SAFETY: every listed segment is a live mapping, guarded by us.
             unsafe {
@@ -153,10 +161,10 @@ impl SegmentList {
         if seg.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: seg is a fresh segment; linking it under the lock.
+        // SAFETY: seg is a fresh segment, on no list; linking it under the
+        // lock.
         unsafe {
-            (*seg).next = self.first;
-            self.first = seg;
+            self.0.push_front(seg);
             match find_run((*seg).used, pages) {
                 Some(first) => take_run(seg, first, pages, class),
                 None => ptr::null_mut(),
@@ -169,12 +177,12 @@ impl SegmentList {
     /// no chunk. Returns the bytes released.
     pub fn release_marked(&mut self) -> usize {
         let mut released = 0;
-        let mut link: *mut *mut SegmentHeader = &mut self.first;
-        // SAFETY: link always points at the list head or a live segment's
-        // `next`; every listed segment is ours under the lock.
+        let mut seg = self.0.first;
+        // SAFETY: every listed segment is ours under the lock; `next` is read
+        // before the segment may be unlinked and unmapped.
         unsafe {
-            while !(*link).is_null() {
-                let seg = *link;
+            while !seg.is_null() {
+                let next = (*seg).next;
                 let mut bits = (*seg).release;
                 while bits != 0 {
                     let first = bits.trailing_zeros() as usize;
@@ -193,11 +201,10 @@ impl SegmentList {
                 (*seg).release = 0;
                 (*seg).trim_count = [0; PAGES];
                 if (*seg).used == (*seg).reserved {
-                    *link = (*seg).next;
+                    self.0.remove(seg);
                     heapkit_core::large::unmap_segments(seg.cast(), SEGMENT_ALIGN);
-                } else {
-                    link = &mut (*seg).next;
                 }
+                seg = next;
             }
         }
         released
@@ -206,7 +213,7 @@ impl SegmentList {
     /// Bytes of all chunks currently carved (free or not).
     pub fn chunk_bytes_in_use(&self) -> usize {
         let mut total = 0;
-        let mut seg = self.first;
+        let mut seg = self.0.first;
         while !seg.is_null() {
             // SAFETY: listed segments are live and guarded by us.
             unsafe {
@@ -302,6 +309,7 @@ fn new_segment(hardened: bool) -> *mut SegmentHeader {
             tag,
             page_class,
             next: ptr::null_mut(),
+            prev: ptr::null_mut(),
             used: reserved,
             reserved,
             trim_count: [0; PAGES],
