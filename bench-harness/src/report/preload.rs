@@ -127,6 +127,17 @@ pub fn render(
         if !note.is_empty() {
             let _ = writeln!(out, "{note}\n");
         }
+        // A metric no cell measured above zero (system time of a short
+        // command) is one line, not a table of zeros.
+        let all_zero = c.workloads.iter().all(|row| {
+            c.allocators
+                .iter()
+                .all(|col| median_of(extras, row, col, *f).is_none_or(|v| v == 0.0))
+        });
+        if all_zero {
+            let _ = writeln!(out, "Zero in every cell.\n");
+            continue;
+        }
         let _ = writeln!(out, "| command | {} |", c.allocators.join(" | "));
         let _ = writeln!(out, "|---|{}", "---|".repeat(c.allocators.len()));
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); c.allocators.len()];
