@@ -191,14 +191,14 @@ fn leaks_are_found_by_function_exactly_and_sampled() {
         assert!(
             row_after(
                 "### Live at the peak",
-                &format!("| 16.0 MiB | 4096 | {LEAK_FN}")
+                &format!("| 16.0 MiB | 4096 | `{LEAK_FN}")
             ),
             "{md}"
         );
         assert!(
             row_after(
                 "### Temporary allocations, by stack",
-                "| 100000 | allocate_and_free"
+                "| 100000 | `allocate_and_free"
             ),
             "{md}"
         );

@@ -138,6 +138,34 @@ pub fn stack_line(frames: &[String], depth: usize) -> String {
     line
 }
 
+/// `text` with the characters Markdown would read as markup escaped (a
+/// program's name such as `my_tool` in a table cell or heading).
+fn markdown_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(
+            c,
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '#'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `text` as a code span for a table cell: shown as it is (a stack's
+/// `<T as Trait>::f` would otherwise be read as an HTML tag, `__libc_malloc`
+/// as emphasis), with `|` escaped (GitHub splits cells on it even in code).
+fn markdown_code_cell(text: &str) -> String {
+    let text = text.replace('|', "\\|");
+    if text.contains('`') {
+        format!("`` {text} ``")
+    } else {
+        format!("`{text}`")
+    }
+}
+
 /// The leak summary printed on stdout.
 pub fn leak_summary(p: &ProfileSummary, top: usize) -> String {
     let mut out = String::new();
@@ -203,7 +231,7 @@ pub fn render(
             let _ = writeln!(
                 out,
                 "| [{pid}](#process-{pid}) | {} | {} | {} | {:.0} |",
-                p.program,
+                markdown_text(&p.program),
                 fmt_mib(p.peak_bytes),
                 fmt_mib(p.leaked_bytes()),
                 p.allocated_blocks,
@@ -213,11 +241,16 @@ pub fn render(
         let _ = writeln!(out);
     }
     if let Some(line) = silent_line(silent, true) {
-        let _ = writeln!(out, "{}.\n", line.replace('_', "\\_"));
+        let _ = writeln!(out, "{}.\n", markdown_text(&line));
     }
     for p in profiles {
         let _ = writeln!(out, "<a id=\"process-{}\"></a>\n", p.pid);
-        let _ = writeln!(out, "## Process {} [{}]\n", p.pid_and_program(), p.mode);
+        let _ = writeln!(
+            out,
+            "## Process {} \\[{}\\]\n",
+            markdown_text(&p.pid_and_program()),
+            p.mode
+        );
         if let Some(w) = &p.warning {
             let _ = writeln!(out, "> **Warning**: {w}\n");
         }
@@ -265,7 +298,7 @@ pub fn render(
                     "| {} | {:.0} | {} |",
                     fmt_mib(s.bytes),
                     s.blocks,
-                    stack_line(&s.frames, 8).replace('|', "\\|")
+                    markdown_code_cell(&stack_line(&s.frames, 8))
                 );
             }
             let _ = writeln!(out);
@@ -281,7 +314,7 @@ pub fn render(
                 "| {:.0} | {} | {} |",
                 s.blocks,
                 fmt_mib(s.bytes),
-                stack_line(&s.frames, 8).replace('|', "\\|")
+                markdown_code_cell(&stack_line(&s.frames, 8))
             );
         }
         let _ = writeln!(out);
@@ -402,12 +435,36 @@ mod tests {
         let md = render("app", &[p, other], &[process(9, "sh", "every")], 5);
         assert!(!md.contains("-0"), "{md}");
         assert!(md.contains("| [7](#process-7) | app |"), "{md}");
+        assert!(md.contains("## Process 7 (app) \\[every\\]"), "{md}");
         assert!(
             md.contains("### Live at exit (leaks), by stack\n\nNone.\n"),
             "{md}"
         );
         assert!(
             md.contains("1 more process recorded no allocation: sh (9)."),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn markdown_shows_names_and_stacks_as_they_are() {
+        assert_eq!(markdown_text("my_tool [x]"), "my\\_tool \\[x\\]");
+        let stack = "<T as Clone>::clone <- __libc_malloc | x";
+        assert_eq!(
+            markdown_code_cell(stack),
+            "`<T as Clone>::clone <- __libc_malloc \\| x`"
+        );
+        assert_eq!(markdown_code_cell("a`b"), "`` a`b ``");
+        let mut p = process(7, "my_tool", "every");
+        p.sites = vec![Site {
+            frames: vec!["<T as Clone>::clone".into(), "__libc_malloc".into()],
+            bytes: 64.0,
+            blocks: 1.0,
+        }];
+        let md = render("app", &[p, process(8, "b", "every")], &[], 5);
+        assert!(md.contains("| my\\_tool |"), "{md}");
+        assert!(
+            md.contains("| `<T as Clone>::clone <- __libc_malloc` |"),
             "{md}"
         );
     }
