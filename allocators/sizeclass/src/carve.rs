@@ -109,6 +109,9 @@ impl Page {
             debug_assert_eq!(Self::in_use(page), 0);
             let free = (*page).free;
             if free.is_null() {
+                // Nothing to move: parked already if its blocks wait on
+                // `local_free` (collected remote frees emptied it).
+                (*page).parked = !(*page).local_free.is_null();
                 return;
             }
             let local = (*page).local_free;
@@ -141,19 +144,30 @@ impl Page {
                 Self::link::<P>(page, tail, free);
             }
             (*page).free = ptr::null_mut();
+            (*page).parked = true;
         }
     }
 
-    /// True when the page is parked: nothing in use, every carved block on
-    /// `local_free`, `free` empty.
+    /// True when the page is parked ([`Page::parked`]): nothing in use,
+    /// every carved block on `local_free` (or in its dirty tail), `free`
+    /// empty, until its owner's next slow path.
     ///
     /// # Safety
     /// `page` must be an in-use page, read with its heap's lock held.
     #[inline]
     pub(crate) unsafe fn is_parked(page: *const Page) -> bool {
-        // SAFETY: caller guarantee.
+        // SAFETY: caller guarantee. The lists and count are read only once
+        // the flag says the owner's fast paths leave them alone.
         unsafe {
-            (*page).free.is_null() && !(*page).local_free.is_null() && Self::in_use(page) == 0
+            let parked = (*page).parked;
+            debug_assert!(
+                !parked
+                    || ((*page).free.is_null()
+                        && !(*page).local_free.is_null()
+                        && Self::in_use(page) == 0),
+                "a parked page's blocks are on local_free, none in use"
+            );
+            parked
         }
     }
 
@@ -198,6 +212,7 @@ impl Page {
             );
             (*page).capacity = keep;
             (*page).is_zero = false;
+            (*page).parked = true;
             (*page).freed_at_ns = now;
         }
     }

@@ -142,6 +142,15 @@ pub(crate) struct Page {
     /// allocate/free loop emptying the page at every free tests a flag,
     /// not the counts.
     pub carve_kept: bool,
+    /// The page is parked ([`Page::park`], [`Page::reset_carve`]): nothing
+    /// in use, `free` empty, its carved blocks on `local_free` or in its
+    /// dirty tail, so no fast path touches it until its owner's slow path
+    /// takes the blocks back ([`Page::collect`]). Written only with the
+    /// heap's lock held, so a reclaimer holding the lock may trust it
+    /// while the owner runs its fast paths; the state it names could not
+    /// be read from `free` and `used` there, which the owner's fast paths
+    /// write without the lock.
+    pub parked: bool,
     /// See `next` (slow paths only, so out of the owner's line).
     pub prev: *mut Page,
     /// `key`, for remote freers.
@@ -184,6 +193,7 @@ impl Page {
             dirty_end: 0,
             unparked_allocs: 0,
             carve_kept: false,
+            parked: false,
             key: 0,
             thread_free: ThreadFree::new(),
             shared_size: 0,
@@ -224,6 +234,7 @@ impl Page {
             (*page).dirty_end = 0;
             (*page).unparked_allocs = 0;
             (*page).carve_kept = false;
+            (*page).parked = false;
             Page::forget_holes(page);
             // A page freed outside its heap (thread exit, an abandoned
             // segment tidied) may keep a stale flag: its segment can come
@@ -313,6 +324,7 @@ impl Page {
                     (*page).free = (*page).local_free;
                     (*page).local_free = ptr::null_mut();
                     (*page).is_zero = false;
+                    (*page).parked = false;
                 } else if (*page).capacity < (*page).reserved && !Self::carves_singly::<P>(page) {
                     Self::extend::<P>(page);
                 }
@@ -534,6 +546,50 @@ mod tests {
             }
             assert_eq!(n, 64);
             assert!(!(*p).is_zero);
+        }
+    }
+
+    /// `parked` names the state a reclaimer may act on: set where the page
+    /// is parked or reset, cleared where its owner's slow path takes the
+    /// blocks back, and never inferred from the lists (the owner's fast
+    /// paths change those without the lock).
+    #[test]
+    fn parked_is_set_by_park_and_reset_and_cleared_by_collect() {
+        let mut span = vec![0u128; 4096]; // 64 KiB, 16-aligned
+        let mut page = Page::new();
+        let p: *mut Page = &mut page;
+        // SAFETY: p is a page we own over `span`.
+        unsafe {
+            Page::init::<Fast>(p, 3, 64, 64, span.as_mut_ptr().cast(), 65536);
+            Page::collect::<Fast>(p);
+            assert!(!Page::is_parked(p), "a fresh page");
+            // Every block taken and given back by other threads: the lists
+            // look parked once collected, but nobody parked the page.
+            let mut got = Vec::new();
+            while !(*p).free.is_null() {
+                let b = (*p).free;
+                (*p).free = Block::next(b);
+                (*p).used.fetch_add(1, Relaxed);
+                got.push(b);
+            }
+            for &b in &got {
+                assert!((*p).thread_free.push(b, |h| h, || {}));
+            }
+            Page::collect_remote::<Fast>(p);
+            assert!((*p).free.is_null() && !(*p).local_free.is_null());
+            assert_eq!(Page::in_use(p), 0);
+            assert!(!Page::is_parked(p), "only park and reset park a page");
+            Page::park::<Fast>(p);
+            assert!(Page::is_parked(p), "parked with its blocks on local_free");
+            Page::collect::<Fast>(p);
+            assert!(!Page::is_parked(p) && !(*p).free.is_null());
+            Page::park::<Fast>(p);
+            assert!(Page::is_parked(p));
+            Page::reset_carve::<Fast>(p, 8, 1);
+            assert!(Page::is_parked(p), "a reset page stays parked");
+            assert_eq!((*p).capacity, 8);
+            Page::collect::<Fast>(p);
+            assert!(!Page::is_parked(p), "taken back by the owner's slow path");
         }
     }
 }

@@ -263,6 +263,7 @@ impl Segment {
             Page::forget_holes(page);
             (*page).free = ptr::null_mut();
             (*page).local_free = ptr::null_mut();
+            (*page).parked = false;
             (*page).freed_at_ns = now;
             (*seg).used_pages -= 1;
             // Its carved blocks hold memory no more (`capacity` is reset

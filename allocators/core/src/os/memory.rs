@@ -219,7 +219,10 @@ const HINT_MAX_SIZE: usize = 1 << 40;
 /// One `mmap` at the aligned hint address; `None` (nothing left mapped) if
 /// the hint area is used up or the address is taken.
 fn map_at_hint(size: usize, align: usize) -> Option<*mut u8> {
-    if size > HINT_MAX_SIZE || align > HINT_MAX_SIZE {
+    // ThreadSanitizer keeps its shadow memory where the hint area lies and
+    // stops a program that maps there (`RUSTFLAGS="--cfg heapkit_tsan"`
+    // builds for it take the kernel's placement: see docs/DESIGN.md).
+    if cfg!(heapkit_tsan) || size > HINT_MAX_SIZE || align > HINT_MAX_SIZE {
         return None;
     }
     let mut current = ALIGNED_HINT.load(Relaxed);
