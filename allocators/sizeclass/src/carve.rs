@@ -107,7 +107,7 @@ impl Page {
         // block in use no one else pushes to them.
         unsafe {
             debug_assert_eq!(Self::in_use(page), 0);
-            let free = (*page).free;
+            let free = (*page).free.load(Relaxed);
             if free.is_null() {
                 // Nothing to move: parked already if its blocks wait on
                 // `local_free` (collected remote frees emptied it).
@@ -143,7 +143,7 @@ impl Page {
                 }
                 Self::link::<P>(page, tail, free);
             }
-            (*page).free = ptr::null_mut();
+            (*page).free.store(ptr::null_mut(), Relaxed);
             (*page).parked = true;
         }
     }
@@ -162,7 +162,7 @@ impl Page {
             let parked = (*page).parked;
             debug_assert!(
                 !parked
-                    || ((*page).free.is_null()
+                    || ((*page).free.load(Relaxed).is_null()
                         && !(*page).local_free.is_null()
                         && Self::in_use(page) == 0),
                 "a parked page's blocks are on local_free, none in use"
@@ -204,7 +204,7 @@ impl Page {
                 Self::forget_holes(page);
             }
             (*page).dirty_end = (*page).dirty_end.max((*page).capacity);
-            (*page).free = ptr::null_mut();
+            (*page).free.store(ptr::null_mut(), Relaxed);
             (*page).local_free = Self::link_run::<P>(page, 0, keep as usize);
             count_carved(
                 i64::from(keep) - i64::from((*page).capacity),
@@ -314,7 +314,10 @@ impl Page {
             let room = ((*page).reserved - (*page).capacity) as usize;
             let n = carve_blocks(size).min(room);
             debug_assert!(n >= 1);
-            (*page).free = Self::link_run::<P>(page, (*page).capacity as usize, n);
+            (*page).free.store(
+                Self::link_run::<P>(page, (*page).capacity as usize, n),
+                Relaxed,
+            );
             (*page).capacity += n as u32;
             (*page).carve_kept = false;
             count_carved(n as i64, size);

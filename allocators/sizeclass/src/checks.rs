@@ -5,6 +5,8 @@
 //! one line naming the call, the misuse, the pointer and the class, then
 //! an abort.
 
+use core::sync::atomic::Ordering::Relaxed;
+
 use heapkit_core::harden::{FreeMark, Hardened, Policy, Trailer};
 use heapkit_core::misuse::{self, Misuse};
 use heapkit_core::segment::SEGMENT_ALIGN;
@@ -106,7 +108,7 @@ pub(crate) unsafe fn on_empty<P: Mode>(page: *mut Page) {
     // listed block was checked (popped links, `on_collect`) or pushed
     // by the owner, so it lies among the page's blocks.
     unsafe {
-        for head in [(*page).free, (*page).local_free] {
+        for head in [(*page).free.load(Relaxed), (*page).local_free] {
             let mut b = head;
             while !b.is_null() {
                 if !FreeMark::is_set(b.cast(), (*page).key) {

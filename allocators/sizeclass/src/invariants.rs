@@ -1,11 +1,13 @@
 //! `check_invariants`: an expensive walk of the calling thread's heap
 //! (tests and the `debug-invariants` feature).
 
+use core::sync::atomic::Ordering::Relaxed;
+
 use crate::classes::{heap_class_size, HEAP_CLASSES};
 
 use heapkit_core::harden::Policy;
 
-use crate::heap::EMPTY;
+use crate::heap::{Heap, EMPTY};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
 use crate::remote::Block;
@@ -34,11 +36,29 @@ pub fn check_invariants() -> Result<(), &'static str> {
 /// [`check_invariants`] of the calling thread's heap of mode `P`.
 pub fn check_invariants_of<P: Policy>() -> Result<(), &'static str> {
     let h = P::heap();
-    // SAFETY: the calling thread's heap and its own segments/pages; remote
-    // threads only push onto thread_free, which we take with the owner's
-    // swap.
+    if P::heap_is_idle(h) {
+        return Ok(()); // no heap bound: nothing to check
+    }
+    // Under the heap's lock: a reclaimer or the background purger may be
+    // retiring or resetting its pages meanwhile (they take it too).
+    // SAFETY: the calling thread's own heap.
+    unsafe { (*h).lock.lock() };
+    // SAFETY: as above, with its lock held.
+    let result = unsafe { check_heap::<P>(&mut *h) };
+    // SAFETY: taken above.
+    unsafe { (*h).lock.unlock() };
+    result
+}
+
+/// [`check_invariants_of`] with the heap's lock held.
+///
+/// # Safety
+/// `h` is the calling thread's heap of mode `P`, its lock held.
+unsafe fn check_heap<P: Mode>(h: &mut Heap) -> Result<(), &'static str> {
+    // SAFETY: the calling thread's heap and its own segments/pages: others
+    // push onto thread_free only (taken with the owner's swap), or hold
+    // the lock we hold.
     unsafe {
-        let h = &mut *h;
         let mut listed = 0usize;
         for class in 0..HEAP_CLASSES {
             let cur = h.current[class];
@@ -73,7 +93,7 @@ pub fn check_invariants_of<P: Policy>() -> Result<(), &'static str> {
         for kind in SegmentKind::ALL {
             let mut seg = h.segments[kind.index()].first;
             while !seg.is_null() {
-                if (*seg).owner.load(core::sync::atomic::Ordering::Relaxed) != h.id {
+                if (*seg).owner.load(Relaxed) != h.id {
                     return Err("owned segment names another owner");
                 }
                 let mut used = 0;
@@ -121,7 +141,7 @@ unsafe fn check_page<P: Mode>(p: *mut Page) -> Result<(), &'static str> {
             return Err("dirty tail past the page's blocks");
         }
         let mut count = 0usize;
-        for head in [(*p).free, (*p).local_free] {
+        for head in [(*p).free.load(Relaxed), (*p).local_free] {
             let mut b: *mut Block = head;
             while !b.is_null() {
                 let a = b as usize;

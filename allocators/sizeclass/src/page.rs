@@ -25,7 +25,7 @@
 //! classes).
 
 use core::ptr;
-use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::Acquire, Ordering::Relaxed};
 
 use heapkit_core::list::{Linked, List};
 use heapkit_core::misuse::{self, Misuse};
@@ -60,8 +60,13 @@ pub(crate) const FULL_FLAG: u32 = 1 << 31;
 /// away from it.
 #[repr(C, align(64))]
 pub(crate) struct Page {
-    /// Blocks the fast path pops (owner only).
-    pub free: *mut Block,
+    /// Blocks the fast path pops. Owner only, but atomic (relaxed loads and
+    /// stores: the same moves as a plain pointer) because a reclaimer or the
+    /// purger holding the heap's lock writes it while the owner's fast
+    /// paths may read it: on a retired page, and, reading it null, on a
+    /// parked one ([`Page::parked`]), which the owner's fast path then
+    /// leaves for the slow path.
+    pub free: AtomicPtr<Block>,
     /// Blocks not on `free` or `local_free` (live, or on `thread_free`),
     /// plus [`FULL_FLAG`] while the page is [`PageState::Full`]; read the
     /// count with [`Page::in_use`]. Written by the owner only (relaxed
@@ -172,7 +177,7 @@ impl Page {
     /// A free page with no span yet (segments fill in `index`).
     pub(crate) const fn new() -> Page {
         Page {
-            free: ptr::null_mut(),
+            free: AtomicPtr::new(ptr::null_mut()),
             used: AtomicU32::new(0),
             block_size: 0,
             local_free: ptr::null_mut(),
@@ -220,7 +225,7 @@ impl Page {
     ) {
         // SAFETY: the caller owns the page's metadata.
         unsafe {
-            (*page).free = ptr::null_mut();
+            (*page).free.store(ptr::null_mut(), Relaxed);
             (*page).local_free = ptr::null_mut();
             (*page).used.store(0, Relaxed);
             (*page).block_size = block_size as u32;
@@ -282,7 +287,10 @@ impl Page {
         unsafe {
             // (Saturating: only a double free of a dropped block could
             // make it fall below.)
-            ((*page).used.load(Relaxed) & !FULL_FLAG).saturating_sub((*page).dropped.load(Relaxed))
+            // Acquire: pairs with the owner free's Release store, so a
+            // reclaimer that finds the page empty sees the blocks the owner
+            // pushed before it emptied it.
+            ((*page).used.load(Acquire) & !FULL_FLAG).saturating_sub((*page).dropped.load(Relaxed))
         }
     }
 
@@ -319,9 +327,9 @@ impl Page {
         unsafe {
             Self::collect_remote::<P>(page);
             Self::fill_holes::<P>(page);
-            if (*page).free.is_null() {
+            if (*page).free.load(Relaxed).is_null() {
                 if !(*page).local_free.is_null() {
-                    (*page).free = (*page).local_free;
+                    (*page).free.store((*page).local_free, Relaxed);
                     (*page).local_free = ptr::null_mut();
                     (*page).is_zero = false;
                     (*page).parked = false;
@@ -340,7 +348,7 @@ impl Page {
     #[inline]
     pub(crate) unsafe fn has_block<P: Mode>(page: *const Page) -> bool {
         // SAFETY: caller guarantee.
-        unsafe { !(*page).free.is_null() || Self::carves_singly::<P>(page) }
+        unsafe { !(*page).free.load(Relaxed).is_null() || Self::carves_singly::<P>(page) }
     }
 
     /// Moves remote frees onto `local_free` and un-counts them.
@@ -517,9 +525,9 @@ mod tests {
             Page::collect::<Fast>(p);
             assert_eq!((*p).capacity, 64, "one OS page carved");
             let mut got = Vec::new();
-            while !(*p).free.is_null() {
-                let b = (*p).free;
-                (*p).free = Block::next(b);
+            while !(*p).free.load(Relaxed).is_null() {
+                let b = (*p).free.load(Relaxed);
+                (*p).free.store(Block::next(b), Relaxed);
                 (*p).used.fetch_add(1, Relaxed);
                 got.push(b);
             }
@@ -539,7 +547,7 @@ mod tests {
             Page::collect::<Fast>(p);
             assert_eq!((*p).used.load(Relaxed), 0);
             let mut n = 0;
-            let mut b = (*p).free;
+            let mut b = (*p).free.load(Relaxed);
             while !b.is_null() {
                 n += 1;
                 b = Block::next(b);
@@ -566,9 +574,9 @@ mod tests {
             // Every block taken and given back by other threads: the lists
             // look parked once collected, but nobody parked the page.
             let mut got = Vec::new();
-            while !(*p).free.is_null() {
-                let b = (*p).free;
-                (*p).free = Block::next(b);
+            while !(*p).free.load(Relaxed).is_null() {
+                let b = (*p).free.load(Relaxed);
+                (*p).free.store(Block::next(b), Relaxed);
                 (*p).used.fetch_add(1, Relaxed);
                 got.push(b);
             }
@@ -576,13 +584,13 @@ mod tests {
                 assert!((*p).thread_free.push(b, |h| h, || {}));
             }
             Page::collect_remote::<Fast>(p);
-            assert!((*p).free.is_null() && !(*p).local_free.is_null());
+            assert!((*p).free.load(Relaxed).is_null() && !(*p).local_free.is_null());
             assert_eq!(Page::in_use(p), 0);
             assert!(!Page::is_parked(p), "only park and reset park a page");
             Page::park::<Fast>(p);
             assert!(Page::is_parked(p), "parked with its blocks on local_free");
             Page::collect::<Fast>(p);
-            assert!(!Page::is_parked(p) && !(*p).free.is_null());
+            assert!(!Page::is_parked(p) && !(*p).free.load(Relaxed).is_null());
             Page::park::<Fast>(p);
             assert!(Page::is_parked(p));
             Page::reset_carve::<Fast>(p, 8, 1);

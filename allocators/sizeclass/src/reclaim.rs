@@ -18,11 +18,19 @@
 //! Why this is safe while the owner runs its fast paths (which take no
 //! lock): the owner's allocation pops only from `current[class]` pages,
 //! which are skipped (and `current` changes only on slow paths, excluded by
-//! the lock); the owner's free touches a page only to free one of its live
-//! blocks, and a page is retired only when it has none: every block counted
-//! in `used` was found on `thread_free`. `used` only falls while a page is
-//! not current, so a stale read can only make the reclaimer skip a page. A
-//! page that still has live blocks gets its remote frees pushed back.
+//! the lock), or from a current page the reclaimer resets only once its
+//! owner parked it (`Page::parked`, written under the lock: its `free` is
+//! empty, so the owner's next allocation waits for the lock); the owner's
+//! free touches a page only to free one of its live blocks, and a page is
+//! retired only when it has none: every block counted in `used` was found
+//! on `thread_free`. `used` only falls while a page is not current, so a
+//! stale read can only make the reclaimer skip a page. A page that still
+//! has live blocks gets its remote frees pushed back. The owner's free that
+//! empties a page writes `used` last, with Release (its `Page::in_use`
+//! read is Acquire), and then calls `page_freed`, which waits for the lock
+//! and finds the page retired: so the reclaimer never releases a segment
+//! (the owner's sweep does), or that call would read a segment another
+//! heap had taken.
 //!
 //! With `HEAPKIT_BACKGROUND_PURGE_MS` set, a background thread
 //! ([`start_purger`]) does the same for every idle heap at that interval,
@@ -47,7 +55,7 @@ use crate::abandoned;
 use crate::heap::{Heap, HeapState};
 use crate::mode::Mode;
 use crate::page::{Page, PageState};
-use crate::purge::{purge_delay_ns, release_segment};
+use crate::purge::purge_delay_ns;
 use crate::reserve;
 use crate::segment::{Segment, SegmentKind};
 
@@ -369,12 +377,15 @@ unsafe fn reclaim_heap<P: Mode>(h: &mut Heap, idle: bool, decay: bool, now: u64)
                     }
                     h.claimed_bytes = h.claimed_bytes.saturating_sub(1 << (*seg).page_shift);
                 }
-                if (*seg).used_pages == 0
-                    && !(h.segments[kind].first == seg && next.is_null())
-                    && (0..(*seg).page_count as usize).all(|i| !(*Segment::page(seg, i)).dirty)
-                {
-                    release_segment(h, seg);
-                }
+                // An emptied segment stays with its heap, its pages purged,
+                // for the owner's own sweep to release: the owner may be
+                // inside a free that emptied one of its pages, between the
+                // count it wrote and the lock its `page_freed` waits for,
+                // and would then read a segment another thread had taken
+                // from the reserve, or unmapped (found by ThreadSanitizer
+                // with a 1 ms purge delay and the background purger: a
+                // SIGSEGV in `page_freed_locked`). Only its header stays
+                // resident.
                 seg = next;
             }
         }

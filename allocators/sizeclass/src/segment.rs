@@ -261,7 +261,7 @@ impl Segment {
             // (`holes.rs`), gone with the page.
             (*page).used.store(0, Relaxed);
             Page::forget_holes(page);
-            (*page).free = ptr::null_mut();
+            (*page).free.store(ptr::null_mut(), Relaxed);
             (*page).local_free = ptr::null_mut();
             (*page).parked = false;
             (*page).freed_at_ns = now;

@@ -60,7 +60,7 @@ pub(crate) unsafe fn alloc<P: Mode>(class: usize) -> (*mut u8, *mut Page) {
         // here, unwritten (carved under the lock: a purger holding it
         // purges the uncarved part).
         let page = *(*h).current.get_unchecked(class);
-        let carved = if found && (*page).free.is_null() {
+        let carved = if found && (*page).free.load(Relaxed).is_null() {
             Page::carve_one::<P>(page)
         } else {
             ptr::null_mut()
