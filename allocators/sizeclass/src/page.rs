@@ -513,6 +513,24 @@ mod tests {
     use std::vec;
     use std::vec::Vec;
 
+    /// Hands out every block on `p`'s `free` list, as the fast path would.
+    ///
+    /// # Safety
+    /// `p` is a page the caller owns.
+    unsafe fn pop_all(p: *mut Page) -> Vec<*mut Block> {
+        let mut got = Vec::new();
+        // SAFETY: caller guarantee.
+        unsafe {
+            while !(*p).free.load(Relaxed).is_null() {
+                let b = (*p).free.load(Relaxed);
+                (*p).free.store(Block::next(b), Relaxed);
+                (*p).used.fetch_add(1, Relaxed);
+                got.push(b);
+            }
+        }
+        got
+    }
+
     #[test]
     fn lazy_extension_local_and_remote_lists_account_every_block() {
         let mut span = vec![0u128; 4096]; // 64 KiB, 16-aligned
@@ -524,13 +542,7 @@ mod tests {
             assert_eq!((*p).reserved, 1024);
             Page::collect::<Fast>(p);
             assert_eq!((*p).capacity, 64, "one OS page carved");
-            let mut got = Vec::new();
-            while !(*p).free.load(Relaxed).is_null() {
-                let b = (*p).free.load(Relaxed);
-                (*p).free.store(Block::next(b), Relaxed);
-                (*p).used.fetch_add(1, Relaxed);
-                got.push(b);
-            }
+            let got = pop_all(p);
             assert_eq!(got.len(), 64);
             // Half freed locally, half remotely.
             for (i, &b) in got.iter().enumerate() {
@@ -573,14 +585,7 @@ mod tests {
             assert!(!Page::is_parked(p), "a fresh page");
             // Every block taken and given back by other threads: the lists
             // look parked once collected, but nobody parked the page.
-            let mut got = Vec::new();
-            while !(*p).free.load(Relaxed).is_null() {
-                let b = (*p).free.load(Relaxed);
-                (*p).free.store(Block::next(b), Relaxed);
-                (*p).used.fetch_add(1, Relaxed);
-                got.push(b);
-            }
-            for &b in &got {
+            for b in pop_all(p) {
                 assert!((*p).thread_free.push(b, |h| h, || {}));
             }
             Page::collect_remote::<Fast>(p);
