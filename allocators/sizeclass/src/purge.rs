@@ -208,7 +208,7 @@ pub(crate) unsafe fn empty_page_kept<P: Mode>(h: &mut Heap, page: *mut Page) {
         let kind = (*seg).kind;
         let keep = Page::keep_on_reset((*page).stride as usize, kind);
         if kind == SegmentKind::Big {
-            Page::reset_carve::<P>(page, keep, os::monotonic_ns());
+            Page::reset_carve::<P>(page, keep, os::coarse_monotonic_ns());
             let class = (*page).class as usize;
             if h.current[class] == page {
                 h.current[class] = EMPTY;
@@ -220,7 +220,7 @@ pub(crate) unsafe fn empty_page_kept<P: Mode>(h: &mut Heap, page: *mut Page) {
                 .checked_sub((*page).unparked_allocs as u64);
             match since {
                 Some(n) if n < keep as u64 => {
-                    Page::reset_carve::<P>(page, keep, os::monotonic_ns())
+                    Page::reset_carve::<P>(page, keep, os::coarse_monotonic_ns())
                 }
                 // Many allocations since (or a flush of the counts
                 // meanwhile): rounds that use the page whole.
@@ -259,7 +259,7 @@ pub(crate) unsafe fn release_segment(h: &mut Heap, seg: *mut Segment) {
 /// in the segment reserve and from reclaims. Runs at most every half delay
 /// unless `all`.
 pub(crate) fn sweep<P: Mode>(h: &mut Heap, all: bool) {
-    let now = os::monotonic_ns();
+    let now = os::coarse_monotonic_ns();
     if !all && now < h.next_sweep_ns {
         return;
     }

@@ -527,7 +527,7 @@ mod tests {
         // for longer than the purge delay.
         purge_round::<Fast>();
         std::thread::sleep(std::time::Duration::from_nanos(
-            purge_delay_ns() + 2 * IDLE_NS,
+            purge_delay_ns() + 2 * IDLE_NS + 2 * os::CLOCK_TICK_MAX_NS,
         ));
         purge_round::<Fast>();
         // SAFETY: the page's thread sleeps on the channel; its segment stays
@@ -619,7 +619,7 @@ mod tests {
         }
         purge_round::<Fast>();
         std::thread::sleep(std::time::Duration::from_nanos(
-            purge_delay_ns() + 2 * IDLE_NS,
+            purge_delay_ns() + 2 * IDLE_NS + 2 * os::CLOCK_TICK_MAX_NS,
         ));
         purge_round::<Fast>();
         let zeroed = given

@@ -274,7 +274,7 @@ fn take_free_page<P: Mode>(h: &mut Heap, kind: SegmentKind) -> Option<*mut Page>
     // and released one: the program rebuilds what it freed (see
     // `purge::retire_page`, which keeps emptied segments from now on).
     if h.released_segment_ns != 0 {
-        let now = os::monotonic_ns();
+        let now = os::coarse_monotonic_ns();
         if now.saturating_sub(h.released_segment_ns) < purge_delay_ns() {
             note_refault(h, now);
         }
@@ -315,7 +315,7 @@ unsafe fn claim(h: &mut Heap, seg: *mut Segment, i: usize) -> *mut Page {
         } else if (*page).freed_at_ns != 0 {
             // Purged before its delay ran out and needed again: the eager
             // purge thrashes this program, so give it more room.
-            let now = os::monotonic_ns();
+            let now = os::coarse_monotonic_ns();
             if now.saturating_sub((*page).freed_at_ns) < purge_delay_ns() {
                 note_refault(h, now);
             }
@@ -443,6 +443,6 @@ unsafe fn page_freed_locked<P: Mode>(h: &mut Heap, page: *mut Page) {
         if h.current[class] == page {
             h.current[class] = EMPTY;
         }
-        free_page::<P>(h, page, os::monotonic_ns());
+        free_page::<P>(h, page, os::coarse_monotonic_ns());
     }
 }

@@ -50,9 +50,10 @@ fn owner_frees_while_others_free_and_reclaim<P: Policy>(a: SizeClass<P>) {
         // idle for the purge delay (it may only be waiting for a CPU); then
         // any thread's decay sweep purges them, ours here (a few, as a
         // sweep skips a heap whose lock its owner holds at that moment).
-        thread::sleep(Duration::from_millis(
-            heapkit_core::options::DEFAULT_PURGE_DELAY_MS + 5,
-        ));
+        thread::sleep(
+            Duration::from_millis(heapkit_core::options::DEFAULT_PURGE_DELAY_MS + 5)
+                + Duration::from_nanos(2 * heapkit_core::os::CLOCK_TICK_MAX_NS),
+        );
         for _ in 0..10 {
             a.collect();
             thread::sleep(Duration::from_millis(2));

@@ -78,7 +78,7 @@ fn cache_limit() -> usize {
 /// Returns whether any block was unmapped.
 pub fn trim(only_expired: bool) -> bool {
     let now = if only_expired {
-        os::monotonic_ns()
+        os::coarse_monotonic_ns()
     } else {
         u64::MAX
     };
@@ -185,7 +185,7 @@ pub(super) fn reclaim_cache() {
 /// `base` is a dead large block's mapping, exactly `map_size` bytes plus
 /// its guard, whose header says it is live.
 pub(super) unsafe fn keep_or_unmap(base: *mut u8, map_size: usize, guard: usize) {
-    let now = os::monotonic_ns();
+    let now = os::coarse_monotonic_ns();
     // Never wait for the cache: a busy (or, in a forked child, orphaned)
     // lock just means this block is unmapped instead of cached.
     let Some(mut cache) = CACHE.try_lock() else {
