@@ -121,17 +121,18 @@ pub fn coarse_monotonic_ns() -> u64 {
 pub const CLOCK_TICK_MAX_NS: u64 = 10_000_000;
 
 /// `clock_gettime(clock)` in nanoseconds. Both clocks used here exist on
-/// every kernel glibc supports (2.6.32 and up) and are read in the vDSO,
-/// without a system call a seccomp filter could refuse, so the call does
-/// not fail and leaves `errno` alone.
+/// every kernel glibc supports (2.6.32 and up) and are normally read in
+/// the vDSO, without a system call. Where the call fails anyway (no vDSO
+/// and a seccomp filter refusing the call), the time reads as 0: decay
+/// then never sees a delay pass, and memory goes back through the eager
+/// purge, thread exit and `malloc_trim` only.
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: ts is a valid out-pointer.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    debug_assert_eq!(rc, 0, "clock_gettime({clock}) failed");
+    // SAFETY: ts is a valid out-pointer; on failure it stays zero.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -146,11 +147,17 @@ mod tests {
     fn the_coarse_clock_trails_the_precise_one_by_under_a_tick() {
         let mut last = coarse_monotonic_ns();
         for _ in 0..1000 {
+            // (A preemption between two readings only widens the window
+            // each check allows.)
+            let before = monotonic_ns();
             let coarse = coarse_monotonic_ns();
-            let precise = monotonic_ns();
+            let after = monotonic_ns();
             assert!(coarse >= last, "the coarse clock ran backwards");
-            assert!(coarse <= precise, "the coarse clock ran ahead");
-            assert!(precise - coarse < CLOCK_TICK_MAX_NS, "{precise} - {coarse}");
+            assert!(coarse <= after, "the coarse clock ran ahead");
+            assert!(
+                coarse + CLOCK_TICK_MAX_NS > before,
+                "the coarse clock trails by a tick or more: {before} - {coarse}"
+            );
             last = coarse;
         }
         let start = coarse_monotonic_ns();
