@@ -162,8 +162,12 @@ unsafe fn zero_block(page: *mut Page, p: *mut u8, size: usize) {
             // Only the free-list link was ever written (and, hardened, the
             // trailer, which lies past `size`).
             p.cast::<usize>().write(0);
-        } else {
+        } else if size < heapkit_core::os::ZERO_BY_PURGE_MIN {
             p.write_bytes(0, size);
+        } else {
+            // A big block: memset or purge, whichever its residency says
+            // is cheaper.
+            heapkit_core::os::zero_dead(p, size);
         }
     }
 }

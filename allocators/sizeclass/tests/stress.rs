@@ -65,6 +65,73 @@ fn concurrent_cross_thread_frees() {
     }
 }
 
+/// Zeroed blocks of 64 KiB and more read zero whatever their last user
+/// did: wrote a few bytes (zeroed by purging), filled them (zeroed by
+/// memset, and remembered as dense), or a mix, for big classes and large
+/// blocks, in one thread's reuse order (the same blocks come back).
+#[test]
+fn zeroed_big_blocks_read_zero_after_dense_and_sparse_use() {
+    let a = SizeClass::new();
+    let mut rng = Rng(777);
+    let before = heapkit_core::os::os_counters();
+    for round in 0..600u32 {
+        let size = match rng.next() % 4 {
+            0 => 72 << 10,
+            1 => 200 << 10,
+            2 => (64 << 10) + (rng.next() % (192 << 10)) as usize,
+            _ => (300 << 10) + (rng.next() % (700 << 10)) as usize,
+        };
+        let layout = Layout::from_size_align(size, 16).unwrap();
+        let p = a.allocate_zeroed(layout);
+        assert!(!p.is_null());
+        // SAFETY: p is live with `size` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(p, size) };
+        // Phases: sparse, then dense, then mixed. (A block once filled
+        // stays resident, and so is memset from then on: sparse first.)
+        let dense = match round / 200 {
+            0 => false,
+            1 => true,
+            _ => rng.next().is_multiple_of(2),
+        };
+        // A sparse user reads only the 4 KiB around what it writes (a read
+        // maps a page, and mincore counts a mapped page as resident); the
+        // core test checks every byte of a purged range.
+        let read: Vec<std::ops::Range<usize>> = if dense {
+            std::iter::once(0..size).collect()
+        } else {
+            [0, size / 2, size - 1]
+                .iter()
+                .map(|&at| at.saturating_sub(2048)..(at + 2048).min(size))
+                .collect()
+        };
+        for r in read {
+            if let Some(at) = bytes[r.clone()].iter().position(|&b| b != 0) {
+                let at = r.start + at;
+                panic!(
+                    "round {round}: byte {at} of a zeroed {size}-byte block is {}",
+                    bytes[at]
+                );
+            }
+        }
+        if dense {
+            bytes.fill(0xA5);
+        } else {
+            for at in [0, size / 2, size - 1] {
+                bytes[at] = 0x5A;
+            }
+        }
+        // SAFETY: p is live; freed once.
+        unsafe { a.free(p) };
+        if round == 199 {
+            let after = heapkit_core::os::os_counters();
+            assert!(
+                after.purges > before.purges,
+                "no sparse block was zeroed by a purge"
+            );
+        }
+    }
+}
+
 /// A randomized sequence of alloc / realloc / free / zeroed / aligned ops
 /// against a model of what each live block must contain.
 #[test]

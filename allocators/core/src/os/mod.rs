@@ -191,6 +191,79 @@ mod tests {
         }
     }
 
+    /// `zero_dead` zeroes every byte either way; a block its last user
+    /// filled is memset (it stays resident: no purge, no fault to come), one
+    /// its last user touched a page of is purged (it no longer takes
+    /// memory), and a dense block remembered as dense but purged since is
+    /// still zeroed (the verdict only picks the method).
+    #[test]
+    fn zero_dead_memsets_dense_blocks_and_purges_sparse_ones() {
+        let page = page_size();
+        let pages = 64;
+        let len = pages * page;
+        let p = map(len + page);
+        assert!(!p.is_null());
+        // The block starts 64 bytes into the mapping, like a large block
+        // after its header: its first and last pages are partial.
+        // SAFETY: p maps len + page bytes, ours alone; every range below
+        // lies inside it.
+        unsafe {
+            let block = p.add(64);
+            let all_zero = |b: *mut u8| (0..len).all(|i| *b.add(i) == 0);
+            let resident = |want: bool| {
+                let mut r = [false; 64];
+                assert!(resident_pages(p.add(page), &mut r[..pages - 1]));
+                r[..pages - 1].iter().filter(|&&x| x == want).count()
+            };
+
+            // Dense: filled by its last user.
+            // (Residency tells the method: a purge leaves no page resident,
+            // a memset every page. The process-wide purge counter would
+            // not: other tests purge at the same time.)
+            block.write_bytes(0xC3, len);
+            zero_dead(block, len);
+            assert_eq!(resident(true), pages - 1, "a dense block was purged");
+            assert!(all_zero(block), "a dense block was not zeroed");
+
+            // Remembered as dense, then purged behind the verdict's back
+            // and written sparsely: still zeroed.
+            purge(p.add(page), (pages - 1) * page);
+            block.add(len / 2).write(0x77);
+            block.add(len - 1).write(0x77);
+            zero_dead(block, len);
+            assert!(all_zero(block), "a remembered block was not zeroed");
+
+            // Sparse: the dense memory is dropped (another block's verdict
+            // cannot hold it: sample a fresh address), then a few bytes
+            // written.
+            let sparse = p.add(128);
+            purge(p.add(page), (pages - 1) * page);
+            let sparse_len = len - 128;
+            for at in [0, sparse_len / 3, sparse_len / 2, sparse_len - 1] {
+                sparse.add(at).write(0x99);
+            }
+            zero_dead(sparse, sparse_len);
+            // (Before reading it: a read maps the zero page, which mincore
+            // counts as resident.)
+            assert_eq!(resident(true), 0, "a sparse block was memset");
+            assert!(
+                (0..sparse_len).all(|i| *sparse.add(i) == 0),
+                "a sparse block was not zeroed"
+            );
+
+            // Under 64 KiB of whole pages: always a memset.
+            let small = p.add(64);
+            purge(p.add(page), (pages - 1) * page);
+            small.add(8 * page - 1).write(0x11);
+            zero_dead(small, 8 * page);
+            let mut r = [false; 8];
+            assert!(resident_pages(p.add(page), &mut r));
+            assert!(r.iter().all(|&x| x), "a range under 64 KiB was purged");
+            assert!((0..8 * page).all(|i| *small.add(i) == 0));
+            unmap(p, len + page);
+        }
+    }
+
     /// Where the kernel registers the process, the barrier works (and
     /// keeps working after another registration, as after a fork).
     #[test]
