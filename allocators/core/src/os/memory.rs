@@ -1,5 +1,6 @@
 //! Mapping, purging and protecting memory, and the process-wide counters
-//! of those calls ([`os_counters`]).
+//! of those calls ([`os_counters`]). How a recycled block is zeroed for
+//! `calloc` (a memset or a purge) is `zeroing`'s.
 
 use core::ffi::{c_int, c_void};
 use core::ptr;
@@ -400,180 +401,6 @@ impl PurgeRun {
     }
 }
 
-/// Ranges of fewer whole pages than this are zeroed by [`zero_dead`] with a
-/// memset, whatever their residency.
-pub const ZERO_BY_PURGE_MIN: usize = 64 << 10;
-/// [`zero_dead`] samples the residency of at most this many pages (one
-/// `mincore` call into a buffer on the stack: 1 MiB of 4 KiB pages).
-const ZERO_SAMPLE_PAGES: usize = 256;
-/// [`zero_dead`] zeroes with a memset when at least 1 in this many of the
-/// sampled pages is resident, and by purging them otherwise.
-const ZERO_DENSE_ONE_IN: usize = 2;
-/// A block found dense is memset this many more times without a sample
-/// (a `mincore` costs 2.2 us on this KVM host, about the memset of a
-/// 100 KiB block: sampling every time made a loop that `calloc`s and fills
-/// 64-256 KiB blocks 1.5x slower).
-const DENSE_REUSES: usize = 31;
-/// A block found sparse is purged this many more times without a sample
-/// (fewer than [`DENSE_REUSES`]: a block wrongly purged costs its next
-/// user a fault a page; sampling every time made a loop that `calloc`s
-/// 300 KiB-1 MiB blocks and writes three bytes of each 1.46x slower, one
-/// `mincore` per `madvise`).
-const SPARSE_REUSES: usize = 7;
-/// Entries in [`ZERO_VERDICTS`] (32 KiB, untouched until used: a loop
-/// keeping 16 blocks of 64-256 KiB live spread over ~200 addresses, and
-/// 512 entries, colliding, sampled twice as often).
-const VERDICT_SLOTS: usize = 4096;
-/// An entry's bits below the block address: the verdict and its count.
-const VERDICT_BITS: usize = 63;
-/// The verdict bit of an entry: dense (memset) when set.
-const VERDICT_DENSE: usize = 32;
-/// Recent verdicts, direct-mapped by block address: an entry is the
-/// block's address (64-byte aligned: big and large blocks are), then
-/// [`VERDICT_DENSE`] and how many more calls may reuse the verdict (up to
-/// 31) in the low bits; 0 is no entry, and an address with neither bit
-/// nor count a block sampled sparse once (a second sparse sample in a row
-/// is reused [`SPARSE_REUSES`] times: reusing the first made a loop that
-/// fills 64-256 KiB blocks 1.25x slower, its fresh blocks, never written,
-/// purged again and again while filled). Shared by every thread, updated
-/// without a lock: a lost update costs a sample or a reuse, and either
-/// method zeroes, so no race makes a block read anything but zero.
-static ZERO_VERDICTS: [AtomicUsize; VERDICT_SLOTS] = [const { AtomicUsize::new(0) }; VERDICT_SLOTS];
-
-/// Zeroes `len` bytes at `p`, memory whose contents are dead (a recycled
-/// block about to be handed out by `calloc`), the cheaper of two ways,
-/// judged by how much of it its last user touched:
-///
-/// - **memset** when the range is under [`ZERO_BY_PURGE_MIN`] of whole
-///   pages, or when at least half of its pages are resident (sampled with
-///   one `mincore` over its first 256 pages, or remembered from a recent
-///   sample of the same block): a program that uses the blocks it
-///   `calloc`s uses their pages again, and a memset of
-///   resident pages costs a fraction of faulting each in anew (a loop that
-///   `calloc`s 300 KiB-1 MiB blocks and touches every page took 31-36x
-///   libmimalloc's time when every such block was purged: two faults a
-///   page on this host, a read of the zero page and the write after it);
-/// - **purge** of the whole pages (memset of the partial pages at either
-///   end) otherwise: they then read as zero and take no memory until
-///   touched, so a program that writes a few bytes of each block it
-///   `calloc`s does not fault in, and keep, every page of it (jemalloc
-///   zeroes recycled extents this way; the C stress program, whose
-///   64-256 KiB blocks were always memset before, peak RSS 62 -> 38 MiB).
-///
-/// Half is where the two cost the same if the next user touches what the
-/// last one did: a memset faults in the pages not resident, a purge the
-/// resident ones the next user touches again. A block once memset stays
-/// resident, so it is memset from then on; a page only read counts as
-/// resident (the zero page is mapped there).
-///
-/// Both are correct for any page: a page not resident may be swapped out
-/// (`mincore` says only whether a page is in memory), so residency only
-/// chooses the method and never skips a page.
-///
-/// # Safety
-/// `p..p + len` is writable memory of one block whose contents are dead,
-/// in a private anonymous mapping.
-pub unsafe fn zero_dead(p: *mut u8, len: usize) {
-    let page = page_size();
-    let start = p as usize;
-    let end = start + len;
-    let first = (start + page - 1) & !(page - 1);
-    let last = end & !(page - 1);
-    if last <= first || last - first < ZERO_BY_PURGE_MIN {
-        // SAFETY: caller guarantee.
-        unsafe { p.write_bytes(0, len) };
-        return;
-    }
-    // SAFETY: caller guarantee; `first..last` lies inside `p..p + len`.
-    unsafe { zero_whole_pages(p, len, first as *mut u8, last - first) }
-}
-
-/// [`zero_dead`]'s choice between a memset and a purge, out of line: it
-/// costs a `mincore` and is taken only for blocks of 64 KiB and more.
-///
-/// # Safety
-/// As for [`zero_dead`]; `first..first + whole` is the page-aligned part
-/// of `p..p + len`, at least [`ZERO_BY_PURGE_MIN`] long.
-#[cold]
-#[inline(never)]
-unsafe fn zero_whole_pages(p: *mut u8, len: usize, first: *mut u8, whole: usize) {
-    // SAFETY: caller guarantee: `first..first + whole` is mapped.
-    let dense = unsafe { dense_block(p, first, whole) };
-    if dense {
-        // SAFETY: caller guarantee: the block is writable and dead.
-        unsafe { p.write_bytes(0, len) };
-        return;
-    }
-    let end = p as usize + len;
-    let last = first as usize + whole;
-    // SAFETY: caller guarantee; the partial pages lie inside the block. A
-    // failed purge writes the zeros itself.
-    unsafe {
-        p.write_bytes(0, first as usize - p as usize);
-        (last as *mut u8).write_bytes(0, end - last);
-        purge(first, whole);
-    }
-}
-
-/// Whether the block at `p` (whole pages `first..first + len`) is dense:
-/// a verdict remembered in [`ZERO_VERDICTS`], or sampled with
-/// [`mostly_resident`] and remembered.
-///
-/// # Safety
-/// As for [`mostly_resident`].
-unsafe fn dense_block(p: *mut u8, first: *mut u8, len: usize) -> bool {
-    let key = p as usize & !VERDICT_BITS;
-    // Fibonacci hashing: blocks at the same offset of different segments
-    // (the first block of each big page) differ only in high bits.
-    let hash =
-        (key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - VERDICT_SLOTS.trailing_zeros());
-    let slot = &ZERO_VERDICTS[hash as usize];
-    let entry = slot.load(Relaxed);
-    let reuses = entry & (VERDICT_DENSE - 1);
-    if entry & !VERDICT_BITS == key && reuses != 0 {
-        slot.store(entry - 1, Relaxed);
-        return entry & VERDICT_DENSE != 0;
-    }
-    // SAFETY: caller guarantee.
-    let dense = unsafe { mostly_resident(first, len) };
-    let sparse_before = entry & !VERDICT_BITS == key && entry & VERDICT_DENSE == 0;
-    slot.store(
-        if dense {
-            key | VERDICT_DENSE | DENSE_REUSES
-        } else if sparse_before {
-            key | SPARSE_REUSES
-        } else {
-            // Sparse once: perhaps a block never written yet (carved
-            // unwritten, or purged by the decay) whose user fills it, so
-            // the verdict is kept only when the next sample agrees.
-            key
-        },
-        Relaxed,
-    );
-    dense
-}
-
-/// Whether at least one in [`ZERO_DENSE_ONE_IN`] of the first
-/// [`ZERO_SAMPLE_PAGES`] pages of `first..first + len` is resident (one
-/// `mincore`). True when the kernel refuses (it cannot on our mappings):
-/// a memset is right whatever the pages hold.
-///
-/// # Safety
-/// `first` is page-aligned and `first..first + len` mapped.
-unsafe fn mostly_resident(first: *mut u8, len: usize) -> bool {
-    let page = page_size();
-    let sampled = (len / page).min(ZERO_SAMPLE_PAGES);
-    let mut residency = [0u8; ZERO_SAMPLE_PAGES];
-    // SAFETY: caller guarantee: `sampled` pages from `first` are mapped;
-    // mincore only reads their page tables and writes one byte per page
-    // into `residency`, which holds `sampled`.
-    let rc = keeping_errno(|| unsafe {
-        libc::mincore(first.cast(), sampled * page, residency.as_mut_ptr())
-    });
-    let resident = residency[..sampled].iter().filter(|&&b| b & 1 != 0).count();
-    rc != 0 || resident * ZERO_DENSE_ONE_IN >= sampled
-}
-
 /// Returns the physical pages behind `ptr..ptr+size` to the OS. The range
 /// stays mapped and reads as zero afterwards (private anonymous memory).
 ///
@@ -623,15 +450,12 @@ pub unsafe fn advise_huge_pages(ptr: *mut u8, size: usize) -> bool {
 /// `ptr` must be page-aligned.
 pub unsafe fn resident_pages(ptr: *const u8, resident: &mut [bool]) -> bool {
     let page = page_size();
-    let mut chunk = [0u8; 64];
+    let mut chunk = [0u8; RESIDENCY_CHUNK];
     for (n, out) in resident.chunks_mut(chunk.len()).enumerate() {
         let at = ptr.wrapping_add(n * chunk.len() * page);
-        // SAFETY: mincore only reads the page tables of the range and
-        // writes one byte per page into `chunk`, which holds out.len().
-        let rc = keeping_errno(|| unsafe {
-            libc::mincore(at.cast_mut().cast(), out.len() * page, chunk.as_mut_ptr())
-        });
-        if rc != 0 {
+        // SAFETY: caller guarantee: `at` is page-aligned (a whole number
+        // of pages past `ptr`).
+        if !unsafe { residency(at, &mut chunk[..out.len()]) } {
             return false;
         }
         for (o, b) in out.iter_mut().zip(chunk) {
@@ -639,6 +463,25 @@ pub unsafe fn resident_pages(ptr: *const u8, resident: &mut [bool]) -> bool {
         }
     }
     true
+}
+
+/// Pages whose residency one [`residency`] call of [`resident_pages`]
+/// reads (a buffer on the stack; 1 MiB of 4 KiB pages).
+pub(super) const RESIDENCY_CHUNK: usize = 256;
+
+/// One `mincore` over `out.len()` pages from `ptr`: bit 0 of `out[i]` is
+/// set when page `i` is resident. False (and `out` unspecified) when the
+/// kernel refuses: a range not mapped.
+///
+/// # Safety
+/// `ptr` must be page-aligned.
+pub(super) unsafe fn residency(ptr: *const u8, out: &mut [u8]) -> bool {
+    let len = out.len() * page_size();
+    // SAFETY: mincore only reads the page tables of the range (failing
+    // with ENOMEM where it is not mapped) and writes one byte per page
+    // into `out`, which holds exactly that many; `ptr` is page-aligned by
+    // the caller's contract, as mincore requires.
+    keeping_errno(|| unsafe { libc::mincore(ptr.cast_mut().cast(), len, out.as_mut_ptr()) }) == 0
 }
 
 /// Makes `ptr..ptr+size` inaccessible (`accessible == false`: any touch

@@ -25,10 +25,12 @@ pub mod thread_pointer;
 mod threads;
 #[cfg(target_arch = "x86_64")]
 pub mod unwind;
+mod zeroing;
 
 pub use memory::*;
 pub use process::*;
 pub use threads::*;
+pub use zeroing::*;
 
 /// 64 random bits from the kernel (`getrandom`, non-blocking), or, where
 /// that fails (a very early boot, a seccomp filter), bits mixed from the
