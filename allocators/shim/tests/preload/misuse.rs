@@ -197,7 +197,7 @@ fn misuse_hardened_mode() {
     let Some((dir, bin)) = misuse_program("misuse_hardened_mode") else {
         return;
     };
-    for backend in HARDENED_BACKENDS {
+    for backend in tested_hardened() {
         check_misuse(&dir, &bin, backend, true, |case| {
             hardened_outcome(case, backend)
         })
