@@ -196,8 +196,9 @@ mod tests {
     /// `zero_dead` zeroes every byte either way; a block its last user
     /// filled is memset (it stays resident: no purge, no fault to come), one
     /// its last user touched a page of is purged (it no longer takes
-    /// memory), and a dense block remembered as dense but purged since is
-    /// still zeroed (the verdict only picks the method).
+    /// memory), so is one resident from an earlier memset whose last user
+    /// wrote a few bytes, and a dense block remembered as dense but purged
+    /// since is still zeroed (the verdict only picks the method).
     #[test]
     fn zero_dead_memsets_dense_blocks_and_purges_sparse_ones() {
         let page = page_size();
@@ -251,6 +252,25 @@ mod tests {
             assert!(
                 (0..sparse_len).all(|i| *sparse.add(i) == 0),
                 "a sparse block was not zeroed"
+            );
+
+            // Resident but zero (an earlier memset of ours made it so),
+            // then a few bytes written: sparse by its contents, purged.
+            let zeroed = p.add(192);
+            let zeroed_len = len - 192;
+            zeroed.write_bytes(0, zeroed_len);
+            for at in [0, zeroed_len / 2, zeroed_len - 1] {
+                zeroed.add(at).write(0x5E);
+            }
+            zero_dead(zeroed, zeroed_len);
+            assert_eq!(
+                resident(true),
+                0,
+                "a block memset before and written sparsely was memset"
+            );
+            assert!(
+                (0..zeroed_len).all(|i| *zeroed.add(i) == 0),
+                "a block memset before was not zeroed"
             );
 
             // Under 64 KiB of whole pages: always a memset.

@@ -5,10 +5,10 @@
 //! A `calloc` that reuses a freed block must hand it out zeroed. Under
 //! 64 KiB a memset is always the cheaper; above, a block its last user
 //! filled is still resident (a memset touches nothing new), and one it
-//! barely wrote is mostly not (a purge gives back what it did write, and
-//! the next user faults in only what it touches). One `mincore` tells
-//! them apart; a small table of recent verdicts by block address spares
-//! most calls that system call.
+//! barely wrote is mostly zero or not resident (a purge gives back what it
+//! did write, and the next user faults in only what it touches). One
+//! `mincore` and a read of the resident pages tell them apart; a small
+//! table of recent verdicts by block address spares most calls that work.
 
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -22,7 +22,8 @@ pub const ZERO_BY_PURGE_MIN: usize = 64 << 10;
 /// `mincore` call into a buffer on the stack: 1 MiB of 4 KiB pages).
 const ZERO_SAMPLE_PAGES: usize = RESIDENCY_CHUNK;
 /// [`zero_dead`] zeroes with a memset when at least 1 in this many of the
-/// sampled pages is resident, and by purging them otherwise.
+/// sampled pages was written by the block's last user (resident and not
+/// all zeros), and by purging them otherwise.
 const ZERO_DENSE_ONE_IN: usize = 2;
 /// A block found dense is memset this many more times without a sample
 /// (a `mincore` costs 2.2 us on this KVM host, about the memset of a
@@ -60,9 +61,10 @@ static ZERO_VERDICTS: [AtomicUsize; VERDICT_SLOTS] = [const { AtomicUsize::new(0
 /// judged by how much of it its last user touched:
 ///
 /// - **memset** when the range is under [`ZERO_BY_PURGE_MIN`] of whole
-///   pages, or when at least half of its pages are resident (sampled with
-///   one `mincore` over its first 256 pages, or remembered from a recent
-///   sample of the same block): a program that uses the blocks it
+///   pages, or when its last user wrote at least half of its pages
+///   (sampled over its first 256 pages: one `mincore`, then a read of the
+///   resident ones up to their first byte that is not zero; or remembered
+///   from a recent sample of the same block): a program that uses the blocks it
 ///   `calloc`s uses their pages again, and a memset of
 ///   resident pages costs a fraction of faulting each in anew (a loop that
 ///   `calloc`s 300 KiB-1 MiB blocks and touches every page took 31-36x
@@ -73,17 +75,19 @@ static ZERO_VERDICTS: [AtomicUsize; VERDICT_SLOTS] = [const { AtomicUsize::new(0
 ///   touched, so a program that writes a few bytes of each block it
 ///   `calloc`s does not fault in, and keep, every page of it (jemalloc
 ///   zeroes recycled extents this way; the C stress program, whose
-///   64-256 KiB blocks were always memset before, peak RSS 62 -> 38 MiB).
+///   64-256 KiB blocks were always memset before, peak RSS 62 -> 38 MiB,
+///   and 38 -> 31 MiB once pages were judged by their contents, not only
+///   their residency: `reports/calloc-written-20261130`).
 ///
 /// Half is where the two cost the same if the next user touches what the
 /// last one did: a memset faults in the pages not resident, a purge the
-/// resident ones the next user touches again. A block once memset stays
-/// resident, so it is memset from then on; a page only read counts as
-/// resident (the zero page is mapped there).
+/// written ones the next user touches again. A page resident but all
+/// zeros (made so by an earlier memset of ours, a `realloc` copy of zeros,
+/// or a read of the zero page) counts as not written.
 ///
 /// Both are correct for any page: a page not resident may be swapped out
-/// (`mincore` says only whether a page is in memory), so residency only
-/// chooses the method and never skips a page.
+/// (`mincore` says only whether a page is in memory), so residency and
+/// contents only choose the method and never skip a page.
 ///
 /// # Safety
 /// `p..p + len` is writable memory of one block whose contents are dead,
@@ -132,10 +136,10 @@ unsafe fn zero_whole_pages(p: *mut u8, len: usize, first: *mut u8, whole: usize)
 
 /// Whether the block at `p` (whole pages `first..first + len`) is dense:
 /// a verdict remembered in [`ZERO_VERDICTS`], or sampled with
-/// [`mostly_resident`] and remembered.
+/// [`mostly_written`] and remembered.
 ///
 /// # Safety
-/// As for [`mostly_resident`].
+/// As for [`mostly_written`].
 unsafe fn dense_block(p: *mut u8, first: *mut u8, len: usize) -> bool {
     let key = p as usize & !VERDICT_BITS;
     // Fibonacci hashing: blocks at the same offset of different segments
@@ -150,7 +154,7 @@ unsafe fn dense_block(p: *mut u8, first: *mut u8, len: usize) -> bool {
         return entry & VERDICT_DENSE != 0;
     }
     // SAFETY: caller guarantee.
-    let dense = unsafe { mostly_resident(first, len) };
+    let dense = unsafe { mostly_written(first, len) };
     let sparse_before = entry & !VERDICT_BITS == key && entry & VERDICT_DENSE == 0;
     slot.store(
         if dense {
@@ -169,19 +173,62 @@ unsafe fn dense_block(p: *mut u8, first: *mut u8, len: usize) -> bool {
 }
 
 /// Whether at least one in [`ZERO_DENSE_ONE_IN`] of the first
-/// [`ZERO_SAMPLE_PAGES`] pages of `first..first + len` is resident (one
-/// `mincore`). True when the kernel refuses (it cannot on our mappings):
-/// a memset is right whatever the pages hold.
+/// [`ZERO_SAMPLE_PAGES`] pages of `first..first + len` was written by the
+/// block's last user: resident (one `mincore`) and holding a byte that is
+/// not zero ([`page_written`]). True when the kernel refuses (it cannot
+/// on our mappings): a memset is right whatever the pages hold.
+///
+/// Residency alone cannot tell a page the last user wrote from one an
+/// earlier memset of ours (or a `realloc` copy of zeros) made resident: a
+/// block once memset would read dense for ever, and a program that
+/// `calloc`s such blocks and writes a few bytes of each would keep every
+/// page of them resident. The pages' contents can: a page written is
+/// almost never all zeros. Reading costs at most the memset it may
+/// replace (the pages read are resident; a written page stops the scan
+/// at its first byte that is not zero), and the verdict is remembered.
 ///
 /// # Safety
-/// `first` is page-aligned and `first..first + len` mapped.
-unsafe fn mostly_resident(first: *mut u8, len: usize) -> bool {
-    let sampled = (len / page_size()).min(ZERO_SAMPLE_PAGES);
+/// `first` is page-aligned and `first..first + len` mapped, readable,
+/// and dead (nothing writes it meanwhile).
+unsafe fn mostly_written(first: *mut u8, len: usize) -> bool {
+    let page = page_size();
+    let sampled = (len / page).min(ZERO_SAMPLE_PAGES);
     let mut pages = [0u8; ZERO_SAMPLE_PAGES];
     // SAFETY: caller guarantee: `first` is page-aligned.
     if !unsafe { residency(first, &mut pages[..sampled]) } {
         return true;
     }
-    let resident = pages[..sampled].iter().filter(|&&b| b & 1 != 0).count();
-    resident * ZERO_DENSE_ONE_IN >= sampled
+    let needed = sampled.div_ceil(ZERO_DENSE_ONE_IN);
+    let mut written = 0;
+    for (i, _) in pages[..sampled]
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b & 1 != 0)
+    {
+        // SAFETY: page `i` lies inside the range (i < sampled <= len /
+        // page), is resident (read without a fault), and is dead.
+        if unsafe { page_written(first.add(i * page), page) } {
+            written += 1;
+            if written >= needed {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Whether the `len` bytes at `p` (a page: 8-aligned, a multiple of 64
+/// bytes) hold a byte that is not zero; reads up to the first such byte's
+/// 64-byte line.
+///
+/// # Safety
+/// `p..p + len` is readable, 8-aligned, and nothing writes it meanwhile.
+unsafe fn page_written(p: *const u8, len: usize) -> bool {
+    let words = p.cast::<u64>();
+    (0..len / 64).any(|line| {
+        // SAFETY: caller guarantee: the line's 8 words lie inside the
+        // range, which is 8-aligned and readable.
+        let acc = (0..8).fold(0u64, |acc, w| acc | unsafe { *words.add(line * 8 + w) });
+        acc != 0
+    })
 }
