@@ -197,8 +197,10 @@ mod tests {
     /// filled is memset (it stays resident: no purge, no fault to come), one
     /// its last user touched a page of is purged (it no longer takes
     /// memory), so is one resident from an earlier memset whose last user
-    /// wrote a few bytes, and a dense block remembered as dense but purged
-    /// since is still zeroed (the verdict only picks the method).
+    /// wrote a few bytes, but not one its users read whole after a purge
+    /// (the purge was wasted: its pages came back); a dense block
+    /// remembered as dense but purged since is still zeroed (the verdict
+    /// only picks the method).
     #[test]
     fn zero_dead_memsets_dense_blocks_and_purges_sparse_ones() {
         let page = page_size();
@@ -239,9 +241,9 @@ mod tests {
             // Sparse: the dense memory is dropped (another block's verdict
             // cannot hold it: sample a fresh address), then a few bytes
             // written.
-            let sparse = p.add(128);
+            let sparse = p.add(256 + 128);
             purge(p.add(page), (pages - 1) * page);
-            let sparse_len = len - 128;
+            let sparse_len = len - 256 - 128;
             for at in [0, sparse_len / 3, sparse_len / 2, sparse_len - 1] {
                 sparse.add(at).write(0x99);
             }
@@ -256,8 +258,10 @@ mod tests {
 
             // Resident but zero (an earlier memset of ours made it so),
             // then a few bytes written: sparse by its contents, purged.
-            let zeroed = p.add(192);
-            let zeroed_len = len - 192;
+            // (Each block below starts in its own 256 bytes: a verdict's
+            // key is the address's bits above 255.)
+            let zeroed = p.add(512 + 64);
+            let zeroed_len = len - 512 - 64;
             zeroed.write_bytes(0, zeroed_len);
             for at in [0, zeroed_len / 2, zeroed_len - 1] {
                 zeroed.add(at).write(0x5E);
@@ -272,6 +276,34 @@ mod tests {
                 (0..zeroed_len).all(|i| *zeroed.add(i) == 0),
                 "a block memset before was not zeroed"
             );
+
+            // Read whole after our purge, a few bytes written: the purge
+            // was wasted (its pages came back). Seen after two purges in
+            // a row, the block is memset from then on, also once its
+            // memset pages read as zeros (80 rounds: the verdict is
+            // sampled again after every 31 reuses).
+            let read = p.add(768 + 64);
+            let read_len = len - 768 - 64;
+            purge(p.add(page), (pages - 1) * page);
+            let mut purged = [false; 80];
+            for (round, purged) in purged.iter_mut().enumerate() {
+                let mut sum = 0u32;
+                for i in (0..read_len).step_by(64) {
+                    sum += u32::from(read.add(i).read_volatile());
+                }
+                assert_eq!(sum, 0, "round {round}: a zeroed block read other than zero");
+                for at in [0, read_len / 2, read_len - 1] {
+                    read.add(at).write(0x3C);
+                }
+                zero_dead(read, read_len);
+                *purged = resident(false) != 0;
+            }
+            let purges: std::vec::Vec<usize> = (0..80).filter(|&r| purged[r]).collect();
+            assert!(
+                purges.len() <= 2 && purges.iter().all(|&r| r < 40),
+                "a block read whole was purged in rounds {purges:?}"
+            );
+            assert!((0..read_len).all(|i| *read.add(i) == 0));
 
             // Under 64 KiB of whole pages: always a memset.
             let small = p.add(64);

@@ -40,15 +40,33 @@ const SPARSE_REUSES: usize = 7;
 /// keeping 16 blocks of 64-256 KiB live spread over ~200 addresses, and
 /// 512 entries, colliding, sampled twice as often).
 const VERDICT_SLOTS: usize = 4096;
-/// An entry's bits below the block address: the verdict and its count.
-const VERDICT_BITS: usize = 63;
+/// An entry's bits below the block address: its flags and its count.
+const VERDICT_BITS: usize = 255;
 /// The verdict bit of an entry: dense (memset) when set.
 const VERDICT_DENSE: usize = 32;
+/// An entry's flag for a block found touched but not written after a
+/// purge of ours once: resident and mostly zero, as pages are that a
+/// program read (the zero page mapped) or that a `realloc` copied zeros
+/// into. A second time in a row makes it [`VERDICT_READ`]; a purge that
+/// was kept (the block found sparse after it) clears it.
+const VERDICT_READ_ONCE: usize = 64;
+/// An entry's flag for a block its users *read* whole: found touched but
+/// not written after two purges of ours in a row. Such a block is judged
+/// by residency alone from then on: by its contents it would read sparse
+/// after each memset and be purged, and its next user would fault every
+/// page in again (a loop that `calloc`s 64-256 KiB counter tables, reads
+/// them whole and writes three bytes: 6-9x the time,
+/// `reports/calloc-written-20261130`). Set after one such purge instead,
+/// the C stress program's `realloc` copies of zeros set it on blocks its
+/// users write only three bytes of, and kept them resident.
+const VERDICT_READ: usize = 128;
 /// Recent verdicts, direct-mapped by block address: an entry is the
-/// block's address (64-byte aligned: big and large blocks are), then
-/// [`VERDICT_DENSE`] and how many more calls may reuse the verdict (up to
-/// 31) in the low bits; 0 is no entry, and an address with neither bit
-/// nor count a block sampled sparse once (a second sparse sample in a row
+/// block's address (its low 8 bits cleared: big and large blocks are
+/// 64-byte aligned and at least 64 KiB apart, so no two share a key), then
+/// [`VERDICT_READ`], [`VERDICT_READ_ONCE`], [`VERDICT_DENSE`] and how many
+/// more calls may reuse the verdict (up to 31) in the low bits; 0 is no
+/// entry, and an address with neither verdict nor count a block sampled
+/// sparse once (a second sparse sample in a row
 /// is reused [`SPARSE_REUSES`] times: reusing the first made a loop that
 /// fills 64-256 KiB blocks 1.25x slower, its fresh blocks, never written,
 /// purged again and again while filled). Shared by every thread, updated
@@ -61,11 +79,11 @@ static ZERO_VERDICTS: [AtomicUsize; VERDICT_SLOTS] = [const { AtomicUsize::new(0
 /// judged by how much of it its last user touched:
 ///
 /// - **memset** when the range is under [`ZERO_BY_PURGE_MIN`] of whole
-///   pages, or when its last user wrote at least half of its pages
-///   (sampled over its first 256 pages: one `mincore`, then a read of the
-///   resident ones up to their first byte that is not zero; or remembered
-///   from a recent sample of the same block): a program that uses the blocks it
-///   `calloc`s uses their pages again, and a memset of
+///   pages, or when its last user used at least half of its pages
+///   (sampled over its first 256 pages, by what its pages hold and whether
+///   they are resident, as below; or remembered
+///   from a recent sample of the same block): a program that uses the
+///   blocks it `calloc`s uses their pages again, and a memset of
 ///   resident pages costs a fraction of faulting each in anew (a loop that
 ///   `calloc`s 300 KiB-1 MiB blocks and touches every page took 31-36x
 ///   libmimalloc's time when every such block was purged: two faults a
@@ -76,14 +94,18 @@ static ZERO_VERDICTS: [AtomicUsize; VERDICT_SLOTS] = [const { AtomicUsize::new(0
 ///   `calloc`s does not fault in, and keep, every page of it (jemalloc
 ///   zeroes recycled extents this way; the C stress program, whose
 ///   64-256 KiB blocks were always memset before, peak RSS 62 -> 38 MiB,
-///   and 38 -> 31 MiB once pages were judged by their contents, not only
+///   and 0.87x that once pages were judged by their contents, not only
 ///   their residency: `reports/calloc-written-20261130`).
 ///
 /// Half is where the two cost the same if the next user touches what the
 /// last one did: a memset faults in the pages not resident, a purge the
-/// written ones the next user touches again. A page resident but all
-/// zeros (made so by an earlier memset of ours, a `realloc` copy of zeros,
-/// or a read of the zero page) counts as not written.
+/// used ones the next user touches again. A page counts as used when it
+/// is resident and holds a byte that is not zero (a page an earlier
+/// memset of ours left resident is not used); right after a purge of
+/// ours, when it is resident at all (its user touched it since: a read
+/// maps the zero page); and for good once a block was found touched but
+/// not written after two purges in a row (a program that reads its
+/// `calloc`ed tables whole).
 ///
 /// Both are correct for any page: a page not resident may be swapped out
 /// (`mincore` says only whether a page is in memory), so residency and
@@ -135,11 +157,16 @@ unsafe fn zero_whole_pages(p: *mut u8, len: usize, first: *mut u8, whole: usize)
 }
 
 /// Whether the block at `p` (whole pages `first..first + len`) is dense:
-/// a verdict remembered in [`ZERO_VERDICTS`], or sampled with
-/// [`mostly_written`] and remembered.
+/// a verdict remembered in [`ZERO_VERDICTS`], or sampled and remembered.
+///
+/// A sample counts the pages the block's last user **wrote** (resident
+/// and not all zeros, [`sample`]), unless the block was purged by the last
+/// sample's verdict or its users are known to read it whole
+/// ([`VERDICT_READ`]): then every resident page counts, since a page
+/// resident after our purge is one its user touched, read or written.
 ///
 /// # Safety
-/// As for [`mostly_written`].
+/// As for [`sample`].
 unsafe fn dense_block(p: *mut u8, first: *mut u8, len: usize) -> bool {
     let key = p as usize & !VERDICT_BITS;
     // Fibonacci hashing: blocks at the same offset of different segments
@@ -148,16 +175,40 @@ unsafe fn dense_block(p: *mut u8, first: *mut u8, len: usize) -> bool {
         (key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - VERDICT_SLOTS.trailing_zeros());
     let slot = &ZERO_VERDICTS[hash as usize];
     let entry = slot.load(Relaxed);
+    let known = entry & !VERDICT_BITS == key;
     let reuses = entry & (VERDICT_DENSE - 1);
-    if entry & !VERDICT_BITS == key && reuses != 0 {
+    if known && reuses != 0 {
         slot.store(entry - 1, Relaxed);
         return entry & VERDICT_DENSE != 0;
     }
+    let sparse_before = known && entry & VERDICT_DENSE == 0;
+    let mut read = if known {
+        entry & (VERDICT_READ | VERDICT_READ_ONCE)
+    } else {
+        0
+    };
     // SAFETY: caller guarantee.
-    let dense = unsafe { mostly_written(first, len) };
-    let sparse_before = entry & !VERDICT_BITS == key && entry & VERDICT_DENSE == 0;
+    let usage = unsafe { sample(first, len, read & VERDICT_READ == 0) };
+    let dense = if read & VERDICT_READ != 0 {
+        usage.resident
+    } else if sparse_before {
+        // Touched since our purge but not written: read whole (or
+        // copied into), so the purge was wasted.
+        if usage.resident && !usage.written {
+            read = if read != 0 {
+                VERDICT_READ
+            } else {
+                VERDICT_READ_ONCE
+            };
+        } else if !usage.resident {
+            read = 0;
+        }
+        usage.resident
+    } else {
+        usage.written
+    };
     slot.store(
-        if dense {
+        read | if dense {
             key | VERDICT_DENSE | DENSE_REUSES
         } else if sparse_before {
             key | SPARSE_REUSES
@@ -172,11 +223,22 @@ unsafe fn dense_block(p: *mut u8, first: *mut u8, len: usize) -> bool {
     dense
 }
 
-/// Whether at least one in [`ZERO_DENSE_ONE_IN`] of the first
-/// [`ZERO_SAMPLE_PAGES`] pages of `first..first + len` was written by the
-/// block's last user: resident (one `mincore`) and holding a byte that is
-/// not zero ([`page_written`]). True when the kernel refuses (it cannot
-/// on our mappings): a memset is right whatever the pages hold.
+/// What [`sample`] found of a block's first pages: whether at least one
+/// in [`ZERO_DENSE_ONE_IN`] of them is resident, and whether as many hold
+/// a byte that is not zero.
+struct Usage {
+    /// At least half the sampled pages are resident (`mincore`).
+    resident: bool,
+    /// At least half are resident and hold a byte that is not zero
+    /// ([`page_written`]); false when the contents were not read.
+    written: bool,
+}
+
+/// Samples the first [`ZERO_SAMPLE_PAGES`] pages of `first..first + len`:
+/// which are resident (one `mincore`) and, when `contents`, which of those
+/// hold a byte that is not zero ([`page_written`]). Both true when the
+/// kernel refuses (it cannot on our mappings): a memset is right whatever
+/// the pages hold.
 ///
 /// Residency alone cannot tell a page the last user wrote from one an
 /// earlier memset of ours (or a `realloc` copy of zeros) made resident: a
@@ -185,36 +247,46 @@ unsafe fn dense_block(p: *mut u8, first: *mut u8, len: usize) -> bool {
 /// page of them resident. The pages' contents can: a page written is
 /// almost never all zeros. Reading costs at most the memset it may
 /// replace (the pages read are resident; a written page stops the scan
-/// at its first byte that is not zero), and the verdict is remembered.
+/// at its first line that is not zero, and the count at half the pages),
+/// and the verdict is remembered.
 ///
 /// # Safety
 /// `first` is page-aligned and `first..first + len` mapped, readable,
 /// and dead (nothing writes it meanwhile).
-unsafe fn mostly_written(first: *mut u8, len: usize) -> bool {
+unsafe fn sample(first: *mut u8, len: usize, contents: bool) -> Usage {
     let page = page_size();
     let sampled = (len / page).min(ZERO_SAMPLE_PAGES);
     let mut pages = [0u8; ZERO_SAMPLE_PAGES];
     // SAFETY: caller guarantee: `first` is page-aligned.
     if !unsafe { residency(first, &mut pages[..sampled]) } {
-        return true;
+        return Usage {
+            resident: true,
+            written: true,
+        };
     }
     let needed = sampled.div_ceil(ZERO_DENSE_ONE_IN);
+    let resident = pages[..sampled].iter().filter(|&&b| b & 1 != 0).count() >= needed;
     let mut written = 0;
-    for (i, _) in pages[..sampled]
-        .iter()
-        .enumerate()
-        .filter(|(_, &b)| b & 1 != 0)
-    {
-        // SAFETY: page `i` lies inside the range (i < sampled <= len /
-        // page), is resident (read without a fault), and is dead.
-        if unsafe { page_written(first.add(i * page), page) } {
-            written += 1;
-            if written >= needed {
-                return true;
+    if contents && resident {
+        for (i, _) in pages[..sampled]
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b & 1 != 0)
+        {
+            // SAFETY: page `i` lies inside the range (i < sampled <= len /
+            // page), is resident (read without a fault), and is dead.
+            if unsafe { page_written(first.add(i * page), page) } {
+                written += 1;
+                if written >= needed {
+                    break;
+                }
             }
         }
     }
-    false
+    Usage {
+        resident,
+        written: written >= needed,
+    }
 }
 
 /// Whether the `len` bytes at `p` (a page: 8-aligned, a multiple of 64
