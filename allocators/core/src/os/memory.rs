@@ -501,3 +501,54 @@ pub unsafe fn protect(ptr: *mut u8, size: usize, accessible: bool) -> bool {
     // live while inaccessible.
     keeping_errno(|| unsafe { libc::mprotect(ptr.cast(), size, prot) }) == 0
 }
+
+/// `/proc/self/pagemap`'s bit for a page that is present.
+const PAGEMAP_PRESENT: u64 = 1 << 63;
+/// `/proc/self/pagemap`'s bit for a page mapped by this process alone: a
+/// private page it wrote (zeros included). The shared zero page, which a
+/// read of a page never written maps, is present but not exclusive.
+const PAGEMAP_EXCLUSIVE: u64 = 1 << 56;
+
+/// How many of the `pages` pages from `ptr` (at most [`RESIDENCY_CHUNK`])
+/// are present but not mapped by this process alone
+/// (`/proc/self/pagemap`): pages only read since they were purged (the
+/// zero page), or, after a `fork`, pages shared with the child. `None`
+/// when the file cannot be read (no `/proc`, no descriptor to spare, a
+/// sandbox): callers then judge without it. An `open`, a `pread` and a
+/// `close`, errno kept; never allocates.
+///
+/// # Safety
+/// `ptr` must be page-aligned.
+pub(super) unsafe fn shared_pages(ptr: *const u8, pages: usize) -> Option<usize> {
+    let pages = pages.min(RESIDENCY_CHUNK);
+    let mut entries = [0u64; RESIDENCY_CHUNK];
+    let want = pages * size_of::<u64>();
+    let offset = (ptr as usize / page_size() * size_of::<u64>()) as libc::off_t;
+    let got = keeping_errno(|| {
+        // SAFETY: the path is NUL-terminated; the descriptor is closed
+        // below on every path (O_CLOEXEC: no child inherits it meanwhile).
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/pagemap".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return 0;
+        }
+        // SAFETY: `entries` holds `want` writable bytes; `fd` is open. The
+        // kernel fills whole entries (pagemap reads in multiples of 8).
+        let got = unsafe { libc::pread(fd, entries.as_mut_ptr().cast(), want, offset) };
+        super::close_fd(fd);
+        got
+    });
+    if got != want as isize {
+        return None;
+    }
+    Some(
+        entries[..pages]
+            .iter()
+            .filter(|&&e| e & PAGEMAP_PRESENT != 0 && e & PAGEMAP_EXCLUSIVE == 0)
+            .count(),
+    )
+}

@@ -193,6 +193,27 @@ mod tests {
         }
     }
 
+    /// `/proc/self/pagemap` tells a page only read (the shared zero page)
+    /// from one written, zeros included; a page never touched is not
+    /// present.
+    #[test]
+    fn shared_pages_counts_pages_only_read() {
+        let page = page_size();
+        let p = map(4 * page);
+        assert!(!p.is_null());
+        // SAFETY: p maps 4 fresh pages, ours alone.
+        unsafe {
+            let _ = p.read_volatile();
+            p.add(page).write_bytes(0, page);
+            p.add(2 * page).write(7);
+            match memory::shared_pages(p, 4) {
+                Some(shared) => assert_eq!(shared, 1, "only page 0 was only read"),
+                None => std::eprintln!("SKIP: /proc/self/pagemap unreadable here"),
+            }
+            unmap(p, 4 * page);
+        }
+    }
+
     /// `zero_dead` zeroes every byte either way; a block its last user
     /// filled is memset (it stays resident: no purge, no fault to come), one
     /// its last user touched a page of is purged (it no longer takes
@@ -304,6 +325,31 @@ mod tests {
                 "a block read whole was purged in rounds {purges:?}"
             );
             assert!((0..read_len).all(|i| *read.add(i) == 0));
+
+            // Zeros written whole after our purge (a `realloc` copy of a
+            // sparse block), a few bytes besides: not read, so purged
+            // again where pagemap can tell.
+            let copied = p.add(1024 + 64);
+            let copied_len = len - 1024 - 64;
+            purge(p.add(page), (pages - 1) * page);
+            for round in 0..3 {
+                copied.write_bytes(0, copied_len);
+                for at in [0, copied_len / 2, copied_len - 1] {
+                    copied.add(at).write(0x4B);
+                }
+                zero_dead(copied, copied_len);
+                assert!((0..copied_len).all(|i| *copied.add(i) == 0));
+                if memory::shared_pages(p.add(page), 1).is_some() {
+                    // (Read above: the pages are resident again, each
+                    // mapping the zero page.)
+                    assert_eq!(
+                        memory::shared_pages(p.add(page), pages - 1),
+                        Some(pages - 1),
+                        "round {round}: a block written with zeros was memset"
+                    );
+                }
+                purge(p.add(page), (pages - 1) * page);
+            }
 
             // Under 64 KiB of whole pages: always a memset.
             let small = p.add(64);

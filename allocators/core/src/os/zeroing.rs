@@ -12,7 +12,7 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use super::memory::{residency, RESIDENCY_CHUNK};
+use super::memory::{residency, shared_pages, RESIDENCY_CHUNK};
 use super::{page_size, purge};
 
 /// Ranges of fewer whole pages than this are zeroed by [`zero_dead`] with a
@@ -45,20 +45,23 @@ const VERDICT_BITS: usize = 255;
 /// The verdict bit of an entry: dense (memset) when set.
 const VERDICT_DENSE: usize = 32;
 /// An entry's flag for a block found touched but not written after a
-/// purge of ours once: resident and mostly zero, as pages are that a
-/// program read (the zero page mapped) or that a `realloc` copied zeros
-/// into. A second time in a row makes it [`VERDICT_READ`]; a purge that
-/// was kept (the block found sparse after it) clears it.
+/// purge of ours once, where `/proc/self/pagemap` cannot tell a read from
+/// a copy: resident and mostly zero, as pages are that a program read
+/// (the zero page mapped) or that a `realloc` copied zeros into. A second
+/// time in a row makes it [`VERDICT_READ`]; a purge that was kept (the
+/// block found sparse after it) clears it.
 const VERDICT_READ_ONCE: usize = 64;
 /// An entry's flag for a block its users *read* whole: found touched but
-/// not written after two purges of ours in a row. Such a block is judged
-/// by residency alone from then on: by its contents it would read sparse
-/// after each memset and be purged, and its next user would fault every
-/// page in again (a loop that `calloc`s 64-256 KiB counter tables, reads
-/// them whole and writes three bytes: 6-9x the time,
-/// `reports/calloc-written-20261130`). Set after one such purge instead,
-/// the C stress program's `realloc` copies of zeros set it on blocks its
-/// users write only three bytes of, and kept them resident.
+/// not written after a purge of ours, its pages the shared zero page
+/// (`/proc/self/pagemap`; without it, after two such purges in a row).
+/// Such a block is judged by residency alone from then on: by its
+/// contents it would read sparse after each memset and be purged, and its
+/// next user would fault every page in again (a loop that `calloc`s
+/// 64-256 KiB counter tables, reads them whole and writes three bytes:
+/// 6-9x the time, `reports/calloc-written-20261130`). Set without telling
+/// reads from copies, after one purge, the C stress program's `realloc`
+/// copies of zeros set it on blocks its users write three bytes of, and
+/// kept them resident.
 const VERDICT_READ: usize = 128;
 /// Recent verdicts, direct-mapped by block address: an entry is the
 /// block's address (its low 8 bits cleared: big and large blocks are
@@ -102,9 +105,10 @@ static ZERO_VERDICTS: [AtomicUsize; VERDICT_SLOTS] = [const { AtomicUsize::new(0
 /// used ones the next user touches again. A page counts as used when it
 /// is resident and holds a byte that is not zero (a page an earlier
 /// memset of ours left resident is not used); right after a purge of
-/// ours, when it is resident at all (its user touched it since: a read
-/// maps the zero page); and for good once a block was found touched but
-/// not written after two purges in a row (a program that reads its
+/// ours, when it is resident at all (its user touched it since), unless
+/// `/proc/self/pagemap` shows the touch wrote zeros (a `realloc` copy);
+/// and by residency alone for good once a block's users are seen to read
+/// it whole after a purge (the zero page mapped: a program that reads its
 /// `calloc`ed tables whole).
 ///
 /// Both are correct for any page: a page not resident may be swapped out
@@ -163,7 +167,10 @@ unsafe fn zero_whole_pages(p: *mut u8, len: usize, first: *mut u8, whole: usize)
 /// and not all zeros, [`sample`]), unless the block was purged by the last
 /// sample's verdict or its users are known to read it whole
 /// ([`VERDICT_READ`]): then every resident page counts, since a page
-/// resident after our purge is one its user touched, read or written.
+/// resident after our purge is one its user touched, read or written. A
+/// block touched after our purge but holding only zeros asks
+/// `/proc/self/pagemap` which: pages read (the zero page) make it
+/// [`VERDICT_READ`] and memset; pages written with zeros are purged again.
 ///
 /// # Safety
 /// As for [`sample`].
@@ -192,18 +199,39 @@ unsafe fn dense_block(p: *mut u8, first: *mut u8, len: usize) -> bool {
     let dense = if read & VERDICT_READ != 0 {
         usage.resident
     } else if sparse_before {
-        // Touched since our purge but not written: read whole (or
-        // copied into), so the purge was wasted.
         if usage.resident && !usage.written {
-            read = if read != 0 {
-                VERDICT_READ
-            } else {
-                VERDICT_READ_ONCE
-            };
-        } else if !usage.resident {
-            read = 0;
+            // Touched since our purge but not written: read whole (the
+            // zero page mapped) or zeros copied in (a `realloc`, a memset
+            // of the program's own). `/proc/self/pagemap` tells which;
+            // without it, a second time in a row decides.
+            let sampled = (len / page_size()).min(ZERO_SAMPLE_PAGES);
+            // SAFETY: caller guarantee: `first` is page-aligned.
+            match unsafe { shared_pages(first, sampled) } {
+                Some(shared) if shared >= sampled.div_ceil(ZERO_DENSE_ONE_IN) => {
+                    read = VERDICT_READ;
+                    true
+                }
+                // Zeros written: the pages were used for nothing that
+                // lasts, and go back.
+                Some(_) => {
+                    read = 0;
+                    false
+                }
+                None => {
+                    read = if read != 0 {
+                        VERDICT_READ
+                    } else {
+                        VERDICT_READ_ONCE
+                    };
+                    true
+                }
+            }
+        } else {
+            if !usage.resident {
+                read = 0;
+            }
+            usage.resident
         }
-        usage.resident
     } else {
         usage.written
     };
