@@ -515,40 +515,24 @@ const PAGEMAP_EXCLUSIVE: u64 = 1 << 56;
 /// zero page), or, after a `fork`, pages shared with the child. `None`
 /// when the file cannot be read (no `/proc`, no descriptor to spare, a
 /// sandbox): callers then judge without it. An `open`, a `pread` and a
-/// `close`, errno kept; never allocates.
-///
-/// # Safety
-/// `ptr` must be page-aligned.
-pub(super) unsafe fn shared_pages(ptr: *const u8, pages: usize) -> Option<usize> {
+/// `close` ([`read_file_at`](super::read_file_at)), errno kept; never
+/// allocates. `ptr` is rounded down to its page.
+pub(super) fn shared_pages(ptr: *const u8, pages: usize) -> Option<usize> {
+    const ENTRY: usize = size_of::<u64>();
     let pages = pages.min(RESIDENCY_CHUNK);
-    let mut entries = [0u64; RESIDENCY_CHUNK];
-    let want = pages * size_of::<u64>();
-    let offset = (ptr as usize / page_size() * size_of::<u64>()) as libc::off_t;
-    let got = keeping_errno(|| {
-        // SAFETY: the path is NUL-terminated; the descriptor is closed
-        // below on every path (O_CLOEXEC: no child inherits it meanwhile).
-        let fd = unsafe {
-            libc::open(
-                c"/proc/self/pagemap".as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return 0;
-        }
-        // SAFETY: `entries` holds `want` writable bytes; `fd` is open. The
-        // kernel fills whole entries (pagemap reads in multiples of 8).
-        let got = unsafe { libc::pread(fd, entries.as_mut_ptr().cast(), want, offset) };
-        super::close_fd(fd);
-        got
-    });
-    if got != want as isize {
+    let mut entries = [0u8; RESIDENCY_CHUNK * ENTRY];
+    let entries = &mut entries[..pages * ENTRY];
+    let offset = (ptr as usize / page_size() * ENTRY) as u64;
+    if keeping_errno(|| super::read_file_at(c"/proc/self/pagemap", offset, entries))
+        != entries.len()
+    {
         return None;
     }
     Some(
-        entries[..pages]
-            .iter()
-            .filter(|&&e| e & PAGEMAP_PRESENT != 0 && e & PAGEMAP_EXCLUSIVE == 0)
+        entries
+            .chunks_exact(ENTRY)
+            .map(|e| u64::from_ne_bytes(e.try_into().unwrap_or_default()))
+            .filter(|&e| e & PAGEMAP_PRESENT != 0 && e & PAGEMAP_EXCLUSIVE == 0)
             .count(),
     )
 }

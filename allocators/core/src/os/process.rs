@@ -71,6 +71,12 @@ pub fn backtrace(frames: &mut [usize]) -> usize {
 /// bytes read, 0 on failure. No allocation: for `/proc` files read from
 /// inside an allocator.
 pub fn read_file(path: &CStr, buf: &mut [u8]) -> usize {
+    read_file_at(path, 0, buf)
+}
+
+/// Reads the file at `path` from byte `offset` into `buf` (as much as
+/// fits); returns the bytes read, 0 on failure. No allocation.
+pub fn read_file_at(path: &CStr, offset: u64, buf: &mut [u8]) -> usize {
     // SAFETY: path is NUL-terminated.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -78,8 +84,9 @@ pub fn read_file(path: &CStr, buf: &mut [u8]) -> usize {
     }
     let mut len = 0;
     while len < buf.len() {
+        let at = offset.saturating_add(len as u64) as libc::off_t;
         // SAFETY: the range len.. of buf is writable; fd is open.
-        let got = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        let got = unsafe { libc::pread(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len, at) };
         if got <= 0 {
             break;
         }

@@ -69,8 +69,8 @@ const VERDICT_READ: usize = 128;
 /// [`VERDICT_READ`], [`VERDICT_READ_ONCE`], [`VERDICT_DENSE`] and how many
 /// more calls may reuse the verdict (up to 31) in the low bits; 0 is no
 /// entry, and an address with neither verdict nor count a block sampled
-/// sparse once (a second sparse sample in a row
-/// is reused [`SPARSE_REUSES`] times: reusing the first made a loop that
+/// sparse once (a second sparse sample in a row is reused
+/// [`SPARSE_REUSES`] times: reusing the first made a loop that
 /// fills 64-256 KiB blocks 1.25x slower, its fresh blocks, never written,
 /// purged again and again while filled). Shared by every thread, updated
 /// without a lock: a lost update costs a sample or a reuse, and either
@@ -84,8 +84,8 @@ static ZERO_VERDICTS: [AtomicUsize; VERDICT_SLOTS] = [const { AtomicUsize::new(0
 /// - **memset** when the range is under [`ZERO_BY_PURGE_MIN`] of whole
 ///   pages, or when its last user used at least half of its pages
 ///   (sampled over its first 256 pages, by what its pages hold and whether
-///   they are resident, as below; or remembered
-///   from a recent sample of the same block): a program that uses the
+///   they are resident, as below; or remembered from a recent sample of
+///   the same block): a program that uses the
 ///   blocks it `calloc`s uses their pages again, and a memset of
 ///   resident pages costs a fraction of faulting each in anew (a loop that
 ///   `calloc`s 300 KiB-1 MiB blocks and touches every page took 31-36x
@@ -97,7 +97,7 @@ static ZERO_VERDICTS: [AtomicUsize; VERDICT_SLOTS] = [const { AtomicUsize::new(0
 ///   `calloc`s does not fault in, and keep, every page of it (jemalloc
 ///   zeroes recycled extents this way; the C stress program, whose
 ///   64-256 KiB blocks were always memset before, peak RSS 62 -> 38 MiB,
-///   and 0.87x that once pages were judged by their contents, not only
+///   and 0.80x that once pages were judged by their contents, not only
 ///   their residency: `reports/calloc-written-20261130`).
 ///
 /// Half is where the two cost the same if the next user touches what the
@@ -205,8 +205,7 @@ unsafe fn dense_block(p: *mut u8, first: *mut u8, len: usize) -> bool {
             // of the program's own). `/proc/self/pagemap` tells which;
             // without it, a second time in a row decides.
             let sampled = (len / page_size()).min(ZERO_SAMPLE_PAGES);
-            // SAFETY: caller guarantee: `first` is page-aligned.
-            match unsafe { shared_pages(first, sampled) } {
+            match shared_pages(first, sampled) {
                 Some(shared) if shared >= sampled.div_ceil(ZERO_DENSE_ONE_IN) => {
                     read = VERDICT_READ;
                     true
